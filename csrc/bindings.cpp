@@ -1,0 +1,196 @@
+// pybind11 bindings: check every array (dtype, C-contiguity, exact shape, writeability), release the
+// GIL, dispatch on dtype to the back end. Friendlier validation (layouts, batch_first, defaults)
+// lives in python/fastrnn/functional.py; the checks here make the extension safe on its own.
+// Callers allocate every output (NumPy or torch), so a framework owns its memory.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "rnn.h"
+
+namespace py = pybind11;
+using fastrnn::int64;
+
+namespace {
+
+std::string shape_str(const std::vector<int64>& s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + (s.size() == 1 ? ",)" : ")");
+}
+
+// Returns the data pointer of `obj` after checking it is a C-contiguous array of T with `shape`.
+// None gives nullptr when `optional`.
+template <class T> T* checked(py::handle obj, const char* name, const std::vector<int64>& shape, bool optional,
+                              bool writeable) {
+  if (obj.is_none()) {
+    if (optional) return nullptr;
+    throw py::type_error(std::string(name) + " must be an array, got None");
+  }
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy array, got " + std::string(py::str(py::type::of(obj))));
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  const bool is_int = std::is_integral<T>::value;
+  const char kind = arr.dtype().kind();
+  if ((is_int ? kind != 'i' : kind != 'f') || arr.itemsize() != static_cast<py::ssize_t>(sizeof(T)))
+    throw py::type_error(std::string(name) + " must have dtype " + std::string(py::str(py::dtype::of<T>())) +
+                         ", got " + std::string(py::str(arr.dtype())));
+  std::vector<int64> actual(arr.shape(), arr.shape() + arr.ndim());
+  if (actual != shape)
+    throw py::value_error(std::string(name) + " must have shape " + shape_str(shape) + ", got " + shape_str(actual));
+  if (!(arr.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (writeable && !arr.writeable()) throw py::value_error(std::string(name) + " must be writeable");
+  return static_cast<T*>(const_cast<void*>(arr.data()));
+}
+
+fastrnn::RnnConfig make_config(int cell, py::array x, int64 H, int64 L, bool bidirectional) {
+  if (cell < 0 || cell > 3) throw py::value_error("cell must be 0..3, got " + std::to_string(cell));
+  if (x.ndim() != 3) throw py::value_error("x must be 3-D [T, B, I], got " + std::to_string(x.ndim()) + "-D");
+  fastrnn::RnnConfig c{static_cast<fastrnn::CellKind>(cell), x.shape(0), x.shape(1), x.shape(2), H, L,
+                       bidirectional ? 2 : 1};
+  if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1)
+    throw py::value_error("sizes must be >= 1, got T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) +
+                          " I=" + std::to_string(c.I) + " H=" + std::to_string(c.H) + " L=" + std::to_string(c.L));
+  return c;
+}
+
+const int64* checked_lengths(py::handle obj, const fastrnn::RnnConfig& c) {
+  const int64* p = checked<int64>(obj, "lengths", {c.B}, true, false);
+  if (p)
+    for (int64 b = 0; b < c.B; ++b)
+      if (p[b] < 1 || p[b] > c.T)
+        throw py::value_error("lengths[" + std::to_string(b) + "] = " + std::to_string(p[b]) + " is outside [1, T=" +
+                              std::to_string(c.T) + "]");
+  return p;
+}
+
+// weights: a list of L*D tuples (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh); all with or all without bias.
+template <class T>
+std::vector<fastrnn::LayerWeights<T>> checked_weights(py::list weights, const fastrnn::RnnConfig& c) {
+  if (static_cast<int64>(weights.size()) != c.L * c.D)
+    throw py::value_error("weights must hold num_layers*num_directions = " + std::to_string(c.L * c.D) +
+                          " entries, got " + std::to_string(weights.size()));
+  const int64 GH = c.gates() * c.H;
+  std::vector<fastrnn::LayerWeights<T>> out;
+  for (int64 k = 0; k < c.L * c.D; ++k) {
+    auto t = py::cast<py::sequence>(weights[k]);
+    if (t.size() != 2 && t.size() != 4) throw py::value_error("weights[" + std::to_string(k) + "] must hold 2 or 4 arrays");
+    const std::string p = "weights[" + std::to_string(k) + "]";
+    const int64 in = c.input_size(k / c.D);
+    fastrnn::LayerWeights<T> w{checked<T>(t[0], (p + ".w_ih").c_str(), {GH, in}, false, false),
+                               checked<T>(t[1], (p + ".w_hh").c_str(), {GH, c.H}, false, false), nullptr, nullptr};
+    if (t.size() == 4) {
+      w.b_ih = checked<T>(t[2], (p + ".b_ih").c_str(), {GH}, false, false);
+      w.b_hh = checked<T>(t[3], (p + ".b_hh").c_str(), {GH}, false, false);
+    }
+    out.push_back(w);
+  }
+  return out;
+}
+
+template <class T>
+void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::object h0, py::object c0,
+               py::object lengths, py::object y, py::object hn, py::object cn, py::object reserve) {
+  const std::vector<int64> state{c.L * c.D, c.B, c.H};
+  const bool lstm = c.has_cell();
+  fastrnn::ForwardArgs<T> a{checked<T>(x, "x", {c.T, c.B, c.I}, false, false),
+                            checked<T>(h0, "h0", state, true, false),
+                            lstm ? checked<T>(c0, "c0", state, true, false) : nullptr,
+                            checked_lengths(lengths, c),
+                            checked_weights<T>(weights, c),
+                            checked<T>(y, "y", {c.T, c.B, c.D * c.H}, false, true),
+                            checked<T>(hn, "hn", state, false, true),
+                            lstm ? checked<T>(cn, "cn", state, false, true) : nullptr,
+                            checked<T>(reserve, "reserve", {fastrnn::ReserveLayout(c).total}, true, true)};
+  py::gil_scoped_release release;
+  fastrnn::cpu::forward<T>(c, a);
+}
+
+template <class T>
+void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::object h0, py::object c0,
+                py::object lengths, py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx,
+                py::object dh0, py::object dc0, py::list grads) {
+  const std::vector<int64> state{c.L * c.D, c.B, c.H};
+  const bool lstm = c.has_cell();
+  fastrnn::BackwardArgs<T> a{checked<T>(x, "x", {c.T, c.B, c.I}, false, false),
+                             checked<T>(h0, "h0", state, true, false),
+                             lstm ? checked<T>(c0, "c0", state, true, false) : nullptr,
+                             checked_lengths(lengths, c),
+                             checked_weights<T>(weights, c),
+                             checked<T>(reserve, "reserve", {fastrnn::ReserveLayout(c).total}, false, false),
+                             checked<T>(dy, "dy", {c.T, c.B, c.D * c.H}, false, false),
+                             checked<T>(dhn, "dhn", state, true, false),
+                             lstm ? checked<T>(dcn, "dcn", state, true, false) : nullptr,
+                             checked<T>(dx, "dx", {c.T, c.B, c.I}, false, true),
+                             checked<T>(dh0, "dh0", state, false, true),
+                             lstm ? checked<T>(dc0, "dc0", state, false, true) : nullptr,
+                             {}};
+  // grads mirrors weights: same count, same shapes, writeable.
+  auto gw = checked_weights<T>(grads, c);
+  for (int64 k = 0; k < c.L * c.D; ++k) {
+    auto t = py::cast<py::sequence>(grads[k]);
+    if (t.size() != py::cast<py::sequence>(weights[k]).size())
+      throw py::value_error("grads[" + std::to_string(k) + "] must match weights[" + std::to_string(k) + "] in length");
+    for (auto item : t)
+      if (!py::reinterpret_borrow<py::array>(item).writeable())
+        throw py::value_error("grads[" + std::to_string(k) + "] must be writeable");
+    a.grads.push_back({const_cast<T*>(gw[k].w_ih), const_cast<T*>(gw[k].w_hh), const_cast<T*>(gw[k].b_ih),
+                       const_cast<T*>(gw[k].b_hh)});
+  }
+  py::gil_scoped_release release;
+  fastrnn::cpu::backward<T>(c, a);
+}
+
+bool is_float64(py::array x) {
+  if (x.dtype().kind() != 'f' || (x.itemsize() != 4 && x.itemsize() != 8))
+    throw py::type_error("x must have dtype float32 or float64, got " + std::string(py::str(x.dtype())));
+  return x.itemsize() == 8;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastrnn's compiled kernels. Use fastrnn.functional; these entry points expect validated, "
+            "time-major, C-contiguous arrays and caller-allocated outputs.";
+
+  m.def("reserve_size",
+        [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
+          return fastrnn::ReserveLayout({static_cast<fastrnn::CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1}).total;
+        },
+        py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"), py::arg("bidirectional"),
+        "Number of elements the reserve of a training forward holds.");
+
+  m.def("forward",
+        [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths, py::object y,
+           py::object hn, py::object cn, py::object reserve, int64 H, int64 L, bool bidirectional) {
+          const auto c = make_config(cell, x, H, L, bidirectional);
+          if (is_float64(x)) forward_t<double>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve);
+          else forward_t<float>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve);
+        },
+        py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
+        py::arg("y"), py::arg("hn"), py::arg("cn"), py::arg("reserve"), py::arg("hidden_size"), py::arg("num_layers"),
+        py::arg("bidirectional"));
+
+  m.def("backward",
+        [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths,
+           py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx, py::object dh0,
+           py::object dc0, py::list grads, int64 H, int64 L, bool bidirectional) {
+          const auto c = make_config(cell, x, H, L, bidirectional);
+          if (is_float64(x)) backward_t<double>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads);
+          else backward_t<float>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads);
+        },
+        py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
+        py::arg("reserve"), py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("dx"), py::arg("dh0"),
+        py::arg("dc0"), py::arg("grads"), py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"));
+
+  m.def("set_num_threads", &fastrnn::cpu::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &fastrnn::cpu::get_num_threads);
+#ifdef FASTRNN_WITH_CUDA
+  m.attr("built_with_cuda") = true;
+#else
+  m.attr("built_with_cuda") = false;
+#endif
+}

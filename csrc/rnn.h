@@ -1,0 +1,99 @@
+// The stack-level interface shared by the CPU and CUDA back ends: what a call describes (cell,
+// sizes, layers, directions, lengths), the pointers it passes, and the layout of the "reserve"
+// (what a training forward saves for backward), declared once here as named offsets.
+//
+// All tensors are time-major and C-contiguous. Per layer l and direction d (index l*D + d):
+//   w_ih [G*H, I_l] (I_0 = I, I_l = D*H), w_hh [G*H, H], b_ih, b_hh [G*H] (nullptr = no bias).
+#pragma once
+
+#include <vector>
+
+#include "cells.h"
+#include "common.h"
+
+namespace fastrnn {
+
+struct RnnConfig {
+  CellKind cell;
+  int64 T, B, I, H;  // steps, batch, input size, hidden size
+  int64 L, D;        // layers, directions (1 or 2)
+
+  int64 gates() const { return dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kGates); }); }
+  int64 saved_per_unit() const { return dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kSaved); }); }
+  bool has_cell() const { return cell == CellKind::Lstm; }
+  int64 input_size(int64 layer) const { return layer == 0 ? I : D * H; }
+};
+
+// Offsets (in elements) into the reserve of a training forward. Per layer l: its output
+// Y_l [T, B, D*H] (zeros past each length), the next layer's input; per layer and direction:
+// the cell's saved values [T, B, S*H] and, for the LSTM, the cell states [T, B, H].
+struct ReserveLayout {
+  int64 outputs_size, gates_size, cells_size, per_layer, total;
+
+  explicit ReserveLayout(const RnnConfig& c) {
+    const int64 TB = checked_mul(c.T, c.B, "T*B");
+    outputs_size = checked_mul(TB, checked_mul(c.D, c.H, "D*H"), "reserve");
+    gates_size = checked_mul(TB, checked_mul(c.saved_per_unit(), c.H, "S*H"), "reserve");
+    cells_size = c.has_cell() ? checked_mul(TB, c.H, "reserve") : 0;
+    const int64 per_dir = checked_add(gates_size, cells_size, "reserve");
+    per_layer = checked_add(outputs_size, checked_mul(c.D, per_dir, "reserve"), "reserve");
+    total = checked_mul(c.L, per_layer, "reserve");
+  }
+  int64 layer_output(int64 l) const { return l * per_layer; }
+  int64 gates(int64 l, int64 d) const { return l * per_layer + outputs_size + d * (gates_size + cells_size); }
+  int64 cells(int64 l, int64 d) const { return gates(l, d) + gates_size; }
+};
+
+template <class T> struct LayerWeights {
+  const T* w_ih;  // [G*H, I_l]
+  const T* w_hh;  // [G*H, H]
+  const T* b_ih;  // [G*H] or nullptr
+  const T* b_hh;  // [G*H] or nullptr
+};
+
+template <class T> struct LayerGrads {
+  T* dw_ih;  // [G*H, I_l]
+  T* dw_hh;  // [G*H, H]
+  T* db_ih;  // [G*H] or nullptr (no bias)
+  T* db_hh;  // [G*H] or nullptr
+};
+
+template <class T> struct ForwardArgs {
+  const T* x;              // [T, B, I]
+  const T* h0;             // [L*D, B, H] or nullptr (zeros)
+  const T* c0;             // [L*D, B, H] or nullptr (LSTM)
+  const int64* lengths;    // [B] in [1, T], or nullptr (all T)
+  std::vector<LayerWeights<T>> weights;  // [L*D]
+  T* y;                    // [T, B, D*H]
+  T* hn;                   // [L*D, B, H]
+  T* cn;                   // [L*D, B, H] (LSTM) or nullptr
+  T* reserve;              // [ReserveLayout.total], or nullptr for inference
+};
+
+template <class T> struct BackwardArgs {
+  // what forward saw and saved
+  const T* x;              // [T, B, I]
+  const T* h0;             // [L*D, B, H] or nullptr
+  const T* c0;             // [L*D, B, H] or nullptr
+  const int64* lengths;    // [B] or nullptr
+  std::vector<LayerWeights<T>> weights;
+  const T* reserve;        // from the training forward
+  // incoming gradients
+  const T* dy;             // [T, B, D*H]
+  const T* dhn;            // [L*D, B, H] or nullptr (zero)
+  const T* dcn;            // [L*D, B, H] or nullptr (zero)
+  // outputs (fully overwritten)
+  T* dx;                   // [T, B, I]
+  T* dh0;                  // [L*D, B, H]
+  T* dc0;                  // [L*D, B, H] (LSTM) or nullptr
+  std::vector<LayerGrads<T>> grads;
+};
+
+namespace cpu {
+template <class T> void forward(const RnnConfig& cfg, const ForwardArgs<T>& a);
+template <class T> void backward(const RnnConfig& cfg, const BackwardArgs<T>& a);
+void set_num_threads(int n);
+int get_num_threads();
+}  // namespace cpu
+
+}  // namespace fastrnn

@@ -1,0 +1,282 @@
+"""The NumPy API: validate arguments, lay them out time-major and contiguous, allocate, call the
+compiled kernels. No PyTorch needed.
+
+    out = fastrnn.forward("lstm", x, weights, h0, c0, lengths=None, bidirectional=False,
+                          batch_first=False, training=True)
+    grads = fastrnn.backward(out.saved, dy, dhn=None, dcn=None)
+
+Shapes (PyTorch's conventions): x [T, B, I] ([B, T, I] if batch_first); weights is a list of
+L*D entries, index l*D + d (d = 1 is the reverse direction), each (w_ih [G*H, I_l], w_hh [G*H, H])
+or (w_ih, w_hh, b_ih [G*H], b_hh [G*H]) with I_0 = I, I_l = D*H, G = 4 (LSTM), 3 (GRU), 1 (RNN);
+h0, c0 [L*D, B, H]; lengths [B] integers in [1, T]. float32 or float64 throughout.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ._loader import _core
+from .types import CELLS, GATES, RNNGrads, RNNResult
+
+_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_BLAS_MAX = 2**31 - 1  # the BLAS's 32-bit dimension limit
+_DIRECTION = ("forward", "reverse")
+
+
+class Saved:
+    """What a training forward keeps for backward: the inputs as the kernels saw them (time-major,
+    contiguous) and the reserve (layer outputs and the cells' saved values). Treat as opaque."""
+
+    __slots__ = ("cell", "x", "weights", "h0", "c0", "lengths", "reserve", "hidden_size", "num_layers",
+                 "bidirectional", "batch_first")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def _check_dtype(name: str, a: np.ndarray, dtype: np.dtype) -> None:
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {a.dtype}")
+
+
+def _array(name: str, value) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except Exception as e:  # ragged lists, objects that are not arrays
+            raise TypeError(f"{name} must be a numpy array, got {type(value).__name__}") from e
+    return value
+
+
+def _check_shape(name: str, a: np.ndarray, expected: tuple, what: str = "") -> None:
+    if a.shape != expected:
+        raise ValueError(f"{name} must have shape {what}{expected}, got {a.shape}")
+
+
+def _check_cell(cell) -> str:
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    return cell
+
+
+def _check_x(x) -> np.ndarray:
+    x = _array("x", x)
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"x must have dtype float32 or float64, got {x.dtype}")
+    if x.ndim != 3:
+        raise ValueError(f"x must be 3-D (T, B, I) or (B, T, I) with batch_first, got shape {x.shape}")
+    if 0 in x.shape:
+        raise ValueError(f"x must not be empty (every size >= 1), got shape {x.shape}")
+    return x
+
+
+def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype) -> tuple:
+    """Returns (weights as tuples of contiguous arrays, hidden_size, num_layers)."""
+    if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
+        raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
+    if len(weights) == 0 or len(weights) % num_directions:
+        raise ValueError(f"weights must hold num_layers * {num_directions} entries "
+                         f"(bidirectional={num_directions == 2}), got {len(weights)}")
+    G = GATES[cell]
+    first = weights[0]
+    if not isinstance(first, (list, tuple)) or len(first) not in (2, 4):
+        raise ValueError("weights[0] must be a tuple (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh)")
+    w_hh0 = _array("weights[0][1] (w_hh)", first[1])
+    if w_hh0.ndim != 2 or w_hh0.shape[1] < 1:
+        raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
+    H = int(w_hh0.shape[1])
+    bias = len(first) == 4
+    out = []
+    for k, entry in enumerate(weights):
+        layer, d = divmod(k, num_directions)
+        where = f"layer {layer}, {_DIRECTION[d]}"
+        if not isinstance(entry, (list, tuple)) or len(entry) != len(first):
+            raise ValueError(f"weights[{k}] ({where}) must be a tuple of {len(first)} arrays like weights[0]")
+        in_size = input_size if layer == 0 else num_directions * H
+        names = ("w_ih", "w_hh", "b_ih", "b_hh")
+        shapes = ((G * H, in_size), (G * H, H), (G * H,), (G * H,))
+        formulas = (f"({G}*H, {'I' if layer == 0 else f'{num_directions}*H'}) = ", f"({G}*H, H) = ",
+                    f"({G}*H,) = ", f"({G}*H,) = ")
+        arrays = []
+        for i, a in enumerate(entry):
+            name = f"weights[{k}][{i}] ({names[i]}, {where})"
+            a = _array(name, a)
+            _check_dtype(name, a, dtype)
+            _check_shape(name, a, shapes[i], formulas[i])
+            arrays.append(np.ascontiguousarray(a))
+        out.append(tuple(arrays))
+    return out, H, len(weights) // num_directions, bias
+
+
+def _check_state(name: str, s, shape: tuple, dtype) -> Optional[np.ndarray]:
+    if s is None:
+        return None
+    s = _array(name, s)
+    _check_dtype(name, s, dtype)
+    _check_shape(name, s, shape, "(num_layers*num_directions, B, H) = ")
+    return np.ascontiguousarray(s)
+
+
+def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
+    if lengths is None:
+        return None
+    lengths = _array("lengths", lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    _check_shape("lengths", lengths, (B,), "(B,) = ")
+    if lengths.min() < 1 or lengths.max() > T:
+        bad = int(lengths[(lengths < 1) | (lengths > T)][0])
+        raise ValueError(f"lengths must lie in [1, T={T}], got {bad}")
+    return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def _check_sizes(T: int, B: int, I: int, H: int, G: int) -> None:
+    if T * B > _BLAS_MAX or G * H > _BLAS_MAX or I > _BLAS_MAX:
+        raise ValueError(f"sizes too large: T*B = {T * B}, G*H = {G * H}, I = {I}; each must be <= 2^31 - 1 "
+                         "(the BLAS's 32-bit index limit)")
+
+
+def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, bidirectional: bool = False,
+            batch_first: bool = False, training: bool = False) -> RNNResult:
+    """Run a stack of recurrent layers over a whole sequence.
+
+    cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+    x: [T, B, I] ([B, T, I] if batch_first), float32 or float64.
+    weights: list of num_layers * num_directions tuples (w_ih, w_hh[, b_ih, b_hh]) in PyTorch's
+        layout and gate order (see the module docstring).
+    h0, c0: [L*D, B, H] initial states (zeros when None); c0 for the LSTM only.
+    lengths: [B] ints in [1, T]: outputs past a sequence's length are zero, its final state is
+        the one at its own last step, and the reverse direction starts at that step.
+    training: keep what ``backward`` needs (``result.saved``); False saves nothing.
+
+    Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
+    """
+    cell = _check_cell(cell)
+    x = _check_x(x)
+    D = 2 if bidirectional else 1
+    if batch_first:
+        B, T, I = x.shape
+    else:
+        T, B, I = x.shape
+    weights, H, L, _ = _check_weights(cell, weights, I, D, x.dtype)
+    _check_sizes(T, B, I, H, GATES[cell])
+    state_shape = (L * D, B, H)
+    h0 = _check_state("h0", h0, state_shape, x.dtype)
+    if cell != "lstm" and c0 is not None:
+        raise ValueError(f"c0 is only for the LSTM, got one for cell {cell!r}")
+    c0 = _check_state("c0", c0, state_shape, x.dtype) if cell == "lstm" else None
+    lengths = _check_lengths(lengths, T, B)
+
+    xt = np.ascontiguousarray(x.transpose(1, 0, 2) if batch_first else x)  # [T, B, I]
+    y = np.empty((T, B, D * H), x.dtype)
+    hn = np.empty(state_shape, x.dtype)
+    cn = np.empty(state_shape, x.dtype) if cell == "lstm" else None
+    reserve = None
+    if training:
+        reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional), x.dtype)
+    _core.forward(_CELL_ID[cell], xt, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional)
+
+    saved = None
+    if training:
+        saved = Saved(cell=cell, x=xt, weights=weights, h0=h0, c0=c0, lengths=lengths, reserve=reserve,
+                      hidden_size=H, num_layers=L, bidirectional=bidirectional, batch_first=batch_first)
+    if batch_first:
+        y = np.ascontiguousarray(y.transpose(1, 0, 2))
+    return RNNResult(y, hn, cn, saved)
+
+
+def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
+    """Backpropagation through time for a ``forward(..., training=True)`` call.
+
+    dy: gradient of ``output``, same shape and layout. dhn, dcn: gradients of h_n and c_n
+    ([L*D, B, H]; None = zero; dcn for the LSTM only).
+
+    Returns RNNGrads(dx (layout of x), dh0, dc0 (LSTM) or None, dweights) where dweights mirrors
+    ``weights``: one tuple (dW_ih, dW_hh[, db_ih, db_hh]) per layer and direction.
+    """
+    if not isinstance(saved, Saved):
+        raise TypeError("saved must be the .saved of a forward(..., training=True) result, "
+                        f"got {type(saved).__name__}")
+    x = saved.x
+    T, B, I = x.shape
+    H, L, D = saved.hidden_size, saved.num_layers, 2 if saved.bidirectional else 1
+    dy = _array("dy", dy)
+    _check_dtype("dy", dy, x.dtype)
+    _check_shape("dy", dy, (B, T, D * H) if saved.batch_first else (T, B, D * H), "the output's shape ")
+    dyt = np.ascontiguousarray(dy.transpose(1, 0, 2) if saved.batch_first else dy)
+    state_shape = (L * D, B, H)
+    dhn = _check_state("dhn", dhn, state_shape, x.dtype)
+    lstm = saved.cell == "lstm"
+    if not lstm and dcn is not None:
+        raise ValueError(f"dcn is only for the LSTM, got one for cell {saved.cell!r}")
+    dcn = _check_state("dcn", dcn, state_shape, x.dtype) if lstm else None
+
+    dx = np.empty_like(x)
+    dh0 = np.empty(state_shape, x.dtype)
+    dc0 = np.empty(state_shape, x.dtype) if lstm else None
+    dweights = [tuple(np.empty_like(w) for w in entry) for entry in saved.weights]
+    _core.backward(_CELL_ID[saved.cell], x, saved.weights, saved.h0, saved.c0, saved.lengths, saved.reserve, dyt,
+                   dhn, dcn, dx, dh0, dc0, dweights, H, L, saved.bidirectional)
+    if saved.batch_first:
+        dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+    return RNNGrads(dx, dh0, dc0, dweights)
+
+
+def _backward_for(cell_names: tuple, saved, dy, dhn, dcn) -> RNNGrads:
+    if isinstance(saved, Saved) and saved.cell not in cell_names:
+        raise ValueError(f"saved comes from a {saved.cell!r} forward, expected one of {cell_names}")
+    return backward(saved, dy, dhn, dcn)
+
+
+def lstm_forward(x, weights, h0=None, c0=None, **kwargs) -> RNNResult:
+    """``forward("lstm", ...)``: gates i, f, g, o; see :func:`forward`."""
+    return forward("lstm", x, weights, h0, c0, **kwargs)
+
+
+def gru_forward(x, weights, h0=None, **kwargs) -> RNNResult:
+    """``forward("gru", ...)``: gates r, z, n, reset applied after the hidden product (PyTorch's GRU)."""
+    return forward("gru", x, weights, h0, **kwargs)
+
+
+def rnn_forward(x, weights, h0=None, *, nonlinearity: str = "tanh", **kwargs) -> RNNResult:
+    """Elman RNN ``h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh)``; see :func:`forward`."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return forward("rnn_" + nonlinearity, x, weights, h0, **kwargs)
+
+
+def lstm_backward(saved, dy, dhn=None, dcn=None) -> RNNGrads:
+    """Backward of :func:`lstm_forward`."""
+    return _backward_for(("lstm",), saved, dy, dhn, dcn)
+
+
+def gru_backward(saved, dy, dhn=None) -> RNNGrads:
+    """Backward of :func:`gru_forward`."""
+    return _backward_for(("gru",), saved, dy, dhn, None)
+
+
+def rnn_backward(saved, dy, dhn=None) -> RNNGrads:
+    """Backward of :func:`rnn_forward`."""
+    return _backward_for(("rnn_tanh", "rnn_relu"), saved, dy, dhn, None)
+
+
+def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, bidirectional: bool = False,
+                 bias: bool = True, dtype=np.float32, seed=None) -> list:
+    """Weights initialised as torch.nn does, U(-1/sqrt(H), 1/sqrt(H)), in the layout ``forward`` takes."""
+    cell = _check_cell(cell)
+    for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    rng = np.random.default_rng(seed)
+    D, G, H = (2 if bidirectional else 1), GATES[cell], hidden_size
+    k = 1.0 / np.sqrt(H)
+    weights = []
+    for layer in range(num_layers):
+        in_size = input_size if layer == 0 else D * H
+        for _ in range(D):
+            shapes = [(G * H, in_size), (G * H, H)] + ([(G * H,), (G * H,)] if bias else [])
+            weights.append(tuple(rng.uniform(-k, k, s).astype(dtype) for s in shapes))
+    return weights

@@ -1,0 +1,333 @@
+"""The reference implementation of fastrnn: slow, obvious NumPy float64 forward and hand-written
+backpropagation through time for the Elman RNN (tanh / ReLU), LSTM and GRU, with multiple layers,
+both directions and variable lengths, using PyTorch's weight layout, gate order and packed-sequence
+semantics. It exists to be the truth that the fast C++/CUDA kernels are tested against, so it is
+written for being read, not for speed: a plain ``for t in range(T)`` loop per layer and direction,
+every cell's forward and backward pointwise maths side by side in small functions, and nothing
+shared with the fast path except the names in ``types.py``. It has the same signature as
+``functional.forward`` / ``functional.backward`` and is itself checked against finite differences
+(``tests/test_reference.py``).
+
+Notation: T time steps, B batch, I input features, H hidden size, G gate blocks (``GATES[cell]``),
+L layers, D directions (2 if bidirectional). Everything is computed and returned in float64.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .types import CELLS, GATES, RNNGrads, RNNResult
+
+__all__ = ["forward", "backward"]
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    # = 1 / (1 + exp(-a)), written with tanh so that large |a| cannot overflow
+    return 0.5 * (1.0 + np.tanh(0.5 * a))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells: only the pointwise step. Every cell has the same two functions:
+#
+#   forward(gi, gh, h, c) -> (h_new, c_new, cache)
+#       gi = x_t W_ihᵀ + b_ih   [B, G*H]   (input projection)
+#       gh = h   W_hhᵀ + b_hh   [B, G*H]   (hidden projection)
+#       h, c                    [B, H]     (c is None except for LSTM; c_new likewise)
+#   backward(dh_new, dc_new, cache) -> (dgi, dgh, dh_direct, dc)
+#       dgi, dgh   [B, G*H] gradients of gi and gh; the layer turns them into dx, dh, dW, db
+#       dh_direct  [B, H]   the part of dh that does not go through gh (GRU's z*h term)
+#       dc         [B, H]   gradient of the previous cell state (None except for LSTM)
+# ---------------------------------------------------------------------------------------------
+
+# Elman RNN, tanh: h' = tanh(gi + gh)
+def _rnn_tanh_forward(gi, gh, h, c):
+    h_new = np.tanh(gi + gh)  # [B, H]
+    return h_new, None, (h_new,)
+
+
+def _rnn_tanh_backward(dh_new, dc_new, cache):
+    (h_new,) = cache
+    da = dh_new * (1.0 - h_new * h_new)  # [B, H]
+    return da, da, np.zeros_like(dh_new), None
+
+
+# Elman RNN, ReLU: h' = max(gi + gh, 0)
+def _rnn_relu_forward(gi, gh, h, c):
+    a = gi + gh  # [B, H]
+    return np.maximum(a, 0.0), None, (a,)
+
+
+def _rnn_relu_backward(dh_new, dc_new, cache):
+    (a,) = cache
+    da = dh_new * (a > 0.0)  # [B, H]
+    return da, da, np.zeros_like(dh_new), None
+
+
+# LSTM, gate blocks i, f, g, o of a = gi + gh:
+#   i = σ(a_i), f = σ(a_f), g = tanh(a_g), o = σ(a_o); c' = f*c + i*g; h' = o*tanh(c')
+def _lstm_forward(gi, gh, h, c):
+    a_i, a_f, a_g, a_o = np.split(gi + gh, 4, axis=1)  # each [B, H]
+    i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), np.tanh(a_g), _sigmoid(a_o)
+    c_new = f * c + i * g
+    tanh_c = np.tanh(c_new)
+    h_new = o * tanh_c
+    return h_new, c_new, (c, i, f, g, o, tanh_c)
+
+
+def _lstm_backward(dh_new, dc_new, cache):
+    c, i, f, g, o, tanh_c = cache
+    dc_total = dc_new + dh_new * o * (1.0 - tanh_c * tanh_c)  # [B, H] all paths into c'
+    da_i = dc_total * g * i * (1.0 - i)
+    da_f = dc_total * c * f * (1.0 - f)
+    da_g = dc_total * i * (1.0 - g * g)
+    da_o = dh_new * tanh_c * o * (1.0 - o)
+    da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)  # [B, 4H]
+    return da, da, np.zeros_like(dh_new), dc_total * f
+
+
+# GRU, gate blocks r, z, n (the reset gate multiplies the hidden projection, PyTorch style):
+#   r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r * gh_n), h' = (1-z)*n + z*h
+def _gru_forward(gi, gh, h, c):
+    gi_r, gi_z, gi_n = np.split(gi, 3, axis=1)  # each [B, H]
+    gh_r, gh_z, gh_n = np.split(gh, 3, axis=1)
+    r = _sigmoid(gi_r + gh_r)
+    z = _sigmoid(gi_z + gh_z)
+    n = np.tanh(gi_n + r * gh_n)
+    h_new = (1.0 - z) * n + z * h
+    return h_new, None, (h, r, z, n, gh_n)
+
+
+def _gru_backward(dh_new, dc_new, cache):
+    h, r, z, n, gh_n = cache
+    da_n = dh_new * (1.0 - z) * (1.0 - n * n)  # [B, H] grad of n's pre-activation
+    da_z = dh_new * (h - n) * z * (1.0 - z)
+    da_r = da_n * gh_n * r * (1.0 - r)
+    dgi = np.concatenate([da_r, da_z, da_n], axis=1)  # [B, 3H]
+    dgh = np.concatenate([da_r, da_z, da_n * r], axis=1)  # [B, 3H]
+    return dgi, dgh, dh_new * z, None
+
+
+_CELL_FNS = {
+    "rnn_tanh": (_rnn_tanh_forward, _rnn_tanh_backward),
+    "rnn_relu": (_rnn_relu_forward, _rnn_relu_backward),
+    "lstm": (_lstm_forward, _lstm_backward),
+    "gru": (_gru_forward, _gru_backward),
+}
+assert set(_CELL_FNS) == set(CELLS)
+
+
+# ---------------------------------------------------------------------------------------------
+# One layer, one direction, variable lengths. Knows nothing about which cell it runs.
+# Sequence b is live at step t iff t < lengths[b]; a row that is not live keeps its state and
+# outputs zero, so the forward direction ends on the state after t = len-1 and the reverse
+# direction (t = T-1 .. 0) starts from h0 at t = len-1 and ends on the state after t = 0.
+# ---------------------------------------------------------------------------------------------
+
+def _direction_forward(cell, x, lengths, w, h0, c0, reverse):
+    """x [T, B, I]; lengths [B]; w = (w_ih [G*H, I], w_hh [G*H, H], b_ih [G*H], b_hh [G*H]);
+    h0, c0 [B, H] (c0 None unless LSTM).
+    Returns out [T, B, H], h_n [B, H], c_n [B, H] or None, steps (per time step, in time order:
+    (h_prev [B, H], cell cache))."""
+    cell_forward = _CELL_FNS[cell][0]
+    w_ih, w_hh, b_ih, b_hh = w
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    h, c = h0, c0
+    out = np.zeros((T, B, H))
+    steps: List[Any] = [None] * T
+    for t in reversed(range(T)) if reverse else range(T):
+        live = (t < lengths)[:, None]  # [B, 1]
+        gi = x[t] @ w_ih.T + b_ih  # [B, G*H]
+        gh = h @ w_hh.T + b_hh  # [B, G*H]
+        h_new, c_new, cache = cell_forward(gi, gh, h, c)
+        steps[t] = (h, cache)
+        out[t] = np.where(live, h_new, 0.0)
+        h = np.where(live, h_new, h)
+        if c is not None:
+            c = np.where(live, c_new, c)
+    return out, h, c, steps
+
+
+def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse):
+    """Inverse of ``_direction_forward``: walks the steps in the opposite order.
+    x [T, B, I]; dout [T, B, H]; dh_n, dc_n [B, H] (dc_n None unless LSTM).
+    Returns dx [T, B, I], dh0 [B, H], dc0 [B, H] or None, (dW_ih, dW_hh, db_ih, db_hh)."""
+    cell_backward = _CELL_FNS[cell][1]
+    w_ih, w_hh, b_ih, b_hh = w
+    T = x.shape[0]
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db_ih, db_hh = np.zeros_like(b_ih), np.zeros_like(b_hh)
+    dh, dc = dh_n.copy(), (None if dc_n is None else dc_n.copy())
+    for t in range(T) if reverse else reversed(range(T)):
+        live = (t < lengths)[:, None]  # [B, 1]
+        h_prev, cache = steps[t]
+        # A row that is not live passed its state through unchanged and output a constant zero.
+        dh_new = np.where(live, dh + dout[t], 0.0)  # [B, H]
+        dc_new = None if dc is None else np.where(live, dc, 0.0)
+        dgi, dgh, dh_direct, dc_prev = cell_backward(dh_new, dc_new, cache)
+        dx[t] = dgi @ w_ih  # [B, I]
+        dw_ih += dgi.T @ x[t]
+        dw_hh += dgh.T @ h_prev
+        db_ih += dgi.sum(axis=0)
+        db_hh += dgh.sum(axis=0)
+        dh = np.where(live, dh_direct + dgh @ w_hh, dh)
+        if dc is not None:
+            dc = np.where(live, dc_prev, dc)
+    return dx, dh, dc, (dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stack: layers x directions. Layer l > 0 reads [fwd, bwd] outputs of layer l-1.
+# ---------------------------------------------------------------------------------------------
+
+def forward(
+    cell: str,
+    x: np.ndarray,
+    weights: Sequence[Tuple[np.ndarray, ...]],
+    h0: Optional[np.ndarray] = None,
+    c0: Optional[np.ndarray] = None,
+    *,
+    lengths: Optional[np.ndarray] = None,
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    training: bool = True,
+) -> RNNResult:
+    """Run an L-layer, D-direction recurrent stack.
+
+    cell:     one of ``CELLS``.
+    x:        [T, B, I] ([B, T, I] if batch_first).
+    weights:  L*D tuples, index l*D + d (d = 0 forward, 1 reverse): (w_ih [G*H, I_l],
+              w_hh [G*H, H], b_ih [G*H], b_hh [G*H]) or (w_ih, w_hh); I_0 = I, I_l = D*H.
+    h0, c0:   [L*D, B, H] or None (zeros); c0 only for LSTM.
+    lengths:  [B] ints in [1, T], or None (all T).
+    Returns ``RNNResult(output [T, B, D*H] (batch-first if batch_first), h_n [L*D, B, H],
+    c_n [L*D, B, H] or None, saved)``; saved is None unless training.
+    """
+    assert cell in GATES, f"cell must be one of {CELLS}, got {cell!r}"
+    is_lstm = cell == "lstm"
+    x = np.asarray(x, dtype=np.float64)
+    assert x.ndim == 3, f"x must be 3-D, got shape {x.shape}"
+    if batch_first:
+        x = x.transpose(1, 0, 2)  # -> [T, B, I]
+    T, B, I = x.shape
+    D = 2 if bidirectional else 1
+    assert len(weights) > 0 and len(weights) % D == 0, "len(weights) must be a multiple of D"
+    L = len(weights) // D
+    G = GATES[cell]
+    has_bias = len(weights[0]) == 4
+    H = np.shape(weights[0][1])[1]
+
+    ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh); zero biases when there are none
+    for k, w in enumerate(weights):
+        assert len(w) == (4 if has_bias else 2), "every weights entry must have the same length"
+        w_ih = np.asarray(w[0], dtype=np.float64)
+        w_hh = np.asarray(w[1], dtype=np.float64)
+        in_size = I if k < D else D * H
+        assert w_ih.shape == (G * H, in_size), f"weights[{k}][0] shape {w_ih.shape}"
+        assert w_hh.shape == (G * H, H), f"weights[{k}][1] shape {w_hh.shape}"
+        if has_bias:
+            b_ih = np.asarray(w[2], dtype=np.float64)
+            b_hh = np.asarray(w[3], dtype=np.float64)
+            assert b_ih.shape == (G * H,) and b_hh.shape == (G * H,), f"weights[{k}] bias shape"
+        else:
+            b_ih, b_hh = np.zeros(G * H), np.zeros(G * H)
+        ws.append((w_ih, w_hh, b_ih, b_hh))
+
+    if lengths is None:
+        lengths = np.full(B, T, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    assert lengths.shape == (B,), f"lengths must have shape ({B},), got {lengths.shape}"
+    assert np.all((lengths >= 1) & (lengths <= T)), "lengths must lie in [1, T]"
+
+    h0 = np.zeros((L * D, B, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    assert h0.shape == (L * D, B, H), f"h0 must have shape {(L * D, B, H)}, got {h0.shape}"
+    if is_lstm:
+        c0 = np.zeros((L * D, B, H)) if c0 is None else np.asarray(c0, dtype=np.float64)
+        assert c0.shape == (L * D, B, H), f"c0 must have shape {(L * D, B, H)}, got {c0.shape}"
+    else:
+        assert c0 is None, "c0 is only for LSTM"
+
+    h_n = np.zeros((L * D, B, H))
+    c_n = np.zeros((L * D, B, H)) if is_lstm else None
+    layer_inputs = []  # L arrays [T, B, I_l]
+    all_steps = []  # L*D lists of per-step caches
+    layer_in = x
+    for l in range(L):
+        outs = []
+        for d in range(D):
+            k = l * D + d
+            out, h_n[k], ck, steps = _direction_forward(
+                cell, layer_in, lengths, ws[k], h0[k], c0[k] if is_lstm else None, d == 1
+            )
+            if is_lstm:
+                c_n[k] = ck
+            outs.append(out)
+            all_steps.append(steps)
+        layer_inputs.append(layer_in)
+        layer_in = np.concatenate(outs, axis=2)  # [T, B, D*H]
+    output = layer_in
+    if batch_first:
+        output = np.ascontiguousarray(output.transpose(1, 0, 2))
+
+    saved = None
+    if training:
+        saved = dict(
+            cell=cell, D=D, L=L, H=H, has_bias=has_bias, batch_first=batch_first,
+            lengths=lengths, weights=ws, layer_inputs=layer_inputs, steps=all_steps,
+        )
+    return RNNResult(output, h_n, c_n, saved)
+
+
+def backward(
+    saved: Dict[str, Any],
+    dy: np.ndarray,
+    dhn: Optional[np.ndarray] = None,
+    dcn: Optional[np.ndarray] = None,
+) -> RNNGrads:
+    """Backpropagation through time for a ``forward(..., training=True)`` call.
+
+    dy:       same layout as output: [T, B, D*H] ([B, T, D*H] if batch_first).
+    dhn, dcn: [L*D, B, H] or None (zeros); dcn only for LSTM.
+    Returns ``RNNGrads(dx (layout of x), dh0 [L*D, B, H], dc0 [L*D, B, H] or None, dweights)``.
+    """
+    assert saved is not None, "backward needs the saved state of forward(..., training=True)"
+    cell, D, L, H = saved["cell"], saved["D"], saved["L"], saved["H"]
+    is_lstm = cell == "lstm"
+    lengths, ws = saved["lengths"], saved["weights"]
+    T, B, _ = saved["layer_inputs"][0].shape
+
+    dy = np.asarray(dy, dtype=np.float64)
+    if saved["batch_first"]:
+        dy = dy.transpose(1, 0, 2)  # -> [T, B, D*H]
+    assert dy.shape == (T, B, D * H), f"dy must have shape {(T, B, D * H)} (time-major), got {dy.shape}"
+    dhn = np.zeros((L * D, B, H)) if dhn is None else np.asarray(dhn, dtype=np.float64)
+    assert dhn.shape == (L * D, B, H), f"dhn must have shape {(L * D, B, H)}, got {dhn.shape}"
+    if is_lstm:
+        dcn = np.zeros((L * D, B, H)) if dcn is None else np.asarray(dcn, dtype=np.float64)
+        assert dcn.shape == (L * D, B, H), f"dcn must have shape {(L * D, B, H)}, got {dcn.shape}"
+
+    dh0 = np.zeros((L * D, B, H))
+    dc0 = np.zeros((L * D, B, H)) if is_lstm else None
+    dweights: List[Tuple[np.ndarray, ...]] = [()] * (L * D)
+    d_layer_out = dy  # [T, B, D*H] gradient of the current layer's output
+    for l in reversed(range(L)):
+        x_l = saved["layer_inputs"][l]  # [T, B, I_l]
+        d_layer_in = np.zeros_like(x_l)
+        for d in range(D):
+            k = l * D + d
+            dx_d, dh0[k], dck, dw = _direction_backward(
+                cell, x_l, lengths, ws[k], saved["steps"][k],
+                d_layer_out[:, :, d * H:(d + 1) * H],
+                dhn[k], dcn[k] if is_lstm else None, d == 1,
+            )
+            if is_lstm:
+                dc0[k] = dck
+            d_layer_in += dx_d
+            dweights[k] = dw if saved["has_bias"] else dw[:2]
+        d_layer_out = d_layer_in
+    dx = d_layer_out
+    if saved["batch_first"]:
+        dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+    return RNNGrads(dx, dh0, dc0, dweights)
