@@ -14,6 +14,13 @@
 namespace py = pybind11;
 using fastrnn::int64;
 
+#ifdef FASTRNN_WITH_CUDA
+namespace fastrnn::cuda {
+// Defined in cuda/bindings_cuda.cpp: adds the `_core.cuda` submodule (the CUDA entry points).
+void register_bindings(py::module_& m);
+}  // namespace fastrnn::cuda
+#endif
+
 namespace {
 
 std::string shape_str(const std::vector<int64>& s) {
@@ -190,6 +197,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &fastrnn::cpu::get_num_threads);
 #ifdef FASTRNN_WITH_CUDA
   m.attr("built_with_cuda") = true;
+  auto cuda = m.def_submodule("cuda", "The CUDA back end's entry points.");
+  fastrnn::cuda::register_bindings(cuda);
 #else
   m.attr("built_with_cuda") = false;
 #endif
