@@ -25,6 +25,7 @@ int default_threads() {
 #endif
 }
 std::atomic<int> g_threads{default_threads()};
+const bool g_blas_single = (blas_single_threaded(), true);
 
 template <class T> const T* slice(const T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
@@ -35,7 +36,6 @@ int get_num_threads() { return num_threads(); }
 void set_num_threads(int n) {
   if (n < 1) throw ArgumentError("num_threads must be >= 1, got " + std::to_string(n));
   g_threads.store(n);
-  blas_set_num_threads(n);
 }
 
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
