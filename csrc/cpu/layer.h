@@ -19,6 +19,7 @@
 #endif
 
 #include "cpu/blas.h"
+#include "cpu/packed_gemm.h"
 #include "rnn.h"
 
 namespace fastrnn::cpu {
@@ -106,6 +107,12 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
 
     const Range units = split(H, nt, tid, kUnitAlign);
     const int64 j0 = units.begin, nj = units.size();
+    // This thread's rows of W_hh, packed once per gate: [G][packed H x nj].
+    const int64 gate_pack = packed_size<T>(H, nj);
+    std::vector<T> w_pack(G * gate_pack);
+    for (int64 g = 0; g < G; ++g)
+      pack_panels<T>(H, nj, [&](int64 k, int64 n) { return w.w_hh[(g * H + j0 + n) * H + k]; },
+                     w_pack.data() + g * gate_pack);
     T* h_cur = hstate.data();
     T* h_next = h_cur + B * H;
     T* c_cur = Cell::kHasCell ? cstate.data() : nullptr;
@@ -115,8 +122,8 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
       if (nj > 0) {
         for (int64 g = 0; g < G; ++g) {
           fill_rows(gh.data() + g * H + j0, GH, B, nj, w.b_hh ? w.b_hh + g * H + j0 : nullptr);
-          gemm(false, true, B, nj, H, T(1), h_cur, H, w.w_hh + (g * H + j0) * H, H, T(w.b_hh ? 1 : 0),
-               gh.data() + g * H + j0, GH);
+          packed_gemm<T>(B, nj, H, h_cur, H, w_pack.data() + g * gate_pack, gh.data() + g * H + j0, GH,
+                         w.b_hh != nullptr);
         }
         for (int64 b = 0; b < B; ++b) {
           const int64 tb = t * B + b;
@@ -178,6 +185,9 @@ void layer_backward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& 
     const int tid = thread_index(), nt = team_size();
     const Range units = split(H, nt, tid, kUnitAlign);
     const int64 j0 = units.begin, j1 = units.end, nj = units.size();
+    // This thread's columns of W_hh, packed once: [packed G*H x nj].
+    std::vector<T> w_pack(packed_size<T>(GH, nj));
+    pack_panels<T>(GH, nj, [&](int64 k, int64 n) { return w.w_hh[k * H + j0 + n]; }, w_pack.data());
     T* dh_cur = dhstate.data();
     T* dh_next = dh_cur + B * H;
     T* dc_cur = Cell::kHasCell ? dcstate.data() : nullptr;
@@ -217,7 +227,7 @@ void layer_backward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& 
       }
 #pragma omp barrier
       // dL/dh_prev[:, own units] += dG_h(all gates, all units) W_hh[:, own units]
-      gemm(false, false, B, nj, GH, T(1), dgh + t * B * GH, GH, w.w_hh + j0, H, T(1), dh_next + j0, H);
+      packed_gemm<T>(B, nj, GH, dgh + t * B * GH, GH, w_pack.data(), dh_next + j0, H, true);
       std::swap(dh_cur, dh_next);
       std::swap(dc_cur, dc_next);
     }
