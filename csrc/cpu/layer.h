@@ -24,8 +24,6 @@
 
 namespace fastrnn::cpu {
 
-int num_threads();
-
 // A thread's share [begin, end) of n items, split into `parts` nearly equal pieces whose
 // boundaries fall on multiples of `align` (keeps SIMD loops and cache lines whole).
 struct Range {
@@ -36,6 +34,12 @@ inline Range split(int64 n, int parts, int index, int64 align) {
   const int64 chunks = (n + align - 1) / align;
   const int64 lo = chunks * index / parts, hi = chunks * (index + 1) / parts;
   return {std::min(n, lo * align), std::min(n, hi * align)};
+}
+
+// The largest share split() gives any thread.
+inline int64 max_share(int64 n, int parts, int64 align) {
+  const int64 chunks = (n + align - 1) / align;
+  return std::min(n, (chunks + parts - 1) / parts * align);
 }
 
 inline int thread_index() {
@@ -86,7 +90,8 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
                    T* y, int64 ldy,         // [T, B, ldy]: this direction's H columns
                    T* hn, T* cn,            // [B, H]; cn only for cells with a cell state
                    T* saved,                // [T, B, S*H] or nullptr (inference)
-                   T* cells) {              // [T, B, H] or nullptr (inference / no cell state)
+                   T* cells,                // [T, B, H] or nullptr (inference / no cell state)
+                   int threads) {
   constexpr int64 G = Cell::kGates, S = Cell::kSaved;
   const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B;
 
@@ -95,8 +100,12 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
   std::vector<T> hstate(2 * B * H, T(0)), cstate(Cell::kHasCell ? 2 * B * H : 0, T(0));
   if (h0) std::memcpy(hstate.data(), h0, sizeof(T) * B * H);
   if (Cell::kHasCell && c0) std::memcpy(cstate.data(), c0, sizeof(T) * B * H);
+  // Each thread's rows of W_hh, packed once per gate ([G][packed H x nj]); allocated here because
+  // nothing may throw inside the parallel region.
+  const int64 gate_pack = packed_size<T>(H, max_share(H, threads, kUnitAlign));
+  std::vector<T> w_pack_all(threads * G * gate_pack);
 
-#pragma omp parallel num_threads(num_threads())
+#pragma omp parallel num_threads(threads)
   {
     const int tid = thread_index(), nt = team_size();
     const Range rows = split(TB, nt, tid, 1);
@@ -107,12 +116,9 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
 
     const Range units = split(H, nt, tid, kUnitAlign);
     const int64 j0 = units.begin, nj = units.size();
-    // This thread's rows of W_hh, packed once per gate: [G][packed H x nj].
-    const int64 gate_pack = packed_size<T>(H, nj);
-    std::vector<T> w_pack(G * gate_pack);
+    T* w_pack = w_pack_all.data() + tid * G * gate_pack;
     for (int64 g = 0; g < G; ++g)
-      pack_panels<T>(H, nj, [&](int64 k, int64 n) { return w.w_hh[(g * H + j0 + n) * H + k]; },
-                     w_pack.data() + g * gate_pack);
+      pack_panels<T>(H, nj, [&](int64 k, int64 n) { return w.w_hh[(g * H + j0 + n) * H + k]; }, w_pack + g * gate_pack);
     T* h_cur = hstate.data();
     T* h_next = h_cur + B * H;
     T* c_cur = Cell::kHasCell ? cstate.data() : nullptr;
@@ -122,7 +128,7 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
       if (nj > 0) {
         for (int64 g = 0; g < G; ++g) {
           fill_rows(gh.data() + g * H + j0, GH, B, nj, w.b_hh ? w.b_hh + g * H + j0 : nullptr);
-          packed_gemm<T>(B, nj, H, h_cur, H, w_pack.data() + g * gate_pack, gh.data() + g * H + j0, GH,
+          packed_gemm<T>(B, nj, H, h_cur, H, w_pack + g * gate_pack, gh.data() + g * H + j0, GH,
                          w.b_hh != nullptr);
         }
         for (int64 b = 0; b < B; ++b) {
@@ -167,7 +173,7 @@ void layer_backward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& 
                     const T* dhn, const T* dcn,  // [B, H] or nullptr
                     T* dx,                   // [T, B, in_size], accumulated into
                     T* dh0, T* dc0,          // [B, H]; dc0 only with a cell state
-                    const LayerGrads<T>& g) {
+                    const LayerGrads<T>& g, int threads) {
   constexpr int64 G = Cell::kGates, S = Cell::kSaved;
   const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B;
 
@@ -179,15 +185,17 @@ void layer_backward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& 
   std::vector<T> dhstate(2 * B * H, T(0)), dcstate(Cell::kHasCell ? 2 * B * H : 0, T(0));
   if (dhn) std::memcpy(dhstate.data(), dhn, sizeof(T) * B * H);
   if (Cell::kHasCell && dcn) std::memcpy(dcstate.data(), dcn, sizeof(T) * B * H);
+  // Each thread's columns of W_hh, packed once ([packed G*H x nj]).
+  const int64 thread_pack = packed_size<T>(GH, max_share(H, threads, kUnitAlign));
+  std::vector<T> w_pack_all(threads * thread_pack);
 
-#pragma omp parallel num_threads(num_threads())
+#pragma omp parallel num_threads(threads)
   {
     const int tid = thread_index(), nt = team_size();
     const Range units = split(H, nt, tid, kUnitAlign);
     const int64 j0 = units.begin, j1 = units.end, nj = units.size();
-    // This thread's columns of W_hh, packed once: [packed G*H x nj].
-    std::vector<T> w_pack(packed_size<T>(GH, nj));
-    pack_panels<T>(GH, nj, [&](int64 k, int64 n) { return w.w_hh[k * H + j0 + n]; }, w_pack.data());
+    T* w_pack = w_pack_all.data() + tid * thread_pack;
+    pack_panels<T>(GH, nj, [&](int64 k, int64 n) { return w.w_hh[k * H + j0 + n]; }, w_pack);
     T* dh_cur = dhstate.data();
     T* dh_next = dh_cur + B * H;
     T* dc_cur = Cell::kHasCell ? dcstate.data() : nullptr;
@@ -227,7 +235,7 @@ void layer_backward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& 
       }
 #pragma omp barrier
       // dL/dh_prev[:, own units] += dG_h(all gates, all units) W_hh[:, own units]
-      packed_gemm<T>(B, nj, GH, dgh + t * B * GH, GH, w_pack.data(), dh_next + j0, H, true);
+      packed_gemm<T>(B, nj, GH, dgh + t * B * GH, GH, w_pack, dh_next + j0, H, true);
       std::swap(dh_cur, dh_next);
       std::swap(dc_cur, dc_next);
     }

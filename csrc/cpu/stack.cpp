@@ -4,6 +4,7 @@
 // the layers top-down, each direction accumulating its share of dL/d(layer input).
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <cstring>
 #include <vector>
 
@@ -25,7 +26,13 @@ int default_threads() {
 #endif
 }
 std::atomic<int> g_threads{default_threads()};
-const bool g_blas_single = (blas_single_threaded(), true);
+const bool g_init = [] {
+  blas_single_threaded();
+#ifdef _OPENMP
+  omp_set_max_active_levels(2);  // directions side by side, each with its own team
+#endif
+  return true;
+}();
 
 template <class T> const T* slice(const T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
@@ -38,7 +45,40 @@ void set_num_threads(int n) {
   g_threads.store(n);
 }
 
+// Every dimension a GEMM will see must fit the BLAS's int: checked here, before any parallel
+// region (an exception thrown inside one would terminate the process).
+void check_blas_dims(const RnnConfig& c) {
+  blas_int(checked_mul(c.T, c.B, "T*B"), "T*B");
+  blas_int(checked_mul(c.gates(), c.H, "G*H"), "G*H");
+  blas_int(checked_mul(c.D, c.H, "D*H"), "D*H");
+  blas_int(c.I, "input size");
+}
+
+// Runs body(d, threads) for each direction: with two directions and at least two threads, both
+// at once, each with half the threads (one direction per core needs no barrier at all).
+// An exception (e.g. bad_alloc) is carried out of the
+// parallel region and rethrown, never left to terminate the process.
+template <class Body> void for_each_direction(int64 D, Body body) {
+  const int nt = num_threads();
+  if (D == 2 && nt >= 2) {
+    std::exception_ptr error[2];
+#pragma omp parallel for num_threads(2) schedule(static, 1)
+    for (int64 d = 0; d < 2; ++d) {
+      try {
+        body(d, d == 0 ? (nt + 1) / 2 : nt / 2);
+      } catch (...) {
+        error[d] = std::current_exception();
+      }
+    }
+    for (auto& e : error)
+      if (e) std::rethrow_exception(e);
+    return;
+  }
+  for (int64 d = 0; d < D; ++d) body(d, nt);
+}
+
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
+  check_blas_dims(c);
   const ReserveLayout lay(c);
   const int64 BH = c.B * c.H, DH = c.D * c.H;
   dispatch_cell(c.cell, [&](auto cell) {
@@ -53,13 +93,13 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
         between[l % 2].resize(c.T * c.B * DH);
         out = between[l % 2].data();
       }
-      for (int64 d = 0; d < c.D; ++d) {
+      for_each_direction(c.D, [&](int64 d, int threads) {
         const int64 k = l * c.D + d;
         layer_forward<Cell>(c, c.input_size(l), a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths,
                             d == 1, out + d * c.H, DH, a.hn + k * BH, slice(a.cn, k, BH),
                             a.reserve ? a.reserve + lay.gates(l, d) : nullptr,
-                            a.reserve && c.has_cell() ? a.reserve + lay.cells(l, d) : nullptr);
-      }
+                            a.reserve && c.has_cell() ? a.reserve + lay.cells(l, d) : nullptr, threads);
+      });
       in = out;
     }
     if (a.reserve) std::memcpy(a.y, in, sizeof(T) * c.T * c.B * DH);
@@ -67,11 +107,13 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
 }
 
 template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
+  check_blas_dims(c);
   const ReserveLayout lay(c);
   const int64 BH = c.B * c.H, DH = c.D * c.H;
   dispatch_cell(c.cell, [&](auto cell) {
     using Cell = decltype(cell);
     std::vector<T> between[2];  // dL/d(output of layer l-1), ping-pong
+    std::vector<T> din_reverse;  // the reverse direction's share of dL/d(layer input)
     const T* dout = a.dy;
     for (int64 l = c.L - 1; l >= 0; --l) {
       const int64 in_size = c.input_size(l);
@@ -82,15 +124,22 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
         between[l % 2].resize(c.T * c.B * DH);
         din = between[l % 2].data();
       }
-      std::memset(din, 0, sizeof(T) * c.T * c.B * in_size);
+      const int64 in_count = c.T * c.B * in_size;
+      std::memset(din, 0, sizeof(T) * in_count);
+      // Run concurrently, the reverse direction accumulates its dL/d(input) apart, added after.
+      if (c.D == 2) din_reverse.assign(in_count, T(0));
       const T* out = a.reserve + lay.layer_output(l);
-      for (int64 d = 0; d < c.D; ++d) {
+      for_each_direction(c.D, [&](int64 d, int threads) {
         const int64 k = l * c.D + d;
         layer_backward<Cell>(c, in_size, a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths, d == 1,
                              out + d * c.H, DH, a.reserve + lay.gates(l, d),
                              c.has_cell() ? a.reserve + lay.cells(l, d) : nullptr, dout + d * c.H,
-                             slice(a.dhn, k, BH), slice(a.dcn, k, BH), din, a.dh0 + k * BH, slice(a.dc0, k, BH),
-                             a.grads[k]);
+                             slice(a.dhn, k, BH), slice(a.dcn, k, BH), d == 1 ? din_reverse.data() : din,
+                             a.dh0 + k * BH, slice(a.dc0, k, BH), a.grads[k], threads);
+      });
+      if (c.D == 2) {
+#pragma omp parallel for simd num_threads(num_threads()) schedule(static)
+        for (int64 i = 0; i < in_count; ++i) din[i] += din_reverse[i];
       }
       dout = din;
     }
