@@ -79,6 +79,7 @@ template <class T> void column_sums(const T* dG /*[rows, ld]*/, int64 rows, int6
 // whole sequence, so its rows of W_hh stay in its own cache, the pointwise cell needs nothing from
 // other threads, and a step costs one barrier.
 constexpr int64 kUnitAlign = 16;
+constexpr int64 kPackMinRows = 4;  // pack W_hh when T*B >= this
 
 template <class Cell, class T>
 void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w,
@@ -102,22 +103,32 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
   if (Cell::kHasCell && c0) std::memcpy(cstate.data(), c0, sizeof(T) * B * H);
   // Each thread's rows of W_hh, packed once per gate ([G][packed H x nj]); allocated here because
   // nothing may throw inside the parallel region.
-  const int64 gate_pack = packed_size<T>(H, max_share(H, threads, kUnitAlign));
+  // Packing costs one pass over W_hh; it pays back once the steps reuse it a few times. A single
+  // step of a tiny batch (decoding) reads W_hh straight through the BLAS instead.
+  const bool pack = T_ * B >= kPackMinRows;
+  const int64 gate_pack = pack ? packed_size<T>(H, max_share(H, threads, kUnitAlign)) : 0;
   std::vector<T> w_pack_all(threads * G * gate_pack);
 
 #pragma omp parallel num_threads(threads)
   {
     const int tid = thread_index(), nt = team_size();
-    const Range rows = split(TB, nt, tid, 1);
-    fill_rows(gi.data() + rows.begin * GH, GH, rows.size(), GH, w.b_ih);
-    gemm(false, true, rows.size(), GH, in_size, T(1), x + rows.begin * in_size, in_size, w.w_ih, in_size,
-         T(w.b_ih ? 1 : 0), gi.data() + rows.begin * GH, GH);
+    if (TB >= 4 * nt) {  // each thread a block of steps
+      const Range rows = split(TB, nt, tid, 1);
+      fill_rows(gi.data() + rows.begin * GH, GH, rows.size(), GH, w.b_ih);
+      gemm(false, true, rows.size(), GH, in_size, T(1), x + rows.begin * in_size, in_size, w.w_ih, in_size,
+           T(w.b_ih ? 1 : 0), gi.data() + rows.begin * GH, GH);
+    } else {  // few rows (decoding): each thread a block of gate rows of W_ih
+      const Range cols = split(GH, nt, tid, kUnitAlign);
+      fill_rows(gi.data() + cols.begin, GH, TB, cols.size(), w.b_ih ? w.b_ih + cols.begin : nullptr);
+      gemm(false, true, TB, cols.size(), in_size, T(1), x, in_size, w.w_ih + cols.begin * in_size, in_size,
+           T(w.b_ih ? 1 : 0), gi.data() + cols.begin, GH);
+    }
 #pragma omp barrier
 
     const Range units = split(H, nt, tid, kUnitAlign);
     const int64 j0 = units.begin, nj = units.size();
     T* w_pack = w_pack_all.data() + tid * G * gate_pack;
-    for (int64 g = 0; g < G; ++g)
+    for (int64 g = 0; g < G && pack; ++g)
       pack_panels<T>(H, nj, [&](int64 k, int64 n) { return w.w_hh[(g * H + j0 + n) * H + k]; }, w_pack + g * gate_pack);
     T* h_cur = hstate.data();
     T* h_next = h_cur + B * H;
@@ -128,8 +139,11 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
       if (nj > 0) {
         for (int64 g = 0; g < G; ++g) {
           fill_rows(gh.data() + g * H + j0, GH, B, nj, w.b_hh ? w.b_hh + g * H + j0 : nullptr);
-          packed_gemm<T>(B, nj, H, h_cur, H, w_pack + g * gate_pack, gh.data() + g * H + j0, GH,
-                         w.b_hh != nullptr);
+          if (pack)
+            packed_gemm<T>(B, nj, H, h_cur, H, w_pack + g * gate_pack, gh.data() + g * H + j0, GH, w.b_hh != nullptr);
+          else
+            gemm(false, true, B, nj, H, T(1), h_cur, H, w.w_hh + (g * H + j0) * H, H, T(w.b_hh ? 1 : 0),
+                 gh.data() + g * H + j0, GH);
         }
         for (int64 b = 0; b < B; ++b) {
           const int64 tb = t * B + b;
@@ -186,7 +200,8 @@ void layer_backward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& 
   if (dhn) std::memcpy(dhstate.data(), dhn, sizeof(T) * B * H);
   if (Cell::kHasCell && dcn) std::memcpy(dcstate.data(), dcn, sizeof(T) * B * H);
   // Each thread's columns of W_hh, packed once ([packed G*H x nj]).
-  const int64 thread_pack = packed_size<T>(GH, max_share(H, threads, kUnitAlign));
+  const bool pack = T_ * B >= kPackMinRows;  // as in layer_forward
+  const int64 thread_pack = pack ? packed_size<T>(GH, max_share(H, threads, kUnitAlign)) : 0;
   std::vector<T> w_pack_all(threads * thread_pack);
 
 #pragma omp parallel num_threads(threads)
@@ -195,7 +210,7 @@ void layer_backward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& 
     const Range units = split(H, nt, tid, kUnitAlign);
     const int64 j0 = units.begin, j1 = units.end, nj = units.size();
     T* w_pack = w_pack_all.data() + tid * thread_pack;
-    pack_panels<T>(GH, nj, [&](int64 k, int64 n) { return w.w_hh[k * H + j0 + n]; }, w_pack);
+    if (pack) pack_panels<T>(GH, nj, [&](int64 k, int64 n) { return w.w_hh[k * H + j0 + n]; }, w_pack);
     T* dh_cur = dhstate.data();
     T* dh_next = dh_cur + B * H;
     T* dc_cur = Cell::kHasCell ? dcstate.data() : nullptr;
@@ -235,7 +250,8 @@ void layer_backward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& 
       }
 #pragma omp barrier
       // dL/dh_prev[:, own units] += dG_h(all gates, all units) W_hh[:, own units]
-      packed_gemm<T>(B, nj, GH, dgh + t * B * GH, GH, w_pack, dh_next + j0, H, true);
+      if (pack) packed_gemm<T>(B, nj, GH, dgh + t * B * GH, GH, w_pack, dh_next + j0, H, true);
+      else gemm(false, false, B, nj, GH, T(1), dgh + t * B * GH, GH, w.w_hh + j0, H, T(1), dh_next + j0, H);
       std::swap(dh_cur, dh_next);
       std::swap(dc_cur, dc_next);
     }
