@@ -83,7 +83,9 @@ std::vector<fastrnn::LayerWeights<T>> checked_weights(py::list weights, const fa
   const int64 GH = c.gates() * c.H;
   std::vector<fastrnn::LayerWeights<T>> out;
   for (int64 k = 0; k < c.L * c.D; ++k) {
-    auto t = py::cast<py::sequence>(weights[k]);
+    if (!py::isinstance<py::sequence>(weights[k]))
+      throw py::type_error("weights[" + std::to_string(k) + "] must be a tuple (w_ih, w_hh[, b_ih, b_hh])");
+    auto t = py::reinterpret_borrow<py::sequence>(weights[k]);
     if (t.size() != 2 && t.size() != 4) throw py::value_error("weights[" + std::to_string(k) + "] must hold 2 or 4 arrays");
     const std::string p = "weights[" + std::to_string(k) + "]";
     const int64 in = c.input_size(k / c.D);

@@ -5,6 +5,8 @@ slow, obvious float64 implementation it is tested against is :mod:`fastrnn.refer
 PyTorch modules are in :mod:`fastrnn.nn` (imported on demand, so ``import fastrnn`` never
 imports torch).
 """
+import numpy as np
+
 from ._loader import _core
 from .functional import (
     backward,
@@ -24,8 +26,9 @@ __version__ = "0.1.0"
 
 def set_num_threads(n: int) -> None:
     """Set the number of threads the CPU kernels (OpenMP and the BLAS) use."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
+    n = int(n)
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
     _core.set_num_threads(n)

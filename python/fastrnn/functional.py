@@ -74,7 +74,8 @@ def _check_x(x) -> np.ndarray:
 
 
 def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype) -> tuple:
-    """Returns (weights as tuples of contiguous arrays, hidden_size, num_layers)."""
+    """Returns (weights as tuples of arrays, hidden_size, num_layers, bias). Nothing is copied here:
+    the caller checks the sizes first (a broadcast view may be far too large to copy)."""
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
     if len(weights) == 0 or len(weights) % num_directions:
@@ -106,7 +107,7 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
             a = _array(name, a)
             _check_dtype(name, a, dtype)
             _check_shape(name, a, shapes[i], formulas[i])
-            arrays.append(np.ascontiguousarray(a))
+            arrays.append(a)
         out.append(tuple(arrays))
     return out, H, len(weights) // num_directions, bias
 
@@ -133,10 +134,10 @@ def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
     return np.ascontiguousarray(lengths, dtype=np.int64)
 
 
-def _check_sizes(T: int, B: int, I: int, H: int, G: int) -> None:
-    if T * B > _BLAS_MAX or G * H > _BLAS_MAX or I > _BLAS_MAX:
-        raise ValueError(f"sizes too large: T*B = {T * B}, G*H = {G * H}, I = {I}; each must be <= 2^31 - 1 "
-                         "(the BLAS's 32-bit index limit)")
+def _check_sizes(T: int, B: int, I: int, H: int, G: int, D: int) -> None:
+    if max(T * B, G * H, D * H, I) > _BLAS_MAX:
+        raise ValueError(f"sizes too large: T*B = {T * B}, G*H = {G * H}, D*H = {D * H}, I = {I}; each must be "
+                         "<= 2^31 - 1 (the BLAS's 32-bit index limit)")
 
 
 def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, bidirectional: bool = False,
@@ -162,7 +163,8 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     else:
         T, B, I = x.shape
     weights, H, L, _ = _check_weights(cell, weights, I, D, x.dtype)
-    _check_sizes(T, B, I, H, GATES[cell])
+    _check_sizes(T, B, I, H, GATES[cell], D)
+    weights = [tuple(np.ascontiguousarray(a) for a in entry) for entry in weights]
     state_shape = (L * D, B, H)
     h0 = _check_state("h0", h0, state_shape, x.dtype)
     if cell != "lstm" and c0 is not None:
