@@ -27,7 +27,8 @@ FASTRNN_HD float fr_exp(float x) {
   return expf(x);
 #else
   x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
+  // round to nearest by adding and removing 1.5 * 2^23 (nearbyint is a call GCC will not vectorise)
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n*ln2 in two parts
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;

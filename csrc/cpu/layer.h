@@ -152,8 +152,14 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
             const ForwardRow<T> row{gi.data() + tb * GH, gh.data() + b * GH, h_cur + b * H,
                                     Cell::kHasCell ? c_cur + b * H : nullptr, h_next + b * H,
                                     Cell::kHasCell ? c_next + b * H : nullptr, saved ? saved + tb * S * H : nullptr};
+            // Two copies of the loop so that the cell's `if (saved)` folds away and both vectorise.
+            if (row.saved) {
 #pragma omp simd
-            for (int64 j = j0; j < j0 + nj; ++j) Cell::forward(row, j, H);
+              for (int64 j = j0; j < j0 + nj; ++j) Cell::forward(row, j, H);
+            } else {
+#pragma omp simd
+              for (int64 j = j0; j < j0 + nj; ++j) Cell::forward(row, j, H);
+            }
             std::memcpy(yrow, h_next + b * H + j0, sizeof(T) * nj);
             if (cells) std::memcpy(cells + tb * H + j0, c_next + b * H + j0, sizeof(T) * nj);
           } else {
