@@ -6,9 +6,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "cpu/prepared.h"
 #include "rnn.h"
 
 namespace py = pybind11;
@@ -159,6 +161,74 @@ bool is_float64(py::array x) {
   return x.itemsize() == 8;
 }
 
+// _core.PreparedCell: one cell's weights packed once (see csrc/cpu/prepared.h) and a step() that
+// checks its arrays and runs with the GIL released. One Python class for every dtype/storage.
+class PreparedCellBinding {
+ public:
+  PreparedCellBinding(int cell, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, bool half) {
+    if (cell < 0 || cell > 3) throw py::value_error("cell must be 0..3, got " + std::to_string(cell));
+    const auto kind = static_cast<fastrnn::CellKind>(cell);
+    const int64 G = fastrnn::dispatch_cell(kind, [](auto c) { return int64(decltype(c)::kGates); });
+    if (w_hh.ndim() != 2 || w_ih.ndim() != 2)
+      throw py::value_error("w_ih and w_hh must be 2-D, got " + std::to_string(w_ih.ndim()) + "-D and " +
+                            std::to_string(w_hh.ndim()) + "-D");
+    H_ = w_hh.shape(1);
+    I_ = w_ih.shape(1);
+    if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
+    if (is_float64(w_ih)) {
+      if (half) throw py::value_error("float16 weight storage is for float32 weights only");
+      make<double, double>(kind, G, w_ih, w_hh, b_ih, b_hh, f64_);
+    } else if (half) {
+      make<float, _Float16>(kind, G, w_ih, w_hh, b_ih, b_hh, f16_);
+    } else {
+      make<float, float>(kind, G, w_ih, w_hh, b_ih, b_hh, f32_);
+    }
+    lstm_ = kind == fastrnn::CellKind::Lstm;
+  }
+
+  void step(py::array x, py::array h, py::object c, py::array h_out, py::object c_out) {
+    if (x.ndim() != 2) throw py::value_error("x must be 2-D [B, I], got " + std::to_string(x.ndim()) + "-D");
+    const int64 B = x.shape(0);
+    if (f64_) run<double>(*f64_, B, x, h, c, h_out, c_out);
+    else if (f16_) run<float>(*f16_, B, x, h, c, h_out, c_out);
+    else run<float>(*f32_, B, x, h, c, h_out, c_out);
+  }
+
+ private:
+  template <class T, class W>
+  void make(fastrnn::CellKind kind, int64 G, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh,
+            std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
+    const int64 GH = fastrnn::checked_mul(G, H_, "G*H");
+    const T* wi = checked<T>(w_ih, "w_ih", {GH, I_}, false, false);
+    const T* wh = checked<T>(w_hh, "w_hh", {GH, H_}, false, false);
+    const T* bi = checked<T>(b_ih, "b_ih", {GH}, true, false);
+    const T* bh = checked<T>(b_hh, "b_hh", {GH}, true, false);
+    if ((bi == nullptr) != (bh == nullptr)) throw py::value_error("give both b_ih and b_hh, or neither");
+    py::gil_scoped_release release;
+    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh);
+  }
+
+  template <class T, class P>
+  void run(const P& cell, int64 B, py::array x, py::array h, py::object c, py::array h_out, py::object c_out) {
+    const T* xp = checked<T>(x, "x", {B, I_}, false, false);
+    const T* hp = checked<T>(h, "h", {B, H_}, false, false);
+    const T* cp = lstm_ ? checked<T>(c, "c", {B, H_}, false, false) : nullptr;
+    T* hop = checked<T>(h_out, "h_out", {B, H_}, false, true);
+    T* cop = lstm_ ? checked<T>(c_out, "c_out", {B, H_}, false, true) : nullptr;
+    // Each thread reads all of h while writing its units of h_out: they must not overlap.
+    if (static_cast<const void*>(hop) == hp || (lstm_ && static_cast<const void*>(cop) == cp))
+      throw py::value_error("h_out/c_out must not be the arrays h/c");
+    py::gil_scoped_release release;
+    cell.step(B, xp, hp, cp, hop, cop);
+  }
+
+  int64 I_ = 0, H_ = 0;
+  bool lstm_ = false;
+  std::unique_ptr<fastrnn::cpu::PreparedCell<float, float>> f32_;
+  std::unique_ptr<fastrnn::cpu::PreparedCell<float, _Float16>> f16_;
+  std::unique_ptr<fastrnn::cpu::PreparedCell<double, double>> f64_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -194,6 +264,12 @@ PYBIND11_MODULE(_core, m) {
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("reserve"), py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("dx"), py::arg("dh0"),
         py::arg("dc0"), py::arg("grads"), py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"));
+
+  py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")
+      .def(py::init<int, py::array, py::array, py::object, py::object, bool>(), py::arg("cell"), py::arg("w_ih"),
+           py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("half"))
+      .def("step", &PreparedCellBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
+           py::arg("c_out"));
 
   m.def("set_num_threads", &fastrnn::cpu::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &fastrnn::cpu::get_num_threads);
