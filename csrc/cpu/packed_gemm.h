@@ -5,7 +5,8 @@
 //
 // Packed layout: P = [ceil(N/PW) panels][K][PW], PW = 64 bytes of T (16 floats, 8 doubles), the
 // last panel zero-padded. The kernel is written with GCC vector extensions and compiled for
-// AVX-512, AVX2+FMA and baseline x86-64, picked once at run time from the CPU's features.
+// AVX-512, AVX2+FMA and baseline x86-64 (SSE2), each with its own register blocking, picked once at
+// run time from the CPU's features.
 #pragma once
 
 #include <algorithm>
@@ -35,34 +36,37 @@ template <class T, class Elem> void pack_panels(int64 K, int64 N, Elem elem, T* 
 
 namespace detail {
 
-template <class T> struct Vec {
-  typedef T type __attribute__((vector_size(64), aligned(alignof(T))));
+// A vector of VB bytes of T: 64 (one zmm) on AVX-512, 32 (one ymm) on AVX2 and baseline, so that
+// each accumulator is one register; a 64-byte panel is VP = 64 / VB vectors.
+template <class T, int VB> struct Vec {
+  typedef T type __attribute__((vector_size(VB), aligned(alignof(T))));
 };
 
-// One tile: MR rows of A times NP panels, accumulated in MR*NP vector registers.
-template <class T, int MR, int NP>
+// One tile: MR rows of A times NP panels, accumulated in MR*NP*VP vector registers; the panels'
+// vectors are loaded as FMA operands, so only the accumulators and one broadcast live in registers.
+template <class T, int VB, int MR, int NP>
 __attribute__((always_inline)) inline void tile(int64 K, const T* A, int64 lda, const T* P, int64 K_PW, T* C,
                                                 int64 ldc, int64 ncols, bool accumulate) {
-  using V = typename Vec<T>::type;
+  using V = typename Vec<T, VB>::type;
   constexpr int64 PW = panel_width<T>();
-  V acc[MR][NP];
+  constexpr int VP = 64 / VB, VW = VB / sizeof(T);
+  V acc[MR][NP * VP];
   for (int m = 0; m < MR; ++m)
-    for (int p = 0; p < NP; ++p) acc[m][p] = V{};
-  for (int64 k = 0; k < K; ++k) {
-    V b[NP];
-    for (int p = 0; p < NP; ++p) b[p] = *reinterpret_cast<const V*>(P + p * K_PW + k * PW);
+    for (int v = 0; v < NP * VP; ++v) acc[m][v] = V{};
+  for (int64 k = 0; k < K; ++k)
     for (int m = 0; m < MR; ++m) {
       const T a = A[m * lda + k];
-      for (int p = 0; p < NP; ++p) acc[m][p] += a * b[p];
+      for (int p = 0; p < NP; ++p)
+        for (int v = 0; v < VP; ++v)
+          acc[m][p * VP + v] += a * *reinterpret_cast<const V*>(P + p * K_PW + k * PW + v * VW);
     }
-  }
   for (int m = 0; m < MR; ++m)
     for (int p = 0; p < NP; ++p) {
       T* c = C + m * ldc + p * PW;
       const int64 n = std::min<int64>(PW, ncols - p * PW);
       if (n <= 0) continue;
       T out[PW];
-      std::memcpy(out, &acc[m][p], sizeof out);
+      std::memcpy(out, &acc[m][p * VP], sizeof out);
       if (accumulate)
         for (int64 i = 0; i < n; ++i) c[i] += out[i];
       else
@@ -70,9 +74,10 @@ __attribute__((always_inline)) inline void tile(int64 K, const T* A, int64 lda, 
     }
 }
 
-// Rows [m_begin, m_end) in tiles of MR rows x NP panels (a narrower tile for the last panels).
-// No lambdas here: GCC compiles a lambda for the default target, not the caller's.
-template <class T, int MR, int NP>
+// Rows [m_begin, m_end) (a multiple of MR of them) in tiles of MR rows x NP panels (one panel at a
+// time for the last panels). No lambdas here: GCC compiles a lambda for the default target, not the
+// caller's.
+template <class T, int VB, int MR, int NP>
 __attribute__((always_inline)) inline void sweep(int64 m_begin, int64 m_end, int64 N, int64 K, const T* A, int64 lda,
                                                  const T* P, T* C, int64 ldc, bool accumulate) {
   constexpr int64 PW = panel_width<T>();
@@ -83,42 +88,55 @@ __attribute__((always_inline)) inline void sweep(int64 m_begin, int64 m_end, int
       const T* a = A + m * lda;
       const T* pp = P + p * K_PW;
       T* c = C + m * ldc + p * PW;
-      if (left >= NP) tile<T, MR, NP>(K, a, lda, pp, K_PW, c, ldc, ncols, accumulate);
+      if (left >= NP) tile<T, VB, MR, NP>(K, a, lda, pp, K_PW, c, ldc, ncols, accumulate);
       else
         for (int64 q = 0; q < left; ++q)
-          tile<T, MR, 1>(K, a, lda, pp + q * K_PW, K_PW, c + q * PW, ldc, ncols - q * PW, accumulate);
+          tile<T, VB, MR, 1>(K, a, lda, pp + q * K_PW, K_PW, c + q * PW, ldc, ncols - q * PW, accumulate);
     }
   }
 }
 
-// Rows in tiles of 4; the last one to three rows with more panels per tile, which keeps enough
-// independent FMAs in flight when the batch is tiny (B = 1 is a matrix-vector product).
-template <class T>
+// Panels per tile for MR rows: as many as keep about `Acc` accumulators busy (enough independent
+// FMAs in flight to hide their latency, few enough to stay in registers), at least one.
+template <int VB, int MR, int Acc> constexpr int panels_for() {
+  constexpr int per_panel = MR * (64 / VB);
+  return Acc / per_panel > 1 ? Acc / per_panel : 1;
+}
+
+// Rows in tiles of MR; the last R < MR rows in one narrower tile with more panels. MR and Acc per
+// ISA: 16 vector registers on AVX2 (6 rows x 1 panel = 12 ymm accumulators, the classic 6x16
+// shape), 32 on AVX-512 (4 rows x 2 panels = 8 zmm).
+template <class T, int VB, int MR, int Acc, int R = MR - 1>
+__attribute__((always_inline)) inline void rest(int64 m, int64 M, int64 N, int64 K, const T* A, int64 lda,
+                                                const T* P, T* C, int64 ldc, bool accumulate) {
+  if constexpr (R >= 1) {
+    if (M - m == R) return sweep<T, VB, R, panels_for<VB, R, Acc>()>(m, M, N, K, A, lda, P, C, ldc, accumulate);
+    rest<T, VB, MR, Acc, R - 1>(m, M, N, K, A, lda, P, C, ldc, accumulate);
+  }
+}
+
+template <class T, int VB, int MR, int Acc>
 __attribute__((always_inline)) inline void packed_gemm_body(int64 M, int64 N, int64 K, const T* A, int64 lda,
                                                             const T* P, T* C, int64 ldc, bool accumulate) {
-  int64 m = M / 4 * 4;
-  sweep<T, 4, 2>(0, m, N, K, A, lda, P, C, ldc, accumulate);
-  if (M - m >= 2) {
-    sweep<T, 2, 4>(m, m + 2, N, K, A, lda, P, C, ldc, accumulate);
-    m += 2;
-  }
-  if (M - m == 1) sweep<T, 1, 8>(m, m + 1, N, K, A, lda, P, C, ldc, accumulate);
+  const int64 m = M / MR * MR;
+  sweep<T, VB, MR, panels_for<VB, MR, Acc>()>(0, m, N, K, A, lda, P, C, ldc, accumulate);
+  rest<T, VB, MR, Acc>(m, M, N, K, A, lda, P, C, ldc, accumulate);
 }
 
 template <class T>
 __attribute__((target("avx512f"))) void packed_gemm_avx512(int64 M, int64 N, int64 K, const T* A, int64 lda,
                                                             const T* P, T* C, int64 ldc, bool accumulate) {
-  packed_gemm_body(M, N, K, A, lda, P, C, ldc, accumulate);
+  packed_gemm_body<T, 64, 4, 8>(M, N, K, A, lda, P, C, ldc, accumulate);
 }
 template <class T>
 __attribute__((target("avx2,fma"))) void packed_gemm_avx2(int64 M, int64 N, int64 K, const T* A, int64 lda,
                                                            const T* P, T* C, int64 ldc, bool accumulate) {
-  packed_gemm_body(M, N, K, A, lda, P, C, ldc, accumulate);
+  packed_gemm_body<T, 32, 6, 12>(M, N, K, A, lda, P, C, ldc, accumulate);
 }
 template <class T>
 void packed_gemm_baseline(int64 M, int64 N, int64 K, const T* A, int64 lda, const T* P, T* C, int64 ldc,
                           bool accumulate) {
-  packed_gemm_body(M, N, K, A, lda, P, C, ldc, accumulate);
+  packed_gemm_body<T, 16, 2, 8>(M, N, K, A, lda, P, C, ldc, accumulate);
 }
 
 enum class Isa { Avx512, Avx2, Baseline };

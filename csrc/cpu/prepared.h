@@ -13,7 +13,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#include <immintrin.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -28,106 +31,50 @@ int get_num_threads();  // csrc/cpu/stack.cpp
 
 namespace prepared_detail {
 
-template <class T> struct Vec {
-  typedef T type __attribute__((vector_size(64), aligned(alignof(T))));
-};
-template <class T> constexpr int64 kWidth = 64 / sizeof(T);
+template <class T> constexpr int64 kWidth = 64 / sizeof(T);  // units per block (one 64-byte panel)
 
-// Loads PW weights stored as W and widens them to a vector of T.
-template <class T, class W> __attribute__((always_inline)) inline typename Vec<T>::type load(const W* p) {
-  using V = typename Vec<T>::type;
-  if constexpr (std::is_same<T, W>::value) {
-    return *reinterpret_cast<const V*>(p);
+// The block-step functions, named <isa>::step_blocks<Cell, T, W>(blk_begin, blk_end, B, I, H, px,
+// ph, bx, bh, x, h, c, h_out, c_out), one copy per instruction set.
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // _mm512_cvtph_ps's own "undefined" source
+namespace avx512 {
+constexpr int kVB = 64, kMR = 2, kAcc = 12;
+template <class V, class W> inline V load_weights(const W* p) {
+  if constexpr (std::is_same<W, _Float16>::value) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  else return *reinterpret_cast<const V*>(p);
+}
+#include "cpu/prepared_kernel.inc"
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace avx2 {
+constexpr int kVB = 32, kMR = 1, kAcc = 12;  // 16 ymm registers: one row, up to 12 accumulators
+template <class V, class W> inline V load_weights(const W* p) {
+  if constexpr (std::is_same<W, _Float16>::value) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  else return *reinterpret_cast<const V*>(p);
+}
+#include "cpu/prepared_kernel.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+namespace baseline {
+constexpr int kVB = 16, kMR = 1, kAcc = 8;
+template <class V, class W> inline V load_weights(const W* p) {
+  if constexpr (std::is_same<W, _Float16>::value) {
+    V v;
+    for (int i = 0; i < int(sizeof(V) / sizeof(float)); ++i) v[i] = static_cast<float>(p[i]);
+    return v;
   } else {
-    typedef W WV __attribute__((vector_size(kWidth<T> * sizeof(W)), aligned(alignof(W))));
-    return __builtin_convertvector(*reinterpret_cast<const WV*>(p), V);
+    return *reinterpret_cast<const V*>(p);
   }
 }
-
-// out[m][g][PW] = bias[g][PW] + sum_k A[m][k] P[k][g][PW] for MR rows of A.
-template <class T, class W, int G, int MR>
-__attribute__((always_inline)) inline void gates(int64 K, const T* A, int64 lda, const W* P, const T* bias, T* out) {
-  using V = typename Vec<T>::type;
-  constexpr int64 PW = kWidth<T>;
-  // Two accumulators per (row, gate) for alternate k when there is a single row: more FMAs in
-  // flight than the G dependency chains alone would give.
-  constexpr int KS = MR == 1 ? 2 : 1;
-  V acc[KS][MR][G];
-  for (int s = 0; s < KS; ++s)
-    for (int m = 0; m < MR; ++m)
-      for (int g = 0; g < G; ++g) acc[s][m][g] = s == 0 ? *reinterpret_cast<const V*>(bias + g * PW) : V{};
-  int64 k = 0;
-  for (; k + KS <= K; k += KS)
-    for (int s = 0; s < KS; ++s)
-      for (int g = 0; g < G; ++g) {
-        const V w = load<T, W>(P + ((k + s) * G + g) * PW);
-        for (int m = 0; m < MR; ++m) acc[s][m][g] += A[m * lda + k + s] * w;
-      }
-  for (; k < K; ++k)
-    for (int g = 0; g < G; ++g) {
-      const V w = load<T, W>(P + (k * G + g) * PW);
-      for (int m = 0; m < MR; ++m) acc[0][m][g] += A[m * lda + k] * w;
-    }
-  for (int m = 0; m < MR; ++m)
-    for (int g = 0; g < G; ++g) {
-      V sum = acc[0][m][g];
-      for (int s = 1; s < KS; ++s) sum += acc[s][m][g];
-      std::memcpy(out + (m * G + g) * PW, &sum, sizeof sum);
-    }
-}
-
-// The step for the blocks [blk_begin, blk_end): rows in pairs, the last odd row alone.
-template <class Cell, class T, class W>
-__attribute__((always_inline)) inline void step_blocks(int64 blk_begin, int64 blk_end, int64 B, int64 I, int64 H,
-                                                       const W* px, const W* ph, const T* bx, const T* bh,
-                                                       const T* x, const T* h, const T* c, T* h_out, T* c_out) {
-  constexpr int G = Cell::kGates;
-  constexpr int64 PW = kWidth<T>;
-  alignas(64) T gi[2 * G * PW], gh[2 * G * PW];
-  for (int64 blk = blk_begin; blk < blk_end; ++blk) {
-    const int64 j0 = blk * PW, nj = std::min(PW, H - j0);
-    const W* pxb = px + blk * I * G * PW;
-    const W* phb = ph + blk * H * G * PW;
-    const T* bxb = bx + blk * G * PW;
-    const T* bhb = bh + blk * G * PW;
-    for (int64 b = 0; b < B;) {
-      const int rows = B - b >= 2 ? 2 : 1;
-      if (rows == 2) {
-        gates<T, W, G, 2>(I, x + b * I, I, pxb, bxb, gi);
-        gates<T, W, G, 2>(H, h + b * H, H, phb, bhb, gh);
-      } else {
-        gates<T, W, G, 1>(I, x + b * I, I, pxb, bxb, gi);
-        gates<T, W, G, 1>(H, h + b * H, H, phb, bhb, gh);
-      }
-      for (int m = 0; m < rows; ++m, ++b) {
-        // The cell sees this block as a layer of PW units: gate g of unit j at g*PW + j.
-        const ForwardRow<T> row{gi + m * G * PW, gh + m * G * PW, h + b * H + j0,
-                                Cell::kHasCell ? c + b * H + j0 : nullptr, h_out + b * H + j0,
-                                Cell::kHasCell ? c_out + b * H + j0 : nullptr, nullptr};
-#pragma omp simd
-        for (int64 j = 0; j < nj; ++j) Cell::forward(row, j, PW);
-      }
-    }
-  }
-}
-
-template <class Cell, class T, class W>
-__attribute__((target("avx512f"))) void step_avx512(int64 b0, int64 b1, int64 B, int64 I, int64 H, const W* px,
-                                                    const W* ph, const T* bx, const T* bh, const T* x, const T* h,
-                                                    const T* c, T* ho, T* co) {
-  step_blocks<Cell, T, W>(b0, b1, B, I, H, px, ph, bx, bh, x, h, c, ho, co);
-}
-template <class Cell, class T, class W>
-__attribute__((target("avx2,fma,f16c"))) void step_avx2(int64 b0, int64 b1, int64 B, int64 I, int64 H, const W* px,
-                                                        const W* ph, const T* bx, const T* bh, const T* x,
-                                                        const T* h, const T* c, T* ho, T* co) {
-  step_blocks<Cell, T, W>(b0, b1, B, I, H, px, ph, bx, bh, x, h, c, ho, co);
-}
-template <class Cell, class T, class W>
-void step_baseline(int64 b0, int64 b1, int64 B, int64 I, int64 H, const W* px, const W* ph, const T* bx,
-                   const T* bh, const T* x, const T* h, const T* c, T* ho, T* co) {
-  step_blocks<Cell, T, W>(b0, b1, B, I, H, px, ph, bx, bh, x, h, c, ho, co);
-}
+#include "cpu/prepared_kernel.inc"
+}  // namespace baseline
 
 }  // namespace prepared_detail
 
@@ -164,9 +111,9 @@ template <class T, class W> class PreparedCell {
         using namespace prepared_detail;
         const W *px = px_.data(), *ph = ph_.data();
         const T *bx = bx_.data(), *bh = bh_.data();
-        if (isa == 2) step_avx512<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
-        else if (isa == 1) step_avx2<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
-        else step_baseline<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
+        if (isa == 2) avx512::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
+        else if (isa == 1) avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
+        else baseline::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
       };
       const int threads = static_cast<int>(std::min<int64>(get_num_threads(), blocks_));
       if (threads <= 1) return run(0, blocks_);
