@@ -271,6 +271,11 @@ PYBIND11_MODULE(_core, m) {
       .def("step", &PreparedCellBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"));
 
+  m.def("cpu_isa", [] {
+    static const char* names[] = {"baseline", "avx2", "avx512"};
+    return std::string(names[static_cast<int>(fastrnn::cpu::cpu_isa())]);
+  }, "The instruction set the CPU kernels use (see FASTRNN_CPU_ISA).");
+
   m.def("set_num_threads", &fastrnn::cpu::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &fastrnn::cpu::get_num_threads);
 #ifdef FASTRNN_WITH_CUDA

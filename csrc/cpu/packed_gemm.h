@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/isa.h"
 
 namespace fastrnn::cpu {
 
@@ -129,7 +130,7 @@ __attribute__((target("avx512f"))) void packed_gemm_avx512(int64 M, int64 N, int
   packed_gemm_body<T, 64, 4, 8>(M, N, K, A, lda, P, C, ldc, accumulate);
 }
 template <class T>
-__attribute__((target("avx2,fma"))) void packed_gemm_avx2(int64 M, int64 N, int64 K, const T* A, int64 lda,
+__attribute__((target("avx2,fma,f16c"))) void packed_gemm_avx2(int64 M, int64 N, int64 K, const T* A, int64 lda,
                                                            const T* P, T* C, int64 ldc, bool accumulate) {
   packed_gemm_body<T, 32, 6, 12>(M, N, K, A, lda, P, C, ldc, accumulate);
 }
@@ -139,25 +140,16 @@ void packed_gemm_baseline(int64 M, int64 N, int64 K, const T* A, int64 lda, cons
   packed_gemm_body<T, 16, 2, 8>(M, N, K, A, lda, P, C, ldc, accumulate);
 }
 
-enum class Isa { Avx512, Avx2, Baseline };
-inline Isa detect_isa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return Isa::Avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
-  return Isa::Baseline;
-}
-
 }  // namespace detail
 
 // C[M, N] (ldc) = A[M, K] (lda) P  (or += with `accumulate`), P packed by pack_panels(K, N, ...).
 template <class T>
 void packed_gemm(int64 M, int64 N, int64 K, const T* A, int64 lda, const T* P, T* C, int64 ldc, bool accumulate) {
-  static const detail::Isa isa = detail::detect_isa();
   if (M <= 0 || N <= 0) return;
-  switch (isa) {
-    case detail::Isa::Avx512: return detail::packed_gemm_avx512(M, N, K, A, lda, P, C, ldc, accumulate);
-    case detail::Isa::Avx2: return detail::packed_gemm_avx2(M, N, K, A, lda, P, C, ldc, accumulate);
-    case detail::Isa::Baseline: return detail::packed_gemm_baseline(M, N, K, A, lda, P, C, ldc, accumulate);
+  switch (cpu_isa()) {
+    case Isa::Avx512: return detail::packed_gemm_avx512(M, N, K, A, lda, P, C, ldc, accumulate);
+    case Isa::Avx2: return detail::packed_gemm_avx2(M, N, K, A, lda, P, C, ldc, accumulate);
+    case Isa::Baseline: return detail::packed_gemm_baseline(M, N, K, A, lda, P, C, ldc, accumulate);
   }
 }
 

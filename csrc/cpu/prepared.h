@@ -24,6 +24,7 @@
 
 #include "cells.h"
 #include "common.h"
+#include "cpu/isa.h"
 
 namespace fastrnn::cpu {
 
@@ -106,13 +107,13 @@ template <class T, class W> class PreparedCell {
   void step(int64 B, const T* x, const T* h, const T* c, T* h_out, T* c_out) const {
     dispatch_cell(cell_, [&](auto cell) {
       using Cell = decltype(cell);
-      static const int isa = detect();
       auto run = [&](int64 b0, int64 b1) {
         using namespace prepared_detail;
         const W *px = px_.data(), *ph = ph_.data();
         const T *bx = bx_.data(), *bh = bh_.data();
-        if (isa == 2) avx512::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
-        else if (isa == 1) avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
+        const Isa isa = cpu_isa();
+        if (isa == Isa::Avx512) avx512::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
+        else if (isa == Isa::Avx2) avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
         else baseline::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
       };
       const int threads = static_cast<int>(std::min<int64>(get_num_threads(), blocks_));
@@ -130,12 +131,6 @@ template <class T, class W> class PreparedCell {
   }
 
  private:
-  static int detect() {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return 1;
-    return 0;
-  }
   // w [G*H, K] (row g*H + j) -> P[block][k][g][PW], zero past H.
   void pack(const T* w, int64 K, std::vector<W>& P) const {
     const int64 PW = prepared_detail::kWidth<T>;
