@@ -153,7 +153,9 @@ def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
     B = x.shape[1]
     state = (num_layers * (2 if bidirectional else 1), B, hidden_size)
     dc0 = x.new_empty(state) if cell == "lstm" else x.new_empty((0,))
-    return torch.empty_like(x), x.new_empty(state), dc0, [torch.empty_like(w) for w in weights]
+    # new_empty, not empty_like: empty_like keeps a transposed input's strides, and the kernels
+    # write outputs in place, so every output must be contiguous.
+    return x.new_empty(x.shape), x.new_empty(state), dc0, [w.new_empty(w.shape) for w in weights]
 
 
 @rnn_backward.register_fake
