@@ -407,3 +407,10 @@ def test_convert_nested_model():
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     lone = torch.nn.GRU(I, H)
     assert type(fnn.convert(lone)) is fnn.GRU
+
+
+def test_import_fastrnn_does_not_import_torch():
+    import subprocess
+    import sys
+    code = "import sys, fastrnn; assert 'torch' not in sys.modules, 'import fastrnn imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
