@@ -297,18 +297,22 @@ def test_module_errors_match_torch(name, case):
 
 
 @pytest.mark.parametrize("name", ("RNNCell", "LSTMCell", "GRUCell"))
-@pytest.mark.parametrize("case", ("input_3d", "hx_3d", "input_size", "hx_batch"))
+@pytest.mark.parametrize("case", ("input_3d", "hx_3d", "input_size", "hx_batch", "hx_size", "dtype", "hx_dtype"))
 def test_cell_errors_match_torch(name, case):
     lstm = name == "LSTMCell"
 
-    def hx(*shape):
-        return (torch.zeros(shape), torch.zeros(shape)) if lstm else torch.zeros(shape)
+    def hx(*shape, dtype=torch.float32):
+        h = torch.zeros(shape, dtype=dtype)
+        return (h, h) if lstm else h
 
     calls = {
         "input_3d": lambda m: m(torch.zeros(1, B, I)),
         "hx_3d": lambda m: m(torch.zeros(B, I), hx(1, B, H)),
         "input_size": lambda m: m(torch.zeros(B, I + 1)),
         "hx_batch": lambda m: m(torch.zeros(B, I), hx(B + 1, H)),
+        "hx_size": lambda m: m(torch.zeros(B, I), hx(B, H + 1)),
+        "dtype": lambda m: m(torch.zeros(B, I, dtype=torch.float64)),
+        "hx_dtype": lambda m: m(torch.zeros(B, I), hx(B, H, dtype=torch.float64)),
     }
     _same_error(lambda: getattr(torch.nn, name)(I, H), lambda: getattr(fnn, name)(I, H), calls[case])
 

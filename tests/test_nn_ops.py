@@ -72,7 +72,8 @@ def test_opcheck_forward_and_backward(cell, config):
 
 
 @pytest.mark.parametrize("config", [dict(), dict(L=2, bidirectional=True, lengths=True, T=4, B=3),
-                                    dict(bias=False, states=False, bidirectional=True)], ids=("1uni", "2bi_len", "nobias"))
+                                    dict(bias=False, states=False, bidirectional=True)],
+                         ids=("1uni", "2bi_len", "nobias"))
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck(cell, config):
     x, weights, h0, c0, lens, H, L, bidir = problem(cell, **config)

@@ -214,7 +214,8 @@ class _RNNBase(torch.nn.Module):
                 h0 = _permute(h0, sorted_indices)
                 c0 = _permute(c0, sorted_indices) if lstm else None
             if lstm:
-                self._check_hidden_size(h0, (self.num_layers * D, batch, real_hidden), "Expected hidden[0] size {}, got {}")
+                self._check_hidden_size(h0, (self.num_layers * D, batch, real_hidden),
+                                        "Expected hidden[0] size {}, got {}")
                 self._check_hidden_size(c0, (self.num_layers * D, batch, self.hidden_size),
                                         "Expected hidden[1] size {}, got {}")
             else:
@@ -402,7 +403,8 @@ class _CellBase(torch.nn.Module):
         if input.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
         if input.dtype != self.weight_ih.dtype:
-            raise RuntimeError(f"{name}: input dtype ({input.dtype}) does not match weight dtype ({self.weight_ih.dtype})")
+            raise RuntimeError(f"{name}: input dtype ({input.dtype}) does not match weight dtype "
+                               f"({self.weight_ih.dtype})")
         if states is not None:
             for idx, s in enumerate(states):
                 if s.size(0) != input.size(0):
@@ -488,7 +490,8 @@ def _converted(module: torch.nn.Module) -> Optional[torch.nn.Module]:
     names = [name for name, _ in new.named_parameters()]
     old = dict(module.named_parameters())
     if sorted(names) != sorted(old):
-        raise ValueError(f"cannot convert {module!r}: parameters {sorted(old)} differ from the expected {sorted(names)}")
+        raise ValueError(f"cannot convert {module!r}: parameters {sorted(old)} differ from the expected "
+                         f"{sorted(names)}")
     for name in names:
         setattr(new, name, old[name])
     new.train(module.training)
