@@ -35,7 +35,9 @@ CELLS = {
     "lstm": (torch.nn.LSTMCell, fnn.LSTMCell, {}),
     "gru": (torch.nn.GRUCell, fnn.GRUCell, {}),
 }
-FORMS = ("batched", "batched_no_hx", "batch_first", "unbatched", "unbatched_batch_first", "packed")
+# packed_batch_first: a PackedSequence made from [B, T, I] for a batch_first module, with hx=None
+FORMS = ("batched", "batched_no_hx", "batch_first", "unbatched", "unbatched_batch_first", "packed",
+         "packed_batch_first")
 
 
 def _np(t):
@@ -65,12 +67,15 @@ def seeded(shape, dtype, seed, requires_grad=True):
 def run(module, x, hx, form, lstm, w):
     """Forward, then a scalar loss that weighs every output with fixed random weights w (so each
     element's gradient differs). Returns (output tensor, states tuple, loss)."""
-    if form == "packed":
-        x = pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False)
+    packed = form.startswith("packed")
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor(LENGTHS), batch_first=form == "packed_batch_first",
+                                 enforce_sorted=False)
     y, h = module(x, hx)
     states = tuple(h) if lstm else (h,)
-    if form == "packed":
-        assert isinstance(y, PackedSequence)
+    if packed:
+        assert isinstance(y, PackedSequence) and torch.equal(y.batch_sizes, x.batch_sizes)
+        assert torch.equal(y.sorted_indices, x.sorted_indices) and torch.equal(y.unsorted_indices, x.unsorted_indices)
         y = y.data
     loss = (y * w[0].to(y.dtype)).sum() + sum((s * wi.to(s.dtype)).sum() for s, wi in zip(states, w[1:]))
     return y, states, loss
@@ -79,7 +84,7 @@ def run(module, x, hx, form, lstm, w):
 def check_parity(cell, num_layers, bidirectional, form, dtype, proj_size=0, bias=True):
     torch_cls, fast_cls, extra = MODULES[cell]
     lstm = cell == "lstm"
-    batch_first = form in ("batch_first", "unbatched_batch_first")
+    batch_first = form in ("batch_first", "unbatched_batch_first", "packed_batch_first")
     kwargs = dict(input_size=I, hidden_size=H, num_layers=num_layers, bias=bias, batch_first=batch_first,
                   bidirectional=bidirectional, **extra)
     if proj_size:
@@ -95,11 +100,11 @@ def check_parity(cell, num_layers, bidirectional, form, dtype, proj_size=0, bias
         x_shape = (B, T, I) if batch_first else (T, B, I)
         state_shapes = [(num_layers * D, B, out_h), (num_layers * D, B, H)]
         w_shape = (B, T, D * out_h) if batch_first else (T, B, D * out_h)
-    if form == "packed":
+    if form.startswith("packed"):
         w_shape = (sum(LENGTHS), D * out_h)
     n_states = 2 if lstm else 1
     x = seeded(x_shape, dtype, 1)
-    hx = None if form == "batched_no_hx" else [seeded(s, dtype, 2 + k) for k, s in enumerate(state_shapes[:n_states])]
+    hx = None if form in ("batched_no_hx", "packed_batch_first") else [seeded(s, dtype, 2 + k) for k, s in enumerate(state_shapes[:n_states])]
     w = [seeded(w_shape, torch.float64, 10, False)] + [seeded(s, torch.float64, 11 + k, False)
                                                         for k, s in enumerate(state_shapes[:n_states])]
 
