@@ -132,6 +132,8 @@ def test_op_argument_errors():
         op(x.half(), [w.half() for w in weights], None, None, None, "lstm", H, L, bidir, False)
     with pytest.raises(TypeError, match=r"weights\[1\]"):
         op(x, weights[:1] + [weights[1].float()] + weights[2:], None, None, None, "lstm", H, L, bidir, False)
+    with pytest.raises(ValueError, match="3-D"):
+        op(x[0], weights, None, None, None, "lstm", H, L, bidir, False)
     with pytest.raises(ValueError, match="cell"):
         op(x, weights, None, None, None, "tanh", H, L, bidir, False)
     with pytest.raises(ValueError, match="weights"):

@@ -40,6 +40,8 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
         raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
     if x.dtype not in _DTYPES:
         raise TypeError(f"fastrnn supports float32 and float64 only, got input of dtype {x.dtype}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D [T, B, I] (time-major), got shape {tuple(x.shape)}")
     entries = num_layers * (2 if bidirectional else 1)
     if len(weights) not in (2 * entries, 4 * entries):
         raise ValueError(f"weights must hold 2 or 4 tensors per layer and direction ({2 * entries} or "
