@@ -7,7 +7,6 @@ measures fastrnn's own rounding, with the tolerances of tests/tolerances.py. Als
 signatures, parameter names and order, state_dict both ways, the same exception types as torch for
 bad input, dropout between layers, and convert() on a nested model.
 """
-import copy
 import inspect
 import warnings
 
