@@ -1,0 +1,514 @@
+"""Drop-in replacements for torch.nn's recurrent modules, running fastrnn's fused kernels through the
+custom ops in :mod:`fastrnn.ops`: ``RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell``, ``GRUCell``.
+
+They take torch.nn's constructor arguments (same order and defaults), hold the same parameters
+(names, shapes, order, initialisation), so ``state_dict()`` loads both ways, and follow torch.nn's
+forward contract: batched 3-D and unbatched 2-D input, ``batch_first`` (not applied to the states),
+optional ``hx``, PackedSequence in -> PackedSequence out, dropout between layers in training mode,
+the same output shapes and the same exception types for bad input. They subclass plain
+``torch.nn.Module`` (not ``torch.nn.RNNBase``, on which ``torch.compile`` deliberately breaks the
+graph). ``convert(model)`` swaps the torch.nn modules inside a model for these ones.
+
+Differences from torch.nn: float32 and float64 only (other dtypes raise TypeError), and no double
+backward. ``LSTM(proj_size > 0)`` is not covered by the kernels: it runs a pure-torch fallback
+(composed torch ops, autograd does the backward) that matches torch.nn.LSTM but is not fast.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Parameter, init
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import ops  # noqa: F401  (registers torch.ops.fastrnn.*)
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+_CELL = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether the op must keep its reserve: some input takes part in autograd."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
+            bidirectional: bool):
+    """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None)."""
+    training = _needs_grad(x, h0, c0, *weights)
+    y, hn, cn, _ = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, _CELL[mode], hidden_size, num_layers,
+                                                  bidirectional, training)
+    return y, hn, (cn if mode == "LSTM" else None)
+
+
+class _RNNBase(torch.nn.Module):
+    """What RNN, LSTM and GRU share: torch.nn.RNNBase's constructor checks, parameters and
+    forward contract, with the recurrence run by the fastrnn op."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        # The same checks, in the same order and with the same exception types, as torch.nn.RNNBase.
+        if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+            raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                             "element being zeroed")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and "
+                          f"num_layers={num_layers}", stacklevel=3)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+        if not isinstance(input_size, int):
+            raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        if not isinstance(hidden_size, int):
+            raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if mode not in _GATES:
+            raise ValueError("Unrecognized RNN mode: " + mode)
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+
+        D = 2 if bidirectional else 1
+        gate_size = _GATES[mode] * hidden_size
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        for layer in range(num_layers):
+            for direction in range(D):
+                layer_input_size = input_size if layer == 0 else real_hidden_size * D
+                suffix = "_reverse" if direction == 1 else ""
+                params = [(f"weight_ih_l{layer}{suffix}", (gate_size, layer_input_size)),
+                          (f"weight_hh_l{layer}{suffix}", (gate_size, real_hidden_size))]
+                if bias:
+                    params += [(f"bias_ih_l{layer}{suffix}", (gate_size,)), (f"bias_hh_l{layer}{suffix}", (gate_size,))]
+                if proj_size > 0:
+                    params += [(f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size))]
+                for name, shape in params:
+                    setattr(self, name, Parameter(torch.empty(shape, **factory_kwargs)))
+                names = [name for name, _ in params]
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    @property
+    def _flat_weights(self) -> List[Tensor]:
+        # Looked up on every call (not cached as torch.nn does), so reassigned or .to()-moved
+        # parameters and torch.func.functional_call are always seen.
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> List[List[Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """A no-op: the kernels read the parameters where they are (kept for torch.nn compatibility)."""
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    # ---- torch.nn's input checks (same exception types and messages) ------------------------------
+    def _check_input(self, input: Tensor, packed: bool) -> None:
+        dtype = self._flat_weights[0].dtype
+        if input.dtype != dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({dtype}). "
+                             f"Convert input: input.to({dtype}), or convert model: model.to({input.dtype})")
+        expected_input_dim = 2 if packed else 3
+        if input.dim() != expected_input_dim:
+            raise RuntimeError(f"input must have {expected_input_dim} dimensions, got {input.dim()}")
+        if self.input_size != input.size(-1):
+            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                               f"got {input.size(-1)}")
+
+    @staticmethod
+    def _check_hidden_size(hx: Tensor, expected: Tuple[int, int, int], msg: str = "Expected hidden size {}, got {}"):
+        if hx.size() != expected:
+            raise RuntimeError(msg.format(expected, list(hx.size())))
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def forward(self, input, hx=None):
+        lstm = self.mode == "LSTM"
+        name = {"LSTM": "LSTM", "GRU": "GRU"}.get(self.mode, "RNN")
+        D = 2 if self.bidirectional else 1
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self._check_input(data, True)
+            # Padded [T, B, I] in the packed (length-sorted) order, with the lengths.
+            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            batch = int(batch_sizes[0])
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D "
+                                 + ("tensor instead" if name == "RNN" else "instead"))
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                states = hx if lstm else (hx,)
+                dims = tuple(h.dim() for h in states)
+                want = 3 if is_batched else 2
+                if any(d != want for d in dims):
+                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                    if lstm:
+                        raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                                           f"({dims[0]}-D, {dims[1]}-D) tensors")
+                    raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {dims[0]}-D tensor")
+                if not is_batched:
+                    hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
+            self._check_input(input, False)
+            x = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
+            lengths = None
+            batch = x.size(1)
+
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h0 = c0 = None
+        if hx is not None:
+            h0, c0 = hx if lstm else (hx, None)
+            if packed:  # each state row follows its sequence into the sorted order
+                h0 = _permute(h0, sorted_indices)
+                c0 = _permute(c0, sorted_indices) if lstm else None
+            if lstm:
+                self._check_hidden_size(h0, (self.num_layers * D, batch, real_hidden),
+                                        "Expected hidden[0] size {}, got {}")
+                self._check_hidden_size(c0, (self.num_layers * D, batch, self.hidden_size),
+                                        "Expected hidden[1] size {}, got {}")
+            else:
+                self._check_hidden_size(h0, (self.num_layers * D, batch, self.hidden_size))
+
+        if self.proj_size > 0:
+            y, hn, cn = _lstm_projected(self, x, h0, c0, lengths)
+        else:
+            y, hn, cn = self._recurrence(x, h0, c0, lengths)
+
+        if packed:
+            out = PackedSequence(pack_padded_sequence(y, lengths).data, batch_sizes, sorted_indices, unsorted_indices)
+            hn = _permute(hn, unsorted_indices)
+            cn = _permute(cn, unsorted_indices) if lstm else None
+            return out, ((hn, cn) if lstm else hn)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if not is_batched:
+            y = y.squeeze(batch_dim)
+            hn = hn.squeeze(1)
+            cn = cn.squeeze(1) if lstm else None
+        return y, ((hn, cn) if lstm else hn)
+
+    def _recurrence(self, x: Tensor, h0, c0, lengths):
+        """x [T, B, I] -> (y [T, B, D*H], hn, cn or None) by the fastrnn op: one call for the whole
+        stack, or (dropout in training mode) one call per layer with dropout between them."""
+        weights = self._flat_weights
+        L, H = self.num_layers, self.hidden_size
+        if lengths is not None:
+            lengths = lengths.to(device=x.device, dtype=torch.int64)
+        if not (self.dropout > 0 and self.training and L > 1):
+            return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional)
+        D = 2 if self.bidirectional else 1
+        per_layer = len(weights) // L
+        hns, cns = [], []
+        for layer in range(L):
+            rows = slice(layer * D, (layer + 1) * D)
+            x, hn, cn = _run_op(self.mode, x, weights[layer * per_layer:(layer + 1) * per_layer],
+                                None if h0 is None else h0[rows], None if c0 is None else c0[rows], lengths, H, 1,
+                                self.bidirectional)
+            hns.append(hn)
+            cns.append(cn)
+            if layer < L - 1:
+                x = F.dropout(x, self.dropout, True)
+        return x, torch.cat(hns), (torch.cat(cns) if self.mode == "LSTM" else None)
+
+
+def _permute(t: Tensor, permutation: Optional[Tensor]) -> Tensor:
+    return t if permutation is None else t.index_select(1, permutation)
+
+
+def _lstm_projected(m: "LSTM", x: Tensor, h0, c0, lengths):
+    """LSTM with projections (proj_size > 0), which the kernels do not implement: a pure-torch
+    fallback written with composed torch ops, so autograd does the backward. It follows
+    torch.nn.LSTM exactly (h_t = W_hr (o * tanh(c_t)); outputs past a sequence's length are zero,
+    its final state is the one at its own last step) and is correct rather than fast.
+    x [T, B, I] -> (y [T, B, D*P], hn [L*D, B, P], cn [L*D, B, H])."""
+    T, B = x.size(0), x.size(1)
+    D = 2 if m.bidirectional else 1
+    P, H = m.proj_size, m.hidden_size
+    if h0 is None:
+        h0 = x.new_zeros((m.num_layers * D, B, P))
+        c0 = x.new_zeros((m.num_layers * D, B, H))
+    live = None if lengths is None else torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)  # [T, B]
+    hns, cns = [], []
+    for layer in range(m.num_layers):
+        outputs = []
+        for d in range(D):
+            k = layer * D + d
+            names = m._all_weights[k]
+            w_ih, w_hh, w_hr = getattr(m, names[0]), getattr(m, names[1]), getattr(m, names[-1])
+            b_ih, b_hh = (getattr(m, names[2]), getattr(m, names[3])) if m.bias else (None, None)
+            xw = F.linear(x, w_ih, b_ih)  # [T, B, 4H], all steps at once
+            h, c = h0[k], c0[k]
+            ys: List[Optional[Tensor]] = [None] * T
+            for t in (range(T - 1, -1, -1) if d else range(T)):
+                i, f, g, o = (xw[t] + F.linear(h, w_hh, b_hh)).chunk(4, 1)
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h_new = F.linear(torch.sigmoid(o) * torch.tanh(c_new), w_hr)
+                if live is None:
+                    h, c, ys[t] = h_new, c_new, h_new
+                else:  # a finished sequence keeps its state and outputs zeros
+                    alive = live[t].unsqueeze(1)
+                    h, c = torch.where(alive, h_new, h), torch.where(alive, c_new, c)
+                    ys[t] = h_new * alive
+            outputs.append(torch.stack(ys))
+            hns.append(h)
+            cns.append(c)
+        x = torch.cat(outputs, 2) if D == 2 else outputs[0]
+        if m.dropout > 0 and m.training and layer < m.num_layers - 1:
+            x = F.dropout(x, m.dropout, True)
+    return x, torch.stack(hns), torch.stack(cns)
+
+
+class RNN(_RNNBase):
+    """Elman RNN, ``h_t = tanh|relu(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``; torch.nn.RNN's API."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None) -> None:
+        self.nonlinearity = nonlinearity
+        if nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype)
+
+
+class LSTM(_RNNBase):
+    """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size > 0 runs the
+    pure-torch fallback ``_lstm_projected``."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None) -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device=device, dtype=dtype)
+
+
+class GRU(_RNNBase):
+    """GRU (gates r, z, n, reset applied after the hidden product); torch.nn.GRU's API."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype)
+
+
+# ---- cells: one step, the same op with T = 1 -----------------------------------------------------------
+class _CellBase(torch.nn.Module):
+    """What RNNCell, LSTMCell and GRUCell share (torch.nn.RNNCellBase's parameters and checks)."""
+
+    _mode = ""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None,
+                 dtype=None) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.weight_ih = Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
+        self.weight_hh = Parameter(torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs))
+        if bias:
+            self.bias_ih = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            self.bias_hh = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if "bias" in self.__dict__ and self.bias is not True:
+            s += ", bias={bias}"
+        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        return s.format(**self.__dict__)
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    def _step(self, mode: str, input: Tensor, states: Optional[Tuple[Tensor, ...]], name: str):
+        """Checks (torch.nn's types) and one step: input [B, I] or [I]; states None or a tuple of
+        [B, H] or [H] tensors (h, or (h, c) for the LSTM). Returns the new state tuple."""
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if states is not None:
+            for idx, s in enumerate(states):
+                if s.dim() not in (1, 2):
+                    what = f"hx[{idx}]" if mode == "LSTM" else "hidden"
+                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+            if states is not None:
+                states = tuple(s.unsqueeze(0) for s in states)
+        # torch.nn's cells raise RuntimeError for sizes and dtypes that do not fit
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        if input.dtype != self.weight_ih.dtype:
+            raise RuntimeError(f"{name}: input dtype ({input.dtype}) does not match weight dtype "
+                               f"({self.weight_ih.dtype})")
+        if states is not None:
+            for idx, s in enumerate(states):
+                if s.size(0) != input.size(0):
+                    raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{idx} batch size "
+                                       f"{s.size(0)}")
+                if s.size(1) != self.hidden_size:
+                    raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {s.size(1)}, expected "
+                                       f"{self.hidden_size}")
+                if s.dtype != input.dtype:
+                    raise RuntimeError(f"{name}: hidden{idx} dtype ({s.dtype}) does not match input dtype "
+                                       f"({input.dtype})")
+        weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
+        h0 = c0 = None
+        if states is not None:
+            h0 = states[0].unsqueeze(0)
+            c0 = states[1].unsqueeze(0) if mode == "LSTM" else None
+        _, hn, cn = _run_op(mode, input.unsqueeze(0), weights, h0, c0, None, self.hidden_size, 1, False)
+        out = (hn[0], cn[0]) if mode == "LSTM" else (hn[0],)
+        return out if is_batched else tuple(s.squeeze(0) for s in out)
+
+
+class RNNCell(_CellBase):
+    """One Elman RNN step; torch.nn.RNNCell's API."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+        return self._step(mode, input, None if hx is None else (hx,), "RNNCell")[0]
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step; torch.nn.LSTMCell's API, returns (h', c')."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        return self._step("LSTM", input, None if hx is None else tuple(hx), "LSTMCell")
+
+
+class GRUCell(_CellBase):
+    """One GRU step; torch.nn.GRUCell's API."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        return self._step("GRU", input, None if hx is None else (hx,), "GRUCell")[0]
+
+
+# ---- convert ------------------------------------------------------------------------------------------
+def _converted(module: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """The fastrnn equivalent of a torch.nn recurrent module (sharing its Parameter objects, so an
+    optimizer built before keeps working), or None for any other module. Exact types only: a
+    subclass may have changed forward."""
+    t = type(module)
+    nn = torch.nn
+    if t in (nn.RNN, nn.LSTM, nn.GRU):
+        args = (module.input_size, module.hidden_size, module.num_layers)
+        kwargs = dict(bias=module.bias, batch_first=module.batch_first, dropout=module.dropout,
+                      bidirectional=module.bidirectional, device="meta")
+        if t is nn.RNN:
+            new = RNN(*args, nonlinearity=module.nonlinearity, **kwargs)
+        elif t is nn.LSTM:
+            new = LSTM(*args, proj_size=module.proj_size, **kwargs)
+        else:
+            new = GRU(*args, **kwargs)
+    elif t in (nn.RNNCell, nn.LSTMCell, nn.GRUCell):
+        args = (module.input_size, module.hidden_size, module.bias)
+        if t is nn.RNNCell:
+            new = RNNCell(*args, nonlinearity=module.nonlinearity, device="meta")
+        else:
+            new = (LSTMCell if t is nn.LSTMCell else GRUCell)(*args, device="meta")
+    else:
+        return None
+    # Built on the meta device (no memory, no initialisation cost), then given the very parameters.
+    names = [name for name, _ in new.named_parameters()]
+    old = dict(module.named_parameters())
+    if sorted(names) != sorted(old):
+        raise ValueError(f"cannot convert {module!r}: parameters {sorted(old)} differ from the expected "
+                         f"{sorted(names)}")
+    for name in names:
+        setattr(new, name, old[name])
+    new.train(module.training)
+    return new
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace, in place, every torch.nn.RNN / LSTM / GRU / RNNCell / LSTMCell / GRUCell inside
+    ``model`` (at any depth) with the fastrnn.nn equivalent, which uses the very same Parameter
+    objects (same values, device, dtype; optimizers keep working) and the same training flag.
+    Returns ``model``, or its replacement when ``model`` itself is one of those modules."""
+    top = _converted(model)
+    if top is not None:
+        return top
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new = _converted(child)
+            if new is not None:
+                setattr(parent, name, new)
+    return model

@@ -1,0 +1,202 @@
+"""fastrnn's kernels as PyTorch custom operators (``torch.library.custom_op``, namespace ``fastrnn``):
+``torch.ops.fastrnn.rnn_forward`` and ``torch.ops.fastrnn.rnn_backward``, each with a fake (meta)
+implementation so that ``torch.compile`` traces them without a graph break (also with a symbolic
+sequence length), and ``register_autograd`` on the forward whose backward calls the backward op.
+Outputs are allocated by torch; on the CPU the compiled kernels write into them through zero-copy
+NumPy views (the extension is not linked against libtorch). This is the only module that calls
+``fastrnn._core`` with torch tensors; :mod:`fastrnn.nn` builds the torch.nn-compatible modules on it.
+
+    y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
+                                                       num_layers, bidirectional, training)
+
+x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
+``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
+with or without biases, told apart by the list's length); h0, c0 [L*D, B, H] or None (zeros);
+lengths int64 [B] in [1, T] or None. Returns y [T, B, D*H], hn [L*D, B, H], cn [L*D, B, H] (LSTM;
+an empty tensor otherwise) and reserve [T, B, R] (what backward needs; empty unless ``training``).
+The reserve's size is T*B*R with R independent of T and B, so its fake shape follows a dynamic T.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._loader import _core
+from .types import CELLS
+
+_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_DTYPES = (torch.float32, torch.float64)
+
+__all__ = ["rnn_forward", "rnn_backward"]
+
+
+def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
+    """Checks what the kernels cannot check on NumPy views (the cell, the dtype, the device, the
+    weights' count); returns the number of tensors per layer and direction (2 or 4). Shapes are
+    checked by the extension, with messages that name the argument."""
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"fastrnn supports float32 and float64 only, got input of dtype {x.dtype}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D [T, B, I] (time-major), got shape {tuple(x.shape)}")
+    entries = num_layers * (2 if bidirectional else 1)
+    if len(weights) not in (2 * entries, 4 * entries):
+        raise ValueError(f"weights must hold 2 or 4 tensors per layer and direction ({2 * entries} or "
+                         f"{4 * entries}), got {len(weights)}")
+    for i, w in enumerate(weights):
+        if w.dtype != x.dtype:
+            raise TypeError(f"weights[{i}] must have the input's dtype {x.dtype}, got {w.dtype}")
+        if w.device != x.device:
+            raise RuntimeError(f"weights[{i}] is on {w.device} but the input is on {x.device}")
+    return len(weights) // entries
+
+
+def _reserve_per_row(cell: str, hidden_size: int, num_layers: int, bidirectional: bool) -> int:
+    # The reserve holds T*B rows of R values; R does not depend on I (it is 1 here), T or B.
+    return _core.reserve_size(_CELL_ID[cell], 1, 1, 1, hidden_size, num_layers, bidirectional)
+
+
+def _np(t: Optional[Tensor]):
+    """A NumPy view of a CPU tensor (a copy only if it is not contiguous); None stays None."""
+    return None if t is None else t.detach().contiguous().numpy()
+
+
+def _grouped(arrays: list, per_entry: int) -> list:
+    # flat [w_ih, w_hh, (b_ih, b_hh), w_ih, ...] -> [(w_ih, w_hh[, b_ih, b_hh]), ...] as the extension takes
+    return [tuple(arrays[k:k + per_entry]) for k in range(0, len(arrays), per_entry)]
+
+
+# ---- CUDA: a stub until the extension has CUDA kernels -------------------------------------------
+# Expected contract (for the CUDA back end to match): ``_core.cuda.forward`` / ``_core.cuda.backward``
+# take the same arguments as the CPU entry points, with torch tensors (which expose
+# ``__cuda_array_interface__``) instead of NumPy arrays, plus ``stream=`` torch's current stream.
+def _cuda_backend():
+    cuda = getattr(_core, "cuda", None)
+    if cuda is None or not hasattr(cuda, "forward") or not hasattr(cuda, "backward"):
+        raise RuntimeError("fastrnn was built without CUDA kernels (fastrnn._core.cuda.forward is missing): "
+                           "run the module on the CPU, or use torch.nn for CUDA tensors")
+    return cuda
+
+
+def _kernels(x: Tensor):
+    """(entry points, array converter, extra keyword arguments) for x's device."""
+    if x.device.type == "cpu":
+        return _core, _np, {}
+    if x.device.type == "cuda":
+        cuda = _cuda_backend()
+        return cuda, (lambda t: None if t is None else t.detach().contiguous()), {
+            "stream": torch.cuda.current_stream(x.device).cuda_stream}
+    raise RuntimeError(f"fastrnn runs on CPU (and CUDA) tensors, got a tensor on {x.device}")
+
+
+# ---- forward --------------------------------------------------------------------------------------
+@torch.library.custom_op("fastrnn::rnn_forward", mutates_args=())
+def rnn_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
+                lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
+                training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    per_entry = _check(x, weights, cell, num_layers, bidirectional)
+    if x.numel() == 0:
+        raise ValueError(f"input must not be empty (every size >= 1), got shape {tuple(x.shape)}")
+    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training,
+                                          ragged=lengths is not None)
+    core, arr, extra = _kernels(x)
+    lstm = cell == "lstm"
+    core.forward(_CELL_ID[cell], arr(x), _grouped([arr(w) for w in weights], per_entry), arr(h0),
+                 arr(c0) if lstm else None, arr(lengths), arr(y), arr(hn), arr(cn) if lstm else None,
+                 arr(reserve.view(-1)) if training else None, hidden_size, num_layers, bidirectional, **extra)
+    return y, hn, cn, reserve
+
+
+def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, ragged=False):
+    """The four outputs, allocated (also the fake implementation's shapes). With lengths (ragged)
+    the kernels leave the reserve's rows past each sequence's end unwritten: zero them, so that the
+    op's outputs are deterministic (as torch.compile and opcheck assume)."""
+    T, B, _ = x.shape
+    D = 2 if bidirectional else 1
+    state = (num_layers * D, B, hidden_size)
+    y = x.new_empty((T, B, D * hidden_size))
+    hn = x.new_empty(state)
+    cn = x.new_empty(state) if cell == "lstm" else x.new_empty((0,))
+    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
+    reserve = (x.new_zeros if ragged else x.new_empty)((T, B, R)) if training else x.new_empty((0,))
+    return y, hn, cn, reserve
+
+
+@rnn_forward.register_fake
+def _(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training):
+    _check(x, weights, cell, num_layers, bidirectional)
+    return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
+
+
+# ---- backward -------------------------------------------------------------------------------------
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
+def rnn_backward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
+                 lengths: Optional[Tensor], reserve: Tensor, dy: Tensor, dhn: Optional[Tensor],
+                 dcn: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
+                 bidirectional: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+    """Gradients (dx [T, B, I], dh0 [L*D, B, H], dc0 (LSTM; else empty), dweights like weights) of a
+    training ``rnn_forward``: x, weights, h0, c0, lengths and reserve exactly as forward saw and
+    returned them; dy [T, B, D*H]; dhn, dcn [L*D, B, H] or None (zero)."""
+    per_entry = _check(x, weights, cell, num_layers, bidirectional)
+    if reserve.numel() == 0:
+        raise RuntimeError("fastrnn::rnn_backward needs the reserve of a forward run with training=True; "
+                           "this forward ran with training=False and saved nothing")
+    dx, dh0, dc0, dweights = _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
+    core, arr, extra = _kernels(x)
+    lstm = cell == "lstm"
+    core.backward(_CELL_ID[cell], arr(x), _grouped([arr(w) for w in weights], per_entry), arr(h0),
+                  arr(c0) if lstm else None, arr(lengths), arr(reserve.view(-1)), arr(dy), arr(dhn),
+                  arr(dcn) if lstm else None, arr(dx), arr(dh0), arr(dc0) if lstm else None,
+                  _grouped([arr(g) for g in dweights], per_entry), hidden_size, num_layers, bidirectional, **extra)
+    return dx, dh0, dc0, dweights
+
+
+def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
+    B = x.shape[1]
+    state = (num_layers * (2 if bidirectional else 1), B, hidden_size)
+    dc0 = x.new_empty(state) if cell == "lstm" else x.new_empty((0,))
+    # new_empty, not empty_like: empty_like keeps a transposed input's strides, and the kernels
+    # write outputs in place, so every output must be contiguous.
+    return x.new_empty(x.shape), x.new_empty(state), dc0, [w.new_empty(w.shape) for w in weights]
+
+
+@rnn_backward.register_fake
+def _(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, cell, hidden_size, num_layers, bidirectional):
+    _check(x, weights, cell, num_layers, bidirectional)
+    return _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
+
+
+# ---- autograd -------------------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output):
+    x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training = inputs
+    ctx.mark_non_differentiable(output[3])  # the reserve
+    ctx.save_for_backward(x, h0, c0, lengths, output[3], *weights)
+    ctx.config = (cell, hidden_size, num_layers, bidirectional, training)
+
+
+def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
+    cell, hidden_size, num_layers, bidirectional, training = ctx.config
+    if not training:
+        raise RuntimeError("fastrnn::rnn_forward ran with training=False, so it saved nothing for backward; "
+                           "call it with training=True when gradients are needed")
+    x, h0, c0, lengths, reserve, *weights = ctx.saved_tensors
+    lstm = cell == "lstm"
+    dx, dh0, dc0, dweights = rnn_backward(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn if lstm else None,
+                                          cell, hidden_size, num_layers, bidirectional)
+    return (dx, list(dweights), dh0 if h0 is not None else None, dc0 if (lstm and c0 is not None) else None,
+            None, None, None, None, None, None)
+
+
+rnn_forward.register_autograd(_forward_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("fastrnn does not support double backward (differentiating fastrnn::rnn_backward, e.g. "
+                       "torch.autograd.grad(..., create_graph=True) followed by another backward); use torch.nn "
+                       "for higher-order gradients")
+
+
+rnn_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)

@@ -1,0 +1,143 @@
+"""The custom ops of fastrnn.ops: ``torch.library.opcheck`` on the forward and the backward op
+(schema, fake implementation, autograd registration, AOT dispatch) for a few configurations;
+``torch.autograd.gradcheck`` in float64 for every cell (tiny sizes, bidirectional, 2 layers,
+lengths, h0/c0); double backward raises a clear error; the op's own argument errors.
+gradcheck and opcheck call the op thousands of times on tiny sizes, so this module runs the kernels
+on one thread (multi-threaded kernels are covered by test_kernels.py / test_threads.py; an OpenMP
+team on an oversubscribed 2-core machine costs tens of ms per tiny call).
+"""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastrnn  # noqa: E402
+import fastrnn.ops  # noqa: E402,F401
+
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def problem(cell, T=3, B=2, I=3, H=2, L=1, bidirectional=False, bias=True, states=True, lengths=False,
+            dtype=torch.float64, requires_grad=True, seed=0):
+    """Arguments of torch.ops.fastrnn.rnn_forward, seeded (weights in torch.nn's init range)."""
+    g = torch.Generator().manual_seed(seed)
+    D = 2 if bidirectional else 1
+    G = GATES[cell]
+
+    def rand(*shape, scale=1.0):
+        return ((torch.rand(shape, generator=g, dtype=dtype) * 2 - 1) * scale).requires_grad_(requires_grad)
+
+    weights = []
+    for layer in range(L):
+        for _ in range(D):
+            in_size = I if layer == 0 else D * H
+            weights += [rand(G * H, in_size, scale=H ** -0.5), rand(G * H, H, scale=H ** -0.5)]
+            if bias:
+                weights += [rand(G * H, scale=H ** -0.5), rand(G * H, scale=H ** -0.5)]
+    x = rand(T, B, I)
+    h0 = rand(L * D, B, H) if states else None
+    c0 = rand(L * D, B, H) if states and cell == "lstm" else None
+    lens = torch.tensor([T] + [max(1, T - 1 - b) for b in range(1, B)], dtype=torch.int64) if lengths else None
+    return x, weights, h0, c0, lens, H, L, bidirectional
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(1)
+    yield
+    fastrnn.set_num_threads(n)
+
+
+CONFIGS = [dict(), dict(L=2, bidirectional=True, lengths=True), dict(bias=False, states=False, lengths=True)]
+
+
+@pytest.mark.parametrize("config", range(len(CONFIGS)))
+@pytest.mark.parametrize("cell", CELLS)
+def test_opcheck_forward_and_backward(cell, config):
+    x, weights, h0, c0, lens, H, L, bidir = problem(cell, **CONFIGS[config])
+    detached = [t.detach() if t is not None else None for t in (x, h0, c0)]
+    dweights = [w.detach() for w in weights]
+    torch.library.opcheck(torch.ops.fastrnn.rnn_forward.default, (x, weights, h0, c0, lens, cell, H, L, bidir, True))
+    # inference (training=False saves nothing, so no input may require grad)
+    torch.library.opcheck(torch.ops.fastrnn.rnn_forward.default,
+                          (detached[0], dweights, detached[1], detached[2], lens, cell, H, L, bidir, False))
+    with torch.no_grad():
+        y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lens, cell, H, L, bidir, True)
+    dy, dhn = torch.randn_like(y), torch.randn_like(hn)
+    dcn = torch.randn_like(cn) if cell == "lstm" else None
+    torch.library.opcheck(torch.ops.fastrnn.rnn_backward.default,
+                          (detached[0], dweights, detached[1], detached[2], lens, reserve, dy,
+                           dhn, dcn, cell, H, L, bidir))
+
+
+@pytest.mark.parametrize("config", [dict(), dict(L=2, bidirectional=True, lengths=True, T=4, B=3),
+                                    dict(bias=False, states=False, bidirectional=True)],
+                         ids=("1uni", "2bi_len", "nobias"))
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck(cell, config):
+    x, weights, h0, c0, lens, H, L, bidir = problem(cell, **config)
+
+    def f(x, h0, c0, *weights):
+        y, hn, cn, _ = torch.ops.fastrnn.rnn_forward(x, list(weights), h0, c0, lens, cell, H, L, bidir, True)
+        return (y, hn, cn) if cell == "lstm" else (y, hn)
+
+    # fast_mode (random directional derivatives) for the larger configurations keeps this quick
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *weights), eps=1e-6, atol=1e-7, rtol=1e-5,
+                                    fast_mode=config.get("L", 1) > 1)
+
+
+def test_double_backward_raises():
+    x, weights, h0, c0, lens, H, L, bidir = problem("lstm")
+    y, hn, cn, _ = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lens, "lstm", H, L, bidir, True)
+    (dx,) = torch.autograd.grad((y ** 2).sum() + hn.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        dx.sum().backward()
+
+
+def test_double_backward_raises_through_module():
+    import fastrnn.nn as fnn
+    m = fnn.GRU(3, 2, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    (dx,) = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(dx.sum(), m.weight_hh_l0)
+
+
+def test_backward_without_training_raises():
+    x, weights, h0, c0, lens, H, L, bidir = problem("gru")
+    y, hn, _, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lens, "gru", H, L, bidir, False)
+    assert reserve.numel() == 0
+    with pytest.raises(RuntimeError, match="training=False"):
+        y.sum().backward()
+
+
+def test_reserve_shape_is_linear_in_time_and_batch():
+    """The reserve is [T, B, R] with R independent of T and B (what makes the fake impl work for a
+    symbolic T)."""
+    shapes = []
+    for T, B in ((1, 1), (4, 3)):
+        x, weights, h0, c0, lens, H, L, bidir = problem("lstm", T=T, B=B, L=2, bidirectional=True,
+                                                        requires_grad=False)
+        shapes.append(torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lens, "lstm", H, L, bidir, True)[3].shape)
+    assert shapes[1][:2] == (4, 3) and shapes[0][2] == shapes[1][2]
+
+
+def test_op_argument_errors():
+    x, weights, h0, c0, lens, H, L, bidir = problem("lstm", requires_grad=False)
+    op = torch.ops.fastrnn.rnn_forward
+    with pytest.raises(TypeError, match="float16"):
+        op(x.half(), [w.half() for w in weights], None, None, None, "lstm", H, L, bidir, False)
+    with pytest.raises(TypeError, match=r"weights\[1\]"):
+        op(x, weights[:1] + [weights[1].float()] + weights[2:], None, None, None, "lstm", H, L, bidir, False)
+    with pytest.raises(ValueError, match="3-D"):
+        op(x[0], weights, None, None, None, "lstm", H, L, bidir, False)
+    with pytest.raises(ValueError, match="cell"):
+        op(x, weights, None, None, None, "tanh", H, L, bidir, False)
+    with pytest.raises(ValueError, match="weights"):
+        op(x, weights[:3], None, None, None, "lstm", H, L, bidir, False)
+    with pytest.raises(ValueError, match="h0"):  # shapes: checked by the extension, which names the argument
+        op(x, weights, h0[:, :1], None, None, "lstm", H, L, bidir, False)
+    with pytest.raises(ValueError, match="lengths"):
+        op(x, weights, None, None, torch.tensor([9, 1]), "lstm", H, L, bidir, False)
+
