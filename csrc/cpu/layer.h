@@ -166,6 +166,10 @@ void layer_forward(const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w
             std::memcpy(h_next + b * H + j0, h_cur + b * H + j0, sizeof(T) * nj);
             if (Cell::kHasCell) std::memcpy(c_next + b * H + j0, c_cur + b * H + j0, sizeof(T) * nj);
             std::memset(yrow, 0, sizeof(T) * nj);
+            // Backward never reads a dead row's saved values; writing them anyway makes the whole
+            // reserve a function of the inputs (callers such as torch.compile compare outputs).
+            for (int64 g = 0; saved && g < S; ++g) std::memset(saved + tb * S * H + g * H + j0, 0, sizeof(T) * nj);
+            if (cells) std::memcpy(cells + tb * H + j0, c_next + b * H + j0, sizeof(T) * nj);
           }
         }
       }

@@ -100,8 +100,7 @@ def rnn_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Opti
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
     if x.numel() == 0:
         raise ValueError(f"input must not be empty (every size >= 1), got shape {tuple(x.shape)}")
-    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training,
-                                          ragged=lengths is not None)
+    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
     core, arr, extra = _kernels(x)
     lstm = cell == "lstm"
     core.forward(_CELL_ID[cell], arr(x), _grouped([arr(w) for w in weights], per_entry), arr(h0),
@@ -110,10 +109,9 @@ def rnn_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Opti
     return y, hn, cn, reserve
 
 
-def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, ragged=False):
-    """The four outputs, allocated (also the fake implementation's shapes). With lengths (ragged)
-    the kernels leave the reserve's rows past each sequence's end unwritten: zero them, so that the
-    op's outputs are deterministic (as torch.compile and opcheck assume)."""
+def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training):
+    """The four outputs, allocated (also the fake implementation's shapes). The kernels write every
+    element of each, dead (past-the-end) rows of the reserve included."""
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     state = (num_layers * D, B, hidden_size)
@@ -121,7 +119,7 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
     hn = x.new_empty(state)
     cn = x.new_empty(state) if cell == "lstm" else x.new_empty((0,))
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
-    reserve = (x.new_zeros if ragged else x.new_empty)((T, B, R)) if training else x.new_empty((0,))
+    reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
     return y, hn, cn, reserve
 
 
