@@ -150,3 +150,27 @@ def test_no_memory_growth():
     gc.collect()
     growth = _rss_bytes() - before
     assert growth < 4 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over 200 forward+backward calls"
+
+
+def test_default_thread_heuristic_matches_reference():
+    """Without the tests' FASTRNN_MIN_STEP_FLOPS=0 (conftest.py), small layers run on one thread and
+    large ones on several; both must still be right. Runs in a fresh process (read at load)."""
+    import subprocess
+    script = r"""
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_kernels import assert_all_close, make_problem, named, run
+import fastrnn
+from fastrnn import reference
+fastrnn.set_num_threads(2)
+# one thread; two; one per direction
+for cell, H, B, bidirectional in (("gru", 8, 2, False), ("lstm", 64, 16, False), ("rnn_tanh", 200, 4, True)):
+    p = make_problem(cell, np.float32, 1, bidirectional, 6, B, 10, H, ragged=True)
+    assert_all_close(named(*run(fastrnn, p)), named(*run(reference, p)), np.float32)
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "FASTRNN_MIN_STEP_FLOPS"}
+    r = subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(__file__))], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -54,18 +55,38 @@ void check_blas_dims(const RnnConfig& c) {
   blas_int(c.I, "input size");
 }
 
+// Threads worth using for one layer and direction: each thread pays a barrier per step (~1 us,
+// far more when the cores are oversubscribed), so it must get at least min_step_flops() of the
+// step's recurrent product (2^16 = ~1 us of work), and at least one block of kUnitAlign hidden
+// units. The environment variable FASTRNN_MIN_STEP_FLOPS overrides it (the tests set 0 so that
+// their small problems run the multi-threaded paths too).
+int64 min_step_flops() {
+  static const int64 flops = [] {
+    const char* v = std::getenv("FASTRNN_MIN_STEP_FLOPS");
+    return v ? std::max<int64>(0, std::atoll(v)) : int64(1) << 16;
+  }();
+  return flops;
+}
+int useful_threads(const RnnConfig& c, int available) {
+  const double step_flops = 2.0 * double(c.gates()) * double(c.H) * double(c.H) * double(c.B);  // no overflow
+  const int64 by_work = min_step_flops() ? int64(std::min<double>(available, std::max(1.0, step_flops / double(min_step_flops()))))
+                                         : available;
+  const int64 by_units = (c.H + kUnitAlign - 1) / kUnitAlign;
+  return static_cast<int>(std::min<int64>({available, by_work, by_units}));
+}
+
 // Runs body(d, threads) for each direction: with two directions and at least two threads, both
 // at once, each with half the threads (one direction per core needs no barrier at all).
 // An exception (e.g. bad_alloc) is carried out of the
 // parallel region and rethrown, never left to terminate the process.
-template <class Body> void for_each_direction(int64 D, Body body) {
+template <class Body> void for_each_direction(const RnnConfig& c, Body body) {
   const int nt = num_threads();
-  if (D == 2 && nt >= 2) {
+  if (c.D == 2 && nt >= 2) {
     std::exception_ptr error[2];
 #pragma omp parallel for num_threads(2) schedule(static, 1)
     for (int64 d = 0; d < 2; ++d) {
       try {
-        body(d, d == 0 ? (nt + 1) / 2 : nt / 2);
+        body(d, useful_threads(c, d == 0 ? (nt + 1) / 2 : nt / 2));
       } catch (...) {
         error[d] = std::current_exception();
       }
@@ -74,7 +95,7 @@ template <class Body> void for_each_direction(int64 D, Body body) {
       if (e) std::rethrow_exception(e);
     return;
   }
-  for (int64 d = 0; d < D; ++d) body(d, nt);
+  for (int64 d = 0; d < c.D; ++d) body(d, useful_threads(c, nt));
 }
 
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
@@ -93,7 +114,7 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
         between[l % 2].resize(c.T * c.B * DH);
         out = between[l % 2].data();
       }
-      for_each_direction(c.D, [&](int64 d, int threads) {
+      for_each_direction(c, [&](int64 d, int threads) {
         const int64 k = l * c.D + d;
         layer_forward<Cell>(c, c.input_size(l), a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths,
                             d == 1, out + d * c.H, DH, a.hn + k * BH, slice(a.cn, k, BH),
@@ -129,7 +150,7 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
       // Run concurrently, the reverse direction accumulates its dL/d(input) apart, added after.
       if (c.D == 2) din_reverse.assign(in_count, T(0));
       const T* out = a.reserve + lay.layer_output(l);
-      for_each_direction(c.D, [&](int64 d, int threads) {
+      for_each_direction(c, [&](int64 d, int threads) {
         const int64 k = l * c.D + d;
         layer_backward<Cell>(c, in_size, a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths, d == 1,
                              out + d * c.H, DH, a.reserve + lay.gates(l, d),
