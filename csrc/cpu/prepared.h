@@ -25,10 +25,9 @@
 #include "cells.h"
 #include "common.h"
 #include "cpu/isa.h"
+#include "rnn.h"
 
 namespace fastrnn::cpu {
-
-int get_num_threads();  // csrc/cpu/stack.cpp
 
 namespace prepared_detail {
 
@@ -116,7 +115,10 @@ template <class T, class W> class PreparedCell {
         else if (isa == Isa::Avx2) avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
         else baseline::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
       };
-      const int threads = static_cast<int>(std::min<int64>(get_num_threads(), blocks_));
+      const double flops = 2.0 * double(G_) * double(H_) * double(I_ + H_) * double(B);
+      const int64 by_work = min_step_flops() ? int64(std::max(1.0, std::min(1e9, flops / double(min_step_flops()))))
+                                             : blocks_;
+      const int threads = static_cast<int>(std::min<int64>({get_num_threads(), blocks_, by_work}));
       if (threads <= 1) return run(0, blocks_);
 #pragma omp parallel num_threads(threads)
       {
