@@ -86,8 +86,8 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
       throw py::type_error(p + " must be a tuple of ints (w_ih, w_hh[, b_ih, b_hh])");
     const auto t = py::reinterpret_borrow<py::sequence>(list[k]);
     if (t.size() != expected_len)
-      throw ArgumentError(p + " must hold " + std::to_string(expected_len) + " pointers (like " + what +
-                          "[0] / the weights), got " + std::to_string(t.size()));
+      throw ArgumentError(p + " must hold " + std::to_string(expected_len) + " pointers like weight_ptrs[0], got " +
+                          std::to_string(t.size()));
     Ptr v[4] = {0, 0, 0, 0};
     for (size_t i = 0; i < t.size(); ++i) {
       try {

@@ -25,9 +25,21 @@ namespace fastrnn::cuda {
     if (fastrnn_err_ != cudaSuccess) ::fastrnn::cuda::throw_cuda_error(fastrnn_err_, #call, __FILE__, __LINE__); \
   } while (0)
 
-// After every <<<...>>>: a bad launch configuration is reported here; faults inside a kernel surface
+// After every launch: a bad launch configuration is reported here; faults inside a kernel surface
 // at the caller's next synchronising call (we never synchronise).
 #define FASTRNN_LAUNCH_CHECK() FASTRNN_CUDA_CHECK(cudaGetLastError())
+
+// The one way kernels are launched (no dynamic shared memory): on `stream`, checked. Under the CPU
+// emulator (cuda/emu/, FASTRNN_CUDA_EMULATION) the same call runs the kernel on host threads.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
+#if defined(FASTRNN_CUDA_EMULATION)
+  emu::run_kernel(grid, block, [&] { kernel(args...); });
+#else
+  kernel<<<grid, block, 0, stream>>>(args...);
+#endif
+  FASTRNN_LAUNCH_CHECK();
+}
 
 // n elements of T on the device, allocated and freed in the order of `stream`.
 template <class T> class Scratch {

@@ -123,9 +123,8 @@ void gemm(cudaStream_t stream, bool trans_a, bool trans_b, int64 M, int64 N, int
           int64 lda, const T* B, int64 ldb, Acc<T> beta, T* C, int64 ldc, const T* bias = nullptr) {
   if (M == 0 || N == 0) return;
   const dim3 grid(static_cast<unsigned>(ceil_div(M, GemmShape::BM)), static_cast<unsigned>(ceil_div(N, GemmShape::BN)));
-  gemm_kernel<T><<<grid, GemmShape::kThreads, 0, stream>>>(M, N, K, MatOp<T>{A, lda, M, K, trans_a},
-                                                           MatOp<T>{B, ldb, N, K, !trans_b}, alpha, beta, C, ldc, bias);
-  FASTRNN_LAUNCH_CHECK();
+  launch(gemm_kernel<T>, grid, GemmShape::kThreads, stream, M, N, K, MatOp<T>{A, lda, M, K, trans_a},
+         MatOp<T>{B, ldb, N, K, !trans_b}, alpha, beta, C, ldc, bias);
 }
 
 // out[c] = sum_r X[r, c] for c < cols: the bias gradients. A block takes 32 columns; its 8 thread
@@ -154,9 +153,8 @@ column_sums_kernel(const T* X, int64 rows, int64 cols, int64 ld, T* out) {
 template <class T> void column_sums(cudaStream_t stream, const T* X /*[rows, ld]*/, int64 rows, int64 cols, int64 ld,
                                     T* out /*[cols]*/) {
   if (cols == 0) return;
-  column_sums_kernel<T><<<static_cast<unsigned>(ceil_div(cols, kColSumCols)), dim3(kColSumCols, kColSumRows), 0,
-                          stream>>>(X, rows, cols, ld, out);
-  FASTRNN_LAUNCH_CHECK();
+  launch(column_sums_kernel<T>, static_cast<unsigned>(ceil_div(cols, kColSumCols)), dim3(kColSumCols, kColSumRows),
+         stream, X, rows, cols, ld, out);
 }
 
 }  // namespace fastrnn::cuda

@@ -227,8 +227,7 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, con
   for (int64 s = 0; s < T_; ++s) {
     const ForwardStep<T> p{B, H, reverse ? T_ - 1 - s : s, w.w_hh, w.b_hh, gi.get(), h_cur, c_cur, h_next, c_next,
                            lengths, y, ldy, saved, cells};
-    forward_step_kernel<Cell, T><<<step_grid(B, H), kStepThreads, 0, stream>>>(p);
-    FASTRNN_LAUNCH_CHECK();
+    launch(forward_step_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
     std::swap(h_cur, h_next);
     std::swap(c_cur, c_next);
   }
@@ -264,8 +263,7 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, co
                     dc_carry.get(), dgi.get(), dgh, h_prev.get(), dh0, dc0};
   for (int64 s = 0; s <= T_; ++s) {  // s == T_: finish dh0 from the last step processed
     p.t = s == T_ ? -1 : reverse ? s : T_ - 1 - s;
-    backward_step_kernel<Cell, T><<<step_grid(B, H), kStepThreads, 0, stream>>>(p);
-    FASTRNN_LAUNCH_CHECK();
+    launch(backward_step_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
     p.t_prev = p.t;
   }
 
