@@ -16,7 +16,8 @@
 //            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream) -> None
 //   device_count() -> int
 //
-// cell: 0 rnn_tanh, 1 rnn_relu, 2 lstm, 3 gru (as _core.forward). dtype: "float32" | "float64".
+// cell: 0 rnn_tanh, 1 rnn_relu, 2 lstm, 3 gru (as _core.forward). dtype: "float32" | "float64" |
+// "float16" | "bfloat16" (16-bit storage, float arithmetic and state; cuda/dtypes.h).
 // All buffers time-major and C-contiguous, of dtype: x [T, B, I], y/dy [T, B, D*H], h0/c0/hn/cn/dhn/
 // dcn/dh0/dc0 [L*D, B, H], reserve [reserve_size(...)], dx [T, B, I]; lengths: device int64 [B] in
 // [1, T] or 0. weight_ptrs: L*D tuples (w_ih [G*H, I_l], w_hh [G*H, H][, b_ih [G*H], b_hh [G*H]]),
@@ -48,10 +49,17 @@ RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, boo
   return c;
 }
 
-bool is_float64(const std::string& dtype) {
-  if (dtype == "float32") return false;
-  if (dtype == "float64") return true;
-  throw ArgumentError("dtype must be 'float32' or 'float64', got '" + dtype + "'");
+// dtype name -> f(T{}) with T the storage type, at one switch point.
+template <class F> void dispatch_dtype(const std::string& dtype, F&& f) {
+  if (dtype == "float32") return f(float{});
+  if (dtype == "float64") return f(double{});
+#if defined(FASTRNN_CUDA_HALF)
+  if (dtype == "float16") return f(__half{});
+  if (dtype == "bfloat16") return f(__nv_bfloat16{});
+  throw ArgumentError("dtype must be 'float32', 'float64', 'float16' or 'bfloat16', got '" + dtype + "'");
+#else
+  throw ArgumentError("dtype must be 'float32' or 'float64' (this build has no 16-bit types), got '" + dtype + "'");
+#endif
 }
 
 // Collects the pointers of one call, checks the presence rules as they are added, and checks them
@@ -176,8 +184,9 @@ void register_bindings(py::module_& m) {
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve, Ptr stream) {
           const auto c = make_config(cell, T, B, I, H, L, bidirectional);
-          if (is_float64(dtype)) forward_t<double>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream);
-          else forward_t<float>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream);
+          dispatch_dtype(dtype, [&](auto tag) {
+            forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream);
+          });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
@@ -189,9 +198,9 @@ void register_bindings(py::module_& m) {
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
            Ptr dc0, const py::list& grads, Ptr stream) {
           const auto c = make_config(cell, T, B, I, H, L, bidirectional);
-          if (is_float64(dtype))
-            backward_t<double>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, stream);
-          else backward_t<float>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, stream);
+          dispatch_dtype(dtype, [&](auto tag) {
+            backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, stream);
+          });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),

@@ -61,10 +61,4 @@ template <class T> class Scratch {
   cudaStream_t stream_;
 };
 
-// dst[0:n] = src[0:n], or zeros when src is nullptr (an absent initial state).
-template <class T> void copy_or_zero(T* dst, const T* src, int64 n, cudaStream_t stream) {
-  if (src) FASTRNN_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(T) * n, cudaMemcpyDeviceToDevice, stream));
-  else FASTRNN_CUDA_CHECK(cudaMemsetAsync(dst, 0, sizeof(T) * n, stream));
-}
-
 }  // namespace fastrnn::cuda

@@ -13,6 +13,7 @@
 
 #include "check.cuh"
 #include "common.h"
+#include "dtypes.h"
 
 namespace fastrnn::cuda {
 

@@ -11,8 +11,12 @@
 // sums) and dX are each one GEMM over all steps.
 //
 // The cell functions index a row as p[g*H + j]. A thread gathers one (batch row, unit) pair's values
-// into small register arrays and calls the cell with H = 1, j = 0 (exactly the same maths, since a
-// cell is pointwise in j), then scatters the results: no shared/global round trip for the gates.
+// into small register arrays of the accumulation type A = AccType<T> and calls the cell with H = 1,
+// j = 0 (exactly the same maths, since a cell is pointwise in j), then scatters the results: no
+// shared/global round trip for the gates. The recurrent state (h, c, and dh, dc in backward) is
+// scratch of type A between steps; what is stored (y, reserve, gate gradients) has type T. For
+// float/double A == T and this is exactly the CPU path's arithmetic; for half/bf16 storage the gate
+// pre-activations, the cell maths and the state stay in float.
 //
 // Variable lengths: row b is live at time t iff t < len[b], in both directions (csrc/cpu/layer.h).
 // A dead row keeps its state and outputs zeros; in backward it passes dh/dc through unchanged and
@@ -53,14 +57,15 @@ template <class T> struct GateRowsOfWhh {
 };
 
 template <class T> struct ForwardStep {
+  using A = Acc<T>;
   int64 B, H, t;
   const T* w_hh;          // [G*H, H]
   const T* b_hh;          // [G*H] or nullptr
   const T* gi;            // [T, B, G*H] x W_ih^T + b_ih
-  const T* h_cur;         // [B, H] state before the step
-  const T* c_cur;         // [B, H] (cells with a cell state)
-  T* h_next;              // [B, H] state after the step (never aliases h_cur: other blocks still read it)
-  T* c_next;              // [B, H]
+  const A* h_cur;         // [B, H] state before the step
+  const A* c_cur;         // [B, H] (cells with a cell state)
+  A* h_next;              // [B, H] state after the step (never aliases h_cur: other blocks still read it)
+  A* c_next;              // [B, H]
   const int64* lengths;   // [B] or nullptr
   T* y;                   // [T, B, ldy]: this direction's H columns
   int64 ldy;
@@ -77,42 +82,44 @@ __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const Forwar
   const int64 H = p.H, GH = G * H;
   const int64 j0 = int64(blockIdx.x) * kUnits, b0 = int64(blockIdx.y) * kRows;
   A acc[1][G] = {};  // acc[0][g]: gate g of unit j0 + tx for row b0 + ty (columns n = tx + g*kUnits)
-  tile_product<Shape>(MatOp<T>{p.h_cur, H, p.B, H, false}, GateRowsOfWhh<T>{p.w_hh, H, j0}, b0, 0, H, smem, acc);
+  tile_product<Shape>(MatOp<A>{p.h_cur, H, p.B, H, false}, GateRowsOfWhh<T>{p.w_hh, H, j0}, b0, 0, H, smem, acc);
 
   const int tx = threadIdx.x % Shape::kThreadsN, ty = threadIdx.x / Shape::kThreadsN;
-  const int64 b = b0 + ty, j = j0 + tx;
+  const int64 b = b0 + ty, j = j0 + tx, bj = b * H + j;
   if (b >= p.B || j >= H) return;
   const int64 tb = p.t * p.B + b;
   T* yv = p.y + tb * p.ldy + j;
   if (p.lengths && p.t >= p.lengths[b]) {  // dead: keep the state, output zero
-    p.h_next[b * H + j] = p.h_cur[b * H + j];
-    if (Cell::kHasCell) p.c_next[b * H + j] = p.c_cur[b * H + j];
+    p.h_next[bj] = p.h_cur[bj];
+    if (Cell::kHasCell) p.c_next[bj] = p.c_cur[bj];
     *yv = T(0);
     return;
   }
-  T gi[G], gh[G], saved[S > 0 ? S : 1];
+  A gi[G], gh[G], saved[S > 0 ? S : 1];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    gi[g] = p.gi[tb * GH + g * H + j];
-    gh[g] = T(acc[0][g] + (p.b_hh ? A(p.b_hh[g * H + j]) : A(0)));  // stored in T, as the CPU path does
+    gi[g] = A(p.gi[tb * GH + g * H + j]);
+    gh[g] = acc[0][g] + (p.b_hh ? A(p.b_hh[g * H + j]) : A(0));
   }
-  const T hp = p.h_cur[b * H + j];
-  const T cp = Cell::kHasCell ? p.c_cur[b * H + j] : T(0);
-  T h, c = T(0);
-  const ForwardRow<T> row{gi, gh, &hp, &cp, &h, &c, p.saved ? saved : nullptr};
-  Cell::forward(row, 0, 1);
-  p.h_next[b * H + j] = h;
-  *yv = h;
+  const A hp = p.h_cur[bj];
+  const A cp = Cell::kHasCell ? p.c_cur[bj] : A(0);
+  A h, c = A(0);
+  // Two calls so that the cell's `if (saved)` folds away in each and `saved` stays in registers.
+  if (p.saved) Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, saved}, 0, 1);
+  else Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, nullptr}, 0, 1);
+  p.h_next[bj] = h;
+  *yv = T(h);
   if (Cell::kHasCell) {
-    p.c_next[b * H + j] = c;
-    if (p.cells) p.cells[tb * H + j] = c;
+    p.c_next[bj] = c;
+    if (p.cells) p.cells[tb * H + j] = T(c);
   }
   if (p.saved)
 #pragma unroll
-    for (int s = 0; s < S; ++s) p.saved[tb * S * H + s * H + j] = saved[s];
+    for (int s = 0; s < S; ++s) p.saved[tb * S * H + s * H + j] = T(saved[s]);
 }
 
 template <class T> struct BackwardStep {
+  using A = Acc<T>;
   int64 T_, B, H;
   int64 t;       // step to run, or -1: only finish dh for the initial state (writes dh0, dc0)
   int64 t_prev;  // the step processed just before (its dG_h feeds this one), or -1 for the first
@@ -126,8 +133,8 @@ template <class T> struct BackwardStep {
   const T* saved;         // [T, B, S*H]
   const T* cells;         // [T, B, H] or nullptr
   const T* dy;            // [T, B, ldy] same layout as y
-  T* dh_carry;            // [B, H] in/out: the part of dL/dh_t that bypasses W_hh (each element one thread's)
-  T* dc_carry;            // [B, H] in/out: dL/dc_t (cells with a cell state)
+  A* dh_carry;            // [B, H] in/out: the part of dL/dh_t that bypasses W_hh (each element one thread's)
+  A* dc_carry;            // [B, H] in/out: dL/dc_t (cells with a cell state)
   T* dgi;                 // [T, B, G*H] out
   T* dgh;                 // [T, B, G*H] out; the same buffer as dgi unless Cell::kSplitHiddenGrad
   T* h_prev;              // [T, B, H] out: the h_{t-1} each step saw (zero for dead rows), for dW_hh
@@ -154,10 +161,10 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
   const int64 b = b0 + ty, j = j0 + tx;
   if (b >= B || j >= H) return;
   const int64 bj = b * H + j;
-  const T dh_in = T(A(p.dh_carry[bj]) + acc[0][0]);
+  const A dh_in = p.dh_carry[bj] + acc[0][0];
   if (p.t < 0) {
-    p.dh0[bj] = dh_in;
-    if (Cell::kHasCell) p.dc0[bj] = p.dc_carry[bj];
+    p.dh0[bj] = T(dh_in);
+    if (Cell::kHasCell) p.dc0[bj] = T(p.dc_carry[bj]);
     return;
   }
   const int64 t = p.t, tb = t * B + b;
@@ -175,27 +182,38 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
   // The state this step started from: the previous step in processing order, or the initial state.
   const bool has_prev = p.reverse ? t + 1 < len : t > 0;
   const int64 tb_prev = (p.reverse ? t + 1 : t - 1) * B + b;
-  const T hp = has_prev ? p.y[tb_prev * p.ldy + j] : (p.h0 ? p.h0[bj] : T(0));
-  const T cp = !Cell::kHasCell ? T(0) : has_prev ? p.cells[tb_prev * H + j] : (p.c0 ? p.c0[bj] : T(0));
-  T saved[S > 0 ? S : 1];
+  const T hp_stored = has_prev ? p.y[tb_prev * p.ldy + j] : (p.h0 ? p.h0[bj] : T(0));
+  const A hp = A(hp_stored);
+  const A cp = !Cell::kHasCell ? A(0) : A(has_prev ? p.cells[tb_prev * H + j] : (p.c0 ? p.c0[bj] : T(0)));
+  A saved[S > 0 ? S : 1];
 #pragma unroll
-  for (int s = 0; s < S; ++s) saved[s] = p.saved[tb * S * H + s * H + j];
-  const T h = p.y[tb * p.ldy + j];
-  const T c = Cell::kHasCell ? p.cells[tb * H + j] : T(0);
-  const T dh = T(A(dh_in) + A(p.dy[tb * p.ldy + j]));
-  const T dc = Cell::kHasCell ? p.dc_carry[bj] : T(0);
-  T dgi[G], dgh_split[G], dh_prev = T(0), dc_prev = T(0);
-  T* dgh = Cell::kSplitHiddenGrad ? dgh_split : dgi;
-  const BackwardRow<T> row{saved, &hp, &cp, &h, &c, &dh, &dc, dgi, dgh, &dh_prev, &dc_prev};
-  Cell::backward(row, 0, 1);
+  for (int s = 0; s < S; ++s) saved[s] = A(p.saved[tb * S * H + s * H + j]);
+  const A h = A(p.y[tb * p.ldy + j]);
+  const A c = Cell::kHasCell ? A(p.cells[tb * H + j]) : A(0);
+  const A dh = dh_in + A(p.dy[tb * p.ldy + j]);
+  const A dc = Cell::kHasCell ? p.dc_carry[bj] : A(0);
+  A dgi[G], dgh_split[G], dh_prev = A(0), dc_prev = A(0);
+  A* dgh = Cell::kSplitHiddenGrad ? dgh_split : dgi;
+  Cell::backward(BackwardRow<A>{saved, &hp, &cp, &h, &c, &dh, &dc, dgi, dgh, &dh_prev, &dc_prev}, 0, 1);
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    p.dgi[tb * GH + g * H + j] = dgi[g];
-    if (Cell::kSplitHiddenGrad) p.dgh[tb * GH + g * H + j] = dgh[g];
+    p.dgi[tb * GH + g * H + j] = T(dgi[g]);
+    if (Cell::kSplitHiddenGrad) p.dgh[tb * GH + g * H + j] = T(dgh[g]);
   }
-  p.h_prev[tb * H + j] = hp;
+  p.h_prev[tb * H + j] = hp_stored;
   p.dh_carry[bj] = dh_prev;
   if (Cell::kHasCell) p.dc_carry[bj] = dc_prev;
+}
+
+// dst[i] = To(src[i]) for i < n, or zeros when src is nullptr: states in and out of the A-typed scratch.
+template <class To, class From> __global__ void convert_kernel(int64 n, const From* src, To* dst) {
+  const int64 i = int64(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) dst[i] = src ? To(Acc<From>(src[i])) : To(0);
+}
+
+template <class To, class From> void convert(cudaStream_t stream, int64 n, const From* src, To* dst) {
+  constexpr int kThreads = 256;
+  launch(convert_kernel<To, From>, static_cast<unsigned>(ceil_div(n, kThreads)), kThreads, stream, n, src, dst);
 }
 
 inline dim3 step_grid(int64 B, int64 H) {
@@ -213,17 +231,18 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, con
                    T* hn, T* cn,            // [B, H]; cn only for cells with a cell state
                    T* saved,                // [T, B, S*H] or nullptr (inference)
                    T* cells) {              // [T, B, H] or nullptr (inference / no cell state)
+  using A = Acc<T>;
   constexpr int64 G = Cell::kGates;
   const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B, BH = B * H;
   Scratch<T> gi(TB * GH, stream);                              // [T, B, G*H]
-  Scratch<T> hstate(2 * BH, stream);                           // ping-pong [2, B, H]
-  Scratch<T> cstate(Cell::kHasCell ? 2 * BH : 0, stream);
-  gemm<T>(stream, false, true, TB, GH, in_size, Acc<T>(1), x, in_size, w.w_ih, in_size, Acc<T>(0), gi.get(), GH, w.b_ih);
-  copy_or_zero(hstate.get(), h0, BH, stream);
-  if (Cell::kHasCell) copy_or_zero(cstate.get(), c0, BH, stream);
+  Scratch<A> hstate(2 * BH, stream);                           // ping-pong [2, B, H]
+  Scratch<A> cstate(Cell::kHasCell ? 2 * BH : 0, stream);
+  gemm<T>(stream, false, true, TB, GH, in_size, A(1), x, in_size, w.w_ih, in_size, A(0), gi.get(), GH, w.b_ih);
+  convert(stream, BH, h0, hstate.get());
+  if (Cell::kHasCell) convert(stream, BH, c0, cstate.get());
 
-  T *h_cur = hstate.get(), *h_next = h_cur + BH;
-  T *c_cur = cstate.get(), *c_next = Cell::kHasCell ? c_cur + BH : nullptr;
+  A *h_cur = hstate.get(), *h_next = h_cur + BH;
+  A *c_cur = cstate.get(), *c_next = Cell::kHasCell ? c_cur + BH : nullptr;
   for (int64 s = 0; s < T_; ++s) {
     const ForwardStep<T> p{B, H, reverse ? T_ - 1 - s : s, w.w_hh, w.b_hh, gi.get(), h_cur, c_cur, h_next, c_next,
                            lengths, y, ldy, saved, cells};
@@ -231,8 +250,8 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, con
     std::swap(h_cur, h_next);
     std::swap(c_cur, c_next);
   }
-  FASTRNN_CUDA_CHECK(cudaMemcpyAsync(hn, h_cur, sizeof(T) * BH, cudaMemcpyDeviceToDevice, stream));
-  if (Cell::kHasCell) FASTRNN_CUDA_CHECK(cudaMemcpyAsync(cn, c_cur, sizeof(T) * BH, cudaMemcpyDeviceToDevice, stream));
+  convert(stream, BH, static_cast<const A*>(h_cur), hn);
+  if (Cell::kHasCell) convert(stream, BH, static_cast<const A*>(c_cur), cn);
 }
 
 template <class Cell, class T>
@@ -249,15 +268,16 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, co
                     T* dx,                      // [T, B, in_size], accumulated into
                     T* dh0, T* dc0,             // [B, H]; dc0 only with a cell state
                     const LayerGrads<T>& g) {
+  using A = Acc<T>;
   constexpr int64 G = Cell::kGates;
   const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B, BH = B * H;
   Scratch<T> dgi(TB * GH, stream);                                        // [T, B, G*H]
   Scratch<T> dgh_split(Cell::kSplitHiddenGrad ? TB * GH : 0, stream);
   T* dgh = Cell::kSplitHiddenGrad ? dgh_split.get() : dgi.get();
   Scratch<T> h_prev(TB * H, stream);                                      // [T, B, H]
-  Scratch<T> dh_carry(BH, stream), dc_carry(Cell::kHasCell ? BH : 0, stream);
-  copy_or_zero(dh_carry.get(), dhn, BH, stream);
-  if (Cell::kHasCell) copy_or_zero(dc_carry.get(), dcn, BH, stream);
+  Scratch<A> dh_carry(BH, stream), dc_carry(Cell::kHasCell ? BH : 0, stream);
+  convert(stream, BH, dhn, dh_carry.get());
+  if (Cell::kHasCell) convert(stream, BH, dcn, dc_carry.get());
 
   BackwardStep<T> p{T_, B, H, 0, -1, reverse, w.w_hh, lengths, h0, c0, y, ldy, saved, cells, dy, dh_carry.get(),
                     dc_carry.get(), dgi.get(), dgh, h_prev.get(), dh0, dc0};
@@ -268,11 +288,11 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, co
   }
 
   // One GEMM each over all T*B rows.
-  gemm<T>(stream, true, false, GH, in_size, TB, Acc<T>(1), dgi.get(), GH, x, in_size, Acc<T>(0), g.dw_ih, in_size);
-  gemm<T>(stream, true, false, GH, H, TB, Acc<T>(1), dgh, GH, h_prev.get(), H, Acc<T>(0), g.dw_hh, H);
+  gemm<T>(stream, true, false, GH, in_size, TB, A(1), dgi.get(), GH, x, in_size, A(0), g.dw_ih, in_size);
+  gemm<T>(stream, true, false, GH, H, TB, A(1), dgh, GH, h_prev.get(), H, A(0), g.dw_hh, H);
   if (g.db_ih) column_sums<T>(stream, dgi.get(), TB, GH, GH, g.db_ih);
   if (g.db_hh) column_sums<T>(stream, dgh, TB, GH, GH, g.db_hh);
-  gemm<T>(stream, false, false, TB, in_size, GH, Acc<T>(1), dgi.get(), GH, w.w_ih, in_size, Acc<T>(1), dx, in_size);
+  gemm<T>(stream, false, false, TB, in_size, GH, A(1), dgi.get(), GH, w.w_ih, in_size, A(1), dx, in_size);
 }
 
 }  // namespace fastrnn::cuda

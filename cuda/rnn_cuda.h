@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "dtypes.h"
 #include "rnn.h"
 
 namespace fastrnn::cuda {

@@ -99,5 +99,11 @@ template void forward<float>(const RnnConfig&, const ForwardArgs<float>&, cudaSt
 template void forward<double>(const RnnConfig&, const ForwardArgs<double>&, cudaStream_t);
 template void backward<float>(const RnnConfig&, const BackwardArgs<float>&, cudaStream_t);
 template void backward<double>(const RnnConfig&, const BackwardArgs<double>&, cudaStream_t);
+#if defined(FASTRNN_CUDA_HALF)
+template void forward<__half>(const RnnConfig&, const ForwardArgs<__half>&, cudaStream_t);
+template void forward<__nv_bfloat16>(const RnnConfig&, const ForwardArgs<__nv_bfloat16>&, cudaStream_t);
+template void backward<__half>(const RnnConfig&, const BackwardArgs<__half>&, cudaStream_t);
+template void backward<__nv_bfloat16>(const RnnConfig&, const BackwardArgs<__nv_bfloat16>&, cudaStream_t);
+#endif
 
 }  // namespace fastrnn::cuda

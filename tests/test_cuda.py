@@ -287,7 +287,7 @@ _ARGS = dict(cell=2, dtype="float32", T=5, B=3, I=4, H=6, L=1, bidirectional=Fal
              h0_ptr=0, c0_ptr=0, lengths_ptr=0, y_ptr=8, hn_ptr=8, cn_ptr=8, reserve_ptr=0, stream=0)
 
 BAD = [  # (overrides, exception, message)
-    (dict(dtype="float16"), ValueError, "dtype must be 'float32' or 'float64', got 'float16'"),
+    (dict(dtype="int8"), ValueError, "dtype must be 'float32', 'float64'.*got 'int8'"),
     (dict(cell=7), ValueError, "cell must be 0..3, got 7"),
     (dict(B=0), ValueError, "sizes must be >= 1"),
     (dict(H=-3), ValueError, "sizes must be >= 1"),
