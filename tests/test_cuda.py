@@ -85,12 +85,15 @@ class EmulatedDevice:
         pass
 
 
+NO_CUDA_BUILD = "fastrnn was built without CUDA (FASTRNN_WITH_CUDA=OFF or no nvcc)"
+
+
 def _find_device():
     """(device, None) or (None, the one reason the GPU tests skip)."""
     if os.environ.get("FASTRNN_CUDA_EMU"):
         return EmulatedDevice(os.environ["FASTRNN_CUDA_EMU"]), None
     if not _core.built_with_cuda:
-        return None, "fastrnn was built without CUDA (FASTRNN_WITH_CUDA=OFF or no nvcc)"
+        return None, NO_CUDA_BUILD
     if _core.cuda.device_count() == 0:
         return None, "no CUDA device visible to the process"
     try:
@@ -103,7 +106,7 @@ def _find_device():
 
 
 DEVICE, SKIP_REASON = _find_device()
-with_cuda_build = pytest.mark.skipif(not _core.built_with_cuda, reason="fastrnn was built without CUDA")
+with_cuda_build = pytest.mark.skipif(not _core.built_with_cuda, reason=NO_CUDA_BUILD)
 
 
 def run_cuda(dev, p, training=True):
