@@ -1,15 +1,212 @@
 // pybind11 entry points of the CUDA back end, registered as the `_core.cuda` submodule by
-// csrc/bindings.cpp when the extension is built with CUDA.
+// csrc/bindings.cpp when the extension is built with CUDA. They take raw device pointers (Python
+// ints, e.g. torch's tensor.data_ptr(); 0 = absent) so that a framework owns every buffer and no
+// array library is needed here. They only validate and dispatch: sizes >= 1 and 64-bit products,
+// required pointers present, every pointer device memory of the current device, then the kernels
+// run on `stream` (an integer cudaStream_t, e.g. torch.cuda.current_stream().cuda_stream; 0 = the
+// legacy default stream) with the GIL released and no device synchronisation. What cannot be checked
+// here (buffer sizes, lengths values in [1, T]) is the caller's contract, as for any raw-pointer API.
+//
+//   reserve_size(cell, T, B, I, H, L, bidirectional) -> int       (elements; the CPU layout, rnn.h)
+//   forward(cell, dtype, T, B, I, H, L, bidirectional,
+//           x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr,
+//           y_ptr, hn_ptr, cn_ptr, reserve_ptr, stream) -> None
+//   backward(cell, dtype, T, B, I, H, L, bidirectional,
+//            x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr, reserve_ptr,
+//            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream) -> None
+//   device_count() -> int
+//
+// cell: 0 rnn_tanh, 1 rnn_relu, 2 lstm, 3 gru (as _core.forward). dtype: "float32" | "float64" |
+// "float16" | "bfloat16" (16-bit storage, float arithmetic and state; cuda/dtypes.h).
+// All buffers time-major and C-contiguous, of dtype: x [T, B, I], y/dy [T, B, D*H], h0/c0/hn/cn/dhn/
+// dcn/dh0/dc0 [L*D, B, H], reserve [reserve_size(...)], dx [T, B, I]; lengths: device int64 [B] in
+// [1, T] or 0. weight_ptrs: L*D tuples (w_ih [G*H, I_l], w_hh [G*H, H][, b_ih [G*H], b_hh [G*H]]),
+// index l*D + d, all with or all without bias; grad_ptrs mirrors weight_ptrs (fully overwritten).
+// c0, cn, dcn, dc0 are the LSTM's cell states: 0 for the other cells; cn and dc0 required for the LSTM.
+// forward: reserve_ptr 0 = inference (nothing saved). backward: reserve_ptr from a training forward
+// with the same arguments; dhn/dcn 0 = zero; dx is overwritten.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "rnn_cuda.h"
 
 namespace py = pybind11;
 
 namespace fastrnn::cuda {
 
-int device_count();
+namespace {
+
+using Ptr = std::uintptr_t;
+
+RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
+  if (cell < 0 || cell > 3) throw ArgumentError("cell must be 0..3, got " + std::to_string(cell));
+  const RnnConfig c{static_cast<CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1};
+  check_sizes(c);
+  return c;
+}
+
+// dtype name -> f(T{}) with T the storage type, at one switch point.
+template <class F> void dispatch_dtype(const std::string& dtype, F&& f) {
+  if (dtype == "float32") return f(float{});
+  if (dtype == "float64") return f(double{});
+#if defined(FASTRNN_CUDA_HALF)
+  if (dtype == "float16") return f(__half{});
+  if (dtype == "bfloat16") return f(__nv_bfloat16{});
+  throw ArgumentError("dtype must be 'float32', 'float64', 'float16' or 'bfloat16', got '" + dtype + "'");
+#else
+  throw ArgumentError("dtype must be 'float32' or 'float64' (this build has no 16-bit types), got '" + dtype + "'");
+#endif
+}
+
+// Collects the pointers of one call, checks the presence rules as they are added, and checks them
+// all against the device once the device is known to exist.
+struct Pointers {
+  std::vector<std::pair<Ptr, std::string>> given;
+
+  // A pointer that must be present (required) or may be 0; `allowed` false: must be 0 (e.g. c0 of a GRU).
+  template <class T> T* add(Ptr p, const std::string& name, bool required, bool allowed = true) {
+    if (!allowed && p) throw ArgumentError(name + " must be 0 for this cell (it has no cell state)");
+    if (required && !p) throw ArgumentError(name + " is required, got 0 (a null pointer)");
+    if (p) given.emplace_back(p, name);
+    return reinterpret_cast<T*>(p);
+  }
+  void check_on_device() const {
+    require_device();
+    for (const auto& [p, name] : given) check_device_pointer(p, name.c_str());
+  }
+};
+
+// weight_ptrs / grad_ptrs: L*D tuples of `expected_len` (2 or 4) pointers; biases present iff 4.
+template <class T>
+std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConfig& c, const char* what,
+                                             size_t expected_len, Pointers& ptrs) {
+  if (static_cast<int64>(list.size()) != c.L * c.D)
+    throw ArgumentError(std::string(what) + " must hold num_layers*num_directions = " + std::to_string(c.L * c.D) +
+                        " tuples, got " + std::to_string(list.size()));
+  std::vector<LayerWeights<T>> out;
+  for (int64 k = 0; k < c.L * c.D; ++k) {
+    const std::string p = std::string(what) + "[" + std::to_string(k) + "]";
+    if (!py::isinstance<py::tuple>(list[k]) && !py::isinstance<py::list>(list[k]))
+      throw py::type_error(p + " must be a tuple of ints (w_ih, w_hh[, b_ih, b_hh])");
+    const auto t = py::reinterpret_borrow<py::sequence>(list[k]);
+    if (t.size() != expected_len)
+      throw ArgumentError(p + " must hold " + std::to_string(expected_len) + " pointers like weight_ptrs[0], got " +
+                          std::to_string(t.size()));
+    Ptr v[4] = {0, 0, 0, 0};
+    for (size_t i = 0; i < t.size(); ++i) {
+      try {
+        v[i] = py::cast<Ptr>(t[i]);
+      } catch (const py::cast_error&) {
+        throw py::type_error(p + " must hold non-negative ints (device pointers), got " +
+                             std::string(py::str(py::type::of(t[i]))));
+      }
+    }
+    const bool bias = expected_len == 4;
+    out.push_back({ptrs.add<const T>(v[0], p + ".w_ih", true), ptrs.add<const T>(v[1], p + ".w_hh", true),
+                   ptrs.add<const T>(v[2], p + ".b_ih", bias), ptrs.add<const T>(v[3], p + ".b_hh", bias)});
+  }
+  return out;
+}
+
+size_t first_len(const py::list& list, const char* what) {
+  if (list.size() == 0) throw ArgumentError(std::string(what) + " must not be empty");
+  if (!py::isinstance<py::tuple>(list[0]) && !py::isinstance<py::list>(list[0]))
+    throw py::type_error(std::string(what) + "[0] must be a tuple of ints (w_ih, w_hh[, b_ih, b_hh])");
+  const size_t n = py::reinterpret_borrow<py::sequence>(list[0]).size();
+  if (n != 2 && n != 4) throw ArgumentError(std::string(what) + "[0] must hold 2 or 4 pointers, got " + std::to_string(n));
+  return n;
+}
+
+cudaStream_t as_stream(Ptr s) { return reinterpret_cast<cudaStream_t>(s); }
+
+template <class T>
+void forward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn,
+               Ptr reserve, Ptr stream) {
+  const bool lstm = c.has_cell();
+  Pointers ptrs;
+  ForwardArgs<T> a{ptrs.add<const T>(x, "x_ptr", true),
+                   ptrs.add<const T>(h0, "h0_ptr", false),
+                   ptrs.add<const T>(c0, "c0_ptr", false, lstm),
+                   ptrs.add<const int64>(lengths, "lengths_ptr", false),
+                   weight_pointers<T>(weights, c, "weight_ptrs", first_len(weights, "weight_ptrs"), ptrs),
+                   ptrs.add<T>(y, "y_ptr", true),
+                   ptrs.add<T>(hn, "hn_ptr", true),
+                   ptrs.add<T>(cn, "cn_ptr", lstm, lstm),
+                   ptrs.add<T>(reserve, "reserve_ptr", false)};
+  ptrs.check_on_device();
+  py::gil_scoped_release release;
+  forward<T>(c, a, as_stream(stream));
+}
+
+template <class T>
+void backward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy,
+                Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0, Ptr dc0, const py::list& grads, Ptr stream) {
+  const bool lstm = c.has_cell();
+  Pointers ptrs;
+  const size_t len = first_len(weights, "weight_ptrs");
+  BackwardArgs<T> a{ptrs.add<const T>(x, "x_ptr", true),
+                    ptrs.add<const T>(h0, "h0_ptr", false),
+                    ptrs.add<const T>(c0, "c0_ptr", false, lstm),
+                    ptrs.add<const int64>(lengths, "lengths_ptr", false),
+                    weight_pointers<T>(weights, c, "weight_ptrs", len, ptrs),
+                    ptrs.add<const T>(reserve, "reserve_ptr", true),
+                    ptrs.add<const T>(dy, "dy_ptr", true),
+                    ptrs.add<const T>(dhn, "dhn_ptr", false),
+                    ptrs.add<const T>(dcn, "dcn_ptr", false, lstm),
+                    ptrs.add<T>(dx, "dx_ptr", true),
+                    ptrs.add<T>(dh0, "dh0_ptr", true),
+                    ptrs.add<T>(dc0, "dc0_ptr", lstm, lstm),
+                    {}};
+  for (const auto& g : weight_pointers<T>(grads, c, "grad_ptrs", len, ptrs))
+    a.grads.push_back({const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh)});
+  ptrs.check_on_device();
+  py::gil_scoped_release release;
+  backward<T>(c, a, as_stream(stream));
+}
+
+}  // namespace
 
 void register_bindings(py::module_& m) {
   m.def("device_count", &device_count, "Number of CUDA devices visible to the process (0 without a driver).");
+
+  m.def("reserve_size",
+        [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
+          return ReserveLayout(make_config(cell, T, B, I, H, L, bidirectional)).total;
+        },
+        py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"), py::arg("bidirectional"),
+        "Number of elements the reserve of a training forward holds (the same as the CPU back end's).");
+
+  m.def("forward",
+        [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
+           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve, Ptr stream) {
+          const auto c = make_config(cell, T, B, I, H, L, bidirectional);
+          dispatch_dtype(dtype, [&](auto tag) {
+            forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream);
+          });
+        },
+        py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
+        py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
+        py::arg("lengths_ptr"), py::arg("y_ptr"), py::arg("hn_ptr"), py::arg("cn_ptr"), py::arg("reserve_ptr"),
+        py::arg("stream"), "Forward of a stack of recurrent layers on the GPU (see the top of cuda/bindings_cuda.cpp).");
+
+  m.def("backward",
+        [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
+           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
+           Ptr dc0, const py::list& grads, Ptr stream) {
+          const auto c = make_config(cell, T, B, I, H, L, bidirectional);
+          dispatch_dtype(dtype, [&](auto tag) {
+            backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, stream);
+          });
+        },
+        py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
+        py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
+        py::arg("lengths_ptr"), py::arg("reserve_ptr"), py::arg("dy_ptr"), py::arg("dhn_ptr"), py::arg("dcn_ptr"),
+        py::arg("dx_ptr"), py::arg("dh0_ptr"), py::arg("dc0_ptr"), py::arg("grad_ptrs"), py::arg("stream"),
+        "Backpropagation through time on the GPU for a training forward (see the top of cuda/bindings_cuda.cpp).");
 }
 
 }  // namespace fastrnn::cuda

@@ -1,0 +1,298 @@
+// One layer in one direction on the GPU: the time loop around the shared cell maths (csrc/cells.h),
+// the CUDA twin of csrc/cpu/layer.h with the same semantics and the same reserve layout. Nothing
+// here knows which cell it runs.
+//
+// Forward: one GEMM for the input projection of all steps (bias b_ih fused), then one fused kernel
+// per step. A block owns a tile of hidden units (all G gates of them) for a tile of batch rows: it
+// computes gh = h_{t-1} W_hh^T (+ b_hh) for exactly those gate rows and applies the cell forward, so
+// the gates never leave registers. Backward: one fused kernel per step (in reverse): a block first
+// finishes dL/dh for its units, dh = (bypass part from the previous step) + dG_h(previous step)
+// W_hh, then runs the cell backward for them; after the loop dW_ih, dW_hh, db (deterministic column
+// sums) and dX are each one GEMM over all steps.
+//
+// The cell functions index a row as p[g*H + j]. A thread gathers one (batch row, unit) pair's values
+// into small register arrays of the accumulation type A = AccType<T> and calls the cell with H = 1,
+// j = 0 (exactly the same maths, since a cell is pointwise in j), then scatters the results: no
+// shared/global round trip for the gates. The recurrent state (h, c, and dh, dc in backward) is
+// scratch of type A between steps; what is stored (y, reserve, gate gradients) has type T. For
+// float/double A == T and this is exactly the CPU path's arithmetic; for half/bf16 storage the gate
+// pre-activations, the cell maths and the state stay in float.
+//
+// Variable lengths: row b is live at time t iff t < len[b], in both directions (csrc/cpu/layer.h).
+// A dead row keeps its state and outputs zeros; in backward it passes dh/dc through unchanged and
+// contributes zero gate gradients. Lengths outside [1, T] are the caller's to reject (they are read
+// on the device only, never used as an index, so they cannot fault).
+//
+// Every launch goes on the caller's stream; no step synchronises the device. One kernel launch per
+// step is the "large batch" path; the persistent small-batch kernel is planned (cuda/README.md).
+#pragma once
+
+#include <utility>
+
+#include "cells.h"
+#include "check.cuh"
+#include "gemm.cuh"
+#include "rnn.h"
+
+namespace fastrnn::cuda {
+
+// Tiles of the step kernels: kUnits hidden units x kRows batch rows per block, one (row, unit) pair
+// per thread (256 threads), K (the reduction over H or G*H) staged through shared memory kStepK at a time.
+constexpr int kUnits = 16, kRows = 16, kStepK = 32, kStepThreads = kUnits * kRows;
+template <int G> using ForwardStepShape = TileShape<kRows, G * kUnits, kStepK, 1, G>;  // thread: 1 row x G gates
+using BackwardStepShape = TileShape<kRows, kUnits, kStepK, 1, 1>;                     // thread: 1 row x 1 unit
+static_assert(ForwardStepShape<4>::kThreads == kStepThreads && BackwardStepShape::kThreads == kStepThreads, "");
+
+// Right operand of the forward step: the G gate rows of W_hh [G*H, H] for units j0 .. j0+kUnits-1,
+// as column n = g*kUnits + u of op(B) (row g*H + j0 + u of W_hh); zero past H.
+template <class T> struct GateRowsOfWhh {
+  const T* w;  // [G*H, H]
+  int64 H, j0;
+  __device__ Acc<T> operator()(int64 n, int64 k) const {
+    const int64 g = n / kUnits, j = j0 + n % kUnits;
+    if (j >= H || k >= H) return Acc<T>(0);
+    return Acc<T>(w[(g * H + j) * H + k]);
+  }
+  __device__ bool k_contiguous() const { return true; }
+};
+
+template <class T> struct ForwardStep {
+  using A = Acc<T>;
+  int64 B, H, t;
+  const T* w_hh;          // [G*H, H]
+  const T* b_hh;          // [G*H] or nullptr
+  const T* gi;            // [T, B, G*H] x W_ih^T + b_ih
+  const A* h_cur;         // [B, H] state before the step
+  const A* c_cur;         // [B, H] (cells with a cell state)
+  A* h_next;              // [B, H] state after the step (never aliases h_cur: other blocks still read it)
+  A* c_next;              // [B, H]
+  const int64* lengths;   // [B] or nullptr
+  T* y;                   // [T, B, ldy]: this direction's H columns
+  int64 ldy;
+  T* saved;               // [T, B, S*H] or nullptr (inference)
+  T* cells;               // [T, B, H] or nullptr
+};
+
+template <class Cell, class T>
+__global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const ForwardStep<T> p) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  using Shape = ForwardStepShape<G>;
+  using A = Acc<T>;
+  __shared__ TileSmem<Shape, A> smem;
+  const int64 H = p.H, GH = G * H;
+  const int64 j0 = int64(blockIdx.x) * kUnits, b0 = int64(blockIdx.y) * kRows;
+  A acc[1][G] = {};  // acc[0][g]: gate g of unit j0 + tx for row b0 + ty (columns n = tx + g*kUnits)
+  tile_product<Shape>(MatOp<A>{p.h_cur, H, p.B, H, false}, GateRowsOfWhh<T>{p.w_hh, H, j0}, b0, 0, H, smem, acc);
+
+  const int tx = threadIdx.x % Shape::kThreadsN, ty = threadIdx.x / Shape::kThreadsN;
+  const int64 b = b0 + ty, j = j0 + tx, bj = b * H + j;
+  if (b >= p.B || j >= H) return;
+  const int64 tb = p.t * p.B + b;
+  T* yv = p.y + tb * p.ldy + j;
+  if (p.lengths && p.t >= p.lengths[b]) {  // dead: keep the state, output zero
+    p.h_next[bj] = p.h_cur[bj];
+    if (Cell::kHasCell) p.c_next[bj] = p.c_cur[bj];
+    *yv = T(0);
+    return;
+  }
+  A gi[G], gh[G], saved[S > 0 ? S : 1];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    gi[g] = A(p.gi[tb * GH + g * H + j]);
+    gh[g] = acc[0][g] + (p.b_hh ? A(p.b_hh[g * H + j]) : A(0));
+  }
+  const A hp = p.h_cur[bj];
+  const A cp = Cell::kHasCell ? p.c_cur[bj] : A(0);
+  A h, c = A(0);
+  // Two calls so that the cell's `if (saved)` folds away in each and `saved` stays in registers.
+  if (p.saved) Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, saved}, 0, 1);
+  else Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, nullptr}, 0, 1);
+  p.h_next[bj] = h;
+  *yv = T(h);
+  if (Cell::kHasCell) {
+    p.c_next[bj] = c;
+    if (p.cells) p.cells[tb * H + j] = T(c);
+  }
+  if (p.saved)
+#pragma unroll
+    for (int s = 0; s < S; ++s) p.saved[tb * S * H + s * H + j] = T(saved[s]);
+}
+
+template <class T> struct BackwardStep {
+  using A = Acc<T>;
+  int64 T_, B, H;
+  int64 t;       // step to run, or -1: only finish dh for the initial state (writes dh0, dc0)
+  int64 t_prev;  // the step processed just before (its dG_h feeds this one), or -1 for the first
+  bool reverse;
+  const T* w_hh;          // [G*H, H]
+  const int64* lengths;   // [B] or nullptr
+  const T* h0;            // [B, H] or nullptr (zeros)
+  const T* c0;            // [B, H] or nullptr
+  const T* y;             // [T, B, ldy] this direction's outputs (saved by forward)
+  int64 ldy;
+  const T* saved;         // [T, B, S*H]
+  const T* cells;         // [T, B, H] or nullptr
+  const T* dy;            // [T, B, ldy] same layout as y
+  A* dh_carry;            // [B, H] in/out: the part of dL/dh_t that bypasses W_hh (each element one thread's)
+  A* dc_carry;            // [B, H] in/out: dL/dc_t (cells with a cell state)
+  T* dgi;                 // [T, B, G*H] out
+  T* dgh;                 // [T, B, G*H] out; the same buffer as dgi unless Cell::kSplitHiddenGrad
+  T* h_prev;              // [T, B, H] out: the h_{t-1} each step saw (zero for dead rows), for dW_hh
+  T* dh0;                 // [B, H] out (t == -1 only)
+  T* dc0;                 // [B, H] out (t == -1 only, cells with a cell state)
+};
+
+template <class Cell, class T>
+__global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const BackwardStep<T> p) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  using Shape = BackwardStepShape;
+  using A = Acc<T>;
+  __shared__ TileSmem<Shape, A> smem;
+  const int64 B = p.B, H = p.H, GH = G * H;
+  const int64 j0 = int64(blockIdx.x) * kUnits, b0 = int64(blockIdx.y) * kRows;
+  A acc[1][1] = {};
+  // dL/dh_{t} += dG_h(t_prev) [B, G*H] . W_hh [G*H, H], for this block's rows and units. The branch
+  // is uniform over the grid, so every thread of a block reaches the same barriers.
+  if (p.t_prev >= 0)
+    tile_product<Shape>(MatOp<T>{p.dgh + p.t_prev * B * GH, GH, B, GH, false}, MatOp<T>{p.w_hh, H, H, GH, true}, b0,
+                        j0, GH, smem, acc);
+
+  const int tx = threadIdx.x % Shape::kThreadsN, ty = threadIdx.x / Shape::kThreadsN;
+  const int64 b = b0 + ty, j = j0 + tx;
+  if (b >= B || j >= H) return;
+  const int64 bj = b * H + j;
+  const A dh_in = p.dh_carry[bj] + acc[0][0];
+  if (p.t < 0) {
+    p.dh0[bj] = T(dh_in);
+    if (Cell::kHasCell) p.dc0[bj] = T(p.dc_carry[bj]);
+    return;
+  }
+  const int64 t = p.t, tb = t * B + b;
+  const int64 len = p.lengths ? p.lengths[b] : p.T_;
+  if (t >= len) {  // dead: pass dh/dc through, no gate gradient
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      p.dgi[tb * GH + g * H + j] = T(0);
+      if (Cell::kSplitHiddenGrad) p.dgh[tb * GH + g * H + j] = T(0);
+    }
+    p.h_prev[tb * H + j] = T(0);
+    p.dh_carry[bj] = dh_in;
+    return;
+  }
+  // The state this step started from: the previous step in processing order, or the initial state.
+  const bool has_prev = p.reverse ? t + 1 < len : t > 0;
+  const int64 tb_prev = (p.reverse ? t + 1 : t - 1) * B + b;
+  const T hp_stored = has_prev ? p.y[tb_prev * p.ldy + j] : (p.h0 ? p.h0[bj] : T(0));
+  const A hp = A(hp_stored);
+  const A cp = !Cell::kHasCell ? A(0) : A(has_prev ? p.cells[tb_prev * H + j] : (p.c0 ? p.c0[bj] : T(0)));
+  A saved[S > 0 ? S : 1];
+#pragma unroll
+  for (int s = 0; s < S; ++s) saved[s] = A(p.saved[tb * S * H + s * H + j]);
+  const A h = A(p.y[tb * p.ldy + j]);
+  const A c = Cell::kHasCell ? A(p.cells[tb * H + j]) : A(0);
+  const A dh = dh_in + A(p.dy[tb * p.ldy + j]);
+  const A dc = Cell::kHasCell ? p.dc_carry[bj] : A(0);
+  A dgi[G], dgh_split[G], dh_prev = A(0), dc_prev = A(0);
+  A* dgh = Cell::kSplitHiddenGrad ? dgh_split : dgi;
+  Cell::backward(BackwardRow<A>{saved, &hp, &cp, &h, &c, &dh, &dc, dgi, dgh, &dh_prev, &dc_prev}, 0, 1);
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    p.dgi[tb * GH + g * H + j] = T(dgi[g]);
+    if (Cell::kSplitHiddenGrad) p.dgh[tb * GH + g * H + j] = T(dgh[g]);
+  }
+  p.h_prev[tb * H + j] = hp_stored;
+  p.dh_carry[bj] = dh_prev;
+  if (Cell::kHasCell) p.dc_carry[bj] = dc_prev;
+}
+
+// dst[i] = To(src[i]) for i < n, or zeros when src is nullptr: states in and out of the A-typed scratch.
+template <class To, class From> __global__ void convert_kernel(int64 n, const From* src, To* dst) {
+  const int64 i = int64(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) dst[i] = src ? To(Acc<From>(src[i])) : To(0);
+}
+
+template <class To, class From> void convert(cudaStream_t stream, int64 n, const From* src, To* dst) {
+  constexpr int kThreads = 256;
+  launch(convert_kernel<To, From>, static_cast<unsigned>(ceil_div(n, kThreads)), kThreads, stream, n, src, dst);
+}
+
+inline dim3 step_grid(int64 B, int64 H) {
+  return dim3(static_cast<unsigned>(ceil_div(H, kUnits)), static_cast<unsigned>(ceil_div(B, kRows)));
+}
+
+template <class Cell, class T>
+void layer_forward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w,
+                   const T* x,              // [T, B, in_size]
+                   const T* h0,             // [B, H] or nullptr
+                   const T* c0,             // [B, H] or nullptr
+                   const int64* lengths,    // [B] (device) or nullptr
+                   bool reverse,
+                   T* y, int64 ldy,         // [T, B, ldy]: this direction's H columns
+                   T* hn, T* cn,            // [B, H]; cn only for cells with a cell state
+                   T* saved,                // [T, B, S*H] or nullptr (inference)
+                   T* cells) {              // [T, B, H] or nullptr (inference / no cell state)
+  using A = Acc<T>;
+  constexpr int64 G = Cell::kGates;
+  const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B, BH = B * H;
+  Scratch<T> gi(TB * GH, stream);                              // [T, B, G*H]
+  Scratch<A> hstate(2 * BH, stream);                           // ping-pong [2, B, H]
+  Scratch<A> cstate(Cell::kHasCell ? 2 * BH : 0, stream);
+  gemm<T>(stream, false, true, TB, GH, in_size, A(1), x, in_size, w.w_ih, in_size, A(0), gi.get(), GH, w.b_ih);
+  convert(stream, BH, h0, hstate.get());
+  if (Cell::kHasCell) convert(stream, BH, c0, cstate.get());
+
+  A *h_cur = hstate.get(), *h_next = h_cur + BH;
+  A *c_cur = cstate.get(), *c_next = Cell::kHasCell ? c_cur + BH : nullptr;
+  for (int64 s = 0; s < T_; ++s) {
+    const ForwardStep<T> p{B, H, reverse ? T_ - 1 - s : s, w.w_hh, w.b_hh, gi.get(), h_cur, c_cur, h_next, c_next,
+                           lengths, y, ldy, saved, cells};
+    launch(forward_step_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
+    std::swap(h_cur, h_next);
+    std::swap(c_cur, c_next);
+  }
+  convert(stream, BH, static_cast<const A*>(h_cur), hn);
+  if (Cell::kHasCell) convert(stream, BH, static_cast<const A*>(c_cur), cn);
+}
+
+template <class Cell, class T>
+void layer_backward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w,
+                    const T* x,                 // [T, B, in_size] the layer's input
+                    const T* h0, const T* c0,   // [B, H] or nullptr
+                    const int64* lengths,       // [B] (device) or nullptr
+                    bool reverse,
+                    const T* y, int64 ldy,      // [T, B, ldy] this direction's outputs (saved)
+                    const T* saved,             // [T, B, S*H]
+                    const T* cells,             // [T, B, H] or nullptr
+                    const T* dy,                // [T, B, ldy] same layout as y
+                    const T* dhn, const T* dcn, // [B, H] or nullptr
+                    T* dx,                      // [T, B, in_size], accumulated into
+                    T* dh0, T* dc0,             // [B, H]; dc0 only with a cell state
+                    const LayerGrads<T>& g) {
+  using A = Acc<T>;
+  constexpr int64 G = Cell::kGates;
+  const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B, BH = B * H;
+  Scratch<T> dgi(TB * GH, stream);                                        // [T, B, G*H]
+  Scratch<T> dgh_split(Cell::kSplitHiddenGrad ? TB * GH : 0, stream);
+  T* dgh = Cell::kSplitHiddenGrad ? dgh_split.get() : dgi.get();
+  Scratch<T> h_prev(TB * H, stream);                                      // [T, B, H]
+  Scratch<A> dh_carry(BH, stream), dc_carry(Cell::kHasCell ? BH : 0, stream);
+  convert(stream, BH, dhn, dh_carry.get());
+  if (Cell::kHasCell) convert(stream, BH, dcn, dc_carry.get());
+
+  BackwardStep<T> p{T_, B, H, 0, -1, reverse, w.w_hh, lengths, h0, c0, y, ldy, saved, cells, dy, dh_carry.get(),
+                    dc_carry.get(), dgi.get(), dgh, h_prev.get(), dh0, dc0};
+  for (int64 s = 0; s <= T_; ++s) {  // s == T_: finish dh0 from the last step processed
+    p.t = s == T_ ? -1 : reverse ? s : T_ - 1 - s;
+    launch(backward_step_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
+    p.t_prev = p.t;
+  }
+
+  // One GEMM each over all T*B rows.
+  gemm<T>(stream, true, false, GH, in_size, TB, A(1), dgi.get(), GH, x, in_size, A(0), g.dw_ih, in_size);
+  gemm<T>(stream, true, false, GH, H, TB, A(1), dgh, GH, h_prev.get(), H, A(0), g.dw_hh, H);
+  if (g.db_ih) column_sums<T>(stream, dgi.get(), TB, GH, GH, g.db_ih);
+  if (g.db_hh) column_sums<T>(stream, dgh, TB, GH, GH, g.db_hh);
+  gemm<T>(stream, false, false, TB, in_size, GH, A(1), dgi.get(), GH, w.w_ih, in_size, A(1), dx, in_size);
+}
+
+}  // namespace fastrnn::cuda
