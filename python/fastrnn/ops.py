@@ -69,27 +69,56 @@ def _grouped(arrays: list, per_entry: int) -> list:
     return [tuple(arrays[k:k + per_entry]) for k in range(0, len(arrays), per_entry)]
 
 
-# ---- CUDA: a stub until the extension has CUDA kernels -------------------------------------------
-# Expected contract (for the CUDA back end to match): ``_core.cuda.forward`` / ``_core.cuda.backward``
-# take the same arguments as the CPU entry points, with torch tensors (which expose
-# ``__cuda_array_interface__``) instead of NumPy arrays, plus ``stream=`` torch's current stream.
-def _cuda_backend():
-    cuda = getattr(_core, "cuda", None)
-    if cuda is None or not hasattr(cuda, "forward") or not hasattr(cuda, "backward"):
-        raise RuntimeError("fastrnn was built without CUDA kernels (fastrnn._core.cuda.forward is missing): "
-                           "run the module on the CPU, or use torch.nn for CUDA tensors")
-    return cuda
+# ---- CUDA ---------------------------------------------------------------------------------------
+# fastrnn._core.cuda takes data pointers (cuda/bindings_cuda.cpp); _CudaEntryPoints puts it behind
+# the CPU entry points' argument order so that the ops call both the same way. NOT YET RUN ON A
+# GPU (no GPU was lent to the sessions that wrote it; issue 5): the CUDA tests in
+# tests/test_cuda.py exercise the kernels through _core.cuda directly.
+_CUDA_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+                torch.bfloat16: "bfloat16"}
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _ptrs(grouped: list) -> list:
+    return [tuple(_ptr(t) for t in entry) for entry in grouped]
+
+
+class _CudaEntryPoints:
+    def __init__(self, cuda, device):
+        self._cuda, self._device = cuda, device
+
+    def forward(self, cell, x, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional):
+        T, B, I = x.shape
+        with torch.cuda.device(self._device):  # the kernels run on the current device
+            self._cuda.forward(cell, _CUDA_DTYPES[x.dtype], T, B, I, H, L, bidirectional, _ptr(x), _ptrs(weights),
+                               _ptr(h0), _ptr(c0), _ptr(lengths), _ptr(y), _ptr(hn), _ptr(cn), _ptr(reserve),
+                               torch.cuda.current_stream().cuda_stream)
+
+    def backward(self, cell, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, H, L,
+                 bidirectional):
+        T, B, I = x.shape
+        with torch.cuda.device(self._device):
+            self._cuda.backward(cell, _CUDA_DTYPES[x.dtype], T, B, I, H, L, bidirectional, _ptr(x), _ptrs(weights),
+                                _ptr(h0), _ptr(c0), _ptr(lengths), _ptr(reserve), _ptr(dy), _ptr(dhn), _ptr(dcn),
+                                _ptr(dx), _ptr(dh0), _ptr(dc0), _ptrs(grads), torch.cuda.current_stream().cuda_stream)
 
 
 def _kernels(x: Tensor):
-    """(entry points, array converter, extra keyword arguments) for x's device."""
+    """(entry points, tensor converter) for x's device: NumPy views for the CPU kernels; for CUDA,
+    contiguous tensors on x's device (lengths too: the kernels read them on the device)."""
     if x.device.type == "cpu":
-        return _core, _np, {}
+        return _core, _np
     if x.device.type == "cuda":
-        cuda = _cuda_backend()
-        return cuda, (lambda t: None if t is None else t.detach().contiguous()), {
-            "stream": torch.cuda.current_stream(x.device).cuda_stream}
-    raise RuntimeError(f"fastrnn runs on CPU (and CUDA) tensors, got a tensor on {x.device}")
+        cuda = getattr(_core, "cuda", None)
+        if cuda is None or not hasattr(cuda, "forward"):
+            raise RuntimeError("fastrnn was built without CUDA kernels (no nvcc at install time): run the "
+                               "module on the CPU, or reinstall with FASTRNN_WITH_CUDA=ON on a machine with nvcc")
+        return _CudaEntryPoints(cuda, x.device), (
+            lambda t: None if t is None else t.detach().to(x.device).contiguous())
+    raise RuntimeError(f"fastrnn runs on CPU and CUDA tensors, got a tensor on {x.device}")
 
 
 # ---- forward --------------------------------------------------------------------------------------
@@ -101,11 +130,11 @@ def rnn_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Opti
     if x.numel() == 0:
         raise ValueError(f"input must not be empty (every size >= 1), got shape {tuple(x.shape)}")
     y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
-    core, arr, extra = _kernels(x)
+    core, arr = _kernels(x)
     lstm = cell == "lstm"
     core.forward(_CELL_ID[cell], arr(x), _grouped([arr(w) for w in weights], per_entry), arr(h0),
                  arr(c0) if lstm else None, arr(lengths), arr(y), arr(hn), arr(cn) if lstm else None,
-                 arr(reserve.view(-1)) if training else None, hidden_size, num_layers, bidirectional, **extra)
+                 arr(reserve.view(-1)) if training else None, hidden_size, num_layers, bidirectional)
     return y, hn, cn, reserve
 
 
@@ -143,12 +172,12 @@ def rnn_backward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Opt
         raise RuntimeError("fastrnn::rnn_backward needs the reserve of a forward run with training=True; "
                            "this forward ran with training=False and saved nothing")
     dx, dh0, dc0, dweights = _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
-    core, arr, extra = _kernels(x)
+    core, arr = _kernels(x)
     lstm = cell == "lstm"
     core.backward(_CELL_ID[cell], arr(x), _grouped([arr(w) for w in weights], per_entry), arr(h0),
                   arr(c0) if lstm else None, arr(lengths), arr(reserve.view(-1)), arr(dy), arr(dhn),
                   arr(dcn) if lstm else None, arr(dx), arr(dh0), arr(dc0) if lstm else None,
-                  _grouped([arr(g) for g in dweights], per_entry), hidden_size, num_layers, bidirectional, **extra)
+                  _grouped([arr(g) for g in dweights], per_entry), hidden_size, num_layers, bidirectional)
     return dx, dh0, dc0, dweights
 
 
