@@ -111,14 +111,26 @@ def get_batch(source: torch.Tensor, i: int, bptt: int):
 # Model
 # ------------------------------------------------------------------------------------------------
 
-def rnn_module(nn, cell: str, ninp: int, nhid: int, nlayers: int, dropout: float):
-    """The recurrent layer from ``nn`` (torch.nn or fastrnn.nn: the same API)."""
-    dropout = dropout if nlayers > 1 else 0.0  # torch warns about dropout on a single layer
+def _make_rnn(nn, cell: str, ninp: int, nhid: int, nlayers: int, dropout: float):
     if cell == "lstm":
         return nn.LSTM(ninp, nhid, nlayers, dropout=dropout)
     if cell == "gru":
         return nn.GRU(ninp, nhid, nlayers, dropout=dropout)
     return nn.RNN(ninp, nhid, nlayers, nonlinearity=cell.split("_")[1], dropout=dropout)
+
+
+def rnn_module(nn, cell: str, ninp: int, nhid: int, nlayers: int, dropout: float):
+    """The recurrent layer from ``nn`` (torch.nn or fastrnn.nn: the same API). It always starts
+    from the weights torch.nn would draw (loaded through state_dict, with the random stream left as
+    torch.nn leaves it), so both implementations train from the same initial model for a seed."""
+    dropout = dropout if nlayers > 1 else 0.0  # torch warns about dropout on a single layer
+    reference = _make_rnn(tnn, cell, ninp, nhid, nlayers, dropout)
+    if nn is tnn:
+        return reference
+    with torch.random.fork_rng(devices=[]):
+        module = _make_rnn(nn, cell, ninp, nhid, nlayers, dropout)
+    module.load_state_dict(reference.state_dict())
+    return module
 
 
 class LanguageModel(tnn.Module):

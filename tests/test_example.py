@@ -61,3 +61,17 @@ def test_data_dir_layouts(tmp_path):
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
     name, vocab, ids = wlm.load_corpus(str(tmp_path))
     assert set(ids) == {"train", "valid", "test"} and name == str(tmp_path)
+
+
+def test_same_initial_model_whatever_the_impl():
+    # A stand-in for fastrnn.nn (any module with torch.nn's API): the example must start it from the
+    # weights torch.nn draws for the seed, and leave the random stream as torch.nn does.
+    import types
+    shim = types.SimpleNamespace(LSTM=torch.nn.LSTM, GRU=torch.nn.GRU, RNN=torch.nn.RNN)
+    for cell in ("lstm", "gru", "rnn_tanh"):
+        torch.manual_seed(0)
+        a = wlm.LanguageModel(torch.nn, cell, 50, 8, 8, 2, 0.0, False)
+        torch.manual_seed(0)
+        b = wlm.LanguageModel(shim, cell, 50, 8, 8, 2, 0.0, False)
+        sa, sb = a.state_dict(), b.state_dict()
+        assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)

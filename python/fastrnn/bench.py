@@ -459,6 +459,9 @@ def make_header(threads: int, torch, torch_note: str) -> dict:
         "fastrnn": fastrnn.__version__, "commit": _git_commit(), "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None, "torch_note": torch_note,
         "python": platform.python_version(), "platform": platform.platform(),
+        # Thread and spin settings change the numbers: record the ones that were set.
+        "env": {k: v for k, v in sorted(os.environ.items())
+                if k.startswith(("OMP_", "GOMP_", "KMP_", "OPENBLAS_", "MKL_", "FASTRNN_"))},
     }
 
 
@@ -491,7 +494,8 @@ class _Progress:
         sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} {elapsed:5.0f}s {what[:48]:<48}")
         sys.stderr.flush()
 
-    def close(self) -> None:
+    def clear(self) -> None:
+        """Blank the line (before anything else is printed to the terminal)."""
         if self.enabled:
             sys.stderr.write("\r" + " " * 100 + "\r")
             sys.stderr.flush()
@@ -548,8 +552,11 @@ def summarize(results: List[dict]) -> dict:
 
 def run(cells: Sequence[str] = DEFAULT_CELLS, modes: Sequence[str] = MODES, sizes=None, threads: Optional[int] = None,
         reps: int = 7, quick: bool = False, no_torch: bool = False, progress: bool = True,
-        min_sample_s: Optional[float] = None, gemm_n: int = GEMM_N) -> dict:
-    """Runs the benchmark and returns the JSON-able result: header, peak, cases, summary."""
+        min_sample_s: Optional[float] = None, gemm_n: int = GEMM_N,
+        emit: Optional[Callable[[str], None]] = None) -> dict:
+    """Runs the benchmark and returns the JSON-able result: header, peak, cases, summary. With
+    ``emit``, the markdown is handed to it piece by piece as it is measured (header and table head,
+    then each row), so a long run shows its results as it goes; the summary is left to the caller."""
     torch, torch_note = _import_torch(no_torch)
     threads = threads or fastrnn.get_num_threads()
     fastrnn.set_num_threads(threads)
@@ -564,15 +571,21 @@ def run(cells: Sequence[str] = DEFAULT_CELLS, modes: Sequence[str] = MODES, size
     peak = measure_peak(torch, reps=3 if quick else 5, n=gemm_n)
     header["gemm_peak_gflops"] = peak["peak_gflops"]
     header["gemm_peak_from"] = peak["peak_from"]
-    results = []
+    result = {"header": header, "peak": peak, "reps": reps, "min_sample_s": min_sample_s, "cases": []}
+    if emit:
+        bar.clear()
+        emit(format_header(result) + "\n\n" + TABLE_HEAD)
     try:
         for k, case in enumerate(cases):
             bar.update(k + 1, case.name)
-            results.append(run_case(case, torch, reps, min_sample_s, peak["peak_gflops"]))
+            result["cases"].append(run_case(case, torch, reps, min_sample_s, peak["peak_gflops"]))
+            if emit:
+                bar.clear()
+                emit(format_row(result["cases"][-1]))
     finally:
-        bar.close()
-    return {"header": header, "peak": peak, "reps": reps, "min_sample_s": min_sample_s, "cases": results,
-            "summary": summarize(results)}
+        bar.clear()
+    result["summary"] = summarize(result["cases"])
+    return result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -601,21 +614,27 @@ def format_header(result: dict) -> str:
     ])
 
 
+TABLE_HEAD = ("| case | mode | fastrnn ms (min–max) | GFLOP/s | % peak | µs/step | torch.nn ms (min–max) | "
+              "torch % peak | speed-up vs torch | reference ms | max abs diff |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def format_row(r: dict) -> str:
+    f, t, ref = r["impls"]["fastrnn"], r["impls"].get("torch"), r["impls"].get("reference")
+    shape = r["name"].rsplit(" ", 1)[0]
+
+    def pct(x):
+        return f"{x['pct_peak']:.0f}%" if x and x.get("pct_peak") is not None else "–"
+    return " | ".join([
+        f"| {shape}", r["mode"], _ms(f), f"{f['gflops']:.1f}", pct(f), f"{f['us_per_step']:.1f}", _ms(t), pct(t),
+        f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "–",
+        f"{ref['median_ms']:.3g}" if ref else "–",
+        f"{r['max_abs_diff']:.1e} ({'torch' if r['verified_against'] == 'torch.nn' else 'ref'})",
+    ]) + " |"
+
+
 def format_table(result: dict) -> str:
-    rows = ["| case | mode | fastrnn ms (min–max) | GFLOP/s | % peak | µs/step | torch.nn ms (min–max) | "
-            "torch % peak | speed-up vs torch | reference ms | max abs diff |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["cases"]:
-        f, t, ref = r["impls"]["fastrnn"], r["impls"].get("torch"), r["impls"].get("reference")
-        shape = r["name"].rsplit(" ", 1)[0]
-        pct = lambda x: f"{x['pct_peak']:.0f}%" if x and x.get("pct_peak") is not None else "–"  # noqa: E731
-        rows.append(" | ".join([
-            f"| {shape}", r["mode"], _ms(f), f"{f['gflops']:.1f}", pct(f), f"{f['us_per_step']:.1f}", _ms(t), pct(t),
-            f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "–",
-            f"{ref['median_ms']:.3g}" if ref else "–",
-            f"{r['max_abs_diff']:.1e} ({'torch' if r['verified_against'] == 'torch.nn' else 'ref'})",
-        ]) + " |")
-    return "\n".join(rows)
+    return "\n".join([TABLE_HEAD] + [format_row(r) for r in result["cases"]])
 
 
 def format_summary(result: dict) -> str:
@@ -728,13 +747,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = run(cells=args.cells, modes=args.modes, sizes=args.sizes, threads=args.threads, reps=reps,
                      quick=args.quick, no_torch=args.no_torch, progress=not args.no_progress,
                      min_sample_s=None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
-                     gemm_n=args.gemm_size)
+                     gemm_n=args.gemm_size, emit=lambda text: print(text, flush=True))
     except VerificationError as e:
         print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
         return 1
 
-    text = format_markdown(result)
-    print(text, end="")
+    text = format_markdown(result)  # what was printed above, plus the summary
+    print(f"\n{format_summary(result)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
