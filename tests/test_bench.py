@@ -116,12 +116,23 @@ def test_tiny_run(tmp_path, capsys, with_torch):
             assert c["speedup_vs_torch"] == pytest.approx(ratio)
         else:
             assert c["speedup_vs_torch"] is None
+    assert cases[-1]["decode_api"] == ("PreparedCell" if hasattr(fastrnn, "PreparedCell") else "lstm_forward(T=1)")
     summary = result["summary"]
     if with_torch:
         assert set(summary["geomean_speedup_vs_torch"]) == {"inference", "training", "decode"}
         assert summary["overall"] == pytest.approx(bench.geomean([c["speedup_vs_torch"] for c in cases]))
     else:
         assert summary["geomean_speedup_vs_torch"] == {} and summary["overall"] is None
+
+
+def test_decode_falls_back_without_prepared_cell(monkeypatch):
+    # Before fastrnn.PreparedCell existed, the decode step was a one-step lstm_forward: keep it working.
+    monkeypatch.delattr(fastrnn, "PreparedCell", raising=False)
+    result = bench.run(cells=["lstm"], modes=["decode"], sizes=[(24, 3, 1, 10)], reps=1, no_torch=True,
+                       progress=False, min_sample_s=0.0, gemm_n=64)
+    (case,) = result["cases"]
+    assert (case["mode"], case["H"], case["B"], case["I"]) == ("decode", 24, 3, 10)
+    assert case["decode_api"] == "lstm_forward(T=1)" and case["max_abs_diff"] < 1e-5
 
 
 def test_save_writes_results_pair(tmp_path, capsys):

@@ -592,10 +592,15 @@ def run(cells: Sequence[str] = DEFAULT_CELLS, modes: Sequence[str] = MODES, size
 # Output
 # ------------------------------------------------------------------------------------------------
 
+def _num(v: float) -> str:
+    """3 significant digits, never an exponent: 0.0123, 1.23, 123, 12345."""
+    return f"{v:.0f}" if v >= 1000 else f"{v:.3g}"
+
+
 def _ms(t: Optional[dict]) -> str:
     if not t:
         return "–"
-    return f"{t['median_ms']:.3g} ({t['min_ms']:.3g}–{t['max_ms']:.3g})"
+    return f"{_num(t['median_ms'])} ({_num(t['min_ms'])}–{_num(t['max_ms'])})"
 
 
 def format_header(result: dict) -> str:
@@ -626,9 +631,9 @@ def format_row(r: dict) -> str:
     def pct(x):
         return f"{x['pct_peak']:.0f}%" if x and x.get("pct_peak") is not None else "–"
     return " | ".join([
-        f"| {shape}", r["mode"], _ms(f), f"{f['gflops']:.1f}", pct(f), f"{f['us_per_step']:.1f}", _ms(t), pct(t),
+        f"| {shape}", r["mode"], _ms(f), _num(f["gflops"]), pct(f), _num(f["us_per_step"]), _ms(t), pct(t),
         f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "–",
-        f"{ref['median_ms']:.3g}" if ref else "–",
+        _num(ref["median_ms"]) if ref else "–",
         f"{r['max_abs_diff']:.1e} ({'torch' if r['verified_against'] == 'torch.nn' else 'ref'})",
     ]) + " |"
 
