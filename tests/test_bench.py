@@ -5,6 +5,7 @@ stops a run whose fastrnn result is wrong. Tiny sizes, a small GEMM and short sa
 file to a few seconds; the timings themselves are not asserted (they mean nothing on CI).
 """
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -187,3 +188,18 @@ def test_compare_records_max_abs_diff():
         bench.compare({**a, "h_n": np.full((1, 1, 4), np.nan)}, e, case, "reference")
     with pytest.raises(bench.VerificationError, match="shape"):
         bench.compare({**a, "h_n": np.ones((1, 4))}, e, case, "reference")
+
+
+def test_plot_without_matplotlib_is_refused_up_front(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    with pytest.raises(SystemExit) as e:
+        bench.main(TINY + ["--plot", "never.png"])
+    assert e.value.code == 2 and "--plot needs matplotlib" in capsys.readouterr().err
+
+
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")  # optional: the [bench] extra
+    pytest.importorskip("torch")  # the plot shows speed-ups over torch.nn
+    path = tmp_path / "speedups.png"
+    assert bench.main(TINY + ["--cells", "lstm", "--modes", "inference,decode", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -474,8 +474,10 @@ def _import_torch(no_torch: bool):
         return None, "not used (--no-torch)"
     try:
         import torch
-    except Exception as e:  # ImportError, or a broken install raising OSError
-        return None, f"not available ({type(e).__name__}: {e})"
+    except ImportError:
+        return None, "not installed"
+    except Exception as e:  # a broken install (e.g. OSError from a missing shared library)
+        return None, f"not usable ({type(e).__name__}: {e})"
     return torch, "torch.nn on CPU (oneDNN LSTM, ATen GRU/RNN)"
 
 
@@ -666,12 +668,19 @@ def write_plot(result: dict, path: str) -> None:
         return
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.5))
     colors = {"inference": "tab:blue", "training": "tab:orange", "decode": "tab:green"}
-    ax.barh(range(len(rows)), [r["speedup_vs_torch"] for r in rows], color=[colors[r["mode"]] for r in rows])
+    speedups = [r["speedup_vs_torch"] for r in rows]
+    # Bars from 1x on a log axis: 2x faster and 2x slower are equally long, on opposite sides.
+    ax.barh(range(len(rows)), [s - 1.0 for s in speedups], left=1.0, color=[colors[r["mode"]] for r in rows])
+    for y, s in enumerate(speedups):
+        ax.text(s, y, f" {s:.2f}x ", va="center", ha="left" if s >= 1 else "right", fontsize=6)
+    ax.set_xscale("log")
+    lo, hi = min(speedups + [1.0]), max(speedups + [1.0])
+    ax.set_xlim(lo / 1.6, hi * 1.6)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r["name"] for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_xlabel("speed-up over torch.nn (median time ratio)")
+    ax.set_xlabel("speed-up over torch.nn (median time ratio, log scale; > 1: fastrnn faster)")
     ax.set_title(f"fastrnn vs torch.nn — {result['header']['cpu']}, {result['header']['threads']} threads", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
