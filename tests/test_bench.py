@@ -203,3 +203,17 @@ def test_plot_writes_png(tmp_path):
     path = tmp_path / "speedups.png"
     assert bench.main(TINY + ["--cells", "lstm", "--modes", "inference,decode", "--plot", str(path)]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peak_is_taken_at_the_benchmark_thread_count():
+    torch = pytest.importorskip("torch")
+    alone = bench.measure_peak(None, reps=1, threads=1, n=64)
+    assert alone["peak_from"] == "numpy.matmul" and set(alone["gflops"]) == {"numpy.matmul"}
+    both = bench.measure_peak(torch, reps=1, threads=1, n=64)
+    assert set(both["gflops"]) == {"numpy.matmul", "torch.mm"}
+    assert both["peak_gflops"] == both["gflops"][both["peak_from"]]
+    if "threadpoolctl" in both["numpy_threads"]:
+        assert both["peak_gflops"] == max(both["gflops"].values())
+    elif bench._affinity() != 1:
+        # NumPy's BLAS runs on every core: not a 1-thread peak, so torch.mm (1 thread) sets it.
+        assert both["peak_from"] == "torch.mm"
