@@ -215,5 +215,5 @@ def test_peak_is_taken_at_the_benchmark_thread_count():
     if "threadpoolctl" in both["numpy_threads"]:
         assert both["peak_gflops"] == max(both["gflops"].values())
     elif bench._affinity() != 1:
-        # NumPy's BLAS runs on every core: not a 1-thread peak, so torch.mm (1 thread) sets it.
+        # NumPy's BLAS runs on every core, not at the 1 thread asked for: only torch.mm may set the peak.
         assert both["peak_from"] == "torch.mm"
