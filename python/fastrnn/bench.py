@@ -482,6 +482,8 @@ def make_header(threads: int, torch, torch_note: str) -> dict:
         "cpu": model, "isa": isa, "cpu_count": os.cpu_count(), "affinity": _affinity(), "threads": threads,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "fastrnn": fastrnn.__version__, "commit": _git_commit(), "numpy": np.__version__,
+        # the instruction set the kernels were dispatched to at run time
+        "fastrnn_cpu_isa": fastrnn._core.cpu_isa() if hasattr(fastrnn._core, "cpu_isa") else None,
         "torch": torch.__version__ if torch is not None else None, "torch_note": torch_note,
         "python": platform.python_version(), "platform": platform.platform(),
         # Thread and spin settings change the numbers: record the ones that were set.
@@ -640,7 +642,7 @@ def format_header(result: dict) -> str:
         f"- CPU: {h['cpu']} ({', '.join(h['isa']) or 'ISA unknown'}); {h['cpu_count']} logical CPUs, "
         f"{h['affinity']} in this process's affinity; {h['threads']} thread{'s' if h['threads'] != 1 else ''} "
         "for fastrnn and torch",
-        f"- fastrnn {h['fastrnn']} (commit {h['commit']}), numpy {h['numpy']}, "
+        f"- fastrnn {h['fastrnn']} (commit {h['commit']}; kernels: {h['fastrnn_cpu_isa'] or '?'}), numpy {h['numpy']}, "
         f"torch {h['torch'] or '–'} ({h['torch_note']}), Python {h['python']}",
         f"- fp32 GEMM peak: {p['peak_gflops']:.1f} GFLOP/s ({p['peak_from']}, {p['n']}^3; {peaks}; "
         f"NumPy's threads: {p['numpy_threads']})",
