@@ -1,0 +1,817 @@
+"""``python -m fastrnn.bench``: times fastrnn against torch.nn (when torch imports) and the NumPy
+reference (small cases only) in ONE process, and reports each case as milliseconds, GFLOP/s, a
+percentage of the machine's fp32 GEMM peak measured in the same run, the speed-up over torch.nn and
+microseconds per time step. Numbers from one process on one machine are only comparable with each
+other, so everything the verdict needs is measured here: the baseline, the peak and the header that
+says what ran where (CPU, cores, threads, versions, commit).
+
+Method: per case, each implementation is first checked against torch.nn (or the reference) once,
+then warmed up, then timed interleaved (A B C, B C A, ... so that drift in clock speed or in the
+neighbours' load hits every implementation alike), ``--reps`` samples each; a sample is a block of
+calls long enough (``min_sample_s``) for the clock's resolution not to matter, divided by its call
+count. The table gives the median with min-max; read a ratio as real only when the ranges do not
+overlap. Forward FLOPs are ``sum over layers and directions of 2*G*H*(I_l+H)*B*T`` (G = 4 LSTM,
+3 GRU, 1 RNN; I_l = I for layer 0, D*H after); training (forward + backward, all gradients)
+counts 3x that. See bench/README.md for how to read the output.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+import fastrnn
+from fastrnn import reference
+from fastrnn.types import GATES
+
+MODES = ("inference", "training", "decode")
+BENCH_CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+DEFAULT_CELLS = ("lstm", "gru", "rnn_tanh")
+DEFAULT_SIZES = ((256, 1, 100), (256, 32, 100), (512, 16, 50), (512, 64, 50), (1024, 32, 25), (128, 128, 200))
+INFERENCE_ONLY_SIZES = ((1536, 4, 50),)  # issue 3's suite times this one in inference only
+QUICK_SIZES = ((256, 1, 100), (256, 32, 100), (512, 16, 50))
+TINY_SIZES = ((16, 2, 5),)  # the harness's own tests: every code path in well under a second
+BIDIR_CASE = (256, 32, 100)  # the suite's 2-layer bidirectional LSTM, training
+DECODE_HB = (512, 1)  # the suite's LSTM decode step: H, B
+# The reference is a float64 Python loop: only run it where it takes well under a second per call.
+REFERENCE_MAX_FLOPS = 4e8
+# A "gross mismatch": |fastrnn - baseline| / (1 + |baseline|) above this for outputs, or above this
+# times max(1, max |baseline|) for gradients (sums of T*B float32 terms). This is a guard against
+# timing a wrong kernel, not a precision test (tests/ does that): the --quick suite differs from
+# torch.nn by at most ~1e-6 in outputs and ~5e-4 (absolute) in gradients, while a wrong term or a
+# wrong weight is O(1).
+GROSS_MISMATCH = 1e-2
+GEMM_N = 2048
+
+
+class VerificationError(RuntimeError):
+    """fastrnn's result differs grossly from torch.nn's or the reference's on a benchmark case."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Cases and FLOPs
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    cell: str
+    H: int
+    B: int
+    T: int  # 1 for decode
+    I: int
+    mode: str  # one of MODES
+    layers: int = 1
+    bidirectional: bool = False
+
+    @property
+    def name(self) -> str:
+        shape = f"{self.cell} H={self.H} B={self.B} T={self.T}"
+        if self.I != self.H:
+            shape += f" I={self.I}"
+        if self.layers > 1 or self.bidirectional:
+            shape += f" {self.layers}L{'x2dir' if self.bidirectional else ''}"
+        return f"{shape} {self.mode}"
+
+
+def flops(cell: str, I: int, H: int, B: int, T: int, layers: int = 1, bidirectional: bool = False,
+          training: bool = False) -> float:
+    """Forward FLOPs, sum over layers and directions of 2*G*H*(I_l+H)*B*T; training counts 3x
+    (the backward is two GEMMs of the forward's size: dX/dh and dW)."""
+    G, D = GATES[cell], 2 if bidirectional else 1
+    total = 0.0
+    for layer in range(layers):
+        I_l = I if layer == 0 else D * H
+        total += D * 2.0 * G * H * (I_l + H) * B * T
+    return 3.0 * total if training else total
+
+
+def case_flops(case: Case) -> float:
+    return flops(case.cell, case.I, case.H, case.B, case.T, case.layers, case.bidirectional,
+                 training=case.mode == "training")
+
+
+def parse_sizes(text: str) -> List[Tuple[int, int, int, int]]:
+    """"512x16x50,256x1x100" -> [(H, B, T, I), ...] with I = H unless a 4th field gives it
+    ("HxBxTxI"); the names "default", "quick" and "tiny" stand for those suites' sizes."""
+    out: List[Tuple[int, int, int, int]] = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        preset = {"default": DEFAULT_SIZES, "quick": QUICK_SIZES, "tiny": TINY_SIZES}.get(item)
+        if preset is not None:
+            out.extend((h, b, t, h) for h, b, t in preset)
+            continue
+        parts = item.split("x")
+        if len(parts) not in (3, 4) or not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise ValueError(f"sizes: expected HxBxT or HxBxTxI with positive integers (e.g. 512x16x50), got {item!r}")
+        H, B, T = (int(p) for p in parts[:3])
+        out.append((H, B, T, int(parts[3]) if len(parts) == 4 else H))
+    if not out:
+        raise ValueError(f"sizes: no size given in {text!r}")
+    return out
+
+
+def build_cases(cells: Sequence[str], modes: Sequence[str], sizes: Optional[Sequence[Tuple[int, int, int, int]]],
+                quick: bool = False) -> List[Case]:
+    """The default suite (sizes None), the quick suite, or every cell x size x mode of ``sizes``
+    (decode then runs at each size's H and B)."""
+    cases: List[Case] = []
+    suite = sizes is None
+    if suite:
+        sizes = [(h, b, t, h) for h, b, t in (QUICK_SIZES if quick else DEFAULT_SIZES)]
+    for mode in ("inference", "training"):
+        if mode not in modes:
+            continue
+        for cell in cells:
+            for H, B, T, I in sizes:
+                cases.append(Case(cell, H, B, T, I, mode))
+            if suite and mode == "inference" and not quick:
+                cases.extend(Case(cell, H, B, T, H, mode) for H, B, T in INFERENCE_ONLY_SIZES)
+    if suite and not quick and "training" in modes and "lstm" in cells:
+        H, B, T = BIDIR_CASE
+        cases.append(Case("lstm", H, B, T, H, "training", layers=2, bidirectional=True))
+    if "decode" in modes and "lstm" in cells:
+        decode_sizes = [(DECODE_HB[0], DECODE_HB[1], 1, DECODE_HB[0])] if suite else \
+            sorted({(H, B, 1, I) for H, B, _, I in sizes})
+        cases.extend(Case("lstm", H, B, 1, I, "decode") for H, B, _, I in decode_sizes)
+    return cases
+
+
+# ------------------------------------------------------------------------------------------------
+# Implementations: each returns a zero-argument callable (one timed call) and, once, the values it
+# computes (for verification), as float64 NumPy arrays keyed by name.
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Inputs:
+    x: np.ndarray  # [T, B, I] (decode: [B, I])
+    weights: list  # L*D tuples (w_ih, w_hh, b_ih, b_hh)
+    dy: Optional[np.ndarray]  # [T, B, D*H] for training
+    h0: Optional[np.ndarray] = None  # decode: [B, H]
+    c0: Optional[np.ndarray] = None
+
+
+def make_inputs(case: Case, seed: int = 0) -> Inputs:
+    rng = np.random.default_rng(seed)
+    weights = fastrnn.init_weights(case.cell, case.I, case.H, case.layers, bidirectional=case.bidirectional,
+                                   seed=seed)
+    D = 2 if case.bidirectional else 1
+    if case.mode == "decode":
+        x = rng.standard_normal((case.B, case.I), dtype=np.float32)
+        h0 = rng.uniform(-0.5, 0.5, (case.B, case.H)).astype(np.float32)
+        c0 = rng.uniform(-0.5, 0.5, (case.B, case.H)).astype(np.float32)
+        return Inputs(x, weights, None, h0, c0)
+    x = rng.standard_normal((case.T, case.B, case.I), dtype=np.float32)
+    dy = rng.standard_normal((case.T, case.B, D * case.H), dtype=np.float32) if case.mode == "training" else None
+    return Inputs(x, weights, dy)
+
+
+def _grads_dict(dx, dweights) -> Dict[str, np.ndarray]:
+    out = {"dx": dx}
+    for k, entry in enumerate(dweights):
+        for name, g in zip(("dW_ih", "dW_hh", "db_ih", "db_hh"), entry):
+            out[f"{name}[{k}]"] = g
+    return out
+
+
+def fastrnn_impl(case: Case, inp: Inputs) -> Tuple[Callable[[], object], Callable[[], Dict[str, np.ndarray]]]:
+    cell = case.cell
+    bidir = case.bidirectional
+    if case.mode == "decode":
+        w_ih, w_hh, b_ih, b_hh = inp.weights[0]
+        if hasattr(fastrnn, "PreparedCell"):  # the decode-step API: weights packed once, kept across calls
+            prepared = fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh)
+
+            def step():
+                return prepared(inp.x, inp.h0, inp.c0)
+        else:  # a one-step sequence: re-validates (and may re-pack) the weights on every call
+            x3, h3, c3 = inp.x[None], inp.h0[None], inp.c0[None]
+
+            def step():
+                r = fastrnn.lstm_forward(x3, inp.weights, h3, c3)
+                return r.h_n[0], r.c_n[0]
+
+        def values():
+            h, c = step()
+            return {"h": np.asarray(h), "c": np.asarray(c)}
+        return step, values
+
+    if case.mode == "inference":
+        def run():
+            return fastrnn.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=False)
+
+        def values():
+            r = run()
+            return {"output": r.output, "h_n": r.h_n, **({"c_n": r.c_n} if r.c_n is not None else {})}
+        return run, values
+
+    def train():
+        r = fastrnn.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=True)
+        return r, fastrnn.backward(r.saved, inp.dy)
+
+    def values():
+        r, g = train()
+        return {"output": r.output, **_grads_dict(g.dx, g.dweights)}
+    return train, values
+
+
+def reference_impl(case: Case, inp: Inputs):
+    cell, bidir = case.cell, case.bidirectional
+    if case.mode == "decode":
+        x3, h3, c3 = inp.x[None], inp.h0[None], inp.c0[None]
+
+        def step():
+            r = reference.forward("lstm", x3, inp.weights, h3, c3, training=False)
+            return r.h_n[0], r.c_n[0]
+
+        def values():
+            h, c = step()
+            return {"h": h, "c": c}
+        return step, values
+
+    if case.mode == "inference":
+        def run():
+            return reference.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=False)
+
+        def values():
+            r = run()
+            return {"output": r.output, "h_n": r.h_n, **({"c_n": r.c_n} if r.c_n is not None else {})}
+        return run, values
+
+    def train():
+        r = reference.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=True)
+        return r, reference.backward(r.saved, inp.dy)
+
+    def values():
+        r, g = train()
+        return {"output": r.output, **_grads_dict(g.dx, g.dweights)}
+    return train, values
+
+
+def torch_impl(torch, case: Case, inp: Inputs):
+    """torch.nn with the same weights: nn.LSTM/GRU/RNN (oneDNN for the LSTM on CPU, ATen for the
+    others), nn.LSTMCell for decode; torch.inference_mode() for inference and decode."""
+    nn = torch.nn
+    D = 2 if case.bidirectional else 1
+    if case.mode == "decode":
+        module = nn.LSTMCell(case.I, case.H)
+        names = [("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    else:
+        if case.cell == "lstm":
+            module = nn.LSTM(case.I, case.H, case.layers, bidirectional=case.bidirectional)
+        elif case.cell == "gru":
+            module = nn.GRU(case.I, case.H, case.layers, bidirectional=case.bidirectional)
+        else:
+            module = nn.RNN(case.I, case.H, case.layers, nonlinearity=case.cell.split("_")[1],
+                            bidirectional=case.bidirectional)
+        names = []
+        for k in range(len(inp.weights)):
+            layer, d = divmod(k, D)
+            suffix = f"_l{layer}" + ("_reverse" if d else "")
+            names.append(tuple(n + suffix for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for entry_names, entry in zip(names, inp.weights):
+            for n, w in zip(entry_names, entry):
+                params[n].copy_(torch.from_numpy(w))
+
+    x = torch.from_numpy(inp.x)
+    if case.mode == "decode":
+        h0, c0 = torch.from_numpy(inp.h0), torch.from_numpy(inp.c0)
+
+        def step():
+            with torch.inference_mode():
+                return module(x, (h0, c0))
+
+        def values():
+            h, c = step()
+            return {"h": h.numpy(), "c": c.numpy()}
+        return step, values
+
+    if case.mode == "inference":
+        def run():
+            with torch.inference_mode():
+                return module(x)
+
+        def values():
+            out, state = run()
+            if case.cell == "lstm":
+                return {"output": out.numpy(), "h_n": state[0].numpy(), "c_n": state[1].numpy()}
+            return {"output": out.numpy(), "h_n": state.numpy()}
+        return run, values
+
+    xg = x.clone().requires_grad_(True)
+    dy = torch.from_numpy(inp.dy)
+    plist = [[params[n] for n in entry_names] for entry_names in names]
+
+    def train():
+        # Gradients are set to None, not accumulated: fastrnn returns fresh arrays every call too.
+        xg.grad = None
+        for p in module.parameters():
+            p.grad = None
+        out, _ = module(xg)
+        out.backward(dy)
+        return out
+
+    def values():
+        out = train()
+        return {"output": out.detach().numpy(),
+                **_grads_dict(xg.grad.numpy(), [tuple(p.grad.numpy() for p in entry) for entry in plist])}
+    return train, values
+
+
+def compare(actual: Dict[str, np.ndarray], expected: Dict[str, np.ndarray], case: Case, against: str) -> float:
+    """Max abs difference over every quantity; raises VerificationError on a gross mismatch."""
+    worst = 0.0
+    for key, e in expected.items():
+        if key not in actual:
+            raise VerificationError(f"{case.name}: fastrnn returned no {key!r} to compare with {against}")
+        a = np.asarray(actual[key], np.float64)
+        e = np.asarray(e, np.float64)
+        if a.shape != e.shape:
+            raise VerificationError(f"{case.name}: {key} has shape {a.shape}, {against} gives {e.shape}")
+        if not np.all(np.isfinite(a)):
+            raise VerificationError(f"{case.name}: fastrnn's {key} has non-finite values")
+        err = np.abs(a - e)
+        diff = float(err.max()) if err.size else 0.0
+        worst = max(worst, diff)
+        if key.startswith("d"):
+            bad = diff > GROSS_MISMATCH * max(1.0, float(np.abs(e).max()))
+        else:
+            bad = bool(np.any(err > GROSS_MISMATCH * (1.0 + np.abs(e))))
+        if bad:
+            raise VerificationError(f"{case.name}: fastrnn's {key} differs from {against}'s by up to {diff:.3g} "
+                                    f"(gross-mismatch bound {GROSS_MISMATCH:g}, relative)")
+    return worst
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------
+
+def _calibrate(fn: Callable[[], object], min_sample_s: float) -> int:
+    """Calls per sample so that a sample lasts at least ``min_sample_s`` (fn is already warm)."""
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    return max(1, int(math.ceil(min_sample_s / max(dt, 1e-7))))
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int, min_sample_s: float,
+                     warmup: int = 1) -> Dict[str, dict]:
+    """Warm each up, then take ``reps`` samples of each, interleaved and rotating the order every
+    round. Returns per name: median/min/max ms per call, the samples and calls per sample."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    calls = {name: _calibrate(fns[name], min_sample_s) for name in names}
+    samples: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            fn, n = fns[name], calls[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3 / n)
+    return {name: {"median_ms": float(np.median(s)), "min_ms": float(min(s)), "max_ms": float(max(s)),
+                   "samples_ms": s, "calls_per_sample": calls[name]} for name, s in samples.items()}
+
+
+def measure_peak(torch, reps: int, threads: int, n: int = GEMM_N) -> dict:
+    """fp32 GEMM peak of this process at ``threads`` threads: a large n^3 sgemm with torch.mm (when
+    torch is here) and NumPy's matmul, timed like the cases; the best median is the peak. NumPy's
+    BLAS is held to ``threads`` with threadpoolctl when that is installed; otherwise it runs with its
+    own default, and when that differs from ``threads`` (and torch.mm is there) it is reported but
+    not taken as the peak, which would then belong to another thread count."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    numpy_threads = "NumPy's BLAS default"
+    if threadpool_limits is not None:
+        def numpy_mm():
+            with threadpool_limits(limits=threads, user_api="blas"):
+                np.matmul(a, b, out=c)
+        numpy_threads = f"{threads} (threadpoolctl)"
+    else:
+        def numpy_mm():
+            np.matmul(a, b, out=c)
+    fns = {"numpy.matmul": numpy_mm}
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        tc = torch.empty((n, n))
+        fns["torch.mm"] = lambda: torch.mm(ta, tb, out=tc)
+    timed = time_interleaved(fns, reps=max(3, reps), min_sample_s=0.0)
+    gflops = {name: 2.0 * n ** 3 / (t["median_ms"] * 1e-3) / 1e9 for name, t in timed.items()}
+    eligible = dict(gflops)
+    if threadpool_limits is None and torch is not None and threads != _affinity():
+        del eligible["numpy.matmul"]
+    best = max(eligible, key=eligible.get)
+    return {"n": n, "gflops": gflops, "peak_gflops": gflops[best], "peak_from": best, "numpy_threads": numpy_threads,
+            "timings": {k: {kk: v for kk, v in t.items() if kk != "samples_ms"} for k, t in timed.items()}}
+
+
+def _affinity() -> int:
+    """CPUs this process may run on (NumPy's BLAS threads by default)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Header: what ran where
+# ------------------------------------------------------------------------------------------------
+
+def _cpu_model() -> Tuple[str, List[str]]:
+    model, flags = "", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = value.split()
+    except OSError:
+        pass
+    isa = [f for f in ("avx512f", "avx512_bf16", "amx_tile", "avx2", "fma", "neon", "asimd") if f in flags]
+    return model or platform.processor() or platform.machine() or "unknown", isa
+
+
+def _git_commit() -> str:
+    """HEAD of the checkout fastrnn was installed from, when that is the package's or the working
+    directory's checkout (a repository holding python/fastrnn), else "unknown"."""
+    for start in (os.path.dirname(os.path.abspath(fastrnn.__file__)), os.getcwd()):
+        try:
+            top = subprocess.run(["git", "-C", start, "rev-parse", "--show-toplevel"], capture_output=True,
+                                 text=True, timeout=10)
+            if top.returncode or not os.path.isdir(os.path.join(top.stdout.strip(), "python", "fastrnn")):
+                continue
+            head = subprocess.run(["git", "-C", start, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", start, "diff", "--quiet", "HEAD"], timeout=10).returncode != 0
+            return head + ("-dirty" if dirty else "") if head else "unknown"
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return "unknown"
+
+
+def make_header(threads: int, torch, torch_note: str) -> dict:
+    model, isa = _cpu_model()
+    return {
+        "cpu": model, "isa": isa, "cpu_count": os.cpu_count(), "affinity": _affinity(), "threads": threads,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "fastrnn": fastrnn.__version__, "commit": _git_commit(), "numpy": np.__version__,
+        # the instruction set the kernels were dispatched to at run time
+        "fastrnn_cpu_isa": fastrnn._core.cpu_isa() if hasattr(fastrnn._core, "cpu_isa") else None,
+        "torch": torch.__version__ if torch is not None else None, "torch_note": torch_note,
+        "python": platform.python_version(), "platform": platform.platform(),
+        # Thread and spin settings change the numbers: record the ones that were set.
+        "env": {k: v for k, v in sorted(os.environ.items())
+                if k.startswith(("OMP_", "GOMP_", "KMP_", "OPENBLAS_", "MKL_", "FASTRNN_"))},
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+def _import_torch(no_torch: bool):
+    if no_torch:
+        return None, "not used (--no-torch)"
+    try:
+        import torch
+    except ImportError:
+        return None, "not installed"
+    except Exception as e:  # a broken install (e.g. OSError from a missing shared library)
+        return None, f"not usable ({type(e).__name__}: {e})"
+    return torch, "torch.nn on CPU (oneDNN LSTM, ATen GRU/RNN)"
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only on a terminal: logs stay clean)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.start = total, enabled and sys.stderr.isatty(), time.perf_counter()
+
+    def update(self, done: int, what: str) -> None:
+        if not self.enabled:
+            return
+        width = 24
+        fill = int(width * done / max(self.total, 1))
+        elapsed = time.perf_counter() - self.start
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} {elapsed:5.0f}s {what[:48]:<48}")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        """Blank the line (before anything else is printed to the terminal)."""
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 100 + "\r")
+            sys.stderr.flush()
+
+
+def run_case(case: Case, torch, reps: int, min_sample_s: float, peak_gflops: float, seed: int = 0) -> dict:
+    inp = make_inputs(case, seed)
+    impls = {"fastrnn": fastrnn_impl(case, inp)}
+    if torch is not None:
+        impls["torch"] = torch_impl(torch, case, inp)
+    with_reference = case_flops(case) <= REFERENCE_MAX_FLOPS
+    if with_reference:
+        impls["reference"] = reference_impl(case, inp)
+
+    # Verify before timing: against torch.nn when here, else the reference (run once even when too
+    # slow to time). Also catches a baseline that silently computes something else.
+    mine = impls["fastrnn"][1]()
+    if torch is not None:
+        against, expected = "torch.nn", impls["torch"][1]()
+    else:
+        against, expected = "reference", (impls["reference"][1] if with_reference else reference_impl(case, inp)[1])()
+    max_abs_diff = compare(mine, expected, case, against)
+
+    timed = time_interleaved({name: fn for name, (fn, _) in impls.items()}, reps, min_sample_s)
+    fl = case_flops(case)
+    steps = case.T
+    for name, t in timed.items():
+        s = t["median_ms"] * 1e-3
+        t["gflops"] = fl / s / 1e9
+        t["pct_peak"] = 100.0 * t["gflops"] / peak_gflops if peak_gflops else None
+        t["us_per_step"] = t["median_ms"] * 1e3 / steps
+    speedup = timed["torch"]["median_ms"] / timed["fastrnn"]["median_ms"] if "torch" in timed else None
+    ref_speedup = timed["reference"]["median_ms"] / timed["fastrnn"]["median_ms"] if "reference" in timed else None
+    return {**asdict(case), "name": case.name, "flops": fl, "impls": timed, "speedup_vs_torch": speedup,
+            "speedup_vs_reference": ref_speedup, "verified_against": against, "max_abs_diff": max_abs_diff,
+            "decode_api": ("PreparedCell" if hasattr(fastrnn, "PreparedCell") else "lstm_forward(T=1)")
+            if case.mode == "decode" else None}
+
+
+def geomean(values: Sequence[float]) -> Optional[float]:
+    values = [v for v in values if v]
+    return float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else None
+
+
+def summarize(results: List[dict]) -> dict:
+    per_mode = {}
+    for mode in MODES:
+        s = [r["speedup_vs_torch"] for r in results if r["mode"] == mode and r["speedup_vs_torch"]]
+        if s:
+            per_mode[mode] = {"geomean": geomean(s), "cases": len(s)}
+    allv = [r["speedup_vs_torch"] for r in results if r["speedup_vs_torch"]]
+    return {"geomean_speedup_vs_torch": per_mode, "overall": geomean(allv), "cases": len(allv)}
+
+
+def run(cells: Sequence[str] = DEFAULT_CELLS, modes: Sequence[str] = MODES, sizes=None, threads: Optional[int] = None,
+        reps: int = 7, quick: bool = False, no_torch: bool = False, progress: bool = True,
+        min_sample_s: Optional[float] = None, gemm_n: int = GEMM_N,
+        emit: Optional[Callable[[str], None]] = None) -> dict:
+    """Runs the benchmark and returns the JSON-able result: header, peak, cases, summary. With
+    ``emit``, the markdown is handed to it piece by piece as it is measured (header and table head,
+    then each row), so a long run shows its results as it goes; the summary is left to the caller."""
+    torch, torch_note = _import_torch(no_torch)
+    threads = threads or fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    if min_sample_s is None:
+        min_sample_s = 0.02 if quick else 0.05
+    header = make_header(threads, torch, torch_note)
+    cases = build_cases(cells, modes, sizes, quick)
+    bar = _Progress(len(cases) + 1, progress)
+    bar.update(0, "fp32 GEMM peak")
+    peak = measure_peak(torch, reps=3 if quick else 5, threads=threads, n=gemm_n)
+    header["gemm_peak_gflops"] = peak["peak_gflops"]
+    header["gemm_peak_from"] = peak["peak_from"]
+    result = {"header": header, "peak": peak, "reps": reps, "min_sample_s": min_sample_s, "cases": []}
+    if emit:
+        bar.clear()
+        emit(format_header(result) + "\n\n" + TABLE_HEAD)
+    try:
+        for k, case in enumerate(cases):
+            bar.update(k + 1, case.name)
+            result["cases"].append(run_case(case, torch, reps, min_sample_s, peak["peak_gflops"]))
+            if emit:
+                bar.clear()
+                emit(format_row(result["cases"][-1]))
+    finally:
+        bar.clear()
+    result["summary"] = summarize(result["cases"])
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+
+def _num(v: float) -> str:
+    """3 significant digits, never an exponent: 0.0123, 1.23, 123, 12345."""
+    return f"{v:.0f}" if v >= 1000 else f"{v:.3g}"
+
+
+def _ms(t: Optional[dict]) -> str:
+    if not t:
+        return "–"
+    return f"{_num(t['median_ms'])} ({_num(t['min_ms'])}–{_num(t['max_ms'])})"
+
+
+def format_header(result: dict) -> str:
+    h = result["header"]
+    p = result["peak"]
+    peaks = ", ".join(f"{k} {v:.1f}" for k, v in p["gflops"].items())
+    return "\n".join([
+        f"# fastrnn benchmark — {h['date_utc']}",
+        "",
+        f"- CPU: {h['cpu']} ({', '.join(h['isa']) or 'ISA unknown'}); {h['cpu_count']} logical CPUs, "
+        f"{h['affinity']} in this process's affinity; {h['threads']} thread{'s' if h['threads'] != 1 else ''} "
+        "for fastrnn and torch",
+        f"- fastrnn {h['fastrnn']} (commit {h['commit']}; kernels: {h['fastrnn_cpu_isa'] or '?'}), numpy {h['numpy']}, "
+        f"torch {h['torch'] or '–'} ({h['torch_note']}), Python {h['python']}",
+        f"- fp32 GEMM peak: {p['peak_gflops']:.1f} GFLOP/s ({p['peak_from']}, {p['n']}^3; {peaks}; "
+        f"NumPy's threads: {p['numpy_threads']})",
+        f"- median of {result['reps']} interleaved samples (min–max), each sample >= {result['min_sample_s'] * 1e3:.0f} ms",
+    ])
+
+
+TABLE_HEAD = ("| case | mode | fastrnn ms (min–max) | GFLOP/s | % peak | µs/step | torch.nn ms (min–max) | "
+              "torch % peak | speed-up vs torch | reference ms | max abs diff |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def format_row(r: dict) -> str:
+    f, t, ref = r["impls"]["fastrnn"], r["impls"].get("torch"), r["impls"].get("reference")
+    shape = r["name"].rsplit(" ", 1)[0]
+
+    def pct(x):
+        return f"{x['pct_peak']:.0f}%" if x and x.get("pct_peak") is not None else "–"
+    return " | ".join([
+        f"| {shape}", r["mode"], _ms(f), _num(f["gflops"]), pct(f), _num(f["us_per_step"]), _ms(t), pct(t),
+        f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "–",
+        _num(ref["median_ms"]) if ref else "–",
+        f"{r['max_abs_diff']:.1e} ({'torch' if r['verified_against'] == 'torch.nn' else 'ref'})",
+    ]) + " |"
+
+
+def format_table(result: dict) -> str:
+    return "\n".join([TABLE_HEAD] + [format_row(r) for r in result["cases"]])
+
+
+def format_summary(result: dict) -> str:
+    s = result["summary"]
+    if not s["geomean_speedup_vs_torch"]:
+        return "Geometric-mean speed-up over torch.nn: no torch.nn baseline in this run " \
+               f"(torch {result['header']['torch_note']})."
+    parts = [f"{mode} {v['geomean']:.2f}x ({v['cases']} cases)" for mode, v in s["geomean_speedup_vs_torch"].items()]
+    return f"Geometric-mean speed-up over torch.nn: {', '.join(parts)}; overall {s['overall']:.2f}x ({s['cases']} cases)."
+
+
+def format_markdown(result: dict) -> str:
+    return f"{format_header(result)}\n\n{format_table(result)}\n\n{format_summary(result)}\n"
+
+
+def write_plot(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["cases"] if r["speedup_vs_torch"]]
+    if not rows:
+        print(f"--plot: no torch.nn baseline in this run, nothing to plot; {path} not written", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.5))
+    colors = {"inference": "tab:blue", "training": "tab:orange", "decode": "tab:green"}
+    speedups = [r["speedup_vs_torch"] for r in rows]
+    # Bars from 1x on a log axis: 2x faster and 2x slower are equally long, on opposite sides.
+    ax.barh(range(len(rows)), [s - 1.0 for s in speedups], left=1.0, color=[colors[r["mode"]] for r in rows])
+    for y, s in enumerate(speedups):
+        ax.text(s, y, f" {s:.2f}x ", va="center", ha="left" if s >= 1 else "right", fontsize=6)
+    ax.set_xscale("log")
+    lo, hi = min(speedups + [1.0]), max(speedups + [1.0])
+    ax.set_xlim(lo / 1.6, hi * 1.6)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r["name"] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("speed-up over torch.nn (median time ratio, log scale; > 1: fastrnn faster)")
+    ax.set_title(f"fastrnn vs torch.nn — {result['header']['cpu']}, {result['header']['threads']} threads", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def results_basename(result: dict) -> str:
+    """<date>-<machine> for bench/results/: the date, a slug of the CPU model and the core count."""
+    h = result["header"]
+    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|@.*", "", h["cpu"].lower())).strip("-")
+    return f"{h['date_utc'][:10]}-{slug or 'cpu'}-{h['affinity']}c"
+
+
+def _csv(name: str, allowed: Sequence[str]):
+    def parse(text: str) -> List[str]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [s for s in items if s not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{name}: expected a comma-separated subset of {', '.join(allowed)}, "
+                                             f"got {text!r}")
+        return items
+    return parse
+
+
+def _sizes_arg(text: str):
+    try:
+        return parse_sizes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastrnn.bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=_csv("--cells", BENCH_CELLS), default=list(DEFAULT_CELLS),
+                        help=f"comma-separated cells (default {','.join(DEFAULT_CELLS)})")
+    parser.add_argument("--sizes", type=_sizes_arg, default=None,
+                        help="comma-separated HxBxT[xI] (I = H unless given), or default/quick/tiny; "
+                             "default: the suite of issue 3")
+    parser.add_argument("--modes", type=_csv("--modes", MODES), default=list(MODES),
+                        help="comma-separated of inference,training,decode (default all)")
+    parser.add_argument("--threads", type=_positive, default=None,
+                        help="threads for fastrnn and torch alike (default fastrnn.get_num_threads())")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--reps", type=_positive, default=None, help="timed samples per case (default 7, --quick 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="about a minute: the three smaller sizes, no 1536 or bidirectional case, 3 samples")
+    parser.add_argument("--no-torch", action="store_true", help="do not compare with torch.nn even if installed")
+    parser.add_argument("--json", metavar="PATH", help="write the full result (header, peak, every sample) as JSON")
+    parser.add_argument("--save", metavar="DIR",
+                        help="write DIR/<date>-<machine>.json and .md (e.g. --save bench/results)")
+    parser.add_argument("--plot", metavar="PATH", help="PNG bar chart of the speed-ups (needs matplotlib)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--gemm-size", type=_positive, default=GEMM_N,
+                        help=f"n of the n^3 sgemm that measures the peak (default {GEMM_N})")
+    parser.add_argument("--min-sample-ms", type=float, default=None,
+                        help="shortest timed sample; short calls are repeated to fill it (default 50, --quick 20)")
+    args = parser.parse_args(argv)
+
+    if args.device == "cuda":
+        if not fastrnn.cuda_available():
+            parser.error("--device cuda: no CUDA kernels in this build (fastrnn.cuda_available() is False)")
+        parser.error("--device cuda: this fastrnn has CUDA kernels, but the benchmark has no CUDA path yet")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib, which is not installed (pip install matplotlib, "
+                         "or pip install 'fastrnn[bench]')")
+    reps = args.reps or (3 if args.quick else 7)
+    try:
+        result = run(cells=args.cells, modes=args.modes, sizes=args.sizes, threads=args.threads, reps=reps,
+                     quick=args.quick, no_torch=args.no_torch, progress=not args.no_progress,
+                     min_sample_s=None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
+                     gemm_n=args.gemm_size, emit=lambda text: print(text, flush=True))
+    except VerificationError as e:
+        print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
+        return 1
+
+    text = format_markdown(result)  # what was printed above, plus the summary
+    print(f"\n{format_summary(result)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+        base = os.path.join(args.save, results_basename(result))
+        with open(base + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+        with open(base + ".md", "w") as f:
+            f.write(text)
+        print(f"saved {base}.json and {base}.md", file=sys.stderr)
+    if args.plot:
+        write_plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
