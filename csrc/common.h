@@ -10,7 +10,7 @@
 #if defined(__CUDACC__)
 #define FASTRNN_HD __host__ __device__ __forceinline__
 #else
-#define FASTRNN_HD inline
+#define FASTRNN_HD inline __attribute__((always_inline))
 #endif
 
 namespace fastrnn {
