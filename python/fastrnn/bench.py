@@ -73,6 +73,7 @@ class Case:
     mode: str  # one of MODES
     layers: int = 1
     bidirectional: bool = False
+    half_weights: bool = False  # decode only: PreparedCell(..., weight_dtype="float16")
 
     @property
     def name(self) -> str:
@@ -81,6 +82,8 @@ class Case:
             shape += f" I={self.I}"
         if self.layers > 1 or self.bidirectional:
             shape += f" {self.layers}L{'x2dir' if self.bidirectional else ''}"
+        if self.half_weights:
+            shape += " float16-weights"
         return f"{shape} {self.mode}"
 
 
@@ -146,6 +149,8 @@ def build_cases(cells: Sequence[str], modes: Sequence[str], sizes: Optional[Sequ
         decode_sizes = [(DECODE_HB[0], DECODE_HB[1], 1, DECODE_HB[0])] if suite else \
             sorted({(H, B, 1, I) for H, B, _, I in sizes})
         cases.extend(Case("lstm", H, B, 1, I, "decode") for H, B, _, I in decode_sizes)
+        if suite and hasattr(fastrnn, "PreparedCell"):  # the same step on float16-stored weights
+            cases.extend(Case("lstm", H, B, 1, I, "decode", half_weights=True) for H, B, _, I in decode_sizes)
     return cases
 
 
@@ -192,7 +197,8 @@ def fastrnn_impl(case: Case, inp: Inputs) -> Tuple[Callable[[], object], Callabl
     if case.mode == "decode":
         w_ih, w_hh, b_ih, b_hh = inp.weights[0]
         if hasattr(fastrnn, "PreparedCell"):  # the decode-step API: weights packed once, kept across calls
-            prepared = fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh)
+            prepared = fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh,
+                                            weight_dtype="float16" if case.half_weights else None)
 
             def step():
                 return prepared(inp.x, inp.h0, inp.c0)
