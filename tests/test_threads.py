@@ -174,3 +174,31 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(__file__))], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+def test_openmp_settings_are_left_as_found():
+    """Both directions run side by side, each with its own team when there are threads for it;
+    the nested parallelism that needs is switched on for that region only. Left on, it is shared
+    with every other OpenMP user in the process (torch.nn.GRU ran 8x slower after fastrnn). A
+    fresh process, so that what importing fastrnn does is seen too."""
+    import subprocess
+    script = r"""
+import ctypes, sys
+import numpy as np
+gomp = ctypes.CDLL("libgomp.so.1")
+before = gomp.omp_get_max_active_levels()
+sys.path.insert(0, sys.argv[1])
+import fastrnn
+from fastrnn import reference
+from test_kernels import assert_all_close, make_problem, named, run
+assert gomp.omp_get_max_active_levels() == before, "changed by import"
+p = make_problem("gru", np.float32, 2, True, 5, 4, 6, 40, ragged=True)
+for threads in (2, 4):  # one thread per direction; two per direction (nested teams)
+    fastrnn.set_num_threads(threads)
+    assert_all_close(named(*run(fastrnn, p)), named(*run(reference, p)), np.float32)
+    assert gomp.omp_get_max_active_levels() == before, f"changed by a call on {threads} threads"
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(__file__))],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

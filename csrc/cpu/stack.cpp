@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <optional>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -29,11 +30,20 @@ int default_threads() {
 std::atomic<int> g_threads{default_threads()};
 const bool g_init = [] {
   blas_single_threaded();
-#ifdef _OPENMP
-  omp_set_max_active_levels(2);  // directions side by side, each with its own team
-#endif
   return true;
 }();
+
+// Nested parallelism (each direction's own team inside the two-direction region) is switched on
+// only for the duration of such a region and restored after: max-active-levels is shared with
+// every other OpenMP user of the process (torch among them), and left at 2 it lets their nested
+// regions oversubscribe the cores (torch.nn.GRU ran 8x slower).
+struct NestedParallelism {
+#ifdef _OPENMP
+  int before = omp_get_max_active_levels();
+  NestedParallelism() { omp_set_max_active_levels(2); }
+  ~NestedParallelism() { omp_set_max_active_levels(before); }
+#endif
+};
 
 template <class T> const T* slice(const T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
@@ -83,6 +93,8 @@ template <class Body> void for_each_direction(const RnnConfig& c, Body body) {
   const int nt = num_threads();
   if (c.D == 2 && nt >= 2) {
     std::exception_ptr error[2];
+    std::optional<NestedParallelism> nested;
+    if (nt > 2) nested.emplace();  // with two threads each direction runs on one: no nesting
 #pragma omp parallel for num_threads(2) schedule(static, 1)
     for (int64 d = 0; d < 2; ++d) {
       try {
