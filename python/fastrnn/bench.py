@@ -17,7 +17,9 @@ counts 3x that. See bench/README.md for how to read the output.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
+import glob
 import json
 import math
 import os
@@ -375,14 +377,20 @@ def _calibrate(fn: Callable[[], object], min_sample_s: float) -> int:
     return max(1, int(math.ceil(min_sample_s / max(dt, 1e-7))))
 
 
+WARMUP_S = 0.2
+
+
 def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int, min_sample_s: float,
                      warmup: int = 1) -> Dict[str, dict]:
     """Warm each up, then take ``reps`` samples of each, interleaved and rotating the order every
     round. Returns per name: median/min/max ms per call, the samples and calls per sample."""
     names = list(fns)
-    for name in names:
-        for _ in range(warmup):
+    for name in names:  # at least `warmup` calls and WARMUP_S: caches, page faults, clock ramp-up
+        t0 = time.perf_counter()
+        calls = 0
+        while calls < warmup or time.perf_counter() - t0 < WARMUP_S:
             fns[name]()
+            calls += 1
     calls = {name: _calibrate(fns[name], min_sample_s) for name in names}
     samples: Dict[str, List[float]] = {name: [] for name in names}
     for r in range(reps):
@@ -397,40 +405,44 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int, min_sample
                    "samples_ms": s, "calls_per_sample": calls[name]} for name, s in samples.items()}
 
 
+def limit_numpy_blas(threads: int) -> bool:
+    """Set the thread count of NumPy's OpenBLAS (what threadpoolctl does, without needing it).
+    NumPy's BLAS threads spin for a while after each call and, once used, slowed both fastrnn and
+    torch.nn in the same process by 30-90 % here; the benchmark keeps them at one thread whenever
+    torch is there to give the GEMM peak. Returns False when no OpenBLAS of NumPy's was found."""
+    libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for lib in sorted(glob.glob(os.path.join(libs_dir, "*openblas*"))):
+        try:
+            dll = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for symbol in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                       "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            if hasattr(dll, symbol):
+                getattr(dll, symbol)(int(threads))
+                return True
+    return False
+
+
 def measure_peak(torch, reps: int, threads: int, n: int = GEMM_N) -> dict:
-    """fp32 GEMM peak of this process at ``threads`` threads: a large n^3 sgemm with torch.mm (when
-    torch is here) and NumPy's matmul, timed like the cases; the best median is the peak. NumPy's
-    BLAS is held to ``threads`` with threadpoolctl when that is installed; otherwise it runs with its
-    own default, and when that differs from ``threads`` (and torch.mm is there) it is reported but
-    not taken as the peak, which would then belong to another thread count."""
+    """fp32 GEMM peak of this process at ``threads`` threads, timed like the cases: a large n^3
+    sgemm with torch.mm when torch is here (NumPy's BLAS then stays at one thread, see
+    limit_numpy_blas), else NumPy's matmul at ``threads`` (or its own default if that can't be set)."""
     rng = np.random.default_rng(1)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), np.float32)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    numpy_threads = "NumPy's BLAS default"
-    if threadpool_limits is not None:
-        def numpy_mm():
-            with threadpool_limits(limits=threads, user_api="blas"):
-                np.matmul(a, b, out=c)
-        numpy_threads = f"{threads} (threadpoolctl)"
-    else:
-        def numpy_mm():
-            np.matmul(a, b, out=c)
-    fns = {"numpy.matmul": numpy_mm}
     if torch is not None:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         tc = torch.empty((n, n))
-        fns["torch.mm"] = lambda: torch.mm(ta, tb, out=tc)
+        fns = {"torch.mm": lambda: torch.mm(ta, tb, out=tc)}
+        numpy_threads = "1 (torch.mm gives the peak)"
+    else:
+        numpy_threads = str(threads) if limit_numpy_blas(threads) else "NumPy's BLAS default"
+        fns = {"numpy.matmul": lambda: np.matmul(a, b, out=c)}
     timed = time_interleaved(fns, reps=max(3, reps), min_sample_s=0.0)
     gflops = {name: 2.0 * n ** 3 / (t["median_ms"] * 1e-3) / 1e9 for name, t in timed.items()}
-    eligible = dict(gflops)
-    if threadpool_limits is None and torch is not None and threads != _affinity():
-        del eligible["numpy.matmul"]
-    best = max(eligible, key=eligible.get)
+    best = max(gflops, key=gflops.get)
     return {"n": n, "gflops": gflops, "peak_gflops": gflops[best], "peak_from": best, "numpy_threads": numpy_threads,
             "timings": {k: {kk: v for kk, v in t.items() if kk != "samples_ms"} for k, t in timed.items()}}
 
@@ -554,7 +566,12 @@ def run_case(case: Case, torch, reps: int, min_sample_s: float, peak_gflops: flo
         against, expected = "reference", (impls["reference"][1] if with_reference else reference_impl(case, inp)[1])()
     max_abs_diff = compare(mine, expected, case, against)
 
-    timed = time_interleaved({name: fn for name, (fn, _) in impls.items()}, reps, min_sample_s)
+    # fastrnn and torch.nn interleaved; the reference after them, apart: NumPy's BLAS threads keep
+    # spinning for a while after each of its calls and would steal a core from whatever runs next.
+    timed = time_interleaved({name: fn for name, (fn, _) in impls.items() if name != "reference"}, reps,
+                             min_sample_s)
+    if with_reference:
+        timed.update(time_interleaved({"reference": impls["reference"][0]}, reps, min_sample_s))
     fl = case_flops(case)
     steps = case.T
     for name, t in timed.items():
@@ -597,6 +614,7 @@ def run(cells: Sequence[str] = DEFAULT_CELLS, modes: Sequence[str] = MODES, size
     fastrnn.set_num_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
+        limit_numpy_blas(1)  # before NumPy's BLAS first runs (the reference, the checks)
     if min_sample_s is None:
         min_sample_s = 0.02 if quick else 0.05
     header = make_header(threads, torch, torch_note)
