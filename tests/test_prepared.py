@@ -150,6 +150,12 @@ def test_errors():
         fastrnn.PreparedCell("lstm", w32[0], w32[1], w32[2], w32[3][:15])
     with pytest.raises(TypeError, match="weight_dtype='float16' needs float32 weights, got float64"):
         fastrnn.PreparedCell("lstm", *w64, weight_dtype="float16")
+    big = (w32[0] * 1e6, w32[1])
+    with pytest.raises(ValueError, match="w_ih has values outside float16's range"):
+        fastrnn.PreparedCell("lstm", *big, weight_dtype="float16")
+    nan = (w32[0], np.full_like(w32[1], np.nan))
+    with pytest.raises(ValueError, match="w_hh has values outside float16's range"):
+        fastrnn.PreparedCell("lstm", *nan, weight_dtype="float16")
     with pytest.raises(ValueError, match="weight_dtype must be None"):
         fastrnn.PreparedCell("lstm", *w32, weight_dtype="bfloat16")
     step = fastrnn.PreparedCell("lstm", *w32)

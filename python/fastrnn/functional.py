@@ -330,6 +330,11 @@ class PreparedCell:
         half = weight_dtype is not None
         if half and self.dtype != np.float32:
             raise TypeError(f"weight_dtype='float16' needs float32 weights, got {self.dtype}")
+        if half:  # float16 holds |w| <= 65504; beyond that a weight would become inf
+            for name, w in (("w_ih", w_ih), ("w_hh", w_hh)):
+                if w.size and not np.abs(w).max() <= np.finfo(np.float16).max:
+                    raise ValueError(f"{name} has values outside float16's range (|w| <= 65504, or not finite): "
+                                     f"max |w| = {np.abs(w).max()}; use weight_dtype=None")
         _check_sizes(1, 1, int(w_ih.shape[1]), H, G, 1)
         self.input_size, self.hidden_size, self.weight_dtype = int(w_ih.shape[1]), H, "float16" if half else None
         self._step = _core.PreparedCell(_CELL_ID[self.cell], np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
