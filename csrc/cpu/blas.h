@@ -5,6 +5,7 @@
 
 #include <climits>
 #include <string>
+#include <type_traits>
 
 #include <cblas.h>
 
@@ -19,39 +20,30 @@ inline blasint blas_int(int64 v, const char* what) {
   return static_cast<blasint>(v);
 }
 
-// C[M, N] = alpha * op(A) op(B) + beta * C, with op(A) [M, K] and op(B) [K, N].
-inline void gemm(bool trans_a, bool trans_b, int64 M, int64 N, int64 K, float alpha, const float* A,
-                 int64 lda, const float* B, int64 ldb, float beta, float* C, int64 ldc) {
+// C[M, N] = alpha * op(A) op(B) + beta * C, with op(A) [M, K] and op(B) [K, N]; T = float or double.
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64 M, int64 N, int64 K, T alpha, const T* A, int64 lda, const T* B,
+          int64 ldb, T beta, T* C, int64 ldc) {
+  constexpr bool f32 = std::is_same<T, float>::value;
   if (M == 0 || N == 0) return;
   if (M == 1) {  // a matrix-vector product: skip GEMM's packing of B
-    if (trans_b)
-      scipy_cblas_sgemv(CblasRowMajor, CblasNoTrans, blas_int(N, "GEMV rows"), blas_int(K, "GEMV columns"), alpha, B,
-                        blas_int(ldb, "ldb"), A, trans_a ? blas_int(lda, "lda") : 1, beta, C, 1);
-    else
-      scipy_cblas_sgemv(CblasRowMajor, CblasTrans, blas_int(K, "GEMV rows"), blas_int(N, "GEMV columns"), alpha, B,
-                        blas_int(ldb, "ldb"), A, trans_a ? blas_int(lda, "lda") : 1, beta, C, 1);
+    // c = op(B)^T a: B is row-major [N, K] when trans_b (GEMV as is), else [K, N] (GEMV transposed).
+    const auto op = trans_b ? CblasNoTrans : CblasTrans;
+    const blasint rows = trans_b ? blas_int(N, "GEMV rows") : blas_int(K, "GEMV rows");
+    const blasint cols = trans_b ? blas_int(K, "GEMV columns") : blas_int(N, "GEMV columns");
+    const blasint incx = trans_a ? blas_int(lda, "lda") : 1;
+    if constexpr (f32) scipy_cblas_sgemv(CblasRowMajor, op, rows, cols, alpha, B, blas_int(ldb, "ldb"), A, incx, beta, C, 1);
+    else scipy_cblas_dgemv(CblasRowMajor, op, rows, cols, alpha, B, blas_int(ldb, "ldb"), A, incx, beta, C, 1);
     return;
   }
-  scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                    blas_int(M, "GEMM rows"), blas_int(N, "GEMM columns"), blas_int(K, "GEMM depth"), alpha, A,
-                    blas_int(lda, "lda"), B, blas_int(ldb, "ldb"), beta, C, blas_int(ldc, "ldc"));
-}
-
-inline void gemm(bool trans_a, bool trans_b, int64 M, int64 N, int64 K, double alpha, const double* A,
-                 int64 lda, const double* B, int64 ldb, double beta, double* C, int64 ldc) {
-  if (M == 0 || N == 0) return;
-  if (M == 1) {  // a matrix-vector product: skip GEMM's packing of B
-    if (trans_b)
-      scipy_cblas_dgemv(CblasRowMajor, CblasNoTrans, blas_int(N, "GEMV rows"), blas_int(K, "GEMV columns"), alpha, B,
-                        blas_int(ldb, "ldb"), A, trans_a ? blas_int(lda, "lda") : 1, beta, C, 1);
-    else
-      scipy_cblas_dgemv(CblasRowMajor, CblasTrans, blas_int(K, "GEMV rows"), blas_int(N, "GEMV columns"), alpha, B,
-                        blas_int(ldb, "ldb"), A, trans_a ? blas_int(lda, "lda") : 1, beta, C, 1);
-    return;
-  }
-  scipy_cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                    blas_int(M, "GEMM rows"), blas_int(N, "GEMM columns"), blas_int(K, "GEMM depth"), alpha, A,
-                    blas_int(lda, "lda"), B, blas_int(ldb, "ldb"), beta, C, blas_int(ldc, "ldc"));
+  const auto ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+  const blasint m = blas_int(M, "GEMM rows"), n = blas_int(N, "GEMM columns"), k = blas_int(K, "GEMM depth");
+  if constexpr (f32)
+    scipy_cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, A, blas_int(lda, "lda"), B, blas_int(ldb, "ldb"), beta, C,
+                      blas_int(ldc, "ldc"));
+  else
+    scipy_cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, A, blas_int(lda, "lda"), B, blas_int(ldb, "ldb"), beta, C,
+                      blas_int(ldc, "ldc"));
 }
 
 // fastrnn runs its own OpenMP team and calls the BLAS from inside it, one thread per call: two
