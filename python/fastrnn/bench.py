@@ -193,23 +193,16 @@ def _grads_dict(dx, dweights) -> Dict[str, np.ndarray]:
     return out
 
 
-def fastrnn_impl(case: Case, inp: Inputs) -> Tuple[Callable[[], object], Callable[[], Dict[str, np.ndarray]]]:
-    cell = case.cell
-    bidir = case.bidirectional
+def _api_impl(api, case: Case, inp: Inputs):
+    """The case through ``api``.forward/backward, for fastrnn and fastrnn.reference alike (one API);
+    decode as a one-step sequence, which re-validates the weights on every call."""
+    cell, bidir = case.cell, case.bidirectional
     if case.mode == "decode":
-        w_ih, w_hh, b_ih, b_hh = inp.weights[0]
-        if hasattr(fastrnn, "PreparedCell"):  # the decode-step API: weights packed once, kept across calls
-            prepared = fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh,
-                                            weight_dtype="float16" if case.half_weights else None)
+        x3, h3, c3 = inp.x[None], inp.h0[None], inp.c0[None]
 
-            def step():
-                return prepared(inp.x, inp.h0, inp.c0)
-        else:  # a one-step sequence: re-validates (and may re-pack) the weights on every call
-            x3, h3, c3 = inp.x[None], inp.h0[None], inp.c0[None]
-
-            def step():
-                r = fastrnn.lstm_forward(x3, inp.weights, h3, c3)
-                return r.h_n[0], r.c_n[0]
+        def step():
+            r = api.forward("lstm", x3, inp.weights, h3, c3, training=False)
+            return r.h_n[0], r.c_n[0]
 
         def values():
             h, c = step()
@@ -218,7 +211,7 @@ def fastrnn_impl(case: Case, inp: Inputs) -> Tuple[Callable[[], object], Callabl
 
     if case.mode == "inference":
         def run():
-            return fastrnn.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=False)
+            return api.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=False)
 
         def values():
             r = run()
@@ -226,8 +219,8 @@ def fastrnn_impl(case: Case, inp: Inputs) -> Tuple[Callable[[], object], Callabl
         return run, values
 
     def train():
-        r = fastrnn.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=True)
-        return r, fastrnn.backward(r.saved, inp.dy)
+        r = api.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=True)
+        return r, api.backward(r.saved, inp.dy)
 
     def values():
         r, g = train()
@@ -235,37 +228,22 @@ def fastrnn_impl(case: Case, inp: Inputs) -> Tuple[Callable[[], object], Callabl
     return train, values
 
 
-def reference_impl(case: Case, inp: Inputs):
-    cell, bidir = case.cell, case.bidirectional
-    if case.mode == "decode":
-        x3, h3, c3 = inp.x[None], inp.h0[None], inp.c0[None]
+def fastrnn_impl(case: Case, inp: Inputs) -> Tuple[Callable[[], object], Callable[[], Dict[str, np.ndarray]]]:
+    if case.mode == "decode" and hasattr(fastrnn, "PreparedCell"):  # weights packed once, kept across calls
+        prepared = fastrnn.PreparedCell("lstm", *inp.weights[0], weight_dtype="float16" if case.half_weights else None)
 
         def step():
-            r = reference.forward("lstm", x3, inp.weights, h3, c3, training=False)
-            return r.h_n[0], r.c_n[0]
+            return prepared(inp.x, inp.h0, inp.c0)
 
         def values():
             h, c = step()
-            return {"h": h, "c": c}
+            return {"h": np.asarray(h), "c": np.asarray(c)}
         return step, values
+    return _api_impl(fastrnn, case, inp)
 
-    if case.mode == "inference":
-        def run():
-            return reference.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=False)
 
-        def values():
-            r = run()
-            return {"output": r.output, "h_n": r.h_n, **({"c_n": r.c_n} if r.c_n is not None else {})}
-        return run, values
-
-    def train():
-        r = reference.forward(cell, inp.x, inp.weights, bidirectional=bidir, training=True)
-        return r, reference.backward(r.saved, inp.dy)
-
-    def values():
-        r, g = train()
-        return {"output": r.output, **_grads_dict(g.dx, g.dweights)}
-    return train, values
+def reference_impl(case: Case, inp: Inputs):
+    return _api_impl(reference, case, inp)
 
 
 def torch_impl(torch, case: Case, inp: Inputs):
