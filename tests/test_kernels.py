@@ -146,6 +146,18 @@ def test_awkward_sizes(cell, dtype, size):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
+def test_wide_input(cell, dtype):
+    """I = 600: the input projection's GEMM runs over T*B = 77 rows in several row blocks plus a
+    remainder (it keeps ~128 KB of x per block in cache). x is scaled by 0.25 so that the gates'
+    600-term sums stay O(1) as at the sizes the float32 tolerance was measured at (I, H <= 97);
+    unscaled, their float32 rounding alone reaches the output tolerance."""
+    p = make_problem(cell, dtype, 2, True, 7, 11, 600, 20, ragged=True, seed=600)
+    p["x"] = p["x"] * dtype(0.25)
+    check_against_reference(p)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_no_bias(cell, dtype):
     p = make_problem(cell, dtype, 2, True, 5, 3, 4, 6, bias=False, ragged=True, seed=7)
     fast = check_against_reference(p)

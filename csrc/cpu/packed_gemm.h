@@ -25,15 +25,30 @@ template <class T> int64 packed_size(int64 K, int64 N) {
                      panel_width<T>(), "packed weights");
 }
 
-// P[k, n] = elem(k, n) for k < K, n < N; zeros in the padding.
-template <class T, class Elem> void pack_panels(int64 K, int64 N, Elem elem, T* P) {
+// P[k, n] = src[k * stride_k + n * stride_n] for k < K, n < N; zeros in the padding. Strides, not
+// an element functor: the callers are compiled for other targets (#pragma GCC target), and GCC
+// compiles a lambda for the default target and calls it per element instead of inlining it.
+template <class T>
+void pack_panels(int64 K, int64 N, const T* src, int64 stride_k, int64 stride_n, T* P) {
   constexpr int64 PW = panel_width<T>();
-  for (int64 p = 0; p * PW < N; ++p)
+  for (int64 p = 0; p * PW < N; ++p) {
+    const int64 n0 = p * PW, width = std::min(PW, N - n0);
     for (int64 k = 0; k < K; ++k) {
       T* dst = P + (p * K + k) * PW;
-      for (int64 i = 0; i < PW; ++i) dst[i] = p * PW + i < N ? elem(k, p * PW + i) : T(0);
+      const T* s = src + k * stride_k + n0 * stride_n;
+      for (int64 i = 0; i < width; ++i) dst[i] = s[i * stride_n];
+      for (int64 i = width; i < PW; ++i) dst[i] = T(0);
     }
+  }
 }
+
+// How a tile's accumulators start and end: C = A P (+ bias[n], broadcast down the rows), or
+// C += A P. Folding the bias into the accumulators' start saves the pass that would first copy it
+// into every row of C.
+template <class T> struct Epilogue {
+  bool accumulate;  // C += A P
+  const T* bias;    // [N] or nullptr; only without accumulate
+};
 
 namespace detail {
 
@@ -47,13 +62,20 @@ template <class T, int VB> struct Vec {
 // vectors are loaded as FMA operands, so only the accumulators and one broadcast live in registers.
 template <class T, int VB, int MR, int NP>
 __attribute__((always_inline)) inline void tile(int64 K, const T* A, int64 lda, const T* P, int64 K_PW, T* C,
-                                                int64 ldc, int64 ncols, bool accumulate) {
+                                                int64 ldc, int64 ncols, Epilogue<T> e) {
   using V = typename Vec<T, VB>::type;
   constexpr int64 PW = panel_width<T>();
   constexpr int VP = 64 / VB, VW = VB / sizeof(T);
   V acc[MR][NP * VP];
-  for (int m = 0; m < MR; ++m)
-    for (int v = 0; v < NP * VP; ++v) acc[m][v] = V{};
+  for (int p = 0; p < NP; ++p)
+    for (int v = 0; v < VP; ++v) {
+      V start = V{};
+      const int64 n0 = p * PW + v * VW;
+      if (e.bias && n0 + VW <= ncols) std::memcpy(&start, e.bias + n0, sizeof start);
+      else if (e.bias)
+        for (int64 i = 0; n0 + i < ncols && i < VW; ++i) start[i] = e.bias[n0 + i];
+      for (int m = 0; m < MR; ++m) acc[m][p * VP + v] = start;
+    }
   for (int64 k = 0; k < K; ++k)
     for (int m = 0; m < MR; ++m) {
       const T a = A[m * lda + k];
@@ -66,21 +88,31 @@ __attribute__((always_inline)) inline void tile(int64 K, const T* A, int64 lda, 
       T* c = C + m * ldc + p * PW;
       const int64 n = std::min<int64>(PW, ncols - p * PW);
       if (n <= 0) continue;
+      if (n == PW) {  // a whole panel: vector stores
+        for (int v = 0; v < VP; ++v) {
+          V* cv = reinterpret_cast<V*>(c + v * VW);
+          *cv = e.accumulate ? *cv + acc[m][p * VP + v] : acc[m][p * VP + v];
+        }
+        continue;
+      }
       T out[PW];
       std::memcpy(out, &acc[m][p * VP], sizeof out);
-      if (accumulate)
+      if (e.accumulate)
         for (int64 i = 0; i < n; ++i) c[i] += out[i];
       else
         for (int64 i = 0; i < n; ++i) c[i] = out[i];
     }
 }
 
+// The epilogue of the columns from n on.
+template <class T> inline Epilogue<T> shifted(Epilogue<T> e, int64 n) { return {e.accumulate, e.bias ? e.bias + n : nullptr}; }
+
 // Rows [m_begin, m_end) (a multiple of MR of them) in tiles of MR rows x NP panels (one panel at a
 // time for the last panels). No lambdas here: GCC compiles a lambda for the default target, not the
 // caller's.
 template <class T, int VB, int MR, int NP>
 __attribute__((always_inline)) inline void sweep(int64 m_begin, int64 m_end, int64 N, int64 K, const T* A, int64 lda,
-                                                 const T* P, T* C, int64 ldc, bool accumulate) {
+                                                 const T* P, T* C, int64 ldc, Epilogue<T> e) {
   constexpr int64 PW = panel_width<T>();
   const int64 panels = (N + PW - 1) / PW, K_PW = K * PW;
   for (int64 p = 0; p < panels; p += NP) {
@@ -89,10 +121,10 @@ __attribute__((always_inline)) inline void sweep(int64 m_begin, int64 m_end, int
       const T* a = A + m * lda;
       const T* pp = P + p * K_PW;
       T* c = C + m * ldc + p * PW;
-      if (left >= NP) tile<T, VB, MR, NP>(K, a, lda, pp, K_PW, c, ldc, ncols, accumulate);
+      if (left >= NP) tile<T, VB, MR, NP>(K, a, lda, pp, K_PW, c, ldc, ncols, shifted(e, p * PW));
       else
         for (int64 q = 0; q < left; ++q)
-          tile<T, VB, MR, 1>(K, a, lda, pp + q * K_PW, K_PW, c + q * PW, ldc, ncols - q * PW, accumulate);
+          tile<T, VB, MR, 1>(K, a, lda, pp + q * K_PW, K_PW, c + q * PW, ldc, ncols - q * PW, shifted(e, (p + q) * PW));
     }
   }
 }
@@ -109,47 +141,56 @@ template <int VB, int MR, int Acc> constexpr int panels_for() {
 // shape), 32 on AVX-512 (4 rows x 2 panels = 8 zmm).
 template <class T, int VB, int MR, int Acc, int R = MR - 1>
 __attribute__((always_inline)) inline void rest(int64 m, int64 M, int64 N, int64 K, const T* A, int64 lda,
-                                                const T* P, T* C, int64 ldc, bool accumulate) {
+                                                const T* P, T* C, int64 ldc, Epilogue<T> e) {
   if constexpr (R >= 1) {
-    if (M - m == R) return sweep<T, VB, R, panels_for<VB, R, Acc>()>(m, M, N, K, A, lda, P, C, ldc, accumulate);
-    rest<T, VB, MR, Acc, R - 1>(m, M, N, K, A, lda, P, C, ldc, accumulate);
+    if (M - m == R) return sweep<T, VB, R, panels_for<VB, R, Acc>()>(m, M, N, K, A, lda, P, C, ldc, e);
+    rest<T, VB, MR, Acc, R - 1>(m, M, N, K, A, lda, P, C, ldc, e);
   }
 }
 
 template <class T, int VB, int MR, int Acc>
 __attribute__((always_inline)) inline void packed_gemm_body(int64 M, int64 N, int64 K, const T* A, int64 lda,
-                                                            const T* P, T* C, int64 ldc, bool accumulate) {
-  const int64 m = M / MR * MR;
-  sweep<T, VB, MR, panels_for<VB, MR, Acc>()>(0, m, N, K, A, lda, P, C, ldc, accumulate);
-  rest<T, VB, MR, Acc>(m, M, N, K, A, lda, P, C, ldc, accumulate);
+                                                            const T* P, T* C, int64 ldc, Epilogue<T> e) {
+  // Blocks of rows whose A (rows x K) fits in about 128 KB, so that it stays in L2 while every
+  // panel of P streams past it (unblocked, a tall A was re-read from L3 once per panel group).
+  constexpr int64 kBlockBytes = 128 * 1024;
+  const int64 block = std::max<int64>(1, kBlockBytes / (K * int64(sizeof(T))) / MR) * MR;
+  for (int64 b = 0; b < M; b += block) {
+    const int64 rows = std::min(block, M - b), m = rows / MR * MR;
+    const T* a = A + b * lda;
+    T* c = C + b * ldc;
+    sweep<T, VB, MR, panels_for<VB, MR, Acc>()>(0, m, N, K, a, lda, P, c, ldc, e);
+    rest<T, VB, MR, Acc>(m, rows, N, K, a, lda, P, c, ldc, e);
+  }
 }
 
 template <class T>
 __attribute__((target("avx512f"))) void packed_gemm_avx512(int64 M, int64 N, int64 K, const T* A, int64 lda,
-                                                            const T* P, T* C, int64 ldc, bool accumulate) {
-  packed_gemm_body<T, 64, 4, 8>(M, N, K, A, lda, P, C, ldc, accumulate);
+                                                            const T* P, T* C, int64 ldc, Epilogue<T> e) {
+  packed_gemm_body<T, 64, 4, 8>(M, N, K, A, lda, P, C, ldc, e);
 }
 template <class T>
 __attribute__((target("avx2,fma,f16c"))) void packed_gemm_avx2(int64 M, int64 N, int64 K, const T* A, int64 lda,
-                                                           const T* P, T* C, int64 ldc, bool accumulate) {
-  packed_gemm_body<T, 32, 6, 12>(M, N, K, A, lda, P, C, ldc, accumulate);
+                                                           const T* P, T* C, int64 ldc, Epilogue<T> e) {
+  packed_gemm_body<T, 32, 6, 12>(M, N, K, A, lda, P, C, ldc, e);
 }
 template <class T>
 void packed_gemm_baseline(int64 M, int64 N, int64 K, const T* A, int64 lda, const T* P, T* C, int64 ldc,
-                          bool accumulate) {
-  packed_gemm_body<T, 16, 2, 8>(M, N, K, A, lda, P, C, ldc, accumulate);
+                          Epilogue<T> e) {
+  packed_gemm_body<T, 16, 2, 8>(M, N, K, A, lda, P, C, ldc, e);
 }
 
 }  // namespace detail
 
-// C[M, N] (ldc) = A[M, K] (lda) P  (or += with `accumulate`), P packed by pack_panels(K, N, ...).
+// C[M, N] (ldc) = A[M, K] (lda) P (+ e.bias), or C += A P with e.accumulate; P packed by
+// pack_panels(K, N, ...).
 template <class T>
-void packed_gemm(int64 M, int64 N, int64 K, const T* A, int64 lda, const T* P, T* C, int64 ldc, bool accumulate) {
+void packed_gemm(int64 M, int64 N, int64 K, const T* A, int64 lda, const T* P, T* C, int64 ldc, Epilogue<T> e) {
   if (M <= 0 || N <= 0) return;
   switch (cpu_isa()) {
-    case Isa::Avx512: return detail::packed_gemm_avx512(M, N, K, A, lda, P, C, ldc, accumulate);
-    case Isa::Avx2: return detail::packed_gemm_avx2(M, N, K, A, lda, P, C, ldc, accumulate);
-    case Isa::Baseline: return detail::packed_gemm_baseline(M, N, K, A, lda, P, C, ldc, accumulate);
+    case Isa::Avx512: return detail::packed_gemm_avx512(M, N, K, A, lda, P, C, ldc, e);
+    case Isa::Avx2: return detail::packed_gemm_avx2(M, N, K, A, lda, P, C, ldc, e);
+    case Isa::Baseline: return detail::packed_gemm_baseline(M, N, K, A, lda, P, C, ldc, e);
   }
 }
 

@@ -116,16 +116,15 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   const int64 BH = c.B * c.H, DH = c.D * c.H;
   dispatch_cell(c.cell, [&](auto cell) {
     using Cell = decltype(cell);
-    std::vector<T> between[2];  // inference: outputs of the layers below the last, ping-pong
+    // Inference: outputs of the layers below the last, ping-pong (every element written by the layer).
+    const bool ping_pong = !a.reserve && c.L > 1;
+    Scratch<T> between[2] = {Scratch<T>(ping_pong ? c.T * c.B * DH : 0), Scratch<T>(ping_pong && c.L > 2 ? c.T * c.B * DH : 0)};
     const T* in = a.x;
     for (int64 l = 0; l < c.L; ++l) {
       T* out;
       if (a.reserve) out = a.reserve + lay.layer_output(l);
       else if (l == c.L - 1) out = a.y;
-      else {
-        between[l % 2].resize(c.T * c.B * DH);
-        out = between[l % 2].data();
-      }
+      else out = between[l % 2].data();
       for_each_direction(c, [&](int64 d, int threads) {
         const int64 k = l * c.D + d;
         layer_forward<Cell>(c, c.input_size(l), a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths,
@@ -145,7 +144,8 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   const int64 BH = c.B * c.H, DH = c.D * c.H;
   dispatch_cell(c.cell, [&](auto cell) {
     using Cell = decltype(cell);
-    std::vector<T> between[2];  // dL/d(output of layer l-1), ping-pong
+    // dL/d(output of layer l-1), ping-pong (cleared below before each layer accumulates into it).
+    Scratch<T> between[2] = {Scratch<T>(c.L > 2 ? c.T * c.B * DH : 0), Scratch<T>(c.L > 1 ? c.T * c.B * DH : 0)};
     std::vector<T> din_reverse;  // the reverse direction's share of dL/d(layer input)
     const T* dout = a.dy;
     for (int64 l = c.L - 1; l >= 0; --l) {
@@ -153,10 +153,7 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
       const T* in = l == 0 ? a.x : a.reserve + lay.layer_output(l - 1);
       T* din;
       if (l == 0) din = a.dx;
-      else {
-        between[l % 2].resize(c.T * c.B * DH);
-        din = between[l % 2].data();
-      }
+      else din = between[l % 2].data();
       const int64 in_count = c.T * c.B * in_size;
       std::memset(din, 0, sizeof(T) * in_count);
       // Run concurrently, the reverse direction accumulates its dL/d(input) apart, added after.
