@@ -719,10 +719,13 @@ def write_plot(result: dict, path: str) -> None:
 
 
 def results_basename(result: dict) -> str:
-    """<date>-<machine> for bench/results/: the date, a slug of the CPU model and the core count."""
+    """<date>-<machine> for bench/results/: the date, a slug of the CPU model, the instruction set the
+    kernels ran with (virtual machines often show one model name for different CPUs) and the core
+    count."""
     h = result["header"]
     slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|@.*", "", h["cpu"].lower())).strip("-")
-    return f"{h['date_utc'][:10]}-{slug or 'cpu'}-{h['affinity']}c"
+    isa = h.get("fastrnn_cpu_isa")
+    return f"{h['date_utc'][:10]}-{slug or 'cpu'}{'-' + isa if isa else ''}-{h['affinity']}c"
 
 
 def _csv(name: str, allowed: Sequence[str]):
