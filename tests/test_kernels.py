@@ -156,6 +156,15 @@ def test_wide_input(cell, dtype):
     check_against_reference(p)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_reused_scratch_memory(cell):
+    """Scratch buffers of >= 1 MB are kept per thread and reused by later calls without being
+    cleared: a call right after a larger one (whose values its buffers still hold) must still
+    match the reference. T*B = 1536 then 1024 rows of G*H gate values (>= 1 MB each)."""
+    check_against_reference(make_problem(cell, np.float32, 2, True, 64, 24, 64, 64, ragged=True, seed=1))
+    check_against_reference(make_problem(cell, np.float32, 2, True, 64, 16, 64, 64, ragged=True, seed=2))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_no_bias(cell, dtype):

@@ -1,6 +1,7 @@
 // One layer in one direction on the CPU: the time loop around the shared cell maths (cells.h).
-// Forward: one GEMM for the input projection of all steps, then per step one GEMM h_prev W_hh^T
-// and the fused pointwise cell over all rows. Backward: per step (in reverse) the pointwise
+// Forward: one GEMM for the input projection of all steps (each thread onto its own units' gates,
+// so no barrier follows it), then per step one GEMM h_prev W_hh^T and the fused pointwise cell
+// over all rows; both GEMMs start from the bias. Backward: per step (in reverse) the pointwise
 // backward and dG_h W_hh; after the loop dW_ih, dW_hh, db and dX are each one GEMM over all steps.
 // Nothing here knows which cell it runs.
 //
@@ -13,7 +14,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <new>
 #include <utility>
 #include <vector>
@@ -46,25 +46,76 @@ inline int64 max_share(int64 n, int parts, int64 align) {
   return std::min(n, (chunks + parts - 1) / parts * align);
 }
 
+// Freed scratch blocks kept, per thread, for the next call on that thread. A buffer above glibc's
+// mmap threshold (32 MB at most) is otherwise mapped afresh on every call, and the kernel's page
+// faults and page clearing took ~15 % of a training call at T*B = 25600 (perf). Only blocks of at
+// least kMinBytes are kept (smaller ones come cheaply from malloc's free lists), at most kMaxBytes
+// in all per thread (the oldest go first); a block is reused for a request of half its size or more.
+class ScratchCache {
+ public:
+  static constexpr size_t kMinBytes = size_t(1) << 20, kMaxBytes = size_t(256) << 20;
+  static ScratchCache& local() {
+    thread_local ScratchCache cache;
+    return cache;
+  }
+  void* take(size_t bytes) {
+    auto best = blocks_.end();
+    for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
+      if (it->bytes >= bytes && it->bytes / 2 <= bytes && (best == blocks_.end() || it->bytes < best->bytes)) best = it;
+    if (best == blocks_.end()) return nullptr;
+    void* p = best->p;
+    total_ -= best->bytes;
+    blocks_.erase(best);
+    return p;
+  }
+  // Keeps p (of `bytes`, from std::aligned_alloc) or frees it.
+  void give(void* p, size_t bytes) {
+    if (bytes < kMinBytes || bytes > kMaxBytes) return std::free(p);
+    blocks_.push_back({p, bytes});
+    total_ += bytes;
+    while (total_ > kMaxBytes) {
+      total_ -= blocks_.front().bytes;
+      std::free(blocks_.front().p);
+      blocks_.erase(blocks_.begin());
+    }
+  }
+  ~ScratchCache() {
+    for (auto& b : blocks_) std::free(b.p);
+  }
+
+ private:
+  struct Block {
+    void* p;
+    size_t bytes;
+  };
+  std::vector<Block> blocks_;
+  size_t total_ = 0;
+};
+
 // Scratch memory of n elements of T, 64-byte aligned (packed panels and rows start on cache lines)
 // and NOT zero-filled: every element the kernels read is written first, and clearing would be a
 // whole extra pass over buffers of T*B*G*H elements (std::vector<T>(n) spent 5-9 % of a forward
-// call in memset).
+// call in memset). Taken from and returned to this thread's ScratchCache.
 template <class T> class Scratch {
  public:
   explicit Scratch(int64 n) {
     if (n <= 0) return;
-    const size_t bytes = (size_t(checked_mul(n, int64(sizeof(T)), "scratch buffer")) + 63) / 64 * 64;
-    p_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
-    if (!p_) throw std::bad_alloc();
+    bytes_ = (size_t(checked_mul(n, int64(sizeof(T)), "scratch buffer")) + 63) / 64 * 64;
+    void* p = ScratchCache::local().take(bytes_);
+    if (!p) p = std::aligned_alloc(64, bytes_);
+    if (!p) throw std::bad_alloc();
+    p_ = static_cast<T*>(p);
   }
-  T* data() { return p_.get(); }
+  ~Scratch() {
+    if (p_) ScratchCache::local().give(p_, bytes_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() { return p_; }
 
  private:
-  struct Free {
-    void operator()(T* p) const { std::free(p); }
-  };
-  std::unique_ptr<T, Free> p_;
+  T* p_ = nullptr;
+  size_t bytes_ = 0;
 };
 
 inline int thread_index() {
@@ -87,7 +138,7 @@ inline int team_size() {
 // whole sequence, so its rows of W_hh stay in its own cache, the pointwise cell needs nothing from
 // other threads, and a step costs one barrier.
 constexpr int64 kUnitAlign = 16;
-constexpr int64 kPackMinRows = 4;  // pack W_hh when T*B >= this
+constexpr int64 kPackMinRows = 4;  // pack the weights when T*B >= this
 
 // The kernels, compiled twice: for AVX2+FMA (also taken on AVX-512 CPUs) and for baseline x86-64.
 #pragma GCC push_options

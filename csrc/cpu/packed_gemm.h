@@ -50,6 +50,10 @@ template <class T> struct Epilogue {
   const T* bias;    // [N] or nullptr; only without accumulate
 };
 
+// Rows of A per block: about 128 KB of A (K values a row), which stays in L2 while every panel of P
+// streams past it (unblocked, a tall A was re-read from L3 once per group of panels).
+template <class T> int64 row_block(int64 K) { return std::max<int64>(1, (int64(128) << 10) / (K * int64(sizeof(T)))); }
+
 namespace detail {
 
 // A vector of VB bytes of T: 64 (one zmm) on AVX-512, 32 (one ymm) on AVX2 and baseline, so that
@@ -151,10 +155,7 @@ __attribute__((always_inline)) inline void rest(int64 m, int64 M, int64 N, int64
 template <class T, int VB, int MR, int Acc>
 __attribute__((always_inline)) inline void packed_gemm_body(int64 M, int64 N, int64 K, const T* A, int64 lda,
                                                             const T* P, T* C, int64 ldc, Epilogue<T> e) {
-  // Blocks of rows whose A (rows x K) fits in about 128 KB, so that it stays in L2 while every
-  // panel of P streams past it (unblocked, a tall A was re-read from L3 once per panel group).
-  constexpr int64 kBlockBytes = 128 * 1024;
-  const int64 block = std::max<int64>(1, kBlockBytes / (K * int64(sizeof(T))) / MR) * MR;
+  const int64 block = std::max<int64>(1, row_block<T>(K) / MR) * MR;
   for (int64 b = 0; b < M; b += block) {
     const int64 rows = std::min(block, M - b), m = rows / MR * MR;
     const T* a = A + b * lda;
