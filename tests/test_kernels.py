@@ -147,8 +147,9 @@ def test_awkward_sizes(cell, dtype, size):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_wide_input(cell, dtype):
-    """I = 600: the input projection's GEMM runs over T*B = 77 rows in several row blocks plus a
-    remainder (it keeps ~128 KB of x per block in cache). x is scaled by 0.25 so that the gates'
+    """I = 600: the input projection runs ahead of the recurrence in chunks of a few steps (~128 KB
+    of x each: 4 steps in float32, 2 in float64), so both directions see several chunks and a
+    partial last one. x is scaled by 0.25 so that the gates'
     600-term sums stay O(1) as at the sizes the float32 tolerance was measured at (I, H <= 97);
     unscaled, their float32 rounding alone reaches the output tolerance."""
     p = make_problem(cell, dtype, 2, True, 7, 11, 600, 20, ragged=True, seed=600)
