@@ -1,7 +1,7 @@
 // One layer in one direction on the CPU: the time loop around the shared cell maths (cells.h).
-// Forward: one GEMM for the input projection of all steps (each thread onto its own units' gates,
-// so no barrier follows it), then per step one GEMM h_prev W_hh^T and the fused pointwise cell
-// over all rows; both GEMMs start from the bias. Backward: per step (in reverse) the pointwise
+// Forward: the input projection (each thread onto its own units' gates, so it needs no barrier, in
+// chunks of steps just ahead of the recurrence), then per step one GEMM h_prev W_hh^T and the fused
+// pointwise cell over all rows; both GEMMs start from the bias. Backward: per step (in reverse) the pointwise
 // backward and dG_h W_hh; after the loop dW_ih, dW_hh, db and dX are each one GEMM over all steps.
 // Nothing here knows which cell it runs.
 //
