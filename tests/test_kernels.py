@@ -147,14 +147,22 @@ def test_awkward_sizes(cell, dtype, size):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_wide_input(cell, dtype):
-    """I = 600: the input projection runs ahead of the recurrence in chunks of a few steps (~128 KB
-    of x each: 4 steps in float32, 2 in float64), so both directions see several chunks and a
-    partial last one. x is scaled by 0.25 so that the gates'
+    """I = 600: the input projection's GEMM walks x in several row blocks (~128 KB of x each) plus a
+    remainder. x is scaled by 0.25 so that the gates'
     600-term sums stay O(1) as at the sizes the float32 tolerance was measured at (I, H <= 97);
     unscaled, their float32 rounding alone reaches the output tolerance."""
     p = make_problem(cell, dtype, 2, True, 7, 11, 600, 20, ragged=True, seed=600)
     p["x"] = p["x"] * dtype(0.25)
     check_against_reference(p)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_input_projection_in_chunks(cell):
+    """The input projection runs ahead of the recurrence in chunks of ~2 MB of each thread's gate
+    columns: at H = 64, B = 64 in float64 that is 16-42 steps (by cell and threads per direction),
+    so T = 70 gives several chunks and a partial last one, in both directions. float64: the error is
+    summation order only, whatever T*B."""
+    check_against_reference(make_problem(cell, np.float64, 1, True, 70, 64, 8, 64, ragged=True, seed=70))
 
 
 @pytest.mark.parametrize("cell", CELLS)
