@@ -5,7 +5,8 @@
 //   LSTM  i,f,g,o:  c' = f*c + i*g,  h' = o*tanh(c')
 //   GRU   r,z,n:    n = tanh(gi_n + r*gh_n),  h' = (1-z)*n + z*h      (gh_n includes b_hn)
 //   RNN:            h' = tanh|relu(gi + gh)
-// gi = W_ih x + b_ih and gh = W_hh h + b_hh arrive precomputed, [G*H] per row.
+// gi = W_ih x + b_ih and gh = W_hh h + b_hh arrive precomputed, gate g of unit j at g*ld + j of a
+// row (ld = H for a whole row; the CPU forward keeps each thread's units together, ld = its share).
 #pragma once
 
 #include <cmath>
@@ -57,8 +58,8 @@ template <class A> FASTRNN_HD A fr_tanh(A x) {
 // ---- one row of one step -----------------------------------------------------------------
 // Pointers point at one batch row. Shapes per row; G = Cell::kGates, S = Cell::kSaved.
 template <class T> struct ForwardRow {
-  const T* gi;      // [G*H] W_ih x + b_ih
-  const T* gh;      // [G*H] W_hh h_prev + b_hh
+  const T* gi;      // [G*ld] W_ih x + b_ih
+  const T* gh;      // [G*ld] W_hh h_prev + b_hh
   const T* h_prev;  // [H]
   const T* c_prev;  // [H] (LSTM only)
   T* h;             // [H] new hidden state
@@ -86,7 +87,7 @@ template <bool Relu> struct RnnCell {
   static constexpr bool kHasCell = false;
   static constexpr bool kSplitHiddenGrad = false;
 
-  template <class T> FASTRNN_HD static void forward(const ForwardRow<T>& r, int64 j, int64) {
+  template <class T> FASTRNN_HD static void forward(const ForwardRow<T>& r, int64 j, int64, int64) {
     using A = typename AccType<T>::type;
     const A pre = A(r.gi[j]) + A(r.gh[j]);
     r.h[j] = T(Relu ? (pre > A(0) ? pre : A(0)) : fr_tanh(pre));
@@ -107,12 +108,12 @@ struct LstmCell {
   static constexpr bool kHasCell = true;
   static constexpr bool kSplitHiddenGrad = false;
 
-  template <class T> FASTRNN_HD static void forward(const ForwardRow<T>& r, int64 j, int64 H) {
+  template <class T> FASTRNN_HD static void forward(const ForwardRow<T>& r, int64 j, int64 ld, int64 H) {
     using A = typename AccType<T>::type;
     const A i = sigmoid(A(r.gi[j]) + A(r.gh[j]));
-    const A f = sigmoid(A(r.gi[H + j]) + A(r.gh[H + j]));
-    const A g = fr_tanh(A(r.gi[2 * H + j]) + A(r.gh[2 * H + j]));
-    const A o = sigmoid(A(r.gi[3 * H + j]) + A(r.gh[3 * H + j]));
+    const A f = sigmoid(A(r.gi[ld + j]) + A(r.gh[ld + j]));
+    const A g = fr_tanh(A(r.gi[2 * ld + j]) + A(r.gh[2 * ld + j]));
+    const A o = sigmoid(A(r.gi[3 * ld + j]) + A(r.gh[3 * ld + j]));
     const A c = f * A(r.c_prev[j]) + i * g;
     r.c[j] = T(c);
     r.h[j] = T(o * fr_tanh(c));
@@ -144,12 +145,12 @@ struct GruCell {
   static constexpr bool kHasCell = false;
   static constexpr bool kSplitHiddenGrad = true;  // dL/d(gh_n) = dL/d(gi_n) * r
 
-  template <class T> FASTRNN_HD static void forward(const ForwardRow<T>& r, int64 j, int64 H) {
+  template <class T> FASTRNN_HD static void forward(const ForwardRow<T>& r, int64 j, int64 ld, int64 H) {
     using A = typename AccType<T>::type;
     const A rg = sigmoid(A(r.gi[j]) + A(r.gh[j]));
-    const A z = sigmoid(A(r.gi[H + j]) + A(r.gh[H + j]));
-    const A ghn = A(r.gh[2 * H + j]);
-    const A n = fr_tanh(A(r.gi[2 * H + j]) + rg * ghn);
+    const A z = sigmoid(A(r.gi[ld + j]) + A(r.gh[ld + j]));
+    const A ghn = A(r.gh[2 * ld + j]);
+    const A n = fr_tanh(A(r.gi[2 * ld + j]) + rg * ghn);
     r.h[j] = T((A(1) - z) * n + z * A(r.h_prev[j]));
     if (r.saved) {
       r.saved[j] = T(rg);

@@ -105,8 +105,8 @@ __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const Forwar
   const A cp = Cell::kHasCell ? p.c_cur[bj] : A(0);
   A h, c = A(0);
   // Two calls so that the cell's `if (saved)` folds away in each and `saved` stays in registers.
-  if (p.saved) Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, saved}, 0, 1);
-  else Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, nullptr}, 0, 1);
+  if (p.saved) Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, saved}, 0, 1, 1);
+  else Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, nullptr}, 0, 1, 1);
   p.h_next[bj] = h;
   *yv = T(h);
   if (Cell::kHasCell) {
