@@ -1,7 +1,8 @@
 """The custom ops of fastrnn.ops: ``torch.library.opcheck`` on the forward and the backward op
 (schema, fake implementation, autograd registration, AOT dispatch) for a few configurations;
 ``torch.autograd.gradcheck`` in float64 for every cell (tiny sizes, bidirectional, 2 layers,
-lengths, h0/c0); double backward raises a clear error; the op's own argument errors.
+lengths, h0/c0); double backward raises a clear error; the op's own argument errors; eager calls
+leave torch._dynamo unimported.
 gradcheck and opcheck call the op thousands of times on tiny sizes, so this module runs the kernels
 on one thread (multi-threaded kernels are covered by test_kernels.py / test_threads.py; an OpenMP
 team on an oversubscribed 2-core machine costs tens of ms per tiny call).
@@ -141,3 +142,21 @@ def test_op_argument_errors():
     with pytest.raises(ValueError, match="lengths"):
         op(x, weights, None, None, torch.tensor([9, 1]), "lstm", H, L, bidir, False)
 
+
+
+def test_eager_calls_do_not_import_dynamo():
+    """Outside torch.compile the ops must not pull in torch._dynamo: @torch.library.custom_op's
+    kernels import it on their first call, which made fastrnn.nn's first forward take over a second
+    (ops.py declares the ops without that decorator). Run in a fresh interpreter, where nothing else
+    has imported it yet."""
+    import subprocess
+    import sys
+    code = ("import sys, torch, fastrnn.nn as fnn\n"
+            "m = fnn.LSTM(3, 4, 2, dropout=0.5)\n"
+            "y, _ = m(torch.randn(5, 2, 3, requires_grad=True))\n"
+            "y.sum().backward()\n"
+            "assert m.weight_hh_l1.grad is not None\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

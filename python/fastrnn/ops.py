@@ -1,10 +1,15 @@
-"""fastrnn's kernels as PyTorch custom operators (``torch.library.custom_op``, namespace ``fastrnn``):
+"""fastrnn's kernels as PyTorch custom operators (namespace ``fastrnn``):
 ``torch.ops.fastrnn.rnn_forward`` and ``torch.ops.fastrnn.rnn_backward``, each with a fake (meta)
 implementation so that ``torch.compile`` traces them without a graph break (also with a symbolic
 sequence length), and ``register_autograd`` on the forward whose backward calls the backward op.
 Outputs are allocated by torch; on the CPU the compiled kernels write into them through zero-copy
 NumPy views (the extension is not linked against libtorch). This is the only module that calls
 ``fastrnn._core`` with torch tensors; :mod:`fastrnn.nn` builds the torch.nn-compatible modules on it.
+
+The ops are declared with ``torch.library``'s define / impl / register_fake / register_autograd,
+not the ``@torch.library.custom_op`` decorator: that one wraps every kernel so that its first call
+imports ``torch._dynamo`` (1.3 s here, before the first forward returned), a cost torch.nn's own
+modules never pay outside ``torch.compile``.
 
     y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
                                                        num_layers, bidirectional, training)
@@ -30,6 +35,17 @@ _CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _DTYPES = (torch.float32, torch.float64)
 
 __all__ = ["rnn_forward", "rnn_backward"]
+
+_LIB = torch.library.Library("fastrnn", "DEF")
+_LIB.define("rnn_forward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, str cell, "
+            "SymInt hidden_size, SymInt num_layers, bool bidirectional, bool training) "
+            "-> (Tensor, Tensor, Tensor, Tensor)")
+_LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, Tensor reserve, "
+            "Tensor dy, Tensor? dhn, Tensor? dcn, str cell, SymInt hidden_size, SymInt num_layers, "
+            "bool bidirectional) -> (Tensor, Tensor, Tensor, Tensor[])")
+# One kernel for every device, as custom_op registers it: it checks the device itself and names it
+# in its error (the fake implementations below serve meta and fake tensors).
+_KERNEL_KEY = "CompositeExplicitAutograd"
 
 
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
@@ -122,8 +138,8 @@ def _kernels(x: Tensor):
 
 
 # ---- forward --------------------------------------------------------------------------------------
-@torch.library.custom_op("fastrnn::rnn_forward", mutates_args=())
-def rnn_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
+@torch.library.impl("fastrnn::rnn_forward", _KERNEL_KEY, lib=_LIB)
+def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                 lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
                 training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
@@ -152,15 +168,15 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training):
     return y, hn, cn, reserve
 
 
-@rnn_forward.register_fake
+@torch.library.register_fake("fastrnn::rnn_forward", lib=_LIB)
 def _(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training):
     _check(x, weights, cell, num_layers, bidirectional)
     return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
 
 
 # ---- backward -------------------------------------------------------------------------------------
-@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
-def rnn_backward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
+@torch.library.impl("fastrnn::rnn_backward", _KERNEL_KEY, lib=_LIB)
+def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                  lengths: Optional[Tensor], reserve: Tensor, dy: Tensor, dhn: Optional[Tensor],
                  dcn: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
                  bidirectional: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
@@ -190,7 +206,7 @@ def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
     return x.new_empty(x.shape), x.new_empty(state), dc0, [w.new_empty(w.shape) for w in weights]
 
 
-@rnn_backward.register_fake
+@torch.library.register_fake("fastrnn::rnn_backward", lib=_LIB)
 def _(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, cell, hidden_size, num_layers, bidirectional):
     _check(x, weights, cell, num_layers, bidirectional)
     return _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
@@ -211,13 +227,14 @@ def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
                            "call it with training=True when gradients are needed")
     x, h0, c0, lengths, reserve, *weights = ctx.saved_tensors
     lstm = cell == "lstm"
-    dx, dh0, dc0, dweights = rnn_backward(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn if lstm else None,
-                                          cell, hidden_size, num_layers, bidirectional)
+    dx, dh0, dc0, dweights = torch.ops.fastrnn.rnn_backward(x, weights, h0, c0, lengths, reserve, dy, dhn,
+                                                            dcn if lstm else None, cell, hidden_size, num_layers,
+                                                            bidirectional)
     return (dx, list(dweights), dh0 if h0 is not None else None, dc0 if (lstm and c0 is not None) else None,
             None, None, None, None, None, None)
 
 
-rnn_forward.register_autograd(_forward_backward, setup_context=_setup_context)
+torch.library.register_autograd("fastrnn::rnn_forward", _forward_backward, setup_context=_setup_context, lib=_LIB)
 
 
 def _no_double_backward(ctx, *grads):
@@ -226,4 +243,8 @@ def _no_double_backward(ctx, *grads):
                        "for higher-order gradients")
 
 
-rnn_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+torch.library.register_autograd("fastrnn::rnn_backward", _no_double_backward,
+                                setup_context=lambda ctx, inputs, output: None, lib=_LIB)
+
+rnn_forward = torch.ops.fastrnn.rnn_forward
+rnn_backward = torch.ops.fastrnn.rnn_backward
