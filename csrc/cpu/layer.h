@@ -138,7 +138,10 @@ inline int team_size() {
 // whole sequence, so its rows of W_hh stay in its own cache, the pointwise cell needs nothing from
 // other threads, and a step costs one barrier.
 constexpr int64 kUnitAlign = 16;
-constexpr int64 kPackMinRows = 4;  // pack the weights when T*B >= this
+// Pack the weights when T*B >= this. Packing is a transposing pass over W_ih and W_hh; below ~16
+// rows in all it cost more than it saved (one step of B = 8 at H = 64: 34 % of the call in
+// pack_panels), and the BLAS runs those few rows straight from the row-major weights.
+constexpr int64 kPackMinRows = 16;
 
 // The kernels, compiled twice: for AVX2+FMA (also taken on AVX-512 CPUs) and for baseline x86-64.
 #pragma GCC push_options
