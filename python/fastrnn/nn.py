@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.nn import Parameter, init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import ops  # noqa: F401  (registers torch.ops.fastrnn.*)
+from . import ops
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
 
@@ -43,8 +43,8 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
             bidirectional: bool):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None)."""
     training = _needs_grad(x, h0, c0, *weights)
-    y, hn, cn, _ = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, _CELL[mode], hidden_size, num_layers,
-                                                  bidirectional, training)
+    y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, _CELL[mode], hidden_size, num_layers, bidirectional,
+                                   training)
     return y, hn, (cn if mode == "LSTM" else None)
 
 
