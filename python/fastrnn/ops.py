@@ -145,8 +145,8 @@ def _kernels(x: Tensor):
 
 # ---- forward --------------------------------------------------------------------------------------
 def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
-                lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
-                training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                        lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
+                        bidirectional: bool, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
     if x.numel() == 0:
         raise ValueError(f"input must not be empty (every size >= 1), got shape {tuple(x.shape)}")
@@ -184,9 +184,9 @@ def _(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional,
 
 # ---- backward -------------------------------------------------------------------------------------
 def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
-                 lengths: Optional[Tensor], reserve: Tensor, dy: Tensor, dhn: Optional[Tensor],
-                 dcn: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
-                 bidirectional: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+                         lengths: Optional[Tensor], reserve: Tensor, dy: Tensor, dhn: Optional[Tensor],
+                         dcn: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
+                         bidirectional: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
     """Gradients (dx [T, B, I], dh0 [L*D, B, H], dc0 (LSTM; else empty), dweights like weights) of a
     training ``rnn_forward``: x, weights, h0, c0, lengths and reserve exactly as forward saw and
     returned them; dy [T, B, D*H]; dhn, dcn [L*D, B, H] or None (zero)."""
