@@ -58,12 +58,15 @@ class ScratchCache {
     thread_local ScratchCache cache;
     return cache;
   }
-  void* take(size_t bytes) {
+  // A kept block of `bytes` to twice that, the smallest such, or nullptr; `bytes` becomes the
+  // block's own size, so that give() files it under that size again.
+  void* take(size_t& bytes) {
     auto best = blocks_.end();
     for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
       if (it->bytes >= bytes && it->bytes / 2 <= bytes && (best == blocks_.end() || it->bytes < best->bytes)) best = it;
     if (best == blocks_.end()) return nullptr;
     void* p = best->p;
+    bytes = best->bytes;
     total_ -= best->bytes;
     blocks_.erase(best);
     return p;
