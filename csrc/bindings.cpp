@@ -1,7 +1,9 @@
-// pybind11 bindings: check every array (dtype, C-contiguity, exact shape, writeability), release the
-// GIL, dispatch on dtype to the back end. Friendlier validation (layouts, batch_first, defaults)
-// lives in python/fastrnn/functional.py; the checks here make the extension safe on its own.
-// Callers allocate every output (NumPy or torch), so a framework owns its memory.
+// pybind11 bindings. forward/backward take NumPy arrays and check every one (dtype, C-contiguity,
+// exact shape, writeability), release the GIL and dispatch on dtype to the back end; friendlier
+// validation (layouts, batch_first, defaults) lives in python/fastrnn/functional.py, the checks here
+// make these entry points safe on their own. forward_ptrs/backward_ptrs take data pointers, as the
+// CUDA entry points do (csrc/pointer_args.h): fastrnn.ops calls them with torch tensors it has
+// checked itself. Callers allocate every output, so a framework owns its memory.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "cpu/prepared.h"
+#include "pointer_args.h"
 #include "rnn.h"
 
 namespace py = pybind11;
@@ -56,14 +59,8 @@ template <class T> T* checked(py::handle obj, const char* name, const std::vecto
 }
 
 fastrnn::RnnConfig make_config(int cell, py::array x, int64 H, int64 L, bool bidirectional) {
-  if (cell < 0 || cell > 3) throw py::value_error("cell must be 0..3, got " + std::to_string(cell));
   if (x.ndim() != 3) throw py::value_error("x must be 3-D [T, B, I], got " + std::to_string(x.ndim()) + "-D");
-  fastrnn::RnnConfig c{static_cast<fastrnn::CellKind>(cell), x.shape(0), x.shape(1), x.shape(2), H, L,
-                       bidirectional ? 2 : 1};
-  if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1)
-    throw py::value_error("sizes must be >= 1, got T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) +
-                          " I=" + std::to_string(c.I) + " H=" + std::to_string(c.H) + " L=" + std::to_string(c.L));
-  return c;
+  return fastrnn::pointer_args::make_config(cell, x.shape(0), x.shape(1), x.shape(2), H, L, bidirectional);
 }
 
 const int64* checked_lengths(py::handle obj, const fastrnn::RnnConfig& c) {
@@ -153,6 +150,14 @@ void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::
   }
   py::gil_scoped_release release;
   fastrnn::cpu::backward<T>(c, a);
+}
+
+// The raw-pointer entry points (csrc/pointer_args.h; what fastrnn.ops calls with torch tensors):
+// dtype "float32" | "float64" -> f(T{}).
+template <class F> void dispatch_dtype(const std::string& dtype, F&& f) {
+  if (dtype == "float32") return f(float{});
+  if (dtype == "float64") return f(double{});
+  throw fastrnn::ArgumentError("dtype must be 'float32' or 'float64', got '" + dtype + "'");
 }
 
 bool is_float64(py::array x) {
@@ -264,6 +269,46 @@ PYBIND11_MODULE(_core, m) {
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("reserve"), py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("dx"), py::arg("dh0"),
         py::arg("dc0"), py::arg("grads"), py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"));
+
+  using fastrnn::pointer_args::Ptr;
+  m.def("forward_ptrs",
+        [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
+           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve) {
+          const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional);
+          dispatch_dtype(dtype, [&](auto tag) {
+            using T_ = decltype(tag);
+            fastrnn::pointer_args::Pointers ptrs;
+            const auto a = fastrnn::pointer_args::forward_args<T_>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve,
+                                                                   ptrs);
+            py::gil_scoped_release release;
+            fastrnn::cpu::forward<T_>(c, a);
+          });
+        },
+        py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
+        py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
+        py::arg("lengths_ptr"), py::arg("y_ptr"), py::arg("hn_ptr"), py::arg("cn_ptr"), py::arg("reserve_ptr"),
+        "forward on host pointers (ints; 0 = absent): the CUDA entry point's arguments without the stream. "
+        "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h).");
+
+  m.def("backward_ptrs",
+        [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
+           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
+           Ptr dc0, const py::list& grads) {
+          const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional);
+          dispatch_dtype(dtype, [&](auto tag) {
+            using T_ = decltype(tag);
+            fastrnn::pointer_args::Pointers ptrs;
+            const auto a = fastrnn::pointer_args::backward_args<T_>(c, x, weights, h0, c0, lengths, reserve, dy, dhn,
+                                                                    dcn, dx, dh0, dc0, grads, ptrs);
+            py::gil_scoped_release release;
+            fastrnn::cpu::backward<T_>(c, a);
+          });
+        },
+        py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
+        py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
+        py::arg("lengths_ptr"), py::arg("reserve_ptr"), py::arg("dy_ptr"), py::arg("dhn_ptr"), py::arg("dcn_ptr"),
+        py::arg("dx_ptr"), py::arg("dh0_ptr"), py::arg("dc0_ptr"), py::arg("grad_ptrs"),
+        "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream).");
 
   py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")
       .def(py::init<int, py::array, py::array, py::object, py::object, bool>(), py::arg("cell"), py::arg("w_ih"),

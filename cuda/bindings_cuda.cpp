@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "pointer_args.h"
 #include "rnn_cuda.h"
 
 namespace py = pybind11;
@@ -40,12 +41,12 @@ namespace fastrnn::cuda {
 
 namespace {
 
-using Ptr = std::uintptr_t;
+using pointer_args::Ptr;
+using pointer_args::Pointers;
 
 RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
-  if (cell < 0 || cell > 3) throw ArgumentError("cell must be 0..3, got " + std::to_string(cell));
-  const RnnConfig c{static_cast<CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1};
-  check_sizes(c);
+  const RnnConfig c = pointer_args::make_config(cell, T, B, I, H, L, bidirectional);
+  check_sizes(c);  // and the kernels' launch limits
   return c;
 }
 
@@ -62,63 +63,10 @@ template <class F> void dispatch_dtype(const std::string& dtype, F&& f) {
 #endif
 }
 
-// Collects the pointers of one call, checks the presence rules as they are added, and checks them
-// all against the device once the device is known to exist.
-struct Pointers {
-  std::vector<std::pair<Ptr, std::string>> given;
-
-  // A pointer that must be present (required) or may be 0; `allowed` false: must be 0 (e.g. c0 of a GRU).
-  template <class T> T* add(Ptr p, const std::string& name, bool required, bool allowed = true) {
-    if (!allowed && p) throw ArgumentError(name + " must be 0 for this cell (it has no cell state)");
-    if (required && !p) throw ArgumentError(name + " is required, got 0 (a null pointer)");
-    if (p) given.emplace_back(p, name);
-    return reinterpret_cast<T*>(p);
-  }
-  void check_on_device() const {
-    require_device();
-    for (const auto& [p, name] : given) check_device_pointer(p, name.c_str());
-  }
-};
-
-// weight_ptrs / grad_ptrs: L*D tuples of `expected_len` (2 or 4) pointers; biases present iff 4.
-template <class T>
-std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConfig& c, const char* what,
-                                             size_t expected_len, Pointers& ptrs) {
-  if (static_cast<int64>(list.size()) != c.L * c.D)
-    throw ArgumentError(std::string(what) + " must hold num_layers*num_directions = " + std::to_string(c.L * c.D) +
-                        " tuples, got " + std::to_string(list.size()));
-  std::vector<LayerWeights<T>> out;
-  for (int64 k = 0; k < c.L * c.D; ++k) {
-    const std::string p = std::string(what) + "[" + std::to_string(k) + "]";
-    if (!py::isinstance<py::tuple>(list[k]) && !py::isinstance<py::list>(list[k]))
-      throw py::type_error(p + " must be a tuple of ints (w_ih, w_hh[, b_ih, b_hh])");
-    const auto t = py::reinterpret_borrow<py::sequence>(list[k]);
-    if (t.size() != expected_len)
-      throw ArgumentError(p + " must hold " + std::to_string(expected_len) + " pointers like weight_ptrs[0], got " +
-                          std::to_string(t.size()));
-    Ptr v[4] = {0, 0, 0, 0};
-    for (size_t i = 0; i < t.size(); ++i) {
-      try {
-        v[i] = py::cast<Ptr>(t[i]);
-      } catch (const py::cast_error&) {
-        throw py::type_error(p + " must hold non-negative ints (device pointers), got " +
-                             std::string(py::str(py::type::of(t[i]))));
-      }
-    }
-    const bool bias = expected_len == 4;
-    out.push_back({ptrs.add<const T>(v[0], p + ".w_ih", true), ptrs.add<const T>(v[1], p + ".w_hh", true),
-                   ptrs.add<const T>(v[2], p + ".b_ih", bias), ptrs.add<const T>(v[3], p + ".b_hh", bias)});
-  }
-  return out;
-}
-
-size_t first_len(const py::list& list, const char* what) {
-  if (list.size() == 0) throw ArgumentError(std::string(what) + " must not be empty");
-  if (!py::isinstance<py::tuple>(list[0]) && !py::isinstance<py::list>(list[0]))
-    throw py::type_error(std::string(what) + "[0] must be a tuple of ints (w_ih, w_hh[, b_ih, b_hh])");
-  const size_t n = py::reinterpret_borrow<py::sequence>(list[0]).size();
-  if (n != 2 && n != 4) throw ArgumentError(std::string(what) + "[0] must hold 2 or 4 pointers, got " + std::to_string(n));
-  return n;
+// Every given pointer must be device memory of the current device (which must exist).
+void check_on_device(const Pointers& ptrs) {
+  require_device();
+  for (const auto& [p, name] : ptrs.given) check_device_pointer(p, name.c_str());
 }
 
 cudaStream_t as_stream(Ptr s) { return reinterpret_cast<cudaStream_t>(s); }
@@ -126,18 +74,9 @@ cudaStream_t as_stream(Ptr s) { return reinterpret_cast<cudaStream_t>(s); }
 template <class T>
 void forward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn,
                Ptr reserve, Ptr stream) {
-  const bool lstm = c.has_cell();
   Pointers ptrs;
-  ForwardArgs<T> a{ptrs.add<const T>(x, "x_ptr", true),
-                   ptrs.add<const T>(h0, "h0_ptr", false),
-                   ptrs.add<const T>(c0, "c0_ptr", false, lstm),
-                   ptrs.add<const int64>(lengths, "lengths_ptr", false),
-                   weight_pointers<T>(weights, c, "weight_ptrs", first_len(weights, "weight_ptrs"), ptrs),
-                   ptrs.add<T>(y, "y_ptr", true),
-                   ptrs.add<T>(hn, "hn_ptr", true),
-                   ptrs.add<T>(cn, "cn_ptr", lstm, lstm),
-                   ptrs.add<T>(reserve, "reserve_ptr", false)};
-  ptrs.check_on_device();
+  const auto a = pointer_args::forward_args<T>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, ptrs);
+  check_on_device(ptrs);
   py::gil_scoped_release release;
   forward<T>(c, a, as_stream(stream));
 }
@@ -145,25 +84,10 @@ void forward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c
 template <class T>
 void backward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy,
                 Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0, Ptr dc0, const py::list& grads, Ptr stream) {
-  const bool lstm = c.has_cell();
   Pointers ptrs;
-  const size_t len = first_len(weights, "weight_ptrs");
-  BackwardArgs<T> a{ptrs.add<const T>(x, "x_ptr", true),
-                    ptrs.add<const T>(h0, "h0_ptr", false),
-                    ptrs.add<const T>(c0, "c0_ptr", false, lstm),
-                    ptrs.add<const int64>(lengths, "lengths_ptr", false),
-                    weight_pointers<T>(weights, c, "weight_ptrs", len, ptrs),
-                    ptrs.add<const T>(reserve, "reserve_ptr", true),
-                    ptrs.add<const T>(dy, "dy_ptr", true),
-                    ptrs.add<const T>(dhn, "dhn_ptr", false),
-                    ptrs.add<const T>(dcn, "dcn_ptr", false, lstm),
-                    ptrs.add<T>(dx, "dx_ptr", true),
-                    ptrs.add<T>(dh0, "dh0_ptr", true),
-                    ptrs.add<T>(dc0, "dc0_ptr", lstm, lstm),
-                    {}};
-  for (const auto& g : weight_pointers<T>(grads, c, "grad_ptrs", len, ptrs))
-    a.grads.push_back({const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh)});
-  ptrs.check_on_device();
+  const auto a = pointer_args::backward_args<T>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0,
+                                                grads, ptrs);
+  check_on_device(ptrs);
   py::gil_scoped_release release;
   backward<T>(c, a, as_stream(stream));
 }

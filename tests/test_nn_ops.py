@@ -137,10 +137,47 @@ def test_op_argument_errors():
         op(x, weights, None, None, None, "tanh", H, L, bidir, False)
     with pytest.raises(ValueError, match="weights"):
         op(x, weights[:3], None, None, None, "lstm", H, L, bidir, False)
-    with pytest.raises(ValueError, match="h0"):  # shapes: checked by the extension, which names the argument
+    # The kernels take data pointers: every shape, dtype and device is checked in Python first.
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 2, 2\), got \(1, 1, 2\)"):
         op(x, weights, h0[:, :1], None, None, "lstm", H, L, bidir, False)
-    with pytest.raises(ValueError, match="lengths"):
+    with pytest.raises(ValueError, match=r"c0 must have shape"):
+        op(x, weights, h0, c0[:, :, :1], None, "lstm", H, L, bidir, False)
+    with pytest.raises(TypeError, match=r"h0 must have the input's dtype"):
+        op(x, weights, h0.float(), c0, None, "lstm", H, L, bidir, False)
+    bad = list(weights)
+    bad[1] = weights[1][:, :1]  # w_hh [4H, 1] instead of [4H, H]
+    with pytest.raises(ValueError, match=r"weights\[1\] \(w_hh of layer 0\) must have shape \(8, 2\), got \(8, 1\)"):
+        op(x, bad, None, None, None, "lstm", H, L, bidir, False)
+    bad[1], bad[2] = weights[1], weights[2][:7]
+    with pytest.raises(ValueError, match=r"weights\[2\] \(b_ih"):
+        op(x, bad, None, None, None, "lstm", H, L, bidir, False)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=3\], got values from 1 to 9"):
         op(x, weights, None, None, torch.tensor([9, 1]), "lstm", H, L, bidir, False)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=3\], got values from 0"):
+        op(x, weights, None, None, torch.tensor([0, 1]), "lstm", H, L, bidir, False)
+    with pytest.raises(TypeError, match="lengths must have dtype torch.int64"):
+        op(x, weights, None, None, torch.tensor([3.0, 1.0]), "lstm", H, L, bidir, False)
+    with pytest.raises(ValueError, match=r"lengths must have shape \(2,\)"):
+        op(x, weights, None, None, torch.tensor([3, 1, 1]), "lstm", H, L, bidir, False)
+    with pytest.raises(ValueError, match="empty"):
+        op(x[:, :0], weights, None, None, None, "lstm", H, L, bidir, False)
+
+
+def test_backward_op_argument_errors():
+    x, weights, h0, c0, lens, H, L, bidir = problem("gru", requires_grad=False)
+    y, hn, _, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, None, None, "gru", H, L, bidir, True)
+    back = torch.ops.fastrnn.rnn_backward
+    dy = torch.ones_like(y)
+    dx, dh0, _, dweights = back(x, weights, h0, None, None, reserve, dy, None, None, "gru", H, L, bidir)
+    assert dx.shape == x.shape and dh0.shape == h0.shape and [g.shape for g in dweights] == [w.shape for w in weights]
+    with pytest.raises(ValueError, match=r"dy must have shape \(3, 2, 2\), got \(3, 2, 1\)"):
+        back(x, weights, h0, None, None, reserve, dy[..., :1], None, None, "gru", H, L, bidir)
+    with pytest.raises(ValueError, match=r"dhn must have shape"):
+        back(x, weights, h0, None, None, reserve, dy, hn[:, :1], None, "gru", H, L, bidir)
+    with pytest.raises(ValueError, match="reserve must be the training forward's"):
+        back(x, weights, h0, None, None, reserve[:2], dy, None, None, "gru", H, L, bidir)
+    with pytest.raises(ValueError, match="reserve must be the training forward's"):
+        back(x, weights, h0, None, None, reserve.float(), dy, None, None, "gru", H, L, bidir)
 
 
 

@@ -2,9 +2,10 @@
 ``torch.ops.fastrnn.rnn_forward`` and ``torch.ops.fastrnn.rnn_backward``, each with a fake (meta)
 implementation so that ``torch.compile`` traces them without a graph break (also with a symbolic
 sequence length), and ``register_autograd`` on the forward whose backward calls the backward op.
-Outputs are allocated by torch; on the CPU the compiled kernels write into them through zero-copy
-NumPy views (the extension is not linked against libtorch). This is the only module that calls
-``fastrnn._core`` with torch tensors; :mod:`fastrnn.nn` builds the torch.nn-compatible modules on it.
+Outputs are allocated by torch; the compiled kernels (CPU and CUDA alike) take the tensors' data
+pointers, after this module has checked every shape, dtype and device in Python (the extension is
+not linked against libtorch). This is the only module that calls ``fastrnn._core`` with torch
+tensors; :mod:`fastrnn.nn` builds the torch.nn-compatible modules on it.
 
 The ops are declared with ``torch.library``'s define / impl / register_fake / register_autograd,
 not the ``@torch.library.custom_op`` decorator: that one wraps every kernel so that its first call
@@ -25,12 +26,11 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ._loader import _core
-from .types import CELLS
+from .types import CELLS, GATES
 
 _CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _DTYPES = (torch.float32, torch.float64)
@@ -50,9 +50,8 @@ _KERNEL_KEY = "CompositeExplicitAutograd"
 
 
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
-    """Checks what the kernels cannot check on NumPy views (the cell, the dtype, the device, the
-    weights' count); returns the number of tensors per layer and direction (2 or 4). Shapes are
-    checked by the extension, with messages that name the argument."""
+    """What the fake implementations check too (the cell, the dtypes, the devices, the weights'
+    count); returns the number of tensors per layer and direction (2 or 4)."""
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
     if x.dtype not in _DTYPES:
@@ -71,75 +70,98 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
     return len(weights) // entries
 
 
+def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size: int, num_layers: int,
+                  bidirectional: bool, cell: str, **state: Optional[Tensor]) -> None:
+    """The kernels take raw pointers, so every size they rely on is checked here, on real tensors:
+    the weights' shapes ([G*H, I_l], [G*H, H], [G*H], [G*H]) and each named state tensor's
+    ([L*D, B, H]; ``dy``: [T, B, D*H]) with its dtype and device (None: absent)."""
+    T, B, I = x.shape
+    if min(T, B, I) < 1:
+        raise ValueError(f"input must not be empty (every size >= 1), got shape {tuple(x.shape)}")
+    if hidden_size < 1 or num_layers < 1:
+        raise ValueError(f"hidden_size and num_layers must be >= 1, got {hidden_size} and {num_layers}")
+    D = 2 if bidirectional else 1
+    GH = GATES[cell] * hidden_size
+    for k in range(num_layers * D):
+        shapes = ((GH, I if k < D else D * hidden_size), (GH, hidden_size), (GH,), (GH,))
+        for j in range(per_entry):
+            w = weights[k * per_entry + j]
+            if w.shape != shapes[j]:
+                raise ValueError(f"weights[{k * per_entry + j}] ({('w_ih', 'w_hh', 'b_ih', 'b_hh')[j]} of layer "
+                                 f"{k // D}{', reverse' if k % D else ''}) must have shape {shapes[j]}, got "
+                                 f"{tuple(w.shape)}")
+    hidden = (num_layers * D, B, hidden_size)
+    for name, t in state.items():
+        if t is None:
+            continue
+        expected = (T, B, D * hidden_size) if name == "dy" else hidden
+        if t.shape != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} must have the input's dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
+            raise RuntimeError(f"{name} is on {t.device} but the input is on {x.device}")
+
+
+def _checked_lengths(lengths: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
+    """lengths as the kernels read them: int64 [B] in [1, T], contiguous, on x's device."""
+    if lengths is None:
+        return None
+    T, B, _ = x.shape
+    if lengths.dtype != torch.int64:
+        raise TypeError(f"lengths must have dtype torch.int64, got {lengths.dtype}")
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+    lo, hi = torch.aminmax(lengths)
+    if lo < 1 or hi > T:
+        raise ValueError(f"lengths must lie in [1, T={T}], got values from {int(lo)} to {int(hi)}")
+    return lengths.to(x.device).contiguous()
+
+
 def _reserve_per_row(cell: str, hidden_size: int, num_layers: int, bidirectional: bool) -> int:
     # The reserve holds T*B rows of R values; R does not depend on I (it is 1 here), T or B.
     return _core.reserve_size(_CELL_ID[cell], 1, 1, 1, hidden_size, num_layers, bidirectional)
 
 
-def _np(t: Optional[Tensor]):
-    """A NumPy view of a CPU tensor (a copy only if it is not contiguous); None stays None.
-    numpy(force=True) detaches in one call (a third cheaper than detach().contiguous().numpy(),
-    which a small step pays ~30 times); it shares memory with every tensor the ops allocate."""
-    if t is None:
-        return None
-    a = t.numpy(force=True)
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
-
-def _grouped(arrays: list, per_entry: int) -> list:
-    # flat [w_ih, w_hh, (b_ih, b_hh), w_ih, ...] -> [(w_ih, w_hh[, b_ih, b_hh]), ...] as the extension takes
-    return [tuple(arrays[k:k + per_entry]) for k in range(0, len(arrays), per_entry)]
-
-
-# ---- CUDA ---------------------------------------------------------------------------------------
-# fastrnn._core.cuda takes data pointers (cuda/bindings_cuda.cpp); _CudaEntryPoints puts it behind
-# the CPU entry points' argument order so that the ops call both the same way. NOT YET RUN ON A
-# GPU (no GPU was lent to the sessions that wrote it; issue 5): the CUDA tests in
-# tests/test_cuda.py exercise the kernels through _core.cuda directly.
-_CUDA_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
-                torch.bfloat16: "bfloat16"}
+# ---- the kernels' entry points ---------------------------------------------------------------------
+# Both back ends take data pointers (csrc/pointer_args.h), checked above: a NumPy view per tensor cost
+# about a microsecond, ~30 per small training step. CUDA: NOT YET RUN ON A GPU (no GPU was lent to
+# the sessions that wrote it; issue 5): the CUDA tests in tests/test_cuda.py exercise the kernels
+# through _core.cuda directly.
+_PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def _ptr(t: Optional[Tensor]) -> int:
+    """The data pointer of a contiguous tensor (0 for None); the caller keeps the tensor alive."""
     return 0 if t is None else t.data_ptr()
 
 
-def _ptrs(grouped: list) -> list:
-    return [tuple(_ptr(t) for t in entry) for entry in grouped]
+def _contiguous(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.contiguous()
 
 
-class _CudaEntryPoints:
-    def __init__(self, cuda, device):
-        self._cuda, self._device = cuda, device
-
-    def forward(self, cell, x, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional):
-        T, B, I = x.shape
-        with torch.cuda.device(self._device):  # the kernels run on the current device
-            self._cuda.forward(cell, _CUDA_DTYPES[x.dtype], T, B, I, H, L, bidirectional, _ptr(x), _ptrs(weights),
-                               _ptr(h0), _ptr(c0), _ptr(lengths), _ptr(y), _ptr(hn), _ptr(cn), _ptr(reserve),
-                               torch.cuda.current_stream().cuda_stream)
-
-    def backward(self, cell, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, H, L,
-                 bidirectional):
-        T, B, I = x.shape
-        with torch.cuda.device(self._device):
-            self._cuda.backward(cell, _CUDA_DTYPES[x.dtype], T, B, I, H, L, bidirectional, _ptr(x), _ptrs(weights),
-                                _ptr(h0), _ptr(c0), _ptr(lengths), _ptr(reserve), _ptr(dy), _ptr(dhn), _ptr(dcn),
-                                _ptr(dx), _ptr(dh0), _ptr(dc0), _ptrs(grads), torch.cuda.current_stream().cuda_stream)
+def _grouped_ptrs(tensors: list, per_entry: int) -> list:
+    # flat [w_ih, w_hh, (b_ih, b_hh), w_ih, ...] -> [(w_ih, w_hh[, b_ih, b_hh]), ...] of pointers
+    ptrs = [t.data_ptr() for t in tensors]
+    return [tuple(ptrs[k:k + per_entry]) for k in range(0, len(ptrs), per_entry)]
 
 
-def _kernels(x: Tensor):
-    """(entry points, tensor converter) for x's device: NumPy views for the CPU kernels; for CUDA,
-    contiguous tensors on x's device (lengths too: the kernels read them on the device)."""
+def _entry_points(x: Tensor):
+    """(forward, backward) of x's device, both taking the CPU pointer entry points' arguments."""
     if x.device.type == "cpu":
-        return _core, _np
+        return _core.forward_ptrs, _core.backward_ptrs
     if x.device.type == "cuda":
         cuda = getattr(_core, "cuda", None)
         if cuda is None or not hasattr(cuda, "forward"):
             raise RuntimeError("fastrnn was built without CUDA kernels (no nvcc at install time): run the "
                                "module on the CPU, or reinstall with FASTRNN_WITH_CUDA=ON on a machine with nvcc")
-        return _CudaEntryPoints(cuda, x.device), (
-            lambda t: None if t is None else t.detach().to(x.device).contiguous())
+
+        def on_device(entry):
+            def call(*args):
+                with torch.cuda.device(x.device):  # the kernels run on the current device and stream
+                    entry(*args, torch.cuda.current_stream().cuda_stream)
+            return call
+        return on_device(cuda.forward), on_device(cuda.backward)
     raise RuntimeError(f"fastrnn runs on CPU and CUDA tensors, got a tensor on {x.device}")
 
 
@@ -148,14 +170,18 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
                         lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
                         bidirectional: bool, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
-    if x.numel() == 0:
-        raise ValueError(f"input must not be empty (every size >= 1), got shape {tuple(x.shape)}")
-    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
-    core, arr = _kernels(x)
     lstm = cell == "lstm"
-    core.forward(_CELL_ID[cell], arr(x), _grouped([arr(w) for w in weights], per_entry), arr(h0),
-                 arr(c0) if lstm else None, arr(lengths), arr(y), arr(hn), arr(cn) if lstm else None,
-                 arr(reserve.view(-1)) if training else None, hidden_size, num_layers, bidirectional)
+    c0 = c0 if lstm else None
+    _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0)
+    lengths = _checked_lengths(lengths, x)
+    x, h0, c0 = x.contiguous(), _contiguous(h0), _contiguous(c0)
+    weights = [w.contiguous() for w in weights]
+    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
+    forward, _ = _entry_points(x)
+    T, B, I = x.shape
+    forward(_CELL_ID[cell], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
+            _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), y.data_ptr(), hn.data_ptr(),
+            cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0)
     return y, hn, cn, reserve
 
 
@@ -194,13 +220,24 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
     if reserve.numel() == 0:
         raise RuntimeError("fastrnn::rnn_backward needs the reserve of a forward run with training=True; "
                            "this forward ran with training=False and saved nothing")
-    dx, dh0, dc0, dweights = _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
-    core, arr = _kernels(x)
     lstm = cell == "lstm"
-    core.backward(_CELL_ID[cell], arr(x), _grouped([arr(w) for w in weights], per_entry), arr(h0),
-                  arr(c0) if lstm else None, arr(lengths), arr(reserve.view(-1)), arr(dy), arr(dhn),
-                  arr(dcn) if lstm else None, arr(dx), arr(dh0), arr(dc0) if lstm else None,
-                  _grouped([arr(g) for g in dweights], per_entry), hidden_size, num_layers, bidirectional)
+    c0, dcn = (c0, dcn) if lstm else (None, None)
+    _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0, dy=dy, dhn=dhn,
+                  dcn=dcn)
+    T, B, I = x.shape
+    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
+    if reserve.shape != (T, B, R) or reserve.dtype != x.dtype or reserve.device != x.device:
+        raise ValueError(f"reserve must be the training forward's ({(T, B, R)}, {x.dtype}, on {x.device}), got "
+                         f"{tuple(reserve.shape)}, {reserve.dtype}, on {reserve.device}")
+    lengths = _checked_lengths(lengths, x)
+    x, h0, c0, reserve, dy, dhn, dcn = (_contiguous(t) for t in (x, h0, c0, reserve, dy, dhn, dcn))
+    weights = [w.contiguous() for w in weights]
+    dx, dh0, dc0, dweights = _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
+    _, backward = _entry_points(x)
+    backward(_CELL_ID[cell], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
+             _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), reserve.data_ptr(), dy.data_ptr(),
+             _ptr(dhn), _ptr(dcn), dx.data_ptr(), dh0.data_ptr(), dc0.data_ptr() if lstm else 0,
+             _grouped_ptrs(dweights, per_entry))
     return dx, dh0, dc0, dweights
 
 
@@ -274,9 +311,13 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _plain_eager(*tensors) -> bool:
-    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
-            and not torch._C._are_functorch_transforms_active()
-            and all(t is None or type(t) in _PLAIN_TYPES for t in tensors))
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._are_functorch_transforms_active()):
+        return False
+    for t in tensors:  # a loop, not all(<generator>): this runs on every cell step
+        if t is not None and type(t) not in _PLAIN_TYPES:
+            return False
+    return True
 
 
 class _EagerForward(torch.autograd.Function):

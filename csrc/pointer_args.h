@@ -1,0 +1,134 @@
+// The raw-pointer entry points' argument parsing, shared by the CPU (csrc/bindings.cpp) and CUDA
+// (cuda/bindings_cuda.cpp) back ends. A framework passes each buffer as a Python int (e.g. torch's
+// tensor.data_ptr(); 0 = absent), so that it owns every buffer and no array library is needed, and
+// a call costs no array-object conversions (NumPy views cost a microsecond each, ~30 of them per
+// small training step). What is checked here: the cell, sizes >= 1, pointers present or absent as
+// the cell requires, the weight tuples' count and length. What cannot be (buffer sizes, dtypes,
+// contiguity, lengths' values) is the caller's contract; fastrnn.ops checks it in Python.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "rnn.h"
+
+namespace fastrnn::pointer_args {
+
+namespace py = pybind11;
+using Ptr = std::uintptr_t;
+
+inline RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
+  if (cell < 0 || cell > 3) throw ArgumentError("cell must be 0..3, got " + std::to_string(cell));
+  const RnnConfig c{static_cast<CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1};
+  if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1)
+    throw ArgumentError("sizes must be >= 1, got T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) +
+                        " I=" + std::to_string(c.I) + " H=" + std::to_string(c.H) + " L=" + std::to_string(c.L));
+  (void)ReserveLayout(c);  // every reserve product fits 64 bits
+  return c;
+}
+
+// Collects the pointers of one call and checks the presence rules as they are added; `given` lists
+// them by name for a back end's own checks (CUDA: device memory of the current device).
+struct Pointers {
+  std::vector<std::pair<Ptr, std::string>> given;
+
+  // A pointer that must be present (required) or may be 0; `allowed` false: must be 0 (e.g. c0 of a GRU).
+  template <class T> T* add(Ptr p, const char* name, bool required, bool allowed = true) {
+    if (!allowed && p) throw ArgumentError(std::string(name) + " must be 0 for this cell (it has no cell state)");
+    if (required && !p) throw ArgumentError(std::string(name) + " is required, got 0 (a null pointer)");
+    if (p) given.emplace_back(p, name);
+    return reinterpret_cast<T*>(p);
+  }
+};
+
+// The length (2 or 4) of the first tuple of weight_ptrs: every tuple must have it (biases iff 4).
+inline size_t first_len(const py::list& list, const char* what) {
+  if (list.size() == 0) throw ArgumentError(std::string(what) + " must not be empty");
+  if (!py::isinstance<py::tuple>(list[0]) && !py::isinstance<py::list>(list[0]))
+    throw py::type_error(std::string(what) + "[0] must be a tuple of ints (w_ih, w_hh[, b_ih, b_hh])");
+  const size_t n = py::reinterpret_borrow<py::sequence>(list[0]).size();
+  if (n != 2 && n != 4) throw ArgumentError(std::string(what) + "[0] must hold 2 or 4 pointers, got " + std::to_string(n));
+  return n;
+}
+
+// weight_ptrs / grad_ptrs: L*D tuples of `expected_len` (2 or 4) pointers, index l*D + d.
+template <class T>
+std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConfig& c, const char* what,
+                                             size_t expected_len, Pointers& ptrs) {
+  if (static_cast<int64>(list.size()) != c.L * c.D)
+    throw ArgumentError(std::string(what) + " must hold num_layers*num_directions = " + std::to_string(c.L * c.D) +
+                        " tuples, got " + std::to_string(list.size()));
+  std::vector<LayerWeights<T>> out;
+  out.reserve(list.size());
+  for (int64 k = 0; k < c.L * c.D; ++k) {
+    const std::string p = std::string(what) + "[" + std::to_string(k) + "]";
+    if (!py::isinstance<py::tuple>(list[k]) && !py::isinstance<py::list>(list[k]))
+      throw py::type_error(p + " must be a tuple of ints (w_ih, w_hh[, b_ih, b_hh])");
+    const auto t = py::reinterpret_borrow<py::sequence>(list[k]);
+    if (t.size() != expected_len)
+      throw ArgumentError(p + " must hold " + std::to_string(expected_len) + " pointers like " + what +
+                          "[0], got " + std::to_string(t.size()));
+    Ptr v[4] = {0, 0, 0, 0};
+    for (size_t i = 0; i < t.size(); ++i) {
+      try {
+        v[i] = py::cast<Ptr>(t[i]);
+      } catch (const py::cast_error&) {
+        throw py::type_error(p + " must hold non-negative ints (pointers), got " +
+                             std::string(py::str(py::type::of(t[i]))));
+      }
+    }
+    const bool bias = expected_len == 4;
+    out.push_back({ptrs.add<const T>(v[0], (p + ".w_ih").c_str(), true),
+                   ptrs.add<const T>(v[1], (p + ".w_hh").c_str(), true),
+                   ptrs.add<const T>(v[2], (p + ".b_ih").c_str(), bias),
+                   ptrs.add<const T>(v[3], (p + ".b_hh").c_str(), bias)});
+  }
+  return out;
+}
+
+// The pointers of a forward call: x, h0, c0, lengths, weights, y, hn, cn, reserve (0 = inference).
+template <class T>
+ForwardArgs<T> forward_args(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y,
+                            Ptr hn, Ptr cn, Ptr reserve, Pointers& ptrs) {
+  const bool lstm = c.has_cell();
+  return {ptrs.add<const T>(x, "x_ptr", true),
+          ptrs.add<const T>(h0, "h0_ptr", false),
+          ptrs.add<const T>(c0, "c0_ptr", false, lstm),
+          ptrs.add<const int64>(lengths, "lengths_ptr", false),
+          weight_pointers<T>(weights, c, "weight_ptrs", first_len(weights, "weight_ptrs"), ptrs),
+          ptrs.add<T>(y, "y_ptr", true),
+          ptrs.add<T>(hn, "hn_ptr", true),
+          ptrs.add<T>(cn, "cn_ptr", lstm, lstm),
+          ptrs.add<T>(reserve, "reserve_ptr", false)};
+}
+
+// The pointers of a backward call; grad_ptrs mirrors weight_ptrs.
+template <class T>
+BackwardArgs<T> backward_args(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths,
+                              Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0, Ptr dc0,
+                              const py::list& grads, Pointers& ptrs) {
+  const bool lstm = c.has_cell();
+  const size_t len = first_len(weights, "weight_ptrs");
+  BackwardArgs<T> a{ptrs.add<const T>(x, "x_ptr", true),
+                    ptrs.add<const T>(h0, "h0_ptr", false),
+                    ptrs.add<const T>(c0, "c0_ptr", false, lstm),
+                    ptrs.add<const int64>(lengths, "lengths_ptr", false),
+                    weight_pointers<T>(weights, c, "weight_ptrs", len, ptrs),
+                    ptrs.add<const T>(reserve, "reserve_ptr", true),
+                    ptrs.add<const T>(dy, "dy_ptr", true),
+                    ptrs.add<const T>(dhn, "dhn_ptr", false),
+                    ptrs.add<const T>(dcn, "dcn_ptr", false, lstm),
+                    ptrs.add<T>(dx, "dx_ptr", true),
+                    ptrs.add<T>(dh0, "dh0_ptr", true),
+                    ptrs.add<T>(dc0, "dc0_ptr", lstm, lstm),
+                    {}};
+  for (const auto& g : weight_pointers<T>(grads, c, "grad_ptrs", len, ptrs))
+    a.grads.push_back({const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh)});
+  return a;
+}
+
+}  // namespace fastrnn::pointer_args
