@@ -2,7 +2,8 @@
 x86-64 and pick one at run time, so a machine tests only its best one unless FASTRNN_CPU_ISA asks
 for a lower one. Each run is a fresh process (the choice is made once per process) comparing
 forward, backward and PreparedCell with the float64 reference over every cell, at sizes that leave
-partial tiles and blocks (B = 7: a full row tile plus a remainder; H = 19, 37: partial panels).
+partial tiles and blocks (B = 7: a full row tile plus a remainder; H = 19, 37: partial panels), with
+T*B rows enough to pack the weights and too few (the few-rows kernel).
 """
 import os
 import subprocess
@@ -16,6 +17,7 @@ ORDER = ("baseline", "avx2", "avx512")
 SUPPORTED = ORDER[:ORDER.index(_core.cpu_isa()) + 1]  # the paths this CPU can run (the others can't be)
 
 CHECK = r"""
+import itertools
 import sys
 import numpy as np
 import fastrnn
@@ -24,33 +26,33 @@ sys.path.insert(0, sys.argv[2])
 from tolerances import assert_close
 assert _core.cpu_isa() == sys.argv[1], (_core.cpu_isa(), sys.argv[1])
 rng = np.random.default_rng(0)
-for cell in fastrnn.CELLS:
-    for dtype in (np.float32, np.float64):
-        T, B, I, H = 5, 7, 11, 37
-        w = fastrnn.init_weights(cell, I, H, num_layers=2, dtype=dtype, seed=1)
-        x = rng.standard_normal((T, B, I)).astype(dtype)
-        dy = rng.standard_normal((T, B, H)).astype(dtype)
-        out = fastrnn.forward(cell, x, w, training=True)
-        g = fastrnn.backward(out.saved, dy)
-        w64 = [tuple(a.astype(np.float64) for a in e) for e in w]
-        ref = reference.forward(cell, x.astype(np.float64), w64, training=True)
-        rg = reference.backward(ref.saved, dy.astype(np.float64))
-        assert_close(out.output, ref.output, dtype, "output")
-        assert_close(g.dx, rg.dx, dtype, "dx")
-        for k, (a, e) in enumerate(zip(g.dweights, rg.dweights)):
-            for name, ga, ge in zip(("dw_ih", "dw_hh", "db_ih", "db_hh"), a, e):
-                assert_close(ga, ge, dtype, f"{name}[{k}]")
-        step = fastrnn.PreparedCell(cell, *w[0])
-        h = rng.standard_normal((B, H)).astype(dtype)
-        c = h[::-1].copy() if cell == "lstm" else None
-        one = reference.forward(cell, x[:1].astype(np.float64), w64[:1], h[None].astype(np.float64),
-                                None if c is None else c[None].astype(np.float64))
-        got = step(x[0], h, c) if c is not None else (step(x[0], h),)
-        assert_close(got[0], one.h_n[0], dtype, "prepared h")
-        if dtype == np.float32:
-            half = fastrnn.PreparedCell(cell, *w[0], weight_dtype="float16")
-            got = half(x[0], h, c) if c is not None else (half(x[0], h),)
-            assert_close(got[0], one.h_n[0], "float16-weights", "prepared float16 h")
+# T*B = 35: weights packed; T*B = 7 and 2: read from their rows (csrc/cpu/rows_gemm.h)
+for cell, dtype, (T, B, I, H) in itertools.product(fastrnn.CELLS, (np.float32, np.float64),
+                                                   ((5, 7, 11, 37), (1, 7, 11, 37), (1, 2, 19, 37))):
+    w = fastrnn.init_weights(cell, I, H, num_layers=2, dtype=dtype, seed=1)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    out = fastrnn.forward(cell, x, w, training=True)
+    g = fastrnn.backward(out.saved, dy)
+    w64 = [tuple(a.astype(np.float64) for a in e) for e in w]
+    ref = reference.forward(cell, x.astype(np.float64), w64, training=True)
+    rg = reference.backward(ref.saved, dy.astype(np.float64))
+    assert_close(out.output, ref.output, dtype, "output")
+    assert_close(g.dx, rg.dx, dtype, "dx")
+    for k, (a, e) in enumerate(zip(g.dweights, rg.dweights)):
+        for name, ga, ge in zip(("dw_ih", "dw_hh", "db_ih", "db_hh"), a, e):
+            assert_close(ga, ge, dtype, f"{name}[{k}]")
+    step = fastrnn.PreparedCell(cell, *w[0])
+    h = rng.standard_normal((B, H)).astype(dtype)
+    c = h[::-1].copy() if cell == "lstm" else None
+    one = reference.forward(cell, x[:1].astype(np.float64), w64[:1], h[None].astype(np.float64),
+                            None if c is None else c[None].astype(np.float64))
+    got = step(x[0], h, c) if c is not None else (step(x[0], h),)
+    assert_close(got[0], one.h_n[0], dtype, "prepared h")
+    if dtype == np.float32:
+        half = fastrnn.PreparedCell(cell, *w[0], weight_dtype="float16")
+        got = half(x[0], h, c) if c is not None else (half(x[0], h),)
+        assert_close(got[0], one.h_n[0], "float16-weights", "prepared float16 h")
 print("ok")
 """
 

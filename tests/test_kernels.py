@@ -128,8 +128,10 @@ AWKWARD = [  # (T, B, I, H)
     (5, 3, 1, 5),     # one input feature
     (5, 3, 4, 1),     # one hidden unit
     (1, 1, 1, 1),     # everything 1
-    (3, 2, 97, 97),   # odd, larger than any vector width; T*B < 16: weights through the BLAS
+    (3, 2, 97, 97),   # odd, larger than any vector width; T*B < 16: weights read from their rows
     (3, 6, 97, 97),   # the same with T*B >= 16: weights packed (csrc/cpu/layer.h, kPackMinRows)
+    (1, 7, 203, 45),  # rows_gemm.h: 4-row tiles and a 3-row rest, K % 8 != 0, 4-row blocks of W and single rows
+    (1, 2, 203, 45),  # rows_gemm.h: the 2-row tile with 8 rows of W (13 units: 8 + 4 + 1)
     (2, 97, 3, 4),    # odd batch
     (40, 4, 8, 16),   # longer sequences: errors compound over time
     (4, 17, 33, 64),  # wider

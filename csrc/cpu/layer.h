@@ -24,6 +24,7 @@
 
 #include "cpu/blas.h"
 #include "cpu/packed_gemm.h"
+#include "cpu/rows_gemm.h"
 #include "rnn.h"
 
 namespace fastrnn::cpu {
@@ -143,7 +144,7 @@ inline int team_size() {
 constexpr int64 kUnitAlign = 16;
 // Pack the weights when T*B >= this. Packing is a transposing pass over W_ih and W_hh; below ~16
 // rows in all it cost more than it saved (one step of B = 8 at H = 64: 34 % of the call in
-// pack_panels), and the BLAS runs those few rows straight from the row-major weights.
+// pack_panels), and rows_gemm runs those few rows straight from the row-major weights.
 constexpr int64 kPackMinRows = 16;
 
 // The kernels, compiled twice: for AVX2+FMA (also taken on AVX-512 CPUs) and for baseline x86-64.
