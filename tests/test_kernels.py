@@ -159,6 +159,18 @@ def test_wide_input(cell, dtype):
     check_against_reference(p)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_few_rows_large_weights(cell, dtype):
+    """T*B = 6 rows with weights of at least 1 MB per layer and direction: the backward takes
+    rows_gemm.h's kernels there (csrc/cpu/layer.h, kRowsKernelMinBytes), the BLAS below. Odd sizes,
+    so that every tile leaves a remainder; x scaled as in test_wide_input (sums of ~650 terms)."""
+    H = 521 if GATES[cell] == 1 else 257  # G*H*(I+H)*4 bytes >= 1 MB for float32
+    p = make_problem(cell, dtype, 2, True, 2, 3, 131, H, ragged=True, seed=H)
+    p["x"] = p["x"] * dtype(0.25)
+    check_against_reference(p)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_input_projection_in_chunks(cell):
     """The input projection runs ahead of the recurrence in chunks of ~2 MB of each thread's gate

@@ -146,6 +146,9 @@ constexpr int64 kUnitAlign = 16;
 // rows in all it cost more than it saved (one step of B = 8 at H = 64: 34 % of the call in
 // pack_panels), and rows_gemm runs those few rows straight from the row-major weights.
 constexpr int64 kPackMinRows = 16;
+// Below kPackMinRows rows, the backward takes rows_gemm.h's kernels for a layer whose weights
+// (G*H*(I+H) values) reach this many bytes, the BLAS for smaller ones (see layer_backward).
+constexpr int64 kRowsKernelMinBytes = int64(1) << 20;
 
 // The kernels, compiled twice: for AVX2+FMA (also taken on AVX-512 CPUs) and for baseline x86-64.
 #pragma GCC push_options

@@ -1,16 +1,18 @@
-// The forward's products for a few rows in all (T*B < kPackMinRows: one step of a small batch, as
-// a cell stepped from Python or a one-step sequence makes): C[M, N] = A[M, K] W[N, K]^T (+ bias),
-// straight from the row-major weights, with no packing. Each weight is read once per call (from
-// L1 again for every MR rows of A). The BLAS repacks W on every call, which is cheap while W sits
-// in L2 but not once it comes from memory: a thread's GEMMs of an LSTM step at H = 1024, B = 4 ran
-// at 10 GFLOP/s through it against 37-43 here (16 MB of weights); at H = 256, B = 8 (1 MB) the
-// BLAS is ~20 % faster in isolation, within the noise of a whole step.
+// The products of calls with few rows in all (T*B < kPackMinRows: one step of a small batch, as a
+// cell stepped from Python or a one-step sequence makes), straight from the row-major weights with
+// no packing, each weight read once per call. The BLAS repacks its weight operand on every call,
+// which is cheap while W sits in L2 but not once it comes from memory: a thread's forward GEMMs of
+// an LSTM step at H = 1024, B = 4 ran at 10 GFLOP/s through it against 37-43 here (16 MB of
+// weights); at H = 256, B = 8 (1 MB) the BLAS is ~20 % faster in isolation, within a step's noise.
+//   rows_gemm     C = A W^T (+ bias)   forward: gi = x W_ih^T, gh = h W_hh^T (M = T*B or B)
+//   rows_gemm_nn  C += A W             backward: dh_prev += dG_h W_hh, dX += dG_i W_ih
+//   short_k_gemm  C = A W, short K     backward: dW = dG^T X (K = T*B)
+// 32-byte vectors on every ISA, with AVX-512's 32 registers where there (zmm were slower on Zen 4,
+// which splits them, and twice as long to sum); GCC vector extensions, picked at run time (cpu_isa()).
 //
-// A tile is MR rows of A times NR rows of W: MR*NR vector accumulators of dot products along K,
-// summed across their lanes at the end by halving and a 4x4 transpose (a lane-by-lane sum was a
-// serial chain of adds as long as the dot product's own loop at K = 1024). 32-byte vectors on every
-// ISA: on AVX-512 with its 32 registers for a 4x4 tile (zmm were slower on Zen 4, which splits them,
-// and twice as long to sum); written with GCC vector extensions, picked at run time (cpu_isa()).
+// rows_gemm's tile is MR rows of A times NR rows of W: MR*NR vector accumulators of dot products
+// along K, summed across their lanes at the end by halving and a 4x4 transpose (a lane-by-lane sum
+// was a serial chain of adds as long as the dot product's own loop at K = 1024).
 #pragma once
 
 #include <cstdint>
@@ -166,6 +168,174 @@ void rows_gemm_baseline(int64 M, int64 N, int64 K, const T* A, int64 lda, const 
   rows_gemm_body<T, 32, 2, 4>(M, N, K, A, lda, W, ldw, C, ldc, bias);
 }
 
+// ---- C = A W with a short K (W row-major [K, N], no transpose) -----------------------------------
+// The weight gradients of a call with few rows: dW = dG^T X, K = T*B < 16, M = G*H. A tile is MR
+// rows of C times NV vectors of its columns; each k broadcasts A[m, k] against NV vectors of row k
+// of W (X: a few rows, in L1), and every element of dW is written once (the BLAS zeroed it first,
+// then summed into it). A's elements at A[m * a_m + k * a_k], so that dG^T needs no transposed copy.
+// Columns past the last whole vector go through zero-padded vectors.
+template <class T, int VB, int MR, int NV, bool Whole>
+__attribute__((always_inline)) inline void axpy_tile(int64 K, const T* A, int64 a_m, int64 a_k, const T* W,
+                                                     int64 ldw, T* C, int64 ldc, int64 cols) {
+  using V = typename detail::Vec<T, VB>::type;
+  constexpr int VW = VB / sizeof(T);
+  V acc[MR][NV];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[m][v] = V{};
+  for (int64 k = 0; k < K; ++k) {
+    V w[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (Whole) {
+        w[v] = *reinterpret_cast<const V*>(W + k * ldw + v * VW);
+      } else {
+        w[v] = V{};
+        for (int64 i = 0; i < cols - v * VW && i < VW; ++i) w[v][i] = W[k * ldw + v * VW + i];
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const T a = A[m * a_m + k * a_k];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[m][v] += a * w[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (Whole) *reinterpret_cast<V*>(C + m * ldc + v * VW) = acc[m][v];
+      else
+        for (int64 i = 0; i < cols - v * VW && i < VW; ++i) C[m * ldc + v * VW + i] = acc[m][v][i];
+    }
+}
+
+// MR rows of C: column blocks of NV vectors, then single vectors, then the last N % VW columns
+// (zero-padded). Row tiles outside, column blocks inside, so that C is written row by row: a strip
+// of columns down all rows steps ldc at a time, and at ldc = 1024 floats every row of it maps to
+// the same cache sets.
+template <class T, int VB, int MR, int NV>
+__attribute__((always_inline)) inline void axpy_cols(int64 N, int64 K, const T* A, int64 a_m, int64 a_k,
+                                                     const T* W, int64 ldw, T* C, int64 ldc) {
+  constexpr int64 VW = VB / sizeof(T);
+  int64 n = 0;
+  for (; n + NV * VW <= N; n += NV * VW) axpy_tile<T, VB, MR, NV, true>(K, A, a_m, a_k, W + n, ldw, C + n, ldc, NV * VW);
+  for (; n + VW <= N; n += VW) axpy_tile<T, VB, MR, 1, true>(K, A, a_m, a_k, W + n, ldw, C + n, ldc, VW);
+  if (n < N) axpy_tile<T, VB, MR, 1, false>(K, A, a_m, a_k, W + n, ldw, C + n, ldc, N - n);
+}
+
+// Rows in tiles of MR, the last M % MR rows in one narrower tile.
+template <class T, int VB, int MR, int NV>
+__attribute__((always_inline)) inline void axpy_body(int64 M, int64 N, int64 K, const T* A, int64 a_m, int64 a_k,
+                                                     const T* W, int64 ldw, T* C, int64 ldc) {
+  int64 m = 0;
+  for (; m + MR <= M; m += MR) axpy_cols<T, VB, MR, NV>(N, K, A + m * a_m, a_m, a_k, W, ldw, C + m * ldc, ldc);
+  if constexpr (MR > 1) {
+    if (m < M) axpy_body<T, VB, MR - 1, NV>(M - m, N, K, A + m * a_m, a_m, a_k, W, ldw, C + m * ldc, ldc);
+  }
+}
+
+// MR x NV per ISA: 4 x 4 = 16 ymm accumulators + 4 + 1 with AVX-512VL; 4 x 2 on AVX2 and baseline.
+template <class T>
+__attribute__((target("avx512f,avx512vl"))) void axpy_avx512(int64 M, int64 N, int64 K, const T* A, int64 a_m,
+                                                             int64 a_k, const T* W, int64 ldw, T* C, int64 ldc) {
+  axpy_body<T, 32, 4, 4>(M, N, K, A, a_m, a_k, W, ldw, C, ldc);
+}
+template <class T>
+__attribute__((target("avx2,fma,f16c"))) void axpy_avx2(int64 M, int64 N, int64 K, const T* A, int64 a_m,
+                                                         int64 a_k, const T* W, int64 ldw, T* C, int64 ldc) {
+  axpy_body<T, 32, 4, 2>(M, N, K, A, a_m, a_k, W, ldw, C, ldc);
+}
+template <class T>
+void axpy_baseline(int64 M, int64 N, int64 K, const T* A, int64 a_m, int64 a_k, const T* W, int64 ldw, T* C,
+                   int64 ldc) {
+  axpy_body<T, 16, 4, 2>(M, N, K, A, a_m, a_k, W, ldw, C, ldc);  // xmm: SSE2 has no wider
+}
+
+// ---- C += A W for few rows M and a long K (W row-major [K, N]) ----------------------------------
+// The backward's dh_prev += dG_h W_hh per step and dX += dG_i W_ih of a call with few rows: W is
+// streamed row by row, KU rows at a time, each vector of them used for every row of C (which stays
+// in L1: M*N values). Tiles that walk a block of W's columns down all K rows (as above) step ldw at
+// a time: at ldw = 1024 floats every row maps to the same cache sets, and that walk ran at 11-14
+// GFLOP/s (the BLAS, which repacks W, at 17; this, 33-41).
+template <class T, int VB, int KU>
+__attribute__((always_inline)) inline void stream_body(int64 M, int64 N, int64 K, const T* A, int64 lda,
+                                                       const T* W, int64 ldw, T* C, int64 ldc) {
+  using V = typename detail::Vec<T, VB>::type;
+  constexpr int64 VW = VB / sizeof(T), kRows = 16;
+  const int64 whole = N / VW * VW, rest = N - whole;
+  for (int64 m0 = 0; m0 < M; m0 += kRows) {  // callers pass M < 16: one pass
+    const int64 rows = std::min(kRows, M - m0);
+    const T* a_rows = A + m0 * lda;
+    T* c_rows = C + m0 * ldc;
+    // The last N % VW columns of C, zero-padded to a vector per row for the whole call.
+    V c_rest[kRows];
+    for (int64 m = 0; m < rows; ++m) {
+      c_rest[m] = V{};
+      for (int64 i = 0; i < rest; ++i) c_rest[m][i] = c_rows[m * ldc + whole + i];
+    }
+    for (int64 k = 0; k < K; k += KU) {
+      const int ku = int(std::min<int64>(KU, K - k));  // KU rows of W, or the last K % KU
+      int64 n = 0;
+      for (; n + 2 * VW <= N; n += 2 * VW) {
+        V w0[KU], w1[KU];
+#pragma GCC unroll 8
+        for (int u = 0; u < KU; ++u) {
+          w0[u] = u < ku ? *reinterpret_cast<const V*>(W + (k + u) * ldw + n) : V{};
+          w1[u] = u < ku ? *reinterpret_cast<const V*>(W + (k + u) * ldw + n + VW) : V{};
+        }
+        for (int64 m = 0; m < rows; ++m) {
+          V* c = reinterpret_cast<V*>(c_rows + m * ldc + n);
+          V c0 = c[0], c1 = *reinterpret_cast<V*>(c_rows + m * ldc + n + VW);
+#pragma GCC unroll 8
+          for (int u = 0; u < KU; ++u) {
+            const T a = u < ku ? a_rows[m * lda + k + u] : T(0);
+            c0 += a * w0[u];
+            c1 += a * w1[u];
+          }
+          c[0] = c0;
+          *reinterpret_cast<V*>(c_rows + m * ldc + n + VW) = c1;
+        }
+      }
+      for (; n < N; n += VW) {  // one more whole vector, then the zero-padded last columns
+        const bool padded = n == whole;
+        V w[KU];
+        for (int u = 0; u < KU; ++u) {
+          w[u] = V{};
+          if (u < ku && !padded) w[u] = *reinterpret_cast<const V*>(W + (k + u) * ldw + n);
+          else if (u < ku)
+            for (int64 i = 0; i < rest; ++i) w[u][i] = W[(k + u) * ldw + n + i];
+        }
+        for (int64 m = 0; m < rows; ++m) {
+          V c = padded ? c_rest[m] : *reinterpret_cast<const V*>(c_rows + m * ldc + n);
+          for (int u = 0; u < ku; ++u) c += a_rows[m * lda + k + u] * w[u];
+          if (padded) c_rest[m] = c;
+          else *reinterpret_cast<V*>(c_rows + m * ldc + n) = c;
+        }
+      }
+    }
+    for (int64 m = 0; m < rows; ++m)
+      for (int64 i = 0; i < rest; ++i) c_rows[m * ldc + whole + i] = c_rest[m][i];
+  }
+}
+
+template <class T>
+__attribute__((target("avx512f,avx512vl"))) void stream_avx512(int64 M, int64 N, int64 K, const T* A, int64 lda,
+                                                               const T* W, int64 ldw, T* C, int64 ldc) {
+  stream_body<T, 32, 4>(M, N, K, A, lda, W, ldw, C, ldc);
+}
+template <class T>
+__attribute__((target("avx2,fma,f16c"))) void stream_avx2(int64 M, int64 N, int64 K, const T* A, int64 lda,
+                                                           const T* W, int64 ldw, T* C, int64 ldc) {
+  stream_body<T, 32, 4>(M, N, K, A, lda, W, ldw, C, ldc);
+}
+template <class T>
+void stream_baseline(int64 M, int64 N, int64 K, const T* A, int64 lda, const T* W, int64 ldw, T* C, int64 ldc) {
+  stream_body<T, 16, 4>(M, N, K, A, lda, W, ldw, C, ldc);
+}
+
 }  // namespace rows_detail
 
 // C[M, N] (ldc) = A[M, K] (lda) W[N, K]^T (ldw) (+ bias[N], or nullptr), for small M (M = 1: GEMV).
@@ -181,6 +351,30 @@ void rows_gemm(int64 M, int64 N, int64 K, const T* A, int64 lda, const T* W, int
     case Isa::Avx512: return rows_detail::rows_gemm_avx512(M, N, K, A, lda, W, ldw, C, ldc, bias);
     case Isa::Avx2: return rows_detail::rows_gemm_avx2(M, N, K, A, lda, W, ldw, C, ldc, bias);
     case Isa::Baseline: return rows_detail::rows_gemm_baseline(M, N, K, A, lda, W, ldw, C, ldc, bias);
+  }
+}
+
+// C[M, N] (ldc) = A[M, K] W[K, N] (ldw) for a short K (the weight gradients dW = dG^T X of a call
+// with few rows); A's element (m, k) at A[m * a_m + k * a_k] (a_m = 1, a_k = lda for A^T).
+template <class T>
+void short_k_gemm(int64 M, int64 N, int64 K, const T* A, int64 a_m, int64 a_k, const T* W, int64 ldw, T* C,
+                  int64 ldc) {
+  if (M <= 0 || N <= 0) return;
+  switch (cpu_isa()) {
+    case Isa::Avx512: return rows_detail::axpy_avx512(M, N, K, A, a_m, a_k, W, ldw, C, ldc);
+    case Isa::Avx2: return rows_detail::axpy_avx2(M, N, K, A, a_m, a_k, W, ldw, C, ldc);
+    case Isa::Baseline: return rows_detail::axpy_baseline(M, N, K, A, a_m, a_k, W, ldw, C, ldc);
+  }
+}
+
+// C[M, N] (ldc) += A[M, K] (lda) W[K, N] (ldw) for few rows M (row-major A), W streamed by rows.
+template <class T>
+void rows_gemm_nn(int64 M, int64 N, int64 K, const T* A, int64 lda, const T* W, int64 ldw, T* C, int64 ldc) {
+  if (M <= 0 || N <= 0) return;
+  switch (cpu_isa()) {
+    case Isa::Avx512: return rows_detail::stream_avx512(M, N, K, A, lda, W, ldw, C, ldc);
+    case Isa::Avx2: return rows_detail::stream_avx2(M, N, K, A, lda, W, ldw, C, ldc);
+    case Isa::Baseline: return rows_detail::stream_baseline(M, N, K, A, lda, W, ldw, C, ldc);
   }
 }
 
