@@ -26,10 +26,10 @@ sys.path.insert(0, sys.argv[2])
 from tolerances import assert_close
 assert _core.cpu_isa() == sys.argv[1], (_core.cpu_isa(), sys.argv[1])
 rng = np.random.default_rng(0)
-# T*B = 35: weights packed; T*B = 7 and 2: read from their rows (csrc/cpu/rows_gemm.h), in the
-# backward too with weights of 1 MB or more (LSTM and GRU at H = 257)
+# T*B = 35: weights packed; T*B = 7, 6 and 2: read from their rows (csrc/cpu/layer_kernels.inc),
+# with the BLAS for small weights and rows_gemm.h's kernels from 2 MB (LSTM and GRU at H = 361)
 for cell, dtype, (T, B, I, H) in itertools.product(fastrnn.CELLS, (np.float32, np.float64),
-                                                   ((5, 7, 11, 37), (1, 7, 11, 37), (1, 2, 19, 37), (2, 3, 131, 257))):
+                                                   ((5, 7, 11, 37), (1, 7, 11, 37), (2, 3, 131, 361), (1, 2, 131, 361))):
     w = fastrnn.init_weights(cell, I, H, num_layers=2, dtype=dtype, seed=1)
     x = (rng.standard_normal((T, B, I)) * (0.25 if I > 100 else 1)).astype(dtype)  # as test_wide_input
     dy = rng.standard_normal((T, B, H)).astype(dtype)

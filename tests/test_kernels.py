@@ -130,8 +130,6 @@ AWKWARD = [  # (T, B, I, H)
     (1, 1, 1, 1),     # everything 1
     (3, 2, 97, 97),   # odd, larger than any vector width; T*B < 16: weights read from their rows
     (3, 6, 97, 97),   # the same with T*B >= 16: weights packed (csrc/cpu/layer.h, kPackMinRows)
-    (1, 7, 203, 45),  # rows_gemm.h: 4-row tiles and a 3-row rest, K % 8 != 0, 4-row blocks of W and single rows
-    (1, 2, 203, 45),  # rows_gemm.h: the 2-row tile with 8 rows of W (13 units: 8 + 4 + 1)
     (2, 97, 3, 4),    # odd batch
     (40, 4, 8, 16),   # longer sequences: errors compound over time
     (4, 17, 33, 64),  # wider
@@ -159,14 +157,18 @@ def test_wide_input(cell, dtype):
     check_against_reference(p)
 
 
+@pytest.mark.parametrize("rows", [(2, 3), (1, 7), (1, 2)], ids=["T2-B3", "T1-B7", "T1-B2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_few_rows_large_weights(cell, dtype):
-    """T*B = 6 rows with weights of at least 1 MB per layer and direction: the backward takes
-    rows_gemm.h's kernels there (csrc/cpu/layer.h, kRowsKernelMinBytes), the BLAS below. Odd sizes,
-    so that every tile leaves a remainder; x scaled as in test_wide_input (sums of ~650 terms)."""
-    H = 521 if GATES[cell] == 1 else 257  # G*H*(I+H)*4 bytes >= 1 MB for float32
-    p = make_problem(cell, dtype, 2, True, 2, 3, 131, H, ragged=True, seed=H)
+def test_few_rows_large_weights(cell, dtype, rows):
+    """T*B < 16 rows with weights of at least 2 MB per layer and direction: forward and backward take
+    rows_gemm.h's kernels there (csrc/cpu/layer.h, kRowsKernelMinBytes), the BLAS below (the
+    awkward sizes above). Odd sizes, so that every tile leaves a remainder (4-row tiles and a
+    3-row rest, the 2-row tile, K % 8 != 0, single rows of W); x scaled as in test_wide_input
+    (sums of ~800 terms)."""
+    T, B = rows
+    H = 663 if GATES[cell] == 1 else 361  # G*H*(I+H)*4 bytes >= 2 MB for float32
+    p = make_problem(cell, dtype, 2, True, T, B, 131, H, ragged=True, seed=H + B)
     p["x"] = p["x"] * dtype(0.25)
     check_against_reference(p)
 

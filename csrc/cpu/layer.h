@@ -146,9 +146,15 @@ constexpr int64 kUnitAlign = 16;
 // rows in all it cost more than it saved (one step of B = 8 at H = 64: 34 % of the call in
 // pack_panels), and rows_gemm runs those few rows straight from the row-major weights.
 constexpr int64 kPackMinRows = 16;
-// Below kPackMinRows rows, the backward takes rows_gemm.h's kernels for a layer whose weights
-// (G*H*(I+H) values) reach this many bytes, the BLAS for smaller ones (see layer_backward).
-constexpr int64 kRowsKernelMinBytes = int64(1) << 20;
+// Below kPackMinRows rows, rows_gemm.h's kernels for a layer whose weights (G*H*(I+H) values) reach
+// this many bytes, the BLAS below: it repacks its weight operand on every call, cheap while that
+// comes from L2, and was up to 1.5x faster than rows_gemm.h at H = 64 and in a GRU backward at
+// H = 256 (1.5 MB); from 2 MB on (LSTM at H = 256, RNN at H = 512) rows_gemm.h was as fast or
+// faster, 2-4x at H = 1024.
+constexpr int64 kRowsKernelMinBytes = int64(2) << 20;
+inline bool few_rows_kernels(int64 GH, int64 in_size, int64 H, size_t elem) {
+  return checked_mul(checked_mul(GH, in_size + H, "weights"), int64(elem), "weights") >= kRowsKernelMinBytes;
+}
 
 // The kernels, compiled twice: for AVX2+FMA (also taken on AVX-512 CPUs) and for baseline x86-64.
 #pragma GCC push_options
