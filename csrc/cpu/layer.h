@@ -144,7 +144,7 @@ inline int team_size() {
 constexpr int64 kUnitAlign = 16;
 // Pack the weights when T*B >= this. Packing is a transposing pass over W_ih and W_hh; below ~16
 // rows in all it cost more than it saved (one step of B = 8 at H = 64: 34 % of the call in
-// pack_panels), and rows_gemm runs those few rows straight from the row-major weights.
+// pack_panels), and those few rows read the row-major weights directly (see the next constant).
 constexpr int64 kPackMinRows = 16;
 // Below kPackMinRows rows, rows_gemm.h's kernels for a layer whose weights (G*H*(I+H) values) reach
 // this many bytes, the BLAS below: it repacks its weight operand on every call, cheap while that
