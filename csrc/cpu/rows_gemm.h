@@ -3,7 +3,8 @@
 // no packing, each weight read once per call. The BLAS repacks its weight operand on every call,
 // which is cheap while W sits in L2 but not once it comes from memory: a thread's forward GEMMs of
 // an LSTM step at H = 1024, B = 4 ran at 10 GFLOP/s through it against 37-43 here (16 MB of
-// weights); at H = 256, B = 8 (1 MB) the BLAS is ~20 % faster in isolation, within a step's noise.
+// weights). For small weights the BLAS stays (layer.h, kRowsKernelMinBytes): it was up to 1.5x
+// faster there.
 //   rows_gemm     C = A W^T (+ bias)   forward: gi = x W_ih^T, gh = h W_hh^T (M = T*B or B)
 //   rows_gemm_nn  C += A W             backward: dh_prev += dG_h W_hh, dX += dG_i W_ih
 //   short_k_gemm  C = A W, short K     backward: dW = dG^T X (K = T*B)
