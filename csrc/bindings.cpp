@@ -234,6 +234,109 @@ class PreparedCellBinding {
   std::unique_ptr<fastrnn::cpu::PreparedCell<double, double>> f64_;
 };
 
+// _core.PreparedStack: L unidirectional layers packed once (csrc/cpu/prepared.h's PreparedStack),
+// stepped all together in one call with the GIL released: step() checks its arrays; step_ptrs()
+// takes data pointers (what fastrnn.nn's stepper passes for torch tensors it has checked itself,
+// so a step costs no array conversions).
+class PreparedStackBinding {
+  using Ptr = fastrnn::pointer_args::Ptr;
+
+ public:
+  PreparedStackBinding(int cell, py::list weights, bool half) {
+    if (cell < 0 || cell > 3) throw py::value_error("cell must be 0..3, got " + std::to_string(cell));
+    const auto kind = static_cast<fastrnn::CellKind>(cell);
+    lstm_ = kind == fastrnn::CellKind::Lstm;
+    L_ = static_cast<int64>(weights.size());
+    if (L_ < 1) throw py::value_error("weights must hold at least one layer");
+    auto first = py::cast<py::sequence>(weights[0]);
+    if (first.size() != 2 && first.size() != 4) throw py::value_error("weights[0] must hold 2 or 4 arrays");
+    auto w_ih = py::cast<py::array>(first[0]), w_hh = py::cast<py::array>(first[1]);
+    if (w_ih.ndim() != 2 || w_hh.ndim() != 2) throw py::value_error("weights[0]'s w_ih and w_hh must be 2-D");
+    I_ = w_ih.shape(1);
+    H_ = w_hh.shape(1);
+    if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
+    const int64 G = fastrnn::dispatch_cell(kind, [](auto c) { return int64(decltype(c)::kGates); });
+    if (is_float64(w_ih)) {
+      if (half) throw py::value_error("float16 weight storage is for float32 weights only");
+      make<double, double>(kind, G, weights, f64_);
+    } else if (half) {
+      make<float, _Float16>(kind, G, weights, f16_);
+    } else {
+      make<float, float>(kind, G, weights, f32_);
+    }
+  }
+
+  // x [B, I], h, c [L, B, H] -> h_out, c_out [L, B, H] (c, c_out: LSTM only, else None).
+  void step(py::array x, py::array h, py::object c, py::array h_out, py::object c_out) {
+    if (x.ndim() != 2) throw py::value_error("x must be 2-D [B, I], got " + std::to_string(x.ndim()) + "-D");
+    const int64 B = x.shape(0);
+    if (f64_) run<double>(*f64_, B, x, h, c, h_out, c_out);
+    else if (f16_) run<float>(*f16_, B, x, h, c, h_out, c_out);
+    else run<float>(*f32_, B, x, h, c, h_out, c_out);
+  }
+
+  // The same on data pointers (ints): buffers of the stack's dtype, C-contiguous, of the shapes
+  // above, outputs not overlapping inputs: the caller's contract.
+  void step_ptrs(int64 B, Ptr x, Ptr h, Ptr c, Ptr h_out, Ptr c_out) {
+    if (B < 1) throw py::value_error("B must be >= 1, got " + std::to_string(B));
+    if (!x || !h || !h_out || (lstm_ && (!c || !c_out)) || (!lstm_ && (c || c_out)))
+      throw py::value_error("step_ptrs: x, h, h_out (and c, c_out for the LSTM only) must be non-null");
+    py::gil_scoped_release release;
+    if (f64_) f64_->step(B, ptr<double>(x), ptr<double>(h), ptr<double>(c), ptr<double>(h_out), ptr<double>(c_out));
+    else if (f16_) f16_->step(B, ptr<float>(x), ptr<float>(h), ptr<float>(c), ptr<float>(h_out), ptr<float>(c_out));
+    else f32_->step(B, ptr<float>(x), ptr<float>(h), ptr<float>(c), ptr<float>(h_out), ptr<float>(c_out));
+  }
+
+ private:
+  template <class T> static T* ptr(Ptr p) { return reinterpret_cast<T*>(p); }
+
+  template <class T, class W>
+  void make(fastrnn::CellKind kind, int64 G, py::list weights, std::unique_ptr<fastrnn::cpu::PreparedStack<T, W>>& out) {
+    const int64 GH = fastrnn::checked_mul(G, H_, "G*H");
+    using Layer = typename fastrnn::cpu::PreparedStack<T, W>::Layer;
+    std::vector<Layer> layers;
+    for (int64 l = 0; l < L_; ++l) {
+      if (!py::isinstance<py::sequence>(weights[l]))
+        throw py::type_error("weights[" + std::to_string(l) + "] must be a tuple (w_ih, w_hh[, b_ih, b_hh])");
+      auto t = py::reinterpret_borrow<py::sequence>(weights[l]);
+      if (t.size() != 2 && t.size() != 4) throw py::value_error("weights[" + std::to_string(l) + "] must hold 2 or 4 arrays");
+      const std::string p = "weights[" + std::to_string(l) + "]";
+      Layer w{checked<T>(t[0], (p + ".w_ih").c_str(), {GH, l ? H_ : I_}, false, false),
+              checked<T>(t[1], (p + ".w_hh").c_str(), {GH, H_}, false, false), nullptr, nullptr};
+      if (t.size() == 4) {
+        w.b_ih = checked<T>(t[2], (p + ".b_ih").c_str(), {GH}, false, false);
+        w.b_hh = checked<T>(t[3], (p + ".b_hh").c_str(), {GH}, false, false);
+      }
+      layers.push_back(w);
+    }
+    py::gil_scoped_release release;
+    out = std::make_unique<fastrnn::cpu::PreparedStack<T, W>>(kind, I_, H_, layers);
+  }
+
+  template <class T, class P>
+  void run(const P& stack, int64 B, py::array x, py::array h, py::object c, py::array h_out, py::object c_out) {
+    const std::vector<int64> state{L_, B, H_};
+    const T* xp = checked<T>(x, "x", {B, I_}, false, false);
+    const T* hp = checked<T>(h, "h", state, false, false);
+    const T* cp = lstm_ ? checked<T>(c, "c", state, false, false) : nullptr;
+    T* hop = checked<T>(h_out, "h_out", state, false, true);
+    T* cop = lstm_ ? checked<T>(c_out, "c_out", state, false, true) : nullptr;
+    // Each layer's threads read all of its h (and layer l+1 reads h_out[l]) while writing h_out.
+    const void* outs[] = {hop, cop};
+    for (const void* o : outs)
+      if (o && (o == static_cast<const void*>(hp) || o == static_cast<const void*>(cp) || o == static_cast<const void*>(xp)))
+        throw py::value_error("h_out/c_out must not be the arrays x, h or c");
+    py::gil_scoped_release release;
+    stack.step(B, xp, hp, cp, hop, cop);
+  }
+
+  int64 I_ = 0, H_ = 0, L_ = 0;
+  bool lstm_ = false;
+  std::unique_ptr<fastrnn::cpu::PreparedStack<float, float>> f32_;
+  std::unique_ptr<fastrnn::cpu::PreparedStack<float, _Float16>> f16_;
+  std::unique_ptr<fastrnn::cpu::PreparedStack<double, double>> f64_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -315,6 +418,15 @@ PYBIND11_MODULE(_core, m) {
            py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("half"))
       .def("step", &PreparedCellBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"));
+
+  py::class_<PreparedStackBinding>(m, "PreparedStack",
+                                   "L unidirectional layers' weights packed once, stepped together in one call.")
+      .def(py::init<int, py::list, bool>(), py::arg("cell"), py::arg("weights"), py::arg("half"))
+      .def("step", &PreparedStackBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
+           py::arg("c_out"))
+      .def("step_ptrs", &PreparedStackBinding::step_ptrs, py::arg("B"), py::arg("x_ptr"), py::arg("h_ptr"),
+           py::arg("c_ptr"), py::arg("h_out_ptr"), py::arg("c_out_ptr"),
+           "step on host data pointers (ints; 0 = absent): dtype, shapes and contiguity are the caller's contract.");
 
   m.def("cpu_isa", [] {
     static const char* names[] = {"baseline", "avx2", "avx512"};

@@ -156,4 +156,37 @@ template <class T, class W> class PreparedCell {
   std::vector<T> bx_, bh_;  // packed b_ih, b_hh (zeros without bias)
 };
 
+// L cells of one kind stacked (unidirectional): one step of the whole stack in one call, layer l
+// reading the new h of layer l-1 (layer 0 reads x) and stepping like PreparedCell. States are in
+// torch.nn's layout [L, B, H].
+template <class T, class W> class PreparedStack {
+ public:
+  struct Layer {
+    const T *w_ih, *w_hh, *b_ih, *b_hh;  // [G*H, I_l], [G*H, H], [G*H] or null; I_0 = I, I_l = H
+  };
+
+  PreparedStack(CellKind cell, int64 I, int64 H, const std::vector<Layer>& weights) : H_(H) {
+    layers_.reserve(weights.size());
+    for (size_t l = 0; l < weights.size(); ++l) {
+      const Layer& w = weights[l];
+      layers_.emplace_back(cell, l ? H : I, H, w.w_ih, w.w_hh, w.b_ih, w.b_hh);
+    }
+  }
+
+  int64 num_layers() const { return static_cast<int64>(layers_.size()); }
+
+  // h_out, c_out [L, B, H] from x [B, I], h, c [L, B, H]; the output y is h_out[L-1]. Outputs
+  // must not alias the inputs.
+  void step(int64 B, const T* x, const T* h, const T* c, T* h_out, T* c_out) const {
+    const int64 BH = B * H_;
+    for (int64 l = 0; l < num_layers(); ++l)
+      layers_[l].step(B, l ? h_out + (l - 1) * BH : x, h + l * BH, c ? c + l * BH : nullptr, h_out + l * BH,
+                      c_out ? c_out + l * BH : nullptr);
+  }
+
+ private:
+  int64 H_;
+  std::vector<PreparedCell<T, W>> layers_;
+};
+
 }  // namespace fastrnn::cpu

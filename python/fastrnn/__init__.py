@@ -10,6 +10,7 @@ import numpy as np
 from ._loader import _core
 from .functional import (
     PreparedCell,
+    PreparedStack,
     backward,
     forward,
     gru_backward,
@@ -55,7 +56,7 @@ def cuda_available() -> bool:
 
 
 __all__ = [
-    "CELLS", "GATES", "PreparedCell", "RNNGrads", "RNNResult", "backward", "cuda_available", "forward", "get_num_threads",
+    "CELLS", "GATES", "PreparedCell", "PreparedStack", "RNNGrads", "RNNResult", "backward", "cuda_available", "forward", "get_num_threads",
     "gru_backward", "gru_forward", "init_weights", "lstm_backward", "lstm_forward", "rnn_backward",
     "rnn_forward", "set_num_threads",
 ]

@@ -284,6 +284,22 @@ def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int =
     return weights
 
 
+def _half_weights(weight_dtype, dtype, matrices) -> bool:
+    """Checks PreparedCell/PreparedStack's weight_dtype; True for float16 storage. matrices: (name,
+    array) pairs that float16 must hold."""
+    if weight_dtype not in (None, "float16", np.float16):
+        raise ValueError(f"weight_dtype must be None (the weights' dtype) or 'float16', got {weight_dtype!r}")
+    half = weight_dtype is not None
+    if half and dtype != np.float32:
+        raise TypeError(f"weight_dtype='float16' needs float32 weights, got {dtype}")
+    if half:  # float16 holds |w| <= 65504; beyond that a weight would become inf
+        for name, w in matrices:
+            if w.size and not np.abs(w).max() <= np.finfo(np.float16).max:
+                raise ValueError(f"{name} has values outside float16's range (|w| <= 65504, or not finite): "
+                                 f"max |w| = {np.abs(w).max()}; use weight_dtype=None")
+    return half
+
+
 class PreparedCell:
     """One cell's weights prepared once for many single steps: step-by-step generation (decoding).
 
@@ -325,16 +341,7 @@ class PreparedCell:
                 _check_shape(name, b, (G * H,), f"({G}*H,) = ")
                 b = np.ascontiguousarray(b)
             biases.append(b)
-        if weight_dtype not in (None, "float16", np.float16):
-            raise ValueError(f"weight_dtype must be None (the weights' dtype) or 'float16', got {weight_dtype!r}")
-        half = weight_dtype is not None
-        if half and self.dtype != np.float32:
-            raise TypeError(f"weight_dtype='float16' needs float32 weights, got {self.dtype}")
-        if half:  # float16 holds |w| <= 65504; beyond that a weight would become inf
-            for name, w in (("w_ih", w_ih), ("w_hh", w_hh)):
-                if w.size and not np.abs(w).max() <= np.finfo(np.float16).max:
-                    raise ValueError(f"{name} has values outside float16's range (|w| <= 65504, or not finite): "
-                                     f"max |w| = {np.abs(w).max()}; use weight_dtype=None")
+        half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))
         _check_sizes(1, 1, int(w_ih.shape[1]), H, G, 1)
         self.input_size, self.hidden_size, self.weight_dtype = int(w_ih.shape[1]), H, "float16" if half else None
         self._step = _core.PreparedCell(_CELL_ID[self.cell], np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
@@ -377,3 +384,83 @@ class PreparedCell:
                 _check_shape(name, o, (B, self.hidden_size), "(B, H) = ")
         self._step.step(np.ascontiguousarray(x), h, c, out[0], out[1] if lstm else None)
         return out if lstm else out[0]
+
+
+class PreparedStack:
+    """A unidirectional stack of L layers prepared once for many single steps: the multi-layer
+    step of step-by-step generation, as one call.
+
+        step = fastrnn.PreparedStack("lstm", weights)     # weights as forward takes them
+        y, h, c = step(x, h, c)     # x [B, I]; h, c [L, B, H] -> y [B, H], new h, c [L, B, H]
+        y, h, _ = gru_step(x, h)    # GRU / RNN: the third value is None
+
+    ``weights``: L tuples ``(w_ih, w_hh[, b_ih, b_hh])`` as ``forward(..., bidirectional=False)``
+    takes them (layer l > 0 reads the H outputs of layer l-1). Each layer is packed as by
+    :class:`PreparedCell` (``weight_dtype="float16"``: the same half-size storage), and a call
+    steps all L layers, one after the other, in one call with the GIL released. ``y`` is the top
+    layer's new h (``y is h_n[-1]``, the same memory). States default to zeros; ``out=(h_out[,
+    c_out])`` writes the new states into given [L, B, H] arrays (not ``h``/``c``). It equals
+    ``forward`` on a one-step sequence. Later changes to the weight arrays are not seen: prepare
+    again.
+    """
+
+    def __init__(self, cell: str, weights, weight_dtype=None):
+        self.cell = _check_cell(cell)
+        if isinstance(weights, (list, tuple)) and weights and isinstance(weights[0], (list, tuple)) and weights[0]:
+            w_ih0 = _array("weights[0][0] (w_ih)", weights[0][0])
+        else:
+            raise TypeError(f"weights must be a non-empty list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got "
+                            f"{type(weights).__name__}")
+        if w_ih0.dtype not in _DTYPES:
+            raise TypeError(f"weights[0][0] (w_ih) must have dtype float32 or float64, got {w_ih0.dtype}")
+        if w_ih0.ndim != 2 or w_ih0.shape[1] < 1:
+            raise ValueError(f"weights[0][0] (w_ih) must be 2-D (G*H, I) with I >= 1, got shape {w_ih0.shape}")
+        self.dtype, self.input_size = w_ih0.dtype, int(w_ih0.shape[1])
+        checked, H, L, _ = _check_weights(self.cell, weights, self.input_size, 1, self.dtype)
+        half = _half_weights(weight_dtype, self.dtype,
+                             [(f"weights[{k}][{i}]", entry[i]) for k, entry in enumerate(checked) for i in (0, 1)])
+        _check_sizes(1, 1, self.input_size, H, GATES[self.cell], 1)
+        self.hidden_size, self.num_layers, self.weight_dtype = H, L, "float16" if half else None
+        self._stack = _core.PreparedStack(_CELL_ID[self.cell],
+                                          [tuple(np.ascontiguousarray(a) for a in entry) for entry in checked], half)
+
+    def __repr__(self) -> str:
+        wd = f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype else ""
+        return f"PreparedStack({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
+               f"num_layers={self.num_layers}, dtype={self.dtype}{wd})"
+
+    def _state(self, name: str, s, B: int) -> np.ndarray:
+        shape = (self.num_layers, B, self.hidden_size)
+        if s is None:
+            return np.zeros(shape, self.dtype)
+        s = _array(name, s)
+        _check_dtype(name, s, self.dtype)
+        _check_shape(name, s, shape, "(L, B, H) = ")
+        return np.ascontiguousarray(s)
+
+    def __call__(self, x, h=None, c=None, *, out=None):
+        x = _array("x", x)
+        _check_dtype("x", x, self.dtype)
+        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != self.input_size:
+            raise ValueError(f"x must have shape (B, I={self.input_size}) with B >= 1, got {x.shape}")
+        B = int(x.shape[0])
+        lstm = self.cell == "lstm"
+        if not lstm and c is not None:
+            raise ValueError(f"c is only for the LSTM, got one for cell {self.cell!r}")
+        h = self._state("h", h, B)
+        c = self._state("c", c, B) if lstm else None
+        shape = (self.num_layers, B, self.hidden_size)
+        if out is None:
+            out = tuple(np.empty(shape, self.dtype) for _ in range(2 if lstm else 1))
+        else:
+            out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+            if len(out) != (2 if lstm else 1):
+                raise ValueError(f"out must hold {'(h_out, c_out)' if lstm else '(h_out,)'}, got {len(out)} arrays")
+            for name, o in zip(("h_out", "c_out"), out):
+                if not isinstance(o, np.ndarray):
+                    raise TypeError(f"{name} must be a numpy array, got {type(o).__name__}")
+                _check_dtype(name, o, self.dtype)
+                _check_shape(name, o, shape, "(L, B, H) = ")
+        self._stack.step(np.ascontiguousarray(x), h, c, out[0], out[1] if lstm else None)
+        h_out = out[0]
+        return h_out[-1], h_out, (out[1] if lstm else None)

@@ -131,6 +131,15 @@ class _RNNBase(torch.nn.Module):
     def all_weights(self) -> List[List[Parameter]]:
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
+    def stepper(self, weight_dtype: Optional[str] = None, auto_refresh: bool = False):
+        """A :class:`fastrnn._stepper.Stepper` for step-by-step generation: ``y, state =
+        stepper(x [B, I], state)`` advances every layer one time step in one fused call, on weights
+        packed now (``weight_dtype="float16"``: stored as float16). Unidirectional, no projections;
+        no autograd. After changing the weights call ``stepper.refresh()`` (in-place changes are
+        detected, writes through ``param.data`` are not: see the Stepper's docstring)."""
+        from ._stepper import Stepper
+        return Stepper(self, weight_dtype=weight_dtype, auto_refresh=auto_refresh)
+
     def flatten_parameters(self) -> None:
         """A no-op: the kernels read the parameters where they are (kept for torch.nn compatibility)."""
 
