@@ -526,3 +526,9 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
             if new is not None:
                 setattr(parent, name, new)
     return model
+
+
+# ---- training over long streams: truncated BPTT (python/fastrnn/_tbptt.py) -------------------------------
+from ._tbptt import TBPTTWindow, tbptt  # noqa: E402
+
+__all__ += ["tbptt", "TBPTTWindow"]
