@@ -219,3 +219,28 @@ def test_peak_is_taken_at_the_benchmark_thread_count():
 
 def test_limit_numpy_blas_finds_numpy_openblas():
     assert bench.limit_numpy_blas(1) is True
+
+def test_decode_suite(tmp_path, monkeypatch, capsys):
+    """--suite decode on tiny sizes: every implementation timed, verified against torch.nn, and the
+    results pair written; a stepper giving wrong states stops it."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(bench, "DECODE_SUITE_H", (16,))
+    monkeypatch.setattr(bench, "DECODE_SUITE_B", (1, 3))
+    assert bench.main(["--suite", "decode", "--reps", "1", "--gemm-size", "64", "--min-sample-ms", "1",
+                       "--no-progress", "--save", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| lstm | 16 | 3 |" in out and "| gru | 16 | 1 |" in out and "Geometric-mean speed-up" in out
+    (saved,) = tmp_path.glob("*-decode.json")
+    result = json.loads(saved.read_text())
+    assert [(r["cell"], r["H"], r["B"]) for r in result["cases"]] == [("lstm", 16, 1), ("lstm", 16, 3),
+                                                                       ("gru", 16, 1), ("gru", 16, 3)]
+    for r in result["cases"]:
+        assert set(r["us_per_step"]) == {"stepper", "stepper_f16", "fastrnn_module", "torch_cells", "torch_module"}
+        assert r["max_abs_diff"] < 1e-5 and r["tokens_per_s"]["stepper"] == pytest.approx(r["B"] * 1e6 / r["us_per_step"]["stepper"])
+    assert tmp_path.joinpath(saved.name.replace(".json", ".md")).read_text().startswith("# fastrnn benchmark")
+    from fastrnn import _stepper
+    real = _stepper.Stepper.__call__
+    monkeypatch.setattr(_stepper.Stepper, "__call__", lambda self, x, s=None: (lambda y, st: (y, st * 2 if isinstance(st, torch.Tensor) else tuple(t * 2 for t in st)))(*real(self, x, s)))
+    assert bench.main(["--suite", "decode", "--reps", "1", "--gemm-size", "64", "--min-sample-ms", "1",
+                       "--no-progress"]) == 1
+    assert "VERIFICATION FAILED" in capsys.readouterr().err
