@@ -387,3 +387,14 @@ def test_bad_input():
         scheduled_sampling(model, h0, torch.zeros(3, 2, dtype=torch.int64), 1.5)
     with pytest.raises(ValueError, match="inputs"):
         scheduled_sampling(model, h0, torch.zeros(3, dtype=torch.int64), 1.0)
+
+
+def test_generate_and_nn_load_on_first_access():
+    import subprocess
+    import sys
+    code = ("import sys, fastrnn; assert 'torch' not in sys.modules\n"
+            "g = fastrnn.generate; assert 'torch' in sys.modules and g.greedy and fastrnn.nn.LSTM\n"
+            "import fastrnn.generate; from fastrnn import generate; assert generate is g\n"
+            "try:\n    fastrnn.no_such_thing\nexcept AttributeError as e:\n    assert 'no_such_thing' in str(e)\n"
+            "else:\n    raise SystemExit('no AttributeError')\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
