@@ -122,7 +122,8 @@ def test_top_k_one_sampling_equals_greedy():
     h0 = model.initial(6)
     g = greedy(model, h0, torch.arange(6), 8, eos=5)
     assert (g.lengths < 8).any()
-    s = sample(model, h0, torch.arange(6), 8, eos=5, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(0))
+    s = sample(model, h0, torch.arange(6), 8, eos=5, temperature=0.7, top_k=1,
+               generator=torch.Generator().manual_seed(0))
     assert torch.equal(s.tokens, g.tokens) and torch.equal(s.lengths, g.lengths)
     torch.testing.assert_close(s.scores, g.scores, rtol=1e-12, atol=1e-12)
 

@@ -16,7 +16,8 @@ from fastrnn.types import CELLS
 from tolerances import assert_close
 
 MODULES = {"lstm": (fastrnn.nn.LSTM, {}), "gru": (fastrnn.nn.GRU, {}),
-           "rnn_tanh": (fastrnn.nn.RNN, {"nonlinearity": "tanh"}), "rnn_relu": (fastrnn.nn.RNN, {"nonlinearity": "relu"})}
+           "rnn_tanh": (fastrnn.nn.RNN, {"nonlinearity": "tanh"}),
+           "rnn_relu": (fastrnn.nn.RNN, {"nonlinearity": "relu"})}
 DTYPES = {np.float32: torch.float32, np.float64: torch.float64}
 
 
@@ -88,7 +89,8 @@ def test_prepared_stack_bad_input():
     with pytest.raises(ValueError, match="out must hold"):
         s(x, out=(np.zeros((2, 2, 5), np.float32),))
     with pytest.raises(ValueError, match="c is only for the LSTM"):
-        fastrnn.PreparedStack("gru", fastrnn.init_weights("gru", 4, 5, seed=0))(x, None, np.zeros((1, 2, 5), np.float32))
+        gru = fastrnn.PreparedStack("gru", fastrnn.init_weights("gru", 4, 5, seed=0))
+        gru(x, None, np.zeros((1, 2, 5), np.float32))
     with pytest.raises(ValueError, match="cell must be one of"):
         fastrnn.PreparedStack("lstn", w)
     with pytest.raises(TypeError, match="weights must be a non-empty list"):
@@ -96,7 +98,8 @@ def test_prepared_stack_bad_input():
     with pytest.raises(ValueError, match=r"weights\[1\]\[0\] \(w_ih, layer 1, forward\) must have shape"):
         fastrnn.PreparedStack("lstm", [w[0], (np.zeros((20, 4), np.float32),) + w[1][1:]])
     with pytest.raises(TypeError, match="float16' needs float32"):
-        fastrnn.PreparedStack("lstm", fastrnn.init_weights("lstm", 4, 5, dtype=np.float64, seed=0), weight_dtype="float16")
+        fastrnn.PreparedStack("lstm", fastrnn.init_weights("lstm", 4, 5, dtype=np.float64, seed=0),
+                              weight_dtype="float16")
     with pytest.raises(ValueError, match="weight_dtype must be"):
         fastrnn.PreparedStack("lstm", w, weight_dtype="int8")
     big = [tuple(a * 1e6 for a in w[0]), w[1]]

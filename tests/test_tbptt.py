@@ -44,7 +44,8 @@ def grads(model):
 
 def stream(T=23, B=3, I=4, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(T, B, I, generator=g, dtype=torch.float64), torch.randn(T, B, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
+    return x, torch.randn(T, B, 3, generator=g, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])

@@ -56,7 +56,8 @@ def cuda_available() -> bool:
 
 
 __all__ = [
-    "CELLS", "GATES", "PreparedCell", "PreparedStack", "RNNGrads", "RNNResult", "backward", "cuda_available", "forward", "get_num_threads",
+    "CELLS", "GATES", "PreparedCell", "PreparedStack", "RNNGrads", "RNNResult", "backward", "cuda_available",
+    "forward", "get_num_threads",
     "gru_backward", "gru_forward", "init_weights", "lstm_backward", "lstm_forward", "rnn_backward",
     "rnn_forward", "set_num_threads",
 ]

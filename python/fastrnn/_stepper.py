@@ -124,7 +124,8 @@ class Stepper:
             h = c = None
         elif self._lstm:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError(f"an LSTM's state must be a tuple (h, c) of [L, B, H] tensors, got {type(state).__name__}")
+                raise TypeError(f"an LSTM's state must be a tuple (h, c) of [L, B, H] tensors, "
+                                f"got {type(state).__name__}")
             h, c = self._state_tensor("state[0] (h)", state[0], B), self._state_tensor("state[1] (c)", state[1], B)
         else:
             h, c = self._state_tensor("state (h)", state, B), None
