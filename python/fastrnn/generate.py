@@ -249,8 +249,9 @@ def beam_search(step: Callable, state, bos, max_len: int, eos: int, beam_size: i
     ``score >= best_score - log(prune_factor)``; the best one always stays. ``min_len``: ``eos``
     cannot be one of the first ``min_len`` tokens (fairseq's rule: a finished hypothesis has at
     least ``min_len`` tokens before its ``eos``). Hypotheses still alive after ``max_len`` tokens
-    finish there without ``eos`` (length ``max_len``). Finished hypotheses are ranked by ``score / length**length_penalty`` (fairseq's convention; 0 ranks by raw score, 1
-    by mean log-probability), ``length`` counting ``eos``.
+    finish there without ``eos`` (length ``max_len``). Finished hypotheses are ranked by
+    ``score / length**length_penalty`` (fairseq's convention; 0 ranks by raw score, 1 by mean
+    log-probability), ``length`` counting ``eos``.
 
     ``reorder(state, index [M]) -> state``: how to gather the state's batch rows (default
     :func:`reorder_state`, dimension 1 of every tensor). ``index`` only ever selects rows of the
