@@ -74,7 +74,7 @@ class Stepper:
         dtype, device = params[0].dtype, params[0].device
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"stepper() supports float32 and float64 modules, got {dtype}")
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device, self._on_cpu = dtype, device, device.type == "cpu"
         per_layer = len(params) // self.num_layers
         if device.type == "cpu":
             with torch.no_grad():  # zero-copy NumPy views; PreparedStack packs its own copy
@@ -105,9 +105,9 @@ class Stepper:
         shape = (self.num_layers, B, self.hidden_size)
         if not isinstance(s, Tensor):
             raise TypeError(f"{name} must be a tensor [L, B, H] = {list(shape)}, got {type(s).__name__}")
-        if tuple(s.shape) != shape:
+        if s.shape != shape:
             raise ValueError(f"{name} must have shape [L, B, H] = {list(shape)}, got {list(s.shape)}")
-        if s.dtype != self.dtype or s.device != self.device:
+        if s.dtype is not self.dtype or not (s.is_cpu if self._on_cpu else s.device == self.device):
             raise TypeError(f"{name} must be {self.dtype} on {self.device} (the module's), got {s.dtype} on {s.device}")
         return s.contiguous()
 
@@ -117,7 +117,7 @@ class Stepper:
         if x.dim() != 2 or x.size(0) < 1 or x.size(1) != self.input_size:
             raise ValueError(f"x must have shape [B, I={self.input_size}] with B >= 1, got {list(x.shape)}")
         self._check_fresh()
-        if x.dtype != self.dtype or x.device != self.device:
+        if x.dtype is not self.dtype or not (x.is_cpu if self._on_cpu else x.device == self.device):
             raise TypeError(f"x must be {self.dtype} on {self.device} (the module's), got {x.dtype} on {x.device}")
         B = x.size(0)
         if state is None:
