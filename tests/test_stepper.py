@@ -40,7 +40,7 @@ def as_np(t):
 # ---- NumPy: PreparedStack -----------------------------------------------------------------------------
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("L,I,H,B,bias", [(1, 4, 5, 1, True), (2, 7, 33, 3, True), (3, 33, 17, 2, False)])
+@pytest.mark.parametrize("L,I,H,B,bias", [(1, 4, 5, 1, True), (2, 7, 33, 3, True), (3, 33, 17, 7, False)])
 def test_prepared_stack_matches_reference(cell, dtype, L, I, H, B, bias):
     rng = np.random.default_rng(0)
     w = fastrnn.init_weights(cell, I, H, num_layers=L, bias=bias, dtype=dtype, seed=0)

@@ -33,6 +33,16 @@ namespace prepared_detail {
 
 template <class T> constexpr int64 kWidth = 64 / sizeof(T);  // units per block (one 64-byte panel)
 
+// A vector loaded from memory that is only T-aligned. V arrives here as a template argument, which
+// drops the vector type's aligned(alignof(T)) attribute (it is not part of the type), so a plain
+// *reinterpret_cast<const V*> would let the compiler emit an aligned load (vmovaps) that faults on
+// the packed weights (std::vector's storage is only 16-byte aligned); memcpy is an unaligned load.
+template <class V, class T> __attribute__((always_inline)) inline V load_unaligned(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 // The block-step functions, named <isa>::step_blocks<Cell, T, W>(blk_begin, blk_end, B, I, H, px,
 // ph, bx, bh, x, h, c, h_out, c_out), one copy per instruction set.
 #pragma GCC push_options
@@ -40,10 +50,10 @@ template <class T> constexpr int64 kWidth = 64 / sizeof(T);  // units per block 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // _mm512_cvtph_ps's own "undefined" source
 namespace avx512 {
-constexpr int kVB = 64, kMR = 2, kAcc = 12;
+constexpr int kVB = 64, kMR = 4, kAcc = 12;
 template <class V, class W> inline V load_weights(const W* p) {
   if constexpr (std::is_same<W, _Float16>::value) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  else return *reinterpret_cast<const V*>(p);
+  else return load_unaligned<V>(p);
 }
 #include "cpu/prepared_kernel.inc"
 }  // namespace avx512
@@ -56,7 +66,7 @@ namespace avx2 {
 constexpr int kVB = 32, kMR = 1, kAcc = 12;  // 16 ymm registers: one row, up to 12 accumulators
 template <class V, class W> inline V load_weights(const W* p) {
   if constexpr (std::is_same<W, _Float16>::value) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  else return *reinterpret_cast<const V*>(p);
+  else return load_unaligned<V>(p);
 }
 #include "cpu/prepared_kernel.inc"
 }  // namespace avx2
@@ -70,7 +80,7 @@ template <class V, class W> inline V load_weights(const W* p) {
     for (int i = 0; i < int(sizeof(V) / sizeof(float)); ++i) v[i] = static_cast<float>(p[i]);
     return v;
   } else {
-    return *reinterpret_cast<const V*>(p);
+    return load_unaligned<V>(p);
   }
 }
 #include "cpu/prepared_kernel.inc"
