@@ -13,6 +13,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include <pthread.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "cpu/layer.h"
 #include "rnn.h"
@@ -28,8 +32,19 @@ int default_threads() {
 #endif
 }
 std::atomic<int> g_threads{default_threads()};
+// After fork() only the forking thread exists in the child, but libgomp still believes its pool
+// does: the first parallel region of more than one thread waits forever for threads that are not
+// there (fastrnn.nn in fork-started DataLoader workers hung). The child therefore runs every
+// kernel on one thread (a region of one thread uses no pool thread) until set_num_threads says
+// otherwise, which only a child that will not touch the parent's pool should do. The scratch
+// caches' locks, which another thread may have held at the fork, are reset.
+void after_fork_in_child() {
+  g_threads.store(1);
+  ScratchCache::reset_locks_after_fork();
+}
 const bool g_init = [] {
   blas_single_threaded();
+  pthread_atfork(nullptr, nullptr, after_fork_in_child);
   return true;
 }();
 
@@ -48,6 +63,14 @@ struct NestedParallelism {
 template <class T> const T* slice(const T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 }  // namespace
+
+void empty_cache() {
+  ScratchCache::release_all();
+#ifdef __GLIBC__
+  malloc_trim(0);  // freed blocks below the mmap threshold go back to the system too
+#endif
+}
+size_t scratch_cache_bytes() { return ScratchCache::cached_bytes(); }
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
 int get_num_threads() { return num_threads(); }
