@@ -148,12 +148,13 @@ def test_relu_nan_numpy_api():
 def test_padding_values_do_not_reach_gradients(cell, bidirectional):
     p = make_problem(cell, np.float32, 2, bidirectional, 7, 20, 9, 16, ragged=True, seed=11)
     clean = named(*run(fastrnn, p))
-    x = p["x"].copy()
+    x, dy = p["x"].copy(), p["dy"].copy()
     T = x.shape[0]
     for b, n in enumerate(p["lengths"]):
         x[n:, b] = np.nan
         x[n:T:2, b] = np.inf
-    dirty = named(*run(fastrnn, p, x=x))
+        dy[n:, b] = np.nan  # the incoming gradient's padding too
+    dirty = named(*run(fastrnn, p, x=x, dy=dy))
     for name, value in clean.items():
         if value is not None:
             np.testing.assert_array_equal(dirty[name], value, err_msg=f"{name} depends on the padding of x")
@@ -468,10 +469,13 @@ def test_ops_refuse_forward_ad_and_transforms_clearly():
         with torch.autograd.forward_ad.dual_level():
             with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
                 call(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x)), *args)
-    with pytest.raises(NotImplementedError, match="torch.func transforms"):
-        torch.func.grad(lambda x: ops.run_forward(x, *args)[0].sum())(x)
-    with pytest.raises(NotImplementedError, match="torch.func transforms"):
-        torch.func.jvp(lambda x: ops.run_forward(x, *args)[0], (x,), (x,))
+    for call in (ops.run_forward, torch.ops.fastrnn.rnn_forward):
+        with pytest.raises(NotImplementedError, match="torch.func transforms"):
+            torch.func.grad(lambda x: call(x, *args)[0].sum())(x)
+        with pytest.raises(NotImplementedError, match="torch.func transforms"):
+            torch.func.jvp(lambda x: call(x, *args)[0], (x,), (x,))
+        with pytest.raises(NotImplementedError, match="torch.func transforms"):
+            torch.func.vmap(lambda x: call(x, *args)[0])(x.unsqueeze(0))
 
 
 # ---- 7. in-place changes between forward and backward -------------------------------------------------

@@ -321,6 +321,19 @@ def _no_double_backward(ctx, *grads):
 torch.library.register_autograd("fastrnn::rnn_backward", _no_double_backward,
                                 setup_context=lambda ctx, inputs, output: None, lib=_LIB)
 
+
+
+# torch.func's transforms (grad, jvp, vmap, ...) dispatch the ops here first. The ops have no rule
+# for them: register_autograd's generated Function is not one torch.func accepts, so grad failed
+# with an obscure setup_context error and jvp silently gave zero tangents. A clear error instead
+# (fastrnn.nn's modules run composed torch ops under these transforms and never get here).
+def _refuse_transform(*args, **kwargs):
+    raise NotImplementedError(_NO_TRANSFORMS)
+
+
+for _name in ("rnn_forward", "rnn_backward"):
+    _LIB.impl(_name, _refuse_transform, "FuncTorchDynamicLayerFrontMode")
+
 rnn_forward = torch.ops.fastrnn.rnn_forward
 rnn_backward = torch.ops.fastrnn.rnn_backward
 
