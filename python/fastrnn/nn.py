@@ -46,21 +46,21 @@ def _needs_grad(*tensors) -> bool:
     return False
 
 
-def _kernels_cannot_serve(x: Tensor) -> bool:
+def _kernels_cannot_serve(x: Tensor, h0, c0, weights: List[Tensor]) -> bool:
     """Calls the fused kernels do not serve, run by composed torch ops instead (_composed_recurrence):
     meta tensors (shapes only), an empty batch, forward-mode AD (torch.autograd.forward_ad, and
     torch.func.jvp / jacfwd) and torch.func's transforms (grad, jacrev, vmap, ...), for which the
     kernels have no rule. Under torch.compile the op is traced (its fake implementation serves)."""
     if torch.compiler.is_compiling():
         return False
-    return (x.device.type == "meta" or x.size(1) == 0 or torch.autograd.forward_ad._current_level >= 0
-            or torch._C._are_functorch_transforms_active())
+    return (x.device.type == "meta" or x.size(1) == 0 or torch._C._are_functorch_transforms_active()
+            or (torch.autograd.forward_ad._current_level >= 0 and ops.has_tangent(x, h0, c0, *weights)))
 
 
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
             bidirectional: bool):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None)."""
-    if _kernels_cannot_serve(x):
+    if _kernels_cannot_serve(x, h0, c0, weights):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional)
     # A traced graph keeps what the trace saw as a constant, and the trace is checked by running it
     # again without grad: it always keeps the reserve, so that the graph is the same and can train.

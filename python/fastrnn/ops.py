@@ -176,12 +176,18 @@ _NO_TRANSFORMS = ("fastrnn's ops do not support torch.func transforms (grad, jac
                   "modules run composed torch ops under them; called directly, use torch.autograd.grad or torch.nn")
 
 
+def has_tangent(*tensors) -> bool:
+    """Whether any of the tensors (None allowed) is a forward-mode AD dual tensor."""
+    for t in tensors:
+        if t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+            return True
+    return False
+
+
 def _check_no_forward_ad(*tensors) -> None:
     """The op has no jvp rule, and torch would give its outputs zero tangents without a word."""
-    if torch.autograd.forward_ad._current_level >= 0:
-        for t in tensors:
-            if t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
-                raise NotImplementedError(_NO_JVP)
+    if torch.autograd.forward_ad._current_level >= 0 and has_tangent(*tensors):
+        raise NotImplementedError(_NO_JVP)
 
 
 def _check_no_transform(*tensors) -> None:
