@@ -140,6 +140,16 @@ def test_relu_nan_numpy_api():
     grads = fastrnn.rnn_backward(res.saved, np.ones_like(res.output))
     assert np.isnan(grads.dweights[0][0]).all()  # dW = dG^T x holds NaN * 1
     assert grads.dx[0, 1, 0] == 0 and grads.dx[0, 0, 0] == 1
+    # and the reference agrees, NaN for NaN
+    p = make_problem("rnn_relu", np.float64, 2, True, 5, 6, 3, 7, ragged=True, seed=2)
+    p["x"][1, 2, 0] = np.nan
+    p["dy"][3, 4, 1] = np.nan
+    fast, ref = named(*run(fastrnn, p)), named(*run(reference, p))
+    for name, value in fast.items():
+        if value is not None:
+            np.testing.assert_array_equal(np.isnan(value), np.isnan(ref[name]), err_msg=name)
+            finite = ~np.isnan(ref[name])
+            np.testing.assert_allclose(value[finite], ref[name][finite], rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 # ---- 4. NaN / Inf in the padding past lengths ---------------------------------------------------------
