@@ -10,8 +10,9 @@ Method per case: both modules get the same weights (``bench.make_inputs``); fast
 final states and, in training, every gradient are checked once against cuDNN's with TF32 off (a
 gross-mismatch guard, ``bench.compare``); a case that fails it is reported and not timed. Then each
 implementation is warmed up and timed interleaved, ``reps`` samples of at least ``min_sample_s``
-each; the median and min-max are reported. cuDNN runs with torch's TF32 settings as found (the
-header records them); fastrnn computes in plain fp32.
+each; the median and min-max are reported. Both then run with torch's TF32 settings as found (the
+header records them): cuDNN follows ``torch.backends.cudnn.allow_tf32``, fastrnn's products on
+cuBLAS follow ``torch.backends.cuda.matmul.allow_tf32`` (its step kernels are always fp32).
 
 The suite (issue 19): DeepBench-style training and inference sizes for LSTM, GRU and RNN (H in
 {512, 1024, 2048}, B in {16, 32, 64, 128}, T = 50 at H = 512 and 25 above), small batches (B in
@@ -223,21 +224,31 @@ def measure_rates(torch, device, n: int = GEMM_N, reps: int = 5) -> dict:
     return {"n": n, "tflops": rates}
 
 
+class _tf32_off:
+    """TF32 off for cuDNN and for matmuls (fastrnn's included) inside the block; restored after."""
+
+    def __init__(self, torch):
+        self.backends = torch.backends
+
+    def __enter__(self):
+        self.saved = (self.backends.cudnn.allow_tf32, self.backends.cuda.matmul.allow_tf32)
+        self.backends.cudnn.allow_tf32 = self.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        self.backends.cudnn.allow_tf32, self.backends.cuda.matmul.allow_tf32 = self.saved
+
+
 def run_case(torch, case: Case, device, reps: int, min_sample_s: float, peak_tflops: float, seed: int = 0) -> dict:
     inp = bench.make_inputs(case, seed)
     ref, fast = make_modules(torch, case, inp, device)
     impls = {"fastrnn": timed_calls(torch, case, inp, fast, device), "torch": timed_calls(torch, case, inp, ref, device)}
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False  # the check compares fp32 with fp32
-    try:
-        expected = impls["torch"][1]()
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
     record = {**asdict(case), "name": case.name, "flops": bench.case_flops(case), "verified_against": "torch.nn (cuDNN)"}
-    try:
-        record["max_abs_diff"] = bench.compare(impls["fastrnn"][1](), expected, case, "torch.nn (cuDNN, TF32 off)")
-    except bench.VerificationError as e:
-        return {**record, "impls": {}, "speedup_vs_torch": None, "error": f"VERIFICATION FAILED: {e}"}
+    with _tf32_off(torch):  # the check compares fp32 with fp32 (fastrnn's cuBLAS products follow matmul's flag)
+        expected = impls["torch"][1]()
+        try:
+            record["max_abs_diff"] = bench.compare(impls["fastrnn"][1](), expected, case, "torch.nn (cuDNN, TF32 off)")
+        except bench.VerificationError as e:
+            return {**record, "impls": {}, "speedup_vs_torch": None, "error": f"VERIFICATION FAILED: {e}"}
     timed = time_cuda_interleaved(torch, {name: fn for name, (fn, _) in impls.items()}, reps, min_sample_s)
     for t in timed.values():
         s = t["median_ms"] * 1e-3
@@ -269,6 +280,7 @@ def make_header(torch, device) -> dict:
         "torch": torch.__version__, "torch_cuda": torch.version.cuda,
         "cudnn": cudnn.version() if cudnn.is_available() else None,
         "cudnn_allow_tf32": bool(cudnn.allow_tf32), "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "fastrnn_gemm": fastrnn._core.cuda.cublas_status(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "fastrnn": fastrnn.__version__, "commit": bench._git_commit(), "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
@@ -350,8 +362,8 @@ def format_header(result: dict) -> str:
         f"- GPU: {h['gpu']} (compute capability {h['capability']}, {h['sms']} SMs, {h['memory_gib']} GiB); "
         f"driver {h['driver'] or '?'}",
         f"- torch {h['torch']} (CUDA {h['torch_cuda']}, cuDNN {h['cudnn']}; TF32 allowed: cuDNN "
-        f"{h['cudnn_allow_tf32']}, matmul {h['matmul_allow_tf32']}), fastrnn {h['fastrnn']} (commit {h['commit']}), "
-        f"Python {h['python']}",
+        f"{h['cudnn_allow_tf32']}, matmul {h['matmul_allow_tf32']}), fastrnn {h['fastrnn']} (commit {h['commit']}; "
+        f"large products: {h.get('fastrnn_gemm', '?')}, TF32 as matmul's), Python {h['python']}",
         f"- GEMM rates (torch.mm, {p['n']}^3, TFLOP/s): {rates}; '% peak' is of the fp32 rate (TF32 off), "
         "which fastrnn's fp32 kernels cannot exceed",
         f"- fastrnn.nn vs torch.nn (cuDNN), float32, one layer; CUDA-event timing, median of {result['reps']} "
