@@ -14,7 +14,7 @@
 //   backward(cell, dtype, T, B, I, H, L, bidirectional,
 //            x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr, reserve_ptr,
 //            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream, allow_tf32=False) -> None
-//   device_count() -> int
+//   device_count() -> int;  runtime_version() -> int;  driver_version() -> int   (e.g. 13000 = 13.0)
 //   cublas_status() -> str      ("cuBLAS <version> (<library>)", or why the own GEMM runs instead)
 //
 // allow_tf32: float32 products on cuBLAS may use TF32 tensor cores (torch passes
@@ -116,6 +116,8 @@ void backward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr 
 
 void register_bindings(py::module_& m) {
   m.def("device_count", &device_count, "Number of CUDA devices visible to the process (0 without a driver).");
+  m.def("runtime_version", &runtime_version, "The CUDA runtime fastrnn was built with (e.g. 13000 for 13.0).");
+  m.def("driver_version", &driver_version, "The CUDA version the driver supports (e.g. 13000; 0 without a driver).");
 
   m.def("cublas_status",
         [] {

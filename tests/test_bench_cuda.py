@@ -118,13 +118,15 @@ def test_rates_and_markdown(host_events):
     rows.append({**rows[0], "impls": {}, "speedup_vs_torch": None, "error": "RuntimeError: CUDA error: an illegal memory access"})
     header = {"gpu": "NVIDIA H200", "capability": "9.0", "sms": 132, "memory_gib": 139.8, "driver": "580.159.04",
               "torch": torch.__version__, "torch_cuda": "13.0", "cudnn": 91000, "cudnn_allow_tf32": True,
-              "matmul_allow_tf32": False, "fastrnn_gemm": "cuBLAS 13.1.0 (libcublas.so.13)", "date_utc": "2026-12-01 10:00:00 UTC", "fastrnn": "0.1.0", "commit": "abc",
+              "matmul_allow_tf32": False, "fastrnn_gemm": "cuBLAS 13.1.0 (libcublas.so.13)",
+              "fastrnn_cuda_runtime": bench_cuda._cuda_version(13000), "cuda_driver_api": bench_cuda._cuda_version(13000),
+              "date_utc": "2026-12-01 10:00:00 UTC", "fastrnn": "0.1.0", "commit": "abc",
               "numpy": np.__version__, "python": "3.12.3", "platform": "Linux"}
     result = {"header": header, "peak": rates, "reps": 2, "min_sample_s": 0.001, "cases": rows, "max_seconds": 60.0,
               "cases_not_run": 4}
     result["summary"] = bench.summarize(rows)
     text = bench_cuda.format_markdown(result)
-    assert "large products: cuBLAS 13.1.0" in text
+    assert "large products: cuBLAS 13.1.0" in text and "(CUDA 13.0); fastrnn built with CUDA 13.0" in text
     assert "NVIDIA H200" in text and "driver 580.159.04" in text and "CUDA 13.0" in text and "cuDNN 91000" in text
     assert text.count("\n| lstm H=6 B=3 T=4 I=5 |") == 3
     assert "Geometric-mean speed-up over cuDNN: inference" in text

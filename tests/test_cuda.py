@@ -323,6 +323,8 @@ def test_imports_without_gpu():
         n = _core.cuda.device_count()
         assert isinstance(n, int) and n >= 0
         assert _core.cuda.reserve_size(2, 5, 3, 4, 6, 2, True) == _core.reserve_size(2, 5, 3, 4, 6, 2, True)
+        assert _core.cuda.runtime_version() >= 11000  # what nvcc built it with
+        assert _core.cuda.driver_version() >= 0
         status = _core.cuda.cublas_status()  # loads cuBLAS if it can, and never needs a GPU for that
         assert status.startswith(("cuBLAS ", "not found", "unusable", "off", "not built")), status
 

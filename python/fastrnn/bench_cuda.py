@@ -274,6 +274,11 @@ def _driver_version() -> Optional[str]:
         return None
 
 
+def _cuda_version(v: int) -> Optional[str]:
+    """13000 -> "13.0" (CUDA's version encoding); None for 0 (unknown)."""
+    return f"{v // 1000}.{v % 1000 // 10}" if v else None
+
+
 def make_header(torch, device) -> dict:
     p = torch.cuda.get_device_properties(device)
     cudnn = torch.backends.cudnn
@@ -284,6 +289,8 @@ def make_header(torch, device) -> dict:
         "cudnn": cudnn.version() if cudnn.is_available() else None,
         "cudnn_allow_tf32": bool(cudnn.allow_tf32), "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
         "fastrnn_gemm": fastrnn._core.cuda.cublas_status(),
+        "fastrnn_cuda_runtime": _cuda_version(fastrnn._core.cuda.runtime_version()),
+        "cuda_driver_api": _cuda_version(fastrnn._core.cuda.driver_version()),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "fastrnn": fastrnn.__version__, "commit": bench._git_commit(), "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
@@ -363,7 +370,8 @@ def format_header(result: dict) -> str:
         f"# fastrnn GPU benchmark — {h['date_utc']}",
         "",
         f"- GPU: {h['gpu']} (compute capability {h['capability']}, {h['sms']} SMs, {h['memory_gib']} GiB); "
-        f"driver {h['driver'] or '?'}",
+        f"driver {h['driver'] or '?'} (CUDA {h.get('cuda_driver_api') or '?'}); fastrnn built with CUDA "
+        f"{h.get('fastrnn_cuda_runtime') or '?'}",
         f"- torch {h['torch']} (CUDA {h['torch_cuda']}, cuDNN {h['cudnn']}; TF32 allowed: cuDNN "
         f"{h['cudnn_allow_tf32']}, matmul {h['matmul_allow_tf32']}), fastrnn {h['fastrnn']} (commit {h['commit']}; "
         f"large products: {h.get('fastrnn_gemm', '?')}, TF32 as matmul's), Python {h['python']}",
