@@ -111,9 +111,11 @@ t0=$(date +%s)
   echo "compute-sanitizer: $(command -v compute-sanitizer || echo absent)"
   echo; echo "== python and torch"
   timeout 120 "$PY" - <<'EOF' 2>&1
-import ctypes.util, platform, sys
+import ctypes.util, os, platform, sys, sysconfig
 print("libcublas on the loader's path:", ctypes.util.find_library("cublas"))
 print("python", platform.python_version(), sys.executable)
+include = sysconfig.get_paths()["include"]  # the build needs Python.h (pybind11)
+print("Python.h:", include, "present" if os.path.exists(os.path.join(include, "Python.h")) else "ABSENT: the build will fail")
 try:
     import torch
     print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
