@@ -87,8 +87,8 @@ EOF
   rm -f "$PHASES"
   echo
   echo "---- key lines ----"
-  [ -f "$OUTDIR/tests.log" ] && grep -E "^(FAILED|ERROR|====)|[0-9]+ (passed|failed|skipped|error)" "$OUTDIR/tests.log" |
-    grep -v "cap [0-9]*s" | tail -n 24 | sed "s|^|tests.log: |"
+  [ -f "$OUTDIR/tests.log" ] && grep -E "^(FAILED|ERROR|==== [a-z_]+: )|[0-9]+ (passed|failed|skipped|error)" "$OUTDIR/tests.log" |
+    tail -n 24 | sed "s|^|tests.log: |"
   grep -E "VERIFICATION|speed-up|no CUDA|no GPU|Error" "$EXTRA" | tail -n 12 | sed 's|^|extra.log: |'
   for f in "$OUTDIR"/*-quick.md; do [ -f "$f" ] && tail -n 45 "$f"; done
   echo
