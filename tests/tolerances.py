@@ -39,6 +39,16 @@ TOLERANCES = {
     "float16-weights": {
         "output": 2e-3,
     },
+    # float32 with TF32 allowed for the products on cuBLAS (allow_tf32=True; the CUDA back end's
+    # step kernels stay float32). Not yet measured (no GPU so far): derived. TF32 rounds each
+    # operand to 11 significant bits (relative 2^-11 ~ 4.9e-4), so a product summed over K terms of
+    # size |x||w| is off by ~ sqrt(K) * 2^-10 * |x||w|: ~1e-3 at the tests' K <= 100 and weights
+    # ~0.1-0.3; outputs pass that through sigmoid/tanh (slope <= 1), gradients are sums of such
+    # terms (relative). Tolerance ~10x that; replace it with ~10x the worst seen once measured.
+    "tf32": {
+        "output": 1e-2,
+        "grad": 1e-2,
+    },
 }
 
 # Worst |actual - expected| / (1 + |expected|) seen per (dtype, kind) in this process, with where.

@@ -162,7 +162,9 @@ def _entry_points(x: Tensor):
         def on_device(entry):
             def call(*args):
                 with torch.cuda.device(x.device):  # the kernels run on the current device and stream
-                    entry(*args, torch.cuda.current_stream().cuda_stream)
+                    # float32 products on cuBLAS may use TF32 exactly when torch's own matmuls may
+                    entry(*args, torch.cuda.current_stream().cuda_stream,
+                          allow_tf32=torch.backends.cuda.matmul.allow_tf32)
             return call
         return on_device(cuda.forward), on_device(cuda.backward)
     raise RuntimeError(f"fastrnn runs on CPU and CUDA tensors, got a tensor on {x.device}")
