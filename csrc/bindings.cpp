@@ -8,6 +8,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -220,9 +222,29 @@ class PreparedCellBinding {
     const T* cp = lstm_ ? checked<T>(c, "c", {B, H_}, false, false) : nullptr;
     T* hop = checked<T>(h_out, "h_out", {B, H_}, false, true);
     T* cop = lstm_ ? checked<T>(c_out, "c_out", {B, H_}, false, true) : nullptr;
-    // Each thread reads all of h while writing its units of h_out: they must not overlap.
-    if (static_cast<const void*>(hop) == hp || (lstm_ && static_cast<const void*>(cop) == cp))
-      throw py::value_error("h_out/c_out must not be the arrays h/c");
+    // Each thread reads all of x, h (and c) while writing its units of h_out (and c_out): an output
+    // may overlap no input and not the other output, by a single byte. All are C-contiguous, so
+    // their byte ranges are exactly the memory they use.
+    const int64 bh = B * H_ * int64(sizeof(T));
+    struct Span {
+      const char* name;
+      const void* p;
+      int64 bytes;
+    };
+    const Span inputs[] = {{"x", xp, B * I_ * int64(sizeof(T))}, {"h", hp, bh}, {"c", cp, lstm_ ? bh : 0}};
+    const Span outputs[] = {{"h_out", hop, bh}, {"c_out", cop, lstm_ ? bh : 0}};
+    auto overlap = [](const Span& a, const Span& b) {
+      const auto a0 = reinterpret_cast<std::uintptr_t>(a.p), b0 = reinterpret_cast<std::uintptr_t>(b.p);
+      return a.bytes > 0 && b.bytes > 0 && a0 < b0 + std::uintptr_t(b.bytes) && b0 < a0 + std::uintptr_t(a.bytes);
+    };
+    for (const Span& o : outputs) {
+      for (const Span& i : inputs)
+        if (overlap(o, i))
+          throw py::value_error(std::string(o.name) + " overlaps " + i.name +
+                                " in memory: h_out/c_out must not be the arrays h/c nor overlap x, h, c or each other");
+    }
+    if (overlap(outputs[0], outputs[1]))
+      throw py::value_error("h_out overlaps c_out in memory: h_out/c_out must not overlap x, h, c or each other");
     py::gil_scoped_release release;
     cell.step(B, xp, hp, cp, hop, cop);
   }
@@ -434,6 +456,9 @@ PYBIND11_MODULE(_core, m) {
   }, "The instruction set the CPU kernels use (see FASTRNN_CPU_ISA).");
 
   m.def("set_num_threads", &fastrnn::cpu::set_num_threads, py::arg("n"));
+  m.def("empty_cache", &fastrnn::cpu::empty_cache, "Free the scratch blocks every thread keeps for its next call (fastrnn.empty_cache).");
+  m.def("scratch_cache_bytes", &fastrnn::cpu::scratch_cache_bytes,
+        "Bytes of scratch blocks all threads keep for their next calls.");
   m.def("get_num_threads", &fastrnn::cpu::get_num_threads);
 #ifdef FASTRNN_WITH_CUDA
   m.attr("built_with_cuda") = true;

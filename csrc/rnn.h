@@ -94,6 +94,9 @@ template <class T> void forward(const RnnConfig& cfg, const ForwardArgs<T>& a);
 template <class T> void backward(const RnnConfig& cfg, const BackwardArgs<T>& a);
 void set_num_threads(int n);
 int get_num_threads();
+// fastrnn.empty_cache(): frees every thread's kept scratch blocks; and the bytes they keep now.
+void empty_cache();
+size_t scratch_cache_bytes();
 // The least recurrent work per step and thread worth a parallel region (FASTRNN_MIN_STEP_FLOPS).
 int64 min_step_flops();
 }  // namespace cpu

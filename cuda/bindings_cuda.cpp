@@ -10,12 +10,15 @@
 //   reserve_size(cell, T, B, I, H, L, bidirectional) -> int       (elements; the CPU layout, rnn.h)
 //   forward(cell, dtype, T, B, I, H, L, bidirectional,
 //           x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr,
-//           y_ptr, hn_ptr, cn_ptr, reserve_ptr, stream) -> None
+//           y_ptr, hn_ptr, cn_ptr, reserve_ptr, stream, allow_tf32=False) -> None
 //   backward(cell, dtype, T, B, I, H, L, bidirectional,
 //            x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr, reserve_ptr,
-//            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream) -> None
-//   device_count() -> int
+//            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream, allow_tf32=False) -> None
+//   device_count() -> int;  runtime_version() -> int;  driver_version() -> int   (e.g. 13000 = 13.0)
+//   cublas_status() -> str      ("cuBLAS <version> (<library>)", or why the own GEMM runs instead)
 //
+// allow_tf32: float32 products on cuBLAS may use TF32 tensor cores (torch passes
+// torch.backends.cuda.matmul.allow_tf32); the recurrent step kernels always compute in float32.
 // cell: 0 rnn_tanh, 1 rnn_relu, 2 lstm, 3 gru (as _core.forward). dtype: "float32" | "float64" |
 // "float16" | "bfloat16" (16-bit storage, float arithmetic and state; cuda/dtypes.h).
 // All buffers time-major and C-contiguous, of dtype: x [T, B, I], y/dy [T, B, D*H], h0/c0/hn/cn/dhn/
@@ -34,6 +37,11 @@
 
 #include "pointer_args.h"
 #include "rnn_cuda.h"
+
+#if defined(FASTRNN_CUDA_CUBLAS)
+#include "blas.h"
+#define FASTRNN_BINDINGS_CUBLAS 1
+#endif
 
 namespace py = pybind11;
 
@@ -71,24 +79,36 @@ void check_on_device(const Pointers& ptrs) {
 
 cudaStream_t as_stream(Ptr s) { return reinterpret_cast<cudaStream_t>(s); }
 
+// TF32 for the call's cuBLAS products (on this thread), where the build has cuBLAS.
+struct MathMode {
+#if defined(FASTRNN_BINDINGS_CUBLAS)
+  explicit MathMode(bool allow_tf32) : tf32(allow_tf32) {}
+  blas::ScopedTf32 tf32;
+#else
+  explicit MathMode(bool) {}
+#endif
+};
+
 template <class T>
 void forward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn,
-               Ptr reserve, Ptr stream) {
+               Ptr reserve, Ptr stream, bool allow_tf32) {
   Pointers ptrs;
   const auto a = pointer_args::forward_args<T>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, ptrs);
   check_on_device(ptrs);
   py::gil_scoped_release release;
+  const MathMode math(allow_tf32);
   forward<T>(c, a, as_stream(stream));
 }
 
 template <class T>
 void backward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy,
-                Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0, Ptr dc0, const py::list& grads, Ptr stream) {
+                Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0, Ptr dc0, const py::list& grads, Ptr stream, bool allow_tf32) {
   Pointers ptrs;
   const auto a = pointer_args::backward_args<T>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0,
                                                 grads, ptrs);
   check_on_device(ptrs);
   py::gil_scoped_release release;
+  const MathMode math(allow_tf32);
   backward<T>(c, a, as_stream(stream));
 }
 
@@ -96,6 +116,20 @@ void backward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr 
 
 void register_bindings(py::module_& m) {
   m.def("device_count", &device_count, "Number of CUDA devices visible to the process (0 without a driver).");
+  m.def("runtime_version", &runtime_version, "The CUDA runtime fastrnn was built with (e.g. 13000 for 13.0).");
+  m.def("driver_version", &driver_version, "The CUDA version the driver supports (e.g. 13000; 0 without a driver).");
+
+  m.def("cublas_status",
+        [] {
+#if defined(FASTRNN_BINDINGS_CUBLAS)
+          return blas::status();
+#elif defined(FASTRNN_CUDA_EMULATION)
+          return std::string("not built (the CPU emulator without its stand-in cuBLAS)");
+#else
+          return std::string("not built (FASTRNN_CUDA_CUBLAS=OFF)");
+#endif
+        },
+        "Whether the large products run on cuBLAS (its version and library) or why they run on the own GEMM.");
 
   m.def("reserve_size",
         [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
@@ -106,31 +140,33 @@ void register_bindings(py::module_& m) {
 
   m.def("forward",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
-           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve, Ptr stream) {
+           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve, Ptr stream,
+           bool allow_tf32) {
           const auto c = make_config(cell, T, B, I, H, L, bidirectional);
           dispatch_dtype(dtype, [&](auto tag) {
-            forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream);
+            forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream, allow_tf32);
           });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
         py::arg("lengths_ptr"), py::arg("y_ptr"), py::arg("hn_ptr"), py::arg("cn_ptr"), py::arg("reserve_ptr"),
-        py::arg("stream"), "Forward of a stack of recurrent layers on the GPU (see the top of cuda/bindings_cuda.cpp).");
+        py::arg("stream"), py::arg("allow_tf32") = false, "Forward of a stack of recurrent layers on the GPU (see the top of cuda/bindings_cuda.cpp).");
 
   m.def("backward",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
-           Ptr dc0, const py::list& grads, Ptr stream) {
+           Ptr dc0, const py::list& grads, Ptr stream, bool allow_tf32) {
           const auto c = make_config(cell, T, B, I, H, L, bidirectional);
           dispatch_dtype(dtype, [&](auto tag) {
-            backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, stream);
+            backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, stream,
+                                      allow_tf32);
           });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
         py::arg("lengths_ptr"), py::arg("reserve_ptr"), py::arg("dy_ptr"), py::arg("dhn_ptr"), py::arg("dcn_ptr"),
         py::arg("dx_ptr"), py::arg("dh0_ptr"), py::arg("dc0_ptr"), py::arg("grad_ptrs"), py::arg("stream"),
-        "Backpropagation through time on the GPU for a training forward (see the top of cuda/bindings_cuda.cpp).");
+        py::arg("allow_tf32") = false, "Backpropagation through time on the GPU for a training forward (see the top of cuda/bindings_cuda.cpp).");
 }
 
 }  // namespace fastrnn::cuda

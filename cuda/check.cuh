@@ -30,7 +30,9 @@ namespace fastrnn::cuda {
 #define FASTRNN_LAUNCH_CHECK() FASTRNN_CUDA_CHECK(cudaGetLastError())
 
 // The one way kernels are launched (no dynamic shared memory): on `stream`, checked. Under the CPU
-// emulator (cuda/emu/, FASTRNN_CUDA_EMULATION) the same call runs the kernel on host threads.
+// emulator (cuda/emu/, FASTRNN_CUDA_EMULATION) the same call runs the kernel on host threads. Only
+// in CUDA translation units (host-only C++ such as blas.cpp includes this header for the checks).
+#if defined(__CUDACC__) || defined(FASTRNN_CUDA_EMULATION)
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
 #if defined(FASTRNN_CUDA_EMULATION)
@@ -40,6 +42,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t strea
 #endif
   FASTRNN_LAUNCH_CHECK();
 }
+#endif
 
 // n elements of T on the device, allocated and freed in the order of `stream`.
 template <class T> class Scratch {

@@ -19,6 +19,20 @@ int device_count() {
   return n;
 }
 
+int runtime_version() {
+  int v = 0;
+  return cudaRuntimeGetVersion(&v) == cudaSuccess ? v : 0;
+}
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+}
+
 void require_device() {
   if (device_count() == 0)
     throw std::runtime_error("fastrnn CUDA back end: no CUDA device is available (no GPU or no driver)");

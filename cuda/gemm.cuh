@@ -1,19 +1,26 @@
-// Dense products without cuBLAS (the toolkit this project builds with ships only cudart): a tiled
-// shared-memory block product used both by the stand-alone GEMM (input projection X W_ih^T, weight
-// gradients dG^T X and dG^T H_prev, dX = dG W_ih) and, with gathered operands, inside the fused
-// recurrent step kernels (layer.cuh). Row-major throughout; op(A)/op(B) transposes are runtime flags
+// Dense products: a tiled shared-memory block product used both by the stand-alone GEMM (input
+// projection X W_ih^T, weight gradients dG^T X and dG^T H_prev, dX = dG W_ih) and, with gathered
+// operands, inside the fused recurrent step kernels (layer.cuh). The stand-alone GEMM runs on
+// cuBLAS when the build has FASTRNN_CUDA_CUBLAS and cuBLAS loads at run time (blas.h), and on the
+// kernel here otherwise (under the CPU emulator unless it is built with its stand-in cuBLAS). Row-major throughout; op(A)/op(B) transposes are runtime flags
 // (uniform across a block, so the branch costs nothing measurable next to the loads). Storage type T,
 // accumulation type AccType<T> (float for half/bf16 storage). No split-K and no atomics: every
 // output is one thread's sum in a fixed order, so results are bitwise reproducible.
-// This is a correct, portable baseline, not a tuned one: cuBLAS(Lt) loaded at run time (from the
-// toolkit or the nvidia-cublas wheel) and tensor cores are the planned replacement (cuda/README.md).
+// The own GEMM is a correct, portable baseline, not a tuned one.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "check.cuh"
 #include "common.h"
 #include "dtypes.h"
+
+#if defined(FASTRNN_CUDA_CUBLAS)  // (the emulator builds it only with a stand-in cuBLAS, cuda/emu/)
+#include "blas.h"
+#define FASTRNN_GEMM_ON_CUBLAS 1
+#endif
 
 namespace fastrnn::cuda {
 
@@ -112,10 +119,42 @@ gemm_kernel(int64 M, int64 N, int64 K, MatOp<T> a, MatOp<T> b, Acc<T> alpha, Acc
   }
 }
 
-// Largest grid.y (and grid.z) a launch may have.
-constexpr int64 kMaxGridY = 65535;
+// Largest grid.x and grid.y (and grid.z) a launch may have.
+constexpr int64 kMaxGridX = 2147483647, kMaxGridY = 65535;
 
 inline int64 ceil_div(int64 a, int64 b) { return (a + b - 1) / b; }
+
+// C[m, n] = bias[n] for m < M, n < N: the bias of a product that cuBLAS then adds onto (beta = 1).
+template <class T> __global__ void broadcast_rows_kernel(int64 M, int64 N, const T* bias, T* C, int64 ldc) {
+  const int64 i = int64(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < M * N) C[(i / N) * ldc + i % N] = bias[i % N];
+}
+
+#if defined(FASTRNN_GEMM_ON_CUBLAS)
+template <class T> constexpr blas::DType blas_dtype() {
+  if constexpr (std::is_same_v<T, double>) return blas::DType::f64;
+#if defined(FASTRNN_CUDA_HALF)
+  else if constexpr (std::is_same_v<T, __half>) return blas::DType::f16;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return blas::DType::bf16;
+#endif
+  else return blas::DType::f32;
+}
+
+// gemm() on cuBLAS; false (nothing queued) when cuBLAS declines these sizes or is not there.
+template <class T>
+bool gemm_on_cublas(cudaStream_t stream, bool trans_a, bool trans_b, int64 M, int64 N, int64 K, Acc<T> alpha,
+                    const T* A, int64 lda, const T* B, int64 ldb, Acc<T> beta, T* C, int64 ldc, const T* bias) {
+  constexpr int kThreads = 256;  // of the bias broadcast, over a 1-D grid
+  if ((bias && (beta != Acc<T>(0) || ceil_div(M * N, kThreads) > kMaxGridX)) || !blas::will_run(M, N, K, lda, ldb, ldc))
+    return false;
+  if (bias) {
+    launch(broadcast_rows_kernel<T>, static_cast<unsigned>(ceil_div(M * N, kThreads)), kThreads, stream, M, N, bias,
+           C, ldc);
+    beta = Acc<T>(1);
+  }
+  return blas::gemm(stream, blas_dtype<T>(), trans_a, trans_b, M, N, K, &alpha, A, lda, B, ldb, &beta, C, ldc);
+}
+#endif
 
 // C [M, N] (ldc) = alpha * op(A) [M, K] * op(B) [K, N] + beta * C (+ bias [N]). op(A) is A [M, K]
 // (lda) or, with trans_a, A^T of A [K, M]; op(B) is B [K, N] (ldb) or, with trans_b, B^T of B [N, K].
@@ -123,6 +162,9 @@ template <class T>
 void gemm(cudaStream_t stream, bool trans_a, bool trans_b, int64 M, int64 N, int64 K, Acc<T> alpha, const T* A,
           int64 lda, const T* B, int64 ldb, Acc<T> beta, T* C, int64 ldc, const T* bias = nullptr) {
   if (M == 0 || N == 0) return;
+#if defined(FASTRNN_GEMM_ON_CUBLAS)
+  if (gemm_on_cublas<T>(stream, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias)) return;
+#endif
   const dim3 grid(static_cast<unsigned>(ceil_div(M, GemmShape::BM)), static_cast<unsigned>(ceil_div(N, GemmShape::BN)));
   launch(gemm_kernel<T>, grid, GemmShape::kThreads, stream, M, N, K, MatOp<T>{A, lda, M, K, trans_a},
          MatOp<T>{B, ldb, N, K, !trans_b}, alpha, beta, C, ldc, bias);

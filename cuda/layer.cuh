@@ -216,6 +216,16 @@ template <class To, class From> void convert(cudaStream_t stream, int64 n, const
   launch(convert_kernel<To, From>, static_cast<unsigned>(ceil_div(n, kThreads)), kThreads, stream, n, src, dst);
 }
 
+// dst = src with the rows of dead steps (t >= lengths[b]) zeroed, both [T, B, n]: what the weight
+// gradient dW_ih = dG^T X reads, since 0 * NaN is NaN and padding may hold anything.
+template <class T>
+__global__ void zero_dead_rows_kernel(int64 T_, int64 B, int64 n, const int64* lengths, const T* src, T* dst) {
+  const int64 i = int64(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= T_ * B * n) return;
+  const int64 tb = i / n;
+  dst[i] = tb / B < lengths[tb % B] ? src[i] : T(0);
+}
+
 inline dim3 step_grid(int64 B, int64 H) {
   return dim3(static_cast<unsigned>(ceil_div(H, kUnits)), static_cast<unsigned>(ceil_div(B, kRows)));
 }
@@ -287,8 +297,16 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, co
     p.t_prev = p.t;
   }
 
-  // One GEMM each over all T*B rows.
-  gemm<T>(stream, true, false, GH, in_size, TB, A(1), dgi.get(), GH, x, in_size, A(0), g.dw_ih, in_size);
+  // One GEMM each over all T*B rows; dead rows of dG and h_prev are zero, those of x are zeroed in a copy.
+  Scratch<T> x_live(lengths ? checked_mul(TB, in_size, "x") : 0, stream);  // [T, B, in_size]
+  const T* x_gemm = x;
+  if (lengths) {
+    constexpr int kThreads = 256;
+    launch(zero_dead_rows_kernel<T>, static_cast<unsigned>(ceil_div(TB * in_size, kThreads)), kThreads, stream, T_, B,
+           in_size, lengths, x, x_live.get());
+    x_gemm = x_live.get();
+  }
+  gemm<T>(stream, true, false, GH, in_size, TB, A(1), dgi.get(), GH, x_gemm, in_size, A(0), g.dw_ih, in_size);
   gemm<T>(stream, true, false, GH, H, TB, A(1), dgh, GH, h_prev.get(), H, A(0), g.dw_hh, H);
   if (g.db_ih) column_sums<T>(stream, dgi.get(), TB, GH, GH, g.db_ih);
   if (g.db_hh) column_sums<T>(stream, dgh, TB, GH, GH, g.db_hh);

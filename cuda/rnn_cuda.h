@@ -22,6 +22,10 @@ void check_sizes(const RnnConfig& cfg);
 
 // Number of CUDA devices visible to the process (0 without a driver or without a GPU).
 int device_count();
+// The CUDA runtime fastrnn was built with, and the CUDA version the driver supports (1000 * major
+// + 10 * minor, e.g. 13000; 0 when unknown or without a driver).
+int runtime_version();
+int driver_version();
 // Throws std::runtime_error (RuntimeError) when no device is usable.
 void require_device();
 // Throws ArgumentError (ValueError) unless `p` is device (or managed) memory of the current device.

@@ -16,8 +16,6 @@ namespace {
 template <class T> const T* slice(const T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 
-constexpr int64 kMaxGridX = 2147483647;
-
 void check_grid(int64 x, int64 y, const char* what) {
   if (x > kMaxGridX || y > kMaxGridY)
     throw ArgumentError(std::string(what) + ": sizes exceed the CUDA grid limits (grid " + std::to_string(x) + " x " +

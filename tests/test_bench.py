@@ -47,13 +47,19 @@ def test_cli_rejects_bad_options(capsys):
         assert what in capsys.readouterr().err
 
 
-def test_cuda_device_is_refused_clearly(capsys):
-    """No CUDA timing path yet: --device cuda stops with a reason that fits this build."""
+def test_cuda_device_without_gpu_is_refused_clearly(capsys):
+    """Without a usable GPU, --device cuda stops (exit 2) with the reason (tests/test_bench_cuda.py has the rest)."""
+    from fastrnn import bench_cuda
+    reason = bench_cuda.unavailable_reason()
+    if reason is None:
+        pytest.skip("a GPU is usable here: tests/test_bench_cuda.py runs the GPU suite")
     with pytest.raises(SystemExit) as e:
         bench.main(["--device", "cuda"])
     assert e.value.code == 2
-    expected = "no CUDA path yet" if fastrnn.cuda_available() else "no CUDA kernels in this build"
-    assert expected in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--device cuda: {reason}" in err and "Traceback" not in err
+    if not fastrnn.cuda_available():
+        assert "no CUDA kernels in this build" in err
 
 
 def test_suites():

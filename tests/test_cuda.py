@@ -109,9 +109,10 @@ DEVICE, SKIP_REASON = _find_device()
 with_cuda_build = pytest.mark.skipif(not _core.built_with_cuda, reason=NO_CUDA_BUILD)
 
 
-def run_cuda(dev, p, training=True):
+def run_cuda(dev, p, training=True, allow_tf32=False):
     """forward (training or inference) then, when training, backward through the CUDA entry points
-    on copies of p's data on the device; returns {name: host array} like test_kernels.named."""
+    on copies of p's data on the device; returns {name: host array} like test_kernels.named.
+    allow_tf32: float32 products on cuBLAS may use TF32."""
     assert not p["batch_first"], "the CUDA entry points take time-major buffers"
     cell, dtype, D = p["cell"], np.dtype(p["dtype"]), 2 if p["bidirectional"] else 1
     T, B, I = p["x"].shape
@@ -129,7 +130,7 @@ def run_cuda(dev, p, training=True):
     head = (_CELL_ID[cell], dtype.name, T, B, I, H, L, p["bidirectional"])
     wptrs = [tuple(ptr(w) for w in entry) for entry in weights]
     m.forward(*head, ptr(x), wptrs, ptr(h0), ptr(c0), ptr(lengths), ptr(y), ptr(hn), ptr(cn), ptr(reserve),
-              dev.stream())
+              dev.stream(), allow_tf32=allow_tf32)
     out = {"output": y, "h_n": hn, "c_n": cn}
     if training:
         dy, dhn, dcn = dev.put(p["dy"]), dev.put(p["dhn"]), dev.put(p["dcn"])
@@ -137,7 +138,8 @@ def run_cuda(dev, p, training=True):
         dc0 = dev.empty(state, dtype) if lstm else None
         grads = [tuple(dev.empty(w.shape, dtype) for w in entry) for entry in p["weights"]]
         m.backward(*head, ptr(x), wptrs, ptr(h0), ptr(c0), ptr(lengths), ptr(reserve), ptr(dy), ptr(dhn), ptr(dcn),
-                   ptr(dx), ptr(dh0), ptr(dc0), [tuple(ptr(g) for g in entry) for entry in grads], dev.stream())
+                   ptr(dx), ptr(dh0), ptr(dc0), [tuple(ptr(g) for g in entry) for entry in grads], dev.stream(),
+                   allow_tf32=allow_tf32)
         out.update(dx=dx, dh0=dh0, dc0=dc0)
         for k, entry in enumerate(grads):
             for i, g in enumerate(entry):
@@ -146,13 +148,13 @@ def run_cuda(dev, p, training=True):
     return {k: dev.get(v) for k, v in out.items()}
 
 
-def check_against_reference(p):
-    got = run_cuda(DEVICE, p)
+def check_against_reference(p, allow_tf32=False):
+    got = run_cuda(DEVICE, p, allow_tf32=allow_tf32)
     expected = named(*run(reference, p))
     assert got.keys() == expected.keys(), f"quantities differ: {sorted(got)} vs {sorted(expected)}"
     for name, v in got.items():
         assert v is None or v.dtype == p["dtype"], f"{name} has dtype {v.dtype}, expected {p['dtype']}"
-        assert_close(v, expected[name], p["dtype"], name)
+        assert_close(v, expected[name], "tf32" if allow_tf32 else p["dtype"], name)
     return got
 
 
@@ -222,6 +224,61 @@ def test_deterministic_and_inference_equals_training(cell):
             f"{name}: inference differs from the training forward"
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.cuda
+@pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
+def test_padding_values_do_not_reach_gradients(cell):
+    """NaN/Inf in x past lengths: dW_ih = dG^T X reads a copy with those rows zeroed (0 * NaN = NaN);
+    and NaN through ReLU as torch (the cell maths of csrc/cells.h, shared with the CPU)."""
+    p = make_problem(cell, np.float32, 2, True, 7, 20, 9, 16, ragged=True, seed=_seed("padding", cell))
+    clean = run_cuda(DEVICE, p)
+    x = p["x"].copy()
+    for b, n in enumerate(p["lengths"]):
+        x[n:, b] = np.nan
+        x[n::2, b] = np.inf
+    dirty = run_cuda(DEVICE, {**p, "x": x})
+    for name, v in clean.items():
+        assert (v is None and dirty[name] is None) or np.array_equal(v, dirty[name]), f"{name} depends on the padding"
+
+
+def _cublas_loaded():
+    return DEVICE is not None and DEVICE.module.cublas_status().startswith("cuBLAS ")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.cuda
+@pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
+def test_own_gemm_when_cublas_is_switched_off(cell, dtype, monkeypatch):
+    """FASTRNN_CUBLAS=0 runs every product on the own GEMM (cuda/gemm.cuh); both paths match the
+    reference, on sizes past the GEMM's 64 x 64 tiles (I > 64, T*B > 64, G*H > 64)."""
+    p = make_problem(cell, dtype, 2, True, 5, 17, 70, 33, ragged=True, seed=_seed("gemm", cell))
+    loaded = _cublas_loaded()
+    on_default = check_against_reference(p)
+    monkeypatch.setenv("FASTRNN_CUBLAS", "0")
+    assert not _cublas_loaded(), DEVICE.module.cublas_status()
+    on_own = check_against_reference(p)
+    if not loaded:  # no cuBLAS here: the very same kernels ran twice
+        for name, v in on_own.items():
+            assert (v is None and on_default[name] is None) or np.array_equal(v, on_default[name]), name
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.cuda
+@pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
+def test_tf32_products_within_tf32_tolerance(cell):
+    """allow_tf32=True (what torch.backends.cuda.matmul.allow_tf32 passes through fastrnn.ops):
+    float32 results within TF32's tolerance; float64 is unaffected (bitwise)."""
+    if not _cublas_loaded():
+        pytest.skip(f"cuBLAS is not loaded ({DEVICE.module.cublas_status()}): the own GEMM has no TF32")
+    p = make_problem(cell, np.float32, 2, True, 6, 19, 70, 40, ragged=True, seed=_seed("tf32", cell))
+    check_against_reference(p, allow_tf32=True)
+    p64 = make_problem(cell, np.float64, 1, False, 4, 3, 5, 6, seed=_seed("tf32-64", cell))
+    plain, tf32 = run_cuda(DEVICE, p64), run_cuda(DEVICE, p64, allow_tf32=True)
+    for name, v in plain.items():
+        assert (v is None and tf32[name] is None) or np.array_equal(v, tf32[name]), name
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 def test_cuda_graph_capture_and_replay():
@@ -283,6 +340,10 @@ def test_imports_without_gpu():
         n = _core.cuda.device_count()
         assert isinstance(n, int) and n >= 0
         assert _core.cuda.reserve_size(2, 5, 3, 4, 6, 2, True) == _core.reserve_size(2, 5, 3, 4, 6, 2, True)
+        assert _core.cuda.runtime_version() >= 11000  # what nvcc built it with
+        assert _core.cuda.driver_version() >= 0
+        status = _core.cuda.cublas_status()  # loads cuBLAS if it can, and never needs a GPU for that
+        assert status.startswith(("cuBLAS ", "not found", "unusable", "off", "not built")), status
 
 
 # Valid arguments with made-up nonzero pointers (never dereferenced: every case below fails first).

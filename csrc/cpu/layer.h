@@ -14,7 +14,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -50,11 +52,22 @@ inline int64 max_share(int64 n, int parts, int64 align) {
 // Freed scratch blocks kept, per thread, for the next call on that thread. A buffer above glibc's
 // mmap threshold (32 MB at most) is otherwise mapped afresh on every call, and the kernel's page
 // faults and page clearing took ~15 % of a training call at T*B = 25600 (perf). Only blocks of at
-// least kMinBytes are kept (smaller ones come cheaply from malloc's free lists), at most kMaxBytes
-// in all per thread (the oldest go first); a block is reused for a request of half its size or more.
+// least kMinBytes are kept (smaller ones come cheaply from malloc's free lists), at most
+// max_bytes() in all per thread (the oldest go first; 256 MB unless the environment variable
+// FASTRNN_SCRATCH_CACHE_MB says otherwise, 0 keeps nothing); a block is reused for a request of half
+// its size or more. Every thread's cache is listed in one registry so that release_all()
+// (fastrnn.empty_cache()) can free the blocks of threads that are not running, the OpenMP pool's
+// included; a thread's cache is freed when the thread ends.
 class ScratchCache {
  public:
-  static constexpr size_t kMinBytes = size_t(1) << 20, kMaxBytes = size_t(256) << 20;
+  static constexpr size_t kMinBytes = size_t(1) << 20;
+  static size_t max_bytes() {
+    static const size_t bytes = [] {
+      const char* v = std::getenv("FASTRNN_SCRATCH_CACHE_MB");
+      return v ? size_t(std::max(0LL, std::atoll(v))) << 20 : size_t(256) << 20;
+    }();
+    return bytes;
+  }
   static ScratchCache& local() {
     thread_local ScratchCache cache;
     return cache;
@@ -62,6 +75,7 @@ class ScratchCache {
   // A kept block of `bytes` to twice that, the smallest such, or nullptr; `bytes` becomes the
   // block's own size, so that give() files it under that size again.
   void* take(size_t& bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
     auto best = blocks_.end();
     for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
       if (it->bytes >= bytes && it->bytes / 2 <= bytes && (best == blocks_.end() || it->bytes < best->bytes)) best = it;
@@ -74,40 +88,107 @@ class ScratchCache {
   }
   // Keeps p (of `bytes`, from std::aligned_alloc) or frees it.
   void give(void* p, size_t bytes) {
-    if (bytes < kMinBytes || bytes > kMaxBytes) return std::free(p);
+    if (bytes < kMinBytes || bytes > max_bytes()) return std::free(p);
+    std::lock_guard<std::mutex> lock(mutex_);
     blocks_.push_back({p, bytes});
     total_ += bytes;
-    while (total_ > kMaxBytes) {
+    while (total_ > max_bytes()) {
       total_ -= blocks_.front().bytes;
       std::free(blocks_.front().p);
       blocks_.erase(blocks_.begin());
     }
   }
-  ~ScratchCache() {
-    for (auto& b : blocks_) std::free(b.p);
+  // Frees every kept block of every thread's cache.
+  static void release_all() {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    for (ScratchCache* c : r.caches) c->release();
   }
+  // Bytes kept by all threads' caches together.
+  static size_t cached_bytes() {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    size_t n = 0;
+    for (ScratchCache* c : r.caches) {
+      std::lock_guard<std::mutex> cache_lock(c->mutex_);
+      n += c->total_;
+    }
+    return n;
+  }
+  // In a forked child only the forking thread exists: locks another thread may have held at the
+  // fork are reset (the caches' memory is still there and can be freed).
+  static void reset_locks_after_fork() {
+    Registry& r = registry();
+    new (&r.mutex) std::mutex;
+    for (ScratchCache* c : r.caches) new (&c->mutex_) std::mutex;
+  }
+
+  ScratchCache() {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    r.caches.push_back(this);
+  }
+  ~ScratchCache() {
+    {
+      Registry& r = registry();
+      std::lock_guard<std::mutex> lock(r.mutex);
+      r.caches.erase(std::find(r.caches.begin(), r.caches.end(), this));
+    }
+    release();
+  }
+  ScratchCache(const ScratchCache&) = delete;
+  ScratchCache& operator=(const ScratchCache&) = delete;
 
  private:
   struct Block {
     void* p;
     size_t bytes;
   };
+  struct Registry {
+    std::mutex mutex;
+    std::vector<ScratchCache*> caches;
+  };
+  // Never destroyed: pool threads' caches may outlive static destruction at exit.
+  static Registry& registry() {
+    static Registry* r = new Registry;
+    return *r;
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& b : blocks_) std::free(b.p);
+    blocks_.clear();
+    total_ = 0;
+  }
+  std::mutex mutex_;  // taken by this thread's take/give (uncontended) and by release_all
   std::vector<Block> blocks_;
   size_t total_ = 0;
+};
+
+// Out of memory for a scratch buffer: Python's MemoryError (pybind11 translates std::bad_alloc)
+// with the size and what the buffer was for.
+class ScratchAllocError : public std::bad_alloc {
+ public:
+  ScratchAllocError(size_t bytes, const char* what)
+      : message_("fastrnn: out of memory allocating " + std::to_string(bytes) + " bytes for " + what) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
 };
 
 // Scratch memory of n elements of T, 64-byte aligned (packed panels and rows start on cache lines)
 // and NOT zero-filled: every element the kernels read is written first, and clearing would be a
 // whole extra pass over buffers of T*B*G*H elements (std::vector<T>(n) spent 5-9 % of a forward
-// call in memset). Taken from and returned to this thread's ScratchCache.
+// call in memset). Taken from and returned to this thread's ScratchCache. `what` names the buffer
+// in the out-of-memory error.
 template <class T> class Scratch {
  public:
-  explicit Scratch(int64 n) {
+  explicit Scratch(int64 n, const char* what = "a scratch buffer") {
     if (n <= 0) return;
-    bytes_ = (size_t(checked_mul(n, int64(sizeof(T)), "scratch buffer")) + 63) / 64 * 64;
+    bytes_ = (size_t(checked_mul(n, int64(sizeof(T)), what)) + 63) / 64 * 64;
     void* p = ScratchCache::local().take(bytes_);
     if (!p) p = std::aligned_alloc(64, bytes_);
-    if (!p) throw std::bad_alloc();
+    if (!p) throw ScratchAllocError(bytes_, what);
     p_ = static_cast<T*>(p);
   }
   ~Scratch() {
@@ -120,6 +201,28 @@ template <class T> class Scratch {
  private:
   T* p_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// Per-thread buffers of one parallel region: the runtime may grant fewer threads than requested
+// (OMP_THREAD_LIMIT, OMP_DYNAMIC, nesting), and the hidden units are split by the team size it
+// grants, so each thread's share, and the size of its buffer, is a function of that size. The
+// buffer is allocated before the region (nothing may throw inside one) for the largest need over
+// the team sizes 1..requested; inside, thread tid of a team of nt uses offset(nt, tid).
+class TeamBuffers {
+ public:
+  // per_thread(p): elements one thread needs in a team of p.
+  template <class PerThread> TeamBuffers(int requested, PerThread per_thread) : per_thread_(requested + 1, 0) {
+    for (int p = 1; p <= requested; ++p) {
+      per_thread_[p] = per_thread(p);
+      total_ = std::max(total_, checked_mul(per_thread_[p], p, "per-thread buffers"));
+    }
+  }
+  int64 total() const { return total_; }
+  int64 offset(int team, int tid) const { return per_thread_[team] * tid; }
+
+ private:
+  std::vector<int64> per_thread_;  // [requested + 1]
+  int64 total_ = 0;
 };
 
 inline int thread_index() {

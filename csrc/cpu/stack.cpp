@@ -13,6 +13,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include <pthread.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "cpu/layer.h"
 #include "rnn.h"
@@ -28,8 +32,19 @@ int default_threads() {
 #endif
 }
 std::atomic<int> g_threads{default_threads()};
+// After fork() only the forking thread exists in the child, but libgomp still believes its pool
+// does: the first parallel region of more than one thread waits forever for threads that are not
+// there (fastrnn.nn in fork-started DataLoader workers hung). The child therefore runs every
+// kernel on one thread (a region of one thread uses no pool thread) until set_num_threads says
+// otherwise, which only a child that will not touch the parent's pool should do. The scratch
+// caches' locks, which another thread may have held at the fork, are reset.
+void after_fork_in_child() {
+  g_threads.store(1);
+  ScratchCache::reset_locks_after_fork();
+}
 const bool g_init = [] {
   blas_single_threaded();
+  pthread_atfork(nullptr, nullptr, after_fork_in_child);
   return true;
 }();
 
@@ -48,6 +63,14 @@ struct NestedParallelism {
 template <class T> const T* slice(const T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 }  // namespace
+
+void empty_cache() {
+  ScratchCache::release_all();
+#ifdef __GLIBC__
+  malloc_trim(0);  // freed blocks below the mmap threshold go back to the system too
+#endif
+}
+size_t scratch_cache_bytes() { return ScratchCache::cached_bytes(); }
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
 int get_num_threads() { return num_threads(); }
@@ -118,7 +141,8 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
     using Cell = decltype(cell);
     // Inference: outputs of the layers below the last, ping-pong (every element written by the layer).
     const bool ping_pong = !a.reserve && c.L > 1;
-    Scratch<T> between[2] = {Scratch<T>(ping_pong ? c.T * c.B * DH : 0), Scratch<T>(ping_pong && c.L > 2 ? c.T * c.B * DH : 0)};
+    Scratch<T> between[2] = {Scratch<T>(ping_pong ? c.T * c.B * DH : 0, "the outputs between layers [T, B, D*H]"),
+                             Scratch<T>(ping_pong && c.L > 2 ? c.T * c.B * DH : 0, "the outputs between layers [T, B, D*H]")};
     const T* in = a.x;
     for (int64 l = 0; l < c.L; ++l) {
       T* out;
@@ -145,8 +169,8 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   dispatch_cell(c.cell, [&](auto cell) {
     using Cell = decltype(cell);
     // dL/d(output of layer l-1), ping-pong (cleared below before each layer accumulates into it).
-    Scratch<T> between[2] = {Scratch<T>(c.L > 2 ? c.T * c.B * DH : 0), Scratch<T>(c.L > 1 ? c.T * c.B * DH : 0)};
-    std::vector<T> din_reverse;  // the reverse direction's share of dL/d(layer input)
+    Scratch<T> between[2] = {Scratch<T>(c.L > 2 ? c.T * c.B * DH : 0, "the layers' input gradients [T, B, D*H]"),
+                             Scratch<T>(c.L > 1 ? c.T * c.B * DH : 0, "the layers' input gradients [T, B, D*H]")};
     const T* dout = a.dy;
     for (int64 l = c.L - 1; l >= 0; --l) {
       const int64 in_size = c.input_size(l);
@@ -157,7 +181,8 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
       const int64 in_count = c.T * c.B * in_size;
       std::memset(din, 0, sizeof(T) * in_count);
       // Run concurrently, the reverse direction accumulates its dL/d(input) apart, added after.
-      if (c.D == 2) din_reverse.assign(in_count, T(0));
+      Scratch<T> din_reverse(c.D == 2 ? in_count : 0, "the reverse direction's input gradients [T, B, I_l]");
+      if (c.D == 2) std::memset(din_reverse.data(), 0, sizeof(T) * in_count);
       const T* out = a.reserve + lay.layer_output(l);
       for_each_direction(c, [&](int64 d, int threads) {
         const int64 k = l * c.D + d;
@@ -168,8 +193,9 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
                              a.dh0 + k * BH, slice(a.dc0, k, BH), a.grads[k], threads);
       });
       if (c.D == 2) {
+        const T* rev = din_reverse.data();
 #pragma omp parallel for simd num_threads(num_threads()) schedule(static)
-        for (int64 i = 0; i < in_count; ++i) din[i] += din_reverse[i];
+        for (int64 i = 0; i < in_count; ++i) din[i] += rev[i];
       }
       dout = din;
     }

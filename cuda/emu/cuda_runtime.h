@@ -70,6 +70,8 @@ inline const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
 inline const char* cudaGetErrorString(cudaError_t) { return "emulated error"; }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaRuntimeGetVersion(int* v) { *v = 0; return cudaSuccess; }
+inline cudaError_t cudaDriverGetVersion(int* v) { *v = 0; return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void*) {
   a->type = cudaMemoryTypeDevice;
@@ -82,6 +84,7 @@ inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
   return *p ? cudaSuccess : cudaErrorInvalidValue;
 }
 inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { std::free(p); return cudaSuccess; }
+inline cudaError_t cudaMalloc(void** p, size_t bytes) { return cudaMallocAsync(p, bytes, nullptr); }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
   std::memmove(d, s, n);
   return cudaSuccess;

@@ -931,7 +931,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="comma-separated of inference,training,decode (default all)")
     parser.add_argument("--threads", type=_positive, default=None,
                         help="threads for fastrnn and torch alike (default fastrnn.get_num_threads())")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the GPU suite against cuDNN (fastrnn/bench_cuda.py)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="--device cuda: start no new case after this many seconds")
     parser.add_argument("--reps", type=_positive, default=None, help="timed samples per case (default 7, --quick 3)")
     parser.add_argument("--quick", action="store_true",
                         help="about a minute: the three smaller sizes, no 1536 or bidirectional case, 3 samples")
@@ -951,12 +954,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "do not apply")
     args = parser.parse_args(argv)
     if args.suite == "decode":
+        if args.device == "cuda":
+            parser.error("--suite decode runs on the CPU (the stepper has no CUDA step kernel yet)")
         return decode_suite_main(args)
 
-    if args.device == "cuda":
-        if not fastrnn.cuda_available():
-            parser.error("--device cuda: no CUDA kernels in this build (fastrnn.cuda_available() is False)")
-        parser.error("--device cuda: this fastrnn has CUDA kernels, but the benchmark has no CUDA path yet")
+    if args.device == "cuda":  # the GPU suite: fastrnn.bench_cuda (needs torch with CUDA and a GPU)
+        from . import bench_cuda
+        return bench_cuda.main(args, parser)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
