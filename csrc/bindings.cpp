@@ -244,10 +244,10 @@ class PreparedCellBinding {
       for (const Span& i : inputs)
         if (overlap(o, i))
           throw py::value_error(std::string(o.name) + " overlaps " + i.name +
-                                " in memory: the outputs must be arrays of their own, apart from x, h and c");
+                                " in memory: h_out/c_out must not be the arrays h/c nor overlap x, h, c or each other");
     }
     if (overlap(outputs[0], outputs[1]))
-      throw py::value_error("h_out overlaps c_out in memory: the outputs must be arrays of their own");
+      throw py::value_error("h_out overlaps c_out in memory: h_out/c_out must not overlap x, h, c or each other");
     py::gil_scoped_release release;
     cell.step(B, xp, hp, cp, hop, cop);
   }

@@ -7,7 +7,8 @@
 // two directions (the CPU runs them concurrently, CUDA one after the other on the stream).
 //
 // A Backend provides (csrc/cpu/stack.cpp's CpuBackend, cuda/stack.cu's CudaBackend):
-//   template <class T> struct Buffer { Buffer(const Backend&, int64 n); T* data(); }   scratch
+//   template <class T> struct Buffer { Buffer(const Backend&, int64 n, const char* what); T* data(); }
+//                                        scratch of n elements (`what` names it in out-of-memory errors)
 //   zero(T* p, int64 n), copy(T* dst, const T* src, int64 n)                           its memory
 //   for_each_direction(cfg, body)        body(d, ctx) for d < D; ctx is what a layer runs on
 //   accumulate_directions(cfg, din, n, body)   body(d, T* din_d, ctx): each direction's dL/d(input)
@@ -35,7 +36,7 @@ template <class Backend, class T> void stack_forward(const Backend& be, const Rn
     // Inference: the outputs of the layers below the last, ping-pong (one slot suffices for L = 2;
     // every element is written by the layer).
     const int64 slots = a.reserve ? 0 : std::min<int64>(c.L - 1, 2);
-    typename Backend::template Buffer<T> between(be, slots * TBDH);
+    typename Backend::template Buffer<T> between(be, slots * TBDH, "the outputs between layers [T, B, D*H]");
     const T* in = a.x;
     for (int64 l = 0; l < c.L; ++l) {
       T* out = a.reserve ? a.reserve + lay.layer_output(l) : l == c.L - 1 ? a.y : between.data() + (l % slots) * TBDH;
@@ -61,7 +62,7 @@ template <class Backend, class T> void stack_backward(const Backend& be, const R
     using Cell = decltype(cell);
     // dL/d(output of layer l-1) for l >= 1, ping-pong (one slot suffices for L = 2).
     const int64 slots = std::min<int64>(c.L - 1, 2);
-    typename Backend::template Buffer<T> between(be, slots * TBDH);
+    typename Backend::template Buffer<T> between(be, slots * TBDH, "the layers' input gradients [T, B, D*H]");
     const T* dout = a.dy;
     for (int64 l = c.L - 1; l >= 0; --l) {
       const int64 in_size = c.input_size(l), in_count = c.T * c.B * in_size;

@@ -44,7 +44,7 @@ struct CudaBackend {
   cudaStream_t stream;
   template <class T> struct Buffer {
     Scratch<T> scratch;
-    Buffer(const CudaBackend& be, int64 n) : scratch(n, be.stream) {}
+    Buffer(const CudaBackend& be, int64 n, const char*) : scratch(n, be.stream) {}
     T* data() { return scratch.get(); }
   };
   template <class T> void zero(T* p, int64 n) const { FASTRNN_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(T) * n, stream)); }

@@ -222,6 +222,23 @@ def test_deterministic_and_inference_equals_training(cell):
             f"{name}: inference differs from the training forward"
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.cuda
+@pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
+def test_padding_values_do_not_reach_gradients(cell):
+    """NaN/Inf in x past lengths: dW_ih = dG^T X reads a copy with those rows zeroed (0 * NaN = NaN);
+    and NaN through ReLU as torch (the cell maths of csrc/cells.h, shared with the CPU)."""
+    p = make_problem(cell, np.float32, 2, True, 7, 20, 9, 16, ragged=True, seed=_seed("padding", cell))
+    clean = run_cuda(DEVICE, p)
+    x = p["x"].copy()
+    for b, n in enumerate(p["lengths"]):
+        x[n:, b] = np.nan
+        x[n::2, b] = np.inf
+    dirty = run_cuda(DEVICE, {**p, "x": x})
+    for name, v in clean.items():
+        assert (v is None and dirty[name] is None) or np.array_equal(v, dirty[name]), f"{name} depends on the padding"
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 def test_cuda_graph_capture_and_replay():

@@ -140,6 +140,16 @@ def test_relu_nan_numpy_api():
     grads = fastrnn.rnn_backward(res.saved, np.ones_like(res.output))
     assert np.isnan(grads.dweights[0][0]).all()  # dW = dG^T x holds NaN * 1
     assert grads.dx[0, 1, 0] == 0 and grads.dx[0, 0, 0] == 1
+    # and the reference agrees, NaN for NaN
+    p = make_problem("rnn_relu", np.float64, 2, True, 5, 6, 3, 7, ragged=True, seed=2)
+    p["x"][1, 2, 0] = np.nan
+    p["dy"][3, 4, 1] = np.nan
+    fast, ref = named(*run(fastrnn, p)), named(*run(reference, p))
+    for name, value in fast.items():
+        if value is not None:
+            np.testing.assert_array_equal(np.isnan(value), np.isnan(ref[name]), err_msg=name)
+            finite = ~np.isnan(ref[name])
+            np.testing.assert_allclose(value[finite], ref[name][finite], rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 # ---- 4. NaN / Inf in the padding past lengths ---------------------------------------------------------
@@ -148,12 +158,13 @@ def test_relu_nan_numpy_api():
 def test_padding_values_do_not_reach_gradients(cell, bidirectional):
     p = make_problem(cell, np.float32, 2, bidirectional, 7, 20, 9, 16, ragged=True, seed=11)
     clean = named(*run(fastrnn, p))
-    x = p["x"].copy()
+    x, dy = p["x"].copy(), p["dy"].copy()
     T = x.shape[0]
     for b, n in enumerate(p["lengths"]):
         x[n:, b] = np.nan
         x[n:T:2, b] = np.inf
-    dirty = named(*run(fastrnn, p, x=x))
+        dy[n:, b] = np.nan  # the incoming gradient's padding too
+    dirty = named(*run(fastrnn, p, x=x, dy=dy))
     for name, value in clean.items():
         if value is not None:
             np.testing.assert_array_equal(dirty[name], value, err_msg=f"{name} depends on the padding of x")
@@ -372,7 +383,13 @@ def test_thread_cache_freed_at_thread_end_and_pool_caches_emptied():
         fastrnn.empty_cache()
         worker = threading.Thread(target=lambda: run(fastrnn, p))
         worker.start()
-        worker.join()  # its cache is freed as the thread ends
+        worker.join()
+        # Its cache is freed as the thread ends: thread-local destructors run in pthread_exit,
+        # which may come just after join() returns, so wait for it (up to 10 s).
+        import time
+        deadline = time.monotonic() + 10
+        while fastrnn._core.scratch_cache_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert fastrnn._core.scratch_cache_bytes() == 0
         fastrnn.set_num_threads(2)  # the OpenMP pool thread keeps a cache of its own
         run(fastrnn, p)
@@ -418,3 +435,159 @@ def test_out_of_memory_names_size_and_buffer():
         """)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"allocating {400 * 64 * 4 * 1024 * 4} bytes for the input projections" in r.stdout, r.stdout
+
+
+# ---- 2. forward-mode AD and torch.func through fastrnn.nn ---------------------------------------------
+def _module_pair(mode, **kwargs):
+    torch = pytest.importorskip("torch")
+    import fastrnn.nn
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, mode)(4, 6, **kwargs).double()
+    fast = getattr(fastrnn.nn, mode)(4, 6, **kwargs).double()
+    fast.load_state_dict(ref.state_dict())
+    return torch, ref, fast
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("mode, kwargs", [("GRU", dict(num_layers=2, bidirectional=True)), ("LSTM", {}),
+                                          ("RNN", dict(nonlinearity="relu")), ("LSTMCell", {}), ("GRUCell", {})])
+def test_torch_func_transforms_match_torch_nn(mode, kwargs):
+    torch, ref, fast = _module_pair(mode, **kwargs)
+    x = torch.randn((3, 2, 4) if "Cell" not in mode else (2, 4), dtype=torch.float64)
+    v = torch.randn_like(x)
+    results = {}
+    for impl, m in (("torch", ref), ("fastrnn", fast)):
+        f = lambda x: _first(m(x))
+        results[impl] = dict(
+            jvp=torch.func.jvp(f, (x,), (v,))[1],
+            jacfwd=torch.func.jacfwd(f)(x),
+            grad=torch.func.grad(lambda x: f(x).square().sum())(x),
+            jacrev=torch.func.jacrev(f)(x))
+        with torch.autograd.forward_ad.dual_level():
+            dual = torch.autograd.forward_ad.make_dual(x, v)
+            results[impl]["forward_ad"] = torch.autograd.forward_ad.unpack_dual(f(dual)).tangent
+    for name, want in results["torch"].items():
+        got = results["fastrnn"][name]
+        assert want.abs().max() > 0
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-11), f"{name}: max error {(got - want).abs().max()}"
+
+
+def test_ops_refuse_forward_ad_and_transforms_clearly():
+    torch = pytest.importorskip("torch")
+    from fastrnn import ops
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    w = [torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 6, dtype=torch.float64)]
+    args = (w, None, None, None, "rnn_tanh", 6, 1, False, True)
+    for call in (ops.run_forward, torch.ops.fastrnn.rnn_forward):
+        with torch.autograd.forward_ad.dual_level():
+            with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+                call(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x)), *args)
+    for call in (ops.run_forward, torch.ops.fastrnn.rnn_forward):
+        with pytest.raises(NotImplementedError, match="torch.func transforms"):
+            torch.func.grad(lambda x: call(x, *args)[0].sum())(x)
+        with pytest.raises(NotImplementedError, match="torch.func transforms"):
+            torch.func.jvp(lambda x: call(x, *args)[0], (x,), (x,))
+        with pytest.raises(NotImplementedError, match="torch.func transforms"):
+            torch.func.vmap(lambda x: call(x, *args)[0])(x.unsqueeze(0))
+
+
+# ---- 7. in-place changes between forward and backward -------------------------------------------------
+@pytest.mark.parametrize("eager", [True, False])
+@pytest.mark.parametrize("what", ["input", "weight"])
+def test_in_place_change_before_backward_raises_like_torch(eager, what, monkeypatch):
+    """torch's version counters see it (ctx.save_for_backward): the same RuntimeError as torch.nn.
+    (torch.nn with batch_first copies the input and does not raise for it; fastrnn.nn raises.)"""
+    torch, ref, fast = _module_pair("LSTM")
+    from fastrnn import ops
+    monkeypatch.setattr(ops, "_EAGER_PATH", eager)
+    import fastrnn.nn
+    batch_first = fastrnn.nn.LSTM(4, 6, batch_first=True).double()
+    for impl, m in (("torch", ref), ("fastrnn", fast), ("fastrnn batch_first", batch_first)):
+        x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+        xin = x * 1  # a non-leaf, which may be changed in place
+        y = m(xin)[0].sum()
+        with torch.no_grad():
+            (xin if what == "input" else m.weight_hh_l0).add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.backward()
+
+
+# ---- 9. the torch.nn contract ------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_empty_batch_and_meta_like_torch(mode):
+    torch, ref, fast = _module_pair(mode)
+    cell = "Cell" in mode
+    x = torch.randn((0, 4) if cell else (5, 0, 4), dtype=torch.float64, requires_grad=True)
+    outs = [m(x) for m in (ref, fast)]
+    for a, b in zip(torch.utils._pytree.tree_leaves(outs[0]), torch.utils._pytree.tree_leaves(outs[1])):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    _first(outs[1]).sum().backward()  # empty gradients, no error
+    import fastrnn.nn
+    meta = getattr(fastrnn.nn, mode)(4, 6, device="meta")
+    want = getattr(torch.nn, mode)(4, 6, device="meta")(torch.empty((2, 4) if cell else (5, 2, 4), device="meta"))
+    got = meta(torch.empty((2, 4) if cell else (5, 2, 4), device="meta"))
+    for a, b in zip(torch.utils._pytree.tree_leaves(want), torch.utils._pytree.tree_leaves(got)):
+        assert b.device.type == "meta" and a.shape == b.shape
+
+
+def test_exception_types_like_torch():
+    torch = pytest.importorskip("torch")
+    import fastrnn.nn
+    cases = {
+        "T = 0": lambda nn: nn.LSTM(4, 3)(torch.randn(0, 2, 4)),
+        "GRU hx of another dtype": lambda nn: nn.GRU(4, 3)(torch.randn(5, 2, 4), torch.zeros(1, 2, 3, dtype=torch.float64)),
+        "LSTM hx 1-tuple": lambda nn: nn.LSTM(4, 3)(torch.randn(5, 2, 4), (torch.zeros(1, 2, 3),)),
+        "num_layers = 0": lambda nn: nn.GRU(4, 3, num_layers=0),
+    }
+    for what, case in cases.items():
+        with pytest.raises(Exception) as want:
+            case(torch.nn)
+        with pytest.raises(Exception) as got:
+            case(fastrnn.nn)
+        assert type(got.value) is type(want.value), f"{what}: {got.value!r} vs torch.nn's {want.value!r}"
+
+
+def test_jit_trace_check_save_load(tmp_path):
+    torch = pytest.importorskip("torch")
+    import fastrnn.nn
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(fastrnn.nn.GRU(4, 6, num_layers=2))
+    x = torch.randn(5, 3, 4)
+    traced = torch.jit.trace(model, x, check_inputs=[(torch.randn(7, 2, 4),)])  # the check must pass
+    torch.jit.save(traced, tmp_path / "model.pt")
+    loaded = torch.jit.load(tmp_path / "model.pt")
+    x2 = torch.randn(6, 2, 4, requires_grad=True)
+    y_loaded, y_eager = loaded(x2)[0], model(x2)[0]
+    assert torch.allclose(y_loaded, y_eager, atol=1e-6)
+    (g,) = torch.autograd.grad(y_loaded.sum(), x2)  # the loaded graph trains as well
+    (g_eager,) = torch.autograd.grad(y_eager.sum(), x2)
+    assert torch.allclose(g, g_eager, atol=1e-6)
+
+
+# ---- 12. clear errors (the Python side) --------------------------------------------------------------
+def test_error_messages():
+    with pytest.raises(ValueError, match=r"num_threads must be <= 2147483647 \(OpenMP takes a C int\), got 2147483648"):
+        fastrnn.set_num_threads(2**31)
+    w = fastrnn.init_weights("gru", 4, 8, seed=0)
+    step = fastrnn.PreparedCell("gru", *w[0])
+    with pytest.raises(TypeError, match=r"x must have dtype float32 \(the dtype of the prepared weights\), got float64"):
+        step(np.zeros((2, 4)))
+    x = np.zeros((3, 2, 4), np.float32)
+    with pytest.raises(TypeError, match=r"weights\[0\]\[2\] \(b_ih, layer 0, forward\) must be a numpy array of "
+                                         r"shape \(24,\), got None"):
+        fastrnn.gru_forward(x, [(w[0][0], w[0][1], None, w[0][3])])
+
+
+def test_error_deleted_parameter_and_zero_layers():
+    torch = pytest.importorskip("torch")
+    import fastrnn.nn
+    from fastrnn import ops
+    m = fastrnn.nn.GRU(4, 3)
+    del m.weight_hh_l0
+    with pytest.raises(AttributeError, match="'GRU' object has no attribute 'weight_hh_l0'"):
+        m(torch.randn(5, 2, 4))
+    with pytest.raises(ValueError, match="num_layers must be greater than zero"):
+        ops.run_forward(torch.randn(2, 2, 4), [], None, None, None, "gru", 3, 0, False, False)

@@ -135,7 +135,7 @@ template <class Body> void for_each_direction(const RnnConfig& c, Body body) {
 struct CpuBackend {
   template <class T> struct Buffer {
     Scratch<T> scratch;
-    Buffer(const CpuBackend&, int64 n) : scratch(n, "the values between layers [T, B, D*H]") {}
+    Buffer(const CpuBackend&, int64 n, const char* what) : scratch(n, what) {}
     T* data() { return scratch.data(); }
   };
   template <class T> void zero(T* p, int64 n) const { std::memset(p, 0, sizeof(T) * n); }
@@ -145,7 +145,7 @@ struct CpuBackend {
   }
   // Run concurrently, the reverse direction accumulates its dL/d(input) apart, added after.
   template <class T, class Body> void accumulate_directions(const RnnConfig& c, T* din, int64 n, Body body) const {
-    Scratch<T> din_reverse(c.D == 2 ? n : 0, "the reverse direction's input gradient [T, B, I_l]");
+    Scratch<T> din_reverse(c.D == 2 ? n : 0, "the reverse direction's input gradients [T, B, I_l]");
     if (c.D == 2) std::memset(din_reverse.data(), 0, sizeof(T) * n);
     cpu::for_each_direction(c, [&](int64 d, int threads) { body(d, d == 1 ? din_reverse.data() : din, threads); });
     if (c.D == 2) {

@@ -37,8 +37,10 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
     n = int(n)
-    if not 1 <= n <= _MAX_THREADS:
-        raise ValueError(f"num_threads must be between 1 and {_MAX_THREADS} (a C int), got {n}")
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    if n > _MAX_THREADS:
+        raise ValueError(f"num_threads must be <= {_MAX_THREADS} (OpenMP takes a C int), got {n}")
     _core.set_num_threads(n)
 
 

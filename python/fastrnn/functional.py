@@ -104,6 +104,9 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
         arrays = []
         for i, a in enumerate(entry):
             name = f"weights[{k}][{i}] ({names[i]}, {where})"
+            if a is None:
+                raise TypeError(f"{name} must be a numpy array of shape {shapes[i]}, got None (for no biases, "
+                                "give every entry as a 2-tuple (w_ih, w_hh))")
             a = _array(name, a)
             _check_dtype(name, a, dtype)
             _check_shape(name, a, shapes[i], formulas[i])
@@ -153,6 +156,11 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         the one at its own last step, and the reverse direction starts at that step.
     training: keep what ``backward`` needs (``result.saved``); False saves nothing.
 
+    ``saved`` keeps references to ``x`` (when already time-major and C-contiguous), the weights,
+    h0, c0 and lengths, not copies: changing any of them in place before ``backward`` silently
+    gives gradients of the changed values (NumPy has no version counter to detect it; torch.nn and
+    fastrnn.nn raise). Keep them unchanged until ``backward``, or pass copies.
+
     Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
     """
     cell = _check_cell(cell)
@@ -198,6 +206,9 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
 
     Returns RNNGrads(dx (layout of x), dh0, dc0 (LSTM) or None, dweights) where dweights mirrors
     ``weights``: one tuple (dW_ih, dW_hh[, db_ih, db_hh]) per layer and direction.
+
+    It reads x, the weights and the states through ``saved``'s references: they must not have been
+    changed in place since the forward (see :func:`forward`).
     """
     if not isinstance(saved, Saved):
         raise TypeError("saved must be the .saved of a forward(..., training=True) result, "
@@ -297,7 +308,8 @@ class PreparedCell:
     weights only) stores them in half the bytes: a step of a large cell is bound by reading the
     weights, so this is about twice as fast, at float16's rounding of each weight (relative 2^-11);
     the products, the states and the cell maths stay float32. ``h``/``c`` default to zeros;
-    ``out=(h_out[, c_out])`` writes the results into given arrays (they must not be ``h``/``c``).
+    ``out=(h_out[, c_out])`` writes the results into given arrays (they must not overlap x, h, c or
+    each other in memory: ValueError).
     Later changes to the weight arrays are not seen: prepare again.
     """
 
@@ -345,17 +357,21 @@ class PreparedCell:
         return f"PreparedCell({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
                f"dtype={self.dtype}{wd})"
 
+    def _check_dtype(self, name: str, a: np.ndarray) -> None:
+        if a.dtype != self.dtype:
+            raise TypeError(f"{name} must have dtype {self.dtype} (the dtype of the prepared weights), got {a.dtype}")
+
     def _state(self, name: str, s, B: int) -> np.ndarray:
         if s is None:
             return np.zeros((B, self.hidden_size), self.dtype)
         s = _array(name, s)
-        _check_dtype(name, s, self.dtype)
+        self._check_dtype(name, s)
         _check_shape(name, s, (B, self.hidden_size), "(B, H) = ")
         return np.ascontiguousarray(s)
 
     def __call__(self, x, h=None, c=None, *, out=None):
         x = _array("x", x)
-        _check_dtype("x", x, self.dtype)
+        self._check_dtype("x", x)
         if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != self.input_size:
             raise ValueError(f"x must have shape (B, I={self.input_size}) with B >= 1, got {x.shape}")
         B = int(x.shape[0])
@@ -373,7 +389,7 @@ class PreparedCell:
             for name, o in zip(("h_out", "c_out"), out):
                 if not isinstance(o, np.ndarray):
                     raise TypeError(f"{name} must be a numpy array, got {type(o).__name__}")
-                _check_dtype(name, o, self.dtype)
+                self._check_dtype(name, o)
                 _check_shape(name, o, (B, self.hidden_size), "(B, H) = ")
         self._step.step(np.ascontiguousarray(x), h, c, out[0], out[1] if lstm else None)
         return out if lstm else out[0]

@@ -11,7 +11,10 @@ graph). ``convert(model)`` swaps the torch.nn modules inside a model for these o
 
 Differences from torch.nn: float32 and float64 only (other dtypes raise TypeError), and no double
 backward. ``LSTM(proj_size > 0)`` is not covered by the kernels: it runs a pure-torch fallback
-(composed torch ops, autograd does the backward) that matches torch.nn.LSTM but is not fast.
+(composed torch ops, autograd does the backward) that matches torch.nn.LSTM but is not fast. So do
+the calls the kernels have no rule for: meta tensors (shapes only), an empty batch (B = 0),
+forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp`` / ``jacfwd``) and torch.func's
+transforms (``grad``, ``jacrev``, ``vmap``, ...): ``_composed_recurrence``.
 """
 from __future__ import annotations
 
@@ -43,10 +46,25 @@ def _needs_grad(*tensors) -> bool:
     return False
 
 
+def _kernels_cannot_serve(x: Tensor, h0, c0, weights: List[Tensor]) -> bool:
+    """Calls the fused kernels do not serve, run by composed torch ops instead (_composed_recurrence):
+    meta tensors (shapes only), an empty batch, forward-mode AD (torch.autograd.forward_ad, and
+    torch.func.jvp / jacfwd) and torch.func's transforms (grad, jacrev, vmap, ...), for which the
+    kernels have no rule. Under torch.compile the op is traced (its fake implementation serves)."""
+    if torch.compiler.is_compiling():
+        return False
+    return (x.device.type == "meta" or x.size(1) == 0 or torch._C._are_functorch_transforms_active()
+            or (torch.autograd.forward_ad._current_level >= 0 and ops.has_tangent(x, h0, c0, *weights)))
+
+
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
             bidirectional: bool):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None)."""
-    training = _needs_grad(x, h0, c0, *weights)
+    if _kernels_cannot_serve(x, h0, c0, weights):
+        return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional)
+    # A traced graph keeps what the trace saw as a constant, and the trace is checked by running it
+    # again without grad: it always keeps the reserve, so that the graph is the same and can train.
+    training = _needs_grad(x, h0, c0, *weights) or torch._C._get_tracing_state() is not None
     y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, _CELL[mode], hidden_size, num_layers, bidirectional,
                                    training)
     return y, hn, (cn if mode == "LSTM" else None)
@@ -123,9 +141,21 @@ class _RNNBase(torch.nn.Module):
 
     @property
     def _flat_weights(self) -> List[Tensor]:
+        return self._weights()
+
+    def _weights(self) -> List[Tensor]:
         # Looked up on every call (not cached as torch.nn does), so reassigned or .to()-moved
-        # parameters and torch.func.functional_call are always seen.
-        return [getattr(self, name) for name in self._flat_weights_names]
+        # parameters and torch.func.functional_call are always seen. A method, not only the property
+        # above: an AttributeError raised inside a property makes Python retry through
+        # Module.__getattr__, whose message would name '_flat_weights' instead of the parameter.
+        weights = []
+        for name in self._flat_weights_names:
+            try:
+                weights.append(getattr(self, name))
+            except AttributeError:
+                raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}' (a parameter of "
+                                     "this module was deleted; assign a Parameter to it again)") from None
+        return weights
 
     @property
     def all_weights(self) -> List[List[Parameter]]:
@@ -157,7 +187,7 @@ class _RNNBase(torch.nn.Module):
 
     # ---- torch.nn's input checks (same exception types and messages) ------------------------------
     def _check_input(self, input: Tensor, packed: bool) -> None:
-        dtype = self._flat_weights[0].dtype
+        dtype = self._weights()[0].dtype
         if input.dtype != dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({dtype}). "
                              f"Convert input: input.to({dtype}), or convert model: model.to({input.dtype})")
@@ -193,6 +223,8 @@ class _RNNBase(torch.nn.Module):
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
+            if lstm and hx is not None and len(hx) != 2:  # torch.nn's own hx[1] raises IndexError
+                raise IndexError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {len(hx)}")
             if hx is not None:
                 states = hx if lstm else (hx,)
                 dims = tuple(h.dim() for h in states)
@@ -207,6 +239,8 @@ class _RNNBase(torch.nn.Module):
                     hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
             self._check_input(input, False)
             x = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
+            if x.size(0) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             lengths = None
             batch = x.size(1)
 
@@ -224,6 +258,10 @@ class _RNNBase(torch.nn.Module):
                                         "Expected hidden[1] size {}, got {}")
             else:
                 self._check_hidden_size(h0, (self.num_layers * D, batch, self.hidden_size))
+            for i, state in enumerate((h0, c0) if lstm else (h0,)):  # torch.nn raises RuntimeError
+                if state.dtype != x.dtype:
+                    raise RuntimeError(f"{name}: hx{f'[{i}]' if lstm else ''} dtype ({state.dtype}) does not match "
+                                       f"input dtype ({x.dtype})")
 
         if self.proj_size > 0:
             y, hn, cn = _lstm_projected(self, x, h0, c0, lengths)
@@ -246,7 +284,7 @@ class _RNNBase(torch.nn.Module):
     def _recurrence(self, x: Tensor, h0, c0, lengths):
         """x [T, B, I] -> (y [T, B, D*H], hn, cn or None) by the fastrnn op: one call for the whole
         stack, or (dropout in training mode) one call per layer with dropout between them."""
-        weights = self._flat_weights
+        weights = self._weights()
         L, H = self.num_layers, self.hidden_size
         if lengths is not None:
             lengths = lengths.to(device=x.device, dtype=torch.int64)
@@ -265,6 +303,62 @@ class _RNNBase(torch.nn.Module):
             if layer < L - 1:
                 x = F.dropout(x, self.dropout, True)
         return x, torch.cat(hns), (torch.cat(cns) if self.mode == "LSTM" else None)
+
+
+def _composed_step(mode: str, gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
+    """One step of the cell in torch ops: gi = W_ih x + b_ih, gh = W_hh h + b_hh [B, G*H] -> (h', c')."""
+    if mode == "RNN_TANH":
+        return torch.tanh(gi + gh), None
+    if mode == "RNN_RELU":
+        return torch.relu(gi + gh), None
+    if mode == "LSTM":
+        i, f, g, o = (gi + gh).chunk(4, 1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c_new), c_new
+    r_i, z_i, n_i = gi.chunk(3, 1)
+    r_h, z_h, n_h = gh.chunk(3, 1)
+    r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+    n = torch.tanh(n_i + r * n_h)
+    return (1 - z) * n + z * h, None
+
+
+def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int,
+                         num_layers: int, bidirectional: bool):
+    """The op's forward (x [T, B, I] -> (y [T, B, D*H], hn [L*D, B, H], cn or None)) in composed torch
+    ops, for the calls the kernels cannot serve (_kernels_cannot_serve): autograd, forward-mode AD and
+    torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T)."""
+    T, B = x.size(0), x.size(1)
+    D = 2 if bidirectional else 1
+    per_entry = len(weights) // (num_layers * D)
+    lstm = mode == "LSTM"
+    state = (num_layers * D, B, hidden_size)
+    h0 = x.new_zeros(state) if h0 is None else h0
+    c0 = (x.new_zeros(state) if c0 is None else c0) if lstm else None
+    live = None if lengths is None else torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)  # [T, B]
+    hns, cns = [], []
+    for layer in range(num_layers):
+        outputs = []
+        for d in range(D):
+            k = layer * D + d
+            w_ih, w_hh = weights[k * per_entry], weights[k * per_entry + 1]
+            b_ih, b_hh = (weights[k * per_entry + 2], weights[k * per_entry + 3]) if per_entry == 4 else (None, None)
+            xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], all steps at once
+            h, c = h0[k], (c0[k] if lstm else None)
+            ys: List[Optional[Tensor]] = [None] * T
+            for t in (range(T - 1, -1, -1) if d else range(T)):
+                h_new, c_new = _composed_step(mode, xw[t], F.linear(h, w_hh, b_hh), h, c)
+                if live is None:
+                    h, c, ys[t] = h_new, c_new, h_new
+                else:  # a finished sequence keeps its state and outputs zeros
+                    alive = live[t].unsqueeze(1)
+                    h = torch.where(alive, h_new, h)
+                    c = torch.where(alive, c_new, c) if lstm else None
+                    ys[t] = torch.where(alive, h_new, torch.zeros_like(h_new))
+            outputs.append(torch.stack(ys))
+            hns.append(h)
+            cns.append(c)
+        x = torch.cat(outputs, 2) if D == 2 else outputs[0]
+    return x, torch.stack(hns), (torch.stack(cns) if lstm else None)
 
 
 def _permute(t: Tensor, permutation: Optional[Tensor]) -> Tensor:

@@ -58,6 +58,8 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
         raise TypeError(f"fastrnn supports float32 and float64 only, got input of dtype {x.dtype}")
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D [T, B, I] (time-major), got shape {tuple(x.shape)}")
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be greater than zero, got {num_layers}")
     entries = num_layers * (2 if bidirectional else 1)
     if len(weights) not in (2 * entries, 4 * entries):
         raise ValueError(f"weights must hold 2 or 4 tensors per layer and direction ({2 * entries} or "
@@ -167,9 +169,37 @@ def _entry_points(x: Tensor):
 
 
 # ---- forward --------------------------------------------------------------------------------------
+_NO_JVP = ("fastrnn's kernels have no forward-mode derivative (jvp): fastrnn.nn's modules run composed torch "
+           "ops under forward-mode AD and torch.func transforms; called directly, use torch.nn (same parameters "
+           "and state_dict) or reverse mode (torch.autograd.grad, torch.func.vjp)")
+_NO_TRANSFORMS = ("fastrnn's ops do not support torch.func transforms (grad, jacrev, jvp, vmap, ...): fastrnn.nn's "
+                  "modules run composed torch ops under them; called directly, use torch.autograd.grad or torch.nn")
+
+
+def has_tangent(*tensors) -> bool:
+    """Whether any of the tensors (None allowed) is a forward-mode AD dual tensor."""
+    for t in tensors:
+        if t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+            return True
+    return False
+
+
+def _check_no_forward_ad(*tensors) -> None:
+    """The op has no jvp rule, and torch would give its outputs zero tangents without a word."""
+    if torch.autograd.forward_ad._current_level >= 0 and has_tangent(*tensors):
+        raise NotImplementedError(_NO_JVP)
+
+
+def _check_no_transform(*tensors) -> None:
+    """Under torch.func's transforms the op would give zero tangents (jvp) or fail obscurely (grad)."""
+    if torch._C._are_functorch_transforms_active():
+        raise NotImplementedError(_NO_TRANSFORMS)
+    _check_no_forward_ad(*tensors)
+
 def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                         lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
                         bidirectional: bool, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_no_transform(x, h0, c0, *weights)
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
     lstm = cell == "lstm"
     c0 = c0 if lstm else None
@@ -297,6 +327,19 @@ def _no_double_backward(ctx, *grads):
 torch.library.register_autograd("fastrnn::rnn_backward", _no_double_backward,
                                 setup_context=lambda ctx, inputs, output: None, lib=_LIB)
 
+
+
+# torch.func's transforms (grad, jvp, vmap, ...) dispatch the ops here first. The ops have no rule
+# for them: register_autograd's generated Function is not one torch.func accepts, so grad failed
+# with an obscure setup_context error and jvp silently gave zero tangents. A clear error instead
+# (fastrnn.nn's modules run composed torch ops under these transforms and never get here).
+def _refuse_transform(*args, **kwargs):
+    raise NotImplementedError(_NO_TRANSFORMS)
+
+
+for _name in ("rnn_forward", "rnn_backward"):
+    _LIB.impl(_name, _refuse_transform, "FuncTorchDynamicLayerFrontMode")
+
 rnn_forward = torch.ops.fastrnn.rnn_forward
 rnn_backward = torch.ops.fastrnn.rnn_backward
 
@@ -312,8 +355,9 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _plain_eager(*tensors) -> bool:
+    # torch.jit.trace records the op (serialisable, re-run by the trace check), never the Function.
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._are_functorch_transforms_active()):
+            or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state() is not None):
         return False
     for t in tensors:  # a loop, not all(<generator>): this runs on every cell step
         if t is not None and type(t) not in _PLAIN_TYPES:
@@ -322,16 +366,26 @@ def _plain_eager(*tensors) -> bool:
 
 
 class _EagerForward(torch.autograd.Function):
+    # forward + setup_context (not forward(ctx, ...)): the form torch.func's transforms accept.
     @staticmethod
-    def forward(ctx, x, h0, c0, lengths, config, *weights):
-        outputs = _rnn_forward_kernel(x, list(weights), h0, c0, lengths, *config)
-        _setup_context(ctx, (x, list(weights), h0, c0, lengths, *config), outputs)
-        return outputs
+    def forward(x, h0, c0, lengths, config, *weights):
+        return _rnn_forward_kernel(x, list(weights), h0, c0, lengths, *config)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, h0, c0, lengths, config, *weights = inputs
+        _setup_context(ctx, (x, list(weights), h0, c0, lengths, *config), output)
 
     @staticmethod
     def backward(ctx, dy, dhn, dcn, dreserve):
         dx, dweights, dh0, dc0, *_ = _forward_backward(ctx, dy, dhn, dcn, dreserve)
         return (dx, dh0, dc0, None, None, *dweights)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(_NO_JVP)
+
+
 
 
 def run_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
@@ -339,6 +393,7 @@ def run_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Opti
                 training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``torch.ops.fastrnn.rnn_forward`` with the same arguments and results, the same gradients and
     errors, without the op's call overhead in plain eager mode (what :mod:`fastrnn.nn` calls)."""
+    _check_no_transform(x, h0, c0, *weights)  # seen here, before the dispatcher unwraps the tensors
     if not _EAGER_PATH or not _plain_eager(x, h0, c0, lengths, *weights):
         return torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
                                              bidirectional, training)

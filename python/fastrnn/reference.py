@@ -60,7 +60,8 @@ def _rnn_relu_forward(gi, gh, h, c):
 
 def _rnn_relu_backward(dh_new, dc_new, cache):
     (a,) = cache
-    da = dh_new * (a > 0.0)  # [B, H]
+    # as torch's threshold_backward: a select, so that NaN in a passes dh and NaN in dh stays where a <= 0 is 0
+    da = np.where(a <= 0.0, 0.0, dh_new)  # [B, H]
     return da, da, np.zeros_like(dh_new), None
 
 
