@@ -75,28 +75,31 @@ const int64* checked_lengths(py::handle obj, const fastrnn::RnnConfig& c) {
   return p;
 }
 
-// weights: a list of L*D tuples (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh); all with or all without bias.
+// weights: a list of L*D tuples (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh); all with or all without
+// bias. Counts, names and shapes are the cell's parameters (fastrnn::param_shape, rnn.h).
 template <class T>
 std::vector<fastrnn::LayerWeights<T>> checked_weights(py::list weights, const fastrnn::RnnConfig& c) {
   if (static_cast<int64>(weights.size()) != c.L * c.D)
     throw py::value_error("weights must hold num_layers*num_directions = " + std::to_string(c.L * c.D) +
                           " entries, got " + std::to_string(weights.size()));
-  const int64 GH = c.gates() * c.H;
+  const auto counts = fastrnn::param_counts(c.cell);
   std::vector<fastrnn::LayerWeights<T>> out;
   for (int64 k = 0; k < c.L * c.D; ++k) {
     if (!py::isinstance<py::sequence>(weights[k]))
       throw py::type_error("weights[" + std::to_string(k) + "] must be a tuple (w_ih, w_hh[, b_ih, b_hh])");
     auto t = py::reinterpret_borrow<py::sequence>(weights[k]);
-    if (t.size() != 2 && t.size() != 4) throw py::value_error("weights[" + std::to_string(k) + "] must hold 2 or 4 arrays");
+    const int64 n = static_cast<int64>(t.size());
+    if (n != counts.without_bias && n != counts.with_bias)
+      throw py::value_error("weights[" + std::to_string(k) + "] must hold " + std::to_string(counts.without_bias) +
+                            " or " + std::to_string(counts.with_bias) + " arrays");
     const std::string p = "weights[" + std::to_string(k) + "]";
     const int64 in = c.input_size(k / c.D);
-    fastrnn::LayerWeights<T> w{checked<T>(t[0], (p + ".w_ih").c_str(), {GH, in}, false, false),
-                               checked<T>(t[1], (p + ".w_hh").c_str(), {GH, c.H}, false, false), nullptr, nullptr};
-    if (t.size() == 4) {
-      w.b_ih = checked<T>(t[2], (p + ".b_ih").c_str(), {GH}, false, false);
-      w.b_hh = checked<T>(t[3], (p + ".b_hh").c_str(), {GH}, false, false);
+    const T* given[4] = {nullptr, nullptr, nullptr, nullptr};  // LayerWeights' order: the cells' kGateParams
+    for (int64 i = 0; i < n; ++i) {
+      const std::string name = p + "." + fastrnn::param_decl(c.cell, int(i)).name;
+      given[i] = checked<T>(t[i], name.c_str(), fastrnn::param_shape(c.cell, in, c.H, int(i)), false, false);
     }
-    out.push_back(w);
+    out.push_back({given[0], given[1], given[2], given[3]});
   }
   return out;
 }
@@ -105,7 +108,7 @@ template <class T>
 void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::object h0, py::object c0,
                py::object lengths, py::object y, py::object hn, py::object cn, py::object reserve) {
   const std::vector<int64> state{c.L * c.D, c.B, c.H};
-  const bool lstm = c.has_cell();
+  const bool lstm = c.has_cell_state();
   fastrnn::ForwardArgs<T> a{checked<T>(x, "x", {c.T, c.B, c.I}, false, false),
                             checked<T>(h0, "h0", state, true, false),
                             lstm ? checked<T>(c0, "c0", state, true, false) : nullptr,
@@ -124,7 +127,7 @@ void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::
                 py::object lengths, py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx,
                 py::object dh0, py::object dc0, py::list grads) {
   const std::vector<int64> state{c.L * c.D, c.B, c.H};
-  const bool lstm = c.has_cell();
+  const bool lstm = c.has_cell_state();
   fastrnn::BackwardArgs<T> a{checked<T>(x, "x", {c.T, c.B, c.I}, false, false),
                              checked<T>(h0, "h0", state, true, false),
                              lstm ? checked<T>(c0, "c0", state, true, false) : nullptr,
@@ -173,9 +176,9 @@ bool is_float64(py::array x) {
 class PreparedCellBinding {
  public:
   PreparedCellBinding(int cell, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, bool half) {
-    if (cell < 0 || cell > 3) throw py::value_error("cell must be 0..3, got " + std::to_string(cell));
+    if (!fastrnn::valid_cell_id(cell))
+      throw py::value_error("cell must be 0.." + std::to_string(fastrnn::kNumCells - 1) + ", got " + std::to_string(cell));
     const auto kind = static_cast<fastrnn::CellKind>(cell);
-    const int64 G = fastrnn::dispatch_cell(kind, [](auto c) { return int64(decltype(c)::kGates); });
     if (w_hh.ndim() != 2 || w_ih.ndim() != 2)
       throw py::value_error("w_ih and w_hh must be 2-D, got " + std::to_string(w_ih.ndim()) + "-D and " +
                             std::to_string(w_hh.ndim()) + "-D");
@@ -184,13 +187,13 @@ class PreparedCellBinding {
     if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
     if (is_float64(w_ih)) {
       if (half) throw py::value_error("float16 weight storage is for float32 weights only");
-      make<double, double>(kind, G, w_ih, w_hh, b_ih, b_hh, f64_);
+      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, f64_);
     } else if (half) {
-      make<float, _Float16>(kind, G, w_ih, w_hh, b_ih, b_hh, f16_);
+      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, f16_);
     } else {
-      make<float, float>(kind, G, w_ih, w_hh, b_ih, b_hh, f32_);
+      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, f32_);
     }
-    lstm_ = kind == fastrnn::CellKind::Lstm;
+    lstm_ = fastrnn::dispatch_cell(kind, [](auto c) { return fastrnn::SpecTraits<decltype(c)>::kCarriesState; });
   }
 
   void step(py::array x, py::array h, py::object c, py::array h_out, py::object c_out) {
@@ -203,13 +206,13 @@ class PreparedCellBinding {
 
  private:
   template <class T, class W>
-  void make(fastrnn::CellKind kind, int64 G, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh,
+  void make(fastrnn::CellKind kind, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh,
             std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
-    const int64 GH = fastrnn::checked_mul(G, H_, "G*H");
-    const T* wi = checked<T>(w_ih, "w_ih", {GH, I_}, false, false);
-    const T* wh = checked<T>(w_hh, "w_hh", {GH, H_}, false, false);
-    const T* bi = checked<T>(b_ih, "b_ih", {GH}, true, false);
-    const T* bh = checked<T>(b_hh, "b_hh", {GH}, true, false);
+    using fastrnn::param_shape;
+    const T* wi = checked<T>(w_ih, "w_ih", param_shape(kind, I_, H_, 0), false, false);
+    const T* wh = checked<T>(w_hh, "w_hh", param_shape(kind, I_, H_, 1), false, false);
+    const T* bi = checked<T>(b_ih, "b_ih", param_shape(kind, I_, H_, 2), true, false);
+    const T* bh = checked<T>(b_hh, "b_hh", param_shape(kind, I_, H_, 3), true, false);
     if ((bi == nullptr) != (bh == nullptr)) throw py::value_error("give both b_ih and b_hh, or neither");
     py::gil_scoped_release release;
     out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh);
@@ -359,11 +362,84 @@ class PreparedStackBinding {
   std::unique_ptr<fastrnn::cpu::PreparedStack<double, double>> f64_;
 };
 
+// _core.cells(): what every cell's spec declares (csrc/cells/), as plain data for Python.
+py::dict cell_table() {
+  py::dict table;
+  for (const fastrnn::CellKind kind : fastrnn::kCellKinds) {
+    fastrnn::dispatch_cell(kind, [&](auto cell) {
+      using Cell = decltype(cell);
+      using Traits = fastrnn::SpecTraits<Cell>;
+      auto names = [](const char* const* list, int n) {
+        py::list out;
+        for (int i = 0; i < n; ++i) out.append(list[i]);
+        return py::tuple(out);
+      };
+      auto dim = [](fastrnn::Dim d) -> py::object {
+        switch (d) {
+          case fastrnn::Dim::GateRows: return py::str("G*H");
+          case fastrnn::Dim::Input: return py::str("I");
+          case fastrnn::Dim::Hidden: return py::str("H");
+          case fastrnn::Dim::Units: return py::str("H");
+          case fastrnn::Dim::One: return py::none();
+        }
+        return py::none();
+      };
+      py::list states, params;
+      for (int i = 0; i < Cell::kStates; ++i)
+        states.append(py::make_tuple(Cell::kStateDecls[i].name, dim(Cell::kStateDecls[i].width)));
+      for (int i = 0; i < Cell::kNumParams; ++i) {
+        const fastrnn::ParamDecl& p = Cell::kParams[i];
+        py::dict d;
+        d["name"] = p.name;
+        d["shape"] = p.cols == fastrnn::Dim::One ? py::tuple(py::make_tuple(dim(p.rows)))
+                                                 : py::tuple(py::make_tuple(dim(p.rows), dim(p.cols)));
+        d["bias"] = p.bias;
+        params.append(d);
+      }
+      py::dict e;
+      e["id"] = static_cast<int>(Cell::kKind);
+      e["gates"] = Cell::kGates;
+      e["gate_names"] = names(Cell::kGateNames, Cell::kGates);
+      e["states"] = py::tuple(states);
+      e["has_cell_state"] = Traits::kCarriesState;
+      e["saved_per_unit"] = Cell::kSaved;
+      e["saved_names"] = names(Cell::kSavedNames, Cell::kSaved);
+      e["params"] = py::tuple(params);
+      e["separate_hidden_grad"] = Traits::kSeparateHiddenGrad;
+      table[Cell::kName] = e;
+    });
+  }
+  return table;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastrnn's compiled kernels. Use fastrnn.functional; these entry points expect validated, "
             "time-major, C-contiguous arrays and caller-allocated outputs.";
+
+  m.def("cells", &cell_table,
+        "The cell table: for each cell name, what its spec declares (csrc/cells/): id (the `cell` argument "
+        "of the entry points), gates, gate_names, states ((name, width), h first), has_cell_state, "
+        "saved_per_unit, saved_names, params (name, shape rule over 'G*H', 'I' (the layer's input size), "
+        "'H', bias) and separate_hidden_grad.");
+
+  m.def("param_shapes",
+        [](int cell, int64 input_size, int64 hidden_size, int64 num_layers, bool bidirectional, bool bias) {
+          const auto c = fastrnn::pointer_args::make_config(cell, 1, 1, input_size, hidden_size, num_layers, bidirectional);
+          const auto counts = fastrnn::param_counts(c.cell);
+          py::list out;
+          for (int64 k = 0; k < c.L * c.D; ++k) {
+            py::list shapes;
+            for (int64 i = 0; i < (bias ? counts.with_bias : counts.without_bias); ++i)
+              shapes.append(py::tuple(py::cast(fastrnn::param_shape(c.cell, c.input_size(k / c.D), c.H, int(i)))));
+            out.append(py::tuple(shapes));
+          }
+          return out;
+        },
+        py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
+        py::arg("bidirectional"), py::arg("bias"),
+        "The shapes of the weight tuples (index l*D + d) the entry points expect: the weight rule, once.");
 
   m.def("reserve_size",
         [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {

@@ -22,7 +22,8 @@ namespace py = pybind11;
 using Ptr = std::uintptr_t;
 
 inline RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
-  if (cell < 0 || cell > 3) throw ArgumentError("cell must be 0..3, got " + std::to_string(cell));
+  if (!valid_cell_id(cell))
+    throw ArgumentError("cell must be 0.." + std::to_string(kNumCells - 1) + ", got " + std::to_string(cell));
   const RnnConfig c{static_cast<CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1};
   if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1)
     throw ArgumentError("sizes must be >= 1, got T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) +
@@ -45,14 +46,18 @@ struct Pointers {
   }
 };
 
-// The length (2 or 4) of the first tuple of weight_ptrs: every tuple must have it (biases iff 4).
-inline size_t first_len(const py::list& list, const char* what) {
+// The length of the first tuple of weight_ptrs, the cell's parameter count without or with biases
+// (param_counts, rnn.h: 2 or 4): every tuple must have it.
+inline size_t first_len(const py::list& list, const RnnConfig& c, const char* what) {
   if (list.size() == 0) throw ArgumentError(std::string(what) + " must not be empty");
   if (!py::isinstance<py::tuple>(list[0]) && !py::isinstance<py::list>(list[0]))
     throw py::type_error(std::string(what) + "[0] must be a tuple of ints (w_ih, w_hh[, b_ih, b_hh])");
-  const size_t n = py::reinterpret_borrow<py::sequence>(list[0]).size();
-  if (n != 2 && n != 4) throw ArgumentError(std::string(what) + "[0] must hold 2 or 4 pointers, got " + std::to_string(n));
-  return n;
+  const int64 n = static_cast<int64>(py::reinterpret_borrow<py::sequence>(list[0]).size());
+  const ParamCounts counts = param_counts(c.cell);
+  if (n != counts.without_bias && n != counts.with_bias)
+    throw ArgumentError(std::string(what) + "[0] must hold " + std::to_string(counts.without_bias) + " or " +
+                        std::to_string(counts.with_bias) + " pointers, got " + std::to_string(n));
+  return static_cast<size_t>(n);
 }
 
 // weight_ptrs / grad_ptrs: L*D tuples of `expected_len` (2 or 4) pointers, index l*D + d.
@@ -81,11 +86,13 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
                              std::string(py::str(py::type::of(t[i]))));
       }
     }
-    const bool bias = expected_len == 4;
-    out.push_back({ptrs.add<const T>(v[0], (p + ".w_ih").c_str(), true),
-                   ptrs.add<const T>(v[1], (p + ".w_hh").c_str(), true),
-                   ptrs.add<const T>(v[2], (p + ".b_ih").c_str(), bias),
-                   ptrs.add<const T>(v[3], (p + ".b_hh").c_str(), bias)});
+    const bool bias = static_cast<int64>(expected_len) == param_counts(c.cell).with_bias;
+    const T* given[4];  // LayerWeights' order: the cells' kGateParams
+    for (int i = 0; i < 4; ++i) {
+      const ParamDecl& decl = param_decl(c.cell, i);
+      given[i] = ptrs.add<const T>(v[i], (p + "." + decl.name).c_str(), !decl.bias || bias);
+    }
+    out.push_back({given[0], given[1], given[2], given[3]});
   }
   return out;
 }
@@ -94,12 +101,12 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
 template <class T>
 ForwardArgs<T> forward_args(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y,
                             Ptr hn, Ptr cn, Ptr reserve, Pointers& ptrs) {
-  const bool lstm = c.has_cell();
+  const bool lstm = c.has_cell_state();
   return {ptrs.add<const T>(x, "x_ptr", true),
           ptrs.add<const T>(h0, "h0_ptr", false),
           ptrs.add<const T>(c0, "c0_ptr", false, lstm),
           ptrs.add<const int64>(lengths, "lengths_ptr", false),
-          weight_pointers<T>(weights, c, "weight_ptrs", first_len(weights, "weight_ptrs"), ptrs),
+          weight_pointers<T>(weights, c, "weight_ptrs", first_len(weights, c, "weight_ptrs"), ptrs),
           ptrs.add<T>(y, "y_ptr", true),
           ptrs.add<T>(hn, "hn_ptr", true),
           ptrs.add<T>(cn, "cn_ptr", lstm, lstm),
@@ -111,8 +118,8 @@ template <class T>
 BackwardArgs<T> backward_args(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths,
                               Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0, Ptr dc0,
                               const py::list& grads, Pointers& ptrs) {
-  const bool lstm = c.has_cell();
-  const size_t len = first_len(weights, "weight_ptrs");
+  const bool lstm = c.has_cell_state();
+  const size_t len = first_len(weights, c, "weight_ptrs");
   BackwardArgs<T> a{ptrs.add<const T>(x, "x_ptr", true),
                     ptrs.add<const T>(h0, "h0_ptr", false),
                     ptrs.add<const T>(c0, "c0_ptr", false, lstm),

@@ -8,7 +8,7 @@
 
 #include <vector>
 
-#include "cells.h"
+#include "cells/all.h"
 #include "common.h"
 
 namespace fastrnn {
@@ -18,11 +18,42 @@ struct RnnConfig {
   int64 T, B, I, H;  // steps, batch, input size, hidden size
   int64 L, D;        // layers, directions (1 or 2)
 
+  // What the cell's spec declares (csrc/cells/).
   int64 gates() const { return dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kGates); }); }
   int64 saved_per_unit() const { return dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kSaved); }); }
-  bool has_cell() const { return cell == CellKind::Lstm; }
+  int64 states() const { return dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kStates); }); }
+  // A carried state beyond h (the LSTM's c): passed as c0/cn, kept in the reserve.
+  bool has_cell_state() const { return states() > 1; }
   int64 input_size(int64 layer) const { return layer == 0 ? I : D * H; }
 };
+
+// The parameters of one layer and direction, from the cell's spec (its ParamDecls, csrc/cells/):
+// THE weight rules, read by both bindings (NumPy arrays: shapes; pointers: counts) and the table.
+struct ParamCounts {
+  int64 without_bias, with_bias;  // how many arrays a weight tuple holds
+};
+inline ParamCounts param_counts(CellKind cell) {
+  return dispatch_cell(cell, [](auto c) {
+    using Cell = decltype(c);
+    ParamCounts n{0, 0};
+    for (int i = 0; i < Cell::kNumParams; ++i) {
+      n.with_bias += 1;
+      n.without_bias += Cell::kParams[i].bias ? 0 : 1;
+    }
+    return n;
+  });
+}
+inline const ParamDecl& param_decl(CellKind cell, int index) {
+  return *dispatch_cell(cell, [index](auto c) { return &decltype(c)::kParams[index]; });
+}
+// The shape of parameter `index` of a layer with input size `in` (I for layer 0, D*H above).
+inline std::vector<int64> param_shape(CellKind cell, int64 in, int64 H, int index) {
+  const ParamDecl& p = param_decl(cell, index);
+  const int64 G = dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kGates); });
+  const int64 rows = p.rows == Dim::GateRows ? checked_mul(G, H, "G*H") : dim_size(p.rows, G, in, H);
+  if (p.cols == Dim::One) return {rows};
+  return {rows, dim_size(p.cols, G, in, H)};
+}
 
 // Offsets (in elements) into the reserve of a training forward. Per layer l: its output
 // Y_l [T, B, D*H] (zeros past each length), the next layer's input; per layer and direction:
@@ -34,7 +65,7 @@ struct ReserveLayout {
     const int64 TB = checked_mul(c.T, c.B, "T*B");
     outputs_size = checked_mul(TB, checked_mul(c.D, c.H, "D*H"), "reserve");
     gates_size = checked_mul(TB, checked_mul(c.saved_per_unit(), c.H, "S*H"), "reserve");
-    cells_size = c.has_cell() ? checked_mul(TB, c.H, "reserve") : 0;
+    cells_size = c.has_cell_state() ? checked_mul(TB, c.H, "reserve") : 0;
     const int64 per_dir = checked_add(gates_size, cells_size, "reserve");
     per_layer = checked_add(outputs_size, checked_mul(c.D, per_dir, "reserve"), "reserve");
     total = checked_mul(c.L, per_layer, "reserve");
@@ -56,6 +87,44 @@ template <class T> struct LayerGrads {
   T* dw_hh;  // [G*H, H]
   T* db_ih;  // [G*H] or nullptr (no bias)
   T* db_hh;  // [G*H] or nullptr
+};
+
+// One layer and direction, as the stack hands it to a back end's phase loop.
+template <class T> struct LayerForwardArgs {
+  int64 in_size;           // I_l
+  LayerWeights<T> w;
+  const T* x;              // [T, B, in_size]
+  const T* h0;             // [B, H] or nullptr (zeros)
+  const T* c0;             // [B, H] or nullptr (zeros; cells with a carried state)
+  const int64* lengths;    // [B] or nullptr (all T)
+  bool reverse;            // the reverse direction: steps T-1 .. 0
+  T* y;                    // [T, B, ldy]: this direction's H columns of the layer's output
+  int64 ldy;               // D*H
+  T* hn;                   // [B, H]
+  T* cn;                   // [B, H] (carried state) or nullptr
+  T* saved;                // [T, B, S*H] or nullptr (inference)
+  T* cells;                // [T, B, H] or nullptr (inference / no carried state)
+};
+
+template <class T> struct LayerBackwardArgs {
+  int64 in_size;           // I_l
+  LayerWeights<T> w;
+  const T* x;              // [T, B, in_size] the layer's input
+  const T* h0;             // [B, H] or nullptr
+  const T* c0;             // [B, H] or nullptr
+  const int64* lengths;    // [B] or nullptr
+  bool reverse;
+  const T* y;              // [T, B, ldy] this direction's outputs (saved by forward)
+  int64 ldy;
+  const T* saved;          // [T, B, S*H]
+  const T* cells;          // [T, B, H] or nullptr
+  const T* dy;             // [T, B, ldy] same layout as y
+  const T* dhn;            // [B, H] or nullptr (zero)
+  const T* dcn;            // [B, H] or nullptr (zero)
+  T* dx;                   // [T, B, in_size], accumulated into
+  T* dh0;                  // [B, H]
+  T* dc0;                  // [B, H] (carried state) or nullptr
+  LayerGrads<T> g;         // fully overwritten
 };
 
 template <class T> struct ForwardArgs {

@@ -1,6 +1,10 @@
-// One layer in one direction on the GPU: the time loop around the shared cell maths (csrc/cells.h),
-// the CUDA twin of csrc/cpu/layer.h with the same semantics and the same reserve layout. Nothing
-// here knows which cell it runs.
+// One layer in one direction on the GPU: the phase loop around the cell specs (csrc/cells/), the
+// CUDA twin of csrc/cpu/layer_kernels.inc with the same semantics and the same reserve layout.
+// Nothing here knows which cell it runs: it reads the spec's declarations (csrc/cells/spec.h). A
+// step's phases run as one fused kernel, since none of today's specs has a phase that needs a
+// grid-wide dependency inside a step (RecurrentProduct of h with W_hh, then Pointwise: the block
+// that computes a tile of gh applies the pointwise cell to it); fused_step_phases says which
+// phase lists the kernels implement; a spec outside them fails to compile.
 //
 // Forward: one GEMM for the input projection of all steps (bias b_ih fused), then one fused kernel
 // per step. A block owns a tile of hidden units (all G gates of them) for a tile of batch rows: it
@@ -29,7 +33,7 @@
 
 #include <utility>
 
-#include "cells.h"
+#include "cells/all.h"
 #include "check.cuh"
 #include "gemm.cuh"
 #include "rnn.h"
@@ -73,9 +77,18 @@ template <class T> struct ForwardStep {
   T* cells;               // [T, B, H] or nullptr
 };
 
+// The phase lists the fused step kernels implement: one RecurrentProduct of h_{t-1} with W_hh, then
+// Pointwise<0>. (The reset-before GRU's Barrier would split the forward kernel into two launches.)
+template <class Other> constexpr bool fused_step_phases(Other) { return false; }
+template <Operand In, Weight W, bool Split, int N>
+constexpr bool fused_step_phases(Phases<RecurrentProduct<In, W, Split>, Pointwise<N>>) {
+  return In == Operand::H && W == Weight::Hh && N == 0;
+}
+
 template <class Cell, class T>
 __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const ForwardStep<T> p) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr bool kCarry = SpecTraits<Cell>::kCarriesState;
   using Shape = ForwardStepShape<G>;
   using A = Acc<T>;
   __shared__ TileSmem<Shape, A> smem;
@@ -91,7 +104,7 @@ __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const Forwar
   T* yv = p.y + tb * p.ldy + j;
   if (p.lengths && p.t >= p.lengths[b]) {  // dead: keep the state, output zero
     p.h_next[bj] = p.h_cur[bj];
-    if (Cell::kHasCell) p.c_next[bj] = p.c_cur[bj];
+    if (kCarry) p.c_next[bj] = p.c_cur[bj];
     *yv = T(0);
     return;
   }
@@ -102,14 +115,14 @@ __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const Forwar
     gh[g] = acc[0][g] + (p.b_hh ? A(p.b_hh[g * H + j]) : A(0));
   }
   const A hp = p.h_cur[bj];
-  const A cp = Cell::kHasCell ? p.c_cur[bj] : A(0);
+  const A cp = kCarry ? p.c_cur[bj] : A(0);
   A h, c = A(0);
   // Two calls so that the cell's `if (saved)` folds away in each and `saved` stays in registers.
   if (p.saved) Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, saved}, 0, 1, 1);
   else Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, nullptr}, 0, 1, 1);
   p.h_next[bj] = h;
   *yv = T(h);
-  if (Cell::kHasCell) {
+  if (kCarry) {
     p.c_next[bj] = c;
     if (p.cells) p.cells[tb * H + j] = T(c);
   }
@@ -136,7 +149,7 @@ template <class T> struct BackwardStep {
   A* dh_carry;            // [B, H] in/out: the part of dL/dh_t that bypasses W_hh (each element one thread's)
   A* dc_carry;            // [B, H] in/out: dL/dc_t (cells with a cell state)
   T* dgi;                 // [T, B, G*H] out
-  T* dgh;                 // [T, B, G*H] out; the same buffer as dgi unless Cell::kSplitHiddenGrad
+  T* dgh;                 // [T, B, G*H] out; the same buffer as dgi unless the product declares kSeparateGrad
   T* h_prev;              // [T, B, H] out: the h_{t-1} each step saw (zero for dead rows), for dW_hh
   T* dh0;                 // [B, H] out (t == -1 only)
   T* dc0;                 // [B, H] out (t == -1 only, cells with a cell state)
@@ -145,6 +158,7 @@ template <class T> struct BackwardStep {
 template <class Cell, class T>
 __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const BackwardStep<T> p) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplit = SpecTraits<Cell>::kSeparateHiddenGrad;
   using Shape = BackwardStepShape;
   using A = Acc<T>;
   __shared__ TileSmem<Shape, A> smem;
@@ -164,7 +178,7 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
   const A dh_in = p.dh_carry[bj] + acc[0][0];
   if (p.t < 0) {
     p.dh0[bj] = T(dh_in);
-    if (Cell::kHasCell) p.dc0[bj] = T(p.dc_carry[bj]);
+    if (kCarry) p.dc0[bj] = T(p.dc_carry[bj]);
     return;
   }
   const int64 t = p.t, tb = t * B + b;
@@ -173,7 +187,7 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       p.dgi[tb * GH + g * H + j] = T(0);
-      if (Cell::kSplitHiddenGrad) p.dgh[tb * GH + g * H + j] = T(0);
+      if (kSplit) p.dgh[tb * GH + g * H + j] = T(0);
     }
     p.h_prev[tb * H + j] = T(0);
     p.dh_carry[bj] = dh_in;
@@ -184,25 +198,25 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
   const int64 tb_prev = (p.reverse ? t + 1 : t - 1) * B + b;
   const T hp_stored = has_prev ? p.y[tb_prev * p.ldy + j] : (p.h0 ? p.h0[bj] : T(0));
   const A hp = A(hp_stored);
-  const A cp = !Cell::kHasCell ? A(0) : A(has_prev ? p.cells[tb_prev * H + j] : (p.c0 ? p.c0[bj] : T(0)));
+  const A cp = !kCarry ? A(0) : A(has_prev ? p.cells[tb_prev * H + j] : (p.c0 ? p.c0[bj] : T(0)));
   A saved[S > 0 ? S : 1];
 #pragma unroll
   for (int s = 0; s < S; ++s) saved[s] = A(p.saved[tb * S * H + s * H + j]);
   const A h = A(p.y[tb * p.ldy + j]);
-  const A c = Cell::kHasCell ? A(p.cells[tb * H + j]) : A(0);
+  const A c = kCarry ? A(p.cells[tb * H + j]) : A(0);
   const A dh = dh_in + A(p.dy[tb * p.ldy + j]);
-  const A dc = Cell::kHasCell ? p.dc_carry[bj] : A(0);
+  const A dc = kCarry ? p.dc_carry[bj] : A(0);
   A dgi[G], dgh_split[G], dh_prev = A(0), dc_prev = A(0);
-  A* dgh = Cell::kSplitHiddenGrad ? dgh_split : dgi;
+  A* dgh = kSplit ? dgh_split : dgi;
   Cell::backward(BackwardRow<A>{saved, &hp, &cp, &h, &c, &dh, &dc, dgi, dgh, &dh_prev, &dc_prev}, 0, 1);
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     p.dgi[tb * GH + g * H + j] = T(dgi[g]);
-    if (Cell::kSplitHiddenGrad) p.dgh[tb * GH + g * H + j] = T(dgh[g]);
+    if (kSplit) p.dgh[tb * GH + g * H + j] = T(dgh[g]);
   }
   p.h_prev[tb * H + j] = hp_stored;
   p.dh_carry[bj] = dh_prev;
-  if (Cell::kHasCell) p.dc_carry[bj] = dc_prev;
+  if (kCarry) p.dc_carry[bj] = dc_prev;
 }
 
 // dst[i] = To(src[i]) for i < n, or zeros when src is nullptr: states in and out of the A-typed scratch.
@@ -231,28 +245,28 @@ inline dim3 step_grid(int64 B, int64 H) {
 }
 
 template <class Cell, class T>
-void layer_forward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w,
-                   const T* x,              // [T, B, in_size]
-                   const T* h0,             // [B, H] or nullptr
-                   const T* c0,             // [B, H] or nullptr
-                   const int64* lengths,    // [B] (device) or nullptr
-                   bool reverse,
-                   T* y, int64 ldy,         // [T, B, ldy]: this direction's H columns
-                   T* hn, T* cn,            // [B, H]; cn only for cells with a cell state
-                   T* saved,                // [T, B, S*H] or nullptr (inference)
-                   T* cells) {              // [T, B, H] or nullptr (inference / no cell state)
+void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a) {
+  static_assert(fused_step_phases(typename Cell::Step{}),
+                "the CUDA step kernels run a product of h_{t-1} with W_hh, then Pointwise<0>");
+  constexpr bool kCarry = SpecTraits<Cell>::kCarriesState;
+  const int64 in_size = a.in_size, ldy = a.ldy;
+  const auto& w = a.w;
+  const T *x = a.x, *h0 = a.h0, *c0 = a.c0;
+  const int64* lengths = a.lengths;
+  const bool reverse = a.reverse;
+  T *y = a.y, *hn = a.hn, *cn = a.cn, *saved = a.saved, *cells = a.cells;
   using A = Acc<T>;
   constexpr int64 G = Cell::kGates;
   const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B, BH = B * H;
   Scratch<T> gi(TB * GH, stream);                              // [T, B, G*H]
   Scratch<A> hstate(2 * BH, stream);                           // ping-pong [2, B, H]
-  Scratch<A> cstate(Cell::kHasCell ? 2 * BH : 0, stream);
+  Scratch<A> cstate(kCarry ? 2 * BH : 0, stream);
   gemm<T>(stream, false, true, TB, GH, in_size, A(1), x, in_size, w.w_ih, in_size, A(0), gi.get(), GH, w.b_ih);
   convert(stream, BH, h0, hstate.get());
-  if (Cell::kHasCell) convert(stream, BH, c0, cstate.get());
+  if (kCarry) convert(stream, BH, c0, cstate.get());
 
   A *h_cur = hstate.get(), *h_next = h_cur + BH;
-  A *c_cur = cstate.get(), *c_next = Cell::kHasCell ? c_cur + BH : nullptr;
+  A *c_cur = cstate.get(), *c_next = kCarry ? c_cur + BH : nullptr;
   for (int64 s = 0; s < T_; ++s) {
     const ForwardStep<T> p{B, H, reverse ? T_ - 1 - s : s, w.w_hh, w.b_hh, gi.get(), h_cur, c_cur, h_next, c_next,
                            lengths, y, ldy, saved, cells};
@@ -261,33 +275,32 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, con
     std::swap(c_cur, c_next);
   }
   convert(stream, BH, static_cast<const A*>(h_cur), hn);
-  if (Cell::kHasCell) convert(stream, BH, static_cast<const A*>(c_cur), cn);
+  if (kCarry) convert(stream, BH, static_cast<const A*>(c_cur), cn);
 }
 
 template <class Cell, class T>
-void layer_backward(cudaStream_t stream, const RnnConfig& cfg, int64 in_size, const LayerWeights<T>& w,
-                    const T* x,                 // [T, B, in_size] the layer's input
-                    const T* h0, const T* c0,   // [B, H] or nullptr
-                    const int64* lengths,       // [B] (device) or nullptr
-                    bool reverse,
-                    const T* y, int64 ldy,      // [T, B, ldy] this direction's outputs (saved)
-                    const T* saved,             // [T, B, S*H]
-                    const T* cells,             // [T, B, H] or nullptr
-                    const T* dy,                // [T, B, ldy] same layout as y
-                    const T* dhn, const T* dcn, // [B, H] or nullptr
-                    T* dx,                      // [T, B, in_size], accumulated into
-                    T* dh0, T* dc0,             // [B, H]; dc0 only with a cell state
-                    const LayerGrads<T>& g) {
+void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a) {
+  static_assert(fused_step_phases(typename Cell::Step{}),
+                "the CUDA step kernels run a product of h_{t-1} with W_hh, then Pointwise<0>");
+  constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplit = SpecTraits<Cell>::kSeparateHiddenGrad;
+  const int64 in_size = a.in_size, ldy = a.ldy;
+  const auto& w = a.w;
+  const auto& g = a.g;
+  const T *x = a.x, *h0 = a.h0, *c0 = a.c0, *y = a.y, *saved = a.saved, *cells = a.cells, *dy = a.dy;
+  const T *dhn = a.dhn, *dcn = a.dcn;
+  const int64* lengths = a.lengths;
+  const bool reverse = a.reverse;
+  T *dx = a.dx, *dh0 = a.dh0, *dc0 = a.dc0;
   using A = Acc<T>;
   constexpr int64 G = Cell::kGates;
   const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B, BH = B * H;
   Scratch<T> dgi(TB * GH, stream);                                        // [T, B, G*H]
-  Scratch<T> dgh_split(Cell::kSplitHiddenGrad ? TB * GH : 0, stream);
-  T* dgh = Cell::kSplitHiddenGrad ? dgh_split.get() : dgi.get();
+  Scratch<T> dgh_split(kSplit ? TB * GH : 0, stream);
+  T* dgh = kSplit ? dgh_split.get() : dgi.get();
   Scratch<T> h_prev(TB * H, stream);                                      // [T, B, H]
-  Scratch<A> dh_carry(BH, stream), dc_carry(Cell::kHasCell ? BH : 0, stream);
+  Scratch<A> dh_carry(BH, stream), dc_carry(kCarry ? BH : 0, stream);
   convert(stream, BH, dhn, dh_carry.get());
-  if (Cell::kHasCell) convert(stream, BH, dcn, dc_carry.get());
+  if (kCarry) convert(stream, BH, dcn, dc_carry.get());
 
   BackwardStep<T> p{T_, B, H, 0, -1, reverse, w.w_hh, lengths, h0, c0, y, ldy, saved, cells, dy, dh_carry.get(),
                     dc_carry.get(), dgi.get(), dgh, h_prev.get(), dh0, dc0};

@@ -1,20 +1,19 @@
-// The CUDA stack: layers x directions around layer.cuh, the twin of csrc/cpu/stack.cpp (same reserve
-// layout, so a reserve is only ever read by the back end that wrote it, but the layout is one
-// definition). Layer l reads layer l-1's output [T, B, D*H]; direction d writes its H columns of it.
-// Directions and layers run one after the other on the caller's stream (concurrent directions and a
-// layer wavefront are planned, cuda/README.md); in backward both directions accumulate their share of
-// dL/d(layer input) into one buffer in a fixed order, so results are deterministic.
+// The CUDA back end of the shared stack (csrc/stack.h; the same stack and reserve layout as the CPU's,
+// though a reserve is only ever read by the back end that wrote it), and the size checks of the
+// kernels' launch limits. Directions and layers run one after the other on the caller's stream
+// (concurrent directions and a layer wavefront are planned, cuda/README.md); in backward both
+// directions accumulate their share of dL/d(layer input) into one buffer in a fixed order, so
+// results are deterministic.
 #include <algorithm>
 
 #include "check.cuh"
 #include "layer.cuh"
 #include "rnn_cuda.h"
+#include "stack.h"
 
 namespace fastrnn::cuda {
 
 namespace {
-template <class T> const T* slice(const T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
-template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 
 void check_grid(int64 x, int64 y, const char* what) {
   if (x > kMaxGridX || y > kMaxGridY)
@@ -39,58 +38,43 @@ void check_sizes(const RnnConfig& c) {
   check_grid(ceil_div(GH, kColSumCols), 1, "bias gradient (G*H)");
 }
 
+// The stack's CUDA back end (the interface is described in csrc/stack.h): everything on `stream`.
+struct CudaBackend {
+  cudaStream_t stream;
+  template <class T> struct Buffer {
+    Scratch<T> scratch;
+    Buffer(const CudaBackend& be, int64 n, const char*) : scratch(n, be.stream) {}
+    T* data() { return scratch.get(); }
+  };
+  template <class T> void zero(T* p, int64 n) const { FASTRNN_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(T) * n, stream)); }
+  template <class T> void copy(T* dst, const T* src, int64 n) const {
+    FASTRNN_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(T) * n, cudaMemcpyDeviceToDevice, stream));
+  }
+  template <class Body> void for_each_direction(const RnnConfig& c, Body body) const {
+    for (int64 d = 0; d < c.D; ++d) body(d, stream);
+  }
+  // One after the other, both into din: the layer's GEMM accumulates dL/d(input) (fixed order).
+  template <class T, class Body> void accumulate_directions(const RnnConfig& c, T* din, int64, Body body) const {
+    for (int64 d = 0; d < c.D; ++d) body(d, din, stream);
+  }
+  template <class Cell, class T>
+  void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
+    cuda::layer_forward<Cell>(s, c, a);
+  }
+  template <class Cell, class T>
+  void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
+    cuda::layer_backward<Cell>(s, c, a);
+  }
+};
+
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a, cudaStream_t stream) {
   check_sizes(c);
-  const ReserveLayout lay(c);
-  const int64 BH = c.B * c.H, DH = c.D * c.H, TBDH = c.T * c.B * DH;
-  dispatch_cell(c.cell, [&](auto cell) {
-    using Cell = decltype(cell);
-    // Inference: the outputs of the layers below the last, ping-pong (one slot suffices for L = 2).
-    const int64 slots = a.reserve ? 0 : std::min<int64>(c.L - 1, 2);
-    Scratch<T> between(slots * TBDH, stream);
-    const T* in = a.x;
-    for (int64 l = 0; l < c.L; ++l) {
-      T* out = a.reserve ? a.reserve + lay.layer_output(l) : l == c.L - 1 ? a.y : between.get() + (l % slots) * TBDH;
-      for (int64 d = 0; d < c.D; ++d) {
-        const int64 k = l * c.D + d;
-        layer_forward<Cell>(stream, c, c.input_size(l), a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH),
-                            a.lengths, d == 1, out + d * c.H, DH, a.hn + k * BH, slice(a.cn, k, BH),
-                            a.reserve ? a.reserve + lay.gates(l, d) : nullptr,
-                            a.reserve && c.has_cell() ? a.reserve + lay.cells(l, d) : nullptr);
-      }
-      in = out;
-    }
-    if (a.reserve) FASTRNN_CUDA_CHECK(cudaMemcpyAsync(a.y, in, sizeof(T) * TBDH, cudaMemcpyDeviceToDevice, stream));
-  });
+  stack_forward(CudaBackend{stream}, c, a);
 }
 
 template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a, cudaStream_t stream) {
   check_sizes(c);
-  const ReserveLayout lay(c);
-  const int64 BH = c.B * c.H, DH = c.D * c.H, TBDH = c.T * c.B * DH;
-  dispatch_cell(c.cell, [&](auto cell) {
-    using Cell = decltype(cell);
-    // dL/d(output of layer l-1) for l >= 1, ping-pong (one slot suffices for L = 2).
-    const int64 slots = std::min<int64>(c.L - 1, 2);
-    Scratch<T> between(slots * TBDH, stream);
-    const T* dout = a.dy;
-    for (int64 l = c.L - 1; l >= 0; --l) {
-      const int64 in_size = c.input_size(l);
-      const T* in = l == 0 ? a.x : a.reserve + lay.layer_output(l - 1);
-      T* din = l == 0 ? a.dx : between.get() + (l % slots) * TBDH;
-      FASTRNN_CUDA_CHECK(cudaMemsetAsync(din, 0, sizeof(T) * c.T * c.B * in_size, stream));
-      const T* out = a.reserve + lay.layer_output(l);
-      for (int64 d = 0; d < c.D; ++d) {
-        const int64 k = l * c.D + d;
-        layer_backward<Cell>(stream, c, in_size, a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths,
-                             d == 1, out + d * c.H, DH, a.reserve + lay.gates(l, d),
-                             c.has_cell() ? a.reserve + lay.cells(l, d) : nullptr, dout + d * c.H,
-                             slice(a.dhn, k, BH), slice(a.dcn, k, BH), din, a.dh0 + k * BH, slice(a.dc0, k, BH),
-                             a.grads[k]);
-      }
-      dout = din;
-    }
-  });
+  stack_backward(CudaBackend{stream}, c, a);
 }
 
 template void forward<float>(const RnnConfig&, const ForwardArgs<float>&, cudaStream_t);

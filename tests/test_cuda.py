@@ -229,7 +229,7 @@ def test_deterministic_and_inference_equals_training(cell):
 @pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 def test_padding_values_do_not_reach_gradients(cell):
     """NaN/Inf in x past lengths: dW_ih = dG^T X reads a copy with those rows zeroed (0 * NaN = NaN);
-    and NaN through ReLU as torch (the cell maths of csrc/cells.h, shared with the CPU)."""
+    and NaN through ReLU as torch (the cell maths of csrc/cells/spec.h, shared with the CPU)."""
     p = make_problem(cell, np.float32, 2, True, 7, 20, 9, 16, ragged=True, seed=_seed("padding", cell))
     clean = run_cuda(DEVICE, p)
     x = p["x"].copy()

@@ -97,7 +97,7 @@ def assert_close(actual, expected, dtype, what: str) -> None:
 # Median elementwise relative error of outputs and weight gradients whose values are all small
 # (activations of 1e-3, 1e-7 and 1e-15: tests/test_reliability.py, test_small_values_relative_accuracy),
 # where the absolute floor of TOLERANCES above would pass anything. Measured after the small-|x| tanh
-# (csrc/cells.h): float32 medians 5.7e-8 .. 1.7e-7 over every cell, scale and quantity, torch.nn's
+# (csrc/cells/spec.h): float32 medians 5.7e-8 .. 1.7e-7 over every cell, scale and quantity, torch.nn's
 # float32 on the same inputs 5.7e-8 .. 1.6e-7 (the same to two digits in most cases); float64 at
 # most 3.4e-16. ~6x the worst, far below what the exp-based tanh gave (float32: 3e-5 at 1e-3,
 # 0.1 .. 1 at 1e-7, 1 at 1e-15 where it returned 0; float64: 8e-2 at 1e-15).

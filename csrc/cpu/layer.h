@@ -1,9 +1,11 @@
-// One layer in one direction on the CPU: the time loop around the shared cell maths (cells.h).
-// Forward: the input projection (each thread onto its own units' gates, so it needs no barrier, in
-// chunks of steps just ahead of the recurrence), then per step one GEMM h_prev W_hh^T and the fused
-// pointwise cell over all rows; both GEMMs start from the bias. Backward: per step (in reverse) the pointwise
-// backward and dG_h W_hh; after the loop dW_ih, dW_hh, db and dX are each one GEMM over all steps.
-// Nothing here knows which cell it runs.
+// One layer in one direction on the CPU: the phase loop around the cell specs (csrc/cells/), its
+// threading, scratch memory and the choice of product path. Forward: the input projection (each
+// thread onto its own units' gates, so it needs no barrier, in chunks of steps just ahead of the
+// recurrence), then per step the spec's phases: today a recurrent product h_prev W_hh^T and the
+// fused pointwise cell over all rows; both GEMMs start from the bias. Backward: per step (in
+// reverse) the phases in reverse, the pointwise backward and dG_h W_hh; after the loop dW_ih, dW_hh,
+// db and dX are each one GEMM over all steps. Nothing here knows which cell it runs: it reads the
+// spec's declarations (csrc/cells/spec.h).
 //
 // Variable lengths: row b is live at time t iff t < len[b], in both directions. A dead row keeps
 // its state (so the forward direction's final state is the one at its own last step, and the
@@ -259,6 +261,15 @@ inline bool few_rows_kernels(int64 GH, int64 in_size, int64 H, size_t elem) {
   return checked_mul(checked_mul(GH, in_size + H, "weights"), int64(elem), "weights") >= kRowsKernelMinBytes;
 }
 
+// How a call's products run, chosen ONCE per call (forward and backward alike) from its rows and
+// the size of its weights: packed panels from kPackMinRows rows in all; below, straight from the
+// weights' rows with rows_gemm.h's kernels for large weights, the BLAS for small ones.
+enum class ProductPath { Packed, FewRowsOwn, FewRowsBlas };
+inline ProductPath product_path(int64 TB, int64 GH, int64 in_size, int64 H, size_t elem) {
+  if (TB >= kPackMinRows) return ProductPath::Packed;
+  return few_rows_kernels(GH, in_size, H, elem) ? ProductPath::FewRowsOwn : ProductPath::FewRowsBlas;
+}
+
 // The kernels, compiled twice: for AVX2+FMA (also taken on AVX-512 CPUs) and for baseline x86-64.
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
@@ -271,15 +282,15 @@ namespace baseline {
 #include "cpu/layer_kernels.inc"
 }  // namespace baseline
 
-// layer_forward<Cell>(...) / layer_backward<Cell>(...): the arguments of the kernels in
-// layer_kernels.inc, run with the code compiled for this CPU (cpu_isa()).
-template <class Cell, class... Args> void layer_forward(Args&&... args) {
-  if (cpu_isa() == Isa::Baseline) baseline::layer_forward<Cell>(std::forward<Args>(args)...);
-  else avx2::layer_forward<Cell>(std::forward<Args>(args)...);
+// One layer and direction (layer_kernels.inc) on `threads` threads, run with the code compiled for
+// this CPU (cpu_isa()).
+template <class Cell, class T> void layer_forward(const RnnConfig& cfg, const LayerForwardArgs<T>& a, int threads) {
+  if (cpu_isa() == Isa::Baseline) baseline::layer_forward<Cell>(cfg, a, threads);
+  else avx2::layer_forward<Cell>(cfg, a, threads);
 }
-template <class Cell, class... Args> void layer_backward(Args&&... args) {
-  if (cpu_isa() == Isa::Baseline) baseline::layer_backward<Cell>(std::forward<Args>(args)...);
-  else avx2::layer_backward<Cell>(std::forward<Args>(args)...);
+template <class Cell, class T> void layer_backward(const RnnConfig& cfg, const LayerBackwardArgs<T>& a, int threads) {
+  if (cpu_isa() == Isa::Baseline) baseline::layer_backward<Cell>(cfg, a, threads);
+  else avx2::layer_backward<Cell>(cfg, a, threads);
 }
 
 }  // namespace fastrnn::cpu

@@ -3,7 +3,7 @@
 //
 // Preparing packs, for every block of PW hidden units (PW = one 64-byte vector of T), the rows of
 // all G gates of those units side by side: P[block][k][g][PW]. A thread owns whole blocks, so it
-// computes every gate of its units from x and h_prev in registers, applies the cell (cells.h) to
+// computes every gate of its units from x and h_prev in registers, applies the cell (its spec, csrc/cells/) to
 // them at once, and writes h'/c' for its units: a step is one pass over the weights, one parallel
 // region and no barrier. W_ih and W_hh are packed separately because the GRU needs W_in x and
 // W_hn h apart. The weights can be stored as float16 (half the bytes: the step is bound by reading
@@ -22,7 +22,7 @@
 #include <omp.h>
 #endif
 
-#include "cells.h"
+#include "cells/all.h"
 #include "common.h"
 #include "cpu/isa.h"
 #include "rnn.h"

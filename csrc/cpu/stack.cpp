@@ -1,7 +1,6 @@
-// The CPU stack: layers x directions around layer.h, and the thread-count setting. Layer l reads
-// layer l-1's output [T, B, D*H]; direction d writes its H columns of it. A training forward keeps
-// every layer's output and the cells' saved values in the reserve (layout in rnn.h); backward walks
-// the layers top-down, each direction accumulating its share of dL/d(layer input).
+// The CPU back end of the shared stack (csrc/stack.h): how it runs a layer (layer.h), allocates,
+// clears and copies, and runs two directions at once, each on half the threads; and the
+// thread-count setting.
 #include <algorithm>
 #include <atomic>
 #include <exception>
@@ -20,6 +19,7 @@
 
 #include "cpu/layer.h"
 #include "rnn.h"
+#include "stack.h"
 
 namespace fastrnn::cpu {
 
@@ -59,9 +59,6 @@ struct NestedParallelism {
   ~NestedParallelism() { omp_set_max_active_levels(before); }
 #endif
 };
-
-template <class T> const T* slice(const T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
-template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 }  // namespace
 
 void empty_cache() {
@@ -133,73 +130,47 @@ template <class Body> void for_each_direction(const RnnConfig& c, Body body) {
   for (int64 d = 0; d < c.D; ++d) body(d, useful_threads(c, nt));
 }
 
+// The stack's CPU back end (the interface is described in csrc/stack.h). A layer runs on `threads`
+// threads (the context for_each_direction hands it).
+struct CpuBackend {
+  template <class T> struct Buffer {
+    Scratch<T> scratch;
+    Buffer(const CpuBackend&, int64 n, const char* what) : scratch(n, what) {}
+    T* data() { return scratch.data(); }
+  };
+  template <class T> void zero(T* p, int64 n) const { std::memset(p, 0, sizeof(T) * n); }
+  template <class T> void copy(T* dst, const T* src, int64 n) const { std::memcpy(dst, src, sizeof(T) * n); }
+  template <class Body> void for_each_direction(const RnnConfig& c, Body body) const {
+    cpu::for_each_direction(c, body);
+  }
+  // Run concurrently, the reverse direction accumulates its dL/d(input) apart, added after.
+  template <class T, class Body> void accumulate_directions(const RnnConfig& c, T* din, int64 n, Body body) const {
+    Scratch<T> din_reverse(c.D == 2 ? n : 0, "the reverse direction's input gradients [T, B, I_l]");
+    if (c.D == 2) std::memset(din_reverse.data(), 0, sizeof(T) * n);
+    cpu::for_each_direction(c, [&](int64 d, int threads) { body(d, d == 1 ? din_reverse.data() : din, threads); });
+    if (c.D == 2) {
+      const T* rev = din_reverse.data();
+#pragma omp parallel for simd num_threads(num_threads()) schedule(static)
+      for (int64 i = 0; i < n; ++i) din[i] += rev[i];
+    }
+  }
+  template <class Cell, class T> void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, int threads) const {
+    cpu::layer_forward<Cell>(c, a, threads);
+  }
+  template <class Cell, class T>
+  void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, int threads) const {
+    cpu::layer_backward<Cell>(c, a, threads);
+  }
+};
+
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   check_blas_dims(c);
-  const ReserveLayout lay(c);
-  const int64 BH = c.B * c.H, DH = c.D * c.H;
-  dispatch_cell(c.cell, [&](auto cell) {
-    using Cell = decltype(cell);
-    // Inference: outputs of the layers below the last, ping-pong (every element written by the layer).
-    const bool ping_pong = !a.reserve && c.L > 1;
-    Scratch<T> between[2] = {Scratch<T>(ping_pong ? c.T * c.B * DH : 0, "the outputs between layers [T, B, D*H]"),
-                             Scratch<T>(ping_pong && c.L > 2 ? c.T * c.B * DH : 0, "the outputs between layers [T, B, D*H]")};
-    const T* in = a.x;
-    for (int64 l = 0; l < c.L; ++l) {
-      T* out;
-      if (a.reserve) out = a.reserve + lay.layer_output(l);
-      else if (l == c.L - 1) out = a.y;
-      else out = between[l % 2].data();
-      for_each_direction(c, [&](int64 d, int threads) {
-        const int64 k = l * c.D + d;
-        layer_forward<Cell>(c, c.input_size(l), a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths,
-                            d == 1, out + d * c.H, DH, a.hn + k * BH, slice(a.cn, k, BH),
-                            a.reserve ? a.reserve + lay.gates(l, d) : nullptr,
-                            a.reserve && c.has_cell() ? a.reserve + lay.cells(l, d) : nullptr, threads);
-      });
-      in = out;
-    }
-    if (a.reserve) std::memcpy(a.y, in, sizeof(T) * c.T * c.B * DH);
-  });
+  stack_forward(CpuBackend{}, c, a);
 }
 
 template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   check_blas_dims(c);
-  const ReserveLayout lay(c);
-  const int64 BH = c.B * c.H, DH = c.D * c.H;
-  dispatch_cell(c.cell, [&](auto cell) {
-    using Cell = decltype(cell);
-    // dL/d(output of layer l-1), ping-pong (cleared below before each layer accumulates into it).
-    Scratch<T> between[2] = {Scratch<T>(c.L > 2 ? c.T * c.B * DH : 0, "the layers' input gradients [T, B, D*H]"),
-                             Scratch<T>(c.L > 1 ? c.T * c.B * DH : 0, "the layers' input gradients [T, B, D*H]")};
-    const T* dout = a.dy;
-    for (int64 l = c.L - 1; l >= 0; --l) {
-      const int64 in_size = c.input_size(l);
-      const T* in = l == 0 ? a.x : a.reserve + lay.layer_output(l - 1);
-      T* din;
-      if (l == 0) din = a.dx;
-      else din = between[l % 2].data();
-      const int64 in_count = c.T * c.B * in_size;
-      std::memset(din, 0, sizeof(T) * in_count);
-      // Run concurrently, the reverse direction accumulates its dL/d(input) apart, added after.
-      Scratch<T> din_reverse(c.D == 2 ? in_count : 0, "the reverse direction's input gradients [T, B, I_l]");
-      if (c.D == 2) std::memset(din_reverse.data(), 0, sizeof(T) * in_count);
-      const T* out = a.reserve + lay.layer_output(l);
-      for_each_direction(c, [&](int64 d, int threads) {
-        const int64 k = l * c.D + d;
-        layer_backward<Cell>(c, in_size, a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths, d == 1,
-                             out + d * c.H, DH, a.reserve + lay.gates(l, d),
-                             c.has_cell() ? a.reserve + lay.cells(l, d) : nullptr, dout + d * c.H,
-                             slice(a.dhn, k, BH), slice(a.dcn, k, BH), d == 1 ? din_reverse.data() : din,
-                             a.dh0 + k * BH, slice(a.dc0, k, BH), a.grads[k], threads);
-      });
-      if (c.D == 2) {
-        const T* rev = din_reverse.data();
-#pragma omp parallel for simd num_threads(num_threads()) schedule(static)
-        for (int64 i = 0; i < in_count; ++i) din[i] += rev[i];
-      }
-      dout = din;
-    }
-  });
+  stack_backward(CpuBackend{}, c, a);
 }
 
 template void forward<float>(const RnnConfig&, const ForwardArgs<float>&);

@@ -1,0 +1,30 @@
+// Every cell fastrnn has, at one switch point: the runtime cell id -> its spec type, and the cell
+// table that `_core.cells()` exports to Python (what each spec declares, as plain data). A new cell
+// adds its spec header, one line to dispatch_cell and one to kCellKinds.
+#pragma once
+
+#include "cells/gru.h"
+#include "cells/lstm.h"
+#include "cells/rnn.h"
+#include "cells/spec.h"
+
+namespace fastrnn {
+
+// In id order (CellKind values are fastrnn.types.CELLS's indices).
+inline constexpr CellKind kCellKinds[] = {CellKind::RnnTanh, CellKind::RnnRelu, CellKind::Lstm, CellKind::Gru};
+inline constexpr int kNumCells = 4;
+
+inline bool valid_cell_id(int id) { return id >= 0 && id < kNumCells; }
+
+// Runtime cell kind -> the spec type, at one switch point (style: flags become template types).
+template <class F> decltype(auto) dispatch_cell(CellKind kind, F&& f) {
+  switch (kind) {
+    case CellKind::RnnTanh: return f(RnnCell<false>{});
+    case CellKind::RnnRelu: return f(RnnCell<true>{});
+    case CellKind::Lstm: return f(LstmCell{});
+    case CellKind::Gru: return f(GruCell{});
+  }
+  throw ArgumentError("unknown cell kind");
+}
+
+}  // namespace fastrnn

@@ -1,0 +1,295 @@
+// The common machinery of the cell specs (csrc/cells/*.h) and the elementary functions they compute
+// with, written once for host and device (FASTRNN_HD). A cell is a SPEC: a struct that declares its
+// gate slots, its states and their widths, its parameters, what it saves per unit for backward (named
+// slots), and its time step as a compile-time list of PHASES, with the pointwise forward and backward
+// side by side. The layer loops (csrc/cpu/layer_kernels.inc, cuda/layer.cuh) never name a cell: they
+// read these declarations (`Cell::kStates`, `Cell::kSaved`, the product phase's `kSeparateGrad`) and
+// run the phases. csrc/cells/all.h lists the cells; docs/ARCHITECTURE.md draws the picture.
+//
+// A spec, field by field (LstmCell in lstm.h is the worked example):
+//   kKind, kName            CellKind and the Python name ("lstm")
+//   Gate::{i, f, ...}       gate slots in PyTorch's order; Gate::count = kGates; kGateNames
+//   kStates, kStateDecls    the recurrent states: h (always first: the output and the product's input),
+//                           then carried states (LSTM: c); each with its width (Width::Hidden = H)
+//   kParams, kNumParams     the parameters (ParamDecl: name, shape rule, bias or not), matrices and
+//                           per-unit vectors; param_shape() (rnn.h) turns a rule into a shape, once
+//   Saved::{...}            what forward saves per unit and row, Saved::count = kSaved; kSavedNames
+//   Step                    Phases<...> in forward order; backward runs them in reverse
+//   forward(ForwardRow, j, ld, H), backward(BackwardRow, j, H)   the Pointwise phase of unit j
+//
+// How the coming variants plug in, file by file (docs/ARCHITECTURE.md has the longer version; none
+// of them touches csrc/stack.h, the reserve layout code or the bindings beyond the cell table):
+//   issue 14, cell variants (each a spec, or a template parameter of one):
+//   - peepholes: cells/lstm.h, LstmCell<Peephole>: a per-unit parameter weight_ch [3, H] declared as
+//     ParamDecl{"w_ch", Dim::Units, ...} in kParams; ForwardRow/BackwardRow gain `unit_params`
+//     (const T*) and `dunit_params` (T*, per-row partial gradients) that the pointwise phase reads and
+//     writes; the loops (cpu/layer_kernels.inc, cuda/layer.cuh) sum dunit_params over rows after the
+//     time loop like db (column_sums). o sees c_t: it stays inside the one Pointwise phase.
+//   - coupled gates (CIFG): cells/lstm.h, Gate::{f, g, o}, kGates = 3; only the pointwise maths changes.
+//   - cell clip: cells/lstm.h, a clip value in a per-call cell-options struct passed to forward/
+//     backward next to the row (the loops pass it through untouched).
+//   - reset-before GRU: cells/gru.h, GruCell<ResetAfter = false> with
+//       Step = Phases<RecurrentProduct<Operand::H, Weight::Hh, true> (gates r, z),
+//                     Pointwise<0> (r, z and r*h into a per-row buffer), Barrier,
+//                     RecurrentProduct<Operand::ResetH, Weight::Hh, true> (gate n), Pointwise<1> (n, h)>;
+//     the loops gain the Operand::ResetH input (the r*h buffer), products restricted to a gate range,
+//     and Pointwise<N> for N > 0 (forward/backward overloads taking the phase tag); the CUDA forward
+//     splits its fused kernel at the Barrier into two launches.
+//   - layer norm: cells/<cell>.h with LayerNorm = true: RowReduction<N> phases (mean and variance of
+//     W_ih x, of W_hh h and of c over the row) between the product and the pointwise phase, gains and
+//     biases as Dim::GateRows / Dim::Units vectors with gradients, the row statistics as per-row saved
+//     slots; the loops gain RowReduction (CPU: each thread's partial sums, a barrier, a sum in a fixed
+//     order; CUDA: a block reduction over the row or its own kernel).
+//   - projection (proj_size = P): cells/lstm.h, kStateDecls {h: Width::Projection, c: Width::Hidden},
+//     a second RecurrentProduct<Operand::M, Weight::Hr, ...> on m = o*tanh(c) (saved), w_hr [P, H] in
+//     kParams; the loops and the stack read the state widths from kStateDecls instead of assuming H.
+//   - identity-initialised RNN: Python only (initialisation), no spec change.
+//   issue 15, modifiers of every cell (not cells): zoneout, recurrent and weight dropout, gradient
+//     clipping, dilation are template switches of the loops (a Modifiers parameter next to Cell, set at
+//     one switch point in the stack): zoneout and recurrent dropout mask the state between Pointwise
+//     and the next product, clipping clamps the state gradient before the product's backward, weight
+//     dropout masks W_hh once per call, dilation changes which step's state a product reads.
+//   issue 18, 16-bit types: AccType (common.h, cuda/dtypes.h) already makes every spec compute in
+//     float; the CPU loops gain bf16/f16 storage instantiations, no spec changes.
+#pragma once
+
+#include <cmath>
+#include <cstring>
+
+#include "common.h"
+
+namespace fastrnn {
+
+// The cells' ids as Python passes them (fastrnn.types.CELLS order).
+enum class CellKind : int { RnnTanh = 0, RnnRelu = 1, Lstm = 2, Gru = 3 };
+
+// ---- elementary functions ------------------------------------------------------------------
+// exp for float on the host is a branch-free polynomial (Cephes-style range reduction, degree-6
+// minimax; max rel. error ~2 ulp) so that the compiler vectorises the pointwise loops; libm's
+// expf is a call that blocks vectorisation. Inputs are clamped so exp never over/underflows to
+// inf/denormals: sigmoid and tanh saturate long before |x| = 87.
+FASTRNN_HD float fr_exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
+  // round to nearest by adding and removing 1.5 * 2^23 (nearbyint is a call GCC will not vectorise)
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n*ln2 in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+#endif
+}
+FASTRNN_HD double fr_exp(double x) { return ::exp(x); }
+
+template <class A> FASTRNN_HD A sigmoid(A x) { return A(1) / (A(1) + fr_exp(-x)); }
+
+// tanh near zero: an odd polynomial in x, exact in relative terms for every small |x| (denormals,
+// and +-0 kept as they are), where (1 - e)/(1 + e) below cancels (it loses all digits by |x| ~ 1e-8
+// in float). Cephes's tanhf/tanh minimax fits for |x| < 0.625, max. relative error ~2 ulp in float,
+// ~3e-16 in double (a rational fit there).
+FASTRNN_HD float tanh_small(float x) {
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  return x + x * (z * p);
+}
+FASTRNN_HD double tanh_small(double x) {
+  const double z = x * x;
+  const double p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z - 1.61468768441708447952e3;
+  const double q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z + 4.84406305325125486048e3;
+  return x + x * (z * p / q);
+}
+// tanh through exp of a non-positive argument (no overflow, vectorisable like fr_exp), and the
+// polynomial for |x| < 0.625. Both are computed and one is selected, so the loops stay branch-free
+// and vectorised. NaN falls through to the exp formula and stays NaN.
+template <class A> FASTRNN_HD A fr_tanh(A x) {
+  const A ax = x < A(0) ? -x : x;
+  const A e = fr_exp(A(-2) * ax);
+  const A t = (A(1) - e) / (A(1) + e);
+  const A large = x < A(0) ? -t : t;
+  return ax < A(0.625) ? tanh_small(x) : large;
+}
+
+// ReLU as torch computes it: NaN stays NaN (a select on `pre > 0` would turn it into 0).
+template <class A> FASTRNN_HD A fr_relu(A x) { return x < A(0) ? A(0) : x; }
+// Its backward as torch's threshold_backward(dh, h, 0): zero where h <= 0, dh elsewhere, NaN h included.
+template <class A> FASTRNN_HD A fr_relu_backward(A h, A dh) { return h <= A(0) ? A(0) : dh; }
+
+
+// ---- what a spec declares -------------------------------------------------------------------
+
+// The width of a state or a parameter dimension, as a rule on the call's sizes.
+enum class Dim : int {
+  GateRows,  // G*H: one row per gate and hidden unit
+  Input,     // I_l: the layer's input size (I for layer 0, D*H above)
+  Hidden,    // H
+  Units,     // H, a per-unit vector (peepholes, LN gains): no cell has one yet
+  One,       // 1: the second dimension of a vector
+};
+using Width = Dim;  // a state's width: Dim::Hidden (a projected h would be P wide)
+
+struct StateDecl {
+  const char* name;  // "h", "c"
+  Width width;
+};
+
+// One parameter of a layer and direction; `bias` ones are present only with bias=True.
+struct ParamDecl {
+  const char* name;  // PyTorch's suffix-free name: "w_ih", "b_hh"
+  Dim rows, cols;    // cols == Dim::One for a vector
+  bool bias;
+};
+
+// The four parameters every cell has today, in PyTorch's order: w_ih [G*H, I_l], w_hh [G*H, H],
+// b_ih [G*H], b_hh [G*H].
+inline constexpr ParamDecl kGateParams[] = {{"w_ih", Dim::GateRows, Dim::Input, false},
+                                            {"w_hh", Dim::GateRows, Dim::Hidden, false},
+                                            {"b_ih", Dim::GateRows, Dim::One, true},
+                                            {"b_hh", Dim::GateRows, Dim::One, true}};
+
+// THE weight-shape rule: a dimension of a parameter for gates G, input size `in` and hidden size H.
+// Both the NumPy-array bindings (shapes) and the pointer bindings (counts) read it.
+constexpr int64 dim_size(Dim d, int64 G, int64 in, int64 H) {
+  switch (d) {
+    case Dim::GateRows: return G * H;
+    case Dim::Input: return in;
+    case Dim::Hidden: return H;
+    case Dim::Units: return H;
+    case Dim::One: return 1;
+  }
+  return 0;
+}
+
+// ---- phases: the time step as a compile-time list ---------------------------------------------
+// A loop runs a spec's Step with `for_each_phase` (a fold over the types: no runtime list, no virtual
+// call, so every phase inlines and the pointwise loops vectorise). Forward runs the list in order,
+// backward in reverse. Between steps the loop synchronises (the next step's product reads every
+// unit of h); within a step, a phase that reads other threads' units must follow a Barrier.
+
+enum class PhaseKind : int { RecurrentProduct, Pointwise, RowReduction, Barrier };
+
+// What a recurrent product multiplies.
+enum class Operand : int {
+  H,       // h_{t-1}
+  ResetH,  // r * h_{t-1} (the reset-before GRU; not implemented by the loops yet)
+  M,       // o * tanh(c) (the LSTM projection; not implemented yet)
+};
+enum class Weight : int {
+  Hh,  // W_hh [G*H, H]
+  Hr,  // W_hr [P, H] (the LSTM projection; not implemented yet)
+};
+
+// gh = In W^T (+ b_hh), all gates of the thread's units. SeparateGrad: dL/d(gh) differs from
+// dL/d(gi) (GRU: gh_n enters scaled by r), so backward keeps dG_h in its own buffer and dW_hh,
+// db_hh and dL/dh_prev read it; otherwise dG_h is dG_i.
+template <Operand In, Weight W, bool SeparateGrad> struct RecurrentProduct {
+  static constexpr PhaseKind kKind = PhaseKind::RecurrentProduct;
+  static constexpr Operand kInput = In;
+  static constexpr Weight kWeight = W;
+  static constexpr bool kSeparateGrad = SeparateGrad;
+};
+
+// The cell's pointwise forward / backward over the thread's units (Cell::forward / Cell::backward).
+// N numbers the pointwise phases of a step; the loops run N = 0, the one every cell has today.
+template <int N = 0> struct Pointwise {
+  static constexpr PhaseKind kKind = PhaseKind::Pointwise;
+  static constexpr int kIndex = N;
+};
+
+// Room for layer norm: a reduction of a per-unit quantity over a whole row (CPU: each thread's
+// partial sums then a barrier; CUDA: a block reduction). No loop implements it yet: a spec that
+// lists one fails to compile with a message saying so.
+template <int N = 0> struct RowReduction {
+  static constexpr PhaseKind kKind = PhaseKind::RowReduction;
+  static constexpr int kIndex = N;
+};
+
+struct Barrier {
+  static constexpr PhaseKind kKind = PhaseKind::Barrier;
+};
+
+template <class... P> struct Phases {
+  static constexpr int kCount = sizeof...(P);
+};
+
+// f(P{}) for each phase P of the list, in order; for_each_phase_reversed: last to first.
+template <class... P, class F> inline void for_each_phase(Phases<P...>, F&& f) { (f(P{}), ...); }
+template <class F> inline void for_each_phase_reversed(Phases<>, F&&) {}
+template <class P0, class... P, class F> inline void for_each_phase_reversed(Phases<P0, P...>, F&& f) {
+  for_each_phase_reversed(Phases<P...>{}, f);
+  f(P0{});
+}
+
+template <class Phase> constexpr bool is_phase(PhaseKind k) { return Phase::kKind == k; }
+template <class> constexpr bool kUnsupportedPhase = false;  // for static_assert in a loop's `else` branch
+
+namespace spec_detail {
+template <class P> constexpr bool separate_grad_of() {
+  if constexpr (P::kKind == PhaseKind::RecurrentProduct) return P::kSeparateGrad;
+  else return false;
+}
+template <class... P> constexpr bool any_separate_grad(Phases<P...>) { return (false || ... || separate_grad_of<P>()); }
+}  // namespace spec_detail
+
+// What the loops ask of a spec, derived from its declarations.
+template <class Cell> struct SpecTraits {
+  static constexpr int kGates = Cell::kGates;
+  static constexpr int kSaved = Cell::kSaved;
+  // carried states beyond h (LSTM: c); the loops keep, save and return each like h
+  static constexpr bool kCarriesState = Cell::kStates > 1;
+  // backward keeps dG_h apart from dG_i (some product's gradient differs from the input's)
+  static constexpr bool kSeparateHiddenGrad = spec_detail::any_separate_grad(typename Cell::Step{});
+  static_assert(Cell::kStates >= 1 && Cell::kStates <= 2, "the stacks pass h and at most one carried state (c)");
+  static_assert(Cell::kNumParams == 4,
+                "LayerWeights holds the four kGateParams; a per-unit vector needs its field there (see above)");
+  static_assert(Cell::kStateDecls[0].name[0] == 'h', "state 0 is h");
+};
+
+// ---- one row of one step: what the pointwise phase sees ---------------------------------------
+// Pointers point at one batch row. Shapes per row; G = Cell::kGates, S = Cell::kSaved. Gate g of
+// unit j is at g*ld + j (ld = H for a whole row; the CPU forward keeps each thread's units
+// together, ld = its share); saved slot s of unit j at s*H + j.
+template <class T> struct ForwardRow {
+  const T* gi;      // [G*ld] W_ih x + b_ih
+  const T* gh;      // [G*ld] W_hh h_prev + b_hh
+  const T* h_prev;  // [H]
+  const T* c_prev;  // [H] the carried state (cells with kStates == 2)
+  T* h;             // [H] new hidden state
+  T* c;             // [H] new carried state (kStates == 2)
+  T* saved;         // [S*H] what backward needs, or nullptr in inference
+};
+
+template <class T> struct BackwardRow {
+  const T* saved;   // [S*H] from forward
+  const T* h_prev;  // [H]
+  const T* c_prev;  // [H] (kStates == 2)
+  const T* h;       // [H] this step's output (RNN needs it for the derivative)
+  const T* c;       // [H] this step's carried state (kStates == 2)
+  const T* dh;      // [H] dL/dh of this step: from the output and from the next step
+  const T* dc;      // [H] dL/dc of this step from the next step (kStates == 2)
+  T* dgi;           // [G*H] dL/d(gi)
+  T* dgh;           // [G*H] dL/d(gh); the same buffer as dgi unless the product's kSeparateGrad
+  T* dh_prev;       // [H] the part of dL/dh_prev that bypasses W_hh (GRU's z*dh, else 0)
+  T* dc_prev;       // [H] dL/dc_prev (kStates == 2)
+};
+
+// Named access to a row: gate slot g of unit j (row stride ld), saved slot s of unit j (H apart).
+template <class T> FASTRNN_HD T& gate(T* row, int g, int64 ld, int64 j) { return row[g * ld + j]; }
+template <class T> FASTRNN_HD const T& gate(const T* row, int g, int64 ld, int64 j) { return row[g * ld + j]; }
+template <class T> FASTRNN_HD T& slot(T* saved, int s, int64 H, int64 j) { return saved[s * H + j]; }
+template <class T> FASTRNN_HD const T& slot(const T* saved, int s, int64 H, int64 j) { return saved[s * H + j]; }
+
+}  // namespace fastrnn
