@@ -240,11 +240,81 @@ def test_unimplemented_and_bad_options_raise():
         fnn.LSTM(3, 4, layer_norm=True)
     with pytest.raises(NotImplementedError, match="layer_norm"):
         fnn.GRUCell(3, 4, layer_norm=True)
-    with pytest.raises(NotImplementedError, match="reset_after"):
-        fnn.GRU(3, 4, reset_after=False)
     with pytest.raises(ValueError, match="cell_clip must be > 0"):
         fnn.LSTM(3, 4, cell_clip=-1.0)
     with pytest.raises(TypeError):
         fnn.LSTM(3, 4, 1, True, False, 0.0, False, 0, None, None, True)  # the options are keyword-only
     with pytest.raises(TypeError):
         fnn.GRU(3, 4, peephole=True)  # an LSTM option
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_gru_reset_before_matches_plain_torch_and_the_reference(packed):
+    """GRU(reset_after=False): n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), against the equations
+    written here (values and gradients) and against fastrnn.reference."""
+    import numpy as np
+    from fastrnn import reference
+    torch.manual_seed(5)
+    T, B, I, H = 4, 3, 3, 5
+    m = fnn.GRU(I, H, 2, bidirectional=True, reset_after=False, dtype=torch.float64)
+    assert "reset_after=False" in repr(m)
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in torch.nn.GRU(I, H, 2, bidirectional=True)
+                                                    .named_parameters()]
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, B, H, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 2, 3]) if packed else None
+    if packed:
+        out, hn = m(pack_padded_sequence(x, lengths, enforce_sorted=False), h0)
+        y = pad_packed_sequence(out, total_length=T)[0]
+    else:
+        y, hn = m(x, h0)
+    (y.sum() + (hn * hn).sum()).backward()
+    got = [x.grad.clone(), h0.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    for p in [x, h0, *m.parameters()]:
+        p.grad = None
+
+    inp, hs = x, []
+    for layer in range(2):
+        outs = []
+        for d in range(2):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            w_ih, w_hh = getattr(m, "weight_ih" + sfx), getattr(m, "weight_hh" + sfx)
+            b_ih, b_hh = getattr(m, "bias_ih" + sfx), getattr(m, "bias_hh" + sfx)
+            h, ys = h0[layer * 2 + d], [None] * T
+            for t in (reversed(range(T)) if d else range(T)):
+                gi = F.linear(inp[t], w_ih, b_ih)
+                r = torch.sigmoid(gi[:, :H] + F.linear(h, w_hh[:H], b_hh[:H]))
+                z = torch.sigmoid(gi[:, H:2 * H] + F.linear(h, w_hh[H:2 * H], b_hh[H:2 * H]))
+                n = torch.tanh(gi[:, 2 * H:] + F.linear(r * h, w_hh[2 * H:], b_hh[2 * H:]))
+                h_new = (1 - z) * n + z * h
+                live = torch.ones(B, 1, dtype=torch.bool) if lengths is None else (t < lengths).unsqueeze(1)
+                h = torch.where(live, h_new, h)
+                ys[t] = torch.where(live, h_new, torch.zeros_like(h_new))
+            outs.append(torch.stack(ys))
+            hs.append(h)
+        inp = torch.cat(outs, 2)
+    want_hn = torch.stack(hs)
+    torch.testing.assert_close(y, inp)
+    torch.testing.assert_close(hn, want_hn)
+    (inp.sum() + (want_hn * want_hn).sum()).backward()
+    want = [x.grad, h0.grad] + [p.grad for p in m.parameters()]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+    weights = [tuple(p.detach().numpy() for p in ps) for ps in m.all_weights]
+    ref = reference.forward("gru", x.detach().numpy(), weights, h0.detach().numpy(), bidirectional=True,
+                            lengths=None if lengths is None else lengths.numpy(), reset_after=False)
+    np.testing.assert_allclose(ref.output, y.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_gru_cell_reset_before_step():
+    torch.manual_seed(6)
+    seq = fnn.GRU(3, 4, reset_after=False, dtype=torch.float64)
+    cell = fnn.GRUCell(3, 4, reset_after=False, dtype=torch.float64)
+    cell.load_state_dict({k[:-3]: v for k, v in seq.state_dict().items()})
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    y, _ = seq(x)
+    h = torch.zeros(2, 4, dtype=torch.float64)
+    for t in range(5):
+        h = cell(x[t], h)
+        torch.testing.assert_close(h, y[t])

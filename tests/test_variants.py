@@ -256,3 +256,52 @@ def test_option_errors():
         fastrnn.forward("lstm", x, fastrnn.init_weights("lstm", 3, 4), coupled=True)
     with pytest.raises(NotImplementedError, match="PreparedCell"):
         fastrnn.PreparedCell("lstm", *fastrnn.init_weights("lstm", 3, 4)[0], peephole=True)
+
+
+# ---- the GRU with reset_after=False (reference; the kernels refuse it for now) ----------------------
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("bidirectional,ragged", [(False, False), (True, True)], ids=["uni", "bi-ragged"])
+def test_reference_gru_reset_before_matches_finite_differences(bidirectional, ragged, bias):
+    rng = np.random.default_rng(21)
+    T, B, I, H, L = 3, 3, 3, 2, 2
+    D = 2 if bidirectional else 1
+    weights = fastrnn.init_weights("gru", I, H, L, bidirectional=bidirectional, bias=bias, dtype=np.float64, seed=21)
+    weights = [tuple(2.0 * w for w in entry) for entry in weights]
+    x, h0 = rng.standard_normal((T, B, I)), 0.5 * rng.standard_normal((L * D, B, H))
+    dy, dhn = rng.standard_normal((T, B, D * H)), rng.standard_normal((L * D, B, H))
+    kw = dict(lengths=np.array([2, 3, 1]) if ragged else None, bidirectional=bidirectional, reset_after=False)
+    res = reference.forward("gru", x, weights, h0, **kw)
+    grads = reference.backward(res.saved, dy, dhn)
+
+    def loss():
+        o = reference.forward("gru", x, weights, h0, training=False, **kw)
+        return np.sum(o.output * dy) + np.sum(o.h_n * dhn)
+
+    np.testing.assert_allclose(grads.dx, numeric_grad(loss, x), rtol=FD_RTOL, atol=FD_ATOL)
+    np.testing.assert_allclose(grads.dh0, numeric_grad(loss, h0), rtol=FD_RTOL, atol=FD_ATOL)
+    for k, (dw, w) in enumerate(zip(grads.dweights, weights)):
+        for j in range(len(w)):
+            np.testing.assert_allclose(dw[j], numeric_grad(loss, w[j]), rtol=FD_RTOL, atol=FD_ATOL,
+                                       err_msg=f"weights[{k}][{j}]")
+
+
+def test_reference_gru_reset_before_differs_from_reset_after():
+    """The two GRUs agree when r = 1 is forced (huge r bias) and differ otherwise."""
+    rng = np.random.default_rng(22)
+    w = list(fastrnn.init_weights("gru", 3, 4, dtype=np.float64, seed=22)[0])
+    x, h0 = rng.standard_normal((4, 2, 3)), rng.standard_normal((1, 2, 4))
+    after = reference.forward("gru", x, [tuple(w)], h0).output
+    before = reference.forward("gru", x, [tuple(w)], h0, reset_after=False).output
+    assert np.abs(after - before).max() > 1e-3
+    w[2] = w[2].copy()
+    w[2][:4] = 50.0  # r = σ(50 + ...) = 1 to double precision
+    np.testing.assert_allclose(reference.forward("gru", x, [tuple(w)], h0, reset_after=False).output,
+                               reference.forward("gru", x, [tuple(w)], h0).output, rtol=1e-12, atol=1e-14)
+
+
+def test_gru_reset_before_not_in_the_kernels_yet():
+    x = np.zeros((2, 1, 3), np.float32)
+    with pytest.raises(NotImplementedError, match="reset_after=False"):
+        fastrnn.forward("gru", x, fastrnn.init_weights("gru", 3, 4), reset_after=False)
+    with pytest.raises(ValueError, match="reset_after is a GRU option"):
+        fastrnn.forward("lstm", x, fastrnn.init_weights("lstm", 3, 4), reset_after=False)

@@ -178,7 +178,7 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int, D: int) -> None:
 
 def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, bidirectional: bool = False,
             batch_first: bool = False, training: bool = False, peephole: bool = False, coupled: bool = False,
-            cell_clip: Optional[float] = None) -> RNNResult:
+            cell_clip: Optional[float] = None, reset_after: bool = True) -> RNNResult:
     """Run a stack of recurrent layers over a whole sequence.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
@@ -193,6 +193,9 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         weights entry ends with w_ch [3, H] (rows i, f, o; coupled: [2, H], rows f, o), i and f see
         c_{t-1}, o sees c_t. coupled=True: gate blocks (f, g, o), G = 3, i = 1 - f. cell_clip=C > 0:
         c_t = clamp(f*c_{t-1} + i*g, -C, C) is carried and used for h.
+    reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014)
+        is not implemented by the kernels yet: NotImplementedError (fastrnn.reference and
+        fastrnn.nn.GRU(reset_after=False) compute it).
 
     ``saved`` keeps references to ``x`` (when already time-major and C-contiguous), the weights,
     h0, c0 and lengths, not copies: changing any of them in place before ``backward`` silently
@@ -203,6 +206,11 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     """
     cell = _check_cell(cell)
     options = _check_options(cell, peephole, coupled, cell_clip)
+    if reset_after is not True:
+        if cell != "gru" or not isinstance(reset_after, bool):
+            raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
+        raise NotImplementedError("reset_after=False (the GRU of Cho et al. 2014) is not implemented by the kernels "
+                                  "yet: fastrnn.reference.forward and fastrnn.nn.GRU(reset_after=False) compute it")
     x = _check_x(x)
     D = 2 if bidirectional else 1
     if batch_first:

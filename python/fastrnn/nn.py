@@ -59,11 +59,14 @@ def _kernels_cannot_serve(x: Tensor, h0, c0, weights: List[Tensor]) -> bool:
 
 
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
-            bidirectional: bool, cell: Optional[str] = None):
+            bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
-    the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell."""
-    if _kernels_cannot_serve(x, h0, c0, weights):
-        return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell)
+    the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell.
+    ``reset_before``: the GRU with reset_after=False, which the kernels do not implement: composed
+    torch ops (correct, not fast)."""
+    if reset_before or _kernels_cannot_serve(x, h0, c0, weights):
+        return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
+                                    reset_before)
     # A traced graph keeps what the trace saw as a constant, and the trace is checked by running it
     # again without grad: it always keeps the reserve, so that the graph is the same and can train.
     training = _needs_grad(x, h0, c0, *weights) or torch._C._get_tracing_state() is not None
@@ -124,6 +127,7 @@ class _RNNBase(torch.nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.peephole, self.coupled, self.cell_clip, self.init = bool(peephole), bool(coupled), cell_clip, init
+        self.reset_after = True  # GRU sets it after
         # the op's cell string (ops.variant_cell): the base cell's name unless an option is set
         self._cell = ops.variant_cell(_CELL[mode], peephole, coupled, cell_clip)
 
@@ -304,8 +308,9 @@ class _RNNBase(torch.nn.Module):
         L, H = self.num_layers, self.hidden_size
         if lengths is not None:
             lengths = lengths.to(device=x.device, dtype=torch.int64)
+        reset_before = not self.reset_after
         if not (self.dropout > 0 and self.training and L > 1):
-            return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional, self._cell)
+            return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional, self._cell, reset_before)
         D = 2 if self.bidirectional else 1
         per_layer = len(weights) // L
         hns, cns = [], []
@@ -313,7 +318,7 @@ class _RNNBase(torch.nn.Module):
             rows = slice(layer * D, (layer + 1) * D)
             x, hn, cn = _run_op(self.mode, x, weights[layer * per_layer:(layer + 1) * per_layer],
                                 None if h0 is None else h0[rows], None if c0 is None else c0[rows], lengths, H, 1,
-                                self.bidirectional, self._cell)
+                                self.bidirectional, self._cell, reset_before)
             hns.append(hn)
             cns.append(cn)
             if layer < L - 1:
@@ -335,7 +340,8 @@ def _identity_init(w_ih: Tensor, w_hh: Tensor, *biases: Tensor) -> None:
 def _variant_repr(m) -> str:
     """The issue-14 options that differ from the defaults, for extra_repr."""
     s = ""
-    for name, default in (("peephole", False), ("coupled", False), ("cell_clip", None), ("init", "uniform")):
+    for name, default in (("peephole", False), ("coupled", False), ("cell_clip", None), ("reset_after", True),
+                          ("init", "uniform")):
         value = getattr(m, name, default)
         if value != default:
             s += f", {name}={value!r}"
@@ -377,8 +383,21 @@ def _composed_step(mode: str, gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Ten
     return (1 - z) * n + z * h, None
 
 
+def _gru_reset_before_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
+    """One step of the GRU with reset_after=False (Cho et al. 2014): r, z as torch.nn.GRU's, then
+    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), h' = (1-z)*n + z*h. gi = W_ih x + b_ih [B, 3H]."""
+    H = h.size(1)
+    w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]
+    b_rz, b_n = (b_hh[:2 * H], b_hh[2 * H:]) if b_hh is not None else (None, None)
+    r_i, z_i, n_i = gi.chunk(3, 1)
+    r_h, z_h = F.linear(h, w_rz, b_rz).chunk(2, 1)
+    r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+    n = torch.tanh(n_i + F.linear(r * h, w_n, b_n))
+    return (1 - z) * n + z * h
+
+
 def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int,
-                         num_layers: int, bidirectional: bool, cell: Optional[str] = None):
+                         num_layers: int, bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False):
     """The op's forward (x [T, B, I] -> (y [T, B, D*H], hn [L*D, B, H], cn or None)) in composed torch
     ops, for the calls the kernels cannot serve (_kernels_cannot_serve): autograd, forward-mode AD and
     torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T)."""
@@ -404,7 +423,10 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
             h, c = h0[k], (c0[k] if lstm else None)
             ys: List[Optional[Tensor]] = [None] * T
             for t in (range(T - 1, -1, -1) if d else range(T)):
-                h_new, c_new = _composed_step(mode, xw[t], F.linear(h, w_hh, b_hh), h, c, cell, w_ch)
+                if reset_before:
+                    h_new, c_new = _gru_reset_before_step(xw[t], h, w_hh, b_hh), None
+                else:
+                    h_new, c_new = _composed_step(mode, xw[t], F.linear(h, w_hh, b_hh), h, c, cell, w_ch)
                 if live is None:
                     h, c, ys[t] = h_new, c_new, h_new
                 else:  # a finished sequence keeps its state and outputs zeros
@@ -484,14 +506,11 @@ class RNN(_RNNBase):
                          device=device, dtype=dtype, init=init)
 
 
-def _refuse_unimplemented(layer_norm: bool = False, reset_after: bool = True) -> None:
+def _refuse_unimplemented(layer_norm: bool = False) -> None:
     """Issue 14's options that fastrnn does not implement yet: a clear error, never a silent base cell."""
     if layer_norm:
         raise NotImplementedError("layer_norm=True is not implemented yet (issue 14, planned in csrc/cells/spec.h: "
                                   "row reductions in the loops)")
-    if not reset_after:
-        raise NotImplementedError("reset_after=False (the GRU of Cho et al. 2014) is not implemented yet (issue 14, "
-                                  "planned in csrc/cells/spec.h: a second product phase on r*h)")
 
 
 class LSTM(_RNNBase):
@@ -513,16 +532,20 @@ class LSTM(_RNNBase):
 
 class GRU(_RNNBase):
     """GRU (gates r, z, n, reset applied after the hidden product); torch.nn.GRU's API. Keyword-only
-    ``init="identity"`` (W_hh blocks = I); ``reset_after=False`` and ``layer_norm`` raise
-    NotImplementedError (issue 14, not implemented yet)."""
+    ``init="identity"`` (W_hh blocks = I); ``reset_after=False``: the reset gate multiplies h before
+    the hidden product (Cho et al. 2014; same parameters), run by composed torch ops (not fused
+    yet: correct, not fast); ``layer_norm`` raises NotImplementedError (issue 14, not implemented yet)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True, layer_norm: bool = False,
                  init: str = "uniform") -> None:
-        _refuse_unimplemented(layer_norm=layer_norm, reset_after=reset_after)
+        _refuse_unimplemented(layer_norm=layer_norm)
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device=device, dtype=dtype, init=init)
+        self.reset_after = reset_after
 
 
 # ---- cells: one step, the same op with T = 1 -----------------------------------------------------------
@@ -543,6 +566,7 @@ class _CellBase(torch.nn.Module):
         self.bias = bias
         # issue 14's options (LSTMCell: peephole, coupled, cell_clip; all: init)
         self.peephole, self.coupled, self.cell_clip, self.init = bool(peephole), bool(coupled), cell_clip, init
+        self.reset_after = True  # GRUCell sets it after
         num_chunks = 3 if coupled else num_chunks
         self.weight_ih = Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
         self.weight_hh = Parameter(torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs))
@@ -613,7 +637,8 @@ class _CellBase(torch.nn.Module):
         if states is not None:
             h0 = states[0].unsqueeze(0)
             c0 = states[1].unsqueeze(0) if mode == "LSTM" else None
-        _, hn, cn = _run_op(mode, input.unsqueeze(0), weights, h0, c0, None, self.hidden_size, 1, False, cell)
+        _, hn, cn = _run_op(mode, input.unsqueeze(0), weights, h0, c0, None, self.hidden_size, 1, False, cell,
+                            not self.reset_after)
         out = (hn[0], cn[0]) if mode == "LSTM" else (hn[0],)
         return out if is_batched else tuple(s.squeeze(0) for s in out)
 
@@ -654,8 +679,11 @@ class GRUCell(_CellBase):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  reset_after: bool = True, layer_norm: bool = False, init: str = "uniform") -> None:
-        _refuse_unimplemented(layer_norm=layer_norm, reset_after=reset_after)
+        _refuse_unimplemented(layer_norm=layer_norm)
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype, init=init)
+        self.reset_after = reset_after
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._step("GRU", input, None if hx is None else (hx,), "GRUCell")[0]

@@ -160,7 +160,38 @@ def _lstm_variant_backward(dh_new, dc_new, cache):
         if p is not None:
             dc_prev = dc_prev + da_i * p[0] + da_f * p[1]
             dp = np.stack([(da_i * c).sum(0), (da_f * c).sum(0), (da_o * c_new).sum(0)])
-    return da, da, np.zeros_like(dh_new), dc_prev, (dp if p is not None else None)
+    return da, da, np.zeros_like(dh_new), dc_prev, ({"w_ch": dp} if p is not None else {})
+
+
+# GRU with the reset gate applied before the hidden product (reset_after=False; Cho et al. 2014,
+# Keras reset_after=False, ONNX linear_before_reset=0), gate blocks r, z, n:
+#   r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + W_hn (r*h) + b_hn), h' = (1-z)*n + z*h
+# The layer's gh_n (W_hn h + b_hn) is not used: the cell computes its own n product from r*h.
+def _gru_reset_before_forward(gi, gh, h, c, w_hn, b_hn):
+    gi_r, gi_z, gi_n = np.split(gi, 3, axis=1)  # each [B, H]
+    gh_r, gh_z, _ = np.split(gh, 3, axis=1)
+    r = _sigmoid(gi_r + gh_r)
+    z = _sigmoid(gi_z + gh_z)
+    rh = r * h  # [B, H]
+    n = np.tanh(gi_n + rh @ w_hn.T + b_hn)
+    return (1.0 - z) * n + z * h, None, (h, r, z, n, rh, w_hn)
+
+
+def _gru_reset_before_backward(dh_new, dc_new, cache):
+    """dgh's n block is zero: the n product's gradients come back as extra W_hh / b_hh rows."""
+    h, r, z, n, rh, w_hn = cache
+    H = h.shape[1]
+    da_n = dh_new * (1.0 - z) * (1.0 - n * n)  # [B, H]
+    da_z = dh_new * (h - n) * z * (1.0 - z)
+    d_rh = da_n @ w_hn  # [B, H] gradient of r*h
+    da_r = d_rh * h * r * (1.0 - r)
+    dgi = np.concatenate([da_r, da_z, da_n], axis=1)  # [B, 3H]
+    dgh = np.concatenate([da_r, da_z, np.zeros_like(da_n)], axis=1)
+    dw_hh = np.zeros((3 * H, H))
+    dw_hh[2 * H:] = da_n.T @ rh
+    db_hh = np.zeros(3 * H)
+    db_hh[2 * H:] = da_n.sum(axis=0)
+    return dgi, dgh, dh_new * z + d_rh * r, None, {"w_hh": dw_hh, "b_hh": db_hh}
 
 
 _CELL_FNS = {
@@ -179,18 +210,23 @@ assert set(_CELL_FNS) == set(CELLS)
 # direction (t = T-1 .. 0) starts from h0 at t = len-1 and ends on the state after t = 0.
 # ---------------------------------------------------------------------------------------------
 
-def _cell_forward_fn(cell, options, p):
-    """The cell's pointwise forward for these options (issue 14's LSTM variants) and peepholes p."""
+def _cell_forward_fn(cell, options, w):
+    """The cell's pointwise forward for these options (issue 14's variants) and the layer's weights w."""
     if cell == "lstm" and _is_variant(options):
-        return lambda gi, gh, h, c: _lstm_variant_forward(gi, gh, h, c, p, options["coupled"], options["cell_clip"])
+        return lambda gi, gh, h, c: _lstm_variant_forward(gi, gh, h, c, w[4], options["coupled"], options["cell_clip"])
+    if cell == "gru" and not options["reset_after"]:
+        H = w[1].shape[1]
+        return lambda gi, gh, h, c: _gru_reset_before_forward(gi, gh, h, c, w[1][2 * H:], w[3][2 * H:])
     return _CELL_FNS[cell][0]
 
 
 def _cell_backward_fn(cell, options):
-    """The cell's pointwise backward -> (dgi, dgh, dh_direct, dc, dp or None)."""
+    """The cell's pointwise backward -> (dgi, dgh, dh_direct, dc, {parameter name: gradient to add})."""
     if cell == "lstm" and _is_variant(options):
         return _lstm_variant_backward
-    return lambda dh, dc, cache: _CELL_FNS[cell][1](dh, dc, cache) + (None,)
+    if cell == "gru" and not options["reset_after"]:
+        return _gru_reset_before_backward
+    return lambda dh, dc, cache: _CELL_FNS[cell][1](dh, dc, cache) + ({},)
 
 
 def _is_variant(options):
@@ -203,7 +239,7 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options):
     Returns out [T, B, H], h_n [B, H], c_n [B, H] or None, steps (per time step, in time order:
     (h_prev [B, H], cell cache))."""
     w_ih, w_hh, b_ih, b_hh, w_ch = w
-    cell_forward = _cell_forward_fn(cell, options, w_ch)
+    cell_forward = _cell_forward_fn(cell, options, w)
     T, B, _ = x.shape
     H = w_hh.shape[1]
     h, c = h0, c0
@@ -240,9 +276,14 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
         # A row that is not live passed its state through unchanged and output a constant zero.
         dh_new = np.where(live, dh + dout[t], 0.0)  # [B, H]
         dc_new = None if dc is None else np.where(live, dc, 0.0)
-        dgi, dgh, dh_direct, dc_prev, dp = cell_backward(dh_new, dc_new, cache)
-        if dp is not None:
-            dw_ch += dp  # dead rows have zero gate gradients, so they add nothing
+        dgi, dgh, dh_direct, dc_prev, extra = cell_backward(dh_new, dc_new, cache)
+        # parameters a cell uses itself (peepholes, the reset-before GRU's n product); dead rows have
+        # zero gate gradients, so they add nothing
+        if "w_ch" in extra:
+            dw_ch += extra["w_ch"]
+        if "w_hh" in extra:
+            dw_hh += extra["w_hh"]
+            db_hh += extra["b_hh"]
         dx[t] = dgi @ w_ih  # [B, I]
         dw_ih += dgi.T @ x[t]
         dw_hh += dgh.T @ h_prev
@@ -272,6 +313,7 @@ def forward(
     peephole: bool = False,
     coupled: bool = False,
     cell_clip: Optional[float] = None,
+    reset_after: bool = True,
 ) -> RNNResult:
     """Run an L-layer, D-direction recurrent stack.
 
@@ -286,10 +328,12 @@ def forward(
     peephole, coupled, cell_clip: the LSTM variants (see ``_lstm_variant_forward``); with
               peephole every weights entry ends with w_ch [U, H] (U = 3: rows i, f, o; coupled: 2, f, o),
               coupled has G = 3 gate blocks (f, g, o).
+    reset_after:  GRU: False applies r to h before the hidden product (``_gru_reset_before_forward``).
     """
     assert cell in GATES, f"cell must be one of {CELLS}, got {cell!r}"
-    options = dict(peephole=bool(peephole), coupled=bool(coupled), cell_clip=cell_clip)
+    options = dict(peephole=bool(peephole), coupled=bool(coupled), cell_clip=cell_clip, reset_after=bool(reset_after))
     assert cell == "lstm" or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
+    assert cell == "gru" or reset_after, "reset_after is a GRU option"
     is_lstm = cell == "lstm"
     x = np.asarray(x, dtype=np.float64)
     assert x.ndim == 3, f"x must be 3-D, got shape {x.shape}"
