@@ -219,3 +219,18 @@ def test_peak_is_taken_at_the_benchmark_thread_count():
 
 def test_limit_numpy_blas_finds_numpy_openblas():
     assert bench.limit_numpy_blas(1) is True
+
+def test_variants_suite_runs_and_saves(tmp_path):
+    """--variants (issue 14): every variant is verified against the plain-torch loop and timed
+    against the base cell and the loop; --save writes <name>-variants.json/.md."""
+    pytest.importorskip("torch")
+    from fastrnn import bench
+    rc = bench.main(["--variants", "--sizes", "8x2x3", "--reps", "1", "--min-sample-ms", "1", "--threads", "1",
+                     "--save", str(tmp_path)])
+    assert rc == 0
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert len(saved) == 2 and all(name.split(".")[0].endswith("-variants") for name in saved)
+    result = json.loads((tmp_path / [n for n in saved if n.endswith(".json")][0]).read_text())
+    rows = result["variant_cases"]
+    assert len(rows) == 2 * len(bench.VARIANT_CASES)
+    assert all(r["variant_over_base"] > 0 and r["loop_over_variant"] > 0 for r in rows)
