@@ -15,7 +15,7 @@ import pytest
 import fastrnn
 from fastrnn import reference
 from tolerances import assert_close
-from test_reference import EPS, FD_ATOL, FD_RTOL, numeric_grad
+from test_reference import FD_ATOL, FD_RTOL, numeric_grad
 
 DTYPES = (np.float32, np.float64)
 # (peephole, coupled, cell_clip): every combination the kernels run
