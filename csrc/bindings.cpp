@@ -60,9 +60,19 @@ template <class T> T* checked(py::handle obj, const char* name, const std::vecto
   return static_cast<T*>(const_cast<void*>(arr.data()));
 }
 
-fastrnn::RnnConfig make_config(int cell, py::array x, int64 H, int64 L, bool bidirectional) {
+fastrnn::RnnConfig make_config(int cell, py::array x, int64 H, int64 L, bool bidirectional,
+                               const fastrnn::CellOptions& options) {
   if (x.ndim() != 3) throw py::value_error("x must be 3-D [T, B, I], got " + std::to_string(x.ndim()) + "-D");
-  return fastrnn::pointer_args::make_config(cell, x.shape(0), x.shape(1), x.shape(2), H, L, bidirectional);
+  return fastrnn::pointer_args::make_config(cell, x.shape(0), x.shape(1), x.shape(2), H, L, bidirectional, options);
+}
+
+// issue 14: the cell options as the entry points take them (keywords, defaults: the base cells).
+fastrnn::CellOptions cell_options(bool peephole, bool coupled, double cell_clip) {
+  fastrnn::CellOptions o;
+  o.peephole = peephole;
+  o.coupled = coupled;
+  o.cell_clip = cell_clip;
+  return o;
 }
 
 const int64* checked_lengths(py::handle obj, const fastrnn::RnnConfig& c) {
@@ -82,7 +92,7 @@ std::vector<fastrnn::LayerWeights<T>> checked_weights(py::list weights, const fa
   if (static_cast<int64>(weights.size()) != c.L * c.D)
     throw py::value_error("weights must hold num_layers*num_directions = " + std::to_string(c.L * c.D) +
                           " entries, got " + std::to_string(weights.size()));
-  const auto counts = fastrnn::param_counts(c.cell);
+  const auto counts = fastrnn::param_counts(c.cell, c.options);
   std::vector<fastrnn::LayerWeights<T>> out;
   for (int64 k = 0; k < c.L * c.D; ++k) {
     if (!py::isinstance<py::sequence>(weights[k]))
@@ -94,12 +104,13 @@ std::vector<fastrnn::LayerWeights<T>> checked_weights(py::list weights, const fa
                             " or " + std::to_string(counts.with_bias) + " arrays");
     const std::string p = "weights[" + std::to_string(k) + "]";
     const int64 in = c.input_size(k / c.D);
-    const T* given[4] = {nullptr, nullptr, nullptr, nullptr};  // LayerWeights' order: the cells' kGateParams
-    for (int64 i = 0; i < n; ++i) {
-      const std::string name = p + "." + fastrnn::param_decl(c.cell, int(i)).name;
-      given[i] = checked<T>(t[i], name.c_str(), fastrnn::param_shape(c.cell, in, c.H, int(i)), false, false);
+    const T* given[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};  // LayerWeights' order: the spec's kParams
+    for (int64 k = 0; k < n; ++k) {
+      const int i = fastrnn::param_index(c.cell, int(k), n == counts.with_bias, c.options);
+      const std::string name = p + "." + fastrnn::param_decl(c.cell, i, c.options).name;
+      given[i] = checked<T>(t[k], name.c_str(), fastrnn::param_shape(c.cell, in, c.H, i, c.options), false, false);
     }
-    out.push_back({given[0], given[1], given[2], given[3]});
+    out.push_back({given[0], given[1], given[2], given[3], given[4]});
   }
   return out;
 }
@@ -151,7 +162,7 @@ void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::
       if (!py::reinterpret_borrow<py::array>(item).writeable())
         throw py::value_error("grads[" + std::to_string(k) + "] must be writeable");
     a.grads.push_back({const_cast<T*>(gw[k].w_ih), const_cast<T*>(gw[k].w_hh), const_cast<T*>(gw[k].b_ih),
-                       const_cast<T*>(gw[k].b_hh)});
+                       const_cast<T*>(gw[k].b_hh), const_cast<T*>(gw[k].w_ch)});
   }
   py::gil_scoped_release release;
   fastrnn::cpu::backward<T>(c, a);
@@ -380,6 +391,7 @@ py::dict cell_table() {
           case fastrnn::Dim::Input: return py::str("I");
           case fastrnn::Dim::Hidden: return py::str("H");
           case fastrnn::Dim::Units: return py::str("H");
+          case fastrnn::Dim::UnitRows: return py::str("U");
           case fastrnn::Dim::One: return py::none();
         }
         return py::none();
@@ -425,57 +437,71 @@ PYBIND11_MODULE(_core, m) {
         "'H', bias) and separate_hidden_grad.");
 
   m.def("param_shapes",
-        [](int cell, int64 input_size, int64 hidden_size, int64 num_layers, bool bidirectional, bool bias) {
-          const auto c = fastrnn::pointer_args::make_config(cell, 1, 1, input_size, hidden_size, num_layers, bidirectional);
-          const auto counts = fastrnn::param_counts(c.cell);
+        [](int cell, int64 input_size, int64 hidden_size, int64 num_layers, bool bidirectional, bool bias,
+           bool peephole, bool coupled, double cell_clip) {
+          const auto c = fastrnn::pointer_args::make_config(cell, 1, 1, input_size, hidden_size, num_layers, bidirectional,
+                                                            cell_options(peephole, coupled, cell_clip));
+          const auto counts = fastrnn::param_counts(c.cell, c.options);
           py::list out;
           for (int64 k = 0; k < c.L * c.D; ++k) {
             py::list shapes;
-            for (int64 i = 0; i < (bias ? counts.with_bias : counts.without_bias); ++i)
-              shapes.append(py::tuple(py::cast(fastrnn::param_shape(c.cell, c.input_size(k / c.D), c.H, int(i)))));
+            for (int64 i = 0; i < (bias ? counts.with_bias : counts.without_bias); ++i) {
+              const int index = fastrnn::param_index(c.cell, int(i), bias, c.options);
+              shapes.append(py::tuple(py::cast(fastrnn::param_shape(c.cell, c.input_size(k / c.D), c.H, index, c.options))));
+            }
             out.append(py::tuple(shapes));
           }
           return out;
         },
         py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
-        py::arg("bidirectional"), py::arg("bias"),
+        py::arg("bidirectional"), py::arg("bias"), py::arg("peephole") = false, py::arg("coupled") = false,
+        py::arg("cell_clip") = 0.0,
         "The shapes of the weight tuples (index l*D + d) the entry points expect: the weight rule, once.");
 
   m.def("reserve_size",
-        [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
-          return fastrnn::ReserveLayout({static_cast<fastrnn::CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1}).total;
+        [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, bool peephole, bool coupled,
+           double cell_clip) {
+          return fastrnn::ReserveLayout(fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
+                                                                           cell_options(peephole, coupled, cell_clip)))
+              .total;
         },
         py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"), py::arg("bidirectional"),
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
         "Number of elements the reserve of a training forward holds.");
 
   m.def("forward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths, py::object y,
-           py::object hn, py::object cn, py::object reserve, int64 H, int64 L, bool bidirectional) {
-          const auto c = make_config(cell, x, H, L, bidirectional);
+           py::object hn, py::object cn, py::object reserve, int64 H, int64 L, bool bidirectional, bool peephole,
+           bool coupled, double cell_clip) {
+          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip));
           if (is_float64(x)) forward_t<double>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve);
           else forward_t<float>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve);
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("y"), py::arg("hn"), py::arg("cn"), py::arg("reserve"), py::arg("hidden_size"), py::arg("num_layers"),
-        py::arg("bidirectional"));
+        py::arg("bidirectional"), py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0);
 
   m.def("backward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths,
            py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx, py::object dh0,
-           py::object dc0, py::list grads, int64 H, int64 L, bool bidirectional) {
-          const auto c = make_config(cell, x, H, L, bidirectional);
+           py::object dc0, py::list grads, int64 H, int64 L, bool bidirectional, bool peephole, bool coupled,
+           double cell_clip) {
+          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip));
           if (is_float64(x)) backward_t<double>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads);
           else backward_t<float>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads);
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("reserve"), py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("dx"), py::arg("dh0"),
-        py::arg("dc0"), py::arg("grads"), py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"));
+        py::arg("dc0"), py::arg("grads"), py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"),
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0);
 
   using fastrnn::pointer_args::Ptr;
   m.def("forward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
-           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve) {
-          const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional);
+           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve, bool peephole,
+           bool coupled, double cell_clip) {
+          const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
+                                                            cell_options(peephole, coupled, cell_clip));
           dispatch_dtype(dtype, [&](auto tag) {
             using T_ = decltype(tag);
             fastrnn::pointer_args::Pointers ptrs;
@@ -488,14 +514,16 @@ PYBIND11_MODULE(_core, m) {
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
         py::arg("lengths_ptr"), py::arg("y_ptr"), py::arg("hn_ptr"), py::arg("cn_ptr"), py::arg("reserve_ptr"),
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
         "forward on host pointers (ints; 0 = absent): the CUDA entry point's arguments without the stream. "
         "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h).");
 
   m.def("backward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
-           Ptr dc0, const py::list& grads) {
-          const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional);
+           Ptr dc0, const py::list& grads, bool peephole, bool coupled, double cell_clip) {
+          const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
+                                                            cell_options(peephole, coupled, cell_clip));
           dispatch_dtype(dtype, [&](auto tag) {
             using T_ = decltype(tag);
             fastrnn::pointer_args::Pointers ptrs;
@@ -509,6 +537,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
         py::arg("lengths_ptr"), py::arg("reserve_ptr"), py::arg("dy_ptr"), py::arg("dhn_ptr"), py::arg("dcn_ptr"),
         py::arg("dx_ptr"), py::arg("dh0_ptr"), py::arg("dc0_ptr"), py::arg("grad_ptrs"),
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
         "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream).");
 
   py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")

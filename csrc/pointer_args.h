@@ -21,10 +21,13 @@ namespace fastrnn::pointer_args {
 namespace py = pybind11;
 using Ptr = std::uintptr_t;
 
-inline RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
+inline RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional,
+                             const CellOptions& options = {}) {
   if (!valid_cell_id(cell))
     throw ArgumentError("cell must be 0.." + std::to_string(kNumCells - 1) + ", got " + std::to_string(cell));
-  const RnnConfig c{static_cast<CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1};
+  if (!(options.cell_clip >= 0)) throw ArgumentError("cell_clip must be > 0 (0: no clipping), got " + std::to_string(options.cell_clip));
+  const RnnConfig c{static_cast<CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1, options};
+  (void)c.gates();  // options the cell does not have: ArgumentError
   if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1)
     throw ArgumentError("sizes must be >= 1, got T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) +
                         " I=" + std::to_string(c.I) + " H=" + std::to_string(c.H) + " L=" + std::to_string(c.L));
@@ -53,7 +56,7 @@ inline size_t first_len(const py::list& list, const RnnConfig& c, const char* wh
   if (!py::isinstance<py::tuple>(list[0]) && !py::isinstance<py::list>(list[0]))
     throw py::type_error(std::string(what) + "[0] must be a tuple of ints (w_ih, w_hh[, b_ih, b_hh])");
   const int64 n = static_cast<int64>(py::reinterpret_borrow<py::sequence>(list[0]).size());
-  const ParamCounts counts = param_counts(c.cell);
+  const ParamCounts counts = param_counts(c.cell, c.options);
   if (n != counts.without_bias && n != counts.with_bias)
     throw ArgumentError(std::string(what) + "[0] must hold " + std::to_string(counts.without_bias) + " or " +
                         std::to_string(counts.with_bias) + " pointers, got " + std::to_string(n));
@@ -77,7 +80,7 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
     if (t.size() != expected_len)
       throw ArgumentError(p + " must hold " + std::to_string(expected_len) + " pointers like " + what +
                           "[0], got " + std::to_string(t.size()));
-    Ptr v[4] = {0, 0, 0, 0};
+    Ptr v[5] = {0, 0, 0, 0, 0};
     for (size_t i = 0; i < t.size(); ++i) {
       try {
         v[i] = py::cast<Ptr>(t[i]);
@@ -86,13 +89,13 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
                              std::string(py::str(py::type::of(t[i]))));
       }
     }
-    const bool bias = static_cast<int64>(expected_len) == param_counts(c.cell).with_bias;
-    const T* given[4];  // LayerWeights' order: the cells' kGateParams
-    for (int i = 0; i < 4; ++i) {
-      const ParamDecl& decl = param_decl(c.cell, i);
-      given[i] = ptrs.add<const T>(v[i], (p + "." + decl.name).c_str(), !decl.bias || bias);
+    const bool bias = static_cast<int64>(expected_len) == param_counts(c.cell, c.options).with_bias;
+    const T* given[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};  // the spec's kParams order
+    for (size_t k = 0; k < t.size(); ++k) {
+      const int i = param_index(c.cell, int(k), bias, c.options);
+      given[i] = ptrs.add<const T>(v[k], (p + "." + param_decl(c.cell, i, c.options).name).c_str(), true);
     }
-    out.push_back({given[0], given[1], given[2], given[3]});
+    out.push_back({given[0], given[1], given[2], given[3], given[4]});
   }
   return out;
 }
@@ -134,7 +137,8 @@ BackwardArgs<T> backward_args(const RnnConfig& c, Ptr x, const py::list& weights
                     ptrs.add<T>(dc0, "dc0_ptr", lstm, lstm),
                     {}};
   for (const auto& g : weight_pointers<T>(grads, c, "grad_ptrs", len, ptrs))
-    a.grads.push_back({const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh)});
+    a.grads.push_back({const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh),
+                       const_cast<T*>(g.w_ch)});
   return a;
 }
 

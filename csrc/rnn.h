@@ -17,11 +17,14 @@ struct RnnConfig {
   CellKind cell;
   int64 T, B, I, H;  // steps, batch, input size, hidden size
   int64 L, D;        // layers, directions (1 or 2)
+  CellOptions options = {};  // issue 14's variants (csrc/cells/spec.h); defaults: the base cell
 
   // What the cell's spec declares (csrc/cells/).
-  int64 gates() const { return dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kGates); }); }
-  int64 saved_per_unit() const { return dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kSaved); }); }
-  int64 states() const { return dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kStates); }); }
+  int64 gates() const { return dispatch_cell(cell, options, [](auto c) { return int64(decltype(c)::kGates); }); }
+  int64 saved_per_unit() const {
+    return dispatch_cell(cell, options, [](auto c) { return int64(decltype(c)::kSaved); });
+  }
+  int64 states() const { return dispatch_cell(cell, options, [](auto c) { return int64(decltype(c)::kStates); }); }
   // A carried state beyond h (the LSTM's c): passed as c0/cn, kept in the reserve.
   bool has_cell_state() const { return states() > 1; }
   int64 input_size(int64 layer) const { return layer == 0 ? I : D * H; }
@@ -32,8 +35,8 @@ struct RnnConfig {
 struct ParamCounts {
   int64 without_bias, with_bias;  // how many arrays a weight tuple holds
 };
-inline ParamCounts param_counts(CellKind cell) {
-  return dispatch_cell(cell, [](auto c) {
+inline ParamCounts param_counts(CellKind cell, const CellOptions& o = {}) {
+  return dispatch_cell(cell, o, [](auto c) {
     using Cell = decltype(c);
     ParamCounts n{0, 0};
     for (int i = 0; i < Cell::kNumParams; ++i) {
@@ -43,14 +46,27 @@ inline ParamCounts param_counts(CellKind cell) {
     return n;
   });
 }
-inline const ParamDecl& param_decl(CellKind cell, int index) {
-  return *dispatch_cell(cell, [index](auto c) { return &decltype(c)::kParams[index]; });
+inline const ParamDecl& param_decl(CellKind cell, int index, const CellOptions& o = {}) {
+  return *dispatch_cell(cell, o, [index](auto c) { return &decltype(c)::kParams[index]; });
+}
+// The declaration of the `k`-th array of a weight tuple: with biases the k-th parameter, without
+// them the k-th parameter that is not a bias (the peepholes follow w_hh then).
+inline int param_index(CellKind cell, int k, bool bias, const CellOptions& o = {}) {
+  for (int i = 0, seen = 0;; ++i) {
+    if (bias || !param_decl(cell, i, o).bias) {
+      if (seen == k) return i;
+      ++seen;
+    }
+  }
 }
 // The shape of parameter `index` of a layer with input size `in` (I for layer 0, D*H above).
-inline std::vector<int64> param_shape(CellKind cell, int64 in, int64 H, int index) {
-  const ParamDecl& p = param_decl(cell, index);
-  const int64 G = dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kGates); });
-  const int64 rows = p.rows == Dim::GateRows ? checked_mul(G, H, "G*H") : dim_size(p.rows, G, in, H);
+inline std::vector<int64> param_shape(CellKind cell, int64 in, int64 H, int index, const CellOptions& o = {}) {
+  const ParamDecl& p = param_decl(cell, index, o);
+  const int64 G = dispatch_cell(cell, o, [](auto c) { return int64(decltype(c)::kGates); });
+  const int64 U = dispatch_cell(cell, o, [](auto c) { return int64(decltype(c)::kUnitRows); });
+  const int64 rows = p.rows == Dim::GateRows   ? checked_mul(G, H, "G*H")
+                     : p.rows == Dim::UnitRows ? U
+                                               : dim_size(p.rows, G, in, H);
   if (p.cols == Dim::One) return {rows};
   return {rows, dim_size(p.cols, G, in, H)};
 }
@@ -80,6 +96,7 @@ template <class T> struct LayerWeights {
   const T* w_hh;  // [G*H, H]
   const T* b_ih;  // [G*H] or nullptr
   const T* b_hh;  // [G*H] or nullptr
+  const T* w_ch = nullptr;  // [U, H] per-unit parameters (LSTM peepholes; SpecTraits::kUnitRows = U) or nullptr
 };
 
 template <class T> struct LayerGrads {
@@ -87,6 +104,7 @@ template <class T> struct LayerGrads {
   T* dw_hh;  // [G*H, H]
   T* db_ih;  // [G*H] or nullptr (no bias)
   T* db_hh;  // [G*H] or nullptr
+  T* dw_ch = nullptr;  // [U, H] (LSTM peepholes) or nullptr
 };
 
 // One layer and direction, as the stack hands it to a back end's phase loop.

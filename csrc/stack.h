@@ -31,7 +31,7 @@ template <class Backend, class T> void stack_forward(const Backend& be, const Rn
   using stack_detail::slice;
   const ReserveLayout lay(c);
   const int64 BH = c.B * c.H, DH = c.D * c.H, TBDH = c.T * c.B * DH;
-  dispatch_cell(c.cell, [&](auto cell) {
+  dispatch_cell(c.cell, c.options, [&](auto cell) {
     using Cell = decltype(cell);
     // Inference: the outputs of the layers below the last, ping-pong (one slot suffices for L = 2;
     // every element is written by the layer).
@@ -58,7 +58,7 @@ template <class Backend, class T> void stack_backward(const Backend& be, const R
   using stack_detail::slice;
   const ReserveLayout lay(c);
   const int64 BH = c.B * c.H, DH = c.D * c.H, TBDH = c.T * c.B * DH;
-  dispatch_cell(c.cell, [&](auto cell) {
+  dispatch_cell(c.cell, c.options, [&](auto cell) {
     using Cell = decltype(cell);
     // dL/d(output of layer l-1) for l >= 1, ping-pong (one slot suffices for L = 2).
     const int64 slots = std::min<int64>(c.L - 1, 2);

@@ -255,3 +255,18 @@ def test_decode_suite(tmp_path, monkeypatch, capsys):
     assert bench.main(["--suite", "decode", "--reps", "1", "--gemm-size", "64", "--min-sample-ms", "1",
                        "--no-progress"]) == 1
     assert "VERIFICATION FAILED" in capsys.readouterr().err
+
+def test_variants_suite_runs_and_saves(tmp_path):
+    """--variants (issue 14): every variant is verified against the plain-torch loop and timed
+    against the base cell and the loop; --save writes <name>-variants.json/.md."""
+    pytest.importorskip("torch")
+    from fastrnn import bench
+    rc = bench.main(["--variants", "--sizes", "8x2x3", "--reps", "1", "--min-sample-ms", "1", "--threads", "1",
+                     "--save", str(tmp_path)])
+    assert rc == 0
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert len(saved) == 2 and all(name.split(".")[0].endswith("-variants") for name in saved)
+    result = json.loads((tmp_path / [n for n in saved if n.endswith(".json")][0]).read_text())
+    rows = result["variant_cases"]
+    assert len(rows) == 2 * len(bench.VARIANT_CASES)
+    assert all(r["variant_over_base"] > 0 and r["loop_over_variant"] > 0 for r in rows)

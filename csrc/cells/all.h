@@ -27,4 +27,16 @@ template <class F> decltype(auto) dispatch_cell(CellKind kind, F&& f) {
   throw ArgumentError("unknown cell kind");
 }
 
+// The same with a call's CellOptions (issue 14): the base spec when no option is set, else the
+// variant's spec (today the LSTM's: LstmVariant<peephole, coupled>, cell_clip a runtime value).
+// Options on a cell that has none are refused (ArgumentError), so no option is silently ignored.
+template <class F> decltype(auto) dispatch_cell(CellKind kind, const CellOptions& o, F&& f) {
+  if (!o.any()) return dispatch_cell(kind, f);
+  if (kind != CellKind::Lstm) throw ArgumentError("peephole, coupled and cell_clip are LSTM options");
+  if (o.peephole && o.coupled) return f(LstmVariant<true, true>{});
+  if (o.peephole) return f(LstmVariant<true, false>{});
+  if (o.coupled) return f(LstmVariant<false, true>{});
+  return f(LstmVariant<false, false>{});
+}
+
 }  // namespace fastrnn

@@ -23,6 +23,8 @@ struct GruCell {
 
   static constexpr const ParamDecl* kParams = kGateParams;
   static constexpr int kNumParams = 4;
+  static constexpr int kUnitRows = 0;  // no per-unit parameters
+  static constexpr bool kIsVariant = false;
 
   // per unit: r, z, n after their activations, and gh_n (= W_hn h + b_hn)
   struct Saved {

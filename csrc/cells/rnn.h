@@ -22,6 +22,8 @@ template <bool Relu> struct RnnCell {
 
   static constexpr const ParamDecl* kParams = kGateParams;
   static constexpr int kNumParams = 4;
+  static constexpr int kUnitRows = 0;  // no per-unit parameters
+  static constexpr bool kIsVariant = false;
 
   struct Saved {
     enum : int { count };

@@ -136,7 +136,8 @@ enum class Dim : int {
   GateRows,  // G*H: one row per gate and hidden unit
   Input,     // I_l: the layer's input size (I for layer 0, D*H above)
   Hidden,    // H
-  Units,     // H, a per-unit vector (peepholes, LN gains): no cell has one yet
+  Units,     // H, a per-unit vector (peepholes, LN gains)
+  UnitRows,  // Cell::kUnitRows: the rows of a per-unit parameter matrix (the LSTM's peepholes: 3 or 2)
   One,       // 1: the second dimension of a vector
 };
 using Width = Dim;  // a state's width: Dim::Hidden (a projected h would be P wide)
@@ -168,10 +169,22 @@ constexpr int64 dim_size(Dim d, int64 G, int64 in, int64 H) {
     case Dim::Input: return in;
     case Dim::Hidden: return H;
     case Dim::Units: return H;
+    case Dim::UnitRows: return 0;  // the cell's kUnitRows: param_shape (rnn.h) reads it from the spec
     case Dim::One: return 1;
   }
   return 0;
 }
+
+// The per-call options of a cell (issue 14's variants), chosen at the one switch point
+// dispatch_cell (cells/all.h): the flags select a spec type, cell_clip is a runtime value the
+// loops hand to the pointwise phase in the rows (ForwardRow / BackwardRow::cell_clip). The
+// defaults are today's cells, run by their untouched specs.
+struct CellOptions {
+  bool peephole = false;  // LSTM: weight_ch [3, H] (rows i, f, o), or [2, H] (f, o) when coupled
+  bool coupled = false;   // LSTM: gate blocks (f, g, o), i = 1 - f (CIFG)
+  double cell_clip = 0;   // LSTM: c_t clamped to [-cell_clip, cell_clip]; 0 = no clipping
+  bool any() const { return peephole || coupled || cell_clip > 0; }
+};
 
 // ---- phases: the time step as a compile-time list ---------------------------------------------
 // A loop runs a spec's Step with `for_each_phase` (a fold over the types: no runtime list, no virtual
@@ -252,9 +265,12 @@ template <class Cell> struct SpecTraits {
   static constexpr bool kCarriesState = Cell::kStates > 1;
   // backward keeps dG_h apart from dG_i (some product's gradient differs from the input's)
   static constexpr bool kSeparateHiddenGrad = spec_detail::any_separate_grad(typename Cell::Step{});
+  // rows of per-unit parameters [kUnitRows, H] (LSTM peepholes); 0 for the base cells
+  static constexpr int kUnitRows = Cell::kUnitRows;
   static_assert(Cell::kStates >= 1 && Cell::kStates <= 2, "the stacks pass h and at most one carried state (c)");
-  static_assert(Cell::kNumParams == 4,
-                "LayerWeights holds the four kGateParams; a per-unit vector needs its field there (see above)");
+  static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0),
+                "LayerWeights holds the four kGateParams and w_ch (the per-unit matrix, kUnitRows > 0); another "
+                "parameter needs its field there (see above)");
   static_assert(Cell::kStateDecls[0].name[0] == 'h', "state 0 is h");
 };
 
@@ -270,6 +286,9 @@ template <class T> struct ForwardRow {
   T* h;             // [H] new hidden state
   T* c;             // [H] new carried state (kStates == 2)
   T* saved;         // [S*H] what backward needs, or nullptr in inference
+  // issue 14's variants (trailing, so that the base cells' rows stay as they were):
+  const T* unit_params = nullptr;  // [U*H] per-unit parameters (LSTM peepholes [U, H]), absolute unit index
+  double cell_clip = 0;            // CellOptions::cell_clip (read by cells that clip)
 };
 
 template <class T> struct BackwardRow {
@@ -284,6 +303,10 @@ template <class T> struct BackwardRow {
   T* dgh;           // [G*H] dL/d(gh); the same buffer as dgi unless the product's kSeparateGrad
   T* dh_prev;       // [H] the part of dL/dh_prev that bypasses W_hh (GRU's z*dh, else 0)
   T* dc_prev;       // [H] dL/dc_prev (kStates == 2)
+  // issue 14's variants:
+  const T* unit_params = nullptr;  // [U*H] as in ForwardRow
+  T* dunit_params = nullptr;       // [U*H] this row's share of dL/d(unit_params); the loop sums the rows
+  double cell_clip = 0;
 };
 
 // Named access to a row: gate slot g of unit j (row stride ld), saved slot s of unit j (H apart).

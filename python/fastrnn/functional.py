@@ -30,7 +30,7 @@ class Saved:
     contiguous) and the reserve (layer outputs and the cells' saved values). Treat as opaque."""
 
     __slots__ = ("cell", "x", "weights", "h0", "c0", "lengths", "reserve", "hidden_size", "num_layers",
-                 "bidirectional", "batch_first")
+                 "bidirectional", "batch_first", "options")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -73,23 +73,52 @@ def _check_x(x) -> np.ndarray:
     return x
 
 
-def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype) -> tuple:
+def _check_options(cell: str, peephole, coupled, cell_clip) -> dict:
+    """The cell options of issue 14 (LSTM only): peephole, coupled (bools), cell_clip (None or a
+    number > 0; inf allowed). Returns them as the kernels take them (cell_clip 0.0 = no clipping)."""
+    for name, v in (("peephole", peephole), ("coupled", coupled)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    if cell_clip is not None:
+        if isinstance(cell_clip, (bool, np.bool_)) or not isinstance(cell_clip, (int, float, np.integer, np.floating)):
+            raise TypeError(f"cell_clip must be None or a number > 0, got {type(cell_clip).__name__}")
+        if not cell_clip > 0:
+            raise ValueError(f"cell_clip must be > 0 (None: no clipping), got {cell_clip}")
+    if cell != "lstm" and (peephole or coupled or cell_clip is not None):
+        raise ValueError(f"peephole, coupled and cell_clip are LSTM options, got them for cell {cell!r}")
+    return dict(peephole=bool(peephole), coupled=bool(coupled),
+                cell_clip=0.0 if cell_clip is None else float(cell_clip))
+
+
+def _gates(cell: str, options: dict) -> int:
+    """Gate blocks of the cell with these options (the coupled LSTM has 3: f, g, o)."""
+    return 3 if options.get("coupled") else GATES[cell]
+
+
+def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype, options=None) -> tuple:
     """Returns (weights as tuples of arrays, hidden_size, num_layers, bias). Nothing is copied here:
-    the caller checks the sizes first (a broadcast view may be far too large to copy)."""
+    the caller checks the sizes first (a broadcast view may be far too large to copy). With
+    peepholes every entry ends with w_ch [U, H] (U = 3, coupled 2)."""
+    options = options or {}
+    peep = 1 if options.get("peephole") else 0
+    U = 2 if options.get("coupled") else 3
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
     if len(weights) == 0 or len(weights) % num_directions:
         raise ValueError(f"weights must hold num_layers * {num_directions} entries "
                          f"(bidirectional={num_directions == 2}), got {len(weights)}")
-    G = GATES[cell]
+    G = _gates(cell, options)
     first = weights[0]
-    if not isinstance(first, (list, tuple)) or len(first) not in (2, 4):
+    if not isinstance(first, (list, tuple)) or len(first) not in (2 + peep, 4 + peep):
+        if peep:
+            raise ValueError("weights[0] must be a tuple (w_ih, w_hh, w_ch) or (w_ih, w_hh, b_ih, b_hh, w_ch) "
+                             "(peephole=True)")
         raise ValueError("weights[0] must be a tuple (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh)")
     w_hh0 = _array("weights[0][1] (w_hh)", first[1])
     if w_hh0.ndim != 2 or w_hh0.shape[1] < 1:
         raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
     H = int(w_hh0.shape[1])
-    bias = len(first) == 4
+    bias = len(first) == 4 + peep
     out = []
     for k, entry in enumerate(weights):
         layer, d = divmod(k, num_directions)
@@ -97,10 +126,14 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
         if not isinstance(entry, (list, tuple)) or len(entry) != len(first):
             raise ValueError(f"weights[{k}] ({where}) must be a tuple of {len(first)} arrays like weights[0]")
         in_size = input_size if layer == 0 else num_directions * H
-        names = ("w_ih", "w_hh", "b_ih", "b_hh")
-        shapes = ((G * H, in_size), (G * H, H), (G * H,), (G * H,))
-        formulas = (f"({G}*H, {'I' if layer == 0 else f'{num_directions}*H'}) = ", f"({G}*H, H) = ",
-                    f"({G}*H,) = ", f"({G}*H,) = ")
+        names = ["w_ih", "w_hh", "b_ih", "b_hh"][:4 if bias else 2]
+        shapes = [(G * H, in_size), (G * H, H), (G * H,), (G * H,)][:4 if bias else 2]
+        formulas = [f"({G}*H, {'I' if layer == 0 else f'{num_directions}*H'}) = ", f"({G}*H, H) = ",
+                    f"({G}*H,) = ", f"({G}*H,) = "][:4 if bias else 2]
+        if peep:
+            names.append("w_ch")
+            shapes.append((U, H))
+            formulas.append(f"({U}, H) = ")
         arrays = []
         for i, a in enumerate(entry):
             name = f"weights[{k}][{i}] ({names[i]}, {where})"
@@ -144,7 +177,8 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int, D: int) -> None:
 
 
 def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, bidirectional: bool = False,
-            batch_first: bool = False, training: bool = False) -> RNNResult:
+            batch_first: bool = False, training: bool = False, peephole: bool = False, coupled: bool = False,
+            cell_clip: Optional[float] = None, reset_after: bool = True) -> RNNResult:
     """Run a stack of recurrent layers over a whole sequence.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
@@ -155,6 +189,13 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     lengths: [B] ints in [1, T]: outputs past a sequence's length are zero, its final state is
         the one at its own last step, and the reverse direction starts at that step.
     training: keep what ``backward`` needs (``result.saved``); False saves nothing.
+    peephole, coupled, cell_clip: the LSTM variants (README "Cell variants"). peephole=True: each
+        weights entry ends with w_ch [3, H] (rows i, f, o; coupled: [2, H], rows f, o), i and f see
+        c_{t-1}, o sees c_t. coupled=True: gate blocks (f, g, o), G = 3, i = 1 - f. cell_clip=C > 0:
+        c_t = clamp(f*c_{t-1} + i*g, -C, C) is carried and used for h.
+    reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014)
+        is not implemented by the kernels yet: NotImplementedError (fastrnn.reference and
+        fastrnn.nn.GRU(reset_after=False) compute it).
 
     ``saved`` keeps references to ``x`` (when already time-major and C-contiguous), the weights,
     h0, c0 and lengths, not copies: changing any of them in place before ``backward`` silently
@@ -164,14 +205,20 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
     """
     cell = _check_cell(cell)
+    options = _check_options(cell, peephole, coupled, cell_clip)
+    if reset_after is not True:
+        if cell != "gru" or not isinstance(reset_after, bool):
+            raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
+        raise NotImplementedError("reset_after=False (the GRU of Cho et al. 2014) is not implemented by the kernels "
+                                  "yet: fastrnn.reference.forward and fastrnn.nn.GRU(reset_after=False) compute it")
     x = _check_x(x)
     D = 2 if bidirectional else 1
     if batch_first:
         B, T, I = x.shape
     else:
         T, B, I = x.shape
-    weights, H, L, _ = _check_weights(cell, weights, I, D, x.dtype)
-    _check_sizes(T, B, I, H, GATES[cell], D)
+    weights, H, L, _ = _check_weights(cell, weights, I, D, x.dtype, options)
+    _check_sizes(T, B, I, H, _gates(cell, options), D)
     weights = [tuple(np.ascontiguousarray(a) for a in entry) for entry in weights]
     state_shape = (L * D, B, H)
     h0 = _check_state("h0", h0, state_shape, x.dtype)
@@ -186,13 +233,14 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     cn = np.empty(state_shape, x.dtype) if cell == "lstm" else None
     reserve = None
     if training:
-        reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional), x.dtype)
-    _core.forward(_CELL_ID[cell], xt, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional)
+        reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional, **options), x.dtype)
+    _core.forward(_CELL_ID[cell], xt, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional, **options)
 
     saved = None
     if training:
         saved = Saved(cell=cell, x=xt, weights=weights, h0=h0, c0=c0, lengths=lengths, reserve=reserve,
-                      hidden_size=H, num_layers=L, bidirectional=bidirectional, batch_first=batch_first)
+                      hidden_size=H, num_layers=L, bidirectional=bidirectional, batch_first=batch_first,
+                      options=options)
     if batch_first:
         y = np.ascontiguousarray(y.transpose(1, 0, 2))
     return RNNResult(y, hn, cn, saved)
@@ -205,7 +253,7 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
     ([L*D, B, H]; None = zero; dcn for the LSTM only).
 
     Returns RNNGrads(dx (layout of x), dh0, dc0 (LSTM) or None, dweights) where dweights mirrors
-    ``weights``: one tuple (dW_ih, dW_hh[, db_ih, db_hh]) per layer and direction.
+    ``weights``: one tuple (dW_ih, dW_hh[, db_ih, db_hh][, dW_ch]) per layer and direction.
 
     It reads x, the weights and the states through ``saved``'s references: they must not have been
     changed in place since the forward (see :func:`forward`).
@@ -232,7 +280,7 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
     dc0 = np.empty(state_shape, x.dtype) if lstm else None
     dweights = [tuple(np.empty_like(w) for w in entry) for entry in saved.weights]
     _core.backward(_CELL_ID[saved.cell], x, saved.weights, saved.h0, saved.c0, saved.lengths, saved.reserve, dyt,
-                   dhn, dcn, dx, dh0, dc0, dweights, H, L, saved.bidirectional)
+                   dhn, dcn, dx, dh0, dc0, dweights, H, L, saved.bidirectional, **saved.options)
     if saved.batch_first:
         dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
     return RNNGrads(dx, dh0, dc0, dweights)
@@ -277,21 +325,37 @@ def rnn_backward(saved, dy, dhn=None) -> RNNGrads:
 
 
 def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, bidirectional: bool = False,
-                 bias: bool = True, dtype=np.float32, seed=None) -> list:
-    """Weights initialised as torch.nn does, U(-1/sqrt(H), 1/sqrt(H)), in the layout ``forward`` takes."""
+                 bias: bool = True, dtype=np.float32, seed=None, peephole: bool = False, coupled: bool = False,
+                 init: str = "uniform") -> list:
+    """Weights initialised as torch.nn does, U(-1/sqrt(H), 1/sqrt(H)), in the layout ``forward`` takes
+    (with ``peephole``: w_ch [U, H] last in each entry, initialised like the other weights; with
+    ``coupled``: G = 3 gate blocks). ``init="identity"`` (IRNN, Le, Jaitly & Hinton 2015): every
+    H x H gate block of w_hh is the identity, biases zero, w_ih ~ N(0, 0.001^2); the LSTM's peepholes,
+    if any, stay uniform."""
     cell = _check_cell(cell)
+    options = _check_options(cell, peephole, coupled, None)
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if init not in ("uniform", "identity"):
+        raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
     rng = np.random.default_rng(seed)
-    D, G, H = (2 if bidirectional else 1), GATES[cell], hidden_size
+    D, G, H = (2 if bidirectional else 1), _gates(cell, options), hidden_size
+    U = 2 if coupled else 3
     k = 1.0 / np.sqrt(H)
     weights = []
     for layer in range(num_layers):
         in_size = input_size if layer == 0 else D * H
         for _ in range(D):
             shapes = [(G * H, in_size), (G * H, H)] + ([(G * H,), (G * H,)] if bias else [])
-            weights.append(tuple(rng.uniform(-k, k, s).astype(dtype) for s in shapes))
+            entry = [rng.uniform(-k, k, s).astype(dtype) for s in shapes]
+            if init == "identity":
+                entry[0] = rng.normal(0.0, 0.001, shapes[0]).astype(dtype)
+                entry[1] = np.tile(np.eye(H), (G, 1)).astype(dtype)
+                entry[2:] = [np.zeros(s, dtype) for s in shapes[2:]]
+            if peephole:
+                entry.append(rng.uniform(-k, k, (U, H)).astype(dtype))
+            weights.append(tuple(entry))
     return weights
 
 
@@ -329,8 +393,12 @@ class PreparedCell:
     Later changes to the weight arrays are not seen: prepare again.
     """
 
-    def __init__(self, cell: str, w_ih, w_hh, b_ih=None, b_hh=None, *, weight_dtype=None):
+    def __init__(self, cell: str, w_ih, w_hh, b_ih=None, b_hh=None, *, weight_dtype=None, peephole: bool = False,
+                 coupled: bool = False, cell_clip=None):
         self.cell = _check_cell(cell)
+        if any(_check_options(self.cell, peephole, coupled, cell_clip).values()):
+            raise NotImplementedError("PreparedCell runs the base cells only: for the LSTM variants (peephole, "
+                                      "coupled, cell_clip) call fastrnn.forward on a one-step sequence")
         w_ih, w_hh = _array("w_ih", w_ih), _array("w_hh", w_hh)
         if w_ih.dtype not in _DTYPES:
             raise TypeError(f"w_ih must have dtype float32 or float64, got {w_ih.dtype}")

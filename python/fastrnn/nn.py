@@ -30,6 +30,7 @@ from torch.nn import Parameter, init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import ops
+from .functional import _check_options
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
 
@@ -58,15 +59,19 @@ def _kernels_cannot_serve(x: Tensor, h0, c0, weights: List[Tensor]) -> bool:
 
 
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
-            bidirectional: bool):
-    """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None)."""
-    if _kernels_cannot_serve(x, h0, c0, weights):
-        return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional)
+            bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False):
+    """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
+    the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell.
+    ``reset_before``: the GRU with reset_after=False, which the kernels do not implement: composed
+    torch ops (correct, not fast)."""
+    if reset_before or _kernels_cannot_serve(x, h0, c0, weights):
+        return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
+                                    reset_before)
     # A traced graph keeps what the trace saw as a constant, and the trace is checked by running it
     # again without grad: it always keeps the reserve, so that the graph is the same and can train.
     training = _needs_grad(x, h0, c0, *weights) or torch._C._get_tracing_state() is not None
-    y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, _CELL[mode], hidden_size, num_layers, bidirectional,
-                                   training)
+    y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, cell or _CELL[mode], hidden_size, num_layers,
+                                   bidirectional, training)
     return y, hn, (cn if mode == "LSTM" else None)
 
 
@@ -76,9 +81,14 @@ class _RNNBase(torch.nn.Module):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
+                 cell_clip: Optional[float] = None, init: str = "uniform") -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
+        if mode in _CELL:  # issue 14's options: LSTM-only ones refused elsewhere, clear errors for bad values
+            _check_options(_CELL[mode], peephole, coupled, cell_clip)
+        if init not in ("uniform", "identity"):
+            raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
         # The same checks, in the same order and with the same exception types, as torch.nn.RNNBase.
         if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
             raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
@@ -116,9 +126,13 @@ class _RNNBase(torch.nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = proj_size
+        self.peephole, self.coupled, self.cell_clip, self.init = bool(peephole), bool(coupled), cell_clip, init
+        self.reset_after = True  # GRU sets it after
+        # the op's cell string (ops.variant_cell): the base cell's name unless an option is set
+        self._cell = ops.variant_cell(_CELL[mode], peephole, coupled, cell_clip)
 
         D = 2 if bidirectional else 1
-        gate_size = _GATES[mode] * hidden_size
+        gate_size = (3 if coupled else _GATES[mode]) * hidden_size
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
@@ -130,6 +144,8 @@ class _RNNBase(torch.nn.Module):
                           (f"weight_hh_l{layer}{suffix}", (gate_size, real_hidden_size))]
                 if bias:
                     params += [(f"bias_ih_l{layer}{suffix}", (gate_size,)), (f"bias_hh_l{layer}{suffix}", (gate_size,))]
+                if peephole:  # rows (i, f, o), coupled (f, o)
+                    params += [(f"weight_ch_l{layer}{suffix}", (2 if coupled else 3, hidden_size))]
                 if proj_size > 0:
                     params += [(f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size))]
                 for name, shape in params:
@@ -177,6 +193,10 @@ class _RNNBase(torch.nn.Module):
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
         for weight in self.parameters():
             init.uniform_(weight, -stdv, stdv)
+        if getattr(self, "init", "uniform") == "identity":
+            for names in self._all_weights:
+                _identity_init(*(getattr(self, n) for n in names[:2]),
+                               *(getattr(self, n) for n in names if n.startswith("bias_")))
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -192,7 +212,7 @@ class _RNNBase(torch.nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
-        return s.format(**self.__dict__)
+        return s.format(**self.__dict__) + _variant_repr(self)
 
     # ---- torch.nn's input checks (same exception types and messages) ------------------------------
     def _check_input(self, input: Tensor, packed: bool) -> None:
@@ -297,8 +317,9 @@ class _RNNBase(torch.nn.Module):
         L, H = self.num_layers, self.hidden_size
         if lengths is not None:
             lengths = lengths.to(device=x.device, dtype=torch.int64)
+        reset_before = not self.reset_after
         if not (self.dropout > 0 and self.training and L > 1):
-            return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional)
+            return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional, self._cell, reset_before)
         D = 2 if self.bidirectional else 1
         per_layer = len(weights) // L
         hns, cns = [], []
@@ -306,7 +327,7 @@ class _RNNBase(torch.nn.Module):
             rows = slice(layer * D, (layer + 1) * D)
             x, hn, cn = _run_op(self.mode, x, weights[layer * per_layer:(layer + 1) * per_layer],
                                 None if h0 is None else h0[rows], None if c0 is None else c0[rows], lengths, H, 1,
-                                self.bidirectional)
+                                self.bidirectional, self._cell, reset_before)
             hns.append(hn)
             cns.append(cn)
             if layer < L - 1:
@@ -314,8 +335,48 @@ class _RNNBase(torch.nn.Module):
         return x, torch.cat(hns), (torch.cat(cns) if self.mode == "LSTM" else None)
 
 
-def _composed_step(mode: str, gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
-    """One step of the cell in torch ops: gi = W_ih x + b_ih, gh = W_hh h + b_hh [B, G*H] -> (h', c')."""
+def _identity_init(w_ih: Tensor, w_hh: Tensor, *biases: Tensor) -> None:
+    """init="identity" (IRNN; Le, Jaitly & Hinton 2015): every H x H gate block of W_hh the identity,
+    biases zero, W_ih ~ N(0, 0.001^2). Other parameters (peepholes) keep their uniform draw."""
+    with torch.no_grad():
+        H = w_hh.size(1)
+        w_hh.copy_(torch.eye(H, dtype=w_hh.dtype, device=w_hh.device).repeat(w_hh.size(0) // H, 1))
+        init.normal_(w_ih, 0.0, 0.001)
+        for b in biases:
+            b.zero_()
+
+
+def _variant_repr(m) -> str:
+    """The issue-14 options that differ from the defaults, for extra_repr."""
+    s = ""
+    for name, default in (("peephole", False), ("coupled", False), ("cell_clip", None), ("reset_after", True),
+                          ("init", "uniform")):
+        value = getattr(m, name, default)
+        if value != default:
+            s += f", {name}={value!r}"
+    return s
+
+
+def _composed_step(mode: str, gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor], cell: Optional[str] = None,
+                   w_ch: Optional[Tensor] = None):
+    """One step of the cell in torch ops: gi = W_ih x + b_ih, gh = W_hh h + b_hh [B, G*H] -> (h', c').
+    ``cell``/``w_ch``: issue 14's LSTM variants (ops.variant_cell's string, the peepholes [U, H])."""
+    opts = dict(ops.split_cell(cell)[1]) if cell else {}
+    if mode == "LSTM" and opts and (opts["peephole"] or opts["coupled"] or opts["cell_clip"]):
+        a = gi + gh
+        if opts["coupled"]:
+            a_f, a_g, a_o = a.chunk(3, 1)
+            f = torch.sigmoid(a_f + w_ch[0] * c if w_ch is not None else a_f)
+            i = 1 - f
+        else:
+            a_i, a_f, a_g, a_o = a.chunk(4, 1)
+            i = torch.sigmoid(a_i + w_ch[0] * c if w_ch is not None else a_i)
+            f = torch.sigmoid(a_f + w_ch[1] * c if w_ch is not None else a_f)
+        c_new = f * c + i * torch.tanh(a_g)
+        if opts["cell_clip"]:
+            c_new = c_new.clamp(-opts["cell_clip"], opts["cell_clip"])
+        o = torch.sigmoid(a_o + w_ch[-1] * c_new if w_ch is not None else a_o)
+        return o * torch.tanh(c_new), c_new
     if mode == "RNN_TANH":
         return torch.tanh(gi + gh), None
     if mode == "RNN_RELU":
@@ -331,8 +392,21 @@ def _composed_step(mode: str, gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Ten
     return (1 - z) * n + z * h, None
 
 
+def _gru_reset_before_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
+    """One step of the GRU with reset_after=False (Cho et al. 2014): r, z as torch.nn.GRU's, then
+    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), h' = (1-z)*n + z*h. gi = W_ih x + b_ih [B, 3H]."""
+    H = h.size(1)
+    w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]
+    b_rz, b_n = (b_hh[:2 * H], b_hh[2 * H:]) if b_hh is not None else (None, None)
+    r_i, z_i, n_i = gi.chunk(3, 1)
+    r_h, z_h = F.linear(h, w_rz, b_rz).chunk(2, 1)
+    r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+    n = torch.tanh(n_i + F.linear(r * h, w_n, b_n))
+    return (1 - z) * n + z * h
+
+
 def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int,
-                         num_layers: int, bidirectional: bool):
+                         num_layers: int, bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False):
     """The op's forward (x [T, B, I] -> (y [T, B, D*H], hn [L*D, B, H], cn or None)) in composed torch
     ops, for the calls the kernels cannot serve (_kernels_cannot_serve): autograd, forward-mode AD and
     torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T)."""
@@ -340,6 +414,7 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
     D = 2 if bidirectional else 1
     per_entry = len(weights) // (num_layers * D)
     lstm = mode == "LSTM"
+    peephole = bool(cell) and dict(ops.split_cell(cell)[1])["peephole"]
     state = (num_layers * D, B, hidden_size)
     h0 = x.new_zeros(state) if h0 is None else h0
     c0 = (x.new_zeros(state) if c0 is None else c0) if lstm else None
@@ -349,13 +424,18 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
         outputs = []
         for d in range(D):
             k = layer * D + d
-            w_ih, w_hh = weights[k * per_entry], weights[k * per_entry + 1]
-            b_ih, b_hh = (weights[k * per_entry + 2], weights[k * per_entry + 3]) if per_entry == 4 else (None, None)
+            entry = weights[k * per_entry:(k + 1) * per_entry]
+            w_ch = entry.pop() if peephole else None
+            w_ih, w_hh = entry[0], entry[1]
+            b_ih, b_hh = (entry[2], entry[3]) if len(entry) == 4 else (None, None)
             xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], all steps at once
             h, c = h0[k], (c0[k] if lstm else None)
             ys: List[Optional[Tensor]] = [None] * T
             for t in (range(T - 1, -1, -1) if d else range(T)):
-                h_new, c_new = _composed_step(mode, xw[t], F.linear(h, w_hh, b_hh), h, c)
+                if reset_before:
+                    h_new, c_new = _gru_reset_before_step(xw[t], h, w_hh, b_hh), None
+                else:
+                    h_new, c_new = _composed_step(mode, xw[t], F.linear(h, w_hh, b_hh), h, c, cell, w_ch)
                 if live is None:
                     h, c, ys[t] = h_new, c_new, h_new
                 else:  # a finished sequence keeps its state and outputs zeros
@@ -395,13 +475,14 @@ def _lstm_projected(m: "LSTM", x: Tensor, h0, c0, lengths):
             names = m._all_weights[k]
             w_ih, w_hh, w_hr = getattr(m, names[0]), getattr(m, names[1]), getattr(m, names[-1])
             b_ih, b_hh = (getattr(m, names[2]), getattr(m, names[3])) if m.bias else (None, None)
-            xw = F.linear(x, w_ih, b_ih)  # [T, B, 4H], all steps at once
+            w_ch = getattr(m, names[-2]) if m.peephole else None
+            xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], all steps at once
             h, c = h0[k], c0[k]
             ys: List[Optional[Tensor]] = [None] * T
             for t in (range(T - 1, -1, -1) if d else range(T)):
-                i, f, g, o = (xw[t] + F.linear(h, w_hh, b_hh)).chunk(4, 1)
-                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h_new = F.linear(torch.sigmoid(o) * torch.tanh(c_new), w_hr)
+                # m = o * tanh(c') of the cell (with issue 14's options), then h' = W_hr m
+                m_t, c_new = _composed_step("LSTM", xw[t], F.linear(h, w_hh, b_hh), None, c, m._cell, w_ch)
+                h_new = F.linear(m_t, w_hr)
                 if live is None:
                     h, c, ys[t] = h_new, c_new, h_new
                 else:  # a finished sequence keeps its state and outputs zeros
@@ -422,7 +503,7 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, *, init: str = "uniform") -> None:
         self.nonlinearity = nonlinearity
         if nonlinearity == "tanh":
             mode = "RNN_TANH"
@@ -431,28 +512,49 @@ class RNN(_RNNBase):
         else:
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, init=init)
+
+
+def _refuse_unimplemented(layer_norm: bool = False) -> None:
+    """Issue 14's options that fastrnn does not implement yet: a clear error, never a silent base cell."""
+    if layer_norm:
+        raise NotImplementedError("layer_norm=True is not implemented yet (issue 14, planned in csrc/cells/spec.h: "
+                                  "row reductions in the loops)")
 
 
 class LSTM(_RNNBase):
     """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size > 0 runs the
-    pure-torch fallback ``_lstm_projected``."""
+    pure-torch fallback ``_lstm_projected``. Keyword-only cell options (issue 14; README "Cell
+    variants"): ``peephole`` (parameters ``weight_ch_l{k}{suffix}`` [3, H], rows i, f, o), ``coupled``
+    (CIFG: gate blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
+    [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` raises NotImplementedError."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
+                 cell_clip: Optional[float] = None, layer_norm: bool = False, init: str = "uniform") -> None:
+        _refuse_unimplemented(layer_norm=layer_norm)
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device=device, dtype=dtype)
+                         proj_size, device=device, dtype=dtype, peephole=peephole, coupled=coupled,
+                         cell_clip=cell_clip, init=init)
 
 
 class GRU(_RNNBase):
-    """GRU (gates r, z, n, reset applied after the hidden product); torch.nn.GRU's API."""
+    """GRU (gates r, z, n, reset applied after the hidden product); torch.nn.GRU's API. Keyword-only
+    ``init="identity"`` (W_hh blocks = I); ``reset_after=False``: the reset gate multiplies h before
+    the hidden product (Cho et al. 2014; same parameters), run by composed torch ops (not fused
+    yet: correct, not fast); ``layer_norm`` raises NotImplementedError (issue 14, not implemented yet)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, *, reset_after: bool = True, layer_norm: bool = False,
+                 init: str = "uniform") -> None:
+        _refuse_unimplemented(layer_norm=layer_norm)
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, init=init)
+        self.reset_after = reset_after
 
 
 # ---- cells: one step, the same op with T = 1 -----------------------------------------------------------
@@ -462,12 +564,19 @@ class _CellBase(torch.nn.Module):
     _mode = ""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None,
-                 dtype=None) -> None:
+                 dtype=None, *, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
+                 init: str = "uniform") -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
+        if init not in ("uniform", "identity"):
+            raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
+        # issue 14's options (LSTMCell: peephole, coupled, cell_clip; all: init)
+        self.peephole, self.coupled, self.cell_clip, self.init = bool(peephole), bool(coupled), cell_clip, init
+        self.reset_after = True  # GRUCell sets it after
+        num_chunks = 3 if coupled else num_chunks
         self.weight_ih = Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
         self.weight_hh = Parameter(torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs))
         if bias:
@@ -476,6 +585,8 @@ class _CellBase(torch.nn.Module):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        if peephole:  # rows (i, f, o), coupled (f, o)
+            self.weight_ch = Parameter(torch.empty((2 if coupled else 3, hidden_size), **factory_kwargs))
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -484,12 +595,14 @@ class _CellBase(torch.nn.Module):
             s += ", bias={bias}"
         if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
             s += ", nonlinearity={nonlinearity}"
-        return s.format(**self.__dict__)
+        return s.format(**self.__dict__) + _variant_repr(self)
 
     def reset_parameters(self) -> None:
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
         for weight in self.parameters():
             init.uniform_(weight, -stdv, stdv)
+        if getattr(self, "init", "uniform") == "identity":
+            _identity_init(self.weight_ih, self.weight_hh, *((self.bias_ih, self.bias_hh) if self.bias else ()))
 
     def _step(self, mode: str, input: Tensor, states: Optional[Tuple[Tensor, ...]], name: str):
         """Checks (torch.nn's types) and one step: input [B, I] or [I]; states None or a tuple of
@@ -525,11 +638,16 @@ class _CellBase(torch.nn.Module):
                     raise RuntimeError(f"{name}: hidden{idx} dtype ({s.dtype}) does not match input dtype "
                                        f"({input.dtype})")
         weights = [w_ih, w_hh, self.bias_ih, self.bias_hh] if self.bias else [w_ih, w_hh]
+        cell = None
+        if self.peephole or self.coupled or self.cell_clip is not None:  # issue 14's LSTM variants
+            weights += [self.weight_ch] if self.peephole else []
+            cell = ops.variant_cell("lstm", self.peephole, self.coupled, self.cell_clip)
         h0 = c0 = None
         if states is not None:
             h0 = states[0].unsqueeze(0)
             c0 = states[1].unsqueeze(0) if mode == "LSTM" else None
-        _, hn, cn = _run_op(mode, input.unsqueeze(0), weights, h0, c0, None, self.hidden_size, 1, False)
+        _, hn, cn = _run_op(mode, input.unsqueeze(0), weights, h0, c0, None, self.hidden_size, 1, False, cell,
+                            not self.reset_after)
         out = (hn[0], cn[0]) if mode == "LSTM" else (hn[0],)
         return out if is_batched else tuple(s.squeeze(0) for s in out)
 
@@ -538,8 +656,8 @@ class RNNCell(_CellBase):
     """One Elman RNN step; torch.nn.RNNCell's API."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
-                 device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype)
+                 device=None, dtype=None, *, init: str = "uniform") -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype, init=init)
         self.nonlinearity = nonlinearity
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
@@ -550,10 +668,16 @@ class RNNCell(_CellBase):
 
 
 class LSTMCell(_CellBase):
-    """One LSTM step; torch.nn.LSTMCell's API, returns (h', c')."""
+    """One LSTM step; torch.nn.LSTMCell's API, returns (h', c'). Keyword-only options as LSTM's
+    (``peephole`` -> parameter ``weight_ch`` [3, H] / coupled [2, H], ``coupled``, ``cell_clip``, ``init``)."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
+                 layer_norm: bool = False, init: str = "uniform") -> None:
+        _refuse_unimplemented(layer_norm=layer_norm)
+        _check_options("lstm", peephole, coupled, cell_clip)
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype, peephole=peephole,
+                         coupled=coupled, cell_clip=cell_clip, init=init)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         return self._step("LSTM", input, None if hx is None else tuple(hx), "LSTMCell")
@@ -562,8 +686,13 @@ class LSTMCell(_CellBase):
 class GRUCell(_CellBase):
     """One GRU step; torch.nn.GRUCell's API."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 reset_after: bool = True, layer_norm: bool = False, init: str = "uniform") -> None:
+        _refuse_unimplemented(layer_norm=layer_norm)
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype, init=init)
+        self.reset_after = reset_after
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._step("GRU", input, None if hx is None else (hx,), "GRUCell")[0]

@@ -15,6 +15,11 @@ modules never pay outside ``torch.compile``.
     y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
                                                        num_layers, bidirectional, training)
 
+``cell`` is a cell name or, for issue 14's LSTM variants, the name with its options:
+``"lstm+peephole+coupled+cell_clip=0.5"`` (``variant_cell`` builds it; order free). With
+``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
+has G = 3 gate blocks. The variants run on the CPU (CUDA: NotImplementedError).
+
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
 with or without biases, told apart by the list's length); h0, c0 [L*D, B, H] or None (zeros);
@@ -24,6 +29,7 @@ The reserve's size is T*B*R with R independent of T and B, so its fake shape fol
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Tuple
 
 import torch
@@ -49,11 +55,59 @@ _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Te
 _KERNEL_KEY = "CompositeExplicitAutograd"
 
 
+_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0))
+
+
+def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None) -> str:
+    """The op's ``cell`` string of a cell with issue 14's options ("lstm+peephole+cell_clip=0.5")."""
+    parts = [cell] + (["peephole"] if peephole else []) + (["coupled"] if coupled else [])
+    if cell_clip is not None:
+        parts.append(f"cell_clip={float(cell_clip)!r}")
+    return "+".join(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
+    """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
+    ("coupled", bool), ("cell_clip", float, 0.0 = none))). ValueError for anything else."""
+    base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
+    if base not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM), "
+                         f"got {cell!r}")
+    opts = dict(_NO_OPTIONS)
+    for part in parts:
+        if part in ("peephole", "coupled"):
+            opts[part] = True
+        elif part.startswith("cell_clip="):
+            try:
+                opts["cell_clip"] = float(part[len("cell_clip="):])
+            except ValueError:
+                raise ValueError(f"cell {cell!r}: cell_clip must be a number") from None
+            if not opts["cell_clip"] > 0:
+                raise ValueError(f"cell {cell!r}: cell_clip must be > 0")
+        else:
+            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C)")
+    if parts and base != "lstm":
+        raise ValueError(f"cell {cell!r}: peephole, coupled and cell_clip are LSTM options")
+    return base, tuple(opts.items())
+
+
+def _gates(cell: str) -> int:
+    base, opts = split_cell(cell)
+    return 3 if dict(opts)["coupled"] else GATES[base]
+
+
+def _peephole_rows(cell: str) -> int:
+    """Rows U of w_ch (0 without peepholes)."""
+    opts = dict(split_cell(cell)[1])
+    return (2 if opts["coupled"] else 3) if opts["peephole"] else 0
+
+
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
     """What the fake implementations check too (the cell, the dtypes, the devices, the weights'
-    count); returns the number of tensors per layer and direction (2 or 4)."""
-    if cell not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes)."""
+    base, _ = split_cell(cell)
+    extra = 1 if _peephole_rows(cell) else 0
     if x.dtype not in _DTYPES:
         raise TypeError(f"fastrnn supports float32 and float64 only, got input of dtype {x.dtype}")
     if x.dim() != 3:
@@ -61,9 +115,9 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
     if num_layers < 1:
         raise ValueError(f"num_layers must be greater than zero, got {num_layers}")
     entries = num_layers * (2 if bidirectional else 1)
-    if len(weights) not in (2 * entries, 4 * entries):
-        raise ValueError(f"weights must hold 2 or 4 tensors per layer and direction ({2 * entries} or "
-                         f"{4 * entries}), got {len(weights)}")
+    if len(weights) not in ((2 + extra) * entries, (4 + extra) * entries):
+        raise ValueError(f"weights must hold {2 + extra} or {4 + extra} tensors per layer and direction "
+                         f"({(2 + extra) * entries} or {(4 + extra) * entries}), got {len(weights)}")
     for i, w in enumerate(weights):
         if w.dtype != x.dtype:
             raise TypeError(f"weights[{i}] must have the input's dtype {x.dtype}, got {w.dtype}")
@@ -83,13 +137,17 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     if hidden_size < 1 or num_layers < 1:
         raise ValueError(f"hidden_size and num_layers must be >= 1, got {hidden_size} and {num_layers}")
     D = 2 if bidirectional else 1
-    GH = GATES[cell] * hidden_size
+    GH = _gates(cell) * hidden_size
+    U = _peephole_rows(cell)
+    bias = per_entry - (1 if U else 0) == 4
+    names = ["w_ih", "w_hh", "b_ih", "b_hh"][:4 if bias else 2] + (["w_ch"] if U else [])
     for k in range(num_layers * D):
-        shapes = ((GH, I if k < D else D * hidden_size), (GH, hidden_size), (GH,), (GH,))
+        shapes = [(GH, I if k < D else D * hidden_size), (GH, hidden_size), (GH,), (GH,)][:4 if bias else 2]
+        shapes += [(U, hidden_size)] if U else []
         for j in range(per_entry):
             w = weights[k * per_entry + j]
             if w.shape != shapes[j]:
-                raise ValueError(f"weights[{k * per_entry + j}] ({('w_ih', 'w_hh', 'b_ih', 'b_hh')[j]} of layer "
+                raise ValueError(f"weights[{k * per_entry + j}] ({names[j]} of layer "
                                  f"{k // D}{', reverse' if k % D else ''}) must have shape {shapes[j]}, got "
                                  f"{tuple(w.shape)}")
     hidden = (num_layers * D, B, hidden_size)
@@ -122,7 +180,8 @@ def _checked_lengths(lengths: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
 
 def _reserve_per_row(cell: str, hidden_size: int, num_layers: int, bidirectional: bool) -> int:
     # The reserve holds T*B rows of R values; R does not depend on I (it is 1 here), T or B.
-    return _core.reserve_size(_CELL_ID[cell], 1, 1, 1, hidden_size, num_layers, bidirectional)
+    base, opts = split_cell(cell)
+    return _core.reserve_size(_CELL_ID[base], 1, 1, 1, hidden_size, num_layers, bidirectional, **dict(opts))
 
 
 # ---- the kernels' entry points ---------------------------------------------------------------------
@@ -148,11 +207,15 @@ def _grouped_ptrs(tensors: list, per_entry: int) -> list:
     return [tuple(ptrs[k:k + per_entry]) for k in range(0, len(ptrs), per_entry)]
 
 
-def _entry_points(x: Tensor):
-    """(forward, backward) of x's device, both taking the CPU pointer entry points' arguments."""
+def _entry_points(x: Tensor, cell: str):
+    """(forward, backward) of x's device, both taking the CPU pointer entry points' arguments and
+    then the cell's options (keywords)."""
     kind = x.device.type  # ~0.3 us a read, on every call
     if kind == "cpu":
         return _core.forward_ptrs, _core.backward_ptrs
+    if cell != split_cell(cell)[0]:
+        raise NotImplementedError(f"the LSTM variants (cell {cell!r}: peephole, coupled, cell_clip) run on the CPU "
+                                  "only; the CUDA kernels implement the base cells")
     if kind == "cuda":
         cuda = getattr(_core, "cuda", None)
         if cuda is None or not hasattr(cuda, "forward"):
@@ -160,7 +223,7 @@ def _entry_points(x: Tensor):
                                "module on the CPU, or reinstall with FASTRNN_WITH_CUDA=ON on a machine with nvcc")
 
         def on_device(entry):
-            def call(*args):
+            def call(*args, **no_options):  # the base cells' options (all defaults)
                 with torch.cuda.device(x.device):  # the kernels run on the current device and stream
                     # float32 products on cuBLAS may use TF32 exactly when torch's own matmuls may
                     entry(*args, torch.cuda.current_stream().cuda_stream,
@@ -203,18 +266,19 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
                         bidirectional: bool, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_no_transform(x, h0, c0, *weights)
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
-    lstm = cell == "lstm"
+    base, opts = split_cell(cell)
+    lstm = base == "lstm"
     c0 = c0 if lstm else None
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0)
     lengths = _checked_lengths(lengths, x)
     x, h0, c0 = x.contiguous(), _contiguous(h0), _contiguous(c0)
     weights = [w.contiguous() for w in weights]
     y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
-    forward, _ = _entry_points(x)
+    forward, _ = _entry_points(x, cell)
     T, B, I = x.shape
-    forward(_CELL_ID[cell], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
+    forward(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
             _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), y.data_ptr(), hn.data_ptr(),
-            cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0)
+            cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0, **dict(opts))
     return y, hn, cn, reserve
 
 
@@ -226,7 +290,7 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training):
     state = (num_layers * D, B, hidden_size)
     y = x.new_empty((T, B, D * hidden_size))
     hn = x.new_empty(state)
-    cn = x.new_empty(state) if cell == "lstm" else x.new_empty((0,))
+    cn = x.new_empty(state) if split_cell(cell)[0] == "lstm" else x.new_empty((0,))
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
     reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
     return y, hn, cn, reserve
@@ -253,7 +317,8 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
     if reserve.numel() == 0:
         raise RuntimeError("fastrnn::rnn_backward needs the reserve of a forward run with training=True; "
                            "this forward ran with training=False and saved nothing")
-    lstm = cell == "lstm"
+    base, opts = split_cell(cell)
+    lstm = base == "lstm"
     c0, dcn = (c0, dcn) if lstm else (None, None)
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0, dy=dy, dhn=dhn,
                   dcn=dcn)
@@ -266,18 +331,18 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
     x, h0, c0, reserve, dy, dhn, dcn = (_contiguous(t) for t in (x, h0, c0, reserve, dy, dhn, dcn))
     weights = [w.contiguous() for w in weights]
     dx, dh0, dc0, dweights = _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
-    _, backward = _entry_points(x)
-    backward(_CELL_ID[cell], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
+    _, backward = _entry_points(x, cell)
+    backward(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
              _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), reserve.data_ptr(), dy.data_ptr(),
              _ptr(dhn), _ptr(dcn), dx.data_ptr(), dh0.data_ptr(), dc0.data_ptr() if lstm else 0,
-             _grouped_ptrs(dweights, per_entry))
+             _grouped_ptrs(dweights, per_entry), **dict(opts))
     return dx, dh0, dc0, dweights
 
 
 def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
     B = x.shape[1]
     state = (num_layers * (2 if bidirectional else 1), B, hidden_size)
-    dc0 = x.new_empty(state) if cell == "lstm" else x.new_empty((0,))
+    dc0 = x.new_empty(state) if split_cell(cell)[0] == "lstm" else x.new_empty((0,))
     # new_empty, not empty_like: empty_like keeps a transposed input's strides, and the kernels
     # write outputs in place, so every output must be contiguous.
     return x.new_empty(x.shape), x.new_empty(state), dc0, [w.new_empty(w.shape) for w in weights]
@@ -306,7 +371,7 @@ def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
         raise RuntimeError("fastrnn::rnn_forward ran with training=False, so it saved nothing for backward; "
                            "call it with training=True when gradients are needed")
     x, h0, c0, lengths, reserve, *weights = ctx.saved_tensors
-    lstm = cell == "lstm"
+    lstm = split_cell(cell)[0] == "lstm"
     # With create_graph (grad mode on) through the op, whose own backward raises a clear error.
     backward = torch.ops.fastrnn.rnn_backward
     if not torch.is_grad_enabled() and _plain_eager(x, h0, c0, dy, dhn, dcn, *weights):

@@ -109,6 +109,91 @@ def _gru_backward(dh_new, dc_new, cache):
     return dgi, dgh, dh_new * z, None
 
 
+# LSTM variants (issue 14), with a = gi + gh in blocks (i, f, g, o), coupled (f, g, o):
+#   peephole (p = weight_ch [3, H] rows (i, f, o), coupled [2, H] rows (f, o); Gers & Schmidhuber 2000):
+#     i = σ(a_i + p_i*c), f = σ(a_f + p_f*c) (c = c_{t-1}), g = tanh(a_g)
+#   coupled (CIFG, Greff et al. 2017): i = 1 - f
+#   cell_clip C: c' = clamp(f*c + i*g, -C, C), the clamped c' carried and used below
+#   o = σ(a_o + p_o*c'), h' = o*tanh(c')
+def _lstm_variant_forward(gi, gh, h, c, p, coupled, clip):
+    a = gi + gh
+    if coupled:
+        a_f, a_g, a_o = np.split(a, 3, axis=1)  # each [B, H]
+        p_f, p_o = (p[0], p[1]) if p is not None else (0.0, 0.0)
+        f = _sigmoid(a_f + p_f * c)
+        i = 1.0 - f
+    else:
+        a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)
+        p_i, p_f, p_o = (p[0], p[1], p[2]) if p is not None else (0.0, 0.0, 0.0)
+        i, f = _sigmoid(a_i + p_i * c), _sigmoid(a_f + p_f * c)
+    g = np.tanh(a_g)
+    c_raw = f * c + i * g
+    c_new = c_raw if clip is None else np.clip(c_raw, -clip, clip)
+    # derivative of the clamp: 1 inside [-C, C], bounds included (torch.clamp's), 0 outside
+    keep = np.ones_like(c_raw) if clip is None else ((c_raw >= -clip) & (c_raw <= clip)).astype(np.float64)
+    o = _sigmoid(a_o + p_o * c_new)
+    tanh_c = np.tanh(c_new)
+    return o * tanh_c, c_new, (c, c_new, i, f, g, o, tanh_c, keep, p, coupled)
+
+
+def _lstm_variant_backward(dh_new, dc_new, cache):
+    """As the cells' backward, plus dp: the gradient of the peepholes [U, H] (None without)."""
+    c, c_new, i, f, g, o, tanh_c, keep, p, coupled = cache
+    da_o = dh_new * tanh_c * o * (1.0 - o)
+    dc_total = dc_new + dh_new * o * (1.0 - tanh_c * tanh_c)  # [B, H] paths into c' (next step, h)
+    if p is not None:
+        dc_total = dc_total + da_o * p[-1]  # o's peephole sees c'
+    dc_raw = dc_total * keep  # through the clamp
+    dc_prev = dc_raw * f
+    if coupled:  # c' = f*c + (1-f)*g
+        da_f = dc_raw * (c - g) * f * (1.0 - f)
+        da_g = dc_raw * (1.0 - f) * (1.0 - g * g)
+        da = np.concatenate([da_f, da_g, da_o], axis=1)  # [B, 3H]
+        if p is not None:
+            dc_prev = dc_prev + da_f * p[0]
+            dp = np.stack([(da_f * c).sum(0), (da_o * c_new).sum(0)])
+    else:
+        da_i = dc_raw * g * i * (1.0 - i)
+        da_f = dc_raw * c * f * (1.0 - f)
+        da_g = dc_raw * i * (1.0 - g * g)
+        da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)  # [B, 4H]
+        if p is not None:
+            dc_prev = dc_prev + da_i * p[0] + da_f * p[1]
+            dp = np.stack([(da_i * c).sum(0), (da_f * c).sum(0), (da_o * c_new).sum(0)])
+    return da, da, np.zeros_like(dh_new), dc_prev, ({"w_ch": dp} if p is not None else {})
+
+
+# GRU with the reset gate applied before the hidden product (reset_after=False; Cho et al. 2014,
+# Keras reset_after=False, ONNX linear_before_reset=0), gate blocks r, z, n:
+#   r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + W_hn (r*h) + b_hn), h' = (1-z)*n + z*h
+# The layer's gh_n (W_hn h + b_hn) is not used: the cell computes its own n product from r*h.
+def _gru_reset_before_forward(gi, gh, h, c, w_hn, b_hn):
+    gi_r, gi_z, gi_n = np.split(gi, 3, axis=1)  # each [B, H]
+    gh_r, gh_z, _ = np.split(gh, 3, axis=1)
+    r = _sigmoid(gi_r + gh_r)
+    z = _sigmoid(gi_z + gh_z)
+    rh = r * h  # [B, H]
+    n = np.tanh(gi_n + rh @ w_hn.T + b_hn)
+    return (1.0 - z) * n + z * h, None, (h, r, z, n, rh, w_hn)
+
+
+def _gru_reset_before_backward(dh_new, dc_new, cache):
+    """dgh's n block is zero: the n product's gradients come back as extra W_hh / b_hh rows."""
+    h, r, z, n, rh, w_hn = cache
+    H = h.shape[1]
+    da_n = dh_new * (1.0 - z) * (1.0 - n * n)  # [B, H]
+    da_z = dh_new * (h - n) * z * (1.0 - z)
+    d_rh = da_n @ w_hn  # [B, H] gradient of r*h
+    da_r = d_rh * h * r * (1.0 - r)
+    dgi = np.concatenate([da_r, da_z, da_n], axis=1)  # [B, 3H]
+    dgh = np.concatenate([da_r, da_z, np.zeros_like(da_n)], axis=1)
+    dw_hh = np.zeros((3 * H, H))
+    dw_hh[2 * H:] = da_n.T @ rh
+    db_hh = np.zeros(3 * H)
+    db_hh[2 * H:] = da_n.sum(axis=0)
+    return dgi, dgh, dh_new * z + d_rh * r, None, {"w_hh": dw_hh, "b_hh": db_hh}
+
+
 _CELL_FNS = {
     "rnn_tanh": (_rnn_tanh_forward, _rnn_tanh_backward),
     "rnn_relu": (_rnn_relu_forward, _rnn_relu_backward),
@@ -125,13 +210,36 @@ assert set(_CELL_FNS) == set(CELLS)
 # direction (t = T-1 .. 0) starts from h0 at t = len-1 and ends on the state after t = 0.
 # ---------------------------------------------------------------------------------------------
 
-def _direction_forward(cell, x, lengths, w, h0, c0, reverse):
-    """x [T, B, I]; lengths [B]; w = (w_ih [G*H, I], w_hh [G*H, H], b_ih [G*H], b_hh [G*H]);
-    h0, c0 [B, H] (c0 None unless LSTM).
+def _cell_forward_fn(cell, options, w):
+    """The cell's pointwise forward for these options (issue 14's variants) and the layer's weights w."""
+    if cell == "lstm" and _is_variant(options):
+        return lambda gi, gh, h, c: _lstm_variant_forward(gi, gh, h, c, w[4], options["coupled"], options["cell_clip"])
+    if cell == "gru" and not options["reset_after"]:
+        H = w[1].shape[1]
+        return lambda gi, gh, h, c: _gru_reset_before_forward(gi, gh, h, c, w[1][2 * H:], w[3][2 * H:])
+    return _CELL_FNS[cell][0]
+
+
+def _cell_backward_fn(cell, options):
+    """The cell's pointwise backward -> (dgi, dgh, dh_direct, dc, {parameter name: gradient to add})."""
+    if cell == "lstm" and _is_variant(options):
+        return _lstm_variant_backward
+    if cell == "gru" and not options["reset_after"]:
+        return _gru_reset_before_backward
+    return lambda dh, dc, cache: _CELL_FNS[cell][1](dh, dc, cache) + ({},)
+
+
+def _is_variant(options):
+    return options["peephole"] or options["coupled"] or options["cell_clip"] is not None
+
+
+def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options):
+    """x [T, B, I]; lengths [B]; w = (w_ih [G*H, I], w_hh [G*H, H], b_ih [G*H], b_hh [G*H], w_ch [U, H]
+    or None); h0, c0 [B, H] (c0 None unless LSTM).
     Returns out [T, B, H], h_n [B, H], c_n [B, H] or None, steps (per time step, in time order:
     (h_prev [B, H], cell cache))."""
-    cell_forward = _CELL_FNS[cell][0]
-    w_ih, w_hh, b_ih, b_hh = w
+    w_ih, w_hh, b_ih, b_hh, w_ch = w
+    cell_forward = _cell_forward_fn(cell, options, w)
     T, B, _ = x.shape
     H = w_hh.shape[1]
     h, c = h0, c0
@@ -150,12 +258,13 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse):
     return out, h, c, steps
 
 
-def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse):
+def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, options):
     """Inverse of ``_direction_forward``: walks the steps in the opposite order.
     x [T, B, I]; dout [T, B, H]; dh_n, dc_n [B, H] (dc_n None unless LSTM).
-    Returns dx [T, B, I], dh0 [B, H], dc0 [B, H] or None, (dW_ih, dW_hh, db_ih, db_hh)."""
-    cell_backward = _CELL_FNS[cell][1]
-    w_ih, w_hh, b_ih, b_hh = w
+    Returns dx [T, B, I], dh0 [B, H], dc0 [B, H] or None, (dW_ih, dW_hh, db_ih, db_hh, dW_ch or None)."""
+    cell_backward = _cell_backward_fn(cell, options)
+    w_ih, w_hh, b_ih, b_hh, w_ch = w
+    dw_ch = None if w_ch is None else np.zeros_like(w_ch)
     T = x.shape[0]
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
@@ -167,7 +276,14 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse):
         # A row that is not live passed its state through unchanged and output a constant zero.
         dh_new = np.where(live, dh + dout[t], 0.0)  # [B, H]
         dc_new = None if dc is None else np.where(live, dc, 0.0)
-        dgi, dgh, dh_direct, dc_prev = cell_backward(dh_new, dc_new, cache)
+        dgi, dgh, dh_direct, dc_prev, extra = cell_backward(dh_new, dc_new, cache)
+        # parameters a cell uses itself (peepholes, the reset-before GRU's n product); dead rows have
+        # zero gate gradients, so they add nothing
+        if "w_ch" in extra:
+            dw_ch += extra["w_ch"]
+        if "w_hh" in extra:
+            dw_hh += extra["w_hh"]
+            db_hh += extra["b_hh"]
         dx[t] = dgi @ w_ih  # [B, I]
         dw_ih += dgi.T @ x[t]
         dw_hh += dgh.T @ h_prev
@@ -176,7 +292,7 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse):
         dh = np.where(live, dh_direct + dgh @ w_hh, dh)
         if dc is not None:
             dc = np.where(live, dc_prev, dc)
-    return dx, dh, dc, (dw_ih, dw_hh, db_ih, db_hh)
+    return dx, dh, dc, (dw_ih, dw_hh, db_ih, db_hh, dw_ch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +310,10 @@ def forward(
     bidirectional: bool = False,
     batch_first: bool = False,
     training: bool = True,
+    peephole: bool = False,
+    coupled: bool = False,
+    cell_clip: Optional[float] = None,
+    reset_after: bool = True,
 ) -> RNNResult:
     """Run an L-layer, D-direction recurrent stack.
 
@@ -205,8 +325,15 @@ def forward(
     lengths:  [B] ints in [1, T], or None (all T).
     Returns ``RNNResult(output [T, B, D*H] (batch-first if batch_first), h_n [L*D, B, H],
     c_n [L*D, B, H] or None, saved)``; saved is None unless training.
+    peephole, coupled, cell_clip: the LSTM variants (see ``_lstm_variant_forward``); with
+              peephole every weights entry ends with w_ch [U, H] (U = 3: rows i, f, o; coupled: 2, f, o),
+              coupled has G = 3 gate blocks (f, g, o).
+    reset_after:  GRU: False applies r to h before the hidden product (``_gru_reset_before_forward``).
     """
     assert cell in GATES, f"cell must be one of {CELLS}, got {cell!r}"
+    options = dict(peephole=bool(peephole), coupled=bool(coupled), cell_clip=cell_clip, reset_after=bool(reset_after))
+    assert cell == "lstm" or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
+    assert cell == "gru" or reset_after, "reset_after is a GRU option"
     is_lstm = cell == "lstm"
     x = np.asarray(x, dtype=np.float64)
     assert x.ndim == 3, f"x must be 3-D, got shape {x.shape}"
@@ -216,13 +343,19 @@ def forward(
     D = 2 if bidirectional else 1
     assert len(weights) > 0 and len(weights) % D == 0, "len(weights) must be a multiple of D"
     L = len(weights) // D
-    G = GATES[cell]
-    has_bias = len(weights[0]) == 4
+    G = 3 if coupled else GATES[cell]
+    U = (2 if coupled else 3) if peephole else 0  # rows of w_ch
+    extra = 1 if peephole else 0
+    has_bias = len(weights[0]) == 4 + extra
     H = np.shape(weights[0][1])[1]
 
-    ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh); zero biases when there are none
+    ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh, w_ch or None); zero biases when there are none
     for k, w in enumerate(weights):
-        assert len(w) == (4 if has_bias else 2), "every weights entry must have the same length"
+        assert len(w) == (4 if has_bias else 2) + extra, "every weights entry must have the same length"
+        w_ch = None
+        if peephole:
+            w_ch = np.asarray(w[-1], dtype=np.float64)
+            assert w_ch.shape == (U, H), f"weights[{k}][-1] (w_ch) shape {w_ch.shape}"
         w_ih = np.asarray(w[0], dtype=np.float64)
         w_hh = np.asarray(w[1], dtype=np.float64)
         in_size = I if k < D else D * H
@@ -234,7 +367,7 @@ def forward(
             assert b_ih.shape == (G * H,) and b_hh.shape == (G * H,), f"weights[{k}] bias shape"
         else:
             b_ih, b_hh = np.zeros(G * H), np.zeros(G * H)
-        ws.append((w_ih, w_hh, b_ih, b_hh))
+        ws.append((w_ih, w_hh, b_ih, b_hh, w_ch))
 
     if lengths is None:
         lengths = np.full(B, T, dtype=np.int64)
@@ -260,7 +393,7 @@ def forward(
         for d in range(D):
             k = l * D + d
             out, h_n[k], ck, steps = _direction_forward(
-                cell, layer_in, lengths, ws[k], h0[k], c0[k] if is_lstm else None, d == 1
+                cell, layer_in, lengths, ws[k], h0[k], c0[k] if is_lstm else None, d == 1, options
             )
             if is_lstm:
                 c_n[k] = ck
@@ -276,7 +409,7 @@ def forward(
     if training:
         saved = dict(
             cell=cell, D=D, L=L, H=H, has_bias=has_bias, batch_first=batch_first,
-            lengths=lengths, weights=ws, layer_inputs=layer_inputs, steps=all_steps,
+            lengths=lengths, weights=ws, layer_inputs=layer_inputs, steps=all_steps, options=options,
         )
     return RNNResult(output, h_n, c_n, saved)
 
@@ -321,12 +454,13 @@ def backward(
             dx_d, dh0[k], dck, dw = _direction_backward(
                 cell, x_l, lengths, ws[k], saved["steps"][k],
                 d_layer_out[:, :, d * H:(d + 1) * H],
-                dhn[k], dcn[k] if is_lstm else None, d == 1,
+                dhn[k], dcn[k] if is_lstm else None, d == 1, saved["options"],
             )
             if is_lstm:
                 dc0[k] = dck
             d_layer_in += dx_d
-            dweights[k] = dw if saved["has_bias"] else dw[:2]
+            dw_ch = dw[4:] if dw[4] is not None else ()  # the peepholes' gradient last, as in weights
+            dweights[k] = (dw[:4] if saved["has_bias"] else dw[:2]) + dw_ch
         d_layer_out = d_layer_in
     dx = d_layer_out
     if saved["batch_first"]:
