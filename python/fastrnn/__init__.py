@@ -40,6 +40,15 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
+def __getattr__(name: str):
+    """``fastrnn.nn`` and ``fastrnn.generate`` (which import torch) load on first access, so that
+    ``import fastrnn`` alone never imports torch."""
+    if name in ("nn", "generate"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def cuda_available() -> bool:
     """True when the extension was built with the CUDA kernels."""
     return bool(_core.built_with_cuda)
