@@ -264,6 +264,16 @@ def progress(iterable, total: Optional[int] = None, desc: str = "", disable: boo
         return _OwnBar(iterable, total=total, desc=desc, disable=disable)
 
 
+class Deadline:
+    """``expired()`` once ``minutes`` have passed since construction (never for 0)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.end = time.perf_counter() + 60.0 * minutes if minutes else math.inf
+
+    def expired(self) -> bool:
+        return time.perf_counter() > self.end
+
+
 class Throughput:
     """Tokens per second over the calls of ``add`` (time taken from construction or ``reset``)."""
 
@@ -431,7 +441,7 @@ def report_line(name: str, **values) -> str:
 
 def add_common_args(p, dataset: str) -> None:
     """The options every example takes: --impl, --data, --quick, --plot, --seed, --threads,
-    --no-progress."""
+    --no-progress, --max-minutes, --share-batches."""
     p.add_argument("--impl", choices=("torch", "fastrnn"), default="torch",
                    help="recurrent layers from torch.nn or fastrnn.nn (same initial weights for a seed)")
     p.add_argument("--data", default=default_data(dataset),
@@ -441,5 +451,7 @@ def add_common_args(p, dataset: str) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="threads for torch and fastrnn (default: theirs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop training after this many minutes, mid-epoch (0: no limit); that epoch is still evaluated")
     p.add_argument("--share-batches", type=int, default=5,
                    help="training batches replayed after training to measure the recurrent layers' share")

@@ -174,6 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     result = {"impl": args.impl, "losses": [], "epochs": [], "n_tags": len(tag_vocab)}
     best, best_state, step = -1.0, None, 0
     lengths = [len(s) for s, _ in train]
+    deadline = nlp_data.Deadline(args.max_minutes)
     for epoch in range(1, args.epochs + 1):
         model.train()
         rate = nlp_data.Throughput()
@@ -185,6 +186,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             rate.add(tokens, loss)
             step += 1
             bar.set_postfix_str(rate.postfix())
+            if deadline.expired():
+                break
         held_acc, eval_rate = evaluate(model, batcher, held, args.batch_size)
         result["epochs"].append(dict(step=step, train_loss=rate.loss, train_tokens_per_s=rate.rate,
                                      heldout_acc=held_acc, eval_tokens_per_s=eval_rate))
@@ -192,6 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                    train_tokens_per_s=round(rate.rate), eval_tokens_per_s=round(eval_rate)))
         if held_acc > best:
             best, best_state = held_acc, copy.deepcopy(model.state_dict())
+        if deadline.expired():
+            print(f"stopping: --max-minutes {args.max_minutes} reached")
+            break
 
     model.load_state_dict(best_state)
     test_acc, test_rate = evaluate(model, batcher, test, args.batch_size)

@@ -120,6 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     result = {"impl": args.impl, "cell": args.cell, "losses": [], "epochs": []}
     best, best_state, step = -1.0, None, 0
     lengths = [len(s) for s in train_x]
+    deadline = nlp_data.Deadline(args.max_minutes)
     for epoch in range(1, args.epochs + 1):
         model.train()
         rate = nlp_data.Throughput()
@@ -131,6 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             rate.add(tokens, loss)
             step += 1
             bar.set_postfix_str(rate.postfix())
+            if deadline.expired():
+                break
         dev_acc, eval_rate = evaluate(model, dev_x, dev_y, args.batch_size)
         result["epochs"].append(dict(step=step, train_loss=rate.loss, train_tokens_per_s=rate.rate,
                                      dev_acc=dev_acc, eval_tokens_per_s=eval_rate))
@@ -138,6 +141,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                    train_tokens_per_s=round(rate.rate), eval_tokens_per_s=round(eval_rate)))
         if dev_acc > best:
             best, best_state = dev_acc, copy.deepcopy(model.state_dict())
+        if deadline.expired():
+            print(f"stopping: --max-minutes {args.max_minutes} reached")
+            break
 
     model.load_state_dict(best_state)
     test_acc, test_rate = evaluate(model, test_x, test_y, args.batch_size)
