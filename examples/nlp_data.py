@@ -365,7 +365,8 @@ class RecurrentShare:
     those calls alone, in the same order, on the same tensors: forward, and in training a
     backward from random output gradients into the inputs and the weights. Timing inside the
     step instead (hooks around backward) would not work for torch.nn, whose CPU LSTM/GRU backward
-    is many autograd nodes interleaved with the rest of the graph. Both timings are wall clock on
+    is many autograd nodes interleaved with the rest of the graph. The step's own gradients are
+    left as the step made them. Both timings are wall clock on
     the CPU, where every call is synchronous; the share is the sum over the recorded steps of
     replay time over step time. The replay runs after the step with warm caches, so it may
     slightly underestimate the layers' time inside the step."""
@@ -375,6 +376,7 @@ class RecurrentShare:
         self.calls: List[Tuple[torch.nn.Module, tuple, bool]] = []
         self.step_seconds = 0.0
         self.replay_seconds = 0.0
+        self.replayed_calls = 0
 
     def record(self):
         share = self
@@ -400,9 +402,13 @@ class RecurrentShare:
 
         return _Recording()
 
-    @staticmethod
-    def _replay(calls) -> float:
+    def _replay(self, calls) -> float:
         gen = torch.Generator().manual_seed(0)
+        # The step's own weight gradients are put aside and given back after the replay's.
+        params = [p for m in self.modules for p in m.parameters()]
+        step_grads = [p.grad for p in params]
+        for p in params:
+            p.grad = None
         # Output gradients drawn before the clock starts: one forward without timing gives their shapes.
         prepared = []
         for module, args, grad in calls:
@@ -419,8 +425,9 @@ class RecurrentShare:
                     if pairs:
                         torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         seconds = time.perf_counter() - t0
-        for module, _, _, _ in prepared:
-            module.zero_grad(set_to_none=True)  # the replay's weight gradients are not the training's
+        self.replayed_calls += len(prepared)
+        for p, g in zip(params, step_grads):
+            p.grad = g
         return seconds
 
     @property
