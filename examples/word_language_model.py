@@ -28,10 +28,13 @@ import os
 import re
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as tnn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nlp_data  # noqa: E402  (examples/nlp_data.py: vocabulary, reader, progress bar)
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
@@ -39,22 +42,6 @@ CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 # ------------------------------------------------------------------------------------------------
 # Data
 # ------------------------------------------------------------------------------------------------
-
-class Vocabulary:
-    def __init__(self) -> None:
-        self.index: Dict[str, int] = {}
-        self.words: List[str] = []
-        self.add("<unk>")
-
-    def add(self, word: str) -> int:
-        if word not in self.index:
-            self.index[word] = len(self.words)
-            self.words.append(word)
-        return self.index[word]
-
-    def __len__(self) -> int:
-        return len(self.words)
-
 
 def _pydoc_lines() -> List[str]:
     from pydoc_data.topics import topics
@@ -77,15 +64,14 @@ def load_corpus(data: Optional[str]):
         name = "pydoc_data.topics (80/10/10)"
     else:
         def read(fname):
-            with open(os.path.join(data, fname), encoding="utf8") as f:
-                return [line.split() for line in f if line.strip()]
+            return nlp_data.read_token_lines(os.path.join(data, fname))
         if os.path.exists(os.path.join(data, "train.txt")):
             tokens = {k: read(f"{k}.txt") for k in ("train", "valid", "test")}
             name = data
         else:  # e.g. the shared WikiText-2 copy, which ships only valid.txt and test.txt
             tokens = {"train": read("valid.txt"), "test": read("test.txt")}
             name = f"{data} (no train.txt: training on valid.txt, evaluating on test.txt)"
-    vocab = Vocabulary()
+    vocab = nlp_data.Vocab(specials=("<unk>",), unk="<unk>")
     ids = {}
     for split in ("train", "valid", "test"):
         if split not in tokens:
@@ -189,16 +175,19 @@ def evaluate(model, source: torch.Tensor, bptt: int, batch_size: int):
     return total / count, count / (time.perf_counter() - t0)
 
 
-def train_epoch(model, source, args, lr: float, epoch: int):
-    """One pass (at most --max-batches batches); returns (mean training loss, tokens/s)."""
+def train_epoch(model, source, args, lr: float, epoch: int, losses: Optional[List[float]] = None):
+    """One pass (at most --max-batches batches); returns (mean training loss, tokens/s). Appends
+    each batch's loss to ``losses`` when given; shows a progress bar when ``args.progress``."""
     model.train()
     hidden = model.init_hidden(args.batch_size)
     total, count, batches = 0.0, 0, 0
     log_total, log_count = 0.0, 0
     t0 = time.perf_counter()
-    for i in range(0, source.size(0) - 1, args.bptt):
-        if args.max_batches and batches >= args.max_batches:
-            break
+    starts = range(0, source.size(0) - 1, args.bptt)
+    if args.max_batches:
+        starts = starts[: args.max_batches]
+    bar = nlp_data.progress(starts, desc=f"epoch {epoch}", disable=not getattr(args, "progress", False))
+    for i in bar:
         data, targets = get_batch(source, i, args.bptt)
         hidden = detach(hidden)
         model.zero_grad(set_to_none=True)
@@ -215,15 +204,19 @@ def train_epoch(model, source, args, lr: float, epoch: int):
         log_total += loss.item() * n
         log_count += n
         batches += 1
+        if losses is not None:
+            losses.append(loss.item())
+        rate = count / (time.perf_counter() - t0)
+        bar.set_postfix_str(f"loss {total / count:.4f} | {rate:,.0f} tokens/s")
         if args.log_interval and batches % args.log_interval == 0:
-            rate = count / (time.perf_counter() - t0)
             print(f"| epoch {epoch:3d} | batch {batches:5d} | lr {lr:6.3g} | loss {log_total / log_count:6.3f} | "
                   f"ppl {math.exp(log_total / log_count):9.1f} | {rate:8.0f} tokens/s", flush=True)
             log_total, log_count = 0.0, 0
     return total / count, count / (time.perf_counter() - t0)
 
 
-def parse_args(argv: Optional[Sequence[str]]):
+def build_parser() -> argparse.ArgumentParser:
+    """The options (examples/lm_wikitext2.py extends them)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--impl", choices=("torch", "fastrnn"), default="torch", help="torch.nn or fastrnn.nn layers")
@@ -245,11 +238,24 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--threads", type=int, default=None, help="threads for torch and fastrnn (default: theirs)")
     p.add_argument("--log-interval", type=int, default=50, help="batches between progress lines (0: none)")
-    return p.parse_args(argv)
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="start no new epoch after this many minutes of training (0: no limit)")
+    p.add_argument("--max-eval-tokens", type=int, default=0,
+                   help="evaluate on the first N tokens of valid/test (0: all)")
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]]):
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    args = parse_args(argv)
+    return train_and_evaluate(parse_args(argv))[2]
+
+
+def train_and_evaluate(args, losses: Optional[List[float]] = None):
+    """Builds the corpus and model from ``args``, trains and evaluates; returns (model, vocabulary,
+    result dict, {split: batchified ids}). Each training batch's loss is appended to ``losses``."""
     if args.impl == "fastrnn":
         try:
             import fastrnn.nn as nn
@@ -265,6 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     torch.manual_seed(args.seed)
 
     name, vocab, ids = load_corpus(args.data)
+    if args.max_eval_tokens:
+        ids.update({k: v[: args.max_eval_tokens] for k, v in ids.items() if k != "train"})
     train = batchify(ids["train"], args.batch_size)
     valid = batchify(ids["valid"], args.eval_batch_size) if "valid" in ids else None
     test = batchify(ids["test"], args.eval_batch_size)
@@ -277,8 +285,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     lr, best = args.lr, None
     result = {"impl": args.impl, "cell": args.cell, "vocab_size": len(vocab), "epochs": []}
+    t_start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
-        train_loss, train_rate = train_epoch(model, train, args, lr, epoch)
+        if args.max_minutes and time.perf_counter() - t_start > 60.0 * args.max_minutes:
+            print(f"stopping: --max-minutes {args.max_minutes} reached")
+            break
+        train_loss, train_rate = train_epoch(model, train, args, lr, epoch, losses)
         entry = {"train_loss": train_loss, "train_tokens_per_s": train_rate}
         line = f"| end of epoch {epoch:3d} | train loss {train_loss:6.3f} | train {train_rate:8.0f} tokens/s"
         if valid is not None:
@@ -295,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   train_tokens_per_s=result["epochs"][-1]["train_tokens_per_s"] if result["epochs"] else None)
     print(f"| test ppl {math.exp(test_loss):9.2f} | test loss {test_loss:6.3f} | eval {test_rate:8.0f} tokens/s "
           f"| train {result['train_tokens_per_s'] or 0:8.0f} tokens/s ({args.impl} {args.cell})")
-    return result
+    return model, vocab, result, dict(train=train, valid=valid, test=test)
 
 
 if __name__ == "__main__":
