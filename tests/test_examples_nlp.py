@@ -122,7 +122,8 @@ def test_lm_wikitext2_learns_and_writes(impl):
 def test_lm_wikitext2_fastrnn_tracks_torch():
     pytest.importorskip("fastrnn.generate")
     ref, mine = _tracks("lm_wikitext2", _wikitext_args())
-    assert mine["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-3)
+    # the test loss comes after the whole run, so it drifts apart like the run's mean loss (EXAMPLE_LOSS_CURVE)
+    assert mine["test_loss"] == pytest.approx(ref["test_loss"], rel=EXAMPLE_LOSS_CURVE["mean_rtol"])
 
 
 # ---- nlp_data ------------------------------------------------------------------------------------
