@@ -1,5 +1,6 @@
 """Issue 14's cell variants in the NumPy API and the reference: the LSTM with peepholes, with the
-coupled input-forget gate (CIFG), with cell clipping, and their combinations; init="identity".
+coupled input-forget gate (CIFG), with cell clipping, and their combinations; init="identity";
+the reset-before GRU and layer norm (reference only, the kernels refuse them).
 (1) The reference's hand-written BPTT of every variant against central finite differences of its
 own forward (float64); (2) the kernels (fastrnn.forward / backward) against the reference over the
 matrix of layers x directions x lengths x dtypes, with awkward sizes on both sides of the 16-row
