@@ -75,6 +75,23 @@ struct ReserveLayout {
   int64 cells(int64 l, int64 d) const { return gates(l, d) + gates_size; }
 };
 
+// ---- training modifiers of every cell (issue 15; not cells: no spec declares them) --------------
+// What the Python layers pass for the modifiers the kernels run themselves (weight dropout and
+// dilation are done around the kernels, in fastrnn.functional / fastrnn.nn):
+//   recurrent dropout: h_{t-1} enters the recurrent product as m * h_{t-1}, m [B, H] the same at every
+//     step of a layer and direction (the carried state, the outputs and the GRU's z*h_{t-1} use h);
+//     backward: dW_hh reads m * h_{t-1}, dL/dh_{t-1} gets m * (dG_h W_hh).
+//   gradient clipping: backward clamps the total dL/dh_t (from y_t and from step t+1), and the LSTM
+//     the total dL/dc_t, to [-C, C] before it flows into step t (+inf: off, bit-identical).
+// The loops take a Modifiers type (ModifierFlags below) chosen at one switch point (cpu/layer.h).
+template <class T> struct Modifiers {
+  const T* recurrent_mask = nullptr;  // [L*D, B, H] m, or nullptr (no recurrent dropout)
+  double grad_clip = 0;               // C > 0 clamps the state gradients in backward; 0: off
+};
+template <bool RecurrentMask> struct ModifierFlags {
+  static constexpr bool kRecurrentMask = RecurrentMask;
+};
+
 template <class T> struct LayerWeights {
   const T* w_ih;  // [G*H, I_l]
   const T* w_hh;  // [G*H, H]
@@ -104,6 +121,7 @@ template <class T> struct LayerForwardArgs {
   T* cn;                   // [B, H] (carried state) or nullptr
   T* saved;                // [T, B, S*H] or nullptr (inference)
   T* cells;                // [T, B, H] or nullptr (inference / no carried state)
+  const T* h_mask = nullptr;  // [B, H] recurrent-dropout mask m, or nullptr (modifiers)
 };
 
 template <class T> struct LayerBackwardArgs {
@@ -125,6 +143,8 @@ template <class T> struct LayerBackwardArgs {
   T* dh0;                  // [B, H]
   T* dc0;                  // [B, H] (carried state) or nullptr
   LayerGrads<T> g;         // fully overwritten
+  const T* h_mask = nullptr;  // [B, H] the forward's recurrent-dropout mask, or nullptr (modifiers)
+  double grad_clip = 0;       // > 0: clamp dL/dh_t (and dL/dc_t) to [-C, C]; 0: off (modifiers)
 };
 
 template <class T> struct ForwardArgs {
@@ -137,6 +157,7 @@ template <class T> struct ForwardArgs {
   T* hn;                   // [L*D, B, H]
   T* cn;                   // [L*D, B, H] (LSTM) or nullptr
   T* reserve;              // [ReserveLayout.total], or nullptr for inference
+  Modifiers<T> mods{};     // training modifiers (issue 15); default: the plain cells
 };
 
 template <class T> struct BackwardArgs {
@@ -156,6 +177,7 @@ template <class T> struct BackwardArgs {
   T* dh0;                  // [L*D, B, H]
   T* dc0;                  // [L*D, B, H] (LSTM) or nullptr
   std::vector<LayerGrads<T>> grads;
+  Modifiers<T> mods{};     // the forward's modifiers (recurrent mask) and grad_clip
 };
 
 namespace cpu {

@@ -13,7 +13,8 @@ imports ``torch._dynamo`` (1.3 s here, before the first forward returned), a cos
 modules never pay outside ``torch.compile``.
 
     y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
-                                                       num_layers, bidirectional, training)
+                                                       num_layers, bidirectional, training,
+                                                       recurrent_mask=None, grad_clip=0.0)
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -21,6 +22,11 @@ with or without biases, told apart by the list's length); h0, c0 [L*D, B, H] or 
 lengths int64 [B] in [1, T] or None. Returns y [T, B, D*H], hn [L*D, B, H], cn [L*D, B, H] (LSTM;
 an empty tensor otherwise) and reserve [T, B, R] (what backward needs; empty unless ``training``).
 The reserve's size is T*B*R with R independent of T and B, so its fake shape follows a dynamic T.
+
+Training modifiers the kernels run (issue 15; fastrnn.nn documents them): ``recurrent_mask``
+[L*D, B, H] multiplies h_{t-1} where it enters W_hh (recurrent dropout; None: none), and
+``grad_clip`` C > 0 clamps the total gradient reaching each h_t (and c_t) to [-C, C] in backward
+(0: off). CPU only: CUDA tensors raise NotImplementedError for them.
 """
 from __future__ import annotations
 
@@ -39,11 +45,11 @@ __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
 
 _LIB = torch.library.Library("fastrnn", "DEF")
 _LIB.define("rnn_forward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, str cell, "
-            "SymInt hidden_size, SymInt num_layers, bool bidirectional, bool training) "
-            "-> (Tensor, Tensor, Tensor, Tensor)")
+            "SymInt hidden_size, SymInt num_layers, bool bidirectional, bool training, Tensor? recurrent_mask=None, "
+            "float grad_clip=0.0) -> (Tensor, Tensor, Tensor, Tensor)")
 _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, Tensor reserve, "
             "Tensor dy, Tensor? dhn, Tensor? dcn, str cell, SymInt hidden_size, SymInt num_layers, "
-            "bool bidirectional) -> (Tensor, Tensor, Tensor, Tensor[])")
+            "bool bidirectional, Tensor? recurrent_mask=None, float grad_clip=0.0) -> (Tensor, Tensor, Tensor, Tensor[])")
 # One kernel for every device, as custom_op registers it: it checks the device itself and names it
 # in its error (the fake implementations below serve meta and fake tensors).
 _KERNEL_KEY = "CompositeExplicitAutograd"
@@ -198,22 +204,41 @@ def _check_no_transform(*tensors) -> None:
 
 def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                         lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
-                        bidirectional: bool, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                        bidirectional: bool, training: bool, recurrent_mask: Optional[Tensor] = None,
+                        grad_clip: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_no_transform(x, h0, c0, *weights)
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
     lstm = cell == "lstm"
     c0 = c0 if lstm else None
-    _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0)
+    _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0,
+                  recurrent_mask=recurrent_mask)
+    _check_modifiers_device(x, recurrent_mask, grad_clip)
     lengths = _checked_lengths(lengths, x)
-    x, h0, c0 = x.contiguous(), _contiguous(h0), _contiguous(c0)
+    x, h0, c0, recurrent_mask = x.contiguous(), _contiguous(h0), _contiguous(c0), _contiguous(recurrent_mask)
     weights = [w.contiguous() for w in weights]
     y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
     forward, _ = _entry_points(x)
     T, B, I = x.shape
     forward(_CELL_ID[cell], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
             _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), y.data_ptr(), hn.data_ptr(),
-            cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0)
+            cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0, *_modifier_args(recurrent_mask))
     return y, hn, cn, reserve
+
+
+def _check_modifiers_device(x: Tensor, recurrent_mask: Optional[Tensor], grad_clip: float) -> None:
+    if not grad_clip >= 0:
+        raise ValueError(f"grad_clip must be > 0 (or 0 for off), got {grad_clip}")
+    if x.device.type != "cpu" and (recurrent_mask is not None or grad_clip > 0):
+        raise NotImplementedError("fastrnn's recurrent_dropout and grad_clip run in the CPU kernels only; the CUDA "
+                                  f"kernels do not implement them yet (input on {x.device})")
+
+
+def _modifier_args(recurrent_mask: Optional[Tensor], *grad_clip: float) -> tuple:
+    """The trailing modifier arguments of the kernels' entry points (none when all are off, so that
+    the CUDA entry points, which take none, keep their signature)."""
+    if recurrent_mask is None and not any(grad_clip):
+        return ()
+    return (_ptr(recurrent_mask), *grad_clip)
 
 
 def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training):
@@ -234,7 +259,8 @@ torch.library.impl("fastrnn::rnn_forward", _KERNEL_KEY, _rnn_forward_kernel, lib
 
 
 @torch.library.register_fake("fastrnn::rnn_forward", lib=_LIB)
-def _(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training):
+def _(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training, recurrent_mask=None,
+      grad_clip=0.0):
     _check(x, weights, cell, num_layers, bidirectional)
     return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
 
@@ -243,7 +269,8 @@ def _(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional,
 def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                          lengths: Optional[Tensor], reserve: Tensor, dy: Tensor, dhn: Optional[Tensor],
                          dcn: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
-                         bidirectional: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+                         bidirectional: bool, recurrent_mask: Optional[Tensor] = None,
+                         grad_clip: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
     """Gradients (dx [T, B, I], dh0 [L*D, B, H], dc0 (LSTM; else empty), dweights like weights) of a
     training ``rnn_forward``: x, weights, h0, c0, lengths and reserve exactly as forward saw and
     returned them; dy [T, B, D*H]; dhn, dcn [L*D, B, H] or None (zero)."""
@@ -254,7 +281,9 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
     lstm = cell == "lstm"
     c0, dcn = (c0, dcn) if lstm else (None, None)
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0, dy=dy, dhn=dhn,
-                  dcn=dcn)
+                  dcn=dcn, recurrent_mask=recurrent_mask)
+    _check_modifiers_device(x, recurrent_mask, grad_clip)
+    recurrent_mask = _contiguous(recurrent_mask)
     T, B, I = x.shape
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
     if reserve.shape != (T, B, R) or reserve.dtype != x.dtype or reserve.device != x.device:
@@ -268,7 +297,7 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
     backward(_CELL_ID[cell], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
              _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), reserve.data_ptr(), dy.data_ptr(),
              _ptr(dhn), _ptr(dcn), dx.data_ptr(), dh0.data_ptr(), dc0.data_ptr() if lstm else 0,
-             _grouped_ptrs(dweights, per_entry))
+             _grouped_ptrs(dweights, per_entry), *_modifier_args(recurrent_mask, float(grad_clip)))
     return dx, dh0, dc0, dweights
 
 
@@ -285,34 +314,36 @@ torch.library.impl("fastrnn::rnn_backward", _KERNEL_KEY, _rnn_backward_kernel, l
 
 
 @torch.library.register_fake("fastrnn::rnn_backward", lib=_LIB)
-def _(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, cell, hidden_size, num_layers, bidirectional):
+def _(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, cell, hidden_size, num_layers, bidirectional,
+      recurrent_mask=None, grad_clip=0.0):
     _check(x, weights, cell, num_layers, bidirectional)
     return _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
 
 
 # ---- autograd -------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
-    x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training = inputs
+    x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training, *mods = inputs
+    recurrent_mask, grad_clip = list(mods) + [None, 0.0][len(mods):]  # the schema's defaults
     ctx.mark_non_differentiable(output[3])  # the reserve
-    ctx.save_for_backward(x, h0, c0, lengths, output[3], *weights)
-    ctx.config = (cell, hidden_size, num_layers, bidirectional, training)
+    ctx.save_for_backward(x, h0, c0, lengths, recurrent_mask, output[3], *weights)
+    ctx.config = (cell, hidden_size, num_layers, bidirectional, training, float(grad_clip))
 
 
 def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
-    cell, hidden_size, num_layers, bidirectional, training = ctx.config
+    cell, hidden_size, num_layers, bidirectional, training, grad_clip = ctx.config
     if not training:
         raise RuntimeError("fastrnn::rnn_forward ran with training=False, so it saved nothing for backward; "
                            "call it with training=True when gradients are needed")
-    x, h0, c0, lengths, reserve, *weights = ctx.saved_tensors
+    x, h0, c0, lengths, recurrent_mask, reserve, *weights = ctx.saved_tensors
     lstm = cell == "lstm"
     # With create_graph (grad mode on) through the op, whose own backward raises a clear error.
     backward = torch.ops.fastrnn.rnn_backward
     if not torch.is_grad_enabled() and _plain_eager(x, h0, c0, dy, dhn, dcn, *weights):
         backward = _rnn_backward_kernel
     dx, dh0, dc0, dweights = backward(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn if lstm else None, cell,
-                                      hidden_size, num_layers, bidirectional)
+                                      hidden_size, num_layers, bidirectional, recurrent_mask, grad_clip)
     return (dx, list(dweights), dh0 if h0 is not None else None, dc0 if (lstm and c0 is not None) else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("fastrnn::rnn_forward", _forward_backward, setup_context=_setup_context, lib=_LIB)
@@ -368,18 +399,18 @@ def _plain_eager(*tensors) -> bool:
 class _EagerForward(torch.autograd.Function):
     # forward + setup_context (not forward(ctx, ...)): the form torch.func's transforms accept.
     @staticmethod
-    def forward(x, h0, c0, lengths, config, *weights):
-        return _rnn_forward_kernel(x, list(weights), h0, c0, lengths, *config)
+    def forward(x, h0, c0, lengths, recurrent_mask, config, *weights):
+        return _rnn_forward_kernel(x, list(weights), h0, c0, lengths, *config[:5], recurrent_mask, config[5])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, h0, c0, lengths, config, *weights = inputs
-        _setup_context(ctx, (x, list(weights), h0, c0, lengths, *config), output)
+        x, h0, c0, lengths, recurrent_mask, config, *weights = inputs
+        _setup_context(ctx, (x, list(weights), h0, c0, lengths, *config[:5], recurrent_mask, config[5]), output)
 
     @staticmethod
     def backward(ctx, dy, dhn, dcn, dreserve):
         dx, dweights, dh0, dc0, *_ = _forward_backward(ctx, dy, dhn, dcn, dreserve)
-        return (dx, dh0, dc0, None, None, *dweights)
+        return (dx, dh0, dc0, None, None, None, *dweights)
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -390,16 +421,19 @@ class _EagerForward(torch.autograd.Function):
 
 def run_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                 lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
-                training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                training: bool, recurrent_mask: Optional[Tensor] = None,
+                grad_clip: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``torch.ops.fastrnn.rnn_forward`` with the same arguments and results, the same gradients and
     errors, without the op's call overhead in plain eager mode (what :mod:`fastrnn.nn` calls)."""
     _check_no_transform(x, h0, c0, *weights)  # seen here, before the dispatcher unwraps the tensors
-    if not _EAGER_PATH or not _plain_eager(x, h0, c0, lengths, *weights):
+    if not _EAGER_PATH or not _plain_eager(x, h0, c0, lengths, recurrent_mask, *weights):
         return torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
-                                             bidirectional, training)
+                                             bidirectional, training, recurrent_mask, grad_clip)
     if not training:  # nothing to differentiate (the caller's _needs_grad said so)
-        return _rnn_forward_kernel(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, False)
-    return _EagerForward.apply(x, h0, c0, lengths, (cell, hidden_size, num_layers, bidirectional, training), *weights)
+        return _rnn_forward_kernel(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, False,
+                                   recurrent_mask, grad_clip)
+    return _EagerForward.apply(x, h0, c0, lengths, recurrent_mask,
+                               (cell, hidden_size, num_layers, bidirectional, training, grad_clip), *weights)
 
 
 _EAGER_PATH = True  # tests turn it off to compare the two paths
