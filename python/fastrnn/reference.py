@@ -230,9 +230,14 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, m
         dh_keep = dc_keep = 0.0  # the zoneout paths straight to the previous state
         if mods.zoneout is not None:
             dh_keep, dh_new = mods.zoneout[t] * dh_new, (1.0 - mods.zoneout[t]) * dh_new
+        cell_clip = mods.grad_clip
         if lstm and mods.zoneout_cell is not None:
+            # c_t = d_c c_{t-1} + (1 - d_c) c~_t: what reaches c_t comes from the later steps only (h~_t
+            # reads c~_t), so that total is the one clamped, and c~_t's is not
+            dc_new = _clip(dc_new, mods.grad_clip)
             dc_keep, dc_new = mods.zoneout_cell[t] * dc_new, (1.0 - mods.zoneout_cell[t]) * dc_new
-        dgi, dgh, dh_direct, dc_prev = cell_backward(dh_new, dc_new, cache, clip=mods.grad_clip)
+            cell_clip = None
+        dgi, dgh, dh_direct, dc_prev = cell_backward(dh_new, dc_new, cache, clip=cell_clip)
         dx[t] = dgi @ w_ih  # [B, I]
         dw_ih += dgi.T @ x[t]
         h_in = h_prev if mods.recurrent_mask is None else mods.recurrent_mask * h_prev
