@@ -13,8 +13,7 @@ imports ``torch._dynamo`` (1.3 s here, before the first forward returned), a cos
 modules never pay outside ``torch.compile``.
 
     y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
-                                                       num_layers, bidirectional, training,
-                                                       recurrent_mask=None, grad_clip=0.0)
+                                                       num_layers, bidirectional, training)
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -26,7 +25,8 @@ The reserve's size is T*B*R with R independent of T and B, so its fake shape fol
 Training modifiers the kernels run (issue 15; fastrnn.nn documents them): ``recurrent_mask``
 [L*D, B, H] multiplies h_{t-1} where it enters W_hh (recurrent dropout; None: none), and
 ``grad_clip`` C > 0 clamps the total gradient reaching each h_t (and c_t) to [-C, C] in backward
-(0: off). CPU only: CUDA tensors raise NotImplementedError for them.
+(0: off), both arguments of ``torch.ops.fastrnn.rnn_forward_modified`` (rnn_forward's arguments
+and these two) and of rnn_backward. CPU only: CUDA tensors raise NotImplementedError for them.
 """
 from __future__ import annotations
 
@@ -44,9 +44,14 @@ _DTYPES = (torch.float32, torch.float64)
 __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
 
 _LIB = torch.library.Library("fastrnn", "DEF")
-_LIB.define("rnn_forward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, str cell, "
-            "SymInt hidden_size, SymInt num_layers, bool bidirectional, bool training, Tensor? recurrent_mask=None, "
-            "float grad_clip=0.0) -> (Tensor, Tensor, Tensor, Tensor)")
+_FORWARD_ARGS = ("Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, str cell, SymInt hidden_size, "
+                 "SymInt num_layers, bool bidirectional, bool training")
+_LIB.define(f"rnn_forward({_FORWARD_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)")
+# The same with the training modifiers the kernels run (issue 15), an op of its own: an op's autograd
+# wrapper wants backward to return one gradient per argument the caller passed, and setup_context
+# cannot tell defaulted arguments from given ones.
+_LIB.define(f"rnn_forward_modified({_FORWARD_ARGS}, Tensor? recurrent_mask, float grad_clip) "
+            "-> (Tensor, Tensor, Tensor, Tensor)")
 _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, Tensor reserve, "
             "Tensor dy, Tensor? dhn, Tensor? dcn, str cell, SymInt hidden_size, SymInt num_layers, "
             "bool bidirectional, Tensor? recurrent_mask=None, float grad_clip=0.0) -> (Tensor, Tensor, Tensor, Tensor[])")
@@ -255,14 +260,15 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training):
     return y, hn, cn, reserve
 
 
-torch.library.impl("fastrnn::rnn_forward", _KERNEL_KEY, _rnn_forward_kernel, lib=_LIB)
-
-
-@torch.library.register_fake("fastrnn::rnn_forward", lib=_LIB)
-def _(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training, recurrent_mask=None,
-      grad_clip=0.0):
+def _forward_fake(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training,
+                  recurrent_mask=None, grad_clip=0.0):
     _check(x, weights, cell, num_layers, bidirectional)
     return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
+
+
+for _name in ("rnn_forward", "rnn_forward_modified"):
+    torch.library.impl(f"fastrnn::{_name}", _KERNEL_KEY, _rnn_forward_kernel, lib=_LIB)
+    torch.library.register_fake(f"fastrnn::{_name}", _forward_fake, lib=_LIB)
 
 
 # ---- backward -------------------------------------------------------------------------------------
@@ -323,10 +329,11 @@ def _(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, cell, hidden_size, num
 # ---- autograd -------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
     x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training, *mods = inputs
-    recurrent_mask, grad_clip = list(mods) + [None, 0.0][len(mods):]  # the schema's defaults
+    recurrent_mask, grad_clip = mods if mods else (None, 0.0)  # rnn_forward_modified's, or rnn_forward
     ctx.mark_non_differentiable(output[3])  # the reserve
     ctx.save_for_backward(x, h0, c0, lengths, recurrent_mask, output[3], *weights)
     ctx.config = (cell, hidden_size, num_layers, bidirectional, training, float(grad_clip))
+    ctx.num_inputs = len(inputs)  # 10 (rnn_forward) or 12 (rnn_forward_modified)
 
 
 def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
@@ -342,11 +349,12 @@ def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
         backward = _rnn_backward_kernel
     dx, dh0, dc0, dweights = backward(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn if lstm else None, cell,
                                       hidden_size, num_layers, bidirectional, recurrent_mask, grad_clip)
-    return (dx, list(dweights), dh0 if h0 is not None else None, dc0 if (lstm and c0 is not None) else None,
-            None, None, None, None, None, None, None, None)
+    return (dx, list(dweights), dh0 if h0 is not None else None, dc0 if (lstm and c0 is not None) else None) + \
+        (None,) * (ctx.num_inputs - 4)
 
 
-torch.library.register_autograd("fastrnn::rnn_forward", _forward_backward, setup_context=_setup_context, lib=_LIB)
+for _name in ("rnn_forward", "rnn_forward_modified"):
+    torch.library.register_autograd(f"fastrnn::{_name}", _forward_backward, setup_context=_setup_context, lib=_LIB)
 
 
 def _no_double_backward(ctx, *grads):
@@ -368,7 +376,7 @@ def _refuse_transform(*args, **kwargs):
     raise NotImplementedError(_NO_TRANSFORMS)
 
 
-for _name in ("rnn_forward", "rnn_backward"):
+for _name in ("rnn_forward", "rnn_forward_modified", "rnn_backward"):
     _LIB.impl(_name, _refuse_transform, "FuncTorchDynamicLayerFrontMode")
 
 rnn_forward = torch.ops.fastrnn.rnn_forward
@@ -427,8 +435,11 @@ def run_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Opti
     errors, without the op's call overhead in plain eager mode (what :mod:`fastrnn.nn` calls)."""
     _check_no_transform(x, h0, c0, *weights)  # seen here, before the dispatcher unwraps the tensors
     if not _EAGER_PATH or not _plain_eager(x, h0, c0, lengths, recurrent_mask, *weights):
-        return torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
-                                             bidirectional, training, recurrent_mask, grad_clip)
+        if recurrent_mask is None and not grad_clip:
+            return torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
+                                                 bidirectional, training)
+        return torch.ops.fastrnn.rnn_forward_modified(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
+                                                      bidirectional, training, recurrent_mask, float(grad_clip))
     if not training:  # nothing to differentiate (the caller's _needs_grad said so)
         return _rnn_forward_kernel(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, False,
                                    recurrent_mask, grad_clip)
