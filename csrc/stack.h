@@ -47,6 +47,10 @@ template <class Backend, class T> void stack_forward(const Backend& be, const Rn
                                         a.reserve ? a.reserve + lay.gates(l, d) : nullptr,
                                         a.reserve && c.has_cell_state() ? a.reserve + lay.cells(l, d) : nullptr};
         layer.h_mask = slice(a.mods.recurrent_mask, k, BH);
+        layer.zone_h = slice(a.mods.zoneout_h, k, c.T * BH);
+        layer.zone_c = slice(a.mods.zoneout_c, k, c.T * BH);
+        layer.pre_h = a.reserve ? slice(a.mods.pre_h, k, c.T * BH) : nullptr;
+        layer.pre_c = a.reserve ? slice(a.mods.pre_c, k, c.T * BH) : nullptr;
         be.template layer_forward<Cell>(c, layer, ctx);
       });
       in = out;
@@ -80,6 +84,10 @@ template <class Backend, class T> void stack_backward(const Backend& be, const R
                                          slice(a.dc0, k, BH), a.grads[k]};
         layer.h_mask = slice(a.mods.recurrent_mask, k, BH);
         layer.grad_clip = a.mods.grad_clip;
+        layer.zone_h = slice(a.mods.zoneout_h, k, c.T * BH);
+        layer.zone_c = slice(a.mods.zoneout_c, k, c.T * BH);
+        layer.pre_h = slice(static_cast<const T*>(a.mods.pre_h), k, c.T * BH);
+        layer.pre_c = slice(static_cast<const T*>(a.mods.pre_c), k, c.T * BH);
         be.template layer_backward<Cell>(c, layer, ctx);
       });
       dout = din;

@@ -315,7 +315,8 @@ def test_numpy_api_draws_masks_from_rng():
     (dict(recurrent_dropout=1.0), ValueError), (dict(weight_dropout=-0.1), ValueError),
     (dict(grad_clip=0), ValueError), (dict(grad_clip=-1.0), ValueError), (dict(dilation=0), ValueError),
     (dict(dilation=[1, 2]), ValueError), (dict(recurrent_mask=np.ones((1, 2, 2))), ValueError),
-    (dict(weight_mask=[np.ones((3, 3))]), ValueError), (dict(zoneout=0.2), NotImplementedError),
+    (dict(weight_mask=[np.ones((3, 3))]), ValueError), (dict(zoneout=1.0), ValueError),
+    (dict(zoneout_cell=0.2), ValueError), (dict(zoneout_mask=np.ones((1, 3, 3, 3))), ValueError),
 ])
 def test_numpy_api_bad_modifiers(kw, err):
     x, weights, h0, _ = make_problem("gru", 1, False, t=3, b=3, i=3, h=2)

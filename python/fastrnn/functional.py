@@ -30,11 +30,12 @@ class Saved:
     contiguous) and the reserve (layer outputs and the cells' saved values). Treat as opaque."""
 
     __slots__ = ("cell", "x", "weights", "h0", "c0", "lengths", "reserve", "hidden_size", "num_layers",
-                 "bidirectional", "batch_first", "recurrent_mask", "grad_clip", "weight_mask", "dilated")
+                 "bidirectional", "batch_first", "recurrent_mask", "grad_clip", "weight_mask", "dilated", "zoneout")
 
     def __init__(self, **kw):
         # the modifiers' fields (issue 15) are off unless given
-        for k, v in {"recurrent_mask": None, "grad_clip": 0.0, "weight_mask": None, "dilated": None, **kw}.items():
+        for k, v in {"recurrent_mask": None, "grad_clip": 0.0, "weight_mask": None, "dilated": None,
+                     "zoneout": None, **kw}.items():
             setattr(self, k, v)
 
 
@@ -147,7 +148,8 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int, D: int) -> None:
 def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, bidirectional: bool = False,
             batch_first: bool = False, training: bool = False, recurrent_dropout: float = 0.0,
             weight_dropout: float = 0.0, grad_clip: Optional[float] = None, dilation=1, zoneout: float = 0.0,
-            zoneout_cell: float = 0.0, recurrent_mask=None, weight_mask=None, rng=None) -> RNNResult:
+            zoneout_cell: float = 0.0, recurrent_mask=None, weight_mask=None, zoneout_mask=None,
+            zoneout_cell_mask=None, rng=None) -> RNNResult:
     """Run a stack of recurrent layers over a whole sequence.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
@@ -174,8 +176,9 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     grad_clip: C > 0; backward clamps the total gradient reaching each h_t (and the LSTM's c_t) to
         [-C, C] (a training heuristic, not the forward's gradient).
     dilation: an int or one per layer; layer l's step t reads the state of step t - d_l.
-    zoneout, zoneout_cell: not implemented in the kernels yet (NotImplementedError when > 0; the
-        reference, ``fastrnn.reference``, has them with explicit masks).
+    zoneout, zoneout_cell: p (zoneout_cell: the LSTM's c); h_t = d h_{t-1} + (1 - d) h~_t with
+        d ~ Bernoulli(p) per element and step when training (or ``zoneout_mask`` [L*D, T, B, H]; for
+        c ``zoneout_cell_mask``), d = p when not (the eval formula).
 
     Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
     """
@@ -196,17 +199,17 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     c0 = _check_state("c0", c0, state_shape, x.dtype) if cell == "lstm" else None
     lengths = _check_lengths(lengths, T, B)
     G = GATES[cell]
-    for name, p in (("zoneout", zoneout), ("zoneout_cell", zoneout_cell)):
-        _check_probability(name, p)
-        if p > 0:
-            raise NotImplementedError(f"{name} is not implemented in fastrnn's kernels yet (fastrnn.reference has "
-                                      "it with explicit masks)")
+    _check_probability("zoneout", zoneout)
+    _check_probability("zoneout_cell", zoneout_cell)
+    if cell != "lstm" and (zoneout_cell > 0 or zoneout_cell_mask is not None):
+        raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got one for cell {cell!r}")
     _check_probability("recurrent_dropout", recurrent_dropout)
     _check_probability("weight_dropout", weight_dropout)
     grad_clip = _check_grad_clip(grad_clip)
     dilations = _check_dilation(dilation, L)
     draws = training and (recurrent_dropout > 0 and recurrent_mask is None
-                          or weight_dropout > 0 and weight_mask is None)
+                          or weight_dropout > 0 and weight_mask is None
+                          or zoneout > 0 and zoneout_mask is None or zoneout_cell > 0 and zoneout_cell_mask is None)
     generator = np.random.default_rng(rng) if draws else None
     if recurrent_mask is not None:
         recurrent_mask = _check_state("recurrent_mask", recurrent_mask, state_shape, x.dtype)
@@ -216,16 +219,30 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         weight_mask = _check_weight_mask(weight_mask, L * D, (G * H, H), x.dtype)
     elif training and weight_dropout > 0:
         weight_mask = [_bernoulli_mask(generator, (G * H, H), weight_dropout, x.dtype) for _ in range(L * D)]
+    steps_shape = (L * D, T, B, H)
+    zone = []  # [d_h, d_c], each [L*D, T, B, H] or None
+    for name, p, given in (("zoneout_mask", zoneout, zoneout_mask), ("zoneout_cell_mask", zoneout_cell,
+                                                                       zoneout_cell_mask)):
+        if given is not None:
+            given = _array(name, given)
+            _check_dtype(name, given, x.dtype)
+            _check_shape(name, given, steps_shape, "(num_layers*num_directions, T, B, H) = ")
+            zone.append(np.ascontiguousarray(given))
+        elif p > 0:  # training: keep the previous state where d = 1; eval: d = p
+            zone.append((generator.random(steps_shape) < p).astype(x.dtype) if training
+                        else np.full(steps_shape, p, x.dtype))
+        else:
+            zone.append(None)
     if weight_mask is not None:  # DropConnect: the kernels run on W_hh * M
         weights = [(e[0], np.ascontiguousarray(e[1] * m)) + tuple(e[2:]) for e, m in zip(weights, weight_mask)]
 
     xt = np.ascontiguousarray(x.transpose(1, 0, 2) if batch_first else x)  # [T, B, I]
     if any(d != 1 for d in dilations):
         y, hn, cn, saved = _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training,
-                                            recurrent_mask, grad_clip, dilations)
+                                            recurrent_mask, grad_clip, dilations, zone)
     else:
         y, hn, cn, saved = _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training,
-                                          recurrent_mask, grad_clip)
+                                          recurrent_mask, grad_clip, zone)
     if saved is not None:
         saved.batch_first, saved.weight_mask = batch_first, weight_mask
     if batch_first:
@@ -275,8 +292,10 @@ def _bernoulli_mask(generator: np.random.Generator, shape: tuple, p: float, dtyp
     return ((generator.random(shape) >= p) / (1.0 - p)).astype(dtype)
 
 
-def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training, recurrent_mask, grad_clip):
-    """One kernel call for the whole stack: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None)."""
+def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training, recurrent_mask, grad_clip,
+                   zone=(None, None)):
+    """One kernel call for the whole stack: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None).
+    zone: the zoneout masks (d_h, d_c), each [L*D, T, B, H] or None."""
     T, B, I = xt.shape
     D = 2 if bidirectional else 1
     state_shape = (L * D, B, H)
@@ -286,13 +305,15 @@ def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, trai
     reserve = None
     if training:
         reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional), xt.dtype)
+    # a training forward keeps h~ / c~ of every zoned-out step for the cell's backward
+    pre = [np.empty(z.shape, xt.dtype) if (training and z is not None) else None for z in zone]
     _core.forward(_CELL_ID[cell], xt, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional,
-                  recurrent_mask)
+                  recurrent_mask, zone[0], zone[1], pre[0], pre[1])
     saved = None
     if training:
         saved = Saved(cell=cell, x=xt, weights=weights, h0=h0, c0=c0, lengths=lengths, reserve=reserve,
                       hidden_size=H, num_layers=L, bidirectional=bidirectional, batch_first=False,
-                      recurrent_mask=recurrent_mask, grad_clip=grad_clip)
+                      recurrent_mask=recurrent_mask, grad_clip=grad_clip, zoneout=(zone, pre))
     return y, hn, cn, saved
 
 
@@ -335,7 +356,7 @@ def _final_rows(lengths: Optional[np.ndarray], T: int, B: int, d: int, D: int) -
 
 
 def _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training, recurrent_mask, grad_clip,
-                     dilations):
+                     dilations, zone=(None, None)):
     """Layer by layer, each on its folded sequence: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None)."""
     T, B, _ = xt.shape
     D = 2 if bidirectional else 1
@@ -346,8 +367,10 @@ def _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, tr
         fold_state = (lambda s: None if s is None else np.ascontiguousarray(np.tile(s[k], (1, d, 1))))
         lengths_f = lengths if d == 1 else _fold_lengths(lengths, T, B, d) if lengths is not None or T % d else None
         x_f = np.ascontiguousarray(_fold(layer_in, d))
+        zone_f = [None if z is None else np.ascontiguousarray(np.stack([_fold(z[i], d) for i in range(k.start, k.stop)]))
+                  for z in zone]  # [D, ceil(T/d), d*B, H]
         y_f, hn_f, cn_f, saved = _plain_forward(cell, x_f, weights[k], fold_state(h0), fold_state(c0), lengths_f, H, 1,
-                                                bidirectional, training, fold_state(recurrent_mask), grad_clip)
+                                                bidirectional, training, fold_state(recurrent_mask), grad_clip, zone_f)
         y = _unfold(y_f, d, T)
         if lengths is not None:  # folded sequences of no live step output their padding step: zero it
             y = y * (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
@@ -451,7 +474,7 @@ def _plain_backward(saved: Saved, dyt, dhn, dcn):
     dweights = [tuple(np.empty_like(w) for w in entry) for entry in saved.weights]
     _core.backward(_CELL_ID[saved.cell], x, saved.weights, saved.h0, saved.c0, saved.lengths, saved.reserve, dyt,
                    dhn, dcn, dx, dh0, dc0, dweights, saved.hidden_size, L, saved.bidirectional,
-                   saved.recurrent_mask, saved.grad_clip)
+                   saved.recurrent_mask, saved.grad_clip, *saved.zoneout[0], *saved.zoneout[1])
     return dx, dh0, dc0, dweights
 
 

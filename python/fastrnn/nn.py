@@ -61,15 +61,20 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
             bidirectional: bool, recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None).
     recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
-    are the training modifiers (_RNNBase._modified_recurrence); zoneout runs the composed ops."""
-    if zoneout is not None or _kernels_cannot_serve(x, h0, c0, weights):
+    are the training modifiers (_RNNBase._modified_recurrence)."""
+    if _kernels_cannot_serve(x, h0, c0, weights):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional,
                                     recurrent_mask, grad_clip, zoneout)
+    zoneout_h = zoneout_c = None
+    if zoneout is not None:  # the kernels take d as a tensor [L*D, T, B, H]: eval's p filled in
+        D = 2 if bidirectional else 1
+        shape = (num_layers * D, x.size(0), x.size(1), hidden_size)
+        zoneout_h, zoneout_c = (x.new_full(shape, z) if isinstance(z, float) else z for z in zoneout)
     # A traced graph keeps what the trace saw as a constant, and the trace is checked by running it
     # again without grad: it always keeps the reserve, so that the graph is the same and can train.
     training = _needs_grad(x, h0, c0, *weights) or torch._C._get_tracing_state() is not None
     y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, _CELL[mode], hidden_size, num_layers, bidirectional,
-                                   training, recurrent_mask, grad_clip)
+                                   training, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
     return y, hn, (cn if mode == "LSTM" else None)
 
 
@@ -458,9 +463,8 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
                          num_layers: int, bidirectional: bool, recurrent_mask: Optional[Tensor] = None,
                          grad_clip: float = 0.0, zoneout=None):
     """The op's forward (x [T, B, I] -> (y [T, B, D*H], hn [L*D, B, H], cn or None)) in composed torch
-    ops, for the calls the kernels cannot serve (_kernels_cannot_serve) and for zoneout, which the
-    kernels do not implement yet: autograd, forward-mode AD and torch.func differentiate it like any
-    torch code. Correct rather than fast (a Python loop over T).
+    ops, for the calls the kernels cannot serve (_kernels_cannot_serve): autograd, forward-mode AD and
+    torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T).
     Modifiers: recurrent_mask [L*D, B, H] multiplies h_{t-1} into W_hh; grad_clip > 0 clamps the
     gradient reaching each h_t and c_t (tensor hooks); zoneout = (d_h, d_c), each None, a float p
     (eval) or a tensor [L*D, T, B, H]: h_t = d_h h_{t-1} + (1 - d_h) h~_t (and c likewise)."""
