@@ -224,9 +224,18 @@ def test_constructor_signature(name):
     else:
         expected = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
                     for p in list(torch_sig.parameters.values())[1:]]
+    params = list(fast_sig.parameters.values())[1:]
     got = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
-           for p in list(fast_sig.parameters.values())[1:]]
+           for p in params if p.kind != inspect.Parameter.KEYWORD_ONLY]
     assert got == expected
+    # beyond torch.nn's: the training modifiers (issue 15), keyword-only, off by default
+    extra = {p.name: p.default for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY}
+    if name in ("RNN", "LSTM", "GRU"):
+        modifiers = {"zoneout": 0.0, "recurrent_dropout": 0.0, "weight_dropout": 0.0, "grad_clip": None,
+                     "dilation": 1}
+        assert extra == ({**modifiers, "zoneout_cell": 0.0} if name == "LSTM" else modifiers)
+    else:
+        assert extra == {}
 
 
 @pytest.mark.parametrize("name,args,kwargs", [

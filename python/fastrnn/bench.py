@@ -778,7 +778,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"n of the n^3 sgemm that measures the peak (default {GEMM_N})")
     parser.add_argument("--min-sample-ms", type=float, default=None,
                         help="shortest timed sample; short calls are repeated to fill it (default 50, --quick 20)")
+    parser.add_argument("--variants", action="store_true",
+                        help="the training modifiers' suite (zoneout, recurrent/weight dropout, grad_clip, dilation "
+                             "on LSTM and GRU vs the plain cell and a plain-PyTorch loop; fastrnn/bench_modifiers.py)")
     args = parser.parse_args(argv)
+    if args.variants:
+        from .bench_modifiers import main_variants
+        return main_variants(args)
 
     if args.device == "cuda":
         if not fastrnn.cuda_available():

@@ -266,8 +266,10 @@ def _check_grad_clip(c) -> float:
 
 def _check_dilation(dilation, L: int) -> list:
     """One dilation per layer, each an int >= 1."""
-    values = [dilation] * L if isinstance(dilation, (int, np.integer)) else list(dilation) \
-        if isinstance(dilation, (list, tuple)) else None
+    if isinstance(dilation, (int, np.integer)):
+        values = [dilation] * L
+    else:
+        values = list(dilation) if isinstance(dilation, (list, tuple)) else None
     if values is None or len(values) != L or any(isinstance(d, bool) or not isinstance(d, (int, np.integer))
                                                  or d < 1 for d in values):
         raise ValueError(f"dilation must be an int >= 1 or a list of num_layers = {L} of them, got {dilation!r}")
@@ -472,9 +474,10 @@ def _plain_backward(saved: Saved, dyt, dhn, dcn):
     dh0 = np.empty(state_shape, x.dtype)
     dc0 = np.empty(state_shape, x.dtype) if lstm else None
     dweights = [tuple(np.empty_like(w) for w in entry) for entry in saved.weights]
+    zone, pre = saved.zoneout or ((None, None), (None, None))  # the masks d and the kept h~, c~
     _core.backward(_CELL_ID[saved.cell], x, saved.weights, saved.h0, saved.c0, saved.lengths, saved.reserve, dyt,
                    dhn, dcn, dx, dh0, dc0, dweights, saved.hidden_size, L, saved.bidirectional,
-                   saved.recurrent_mask, saved.grad_clip, *saved.zoneout[0], *saved.zoneout[1])
+                   saved.recurrent_mask, saved.grad_clip, *zone, *pre)
     return dx, dh0, dc0, dweights
 
 
