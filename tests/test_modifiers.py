@@ -216,7 +216,8 @@ def test_clamped_bptt_matches_torch_hooks(cell, extra):
 # ---- the kernels (NumPy API, given masks) against the reference --------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("which", ["grad_clip", "recurrent", "weight", "dilation", "all"])
+@pytest.mark.parametrize("which", ["grad_clip", "recurrent", "weight", "dilation", "zoneout", "zoneout_eval",
+                                   "zoneout_clip", "all"])
 @pytest.mark.parametrize("layout", ["L1-uni", "L2-bi-ragged"])
 def test_kernels_match_reference(cell, which, dtype, layout):
     L, bi, lengths = (1, False, None) if layout == "L1-uni" else (2, True, RAGGED)
@@ -227,19 +228,23 @@ def test_kernels_match_reference(cell, which, dtype, layout):
     weights = [tuple(0.5 * a for a in w) for w in weights]
     # p = 0.5: the masks' 2 is exact in float32, so m * h adds no rounding the reference lacks
     m = _masks(cell, L, D, seed=2, t=t_, b=b_, h=h_, p=0.5)
+    zone = dict(zoneout_mask=m["zoneout_mask"], zoneout_cell_mask=m["zoneout_cell_mask"])
+    zone_eval = dict(zoneout_mask=np.full((L * D, t_, b_, h_), 0.25),
+                     zoneout_cell_mask=np.full((L * D, t_, b_, h_), 0.5) if cell == "lstm" else None)
     mods = {"grad_clip": dict(grad_clip=0.05), "recurrent": dict(recurrent_mask=m["recurrent_mask"]),
             "weight": dict(weight_mask=m["weight_mask"]), "dilation": dict(dilation=[3] * L),
+            "zoneout": zone, "zoneout_eval": zone_eval, "zoneout_clip": dict(grad_clip=0.05, **zone),
             "all": dict(grad_clip=0.08, recurrent_mask=m["recurrent_mask"], weight_mask=m["weight_mask"],
-                        dilation=[2, 4][:L])}[which]
+                        dilation=[2, 4][:L], **zone)}[which]
     cast = lambda a: None if a is None else np.asarray(a, dtype)
-    fmods = {k: ([cast(a) for a in v] if k == "weight_mask" else cast(v) if k == "recurrent_mask" else v)
+    fmods = {k: ([cast(a) for a in v] if k == "weight_mask" else cast(v) if k.endswith("mask") else v)
              for k, v in mods.items()}
     wts = [tuple(cast(a) for a in w) for w in weights]
     res = fastrnn.forward(cell, cast(x), wts, cast(h0), cast(c0), lengths=lengths, bidirectional=bi, training=True,
                           **fmods)
     # the reference runs on float64 casts of the same (float32) data
     up = lambda a: None if a is None else np.asarray(a, np.float64)
-    rmods = {k: ([up(a) for a in v] if k == "weight_mask" else up(v) if k == "recurrent_mask" else v)
+    rmods = {k: ([up(a) for a in v] if k == "weight_mask" else up(v) if k.endswith("mask") else v)
              for k, v in fmods.items()}
     ref = reference.forward(cell, up(cast(x)), [tuple(up(a) for a in w) for w in wts], up(cast(h0)), up(cast(c0)),
                             lengths=lengths, bidirectional=bi, **rmods)
@@ -550,3 +555,22 @@ def test_nn_torch_compile_grad_clip_and_recurrent_dropout():
     # recurrent dropout under compile: a mask of 0 / 1/(1-p), the op traced with it (eval: no mask)
     r = fastrnn_nn().GRU(I, 8, recurrent_dropout=0.5).eval()
     torch.testing.assert_close(torch.compile(r, fullgraph=True, backend="aot_eager")(x)[0], r(x)[0])
+
+
+def test_numpy_api_zoneout_draws_and_eval_formula():
+    x, weights, h0, c0 = make_problem("lstm", 2, True, t=6, b=4, i=3, h=8)
+    kw = dict(bidirectional=True, zoneout=0.4, zoneout_cell=0.3)
+    a = fastrnn.forward("lstm", x, weights, h0, c0, training=True, rng=3, **kw)
+    b = fastrnn.forward("lstm", x, weights, h0, c0, training=True, rng=3, **kw)
+    np.testing.assert_array_equal(a.output, b.output)
+    d_h, d_c = a.saved.zoneout[0]
+    assert set(np.unique(d_h)) == {0.0, 1.0} and set(np.unique(d_c)) == {0.0, 1.0}
+    ref = reference.forward("lstm", x, weights, h0, c0, bidirectional=True, zoneout_mask=d_h, zoneout_cell_mask=d_c)
+    assert_close(a.output, ref.output, np.float64, "output")
+    # not training: the eval formula, d = p everywhere
+    e = fastrnn.forward("lstm", x, weights, h0, c0, **kw)
+    full = lambda p: np.full((4, 6, 4, 8), p)
+    ref = reference.forward("lstm", x, weights, h0, c0, bidirectional=True, zoneout_mask=full(0.4),
+                            zoneout_cell_mask=full(0.3))
+    assert_close(e.output, ref.output, np.float64, "output")
+    assert_close(e.c_n, ref.c_n, np.float64, "c_n")
