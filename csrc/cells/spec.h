@@ -12,7 +12,7 @@
 //   kStates, kStateDecls    the recurrent states: h (always first: the output and the product's input),
 //                           then carried states (LSTM: c); each with its width (Width::Hidden = H)
 //   kParams, kNumParams     the parameters (ParamDecl: name, shape rule, bias or not), matrices and
-//                           per-unit vectors; param_shape() turns a rule into a shape, once for all
+//                           per-unit vectors; param_shape() (rnn.h) turns a rule into a shape, once
 //   Saved::{...}            what forward saves per unit and row, Saved::count = kSaved; kSavedNames
 //   Step                    Phases<...> in forward order; backward runs them in reverse
 //   forward(ForwardRow, j, ld, H), backward(BackwardRow, j, H)   the Pointwise phase of unit j
@@ -237,9 +237,6 @@ template <class Phase> constexpr bool is_phase(PhaseKind k) { return Phase::kKin
 template <class> constexpr bool kUnsupportedPhase = false;  // for static_assert in a loop's `else` branch
 
 namespace spec_detail {
-template <class... P> constexpr int count_products(Phases<P...>) {
-  return (0 + ... + (P::kKind == PhaseKind::RecurrentProduct ? 1 : 0));
-}
 template <class P> constexpr bool separate_grad_of() {
   if constexpr (P::kKind == PhaseKind::RecurrentProduct) return P::kSeparateGrad;
   else return false;
@@ -255,8 +252,9 @@ template <class Cell> struct SpecTraits {
   static constexpr bool kCarriesState = Cell::kStates > 1;
   // backward keeps dG_h apart from dG_i (some product's gradient differs from the input's)
   static constexpr bool kSeparateHiddenGrad = spec_detail::any_separate_grad(typename Cell::Step{});
-  static constexpr int kProducts = spec_detail::count_products(typename Cell::Step{});
   static_assert(Cell::kStates >= 1 && Cell::kStates <= 2, "the stacks pass h and at most one carried state (c)");
+  static_assert(Cell::kNumParams == 4,
+                "LayerWeights holds the four kGateParams; a per-unit vector needs its field there (see above)");
   static_assert(Cell::kStateDecls[0].name[0] == 'h', "state 0 is h");
 };
 
