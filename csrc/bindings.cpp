@@ -115,10 +115,18 @@ std::vector<fastrnn::LayerWeights<T>> checked_weights(py::list weights, const fa
   return out;
 }
 
+// The grad_clip modifier: C > 0, or 0 for off.
+double checked_grad_clip(double c) {
+  if (!(c >= 0)) throw py::value_error("grad_clip must be > 0 (or 0 for off), got " + std::to_string(c));
+  return c;
+}
+
 template <class T>
 void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::object h0, py::object c0,
-               py::object lengths, py::object y, py::object hn, py::object cn, py::object reserve) {
-  const std::vector<int64> state{c.L * c.D, c.B, c.H};
+               py::object lengths, py::object y, py::object hn, py::object cn, py::object reserve,
+               py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h,
+               py::object pre_c) {
+  const std::vector<int64> state{c.L * c.D, c.B, c.H}, steps{c.L * c.D, c.T, c.B, c.H};
   const bool lstm = c.has_cell_state();
   fastrnn::ForwardArgs<T> a{checked<T>(x, "x", {c.T, c.B, c.I}, false, false),
                             checked<T>(h0, "h0", state, true, false),
@@ -129,6 +137,11 @@ void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::o
                             checked<T>(hn, "hn", state, false, true),
                             lstm ? checked<T>(cn, "cn", state, false, true) : nullptr,
                             checked<T>(reserve, "reserve", {fastrnn::ReserveLayout(c).total}, true, true)};
+  a.mods.recurrent_mask = checked<T>(recurrent_mask, "recurrent_mask", state, true, false);
+  a.mods.zoneout_h = checked<T>(zoneout_h, "zoneout_h", steps, true, false);
+  a.mods.zoneout_c = lstm ? checked<T>(zoneout_c, "zoneout_c", steps, true, false) : nullptr;
+  a.mods.pre_h = checked<T>(pre_h, "pre_h", steps, true, true);
+  a.mods.pre_c = lstm ? checked<T>(pre_c, "pre_c", steps, true, true) : nullptr;
   py::gil_scoped_release release;
   fastrnn::cpu::forward<T>(c, a);
 }
@@ -136,8 +149,9 @@ void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::o
 template <class T>
 void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::object h0, py::object c0,
                 py::object lengths, py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx,
-                py::object dh0, py::object dc0, py::list grads) {
-  const std::vector<int64> state{c.L * c.D, c.B, c.H};
+                py::object dh0, py::object dc0, py::list grads, py::object recurrent_mask, double grad_clip,
+                py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c) {
+  const std::vector<int64> state{c.L * c.D, c.B, c.H}, steps{c.L * c.D, c.T, c.B, c.H};
   const bool lstm = c.has_cell_state();
   fastrnn::BackwardArgs<T> a{checked<T>(x, "x", {c.T, c.B, c.I}, false, false),
                              checked<T>(h0, "h0", state, true, false),
@@ -152,6 +166,12 @@ void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::
                              checked<T>(dh0, "dh0", state, false, true),
                              lstm ? checked<T>(dc0, "dc0", state, false, true) : nullptr,
                              {}};
+  a.mods.recurrent_mask = checked<T>(recurrent_mask, "recurrent_mask", state, true, false);
+  a.mods.grad_clip = checked_grad_clip(grad_clip);
+  a.mods.zoneout_h = checked<T>(zoneout_h, "zoneout_h", steps, true, false);
+  a.mods.zoneout_c = lstm ? checked<T>(zoneout_c, "zoneout_c", steps, true, false) : nullptr;
+  a.mods.pre_h = checked<T>(pre_h, "pre_h", steps, a.mods.zoneout_h == nullptr, false);
+  a.mods.pre_c = lstm ? checked<T>(pre_c, "pre_c", steps, a.mods.zoneout_c == nullptr, false) : nullptr;
   // grads mirrors weights: same count, same shapes, writeable.
   auto gw = checked_weights<T>(grads, c);
   for (int64 k = 0; k < c.L * c.D; ++k) {
@@ -471,42 +491,60 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("forward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths, py::object y,
-           py::object hn, py::object cn, py::object reserve, int64 H, int64 L, bool bidirectional, bool peephole,
-           bool coupled, double cell_clip) {
+           py::object hn, py::object cn, py::object reserve, int64 H, int64 L, bool bidirectional,
+           py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole, bool coupled,
+           double cell_clip) {
           const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip));
-          if (is_float64(x)) forward_t<double>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve);
-          else forward_t<float>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve);
+          if (is_float64(x))
+            forward_t<double>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h, zoneout_c,
+                              pre_h, pre_c);
+          else
+            forward_t<float>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h, zoneout_c,
+                             pre_h, pre_c);
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("y"), py::arg("hn"), py::arg("cn"), py::arg("reserve"), py::arg("hidden_size"), py::arg("num_layers"),
-        py::arg("bidirectional"), py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0);
+        py::arg("bidirectional"), py::arg("recurrent_mask") = py::none(), py::arg("zoneout_h") = py::none(),
+        py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
+        py::arg("coupled") = false, py::arg("cell_clip") = 0.0);
 
   m.def("backward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths,
            py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx, py::object dh0,
-           py::object dc0, py::list grads, int64 H, int64 L, bool bidirectional, bool peephole, bool coupled,
-           double cell_clip) {
+           py::object dc0, py::list grads, int64 H, int64 L, bool bidirectional, py::object recurrent_mask,
+           double grad_clip, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole,
+           bool coupled, double cell_clip) {
           const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip));
-          if (is_float64(x)) backward_t<double>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads);
-          else backward_t<float>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads);
+          if (is_float64(x))
+            backward_t<double>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, recurrent_mask,
+                               grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
+          else
+            backward_t<float>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, recurrent_mask,
+                              grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("reserve"), py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("dx"), py::arg("dh0"),
         py::arg("dc0"), py::arg("grads"), py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"),
-        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0);
+        py::arg("recurrent_mask") = py::none(), py::arg("grad_clip") = 0.0, py::arg("zoneout_h") = py::none(),
+        py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
+        py::arg("coupled") = false, py::arg("cell_clip") = 0.0);
 
   using fastrnn::pointer_args::Ptr;
   m.def("forward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
-           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve, bool peephole,
-           bool coupled, double cell_clip) {
+           const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve,
+           Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
                                                             cell_options(peephole, coupled, cell_clip));
           dispatch_dtype(dtype, [&](auto tag) {
             using T_ = decltype(tag);
             fastrnn::pointer_args::Pointers ptrs;
-            const auto a = fastrnn::pointer_args::forward_args<T_>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve,
-                                                                   ptrs);
+            auto a = fastrnn::pointer_args::forward_args<T_>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, ptrs);
+            a.mods.recurrent_mask = ptrs.add<const T_>(recurrent_mask, "recurrent_mask_ptr", false);
+            a.mods.zoneout_h = ptrs.add<const T_>(zoneout_h, "zoneout_h_ptr", false);
+            a.mods.zoneout_c = ptrs.add<const T_>(zoneout_c, "zoneout_c_ptr", false, c.has_cell_state());
+            a.mods.pre_h = ptrs.add<T_>(pre_h, "pre_h_ptr", false);
+            a.mods.pre_c = ptrs.add<T_>(pre_c, "pre_c_ptr", false, c.has_cell_state());
             py::gil_scoped_release release;
             fastrnn::cpu::forward<T_>(c, a);
           });
@@ -514,6 +552,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
         py::arg("lengths_ptr"), py::arg("y_ptr"), py::arg("hn_ptr"), py::arg("cn_ptr"), py::arg("reserve_ptr"),
+        py::arg("recurrent_mask_ptr") = 0, py::arg("zoneout_h_ptr") = 0, py::arg("zoneout_c_ptr") = 0,
+        py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
         "forward on host pointers (ints; 0 = absent): the CUDA entry point's arguments without the stream. "
         "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h).");
@@ -521,14 +561,21 @@ PYBIND11_MODULE(_core, m) {
   m.def("backward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
-           Ptr dc0, const py::list& grads, bool peephole, bool coupled, double cell_clip) {
+           Ptr dc0, const py::list& grads, Ptr recurrent_mask, double grad_clip, Ptr zoneout_h, Ptr zoneout_c,
+           Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
                                                             cell_options(peephole, coupled, cell_clip));
           dispatch_dtype(dtype, [&](auto tag) {
             using T_ = decltype(tag);
             fastrnn::pointer_args::Pointers ptrs;
-            const auto a = fastrnn::pointer_args::backward_args<T_>(c, x, weights, h0, c0, lengths, reserve, dy, dhn,
-                                                                    dcn, dx, dh0, dc0, grads, ptrs);
+            auto a = fastrnn::pointer_args::backward_args<T_>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx,
+                                                              dh0, dc0, grads, ptrs);
+            a.mods.recurrent_mask = ptrs.add<const T_>(recurrent_mask, "recurrent_mask_ptr", false);
+            a.mods.grad_clip = checked_grad_clip(grad_clip);
+            a.mods.zoneout_h = ptrs.add<const T_>(zoneout_h, "zoneout_h_ptr", false);
+            a.mods.zoneout_c = ptrs.add<const T_>(zoneout_c, "zoneout_c_ptr", false, c.has_cell_state());
+            a.mods.pre_h = ptrs.add<T_>(pre_h, "pre_h_ptr", zoneout_h != 0);
+            a.mods.pre_c = ptrs.add<T_>(pre_c, "pre_c_ptr", zoneout_c != 0, c.has_cell_state());
             py::gil_scoped_release release;
             fastrnn::cpu::backward<T_>(c, a);
           });
@@ -537,6 +584,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
         py::arg("lengths_ptr"), py::arg("reserve_ptr"), py::arg("dy_ptr"), py::arg("dhn_ptr"), py::arg("dcn_ptr"),
         py::arg("dx_ptr"), py::arg("dh0_ptr"), py::arg("dc0_ptr"), py::arg("grad_ptrs"),
+        py::arg("recurrent_mask_ptr") = 0, py::arg("grad_clip") = 0.0, py::arg("zoneout_h_ptr") = 0,
+        py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
         "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream).");
 

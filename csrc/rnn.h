@@ -91,6 +91,31 @@ struct ReserveLayout {
   int64 cells(int64 l, int64 d) const { return gates(l, d) + gates_size; }
 };
 
+// ---- training modifiers of every cell (issue 15; not cells: no spec declares them) --------------
+// What the Python layers pass for the modifiers the kernels run themselves (weight dropout and
+// dilation are done around the kernels, in fastrnn.functional / fastrnn.nn):
+//   recurrent dropout: h_{t-1} enters the recurrent product as m * h_{t-1}, m [B, H] the same at every
+//     step of a layer and direction (the carried state, the outputs and the GRU's z*h_{t-1} use h);
+//     backward: dW_hh reads m * h_{t-1}, dL/dh_{t-1} gets m * (dG_h W_hh).
+//   zoneout: h_t = d_h * h_{t-1} + (1 - d_h) * h~_t with d_h [T, B, H] given per step (0/1 in training,
+//     p in eval), the LSTM's c likewise with d_c; a training forward keeps h~ and c~ (pre_h, pre_c) for
+//     the cell's backward; backward: h~ gets (1 - d_h) * dL/dh_t, h_{t-1} gets d_h * dL/dh_t besides.
+//   gradient clipping: backward clamps the total dL/dh_t (from y_t and from step t+1), and the LSTM
+//     the total dL/dc_t, to [-C, C] before it flows into step t (+inf: off, bit-identical).
+// The loops take a Modifiers type (ModifierFlags below) chosen at one switch point (cpu/layer.h).
+template <class T> struct Modifiers {
+  const T* recurrent_mask = nullptr;  // [L*D, B, H] m, or nullptr (no recurrent dropout)
+  double grad_clip = 0;               // C > 0 clamps the state gradients in backward; 0: off
+  const T* zoneout_h = nullptr;       // [L*D, T, B, H] d_h, or nullptr (no zoneout of h)
+  const T* zoneout_c = nullptr;       // [L*D, T, B, H] d_c (LSTM), or nullptr
+  T* pre_h = nullptr;                 // [L*D, T, B, H] h~ (training forward with zoneout_h; backward reads)
+  T* pre_c = nullptr;                 // [L*D, T, B, H] c~ (with zoneout_c)
+};
+template <bool RecurrentMask, bool Zoneout> struct ModifierFlags {
+  static constexpr bool kRecurrentMask = RecurrentMask;
+  static constexpr bool kZoneout = Zoneout;  // zoneout of h and/or c
+};
+
 template <class T> struct LayerWeights {
   const T* w_ih;  // [G*H, I_l]
   const T* w_hh;  // [G*H, H]
@@ -122,6 +147,11 @@ template <class T> struct LayerForwardArgs {
   T* cn;                   // [B, H] (carried state) or nullptr
   T* saved;                // [T, B, S*H] or nullptr (inference)
   T* cells;                // [T, B, H] or nullptr (inference / no carried state)
+  const T* h_mask = nullptr;  // [B, H] recurrent-dropout mask m, or nullptr (modifiers)
+  const T* zone_h = nullptr;  // [T, B, H] zoneout d_h, or nullptr (modifiers)
+  const T* zone_c = nullptr;  // [T, B, H] zoneout d_c, or nullptr
+  T* pre_h = nullptr;         // [T, B, H] h~ kept for backward (training with zone_h), or nullptr
+  T* pre_c = nullptr;         // [T, B, H] c~ (training with zone_c), or nullptr
 };
 
 template <class T> struct LayerBackwardArgs {
@@ -143,6 +173,12 @@ template <class T> struct LayerBackwardArgs {
   T* dh0;                  // [B, H]
   T* dc0;                  // [B, H] (carried state) or nullptr
   LayerGrads<T> g;         // fully overwritten
+  const T* h_mask = nullptr;  // [B, H] the forward's recurrent-dropout mask, or nullptr (modifiers)
+  double grad_clip = 0;       // > 0: clamp dL/dh_t (and dL/dc_t) to [-C, C]; 0: off (modifiers)
+  const T* zone_h = nullptr;  // [T, B, H] the forward's zoneout d_h, or nullptr
+  const T* zone_c = nullptr;  // [T, B, H] d_c, or nullptr
+  const T* pre_h = nullptr;   // [T, B, H] h~ (with zone_h)
+  const T* pre_c = nullptr;   // [T, B, H] c~ (with zone_c)
 };
 
 template <class T> struct ForwardArgs {
@@ -155,6 +191,7 @@ template <class T> struct ForwardArgs {
   T* hn;                   // [L*D, B, H]
   T* cn;                   // [L*D, B, H] (LSTM) or nullptr
   T* reserve;              // [ReserveLayout.total], or nullptr for inference
+  Modifiers<T> mods{};     // training modifiers (issue 15); default: the plain cells
 };
 
 template <class T> struct BackwardArgs {
@@ -174,6 +211,7 @@ template <class T> struct BackwardArgs {
   T* dh0;                  // [L*D, B, H]
   T* dc0;                  // [L*D, B, H] (LSTM) or nullptr
   std::vector<LayerGrads<T>> grads;
+  Modifiers<T> mods{};     // the forward's modifiers (recurrent mask) and grad_clip
 };
 
 namespace cpu {

@@ -42,10 +42,15 @@ template <class Backend, class T> void stack_forward(const Backend& be, const Rn
       T* out = a.reserve ? a.reserve + lay.layer_output(l) : l == c.L - 1 ? a.y : between.data() + (l % slots) * TBDH;
       be.for_each_direction(c, [&](int64 d, auto ctx) {
         const int64 k = l * c.D + d;
-        const LayerForwardArgs<T> layer{c.input_size(l), a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH),
+        LayerForwardArgs<T> layer{c.input_size(l), a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH),
                                         a.lengths, d == 1, out + d * c.H, DH, a.hn + k * BH, slice(a.cn, k, BH),
                                         a.reserve ? a.reserve + lay.gates(l, d) : nullptr,
                                         a.reserve && c.has_cell_state() ? a.reserve + lay.cells(l, d) : nullptr};
+        layer.h_mask = slice(a.mods.recurrent_mask, k, BH);
+        layer.zone_h = slice(a.mods.zoneout_h, k, c.T * BH);
+        layer.zone_c = slice(a.mods.zoneout_c, k, c.T * BH);
+        layer.pre_h = a.reserve ? slice(a.mods.pre_h, k, c.T * BH) : nullptr;
+        layer.pre_c = a.reserve ? slice(a.mods.pre_c, k, c.T * BH) : nullptr;
         be.template layer_forward<Cell>(c, layer, ctx);
       });
       in = out;
@@ -72,11 +77,17 @@ template <class Backend, class T> void stack_backward(const Backend& be, const R
       const T* out = a.reserve + lay.layer_output(l);
       be.accumulate_directions(c, din, in_count, [&](int64 d, T* din_d, auto ctx) {
         const int64 k = l * c.D + d;
-        const LayerBackwardArgs<T> layer{in_size, a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths,
+        LayerBackwardArgs<T> layer{in_size, a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths,
                                          d == 1, out + d * c.H, DH, a.reserve + lay.gates(l, d),
                                          c.has_cell_state() ? a.reserve + lay.cells(l, d) : nullptr, dout + d * c.H,
                                          slice(a.dhn, k, BH), slice(a.dcn, k, BH), din_d, a.dh0 + k * BH,
                                          slice(a.dc0, k, BH), a.grads[k]};
+        layer.h_mask = slice(a.mods.recurrent_mask, k, BH);
+        layer.grad_clip = a.mods.grad_clip;
+        layer.zone_h = slice(a.mods.zoneout_h, k, c.T * BH);
+        layer.zone_c = slice(a.mods.zoneout_c, k, c.T * BH);
+        layer.pre_h = slice(static_cast<const T*>(a.mods.pre_h), k, c.T * BH);
+        layer.pre_c = slice(static_cast<const T*>(a.mods.pre_c), k, c.T * BH);
         be.template layer_backward<Cell>(c, layer, ctx);
       });
       dout = din;

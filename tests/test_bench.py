@@ -270,3 +270,13 @@ def test_variants_suite_runs_and_saves(tmp_path):
     rows = result["variant_cases"]
     assert len(rows) == 2 * len(bench.VARIANT_CASES)
     assert all(r["variant_over_base"] > 0 and r["loop_over_variant"] > 0 for r in rows)
+
+
+def test_modifiers_flag_runs_the_modifiers_suite(monkeypatch):
+    """--modifiers (issue 15) runs fastrnn.bench_modifiers' suite; --variants stays issue 14's."""
+    pytest.importorskip("torch")
+    from fastrnn import bench, bench_modifiers
+    calls = []
+    monkeypatch.setattr(bench_modifiers, "main_variants", lambda args: calls.append(args) or 0)
+    assert bench.main(["--modifiers", "--quick", "--no-progress"]) == 0
+    assert len(calls) == 1 and calls[0].modifiers and not calls[0].variants

@@ -234,11 +234,21 @@ def test_constructor_signature(name):
     else:
         expected = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
                     for p in list(torch_sig.parameters.values())[1:]]
-    # torch.nn's parameters, in its order; fastrnn's own options (issue 14's cell variants) follow
-    # them, keyword-only, so no positional call changes meaning
+    # torch.nn's parameters, in its order; fastrnn's own options (issue 14's cell variants, issue 15's
+    # training modifiers) follow them, keyword-only, so no positional call changes meaning
+    params = list(fast_sig.parameters.values())[1:]
     got = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
-           for p in list(fast_sig.parameters.values())[1:] if p.kind != inspect.Parameter.KEYWORD_ONLY]
+           for p in params if p.kind != inspect.Parameter.KEYWORD_ONLY]
     assert got == expected
+    # beyond torch.nn's: the training modifiers (issue 15), keyword-only, off by default
+    modifier_names = ("zoneout", "zoneout_cell", "recurrent_dropout", "weight_dropout", "grad_clip", "dilation")
+    extra = {p.name: p.default for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name in modifier_names}
+    if name in ("RNN", "LSTM", "GRU"):
+        modifiers = {"zoneout": 0.0, "recurrent_dropout": 0.0, "weight_dropout": 0.0, "grad_clip": None,
+                     "dilation": 1}
+        assert extra == ({**modifiers, "zoneout_cell": 0.0} if name == "LSTM" else modifiers)
+    else:
+        assert extra == {}
 
 
 @pytest.mark.parametrize("name,args,kwargs", [

@@ -57,7 +57,8 @@ struct LstmCell {
     const A g = A(slot(r.saved, Saved::g, H, j)), o = A(slot(r.saved, Saved::o, H, j));
     const A tc = fr_tanh(A(r.c[j]));
     const A dh = A(r.dh[j]);
-    const A dc = A(r.dc[j]) + dh * o * (A(1) - tc * tc);
+    // the total reaching c_t (from c_{t+1} and through h_t), clamped by the grad_clip modifier
+    const A dc = clamp_if(A(r.dc[j]) + dh * o * (A(1) - tc * tc), A(r.dc_clip));
     gate(r.dgi, Gate::i, H, j) = T(dc * g * i * (A(1) - i));
     gate(r.dgi, Gate::f, H, j) = T(dc * A(r.c_prev[j]) * f * (A(1) - f));
     gate(r.dgi, Gate::g, H, j) = T(dc * i * (A(1) - g * g));

@@ -307,7 +307,14 @@ template <class T> struct BackwardRow {
   const T* unit_params = nullptr;  // [U*H] as in ForwardRow
   T* dunit_params = nullptr;       // [U*H] this row's share of dL/d(unit_params); the loop sums the rows
   double cell_clip = 0;
+  T dc_clip = T(0); // grad_clip modifier (issue 15): > 0 clamps the total dL/dc of this step to
+                    // [-dc_clip, dc_clip] (cells with a carried state); 0: off
 };
+
+// x clamped to [-c, c] (c > 0), NaN kept; the grad_clip modifier's clamp, written once.
+template <class A> FASTRNN_HD A clamp_abs(A x, A c) { return x < -c ? -c : (x > c ? c : x); }
+// clamp_abs where c > 0, x itself where c == 0 (off): a select, so the loops stay vectorised.
+template <class A> FASTRNN_HD A clamp_if(A x, A c) { return c > A(0) ? clamp_abs(x, c) : x; }
 
 // Named access to a row: gate slot g of unit j (row stride ld), saved slot s of unit j (H apart).
 template <class T> FASTRNN_HD T& gate(T* row, int g, int64 ld, int64 j) { return row[g * ld + j]; }

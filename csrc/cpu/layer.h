@@ -284,13 +284,30 @@ namespace baseline {
 
 // One layer and direction (layer_kernels.inc) on `threads` threads, run with the code compiled for
 // this CPU (cpu_isa()).
+// THE switch point of the training modifiers (issue 15): the runtime ones become the loops'
+// ModifierFlags (rnn.h) here, once per call.
+template <class F> void with_modifier_flags(bool recurrent_mask, bool zoneout, F&& f) {
+  if (recurrent_mask) {
+    if (zoneout) f(ModifierFlags<true, true>{});
+    else f(ModifierFlags<true, false>{});
+  } else {
+    if (zoneout) f(ModifierFlags<false, true>{});
+    else f(ModifierFlags<false, false>{});
+  }
+}
 template <class Cell, class T> void layer_forward(const RnnConfig& cfg, const LayerForwardArgs<T>& a, int threads) {
-  if (cpu_isa() == Isa::Baseline) baseline::layer_forward<Cell>(cfg, a, threads);
-  else avx2::layer_forward<Cell>(cfg, a, threads);
+  with_modifier_flags(a.h_mask != nullptr, a.zone_h || a.zone_c, [&](auto mods) {
+    using Mods = decltype(mods);
+    if (cpu_isa() == Isa::Baseline) baseline::layer_forward<Cell, Mods>(cfg, a, threads);
+    else avx2::layer_forward<Cell, Mods>(cfg, a, threads);
+  });
 }
 template <class Cell, class T> void layer_backward(const RnnConfig& cfg, const LayerBackwardArgs<T>& a, int threads) {
-  if (cpu_isa() == Isa::Baseline) baseline::layer_backward<Cell>(cfg, a, threads);
-  else avx2::layer_backward<Cell>(cfg, a, threads);
+  with_modifier_flags(a.h_mask != nullptr, a.zone_h || a.zone_c, [&](auto mods) {
+    using Mods = decltype(mods);
+    if (cpu_isa() == Isa::Baseline) baseline::layer_backward<Cell, Mods>(cfg, a, threads);
+    else avx2::layer_backward<Cell, Mods>(cfg, a, threads);
+  });
 }
 
 }  // namespace fastrnn::cpu

@@ -1085,7 +1085,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="decode: the multi-layer generation step (2-layer LSTM/GRU, H 256/512/1024, "
                              "B 1/5/32: stepper vs torch.nn's cells and T = 1 calls); --cells/--sizes/--modes "
                              "do not apply")
+    parser.add_argument("--modifiers", action="store_true",
+                        help="the training modifiers' suite (zoneout, recurrent/weight dropout, grad_clip, dilation "
+                             "on LSTM and GRU vs the plain cell and a plain-PyTorch loop; fastrnn/bench_modifiers.py)")
     args = parser.parse_args(argv)
+    if args.modifiers:
+        from .bench_modifiers import main_variants
+        return main_variants(args)
     if args.suite == "decode":
         if args.device == "cuda":
             parser.error("--suite decode runs on the CPU (the stepper has no CUDA step kernel yet)")

@@ -30,10 +30,13 @@ class Saved:
     contiguous) and the reserve (layer outputs and the cells' saved values). Treat as opaque."""
 
     __slots__ = ("cell", "x", "weights", "h0", "c0", "lengths", "reserve", "hidden_size", "num_layers",
-                 "bidirectional", "batch_first", "options")
+                 "bidirectional", "batch_first", "recurrent_mask", "grad_clip", "weight_mask", "dilated", "zoneout",
+                 "options")
 
     def __init__(self, **kw):
-        for k, v in kw.items():
+        # the modifiers' fields (issue 15) are off unless given
+        for k, v in {"recurrent_mask": None, "grad_clip": 0.0, "weight_mask": None, "dilated": None,
+                     "zoneout": None, "options": {}, **kw}.items():
             setattr(self, k, v)
 
 
@@ -178,7 +181,10 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int, D: int) -> None:
 
 def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, bidirectional: bool = False,
             batch_first: bool = False, training: bool = False, peephole: bool = False, coupled: bool = False,
-            cell_clip: Optional[float] = None, reset_after: bool = True, layer_norm: bool = False) -> RNNResult:
+            cell_clip: Optional[float] = None, reset_after: bool = True, layer_norm: bool = False,
+            recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, grad_clip: Optional[float] = None,
+            dilation=1, zoneout: float = 0.0, zoneout_cell: float = 0.0, recurrent_mask=None, weight_mask=None,
+            zoneout_mask=None, zoneout_cell_mask=None, rng=None) -> RNNResult:
     """Run a stack of recurrent layers over a whole sequence.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
@@ -204,6 +210,20 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     h0, c0 and lengths, not copies: changing any of them in place before ``backward`` silently
     gives gradients of the changed values (NumPy has no version counter to detect it; torch.nn and
     fastrnn.nn raise). Keep them unchanged until ``backward``, or pass copies.
+
+    Training modifiers (issue 15; README "Training modifiers" has the equations). Masks are drawn
+    only when ``training`` is True, from ``rng`` (a seed or a ``numpy.random.Generator``; None: fresh
+    entropy), unless given; a given mask is used as it is, also with ``training=False``:
+    recurrent_dropout: p; one mask m = Bernoulli(1-p)/(1-p) [L*D, B, H] (or ``recurrent_mask``)
+        multiplies h_{t-1} where it enters W_hh, the same at every step.
+    weight_dropout: p; one mask M = Bernoulli(1-p)/(1-p) per W_hh (or ``weight_mask``, L*D arrays
+        [G*H, H]) for the call; backward gives dL/dW_hh through the mask.
+    grad_clip: C > 0; backward clamps the total gradient reaching each h_t (and the LSTM's c_t) to
+        [-C, C] (a training heuristic, not the forward's gradient).
+    dilation: an int or one per layer; layer l's step t reads the state of step t - d_l.
+    zoneout, zoneout_cell: p (zoneout_cell: the LSTM's c); h_t = d h_{t-1} + (1 - d) h~_t with
+        d ~ Bernoulli(p) per element and step when training (or ``zoneout_mask`` [L*D, T, B, H]; for
+        c ``zoneout_cell_mask``), d = p when not (the eval formula).
 
     Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
     """
@@ -235,24 +255,238 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         raise ValueError(f"c0 is only for the LSTM, got one for cell {cell!r}")
     c0 = _check_state("c0", c0, state_shape, x.dtype) if cell == "lstm" else None
     lengths = _check_lengths(lengths, T, B)
+    G = GATES[cell]
+    _check_probability("zoneout", zoneout)
+    if any(options.values()) and (recurrent_dropout or weight_dropout or grad_clip is not None or dilation != 1
+                                  or zoneout or zoneout_cell or recurrent_mask is not None or weight_mask is not None
+                                  or zoneout_mask is not None or zoneout_cell_mask is not None):
+        raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
+                                  "zoneout, zoneout_cell) run the base cells only, not with peephole, coupled or "
+                                  "cell_clip")
+    _check_probability("zoneout_cell", zoneout_cell)
+    if cell != "lstm" and (zoneout_cell > 0 or zoneout_cell_mask is not None):
+        raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got one for cell {cell!r}")
+    _check_probability("recurrent_dropout", recurrent_dropout)
+    _check_probability("weight_dropout", weight_dropout)
+    grad_clip = _check_grad_clip(grad_clip)
+    dilations = _check_dilation(dilation, L)
+    draws = training and (recurrent_dropout > 0 and recurrent_mask is None
+                          or weight_dropout > 0 and weight_mask is None
+                          or zoneout > 0 and zoneout_mask is None or zoneout_cell > 0 and zoneout_cell_mask is None)
+    generator = np.random.default_rng(rng) if draws else None
+    if recurrent_mask is not None:
+        recurrent_mask = _check_state("recurrent_mask", recurrent_mask, state_shape, x.dtype)
+    elif training and recurrent_dropout > 0:
+        recurrent_mask = _bernoulli_mask(generator, state_shape, recurrent_dropout, x.dtype)
+    if weight_mask is not None:
+        weight_mask = _check_weight_mask(weight_mask, L * D, (G * H, H), x.dtype)
+    elif training and weight_dropout > 0:
+        weight_mask = [_bernoulli_mask(generator, (G * H, H), weight_dropout, x.dtype) for _ in range(L * D)]
+    steps_shape = (L * D, T, B, H)
+    zone = []  # [d_h, d_c], each [L*D, T, B, H] or None
+    for name, p, given in (("zoneout_mask", zoneout, zoneout_mask), ("zoneout_cell_mask", zoneout_cell,
+                                                                       zoneout_cell_mask)):
+        if given is not None:
+            given = _array(name, given)
+            _check_dtype(name, given, x.dtype)
+            _check_shape(name, given, steps_shape, "(num_layers*num_directions, T, B, H) = ")
+            zone.append(np.ascontiguousarray(given))
+        elif p > 0:  # training: keep the previous state where d = 1; eval: d = p
+            zone.append((generator.random(steps_shape) < p).astype(x.dtype) if training
+                        else np.full(steps_shape, p, x.dtype))
+        else:
+            zone.append(None)
+    if weight_mask is not None:  # DropConnect: the kernels run on W_hh * M
+        weights = [(e[0], np.ascontiguousarray(e[1] * m)) + tuple(e[2:]) for e, m in zip(weights, weight_mask)]
 
     xt = np.ascontiguousarray(x.transpose(1, 0, 2) if batch_first else x)  # [T, B, I]
-    y = np.empty((T, B, D * H), x.dtype)
-    hn = np.empty(state_shape, x.dtype)
-    cn = np.empty(state_shape, x.dtype) if cell == "lstm" else None
-    reserve = None
-    if training:
-        reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional, **options), x.dtype)
-    _core.forward(_CELL_ID[cell], xt, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional, **options)
-
-    saved = None
-    if training:
-        saved = Saved(cell=cell, x=xt, weights=weights, h0=h0, c0=c0, lengths=lengths, reserve=reserve,
-                      hidden_size=H, num_layers=L, bidirectional=bidirectional, batch_first=batch_first,
-                      options=options)
+    if any(d != 1 for d in dilations):
+        y, hn, cn, saved = _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training,
+                                            recurrent_mask, grad_clip, dilations, zone)
+    else:
+        y, hn, cn, saved = _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training,
+                                          recurrent_mask, grad_clip, zone, options)
+    if saved is not None:
+        saved.batch_first, saved.weight_mask = batch_first, weight_mask
     if batch_first:
         y = np.ascontiguousarray(y.transpose(1, 0, 2))
     return RNNResult(y, hn, cn, saved)
+
+
+def _check_probability(name: str, p) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not 0 <= p < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
+
+
+def _check_grad_clip(c) -> float:
+    """grad_clip as the kernels take it: C > 0, or 0.0 for None (off)."""
+    if c is None:
+        return 0.0
+    if isinstance(c, bool) or not isinstance(c, (int, float, np.floating, np.integer)) or not c > 0:
+        raise ValueError(f"grad_clip must be a number > 0 (or None for off), got {c!r}")
+    return float(c)
+
+
+def _check_dilation(dilation, L: int) -> list:
+    """One dilation per layer, each an int >= 1."""
+    if isinstance(dilation, (int, np.integer)):
+        values = [dilation] * L
+    else:
+        values = list(dilation) if isinstance(dilation, (list, tuple)) else None
+    if values is None or len(values) != L or any(isinstance(d, bool) or not isinstance(d, (int, np.integer))
+                                                 or d < 1 for d in values):
+        raise ValueError(f"dilation must be an int >= 1 or a list of num_layers = {L} of them, got {dilation!r}")
+    return [int(d) for d in values]
+
+
+def _check_weight_mask(masks, count: int, shape: tuple, dtype) -> list:
+    if not isinstance(masks, (list, tuple)) or len(masks) != count:
+        raise ValueError(f"weight_mask must be a list of num_layers*num_directions = {count} arrays {shape}, got "
+                         f"{type(masks).__name__}" + (f" of {len(masks)}" if isinstance(masks, (list, tuple)) else ""))
+    out = []
+    for k, m in enumerate(masks):
+        m = _array(f"weight_mask[{k}]", m)
+        _check_dtype(f"weight_mask[{k}]", m, dtype)
+        _check_shape(f"weight_mask[{k}]", m, shape, "(G*H, H) = ")
+        out.append(np.ascontiguousarray(m))
+    return out
+
+
+def _bernoulli_mask(generator: np.random.Generator, shape: tuple, p: float, dtype) -> np.ndarray:
+    """Bernoulli(1 - p) / (1 - p) of ``shape``: the dropout masks' values, 0 or 1/(1-p)."""
+    return ((generator.random(shape) >= p) / (1.0 - p)).astype(dtype)
+
+
+def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training, recurrent_mask, grad_clip,
+                   zone=(None, None), options=None):
+    """One kernel call for the whole stack: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None).
+    zone: the zoneout masks (d_h, d_c), each [L*D, T, B, H] or None; options: the LSTM variants'
+    (``_check_options``; not combined with the modifiers)."""
+    options = options or {}
+    T, B, I = xt.shape
+    D = 2 if bidirectional else 1
+    state_shape = (L * D, B, H)
+    y = np.empty((T, B, D * H), xt.dtype)
+    hn = np.empty(state_shape, xt.dtype)
+    cn = np.empty(state_shape, xt.dtype) if cell == "lstm" else None
+    reserve = None
+    if training:
+        reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional, **options), xt.dtype)
+    # a training forward keeps h~ / c~ of every zoned-out step for the cell's backward
+    pre = [np.empty(z.shape, xt.dtype) if (training and z is not None) else None for z in zone]
+    _core.forward(_CELL_ID[cell], xt, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional,
+                  recurrent_mask, zone[0], zone[1], pre[0], pre[1], **options)
+    saved = None
+    if training:
+        saved = Saved(cell=cell, x=xt, weights=weights, h0=h0, c0=c0, lengths=lengths, reserve=reserve,
+                      hidden_size=H, num_layers=L, bidirectional=bidirectional, batch_first=False,
+                      recurrent_mask=recurrent_mask, grad_clip=grad_clip, zoneout=(zone, pre), options=options)
+    return y, hn, cn, saved
+
+
+# ---- dilation: layer l's step t reads step t - d, i.e. d interleaved sequences of every d-th step ------
+# Step t = k*d + r is step k of sequence (r, b): [T, B] is folded into [ceil(T/d), d*B] (row r*B + b),
+# padded past T, and the ordinary kernels run on it, one call per layer. Every folded sequence starts
+# from its sequence's initial state; sequence b's final state is that of its last step len_b - 1
+# (residue (len_b - 1) % d) forward, and that of step 0 (residue 0) in reverse. Exact: the same
+# products and cells on the same rows, reordered.
+def _fold(a: np.ndarray, d: int) -> np.ndarray:
+    """[T, B, F] -> [ceil(T/d), d*B, F], zero-padded past T."""
+    T, B, F = a.shape
+    K = -(-T // d)
+    padded = np.zeros((K * d, B, F), a.dtype)
+    padded[:T] = a
+    return padded.reshape(K, d * B, F)
+
+
+def _unfold(a: np.ndarray, d: int, T: int) -> np.ndarray:
+    """Inverse of _fold: [K, d*B, F] -> [T, B, F]."""
+    K, dB, F = a.shape
+    return a.reshape(K * d, dB // d, F)[:T]
+
+
+def _fold_lengths(lengths: Optional[np.ndarray], T: int, B: int, d: int) -> np.ndarray:
+    """Each folded sequence's length, ceil((len_b - r) / d), at least 1 (a sequence shorter than r has
+    no step there: its one step is padding, never read into an output or a final state)."""
+    full = np.full(B, T, np.int64) if lengths is None else lengths
+    r = np.arange(d)[:, None]
+    return np.ascontiguousarray(np.maximum(-(-(full[None, :] - r) // d), 1).reshape(d * B), dtype=np.int64)
+
+
+def _final_rows(lengths: Optional[np.ndarray], T: int, B: int, d: int, D: int) -> list:
+    """Per direction, the folded row of each sequence's final state: [B] indices into d*B."""
+    full = np.full(B, T, np.int64) if lengths is None else lengths
+    rows = [((full - 1) % d) * B + np.arange(B)]
+    if D == 2:
+        rows.append(np.arange(B))
+    return rows
+
+
+def _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training, recurrent_mask, grad_clip,
+                     dilations, zone=(None, None)):
+    """Layer by layer, each on its folded sequence: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None)."""
+    T, B, _ = xt.shape
+    D = 2 if bidirectional else 1
+    lstm = cell == "lstm"
+    layer_in, hns, cns, layers = xt, [], [], []
+    for l, d in enumerate(dilations):
+        k = slice(l * D, (l + 1) * D)
+        fold_state = (lambda s: None if s is None else np.ascontiguousarray(np.tile(s[k], (1, d, 1))))
+        lengths_f = lengths if d == 1 else _fold_lengths(lengths, T, B, d) if lengths is not None or T % d else None
+        x_f = np.ascontiguousarray(_fold(layer_in, d))
+        zone_f = [None if z is None else np.ascontiguousarray(np.stack([_fold(z[i], d) for i in range(k.start, k.stop)]))
+                  for z in zone]  # [D, ceil(T/d), d*B, H]
+        y_f, hn_f, cn_f, saved = _plain_forward(cell, x_f, weights[k], fold_state(h0), fold_state(c0), lengths_f, H, 1,
+                                                bidirectional, training, fold_state(recurrent_mask), grad_clip, zone_f)
+        y = _unfold(y_f, d, T)
+        if lengths is not None:  # folded sequences of no live step output their padding step: zero it
+            y = y * (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
+        rows = _final_rows(lengths, T, B, d, D)
+        hns += [hn_f[i, rows[i]] for i in range(D)]
+        if lstm:
+            cns += [cn_f[i, rows[i]] for i in range(D)]
+        layers.append((saved, d, lengths_f))
+        layer_in = np.ascontiguousarray(y)
+    hn = np.ascontiguousarray(np.stack(hns))
+    cn = np.ascontiguousarray(np.stack(cns)) if lstm else None
+    saved = None
+    if training:
+        saved = Saved(cell=cell, x=xt, weights=weights, h0=h0, c0=c0, lengths=lengths, reserve=None, hidden_size=H,
+                      num_layers=L, bidirectional=bidirectional, batch_first=False, recurrent_mask=recurrent_mask,
+                      grad_clip=grad_clip, dilated=layers)
+    return layer_in, hn, cn, saved
+
+
+def _dilated_backward(saved, dyt, dhn, dcn):
+    """Backward of _dilated_forward, layer by layer from the top: -> (dx [T, B, I], dh0, dc0, dweights)."""
+    T, B, _ = saved.x.shape
+    D = 2 if saved.bidirectional else 1
+    H, lstm = saved.hidden_size, saved.cell == "lstm"
+    dout = dyt
+    dh0s, dc0s, dweights = [None] * saved.num_layers, [None] * saved.num_layers, [None] * saved.num_layers
+    for l in reversed(range(saved.num_layers)):
+        layer_saved, d, _ = saved.dilated[l]
+        rows = _final_rows(saved.lengths, T, B, d, D)
+
+        def fold_final(g):  # dL/d(final states) [D, B, H] -> the folded rows that hold them
+            if g is None:
+                return None
+            out = np.zeros((D, d * B, H), dyt.dtype)
+            for i in range(D):
+                out[i, rows[i]] = g[l * D + i]
+            return out
+        if saved.lengths is not None:  # zeroed outputs (see _dilated_forward) pass no gradient
+            dout = dout * (np.arange(T)[:, None] < saved.lengths[None, :])[:, :, None]
+        dy_f = _fold(dout, d)
+        dx_f, dh0_f, dc0_f, dw = _plain_backward(layer_saved, np.ascontiguousarray(dy_f), fold_final(dhn),
+                                                 fold_final(dcn) if lstm else None)
+        dout = np.ascontiguousarray(_unfold(dx_f, d, T))
+        dh0s[l] = dh0_f.reshape(D, d, B, H).sum(axis=1)
+        dc0s[l] = dc0_f.reshape(D, d, B, H).sum(axis=1) if lstm else None
+        dweights[l] = dw
+    dh0 = np.ascontiguousarray(np.concatenate(dh0s))
+    dc0 = np.ascontiguousarray(np.concatenate(dc0s)) if lstm else None
+    return dout, dh0, dc0, [entry for layer in dweights for entry in layer]
 
 
 def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
@@ -284,15 +518,32 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
         raise ValueError(f"dcn is only for the LSTM, got one for cell {saved.cell!r}")
     dcn = _check_state("dcn", dcn, state_shape, x.dtype) if lstm else None
 
+    if saved.dilated is not None:
+        dx, dh0, dc0, dweights = _dilated_backward(saved, dyt, dhn, dcn)
+    else:
+        dx, dh0, dc0, dweights = _plain_backward(saved, dyt, dhn, dcn)
+    if saved.weight_mask is not None:  # dL/dW_hh = M * dL/d(W_hh * M)
+        dweights = [(e[0], e[1] * m) + tuple(e[2:]) for e, m in zip(dweights, saved.weight_mask)]
+    if saved.batch_first:
+        dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+    return RNNGrads(dx, dh0, dc0, dweights)
+
+
+def _plain_backward(saved: Saved, dyt, dhn, dcn):
+    """The kernel backward of a _plain_forward: dyt [T, B, D*H] -> (dx [T, B, I], dh0, dc0, dweights)."""
+    x = saved.x
+    L, D = saved.num_layers, 2 if saved.bidirectional else 1
+    state_shape = (L * D, x.shape[1], saved.hidden_size)
+    lstm = saved.cell == "lstm"
     dx = np.empty_like(x)
     dh0 = np.empty(state_shape, x.dtype)
     dc0 = np.empty(state_shape, x.dtype) if lstm else None
     dweights = [tuple(np.empty_like(w) for w in entry) for entry in saved.weights]
+    zone, pre = saved.zoneout or ((None, None), (None, None))  # the masks d and the kept h~, c~
     _core.backward(_CELL_ID[saved.cell], x, saved.weights, saved.h0, saved.c0, saved.lengths, saved.reserve, dyt,
-                   dhn, dcn, dx, dh0, dc0, dweights, H, L, saved.bidirectional, **saved.options)
-    if saved.batch_first:
-        dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
-    return RNNGrads(dx, dh0, dc0, dweights)
+                   dhn, dcn, dx, dh0, dc0, dweights, saved.hidden_size, L, saved.bidirectional,
+                   saved.recurrent_mask, saved.grad_clip, *zone, *pre, **saved.options)
+    return dx, dh0, dc0, dweights
 
 
 def _backward_for(cell_names: tuple, saved, dy, dhn, dcn) -> RNNGrads:

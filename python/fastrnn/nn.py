@@ -59,20 +59,28 @@ def _kernels_cannot_serve(x: Tensor, h0, c0, weights: List[Tensor]) -> bool:
 
 
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
-            bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False, layer_norm: bool = False):
+            bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False, layer_norm: bool = False,
+            recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
     the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell.
     ``reset_before``: the GRU with reset_after=False, and ``layer_norm``: the layer-normalised
     LSTM/GRU (weights entries end with the norm's vectors), which the kernels do not implement:
-    composed torch ops (correct, not fast)."""
+    composed torch ops (correct, not fast).
+    recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
+    are the training modifiers (_RNNBase._modified_recurrence; the base cells only)."""
     if reset_before or layer_norm or _kernels_cannot_serve(x, h0, c0, weights):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
-                                    reset_before, layer_norm)
+                                    reset_before, layer_norm, recurrent_mask, grad_clip, zoneout)
+    zoneout_h = zoneout_c = None
+    if zoneout is not None:  # the kernels take d as a tensor [L*D, T, B, H]: eval's p filled in
+        D = 2 if bidirectional else 1
+        shape = (num_layers * D, x.size(0), x.size(1), hidden_size)
+        zoneout_h, zoneout_c = (x.new_full(shape, z) if isinstance(z, float) else z for z in zoneout)
     # A traced graph keeps what the trace saw as a constant, and the trace is checked by running it
     # again without grad: it always keeps the reserve, so that the graph is the same and can train.
     training = _needs_grad(x, h0, c0, *weights) or torch._C._get_tracing_state() is not None
     y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, cell or _CELL[mode], hidden_size, num_layers,
-                                   bidirectional, training)
+                                   bidirectional, training, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
     return y, hn, (cn if mode == "LSTM" else None)
 
 
@@ -83,7 +91,9 @@ class _RNNBase(torch.nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
-                 cell_clip: Optional[float] = None, layer_norm: bool = False, init: str = "uniform") -> None:
+                 cell_clip: Optional[float] = None, layer_norm: bool = False, init: str = "uniform",
+                 zoneout: float = 0.0, zoneout_cell: float = 0.0, recurrent_dropout: float = 0.0,
+                 weight_dropout: float = 0.0, grad_clip: Optional[float] = None, dilation=1) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         if mode in _CELL:  # issue 14's options: LSTM-only ones refused elsewhere, clear errors for bad values
@@ -135,6 +145,11 @@ class _RNNBase(torch.nn.Module):
         self.reset_after = True  # GRU sets it after
         # the op's cell string (ops.variant_cell): the base cell's name unless an option is set
         self._cell = ops.variant_cell(_CELL[mode], peephole, coupled, cell_clip)
+        self._set_modifiers(mode, zoneout, zoneout_cell, recurrent_dropout, weight_dropout, grad_clip, dilation)
+        if self._has_modifiers() and (self.peephole or self.coupled or cell_clip is not None or layer_norm):
+            raise NotImplementedError("the training modifiers (zoneout, zoneout_cell, recurrent_dropout, weight_dropout, "
+                                      "grad_clip, dilation) run the base cells only, not with peephole, coupled, "
+                                      "cell_clip or layer_norm")
 
         D = 2 if bidirectional else 1
         gate_size = (3 if coupled else _GATES[mode]) * hidden_size
@@ -165,6 +180,36 @@ class _RNNBase(torch.nn.Module):
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
         self.reset_parameters()
+
+    def _set_modifiers(self, mode, zoneout, zoneout_cell, recurrent_dropout, weight_dropout, grad_clip, dilation):
+        """The training modifiers (issue 15), checked and kept under the option names."""
+        for name, p in (("zoneout", zoneout), ("zoneout_cell", zoneout_cell), ("recurrent_dropout", recurrent_dropout),
+                        ("weight_dropout", weight_dropout)):
+            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
+        if zoneout_cell and mode != "LSTM":
+            raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got zoneout_cell={zoneout_cell} for {mode}")
+        if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, numbers.Real)
+                                      or not grad_clip > 0):
+            raise ValueError(f"grad_clip must be a number > 0 (or None for off), got {grad_clip!r}")
+        dilations = [dilation] * self.num_layers if isinstance(dilation, int) else \
+            list(dilation) if isinstance(dilation, (list, tuple)) else None
+        if dilations is None or len(dilations) != self.num_layers or any(
+                isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations):
+            raise ValueError(f"dilation must be an int >= 1 or a list of num_layers = {self.num_layers} of them, "
+                             f"got {dilation!r}")
+        self.zoneout, self.zoneout_cell = float(zoneout), float(zoneout_cell)
+        self.recurrent_dropout, self.weight_dropout = float(recurrent_dropout), float(weight_dropout)
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.dilation = dilation if isinstance(dilation, int) else list(dilation)
+        self._dilations = dilations
+        if self.proj_size > 0 and self._has_modifiers():
+            raise NotImplementedError("the training modifiers (zoneout, recurrent_dropout, weight_dropout, grad_clip, "
+                                      "dilation) are not implemented for LSTM(proj_size > 0)")
+
+    def _has_modifiers(self) -> bool:
+        return bool(self.zoneout or self.zoneout_cell or self.recurrent_dropout or self.weight_dropout
+                    or self.grad_clip is not None or any(d != 1 for d in self._dilations))
 
     @property
     def _flat_weights(self) -> List[Tensor]:
@@ -224,6 +269,13 @@ class _RNNBase(torch.nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
+        for name in ("zoneout", "zoneout_cell", "recurrent_dropout", "weight_dropout"):
+            if getattr(self, name, 0):
+                s += f", {name}={{{name}}}"
+        if getattr(self, "grad_clip", None) is not None:
+            s += ", grad_clip={grad_clip}"
+        if getattr(self, "dilation", 1) != 1:
+            s += ", dilation={dilation}"
         return s.format(**self.__dict__) + _variant_repr(self)
 
     # ---- torch.nn's input checks (same exception types and messages) ------------------------------
@@ -330,6 +382,8 @@ class _RNNBase(torch.nn.Module):
         if lengths is not None:
             lengths = lengths.to(device=x.device, dtype=torch.int64)
         reset_before, layer_norm = not self.reset_after, self.layer_norm
+        if self._has_modifiers():
+            return self._modified_recurrence(x, weights, h0, c0, lengths)
         if not (self.dropout > 0 and self.training and L > 1):
             return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional, self._cell, reset_before,
                            layer_norm)
@@ -346,6 +400,94 @@ class _RNNBase(torch.nn.Module):
             if layer < L - 1:
                 x = F.dropout(x, self.dropout, True)
         return x, torch.cat(hns), (torch.cat(cns) if self.mode == "LSTM" else None)
+
+    def _modified_recurrence(self, x: Tensor, weights: List[Tensor], h0, c0, lengths):
+        """The recurrence with the training modifiers, one op call per layer: x [T, B, I] ->
+        (y [T, B, D*H], hn, cn or None). Masks come from torch's default generator, in this order:
+        the weight-dropout masks (layer by layer, direction by direction), the recurrent-dropout mask
+        [L*D, B, H], the zoneout masks [L*D, T, B, H] of h, then of c; in eval mode none is drawn."""
+        T, B, H, L = x.size(0), x.size(1), self.hidden_size, self.num_layers
+        D = 2 if self.bidirectional else 1
+        lstm = self.mode == "LSTM"
+        per_entry = len(weights) // (L * D)
+        if self.training and self.weight_dropout > 0:  # DropConnect: gradients reach W_hh through the mask
+            weights = list(weights)
+            for k in range(L * D):
+                weights[k * per_entry + 1] = F.dropout(weights[k * per_entry + 1], self.weight_dropout, True)
+        recurrent_mask = None
+        if self.training and self.recurrent_dropout > 0:
+            keep = 1.0 - self.recurrent_dropout
+            recurrent_mask = x.new_empty((L * D, B, H)).bernoulli_(keep).div_(keep)
+        zone = []
+        for p in (self.zoneout, self.zoneout_cell if lstm else 0.0):
+            # training: d ~ Bernoulli(p) per element and step; eval: d = p (h = p h_prev + (1 - p) h~)
+            zone.append(None if not p else x.new_empty((L * D, T, B, H)).bernoulli_(p) if self.training else p)
+        grad_clip = 0.0 if self.grad_clip is None else self.grad_clip
+        hns, cns = [], []
+        for layer, d in enumerate(self._dilations):
+            rows = slice(layer * D, (layer + 1) * D)
+            w = weights[layer * per_entry * D:(layer + 1) * per_entry * D]
+            zoneout = None if all(z is None for z in zone) else tuple(
+                z if z is None or isinstance(z, float) else torch.stack([_fold(z[k], d) for k in range(rows.start,
+                                                                                                        rows.stop)])
+                for z in zone)
+            fold_rows = (lambda s: None if s is None else s[rows].repeat(1, d, 1))  # [D, d*B, H], row r*B + b
+            lengths_f = lengths if d == 1 else _fold_lengths(lengths, T, B, d, x.device) \
+                if lengths is not None or T % d else None
+            y, hn, cn = _run_op(self.mode, _fold(x, d), w, fold_rows(h0), fold_rows(c0), lengths_f, H, 1,
+                                self.bidirectional, recurrent_mask=fold_rows(recurrent_mask), grad_clip=grad_clip,
+                                zoneout=zoneout)
+            x = _unfold(y, d, T)
+            if d > 1:
+                if lengths is not None:  # a folded sequence with no live step output its padding step
+                    x = x * (torch.arange(T, device=x.device).unsqueeze(1) < lengths).unsqueeze(2).to(x.dtype)
+                final = _final_rows(lengths, T, B, d, D, x.device)
+                hn = torch.stack([hn[i].index_select(0, final[i]) for i in range(D)])
+                cn = torch.stack([cn[i].index_select(0, final[i]) for i in range(D)]) if lstm else None
+            hns.append(hn)
+            cns.append(cn)
+            if self.dropout > 0 and self.training and layer < L - 1:
+                x = F.dropout(x, self.dropout, True)
+        return x, torch.cat(hns), (torch.cat(cns) if lstm else None)
+
+
+# ---- dilation: layer l's step t reads step t - d -----------------------------------------------------------
+# Step t = k*d + r is step k of the folded sequence (r, b): [T, B] folds into [ceil(T/d), d*B] (row
+# r*B + b), zero-padded past T, and the ordinary op runs on it (fastrnn.functional does the same in NumPy).
+# Each folded sequence starts from its sequence's initial state; sequence b's final state is that of its
+# last step len_b - 1 (residue (len_b - 1) % d) forward, and that of step 0 (residue 0) in reverse.
+def _fold(a: Tensor, d: int) -> Tensor:
+    """[T, B, F] -> [ceil(T/d), d*B, F]."""
+    if d == 1:
+        return a
+    T, B, F_ = a.shape
+    K = -(-T // d)
+    if K * d != T:
+        a = torch.cat([a, a.new_zeros((K * d - T, B, F_))])
+    return a.reshape(K, d * B, F_)
+
+
+def _unfold(a: Tensor, d: int, T: int) -> Tensor:
+    """Inverse of _fold: [K, d*B, F] -> [T, B, F]."""
+    if d == 1:
+        return a
+    K, dB, F_ = a.shape
+    return a.reshape(K * d, dB // d, F_)[:T]
+
+
+def _fold_lengths(lengths: Optional[Tensor], T: int, B: int, d: int, device) -> Tensor:
+    """Each folded sequence's length ceil((len_b - r) / d), at least 1 (a sequence no longer than r has
+    no step there: its one step is padding, zeroed in the output and never a final state)."""
+    full = torch.full((B,), T, dtype=torch.int64, device=device) if lengths is None else lengths
+    r = torch.arange(d, device=full.device).unsqueeze(1)
+    return torch.clamp(torch.div(full.unsqueeze(0) - r + d - 1, d, rounding_mode="floor"), min=1).reshape(d * B)
+
+
+def _final_rows(lengths: Optional[Tensor], T: int, B: int, d: int, D: int, device) -> List[Tensor]:
+    """Per direction, the folded row [B] that holds each sequence's final state."""
+    full = torch.full((B,), T, dtype=torch.int64, device=device) if lengths is None else lengths
+    b = torch.arange(B, device=full.device)
+    return [((full - 1) % d) * B + b, b][:D]
 
 
 def _identity_init(w_ih: Tensor, w_hh: Tensor, *biases: Tensor) -> None:
@@ -454,13 +596,18 @@ def _layer_norm_lstm_step(a: Tensor, c: Tensor, gain_c: Tensor, bias_c: Tensor):
 
 def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int,
                          num_layers: int, bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False,
-                         layer_norm: bool = False):
+                         layer_norm: bool = False, recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0,
+                         zoneout=None):
     """The op's forward (x [T, B, I] -> (y [T, B, D*H], hn [L*D, B, H], cn or None)) in composed torch
     ops, for the calls the kernels cannot serve (_kernels_cannot_serve): autograd, forward-mode AD and
     torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T).
     ``layer_norm`` (Ba et al. 2016, haste's LayerNormLSTM): each weights entry ends with γ_ih, γ_hh
     [G*H] (LSTM: and γ_c, β_c [H]); the products are normalised without their biases, which follow
-    the gains; the GRU's reset gate multiplies LN(W_hn h) γ_hh,n + b_hn, its base cell's gh_n."""
+    the gains; the GRU's reset gate multiplies LN(W_hn h) γ_hh,n + b_hn, its base cell's gh_n.
+    Modifiers (the base cells only: the modules refuse them with the variants and layer_norm):
+    recurrent_mask [L*D, B, H] multiplies h_{t-1} into W_hh; grad_clip > 0 clamps the
+    gradient reaching each h_t and c_t (tensor hooks); zoneout = (d_h, d_c), each None, a float p
+    (eval) or a tensor [L*D, T, B, H]: h_t = d_h h_{t-1} + (1 - d_h) h~_t (and c likewise)."""
     T, B = x.size(0), x.size(1)
     D = 2 if bidirectional else 1
     per_entry = len(weights) // (num_layers * D)
@@ -499,7 +646,15 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
                     else:
                         h_new, c_new = _composed_step(mode, xw[t], gh, h, None)
                 else:
-                    h_new, c_new = _composed_step(mode, xw[t], F.linear(h, w_hh, b_hh), h, c, cell, w_ch)
+                    h_in = h if recurrent_mask is None else recurrent_mask[k] * h
+                    h_new, c_new = _composed_step(mode, xw[t], F.linear(h_in, w_hh, b_hh), h, c, cell, w_ch)
+                if zoneout is not None:
+                    h_new = _zoned(zoneout[0], k, t, h, h_new)
+                    c_new = _zoned(zoneout[1], k, t, c, c_new) if lstm else None
+                if grad_clip > 0 and h_new.requires_grad:  # the total reaching h_t (and c_t), clamped
+                    h_new.register_hook(lambda g: g.clamp(-grad_clip, grad_clip))
+                    if lstm:
+                        c_new.register_hook(lambda g: g.clamp(-grad_clip, grad_clip))
                 if live is None:
                     h, c, ys[t] = h_new, c_new, h_new
                 else:  # a finished sequence keeps its state and outputs zeros
@@ -512,6 +667,15 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
             cns.append(c)
         x = torch.cat(outputs, 2) if D == 2 else outputs[0]
     return x, torch.stack(hns), (torch.stack(cns) if lstm else None)
+
+
+def _zoned(d, k: int, t: int, prev: Tensor, new: Tensor) -> Tensor:
+    """Zoneout of one state: d None (off), a float p (eval) or masks [L*D, T, B, H]."""
+    if d is None:
+        return new
+    if isinstance(d, float):
+        return d * prev + (1.0 - d) * new
+    return d[k, t] * prev + (1.0 - d[k, t]) * new
 
 
 def _permute(t: Tensor, permutation: Optional[Tensor]) -> Tensor:
@@ -567,7 +731,9 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, init: str = "uniform") -> None:
+                 device=None, dtype=None, *, init: str = "uniform", zoneout: float = 0.0,
+                 recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, grad_clip: Optional[float] = None,
+                 dilation=1) -> None:
         self.nonlinearity = nonlinearity
         if nonlinearity == "tanh":
             mode = "RNN_TANH"
@@ -576,7 +742,8 @@ class RNN(_RNNBase):
         else:
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, init=init)
+                         device=device, dtype=dtype, init=init, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+                         weight_dropout=weight_dropout, grad_clip=grad_clip, dilation=dilation)
 
 
 class LSTM(_RNNBase):
@@ -591,10 +758,14 @@ class LSTM(_RNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
-                 cell_clip: Optional[float] = None, layer_norm: bool = False, init: str = "uniform") -> None:
+                 cell_clip: Optional[float] = None, layer_norm: bool = False, init: str = "uniform",
+                 zoneout: float = 0.0, zoneout_cell: float = 0.0, recurrent_dropout: float = 0.0,
+                 weight_dropout: float = 0.0, grad_clip: Optional[float] = None, dilation=1) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device=device, dtype=dtype, peephole=peephole, coupled=coupled,
-                         cell_clip=cell_clip, layer_norm=layer_norm, init=init)
+                         cell_clip=cell_clip, layer_norm=layer_norm, init=init, zoneout=zoneout,
+                         zoneout_cell=zoneout_cell, recurrent_dropout=recurrent_dropout,
+                         weight_dropout=weight_dropout, grad_clip=grad_clip, dilation=dilation)
 
 
 class GRU(_RNNBase):
@@ -608,12 +779,18 @@ class GRU(_RNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True, layer_norm: bool = False,
-                 init: str = "uniform") -> None:
+                 init: str = "uniform", zoneout: float = 0.0, recurrent_dropout: float = 0.0,
+                 weight_dropout: float = 0.0, grad_clip: Optional[float] = None, dilation=1) -> None:
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
         _check_reset_and_layer_norm(reset_after, layer_norm)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, layer_norm=layer_norm, init=init)
+                         device=device, dtype=dtype, layer_norm=layer_norm, init=init, zoneout=zoneout,
+                         recurrent_dropout=recurrent_dropout, weight_dropout=weight_dropout, grad_clip=grad_clip,
+                         dilation=dilation)
+        if not reset_after and self._has_modifiers():
+            raise NotImplementedError("the training modifiers (zoneout, recurrent_dropout, weight_dropout, grad_clip, "
+                                      "dilation) run the base cells only, not with reset_after=False")
         self.reset_after = reset_after
 
 

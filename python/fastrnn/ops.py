@@ -26,6 +26,14 @@ with or without biases, told apart by the list's length); h0, c0 [L*D, B, H] or 
 lengths int64 [B] in [1, T] or None. Returns y [T, B, D*H], hn [L*D, B, H], cn [L*D, B, H] (LSTM;
 an empty tensor otherwise) and reserve [T, B, R] (what backward needs; empty unless ``training``).
 The reserve's size is T*B*R with R independent of T and B, so its fake shape follows a dynamic T.
+
+Training modifiers the kernels run (issue 15; fastrnn.nn documents them): ``recurrent_mask``
+[L*D, B, H] multiplies h_{t-1} where it enters W_hh (recurrent dropout; None: none), and
+``grad_clip`` C > 0 clamps the total gradient reaching each h_t (and c_t) to [-C, C] in backward
+(0: off), and ``zoneout_h``, ``zoneout_c`` [L*D, T, B, H] (d: h_t = d h_{t-1} + (1 - d) h~_t; None:
+none), arguments of ``torch.ops.fastrnn.rnn_forward_modified`` (rnn_forward's arguments and these
+four) and of rnn_backward. With zoneout the training reserve holds h~ (and c~) after the kernels'
+own part: R grows by L*D*H per zoned state. CPU only: CUDA tensors raise NotImplementedError.
 """
 from __future__ import annotations
 
@@ -44,12 +52,18 @@ _DTYPES = (torch.float32, torch.float64)
 __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
 
 _LIB = torch.library.Library("fastrnn", "DEF")
-_LIB.define("rnn_forward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, str cell, "
-            "SymInt hidden_size, SymInt num_layers, bool bidirectional, bool training) "
-            "-> (Tensor, Tensor, Tensor, Tensor)")
+_FORWARD_ARGS = ("Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, str cell, SymInt hidden_size, "
+                 "SymInt num_layers, bool bidirectional, bool training")
+_LIB.define(f"rnn_forward({_FORWARD_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)")
+# The same with the training modifiers the kernels run (issue 15), an op of its own: an op's autograd
+# wrapper wants backward to return one gradient per argument the caller passed, and setup_context
+# cannot tell defaulted arguments from given ones.
+_LIB.define(f"rnn_forward_modified({_FORWARD_ARGS}, Tensor? recurrent_mask, float grad_clip, Tensor? zoneout_h, "
+            "Tensor? zoneout_c) -> (Tensor, Tensor, Tensor, Tensor)")
 _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, Tensor reserve, "
             "Tensor dy, Tensor? dhn, Tensor? dcn, str cell, SymInt hidden_size, SymInt num_layers, "
-            "bool bidirectional) -> (Tensor, Tensor, Tensor, Tensor[])")
+            "bool bidirectional, Tensor? recurrent_mask=None, float grad_clip=0.0, Tensor? zoneout_h=None, "
+            "Tensor? zoneout_c=None) -> (Tensor, Tensor, Tensor, Tensor[])")
 # One kernel for every device, as custom_op registers it: it checks the device itself and names it
 # in its error (the fake implementations below serve meta and fake tensors).
 _KERNEL_KEY = "CompositeExplicitAutograd"
@@ -154,7 +168,8 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     for name, t in state.items():
         if t is None:
             continue
-        expected = (T, B, D * hidden_size) if name == "dy" else hidden
+        expected = (T, B, D * hidden_size) if name == "dy" else \
+            (num_layers * D, T, B, hidden_size) if name.startswith("zoneout") else hidden
         if t.shape != expected:
             raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
         if t.dtype != x.dtype:
@@ -178,10 +193,30 @@ def _checked_lengths(lengths: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
     return lengths.to(x.device).contiguous()
 
 
-def _reserve_per_row(cell: str, hidden_size: int, num_layers: int, bidirectional: bool) -> int:
-    # The reserve holds T*B rows of R values; R does not depend on I (it is 1 here), T or B.
+def _reserve_per_row(cell: str, hidden_size: int, num_layers: int, bidirectional: bool, zoned: int = 0) -> int:
+    # The reserve holds T*B rows of R values; R does not depend on I (it is 1 here), T or B. With
+    # zoneout, `zoned` states (h~, c~) of [L*D, T, B, H] each follow the kernels' part.
     base, opts = split_cell(cell)
-    return _core.reserve_size(_CELL_ID[base], 1, 1, 1, hidden_size, num_layers, bidirectional, **dict(opts))
+    return _core.reserve_size(_CELL_ID[base], 1, 1, 1, hidden_size, num_layers, bidirectional, **dict(opts)) + \
+        zoned * num_layers * (2 if bidirectional else 1) * hidden_size
+
+
+def _pre_state_ptrs(reserve: Tensor, T: int, B: int, R: int, size: int, zoneout_h, zoneout_c) -> tuple:
+    """Where the zoned-out states h~, c~ ([L*D, T, B, H] each, `size` elements) lie in the reserve."""
+    if reserve.numel() == 0 or (zoneout_h is None and zoneout_c is None):
+        return 0, 0
+    base = reserve.data_ptr() + T * B * R * reserve.element_size()
+    pre_h = base if zoneout_h is not None else 0
+    pre_c = (base + (size * reserve.element_size() if zoneout_h is not None else 0)) if zoneout_c is not None else 0
+    return pre_h, pre_c
+
+
+def _check_modifiers_cell(cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c) -> None:
+    """The modifiers run the base cells only: the LSTM variants' cell strings with one is an error."""
+    if cell != split_cell(cell)[0] and (recurrent_mask is not None or grad_clip or zoneout_h is not None
+                                        or zoneout_c is not None):
+        raise NotImplementedError(f"the training modifiers (recurrent_dropout, grad_clip, zoneout) run the base "
+                                  f"cells only, not the LSTM variant {cell!r} (peephole, coupled, cell_clip)")
 
 
 # ---- the kernels' entry points ---------------------------------------------------------------------
@@ -263,26 +298,56 @@ def _check_no_transform(*tensors) -> None:
 
 def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                         lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
-                        bidirectional: bool, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                        bidirectional: bool, training: bool, recurrent_mask: Optional[Tensor] = None,
+                        grad_clip: float = 0.0, zoneout_h: Optional[Tensor] = None,
+                        zoneout_c: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_no_transform(x, h0, c0, *weights)
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
     base, opts = split_cell(cell)
     lstm = base == "lstm"
     c0 = c0 if lstm else None
-    _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0)
+    _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0,
+                  recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
+    zoneout_c = zoneout_c if lstm else None
+    _check_modifiers_device(x, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+    _check_modifiers_cell(cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
     lengths = _checked_lengths(lengths, x)
-    x, h0, c0 = x.contiguous(), _contiguous(h0), _contiguous(c0)
+    x, h0, c0, recurrent_mask = x.contiguous(), _contiguous(h0), _contiguous(c0), _contiguous(recurrent_mask)
+    zoneout_h, zoneout_c = _contiguous(zoneout_h), _contiguous(zoneout_c)
     weights = [w.contiguous() for w in weights]
-    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
+    zoned = (zoneout_h is not None) + (zoneout_c is not None)
+    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned)
     forward, _ = _entry_points(x, cell)
     T, B, I = x.shape
+    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
+    pre = _pre_state_ptrs(reserve, T, B, R, hn.numel() * T, zoneout_h, zoneout_c)
     forward(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
             _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), y.data_ptr(), hn.data_ptr(),
-            cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0, **dict(opts))
+            cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0,
+            *_modifier_args(recurrent_mask, (), zoneout_h, zoneout_c, pre), **dict(opts))
     return y, hn, cn, reserve
 
 
-def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training):
+def _check_modifiers_device(x: Tensor, recurrent_mask: Optional[Tensor], grad_clip: float, zoneout_h=None,
+                            zoneout_c=None) -> None:
+    if not grad_clip >= 0:
+        raise ValueError(f"grad_clip must be > 0 (or 0 for off), got {grad_clip}")
+    if x.device.type != "cpu" and (recurrent_mask is not None or grad_clip > 0 or zoneout_h is not None
+                                   or zoneout_c is not None):
+        raise NotImplementedError("fastrnn's recurrent_dropout, zoneout and grad_clip run in the CPU kernels only; "
+                                  f"the CUDA kernels do not implement them yet (input on {x.device})")
+
+
+def _modifier_args(recurrent_mask: Optional[Tensor], grad_clip: tuple, zoneout_h, zoneout_c, pre: tuple) -> tuple:
+    """The trailing modifier arguments of the kernels' entry points: (recurrent_mask, [grad_clip,]
+    zoneout_h, zoneout_c, pre_h, pre_c), none when all are off, so that the CUDA entry points, which
+    take none, keep their signature."""
+    if recurrent_mask is None and not any(grad_clip) and zoneout_h is None and zoneout_c is None:
+        return ()
+    return (_ptr(recurrent_mask), *grad_clip, _ptr(zoneout_h), _ptr(zoneout_c), *pre)
+
+
+def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned=0):
     """The four outputs, allocated (also the fake implementation's shapes). The kernels write every
     element of each, dead (past-the-end) rows of the reserve included."""
     T, B, _ = x.shape
@@ -291,25 +356,30 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training):
     y = x.new_empty((T, B, D * hidden_size))
     hn = x.new_empty(state)
     cn = x.new_empty(state) if split_cell(cell)[0] == "lstm" else x.new_empty((0,))
-    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
+    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, zoned)
     reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
     return y, hn, cn, reserve
 
 
-torch.library.impl("fastrnn::rnn_forward", _KERNEL_KEY, _rnn_forward_kernel, lib=_LIB)
-
-
-@torch.library.register_fake("fastrnn::rnn_forward", lib=_LIB)
-def _(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training):
+def _forward_fake(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training,
+                  recurrent_mask=None, grad_clip=0.0, zoneout_h=None, zoneout_c=None):
     _check(x, weights, cell, num_layers, bidirectional)
-    return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training)
+    zoned = (zoneout_h is not None) + (zoneout_c is not None and split_cell(cell)[0] == "lstm")
+    return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned)
+
+
+for _name in ("rnn_forward", "rnn_forward_modified"):
+    torch.library.impl(f"fastrnn::{_name}", _KERNEL_KEY, _rnn_forward_kernel, lib=_LIB)
+    torch.library.register_fake(f"fastrnn::{_name}", _forward_fake, lib=_LIB)
 
 
 # ---- backward -------------------------------------------------------------------------------------
 def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                          lengths: Optional[Tensor], reserve: Tensor, dy: Tensor, dhn: Optional[Tensor],
                          dcn: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
-                         bidirectional: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+                         bidirectional: bool, recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0,
+                         zoneout_h: Optional[Tensor] = None,
+                         zoneout_c: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
     """Gradients (dx [T, B, I], dh0 [L*D, B, H], dc0 (LSTM; else empty), dweights like weights) of a
     training ``rnn_forward``: x, weights, h0, c0, lengths and reserve exactly as forward saw and
     returned them; dy [T, B, D*H]; dhn, dcn [L*D, B, H] or None (zero)."""
@@ -321,9 +391,14 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
     lstm = base == "lstm"
     c0, dcn = (c0, dcn) if lstm else (None, None)
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0, dy=dy, dhn=dhn,
-                  dcn=dcn)
+                  dcn=dcn, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
+    zoneout_c = zoneout_c if lstm else None
+    _check_modifiers_device(x, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+    _check_modifiers_cell(cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+    recurrent_mask, zoneout_h, zoneout_c = _contiguous(recurrent_mask), _contiguous(zoneout_h), _contiguous(zoneout_c)
+    zoned = (zoneout_h is not None) + (zoneout_c is not None)
     T, B, I = x.shape
-    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
+    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, zoned)
     if reserve.shape != (T, B, R) or reserve.dtype != x.dtype or reserve.device != x.device:
         raise ValueError(f"reserve must be the training forward's ({(T, B, R)}, {x.dtype}, on {x.device}), got "
                          f"{tuple(reserve.shape)}, {reserve.dtype}, on {reserve.device}")
@@ -335,7 +410,12 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
     backward(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
              _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), reserve.data_ptr(), dy.data_ptr(),
              _ptr(dhn), _ptr(dcn), dx.data_ptr(), dh0.data_ptr(), dc0.data_ptr() if lstm else 0,
-             _grouped_ptrs(dweights, per_entry), **dict(opts))
+             _grouped_ptrs(dweights, per_entry),
+             *_modifier_args(recurrent_mask, (float(grad_clip),), zoneout_h, zoneout_c,
+                             _pre_state_ptrs(reserve, T, B, _reserve_per_row(cell, hidden_size, num_layers,
+                                                                             bidirectional),
+                                             dh0.numel() * T, zoneout_h, zoneout_c)),
+             **dict(opts))
     return dx, dh0, dc0, dweights
 
 
@@ -352,37 +432,42 @@ torch.library.impl("fastrnn::rnn_backward", _KERNEL_KEY, _rnn_backward_kernel, l
 
 
 @torch.library.register_fake("fastrnn::rnn_backward", lib=_LIB)
-def _(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, cell, hidden_size, num_layers, bidirectional):
+def _(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, cell, hidden_size, num_layers, bidirectional,
+      recurrent_mask=None, grad_clip=0.0, zoneout_h=None, zoneout_c=None):
     _check(x, weights, cell, num_layers, bidirectional)
     return _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
 
 
 # ---- autograd -------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
-    x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training = inputs
+    x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training, *mods = inputs
+    recurrent_mask, grad_clip, zoneout_h, zoneout_c = mods if mods else (None, 0.0, None, None)  # or rnn_forward's
     ctx.mark_non_differentiable(output[3])  # the reserve
-    ctx.save_for_backward(x, h0, c0, lengths, output[3], *weights)
-    ctx.config = (cell, hidden_size, num_layers, bidirectional, training)
+    ctx.save_for_backward(x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, output[3], *weights)
+    ctx.config = (cell, hidden_size, num_layers, bidirectional, training, float(grad_clip))
+    ctx.num_inputs = len(inputs)  # 10 (rnn_forward) or 14 (rnn_forward_modified)
 
 
 def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
-    cell, hidden_size, num_layers, bidirectional, training = ctx.config
+    cell, hidden_size, num_layers, bidirectional, training, grad_clip = ctx.config
     if not training:
         raise RuntimeError("fastrnn::rnn_forward ran with training=False, so it saved nothing for backward; "
                            "call it with training=True when gradients are needed")
-    x, h0, c0, lengths, reserve, *weights = ctx.saved_tensors
+    x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, reserve, *weights = ctx.saved_tensors
     lstm = split_cell(cell)[0] == "lstm"
     # With create_graph (grad mode on) through the op, whose own backward raises a clear error.
     backward = torch.ops.fastrnn.rnn_backward
     if not torch.is_grad_enabled() and _plain_eager(x, h0, c0, dy, dhn, dcn, *weights):
         backward = _rnn_backward_kernel
     dx, dh0, dc0, dweights = backward(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn if lstm else None, cell,
-                                      hidden_size, num_layers, bidirectional)
-    return (dx, list(dweights), dh0 if h0 is not None else None, dc0 if (lstm and c0 is not None) else None,
-            None, None, None, None, None, None)
+                                      hidden_size, num_layers, bidirectional, recurrent_mask, grad_clip, zoneout_h,
+                                      zoneout_c)
+    return (dx, list(dweights), dh0 if h0 is not None else None, dc0 if (lstm and c0 is not None) else None) + \
+        (None,) * (ctx.num_inputs - 4)
 
 
-torch.library.register_autograd("fastrnn::rnn_forward", _forward_backward, setup_context=_setup_context, lib=_LIB)
+for _name in ("rnn_forward", "rnn_forward_modified"):
+    torch.library.register_autograd(f"fastrnn::{_name}", _forward_backward, setup_context=_setup_context, lib=_LIB)
 
 
 def _no_double_backward(ctx, *grads):
@@ -404,7 +489,7 @@ def _refuse_transform(*args, **kwargs):
     raise NotImplementedError(_NO_TRANSFORMS)
 
 
-for _name in ("rnn_forward", "rnn_backward"):
+for _name in ("rnn_forward", "rnn_forward_modified", "rnn_backward"):
     _LIB.impl(_name, _refuse_transform, "FuncTorchDynamicLayerFrontMode")
 
 rnn_forward = torch.ops.fastrnn.rnn_forward
@@ -435,18 +520,18 @@ def _plain_eager(*tensors) -> bool:
 class _EagerForward(torch.autograd.Function):
     # forward + setup_context (not forward(ctx, ...)): the form torch.func's transforms accept.
     @staticmethod
-    def forward(x, h0, c0, lengths, config, *weights):
-        return _rnn_forward_kernel(x, list(weights), h0, c0, lengths, *config)
+    def forward(x, h0, c0, lengths, mods, config, *weights):
+        return _rnn_forward_kernel(x, list(weights), h0, c0, lengths, *config[:5], mods[0], config[5], *mods[1:])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, h0, c0, lengths, config, *weights = inputs
-        _setup_context(ctx, (x, list(weights), h0, c0, lengths, *config), output)
+        x, h0, c0, lengths, mods, config, *weights = inputs
+        _setup_context(ctx, (x, list(weights), h0, c0, lengths, *config[:5], mods[0], config[5], *mods[1:]), output)
 
     @staticmethod
     def backward(ctx, dy, dhn, dcn, dreserve):
         dx, dweights, dh0, dc0, *_ = _forward_backward(ctx, dy, dhn, dcn, dreserve)
-        return (dx, dh0, dc0, None, None, *dweights)
+        return (dx, dh0, dc0, None, None, None, *dweights)
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -457,16 +542,24 @@ class _EagerForward(torch.autograd.Function):
 
 def run_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                 lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
-                training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                training: bool, recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0,
+                zoneout_h: Optional[Tensor] = None,
+                zoneout_c: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``torch.ops.fastrnn.rnn_forward`` with the same arguments and results, the same gradients and
     errors, without the op's call overhead in plain eager mode (what :mod:`fastrnn.nn` calls)."""
     _check_no_transform(x, h0, c0, *weights)  # seen here, before the dispatcher unwraps the tensors
-    if not _EAGER_PATH or not _plain_eager(x, h0, c0, lengths, *weights):
-        return torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
-                                             bidirectional, training)
+    if not _EAGER_PATH or not _plain_eager(x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, *weights):
+        if recurrent_mask is None and not grad_clip and zoneout_h is None and zoneout_c is None:
+            return torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
+                                                 bidirectional, training)
+        return torch.ops.fastrnn.rnn_forward_modified(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
+                                                      bidirectional, training, recurrent_mask, float(grad_clip),
+                                                      zoneout_h, zoneout_c)
     if not training:  # nothing to differentiate (the caller's _needs_grad said so)
-        return _rnn_forward_kernel(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, False)
-    return _EagerForward.apply(x, h0, c0, lengths, (cell, hidden_size, num_layers, bidirectional, training), *weights)
+        return _rnn_forward_kernel(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, False,
+                                   recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+    return _EagerForward.apply(x, h0, c0, lengths, (recurrent_mask, zoneout_h, zoneout_c),
+                               (cell, hidden_size, num_layers, bidirectional, training, grad_clip), *weights)
 
 
 _EAGER_PATH = True  # tests turn it off to compare the two paths

@@ -34,7 +34,8 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
 #       gi = x_t W_ihᵀ + b_ih   [B, G*H]   (input projection)
 #       gh = h   W_hhᵀ + b_hh   [B, G*H]   (hidden projection)
 #       h, c                    [B, H]     (c is None except for LSTM; c_new likewise)
-#   backward(dh_new, dc_new, cache) -> (dgi, dgh, dh_direct, dc)
+#   backward(dh_new, dc_new, cache, clip=None) -> (dgi, dgh, dh_direct, dc)
+#       clip: the grad_clip modifier's bound on the total gradient of c' (LSTM), None = off
 #       dgi, dgh   [B, G*H] gradients of gi and gh; the layer turns them into dx, dh, dW, db
 #       dh_direct  [B, H]   the part of dh that does not go through gh (GRU's z*h term)
 #       dc         [B, H]   gradient of the previous cell state (None except for LSTM)
@@ -46,7 +47,7 @@ def _rnn_tanh_forward(gi, gh, h, c):
     return h_new, None, (h_new,)
 
 
-def _rnn_tanh_backward(dh_new, dc_new, cache):
+def _rnn_tanh_backward(dh_new, dc_new, cache, clip=None):
     (h_new,) = cache
     da = dh_new * (1.0 - h_new * h_new)  # [B, H]
     return da, da, np.zeros_like(dh_new), None
@@ -58,7 +59,7 @@ def _rnn_relu_forward(gi, gh, h, c):
     return np.maximum(a, 0.0), None, (a,)
 
 
-def _rnn_relu_backward(dh_new, dc_new, cache):
+def _rnn_relu_backward(dh_new, dc_new, cache, clip=None):
     (a,) = cache
     # as torch's threshold_backward: a select, so that NaN in a passes dh and NaN in dh stays where a <= 0 is 0
     da = np.where(a <= 0.0, 0.0, dh_new)  # [B, H]
@@ -76,9 +77,10 @@ def _lstm_forward(gi, gh, h, c):
     return h_new, c_new, (c, i, f, g, o, tanh_c)
 
 
-def _lstm_backward(dh_new, dc_new, cache):
+def _lstm_backward(dh_new, dc_new, cache, clip=None):
     c, i, f, g, o, tanh_c = cache
-    dc_total = dc_new + dh_new * o * (1.0 - tanh_c * tanh_c)  # [B, H] all paths into c'
+    # [B, H] all paths into c' (clamped to [-clip, clip] by the grad_clip modifier)
+    dc_total = _clip(dc_new + dh_new * o * (1.0 - tanh_c * tanh_c), clip)
     da_i = dc_total * g * i * (1.0 - i)
     da_f = dc_total * c * f * (1.0 - f)
     da_g = dc_total * i * (1.0 - g * g)
@@ -99,7 +101,7 @@ def _gru_forward(gi, gh, h, c):
     return h_new, None, (h, r, z, n, gh_n)
 
 
-def _gru_backward(dh_new, dc_new, cache):
+def _gru_backward(dh_new, dc_new, cache, clip=None):
     h, r, z, n, gh_n = cache
     da_n = dh_new * (1.0 - z) * (1.0 - n * n)  # [B, H] grad of n's pre-activation
     da_z = dh_new * (h - n) * z * (1.0 - z)
@@ -288,7 +290,42 @@ assert set(_CELL_FNS) == set(CELLS)
 # Sequence b is live at step t iff t < lengths[b]; a row that is not live keeps its state and
 # outputs zero, so the forward direction ends on the state after t = len-1 and the reverse
 # direction (t = T-1 .. 0) starts from h0 at t = len-1 and ends on the state after t = 0.
+#
+# The training modifiers (issue 15), all explicit here (``mods``, see ``_Modifiers``):
+#   dilation d: step t reads the state of step t - d (reverse: t + d), the initial state where
+#     that step does not exist in its sequence; d = 1 is the plain recurrence.
+#   recurrent_mask m [B, H]: gh = (m * h_prev) W_hh^T + b_hh; the carried state, the outputs and
+#     the GRU's z * h_prev use h_prev itself.
+#   weight_mask M [G*H, H]: the step uses W_hh * M; dW_hh = M * dL/d(W_hh * M).
+#   zoneout d_h [T, B, H] (d_c for the LSTM's c): h_t = d_h * h_prev + (1 - d_h) * h~_t, h~_t the
+#     cell's new state (1 = keep the previous one; the eval formula is d_h = p everywhere).
+#   grad_clip C: the total gradient reaching h_t (from y_t and from the later steps) and, for the
+#     LSTM, the total reaching c_t is clamped to [-C, C] before it flows into step t.
 # ---------------------------------------------------------------------------------------------
+
+class _Modifiers:
+    """One layer and direction's modifiers (all off by default: the plain cell)."""
+
+    def __init__(self, dilation=1, recurrent_mask=None, weight_mask=None, zoneout=None, zoneout_cell=None,
+                 grad_clip=None):
+        self.dilation = int(dilation)
+        self.recurrent_mask = recurrent_mask  # [B, H] or None
+        self.weight_mask = weight_mask  # [G*H, H] or None
+        self.zoneout = zoneout  # [T, B, H] or None
+        self.zoneout_cell = zoneout_cell  # [T, B, H] or None (LSTM)
+        self.grad_clip = grad_clip  # float > 0 or None
+
+
+def _clip(g, c):
+    return g if c is None else np.clip(g, -c, c)
+
+
+def _prev_step(t, d, reverse, lengths):
+    """The step whose state step t reads, per row ([B] ints; -1 where it is the initial state)."""
+    if reverse:
+        return np.where(t + d < lengths, t + d, -1)
+    return np.full(lengths.shape, t - d if t - d >= 0 else -1)
+
 
 def _cell_forward_fn(cell, options, w):
     """The cell's pointwise forward for these options (issue 14's variants) and the layer's weights w."""
@@ -310,62 +347,99 @@ def _cell_backward_fn(cell, options):
         return _lstm_variant_backward
     if cell == "gru" and not options["reset_after"]:
         return _gru_reset_before_backward
-    return lambda dh, dc, cache: _CELL_FNS[cell][1](dh, dc, cache) + ({},)
+    # the plain cells take the grad_clip modifier's bound on dL/dc (the others are not combined with it)
+    return lambda dh, dc, cache, clip=None: _CELL_FNS[cell][1](dh, dc, cache, clip=clip) + ({},)
 
 
 def _is_variant(options):
     return options["peephole"] or options["coupled"] or options["cell_clip"] is not None
 
 
-def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options):
+def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None):
     """x [T, B, I]; lengths [B]; w = (w_ih [G*H, I], w_hh [G*H, H], b_ih [G*H], b_hh [G*H], w_ch [U, H]
     or None, ln: the layer norm's (γ_ih [G*H], γ_hh [G*H][, γ_c [H], β_c [H]]) or None); h0, c0 [B, H]
-    (c0 None unless LSTM).
+    (c0 None unless LSTM); mods: ``_Modifiers`` or None.
     Returns out [T, B, H], h_n [B, H], c_n [B, H] or None, steps (per time step, in time order:
-    (h_prev [B, H], cell cache))."""
+    (h_prev [B, H], prev [B] (the step read, -1: initial), cell cache))."""
+    mods = mods or _Modifiers()
     w_ih, w_hh, b_ih, b_hh, w_ch, _ = w
     cell_forward = _cell_forward_fn(cell, options, w)
     if options["layer_norm"]:  # the biases come after the norm, added by the cell
         b_ih, b_hh = 0.0, 0.0
+    if mods.weight_mask is not None:
+        w_hh = w_hh * mods.weight_mask
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    h, c = h0, c0
+    rows = np.arange(B)
+    hs, cs = np.zeros((T, B, H)), np.zeros((T, B, H))  # each step's state
     out = np.zeros((T, B, H))
     steps: List[Any] = [None] * T
     for t in reversed(range(T)) if reverse else range(T):
         live = (t < lengths)[:, None]  # [B, 1]
+        prev = _prev_step(t, mods.dilation, reverse, lengths)
+        h = np.where((prev >= 0)[:, None], hs[np.maximum(prev, 0), rows], h0)
+        c = None if c0 is None else np.where((prev >= 0)[:, None], cs[np.maximum(prev, 0), rows], c0)
         gi = x[t] @ w_ih.T + b_ih  # [B, G*H]
-        gh = h @ w_hh.T + b_hh  # [B, G*H]
+        h_in = h if mods.recurrent_mask is None else mods.recurrent_mask * h
+        gh = h_in @ w_hh.T + b_hh  # [B, G*H]
         h_new, c_new, cache = cell_forward(gi, gh, h, c)
-        steps[t] = (h, cache)
+        if mods.zoneout is not None:
+            h_new = mods.zoneout[t] * h + (1.0 - mods.zoneout[t]) * h_new
+        if c is not None and mods.zoneout_cell is not None:
+            c_new = mods.zoneout_cell[t] * c + (1.0 - mods.zoneout_cell[t]) * c_new
+        steps[t] = (h, prev, cache)
         out[t] = np.where(live, h_new, 0.0)
-        h = np.where(live, h_new, h)
+        hs[t] = h_new
         if c is not None:
-            c = np.where(live, c_new, c)
-    return out, h, c, steps
+            cs[t] = c_new
+    last = np.zeros(B, dtype=np.int64) if reverse else lengths - 1  # each sequence's last step
+    return out, hs[last, rows], (None if c0 is None else cs[last, rows]), steps
 
 
-def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, options):
+def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, options, mods=None):
     """Inverse of ``_direction_forward``: walks the steps in the opposite order.
     x [T, B, I]; dout [T, B, H]; dh_n, dc_n [B, H] (dc_n None unless LSTM).
     Returns dx [T, B, I], dh0 [B, H], dc0 [B, H] or None, (dW_ih, dW_hh, db_ih, db_hh, dW_ch or None,
     the layer norm's gradients (as ln) or None)."""
+    mods = mods or _Modifiers()
     cell_backward = _cell_backward_fn(cell, options)
     w_ih, w_hh, b_ih, b_hh, w_ch, ln = w
     dw_ch = None if w_ch is None else np.zeros_like(w_ch)
     d_ln = None if ln is None else [np.zeros_like(v) for v in ln]
-    T = x.shape[0]
+    w_hh_used = w_hh if mods.weight_mask is None else w_hh * mods.weight_mask
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    rows = np.arange(B)
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db_ih, db_hh = np.zeros_like(b_ih), np.zeros_like(b_hh)
-    dh, dc = dh_n.copy(), (None if dc_n is None else dc_n.copy())
+    lstm = dc_n is not None
+    # dL/d(state of step t) from the later steps (and from h_n, c_n at each sequence's last step)
+    dhs, dcs = np.zeros((T, B, H)), np.zeros((T, B, H))
+    last = np.zeros(B, dtype=np.int64) if reverse else lengths - 1
+    dhs[last, rows] += dh_n
+    if lstm:
+        dcs[last, rows] += dc_n
+    dh0, dc0 = np.zeros((B, H)), (np.zeros((B, H)) if lstm else None)
     for t in range(T) if reverse else reversed(range(T)):
         live = (t < lengths)[:, None]  # [B, 1]
-        h_prev, cache = steps[t]
-        # A row that is not live passed its state through unchanged and output a constant zero.
-        dh_new = np.where(live, dh + dout[t], 0.0)  # [B, H]
-        dc_new = None if dc is None else np.where(live, dc, 0.0)
-        dgi, dgh, dh_direct, dc_prev, extra = cell_backward(dh_new, dc_new, cache)
+        h_prev, prev, cache = steps[t]
+        dh_new = np.where(live, _clip(dhs[t] + dout[t], mods.grad_clip), 0.0)  # [B, H]
+        dc_new = None if not lstm else np.where(live, dcs[t], 0.0)
+        dh_keep = dc_keep = 0.0  # the zoneout paths straight to the previous state
+        if mods.zoneout is not None:
+            dh_keep, dh_new = mods.zoneout[t] * dh_new, (1.0 - mods.zoneout[t]) * dh_new
+        cell_clip = mods.grad_clip
+        if lstm and mods.zoneout_cell is not None:
+            # c_t = d_c c_{t-1} + (1 - d_c) c~_t: what reaches c_t comes from the later steps only (h~_t
+            # reads c~_t), so that total is the one clamped, and c~_t's is not
+            dc_new = _clip(dc_new, mods.grad_clip)
+            dc_keep, dc_new = mods.zoneout_cell[t] * dc_new, (1.0 - mods.zoneout_cell[t]) * dc_new
+            cell_clip = None
+        if cell_clip is None:  # the cells other than the plain ones are not combined with grad_clip
+            dgi, dgh, dh_direct, dc_prev, extra = cell_backward(dh_new, dc_new, cache)
+        else:
+            dgi, dgh, dh_direct, dc_prev, extra = cell_backward(dh_new, dc_new, cache, clip=cell_clip)
         # parameters a cell uses itself (peepholes, the reset-before GRU's n product); dead rows have
         # zero gate gradients, so they add nothing
         if "w_ch" in extra:
@@ -373,6 +447,10 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
         if "w_hh" in extra:
             dw_hh += extra["w_hh"]
             db_hh += extra["b_hh"]
+        dx[t] = dgi @ w_ih  # [B, I]
+        dw_ih += dgi.T @ x[t]
+        h_in = h_prev if mods.recurrent_mask is None else mods.recurrent_mask * h_prev
+        dw_hh += dgh.T @ h_in
         if ln is not None:  # layer norm: dgi, dgh are the products' gradients, the biases' come as extras
             db_ih += extra["b_ih"]
             db_hh += extra["b_hh"]
@@ -381,13 +459,20 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
         else:
             db_ih += dgi.sum(axis=0)
             db_hh += dgh.sum(axis=0)
-        dx[t] = dgi @ w_ih  # [B, I]
-        dw_ih += dgi.T @ x[t]
-        dw_hh += dgh.T @ h_prev
-        dh = np.where(live, dh_direct + dgh @ w_hh, dh)
-        if dc is not None:
-            dc = np.where(live, dc_prev, dc)
-    return dx, dh, dc, (dw_ih, dw_hh, db_ih, db_hh, dw_ch, d_ln)
+        dh_in = dgh @ w_hh_used
+        if mods.recurrent_mask is not None:
+            dh_in = mods.recurrent_mask * dh_in
+        dh_p = np.where(live, dh_direct + dh_in + dh_keep, 0.0)
+        has_prev = (prev >= 0)[:, None]
+        np.add.at(dhs, (np.maximum(prev, 0), rows), np.where(has_prev, dh_p, 0.0))
+        dh0 += np.where(has_prev, 0.0, dh_p)
+        if lstm:
+            dc_p = np.where(live, dc_prev + dc_keep, 0.0)
+            np.add.at(dcs, (np.maximum(prev, 0), rows), np.where(has_prev, dc_p, 0.0))
+            dc0 += np.where(has_prev, 0.0, dc_p)
+    if mods.weight_mask is not None:
+        dw_hh = dw_hh * mods.weight_mask
+    return dx, dh0, dc0, (dw_ih, dw_hh, db_ih, db_hh, dw_ch, d_ln)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +495,12 @@ def forward(
     cell_clip: Optional[float] = None,
     reset_after: bool = True,
     layer_norm: bool = False,
+    dilation=1,
+    recurrent_mask: Optional[np.ndarray] = None,
+    weight_mask: Optional[Sequence[np.ndarray]] = None,
+    zoneout_mask: Optional[np.ndarray] = None,
+    zoneout_cell_mask: Optional[np.ndarray] = None,
+    grad_clip: Optional[float] = None,
 ) -> RNNResult:
     """Run an L-layer, D-direction recurrent stack.
 
@@ -419,6 +510,13 @@ def forward(
               w_hh [G*H, H], b_ih [G*H], b_hh [G*H]) or (w_ih, w_hh); I_0 = I, I_l = D*H.
     h0, c0:   [L*D, B, H] or None (zeros); c0 only for LSTM.
     lengths:  [B] ints in [1, T], or None (all T).
+    The training modifiers, with explicit masks (see ``_Modifiers``; all None / 1: the plain cells):
+    dilation:           an int, or one per layer: layer l's step t reads the state of step t - d_l.
+    recurrent_mask:     [L*D, B, H] m multiplying h_{t-1} where it enters W_hh.
+    weight_mask:        L*D arrays [G*H, H] multiplying W_hh.
+    zoneout_mask:       [L*D, T, B, H] d_h: h_t = d_h h_{t-1} + (1 - d_h) h~_t.
+    zoneout_cell_mask:  [L*D, T, B, H] d_c, the same for the LSTM's c.
+    grad_clip:          C: backward clamps the total gradient reaching each h_t (and c_t) to [-C, C].
     Returns ``RNNResult(output [T, B, D*H] (batch-first if batch_first), h_n [L*D, B, H],
     c_n [L*D, B, H] or None, saved)``; saved is None unless training.
     peephole, coupled, cell_clip: the LSTM variants (see ``_lstm_variant_forward``); with
@@ -436,6 +534,10 @@ def forward(
         "layer_norm is an LSTM/GRU option, not combined with peephole, coupled, cell_clip or reset_after=False"
     assert cell == "lstm" or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
     assert cell == "gru" or reset_after, "reset_after is a GRU option"
+    any_modifier = (np.any(np.asarray(dilation) != 1) or recurrent_mask is not None or weight_mask is not None
+                    or zoneout_mask is not None or zoneout_cell_mask is not None or grad_clip is not None)
+    assert not any_modifier or not (_is_variant(options) or layer_norm or not reset_after), \
+        "the training modifiers run the plain cells only (not peephole, coupled, cell_clip, layer_norm or reset_after=False)"
     is_lstm = cell == "lstm"
     x = np.asarray(x, dtype=np.float64)
     assert x.ndim == 3, f"x must be 3-D, got shape {x.shape}"
@@ -492,6 +594,15 @@ def forward(
     else:
         assert c0 is None, "c0 is only for LSTM"
 
+    dilations = [int(dilation)] * L if np.ndim(dilation) == 0 else [int(d) for d in dilation]
+    assert len(dilations) == L and min(dilations) >= 1, f"dilation must be >= 1, one per layer, got {dilation}"
+    mods = [_Modifiers(dilations[k // D],
+                       None if recurrent_mask is None else np.asarray(recurrent_mask, dtype=np.float64)[k],
+                       None if weight_mask is None else np.asarray(weight_mask[k], dtype=np.float64),
+                       None if zoneout_mask is None else np.asarray(zoneout_mask, dtype=np.float64)[k],
+                       None if zoneout_cell_mask is None else np.asarray(zoneout_cell_mask, dtype=np.float64)[k],
+                       grad_clip) for k in range(L * D)]
+
     h_n = np.zeros((L * D, B, H))
     c_n = np.zeros((L * D, B, H)) if is_lstm else None
     layer_inputs = []  # L arrays [T, B, I_l]
@@ -502,7 +613,7 @@ def forward(
         for d in range(D):
             k = l * D + d
             out, h_n[k], ck, steps = _direction_forward(
-                cell, layer_in, lengths, ws[k], h0[k], c0[k] if is_lstm else None, d == 1, options
+                cell, layer_in, lengths, ws[k], h0[k], c0[k] if is_lstm else None, d == 1, options, mods[k]
             )
             if is_lstm:
                 c_n[k] = ck
@@ -518,7 +629,7 @@ def forward(
     if training:
         saved = dict(
             cell=cell, D=D, L=L, H=H, has_bias=has_bias, batch_first=batch_first,
-            lengths=lengths, weights=ws, layer_inputs=layer_inputs, steps=all_steps, options=options,
+            lengths=lengths, weights=ws, layer_inputs=layer_inputs, steps=all_steps, options=options, mods=mods,
         )
     return RNNResult(output, h_n, c_n, saved)
 
@@ -563,7 +674,7 @@ def backward(
             dx_d, dh0[k], dck, dw = _direction_backward(
                 cell, x_l, lengths, ws[k], saved["steps"][k],
                 d_layer_out[:, :, d * H:(d + 1) * H],
-                dhn[k], dcn[k] if is_lstm else None, d == 1, saved["options"],
+                dhn[k], dcn[k] if is_lstm else None, d == 1, saved["options"], saved["mods"][k],
             )
             if is_lstm:
                 dc0[k] = dck
