@@ -1,5 +1,6 @@
 """Issue 14's cell variants in the NumPy API and the reference: the LSTM with peepholes, with the
-coupled input-forget gate (CIFG), with cell clipping, and their combinations; init="identity".
+coupled input-forget gate (CIFG), with cell clipping, and their combinations; init="identity";
+the reset-before GRU and layer norm (reference only, the kernels refuse them).
 (1) The reference's hand-written BPTT of every variant against central finite differences of its
 own forward (float64); (2) the kernels (fastrnn.forward / backward) against the reference over the
 matrix of layers x directions x lengths x dtypes, with awkward sizes on both sides of the 16-row
@@ -305,3 +306,76 @@ def test_gru_reset_before_not_in_the_kernels_yet():
         fastrnn.forward("gru", x, fastrnn.init_weights("gru", 3, 4), reset_after=False)
     with pytest.raises(ValueError, match="reset_after is a GRU option"):
         fastrnn.forward("lstm", x, fastrnn.init_weights("lstm", 3, 4), reset_after=False)
+
+
+# ---- layer norm (reference; the kernels refuse it for now) -----------------------------------------
+def layer_norm_problem(cell, bias, bidirectional, seed):
+    """Weights as fastrnn.nn orders them with layer_norm=True: (w_ih, w_hh[, b_ih, b_hh], γ_ih, γ_hh
+    [, γ_c, β_c]), the layer norm's vectors drawn away from their init (ones, zeros) so that their
+    gradients are tested in general position."""
+    rng = np.random.default_rng(seed)
+    # H = 3: with H = 2 the cell norm of two nearly equal values is steep enough for the central
+    # differences' truncation error to reach 2e-8
+    T, B, I, H, L = 3, 3, 3, 3, 2
+    D = 2 if bidirectional else 1
+    G = 4 if cell == "lstm" else 3
+    weights = fastrnn.init_weights(cell, I, H, L, bidirectional=bidirectional, bias=bias, dtype=np.float64, seed=seed)
+    lns = [(1.0 + 0.3 * rng.standard_normal(G * H), 1.0 + 0.3 * rng.standard_normal(G * H))
+           + ((1.0 + 0.3 * rng.standard_normal(H), 0.3 * rng.standard_normal(H)) if cell == "lstm" else ())
+           for _ in weights]
+    weights = [tuple(2.0 * w for w in entry) + ln for entry, ln in zip(weights, lns)]
+    x, h0 = rng.standard_normal((T, B, I)), 0.5 * rng.standard_normal((L * D, B, H))
+    c0 = rng.standard_normal((L * D, B, H)) if cell == "lstm" else None
+    dy, dhn = rng.standard_normal((T, B, D * H)), rng.standard_normal((L * D, B, H))
+    dcn = rng.standard_normal((L * D, B, H)) if cell == "lstm" else None
+    return weights, x, h0, c0, dy, dhn, dcn
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("bidirectional,ragged", [(False, False), (True, True)], ids=["uni", "bi-ragged"])
+def test_reference_layer_norm_matches_finite_differences(cell, bidirectional, ragged, bias):
+    """The hand-written BPTT of the layer-normalised LSTM/GRU, every gradient (x, h0, c0, weights,
+    biases, the norm's gains and the cell norm's bias) against central differences, float64."""
+    weights, x, h0, c0, dy, dhn, dcn = layer_norm_problem(cell, bias, bidirectional, seed=31)
+    kw = dict(lengths=np.array([2, 3, 1]) if ragged else None, bidirectional=bidirectional, layer_norm=True)
+    res = reference.forward(cell, x, weights, h0, c0, **kw)
+    grads = reference.backward(res.saved, dy, dhn, dcn)
+
+    def loss():
+        o = reference.forward(cell, x, weights, h0, c0, training=False, **kw)
+        return np.sum(o.output * dy) + np.sum(o.h_n * dhn) + (np.sum(o.c_n * dcn) if cell == "lstm" else 0.0)
+
+    np.testing.assert_allclose(grads.dx, numeric_grad(loss, x), rtol=FD_RTOL, atol=FD_ATOL)
+    np.testing.assert_allclose(grads.dh0, numeric_grad(loss, h0), rtol=FD_RTOL, atol=FD_ATOL)
+    if cell == "lstm":
+        np.testing.assert_allclose(grads.dc0, numeric_grad(loss, c0), rtol=FD_RTOL, atol=FD_ATOL)
+    for k, (dw, w) in enumerate(zip(grads.dweights, weights)):
+        assert len(dw) == len(w)
+        for j in range(len(w)):
+            np.testing.assert_allclose(dw[j], numeric_grad(loss, w[j]), rtol=FD_RTOL, atol=FD_ATOL,
+                                       err_msg=f"weights[{k}][{j}]")
+
+
+def test_reference_layer_norm_equations_one_step():
+    """One LSTM step written out here (LN over the whole 4H row, gains, then biases; h from the
+    normalised c) against the reference; with a huge γ_c the output saturates, so c's norm is used."""
+    rng = np.random.default_rng(32)
+    B, I, H = 2, 3, 4
+    w_ih, w_hh = rng.standard_normal((4 * H, I)), rng.standard_normal((4 * H, H))
+    b_ih, b_hh = rng.standard_normal(4 * H), rng.standard_normal(4 * H)
+    g_ih, g_hh, g_c, b_c = (rng.standard_normal(4 * H), rng.standard_normal(4 * H), rng.standard_normal(H),
+                            rng.standard_normal(H))
+    x, h, c = rng.standard_normal((1, B, I)), rng.standard_normal((1, B, H)), rng.standard_normal((1, B, H))
+
+    def ln(v):
+        return (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-5)
+
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    a = ln(x[0] @ w_ih.T) * g_ih + ln(h[0] @ w_hh.T) * g_hh + b_ih + b_hh
+    i, f, g, o = sig(a[:, :H]), sig(a[:, H:2 * H]), np.tanh(a[:, 2 * H:3 * H]), sig(a[:, 3 * H:])
+    c_new = f * c[0] + i * g
+    h_new = o * np.tanh(ln(c_new) * g_c + b_c)
+    res = reference.forward("lstm", x, [(w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, g_c, b_c)], h, c, layer_norm=True)
+    np.testing.assert_allclose(res.output[0], h_new, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(res.c_n[0], c_new, rtol=1e-12, atol=1e-14)

@@ -630,6 +630,8 @@ VARIANT_CASES = (  # (name, module, options)
     ("lstm cell_clip", "LSTM", dict(cell_clip=1.0)),
     ("lstm peephole+coupled+clip", "LSTM", dict(peephole=True, coupled=True, cell_clip=1.0)),
     ("gru reset_after=False", "GRU", dict(reset_after=False)),
+    ("lstm layer_norm", "LSTM", dict(layer_norm=True)),
+    ("gru layer_norm", "GRU", dict(layer_norm=True)),
 )
 
 
@@ -639,13 +641,29 @@ def _torch_loop(torch, m, x):
     F = torch.nn.functional
     w_ih, w_hh, b_ih, b_hh = m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0
     H = m.hidden_size
-    xw = F.linear(x, w_ih, b_ih)
+    ln = getattr(m, "layer_norm", False)  # LN(v)*γ over the G*H row, then the bias
+
+    def norm(v, gain, bias):
+        return F.layer_norm(v, (v.size(-1),), gain, None, 1e-5) + bias
+
+    xw = norm(F.linear(x, w_ih), m.ln_weight_ih_l0, b_ih) if ln else F.linear(x, w_ih, b_ih)
     h = x.new_zeros(x.size(1), H)
     c = x.new_zeros(x.size(1), H)
     p = getattr(m, "weight_ch_l0", None)
     ys = []
     for t in range(x.size(0)):
-        if m.mode == "GRU":  # reset before the hidden product
+        if ln:
+            gh = norm(F.linear(h, w_hh), m.ln_weight_hh_l0, b_hh)
+            if m.mode == "GRU":  # the reset gate multiplies the normalised, gained n part plus b_hn
+                r_i, z_i, n_i = xw[t].chunk(3, 1)
+                r_h, z_h, n_h = gh.chunk(3, 1)
+                r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+                h = (1 - z) * torch.tanh(n_i + r * n_h) + z * h
+            else:
+                a_i, a_f, a_g, a_o = (xw[t] + gh).chunk(4, 1)
+                c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
+                h = torch.sigmoid(a_o) * torch.tanh(norm(c, m.ln_weight_c_l0, m.ln_bias_c_l0))
+        elif m.mode == "GRU":  # reset before the hidden product
             r_i, z_i, n_i = xw[t].chunk(3, 1)
             r_h, z_h = F.linear(h, w_hh[:2 * H], b_hh[:2 * H]).chunk(2, 1)
             r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)

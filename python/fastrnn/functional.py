@@ -178,7 +178,7 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int, D: int) -> None:
 
 def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, bidirectional: bool = False,
             batch_first: bool = False, training: bool = False, peephole: bool = False, coupled: bool = False,
-            cell_clip: Optional[float] = None, reset_after: bool = True) -> RNNResult:
+            cell_clip: Optional[float] = None, reset_after: bool = True, layer_norm: bool = False) -> RNNResult:
     """Run a stack of recurrent layers over a whole sequence.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
@@ -196,6 +196,9 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014)
         is not implemented by the kernels yet: NotImplementedError (fastrnn.reference and
         fastrnn.nn.GRU(reset_after=False) compute it).
+    layer_norm: the layer-normalised LSTM/GRU (README "Cell variants") is not fused in the kernels
+        yet: NotImplementedError (fastrnn.reference.forward(..., layer_norm=True) and
+        fastrnn.nn.LSTM/GRU(layer_norm=True), composed torch ops, compute it).
 
     ``saved`` keeps references to ``x`` (when already time-major and C-contiguous), the weights,
     h0, c0 and lengths, not copies: changing any of them in place before ``backward`` silently
@@ -211,6 +214,12 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
             raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
         raise NotImplementedError("reset_after=False (the GRU of Cho et al. 2014) is not implemented by the kernels "
                                   "yet: fastrnn.reference.forward and fastrnn.nn.GRU(reset_after=False) compute it")
+    if layer_norm is not False:
+        if cell not in ("lstm", "gru") or not isinstance(layer_norm, bool):
+            raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
+        raise NotImplementedError("layer_norm=True is not fused in the kernels yet: fastrnn.reference.forward(..., "
+                                  "layer_norm=True) and fastrnn.nn.LSTM/GRU(layer_norm=True) (composed torch ops, "
+                                  "autograd backward) compute it")
     x = _check_x(x)
     D = 2 if bidirectional else 1
     if batch_first:

@@ -12,7 +12,7 @@ graph). ``convert(model)`` swaps the torch.nn modules inside a model for these o
 Differences from torch.nn: float32 and float64 only (other dtypes raise TypeError), and no double
 backward. ``LSTM(proj_size > 0)`` is not covered by the kernels: it runs a pure-torch fallback
 (composed torch ops, autograd does the backward) that matches torch.nn.LSTM but is not fast. So do
-the calls the kernels have no rule for: meta tensors (shapes only), an empty batch (B = 0),
+``GRU(reset_after=False)`` and ``LSTM/GRU(layer_norm=True)`` (issue 14, not fused yet), and the calls the kernels have no rule for: meta tensors (shapes only), an empty batch (B = 0),
 forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp`` / ``jacfwd``) and torch.func's
 transforms (``grad``, ``jacrev``, ``vmap``, ...): ``_composed_recurrence``.
 """
@@ -59,14 +59,15 @@ def _kernels_cannot_serve(x: Tensor, h0, c0, weights: List[Tensor]) -> bool:
 
 
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
-            bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False):
+            bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False, layer_norm: bool = False):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
     the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell.
-    ``reset_before``: the GRU with reset_after=False, which the kernels do not implement: composed
-    torch ops (correct, not fast)."""
-    if reset_before or _kernels_cannot_serve(x, h0, c0, weights):
+    ``reset_before``: the GRU with reset_after=False, and ``layer_norm``: the layer-normalised
+    LSTM/GRU (weights entries end with the norm's vectors), which the kernels do not implement:
+    composed torch ops (correct, not fast)."""
+    if reset_before or layer_norm or _kernels_cannot_serve(x, h0, c0, weights):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
-                                    reset_before)
+                                    reset_before, layer_norm)
     # A traced graph keeps what the trace saw as a constant, and the trace is checked by running it
     # again without grad: it always keeps the reserve, so that the graph is the same and can train.
     training = _needs_grad(x, h0, c0, *weights) or torch._C._get_tracing_state() is not None
@@ -82,11 +83,14 @@ class _RNNBase(torch.nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
-                 cell_clip: Optional[float] = None, init: str = "uniform") -> None:
+                 cell_clip: Optional[float] = None, layer_norm: bool = False, init: str = "uniform") -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         if mode in _CELL:  # issue 14's options: LSTM-only ones refused elsewhere, clear errors for bad values
             _check_options(_CELL[mode], peephole, coupled, cell_clip)
+        _check_layer_norm(layer_norm, peephole, coupled, cell_clip)
+        if layer_norm and proj_size > 0:
+            raise ValueError(f"layer_norm=True does not combine with proj_size (got proj_size={proj_size})")
         if init not in ("uniform", "identity"):
             raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
         # The same checks, in the same order and with the same exception types, as torch.nn.RNNBase.
@@ -127,6 +131,7 @@ class _RNNBase(torch.nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.peephole, self.coupled, self.cell_clip, self.init = bool(peephole), bool(coupled), cell_clip, init
+        self.layer_norm = layer_norm
         self.reset_after = True  # GRU sets it after
         # the op's cell string (ops.variant_cell): the base cell's name unless an option is set
         self._cell = ops.variant_cell(_CELL[mode], peephole, coupled, cell_clip)
@@ -148,6 +153,12 @@ class _RNNBase(torch.nn.Module):
                     params += [(f"weight_ch_l{layer}{suffix}", (2 if coupled else 3, hidden_size))]
                 if proj_size > 0:
                     params += [(f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size))]
+                if layer_norm:  # gains of the two products' norms [G*H]; LSTM: the cell norm's gain and bias [H]
+                    params += [(f"ln_weight_ih_l{layer}{suffix}", (gate_size,)),
+                               (f"ln_weight_hh_l{layer}{suffix}", (gate_size,))]
+                    if mode == "LSTM":
+                        params += [(f"ln_weight_c_l{layer}{suffix}", (hidden_size,)),
+                                   (f"ln_bias_c_l{layer}{suffix}", (hidden_size,))]
                 for name, shape in params:
                     setattr(self, name, Parameter(torch.empty(shape, **factory_kwargs)))
                 names = [name for name, _ in params]
@@ -197,6 +208,7 @@ class _RNNBase(torch.nn.Module):
             for names in self._all_weights:
                 _identity_init(*(getattr(self, n) for n in names[:2]),
                                *(getattr(self, n) for n in names if n.startswith("bias_")))
+        _layer_norm_init(self)
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -317,9 +329,10 @@ class _RNNBase(torch.nn.Module):
         L, H = self.num_layers, self.hidden_size
         if lengths is not None:
             lengths = lengths.to(device=x.device, dtype=torch.int64)
-        reset_before = not self.reset_after
+        reset_before, layer_norm = not self.reset_after, self.layer_norm
         if not (self.dropout > 0 and self.training and L > 1):
-            return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional, self._cell, reset_before)
+            return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional, self._cell, reset_before,
+                           layer_norm)
         D = 2 if self.bidirectional else 1
         per_layer = len(weights) // L
         hns, cns = [], []
@@ -327,7 +340,7 @@ class _RNNBase(torch.nn.Module):
             rows = slice(layer * D, (layer + 1) * D)
             x, hn, cn = _run_op(self.mode, x, weights[layer * per_layer:(layer + 1) * per_layer],
                                 None if h0 is None else h0[rows], None if c0 is None else c0[rows], lengths, H, 1,
-                                self.bidirectional, self._cell, reset_before)
+                                self.bidirectional, self._cell, reset_before, layer_norm)
             hns.append(hn)
             cns.append(cn)
             if layer < L - 1:
@@ -346,11 +359,37 @@ def _identity_init(w_ih: Tensor, w_hh: Tensor, *biases: Tensor) -> None:
             b.zero_()
 
 
+def _check_layer_norm(layer_norm, peephole=False, coupled=False, cell_clip=None) -> None:
+    """layer_norm is a bool and (for now) not combined with the pointwise LSTM variants."""
+    if not isinstance(layer_norm, bool):
+        raise TypeError(f"layer_norm must be a bool, got {type(layer_norm).__name__}")
+    if layer_norm and (peephole or coupled or cell_clip is not None):
+        raise ValueError("layer_norm=True does not combine with peephole, coupled or cell_clip (got "
+                         f"peephole={peephole!r}, coupled={coupled!r}, cell_clip={cell_clip!r})")
+
+
+def _layer_norm_init(m: torch.nn.Module) -> None:
+    """The layer norm's gains ones and the cell norm's bias zeros (the parameters named ln_*)."""
+    with torch.no_grad():
+        for name, p in m.named_parameters(recurse=False):
+            if name.startswith("ln_weight"):
+                p.fill_(1.0)
+            elif name.startswith("ln_bias"):
+                p.zero_()
+
+
+def _layer_norm(v: Tensor, gain: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """LN(v) * gain (+ bias) over the last axis: (v - mean) / sqrt(var + 1e-5), biased variance.
+    v [..., N], gain [N]; the bias is added after the norm (haste's LayerNormLSTM)."""
+    y = F.layer_norm(v, (v.size(-1),), gain, None, 1e-5)
+    return y if bias is None else y + bias
+
+
 def _variant_repr(m) -> str:
     """The issue-14 options that differ from the defaults, for extra_repr."""
     s = ""
     for name, default in (("peephole", False), ("coupled", False), ("cell_clip", None), ("reset_after", True),
-                          ("init", "uniform")):
+                          ("layer_norm", False), ("init", "uniform")):
         value = getattr(m, name, default)
         if value != default:
             s += f", {name}={value!r}"
@@ -405,16 +444,28 @@ def _gru_reset_before_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[T
     return (1 - z) * n + z * h
 
 
+def _layer_norm_lstm_step(a: Tensor, c: Tensor, gain_c: Tensor, bias_c: Tensor):
+    """One step of the layer-normalised LSTM from a = LN(W_ih x) γ_ih + LN(W_hh h) γ_hh + b_ih + b_hh
+    [B, 4H]: c' = f*c + i*g is carried, h' = o * tanh(LN(c') γ_c + β_c)."""
+    i, f, g, o = a.chunk(4, 1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(_layer_norm(c_new, gain_c, bias_c)), c_new
+
+
 def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int,
-                         num_layers: int, bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False):
+                         num_layers: int, bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False,
+                         layer_norm: bool = False):
     """The op's forward (x [T, B, I] -> (y [T, B, D*H], hn [L*D, B, H], cn or None)) in composed torch
     ops, for the calls the kernels cannot serve (_kernels_cannot_serve): autograd, forward-mode AD and
-    torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T)."""
+    torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T).
+    ``layer_norm`` (Ba et al. 2016, haste's LayerNormLSTM): each weights entry ends with γ_ih, γ_hh
+    [G*H] (LSTM: and γ_c, β_c [H]); the products are normalised without their biases, which follow
+    the gains; the GRU's reset gate multiplies LN(W_hn h) γ_hh,n + b_hn, its base cell's gh_n."""
     T, B = x.size(0), x.size(1)
     D = 2 if bidirectional else 1
     per_entry = len(weights) // (num_layers * D)
     lstm = mode == "LSTM"
-    peephole = bool(cell) and dict(ops.split_cell(cell)[1])["peephole"]
+    peephole = not layer_norm and bool(cell) and dict(ops.split_cell(cell)[1])["peephole"]  # LN: no peepholes
     state = (num_layers * D, B, hidden_size)
     h0 = x.new_zeros(state) if h0 is None else h0
     c0 = (x.new_zeros(state) if c0 is None else c0) if lstm else None
@@ -425,15 +476,28 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
         for d in range(D):
             k = layer * D + d
             entry = weights[k * per_entry:(k + 1) * per_entry]
+            ln = None
+            if layer_norm:  # (γ_ih, γ_hh[, γ_c, β_c]) end the entry
+                n_ln = 4 if lstm else 2
+                ln, entry = entry[-n_ln:], entry[:-n_ln]
             w_ch = entry.pop() if peephole else None
             w_ih, w_hh = entry[0], entry[1]
             b_ih, b_hh = (entry[2], entry[3]) if len(entry) == 4 else (None, None)
-            xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], all steps at once
+            if layer_norm:  # [T, B, G*H]: LN(W_ih x) γ_ih + b_ih, all steps at once
+                xw = _layer_norm(F.linear(x, w_ih), ln[0], b_ih)
+            else:
+                xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], all steps at once
             h, c = h0[k], (c0[k] if lstm else None)
             ys: List[Optional[Tensor]] = [None] * T
             for t in (range(T - 1, -1, -1) if d else range(T)):
                 if reset_before:
                     h_new, c_new = _gru_reset_before_step(xw[t], h, w_hh, b_hh), None
+                elif layer_norm:
+                    gh = _layer_norm(F.linear(h, w_hh), ln[1], b_hh)  # [B, G*H]
+                    if lstm:
+                        h_new, c_new = _layer_norm_lstm_step(xw[t] + gh, c, ln[2], ln[3])
+                    else:
+                        h_new, c_new = _composed_step(mode, xw[t], gh, h, None)
                 else:
                     h_new, c_new = _composed_step(mode, xw[t], F.linear(h, w_hh, b_hh), h, c, cell, w_ch)
                 if live is None:
@@ -515,46 +579,48 @@ class RNN(_RNNBase):
                          device=device, dtype=dtype, init=init)
 
 
-def _refuse_unimplemented(layer_norm: bool = False) -> None:
-    """Issue 14's options that fastrnn does not implement yet: a clear error, never a silent base cell."""
-    if layer_norm:
-        raise NotImplementedError("layer_norm=True is not implemented yet (issue 14, planned in csrc/cells/spec.h: "
-                                  "row reductions in the loops)")
-
-
 class LSTM(_RNNBase):
     """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size > 0 runs the
     pure-torch fallback ``_lstm_projected``. Keyword-only cell options (issue 14; README "Cell
     variants"): ``peephole`` (parameters ``weight_ch_l{k}{suffix}`` [3, H], rows i, f, o), ``coupled``
     (CIFG: gate blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
-    [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` raises NotImplementedError."""
+    [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` (a = LN(W_ih x) γ_ih + LN(W_hh h) γ_hh
+    + b_ih + b_hh, h_t = o tanh(LN(c_t) γ_c + β_c); parameters ``ln_weight_ih/hh_l{k}{suffix}`` [4H],
+    ``ln_weight_c/ln_bias_c_l{k}{suffix}`` [H]; composed torch ops, not fused)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
                  cell_clip: Optional[float] = None, layer_norm: bool = False, init: str = "uniform") -> None:
-        _refuse_unimplemented(layer_norm=layer_norm)
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device=device, dtype=dtype, peephole=peephole, coupled=coupled,
-                         cell_clip=cell_clip, init=init)
+                         cell_clip=cell_clip, layer_norm=layer_norm, init=init)
 
 
 class GRU(_RNNBase):
     """GRU (gates r, z, n, reset applied after the hidden product); torch.nn.GRU's API. Keyword-only
     ``init="identity"`` (W_hh blocks = I); ``reset_after=False``: the reset gate multiplies h before
     the hidden product (Cho et al. 2014; same parameters), run by composed torch ops (not fused
-    yet: correct, not fast); ``layer_norm`` raises NotImplementedError (issue 14, not implemented yet)."""
+    yet: correct, not fast); ``layer_norm``: a_ih = LN(W_ih x) γ_ih + b_ih, a_hh = LN(W_hh h) γ_hh + b_hh
+    as the cell's two products (parameters ``ln_weight_ih/hh_l{k}{suffix}`` [3H]; composed torch ops,
+    not fused; not with reset_after=False)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True, layer_norm: bool = False,
                  init: str = "uniform") -> None:
-        _refuse_unimplemented(layer_norm=layer_norm)
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+        _check_reset_and_layer_norm(reset_after, layer_norm)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, init=init)
+                         device=device, dtype=dtype, layer_norm=layer_norm, init=init)
         self.reset_after = reset_after
+
+
+def _check_reset_and_layer_norm(reset_after: bool, layer_norm) -> None:
+    if layer_norm is True and not reset_after:
+        raise ValueError("layer_norm=True does not combine with reset_after=False (the layer-normalised GRU "
+                         "applies the reset gate after the normalised hidden product)")
 
 
 # ---- cells: one step, the same op with T = 1 -----------------------------------------------------------
@@ -565,11 +631,14 @@ class _CellBase(torch.nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None,
                  dtype=None, *, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
-                 init: str = "uniform") -> None:
+                 layer_norm: bool = False, init: str = "uniform") -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         if init not in ("uniform", "identity"):
             raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
+        _check_layer_norm(layer_norm, peephole, coupled, cell_clip)
+        self.layer_norm = layer_norm
+        lstm = num_chunks == 4
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
@@ -587,6 +656,12 @@ class _CellBase(torch.nn.Module):
             self.register_parameter("bias_hh", None)
         if peephole:  # rows (i, f, o), coupled (f, o)
             self.weight_ch = Parameter(torch.empty((2 if coupled else 3, hidden_size), **factory_kwargs))
+        if layer_norm:  # as the layers' ln_* parameters, without the _l{k} suffix
+            self.ln_weight_ih = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            self.ln_weight_hh = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            if lstm:
+                self.ln_weight_c = Parameter(torch.empty(hidden_size, **factory_kwargs))
+                self.ln_bias_c = Parameter(torch.empty(hidden_size, **factory_kwargs))
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -603,6 +678,7 @@ class _CellBase(torch.nn.Module):
             init.uniform_(weight, -stdv, stdv)
         if getattr(self, "init", "uniform") == "identity":
             _identity_init(self.weight_ih, self.weight_hh, *((self.bias_ih, self.bias_hh) if self.bias else ()))
+        _layer_norm_init(self)
 
     def _step(self, mode: str, input: Tensor, states: Optional[Tuple[Tensor, ...]], name: str):
         """Checks (torch.nn's types) and one step: input [B, I] or [I]; states None or a tuple of
@@ -642,12 +718,15 @@ class _CellBase(torch.nn.Module):
         if self.peephole or self.coupled or self.cell_clip is not None:  # issue 14's LSTM variants
             weights += [self.weight_ch] if self.peephole else []
             cell = ops.variant_cell("lstm", self.peephole, self.coupled, self.cell_clip)
+        if self.layer_norm:
+            weights += [self.ln_weight_ih, self.ln_weight_hh]
+            weights += [self.ln_weight_c, self.ln_bias_c] if mode == "LSTM" else []
         h0 = c0 = None
         if states is not None:
             h0 = states[0].unsqueeze(0)
             c0 = states[1].unsqueeze(0) if mode == "LSTM" else None
         _, hn, cn = _run_op(mode, input.unsqueeze(0), weights, h0, c0, None, self.hidden_size, 1, False, cell,
-                            not self.reset_after)
+                            not self.reset_after, self.layer_norm)
         out = (hn[0], cn[0]) if mode == "LSTM" else (hn[0],)
         return out if is_batched else tuple(s.squeeze(0) for s in out)
 
@@ -669,29 +748,31 @@ class RNNCell(_CellBase):
 
 class LSTMCell(_CellBase):
     """One LSTM step; torch.nn.LSTMCell's API, returns (h', c'). Keyword-only options as LSTM's
-    (``peephole`` -> parameter ``weight_ch`` [3, H] / coupled [2, H], ``coupled``, ``cell_clip``, ``init``)."""
+    (``peephole`` -> parameter ``weight_ch`` [3, H] / coupled [2, H], ``coupled``, ``cell_clip``, ``init``,
+    ``layer_norm`` -> ``ln_weight_ih``, ``ln_weight_hh`` [4H], ``ln_weight_c``, ``ln_bias_c`` [H])."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
                  layer_norm: bool = False, init: str = "uniform") -> None:
-        _refuse_unimplemented(layer_norm=layer_norm)
         _check_options("lstm", peephole, coupled, cell_clip)
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype, peephole=peephole,
-                         coupled=coupled, cell_clip=cell_clip, init=init)
+                         coupled=coupled, cell_clip=cell_clip, layer_norm=layer_norm, init=init)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         return self._step("LSTM", input, None if hx is None else tuple(hx), "LSTMCell")
 
 
 class GRUCell(_CellBase):
-    """One GRU step; torch.nn.GRUCell's API."""
+    """One GRU step; torch.nn.GRUCell's API. Keyword-only ``reset_after``, ``layer_norm`` (parameters
+    ``ln_weight_ih``, ``ln_weight_hh`` [3H]) and ``init``, as GRU's."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  reset_after: bool = True, layer_norm: bool = False, init: str = "uniform") -> None:
-        _refuse_unimplemented(layer_norm=layer_norm)
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
-        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype, init=init)
+        _check_reset_and_layer_norm(reset_after, layer_norm)
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype,
+                         layer_norm=layer_norm, init=init)
         self.reset_after = reset_after
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:

@@ -194,6 +194,86 @@ def _gru_reset_before_backward(dh_new, dc_new, cache):
     return dgi, dgh, dh_new * z + d_rh * r, None, {"w_hh": dw_hh, "b_hh": db_hh}
 
 
+# Layer norm (issue 14; Ba et al. 2016, in haste's LayerNormLSTM form). LN(v) = (v - mean) /
+# sqrt(var + 1e-5) over a whole row (biased variance), no bias inside the norm. The input and
+# recurrent products are normalised separately over all G*H gate values, then gains, then biases:
+#   a_ih = LN(x W_ihᵀ) ⊙ γ_ih + b_ih,   a_hh = LN(h W_hhᵀ) ⊙ γ_hh + b_hh            [B, G*H]
+# and these are the cell's gi and gh: LSTM a = a_ih + a_hh; GRU r, z = σ(a_ih + a_hh) in their blocks and
+# n = tanh(a_ih,n + r ⊙ a_hh,n) (the reset gate multiplies the normalised, gained part plus b_hn).
+# The LSTM also normalises its cell for the output: h' = o ⊙ tanh(LN(c') ⊙ γ_c + β_c), carrying c'.
+LN_EPS = 1e-5
+
+
+def _ln_forward(v, gamma):
+    """v [B, N], gamma [N] -> LN(v) * gamma [B, N] and the cache for _ln_backward."""
+    mean = v.mean(axis=1, keepdims=True)  # [B, 1]
+    var = ((v - mean) ** 2).mean(axis=1, keepdims=True)  # biased
+    inv_std = 1.0 / np.sqrt(var + LN_EPS)
+    v_hat = (v - mean) * inv_std  # [B, N]
+    return v_hat * gamma, (v_hat, inv_std, gamma)
+
+
+def _ln_backward(dy, cache):
+    """dy [B, N] -> (dv [B, N], dgamma [N])."""
+    v_hat, inv_std, gamma = cache
+    dv_hat = dy * gamma
+    dv = inv_std * (dv_hat - dv_hat.mean(axis=1, keepdims=True)
+                    - v_hat * (dv_hat * v_hat).mean(axis=1, keepdims=True))
+    return dv, (dy * v_hat).sum(axis=0)
+
+
+# The LSTM cell of the layer-normalised LSTM: as _lstm_forward, but h' = o*tanh(LN(c')*γ_c + β_c).
+def _lstm_ln_cell_forward(gi, gh, h, c, gamma_c, beta_c):
+    a_i, a_f, a_g, a_o = np.split(gi + gh, 4, axis=1)  # each [B, H]
+    i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), np.tanh(a_g), _sigmoid(a_o)
+    c_new = f * c + i * g  # carried un-normalised
+    c_norm, ln_cache = _ln_forward(c_new, gamma_c)
+    tanh_c = np.tanh(c_norm + beta_c)
+    return o * tanh_c, c_new, (c, i, f, g, o, tanh_c, ln_cache)
+
+
+def _lstm_ln_cell_backward(dh_new, dc_new, cache):
+    """-> (dgi, dgh, dh_direct, dc, dgamma_c, dbeta_c)."""
+    c, i, f, g, o, tanh_c, ln_cache = cache
+    d_pre = dh_new * o * (1.0 - tanh_c * tanh_c)  # [B, H] gradient of LN(c')*γ_c + β_c
+    dc_ln, dgamma_c = _ln_backward(d_pre, ln_cache)
+    dc_total = dc_new + dc_ln  # [B, H] all paths into c'
+    da_i = dc_total * g * i * (1.0 - i)
+    da_f = dc_total * c * f * (1.0 - f)
+    da_g = dc_total * i * (1.0 - g * g)
+    da_o = dh_new * tanh_c * o * (1.0 - o)
+    da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)  # [B, 4H]
+    return da, da, np.zeros_like(dh_new), dc_total * f, dgamma_c, d_pre.sum(axis=0)
+
+
+def _layer_norm_forward(cell, gi, gh, h, c, b_ih, b_hh, ln):
+    """gi = x W_ihᵀ, gh = h W_hhᵀ [B, G*H] without biases; ln = (γ_ih, γ_hh[, γ_c, β_c])."""
+    a_ih, cache_ih = _ln_forward(gi, ln[0])
+    a_hh, cache_hh = _ln_forward(gh, ln[1])
+    a_ih, a_hh = a_ih + b_ih, a_hh + b_hh
+    if cell == "lstm":
+        h_new, c_new, cell_cache = _lstm_ln_cell_forward(a_ih, a_hh, h, c, ln[2], ln[3])
+    else:
+        h_new, c_new, cell_cache = _gru_forward(a_ih, a_hh, h, c)
+    return h_new, c_new, (cell, cache_ih, cache_hh, cell_cache)
+
+
+def _layer_norm_backward(dh_new, dc_new, cache):
+    """dgi, dgh are the gradients of the un-normalised products x W_ihᵀ, h W_hhᵀ; the biases' and
+    gains' gradients come back as extras."""
+    cell, cache_ih, cache_hh, cell_cache = cache
+    extra = {}
+    if cell == "lstm":
+        da_ih, da_hh, dh_direct, dc, extra["ln_c_w"], extra["ln_c_b"] = _lstm_ln_cell_backward(dh_new, dc_new,
+                                                                                              cell_cache)
+    else:
+        da_ih, da_hh, dh_direct, dc = _gru_backward(dh_new, dc_new, cell_cache)
+    extra["b_ih"], extra["b_hh"] = da_ih.sum(axis=0), da_hh.sum(axis=0)
+    dgi, extra["ln_ih"] = _ln_backward(da_ih, cache_ih)
+    dgh, extra["ln_hh"] = _ln_backward(da_hh, cache_hh)
+    return dgi, dgh, dh_direct, dc, extra
+
+
 _CELL_FNS = {
     "rnn_tanh": (_rnn_tanh_forward, _rnn_tanh_backward),
     "rnn_relu": (_rnn_relu_forward, _rnn_relu_backward),
@@ -212,6 +292,8 @@ assert set(_CELL_FNS) == set(CELLS)
 
 def _cell_forward_fn(cell, options, w):
     """The cell's pointwise forward for these options (issue 14's variants) and the layer's weights w."""
+    if options["layer_norm"]:
+        return lambda gi, gh, h, c: _layer_norm_forward(cell, gi, gh, h, c, w[2], w[3], w[5])
     if cell == "lstm" and _is_variant(options):
         return lambda gi, gh, h, c: _lstm_variant_forward(gi, gh, h, c, w[4], options["coupled"], options["cell_clip"])
     if cell == "gru" and not options["reset_after"]:
@@ -222,6 +304,8 @@ def _cell_forward_fn(cell, options, w):
 
 def _cell_backward_fn(cell, options):
     """The cell's pointwise backward -> (dgi, dgh, dh_direct, dc, {parameter name: gradient to add})."""
+    if options["layer_norm"]:
+        return _layer_norm_backward
     if cell == "lstm" and _is_variant(options):
         return _lstm_variant_backward
     if cell == "gru" and not options["reset_after"]:
@@ -235,11 +319,14 @@ def _is_variant(options):
 
 def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options):
     """x [T, B, I]; lengths [B]; w = (w_ih [G*H, I], w_hh [G*H, H], b_ih [G*H], b_hh [G*H], w_ch [U, H]
-    or None); h0, c0 [B, H] (c0 None unless LSTM).
+    or None, ln: the layer norm's (γ_ih [G*H], γ_hh [G*H][, γ_c [H], β_c [H]]) or None); h0, c0 [B, H]
+    (c0 None unless LSTM).
     Returns out [T, B, H], h_n [B, H], c_n [B, H] or None, steps (per time step, in time order:
     (h_prev [B, H], cell cache))."""
-    w_ih, w_hh, b_ih, b_hh, w_ch = w
+    w_ih, w_hh, b_ih, b_hh, w_ch, _ = w
     cell_forward = _cell_forward_fn(cell, options, w)
+    if options["layer_norm"]:  # the biases come after the norm, added by the cell
+        b_ih, b_hh = 0.0, 0.0
     T, B, _ = x.shape
     H = w_hh.shape[1]
     h, c = h0, c0
@@ -261,10 +348,12 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options):
 def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, options):
     """Inverse of ``_direction_forward``: walks the steps in the opposite order.
     x [T, B, I]; dout [T, B, H]; dh_n, dc_n [B, H] (dc_n None unless LSTM).
-    Returns dx [T, B, I], dh0 [B, H], dc0 [B, H] or None, (dW_ih, dW_hh, db_ih, db_hh, dW_ch or None)."""
+    Returns dx [T, B, I], dh0 [B, H], dc0 [B, H] or None, (dW_ih, dW_hh, db_ih, db_hh, dW_ch or None,
+    the layer norm's gradients (as ln) or None)."""
     cell_backward = _cell_backward_fn(cell, options)
-    w_ih, w_hh, b_ih, b_hh, w_ch = w
+    w_ih, w_hh, b_ih, b_hh, w_ch, ln = w
     dw_ch = None if w_ch is None else np.zeros_like(w_ch)
+    d_ln = None if ln is None else [np.zeros_like(v) for v in ln]
     T = x.shape[0]
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
@@ -284,15 +373,21 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
         if "w_hh" in extra:
             dw_hh += extra["w_hh"]
             db_hh += extra["b_hh"]
+        if ln is not None:  # layer norm: dgi, dgh are the products' gradients, the biases' come as extras
+            db_ih += extra["b_ih"]
+            db_hh += extra["b_hh"]
+            for j, name in enumerate(("ln_ih", "ln_hh", "ln_c_w", "ln_c_b")[:len(ln)]):
+                d_ln[j] += extra[name]
+        else:
+            db_ih += dgi.sum(axis=0)
+            db_hh += dgh.sum(axis=0)
         dx[t] = dgi @ w_ih  # [B, I]
         dw_ih += dgi.T @ x[t]
         dw_hh += dgh.T @ h_prev
-        db_ih += dgi.sum(axis=0)
-        db_hh += dgh.sum(axis=0)
         dh = np.where(live, dh_direct + dgh @ w_hh, dh)
         if dc is not None:
             dc = np.where(live, dc_prev, dc)
-    return dx, dh, dc, (dw_ih, dw_hh, db_ih, db_hh, dw_ch)
+    return dx, dh, dc, (dw_ih, dw_hh, db_ih, db_hh, dw_ch, d_ln)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +409,7 @@ def forward(
     coupled: bool = False,
     cell_clip: Optional[float] = None,
     reset_after: bool = True,
+    layer_norm: bool = False,
 ) -> RNNResult:
     """Run an L-layer, D-direction recurrent stack.
 
@@ -329,9 +425,15 @@ def forward(
               peephole every weights entry ends with w_ch [U, H] (U = 3: rows i, f, o; coupled: 2, f, o),
               coupled has G = 3 gate blocks (f, g, o).
     reset_after:  GRU: False applies r to h before the hidden product (``_gru_reset_before_forward``).
+    layer_norm:   LSTM and GRU (``_layer_norm_forward``): every weights entry ends with γ_ih [G*H],
+              γ_hh [G*H] and, for the LSTM, γ_c [H], β_c [H] (after the biases: fastrnn.nn's
+              parameter order). Not with peephole, coupled, cell_clip or reset_after=False.
     """
     assert cell in GATES, f"cell must be one of {CELLS}, got {cell!r}"
-    options = dict(peephole=bool(peephole), coupled=bool(coupled), cell_clip=cell_clip, reset_after=bool(reset_after))
+    options = dict(peephole=bool(peephole), coupled=bool(coupled), cell_clip=cell_clip, reset_after=bool(reset_after),
+                   layer_norm=bool(layer_norm))
+    assert not layer_norm or (cell in ("lstm", "gru") and not _is_variant(options) and reset_after), \
+        "layer_norm is an LSTM/GRU option, not combined with peephole, coupled, cell_clip or reset_after=False"
     assert cell == "lstm" or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
     assert cell == "gru" or reset_after, "reset_after is a GRU option"
     is_lstm = cell == "lstm"
@@ -345,13 +447,20 @@ def forward(
     L = len(weights) // D
     G = 3 if coupled else GATES[cell]
     U = (2 if coupled else 3) if peephole else 0  # rows of w_ch
-    extra = 1 if peephole else 0
+    n_ln = (4 if is_lstm else 2) if layer_norm else 0  # the layer norm's vectors at the end of an entry
+    extra = (1 if peephole else 0) + n_ln
     has_bias = len(weights[0]) == 4 + extra
     H = np.shape(weights[0][1])[1]
 
-    ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh, w_ch or None); zero biases when there are none
+    ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh, w_ch or None, ln or None); zero biases when none
     for k, w in enumerate(weights):
         assert len(w) == (4 if has_bias else 2) + extra, "every weights entry must have the same length"
+        ln = None
+        if layer_norm:
+            ln = tuple(np.asarray(v, dtype=np.float64) for v in w[len(w) - n_ln:])
+            sizes = (G * H, G * H, H, H)[:n_ln]
+            assert all(v.shape == (n,) for v, n in zip(ln, sizes)), f"weights[{k}] layer norm shapes"
+            w = w[:len(w) - n_ln]
         w_ch = None
         if peephole:
             w_ch = np.asarray(w[-1], dtype=np.float64)
@@ -367,7 +476,7 @@ def forward(
             assert b_ih.shape == (G * H,) and b_hh.shape == (G * H,), f"weights[{k}] bias shape"
         else:
             b_ih, b_hh = np.zeros(G * H), np.zeros(G * H)
-        ws.append((w_ih, w_hh, b_ih, b_hh, w_ch))
+        ws.append((w_ih, w_hh, b_ih, b_hh, w_ch, ln))
 
     if lengths is None:
         lengths = np.full(B, T, dtype=np.int64)
@@ -459,8 +568,9 @@ def backward(
             if is_lstm:
                 dc0[k] = dck
             d_layer_in += dx_d
-            dw_ch = dw[4:] if dw[4] is not None else ()  # the peepholes' gradient last, as in weights
-            dweights[k] = (dw[:4] if saved["has_bias"] else dw[:2]) + dw_ch
+            dw_ch = (dw[4],) if dw[4] is not None else ()  # the peepholes' gradient, then the layer norm's
+            d_ln = tuple(dw[5]) if dw[5] is not None else ()
+            dweights[k] = (dw[:4] if saved["has_bias"] else dw[:2]) + dw_ch + d_ln
         d_layer_out = d_layer_in
     dx = d_layer_out
     if saved["batch_first"]:
