@@ -10,6 +10,7 @@
 
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,6 +59,28 @@ template <class T> T* checked(py::handle obj, const char* name, const std::vecto
   if (!(arr.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
   if (writeable && !arr.writeable()) throw py::value_error(std::string(name) + " must be writeable");
   return static_cast<T*>(const_cast<void*>(arr.data()));
+}
+
+// The step entry points' outputs are written by some threads while others still read every input:
+// an output may overlap no input and not the other output, by a single byte. All are C-contiguous,
+// so their byte ranges are exactly the memory they use (bytes = 0: absent).
+struct Span {
+  const char* name;
+  const void* p;
+  int64 bytes;
+};
+void refuse_overlaps(std::initializer_list<Span> inputs, const Span& h_out, const Span& c_out) {
+  auto overlap = [](const Span& a, const Span& b) {
+    const auto a0 = reinterpret_cast<std::uintptr_t>(a.p), b0 = reinterpret_cast<std::uintptr_t>(b.p);
+    return a.bytes > 0 && b.bytes > 0 && a0 < b0 + std::uintptr_t(b.bytes) && b0 < a0 + std::uintptr_t(a.bytes);
+  };
+  for (const Span* o : {&h_out, &c_out})
+    for (const Span& i : inputs)
+      if (overlap(*o, i))
+        throw py::value_error(std::string(o->name) + " overlaps " + i.name +
+                              " in memory: h_out/c_out must not be the arrays h/c nor overlap x, h, c or each other");
+  if (overlap(h_out, c_out))
+    throw py::value_error("h_out overlaps c_out in memory: h_out/c_out must not overlap x, h, c or each other");
 }
 
 fastrnn::RnnConfig make_config(int cell, py::array x, int64 H, int64 L, bool bidirectional,
@@ -256,29 +279,9 @@ class PreparedCellBinding {
     const T* cp = lstm_ ? checked<T>(c, "c", {B, H_}, false, false) : nullptr;
     T* hop = checked<T>(h_out, "h_out", {B, H_}, false, true);
     T* cop = lstm_ ? checked<T>(c_out, "c_out", {B, H_}, false, true) : nullptr;
-    // Each thread reads all of x, h (and c) while writing its units of h_out (and c_out): an output
-    // may overlap no input and not the other output, by a single byte. All are C-contiguous, so
-    // their byte ranges are exactly the memory they use.
     const int64 bh = B * H_ * int64(sizeof(T));
-    struct Span {
-      const char* name;
-      const void* p;
-      int64 bytes;
-    };
-    const Span inputs[] = {{"x", xp, B * I_ * int64(sizeof(T))}, {"h", hp, bh}, {"c", cp, lstm_ ? bh : 0}};
-    const Span outputs[] = {{"h_out", hop, bh}, {"c_out", cop, lstm_ ? bh : 0}};
-    auto overlap = [](const Span& a, const Span& b) {
-      const auto a0 = reinterpret_cast<std::uintptr_t>(a.p), b0 = reinterpret_cast<std::uintptr_t>(b.p);
-      return a.bytes > 0 && b.bytes > 0 && a0 < b0 + std::uintptr_t(b.bytes) && b0 < a0 + std::uintptr_t(a.bytes);
-    };
-    for (const Span& o : outputs) {
-      for (const Span& i : inputs)
-        if (overlap(o, i))
-          throw py::value_error(std::string(o.name) + " overlaps " + i.name +
-                                " in memory: h_out/c_out must not be the arrays h/c nor overlap x, h, c or each other");
-    }
-    if (overlap(outputs[0], outputs[1]))
-      throw py::value_error("h_out overlaps c_out in memory: h_out/c_out must not overlap x, h, c or each other");
+    refuse_overlaps({{"x", xp, B * I_ * int64(sizeof(T))}, {"h", hp, bh}, {"c", cp, lstm_ ? bh : 0}},
+                    {"h_out", hop, bh}, {"c_out", cop, lstm_ ? bh : 0});
     py::gil_scoped_release release;
     cell.step(B, xp, hp, cp, hop, cop);
   }
@@ -378,10 +381,9 @@ class PreparedStackBinding {
     T* hop = checked<T>(h_out, "h_out", state, false, true);
     T* cop = lstm_ ? checked<T>(c_out, "c_out", state, false, true) : nullptr;
     // Each layer's threads read all of its h (and layer l+1 reads h_out[l]) while writing h_out.
-    const void* outs[] = {hop, cop};
-    for (const void* o : outs)
-      if (o && (o == static_cast<const void*>(hp) || o == static_cast<const void*>(cp) || o == static_cast<const void*>(xp)))
-        throw py::value_error("h_out/c_out must not be the arrays x, h or c");
+    const int64 states = L_ * B * H_ * int64(sizeof(T));
+    refuse_overlaps({{"x", xp, B * I_ * int64(sizeof(T))}, {"h", hp, states}, {"c", cp, lstm_ ? states : 0}},
+                    {"h_out", hop, states}, {"c_out", cop, lstm_ ? states : 0});
     py::gil_scoped_release release;
     stack.step(B, xp, hp, cp, hop, cop);
   }

@@ -76,13 +76,40 @@ def test_prepared_stack_float16_weights_and_defaults(cell):
     assert "PreparedStack('%s'" % cell in repr(stack)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_prepared_stack_refuses_overlapping_outputs(cell):
+    """Layers' threads read every input while writing the outputs: any overlap of out with x, h, c
+    or of the two outputs is refused (as PreparedCell's), not only the very arrays h and c."""
+    L, B, I, H = 2, 3, 5, 5
+    n = L * B * H
+    s = fastrnn.PreparedStack(cell, fastrnn.init_weights(cell, I, H, num_layers=L, seed=0))
+    lstm = cell == "lstm"
+    states = np.zeros(4 * n, np.float32)  # h, c and two more state blocks, back to back
+    block = lambda k, shift=0: states[k * n + shift:(k + 1) * n + shift].reshape(L, B, H)
+    x_and_more = np.zeros(B * I + n, np.float32)
+    x = x_and_more[:B * I].reshape(B, I)
+    h, c = block(0), (block(1) if lstm else None)
+    free = lambda: np.zeros((L, B, H), np.float32)
+    spare = (free(),) if lstm else ()
+    cases = {"h_out overlaps h by a row": (block(0, H),) + spare,
+             "h_out overlaps x by one value": (x_and_more[B * I - 1:B * I - 1 + n].reshape(L, B, H),) + spare}
+    if lstm:
+        cases.update({"ping-pong swapped": (c, h), "c_out overlaps c by a row": (free(), block(1, -H)),
+                      "h_out overlaps c_out": (block(2), block(2, H))})
+    for what, out in cases.items():
+        with pytest.raises(ValueError, match="overlaps"):
+            s(x, h, c, out=out)
+    y, hn, _ = s(x, h, c, out=(free(), free()) if lstm else (free(),))  # disjoint outputs run
+    assert hn.shape == (L, B, H) and y.shape == (B, H)
+
+
 def test_prepared_stack_bad_input():
     w = fastrnn.init_weights("lstm", 4, 5, num_layers=2, seed=0)
     s = fastrnn.PreparedStack("lstm", w)
     x = np.zeros((2, 4), np.float32)
     with pytest.raises(ValueError, match=r"x must have shape \(B, I=4\)"):
         s(np.zeros((2, 3), np.float32))
-    with pytest.raises(TypeError, match="x must have dtype float32"):
+    with pytest.raises(TypeError, match=r"x must have dtype float32 \(the dtype of the prepared weights\), got float64"):
         s(x.astype(np.float64))
     with pytest.raises(ValueError, match=r"h must have shape \(L, B, H\) = \(2, 2, 5\)"):
         s(x, np.zeros((1, 2, 5), np.float32))

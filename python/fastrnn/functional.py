@@ -635,7 +635,58 @@ def _half_weights(weight_dtype, dtype, matrices) -> bool:
     return half
 
 
-class PreparedCell:
+class _PreparedStep:
+    """What PreparedCell and PreparedStack share: the checks of one step's arrays. A subclass sets
+    cell, dtype, input_size and hidden_size, ``_state_shape(B)`` and ``_STATE_FORMULA`` (that shape
+    in letters, for messages)."""
+
+    _STATE_FORMULA: str
+
+    def _check_dtype(self, name: str, a: np.ndarray) -> None:
+        if a.dtype != self.dtype:
+            raise TypeError(f"{name} must have dtype {self.dtype} (the dtype of the prepared weights), got {a.dtype}")
+
+    def _state_shape(self, B: int) -> tuple:
+        raise NotImplementedError
+
+    def _state(self, name: str, s, B: int) -> np.ndarray:
+        shape = self._state_shape(B)
+        if s is None:
+            return np.zeros(shape, self.dtype)
+        s = _array(name, s)
+        self._check_dtype(name, s)
+        _check_shape(name, s, shape, self._STATE_FORMULA)
+        return np.ascontiguousarray(s)
+
+    def _step_arrays(self, x, h, c, out) -> tuple:
+        """x [B, I], the states and the outputs checked: (x, h, c or None, out tuple); the compiled
+        step refuses outputs that overlap an input or each other."""
+        x = _array("x", x)
+        self._check_dtype("x", x)
+        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != self.input_size:
+            raise ValueError(f"x must have shape (B, I={self.input_size}) with B >= 1, got {x.shape}")
+        B = int(x.shape[0])
+        lstm = self.cell == "lstm"
+        if not lstm and c is not None:
+            raise ValueError(f"c is only for the LSTM, got one for cell {self.cell!r}")
+        h = self._state("h", h, B)
+        c = self._state("c", c, B) if lstm else None
+        shape = self._state_shape(B)
+        if out is None:
+            out = tuple(np.empty(shape, self.dtype) for _ in range(2 if lstm else 1))
+        else:
+            out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+            if len(out) != (2 if lstm else 1):
+                raise ValueError(f"out must hold {'(h_out, c_out)' if lstm else '(h_out,)'}, got {len(out)} arrays")
+            for name, o in zip(("h_out", "c_out"), out):
+                if not isinstance(o, np.ndarray):
+                    raise TypeError(f"{name} must be a numpy array, got {type(o).__name__}")
+                self._check_dtype(name, o)
+                _check_shape(name, o, shape, self._STATE_FORMULA)
+        return np.ascontiguousarray(x), h, c, out
+
+
+class PreparedCell(_PreparedStep):
     """One cell's weights prepared once for many single steps: step-by-step generation (decoding).
 
         step = fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh)
@@ -692,45 +743,19 @@ class PreparedCell:
         return f"PreparedCell({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
                f"dtype={self.dtype}{wd})"
 
-    def _check_dtype(self, name: str, a: np.ndarray) -> None:
-        if a.dtype != self.dtype:
-            raise TypeError(f"{name} must have dtype {self.dtype} (the dtype of the prepared weights), got {a.dtype}")
+    _STATE_FORMULA = "(B, H) = "
 
-    def _state(self, name: str, s, B: int) -> np.ndarray:
-        if s is None:
-            return np.zeros((B, self.hidden_size), self.dtype)
-        s = _array(name, s)
-        self._check_dtype(name, s)
-        _check_shape(name, s, (B, self.hidden_size), "(B, H) = ")
-        return np.ascontiguousarray(s)
+    def _state_shape(self, B: int) -> tuple:
+        return (B, self.hidden_size)
 
     def __call__(self, x, h=None, c=None, *, out=None):
-        x = _array("x", x)
-        self._check_dtype("x", x)
-        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != self.input_size:
-            raise ValueError(f"x must have shape (B, I={self.input_size}) with B >= 1, got {x.shape}")
-        B = int(x.shape[0])
-        lstm = self.cell == "lstm"
-        if not lstm and c is not None:
-            raise ValueError(f"c is only for the LSTM, got one for cell {self.cell!r}")
-        h = self._state("h", h, B)
-        c = self._state("c", c, B) if lstm else None
-        if out is None:
-            out = tuple(np.empty((B, self.hidden_size), self.dtype) for _ in range(2 if lstm else 1))
-        else:
-            out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-            if len(out) != (2 if lstm else 1):
-                raise ValueError(f"out must hold {'(h_out, c_out)' if lstm else '(h_out,)'}, got {len(out)} arrays")
-            for name, o in zip(("h_out", "c_out"), out):
-                if not isinstance(o, np.ndarray):
-                    raise TypeError(f"{name} must be a numpy array, got {type(o).__name__}")
-                self._check_dtype(name, o)
-                _check_shape(name, o, (B, self.hidden_size), "(B, H) = ")
-        self._step.step(np.ascontiguousarray(x), h, c, out[0], out[1] if lstm else None)
+        x, h, c, out = self._step_arrays(x, h, c, out)
+        lstm = c is not None
+        self._step.step(x, h, c, out[0], out[1] if lstm else None)
         return out if lstm else out[0]
 
 
-class PreparedStack:
+class PreparedStack(_PreparedStep):
     """A unidirectional stack of L layers prepared once for many single steps: the multi-layer
     step of step-by-step generation, as one call.
 
@@ -743,7 +768,8 @@ class PreparedStack:
     :class:`PreparedCell` (``weight_dtype="float16"``: the same half-size storage), and a call
     steps all L layers, one after the other, in one call with the GIL released. ``y`` is the top
     layer's new h (``y is h_n[-1]``, the same memory). States default to zeros; ``out=(h_out[,
-    c_out])`` writes the new states into given [L, B, H] arrays (not ``h``/``c``). It equals
+    c_out])`` writes the new states into given [L, B, H] arrays (they must not overlap x, h, c or
+    each other in memory: ValueError). It equals
     ``forward`` on a one-step sequence. Later changes to the weight arrays are not seen: prepare
     again.
     """
@@ -773,38 +799,14 @@ class PreparedStack:
         return f"PreparedStack({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
                f"num_layers={self.num_layers}, dtype={self.dtype}{wd})"
 
-    def _state(self, name: str, s, B: int) -> np.ndarray:
-        shape = (self.num_layers, B, self.hidden_size)
-        if s is None:
-            return np.zeros(shape, self.dtype)
-        s = _array(name, s)
-        _check_dtype(name, s, self.dtype)
-        _check_shape(name, s, shape, "(L, B, H) = ")
-        return np.ascontiguousarray(s)
+    _STATE_FORMULA = "(L, B, H) = "
+
+    def _state_shape(self, B: int) -> tuple:
+        return (self.num_layers, B, self.hidden_size)
 
     def __call__(self, x, h=None, c=None, *, out=None):
-        x = _array("x", x)
-        _check_dtype("x", x, self.dtype)
-        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != self.input_size:
-            raise ValueError(f"x must have shape (B, I={self.input_size}) with B >= 1, got {x.shape}")
-        B = int(x.shape[0])
-        lstm = self.cell == "lstm"
-        if not lstm and c is not None:
-            raise ValueError(f"c is only for the LSTM, got one for cell {self.cell!r}")
-        h = self._state("h", h, B)
-        c = self._state("c", c, B) if lstm else None
-        shape = (self.num_layers, B, self.hidden_size)
-        if out is None:
-            out = tuple(np.empty(shape, self.dtype) for _ in range(2 if lstm else 1))
-        else:
-            out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-            if len(out) != (2 if lstm else 1):
-                raise ValueError(f"out must hold {'(h_out, c_out)' if lstm else '(h_out,)'}, got {len(out)} arrays")
-            for name, o in zip(("h_out", "c_out"), out):
-                if not isinstance(o, np.ndarray):
-                    raise TypeError(f"{name} must be a numpy array, got {type(o).__name__}")
-                _check_dtype(name, o, self.dtype)
-                _check_shape(name, o, shape, "(L, B, H) = ")
-        self._stack.step(np.ascontiguousarray(x), h, c, out[0], out[1] if lstm else None)
+        x, h, c, out = self._step_arrays(x, h, c, out)
+        lstm = c is not None
+        self._stack.step(x, h, c, out[0], out[1] if lstm else None)
         h_out = out[0]
         return h_out[-1], h_out, (out[1] if lstm else None)
