@@ -516,3 +516,13 @@ def add_common_args(p, dataset: str) -> None:
                    help="stop training after this many minutes, mid-epoch (0: no limit); that epoch is still evaluated")
     p.add_argument("--share-batches", type=int, default=5,
                    help="training batches replayed after training to measure the recurrent layers' share")
+
+
+def parse_args(p, argv: Optional[Sequence[str]], quick: dict):
+    """``p.parse_args(argv)``; with ``--quick``, parsed again over the example's ``quick`` defaults, so
+    that options given on the command line still win over them."""
+    args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(**quick)
+        args = p.parse_args(argv)
+    return args

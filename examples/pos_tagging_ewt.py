@@ -121,11 +121,7 @@ def parse_args(argv):
     p.add_argument("--holdout", type=float, default=0.1, help="share of the training file held out (no train split)")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training sentences (0: all)")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N held-out/test sentences (0: all)")
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    return args
+    return nlp_data.parse_args(p, argv, QUICK)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

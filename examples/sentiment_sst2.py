@@ -79,11 +79,7 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training examples (0: all)")
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    return args
+    return nlp_data.parse_args(p, argv, QUICK)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

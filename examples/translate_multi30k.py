@@ -235,11 +235,7 @@ def parse_args(argv):
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training pairs (0: all)")
     p.add_argument("--eval-limit", type=int, default=0, help="use only the first N val/test pairs (0: all)")
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    return args
+    return nlp_data.parse_args(p, argv, QUICK)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
