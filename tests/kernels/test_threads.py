@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from test_kernels import make_problem, named, run
+from helpers import TESTS_DIR, make_problem, named, rss_bytes, run
 from tolerances import assert_close
 
 
@@ -122,14 +122,6 @@ def test_set_get_num_threads_and_results_agree(restore_threads):
         assert_close(value, results[1][name], np.float32, f"{name} (2 threads vs 1)")
 
 
-def _rss_bytes() -> int:
-    """Current resident set size (Linux /proc), else the peak one (getrusage), in bytes."""
-    if os.path.exists("/proc/self/statm"):
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
 def test_no_memory_growth():
     # Each call allocates ~2 MB (reserve, outputs, gradients, scratch), so a leak of any per-call
     # buffer would grow RSS by hundreds of MB over 200 calls; 4 MB allows for allocator noise.
@@ -145,10 +137,10 @@ def test_no_memory_growth():
 
     calls(30)
     gc.collect()
-    before = _rss_bytes()
+    before = rss_bytes()
     calls(200)
     gc.collect()
-    growth = _rss_bytes() - before
+    growth = rss_bytes() - before
     assert growth < 4 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over 200 forward+backward calls"
 
 
@@ -160,7 +152,7 @@ def test_default_thread_heuristic_matches_reference():
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from test_kernels import assert_all_close, make_problem, named, run
+from helpers import assert_all_close, make_problem, named, run
 import fastrnn
 from fastrnn import reference
 fastrnn.set_num_threads(2)
@@ -171,7 +163,7 @@ for cell, H, B, bidirectional in (("gru", 8, 2, False), ("lstm", 64, 16, False),
 print("ok")
 """
     env = {k: v for k, v in os.environ.items() if k != "FASTRNN_MIN_STEP_FLOPS"}
-    r = subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(__file__))], env=env,
+    r = subprocess.run([sys.executable, "-c", script, TESTS_DIR], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
 
@@ -190,7 +182,7 @@ before = gomp.omp_get_max_active_levels()
 sys.path.insert(0, sys.argv[1])
 import fastrnn
 from fastrnn import reference
-from test_kernels import assert_all_close, make_problem, named, run
+from helpers import assert_all_close, make_problem, named, run
 assert gomp.omp_get_max_active_levels() == before, "changed by import"
 p = make_problem("gru", np.float32, 2, True, 5, 4, 6, 40, ragged=True)
 for threads in (2, 4):  # one thread per direction; two per direction (nested teams)
@@ -199,6 +191,6 @@ for threads in (2, 4):  # one thread per direction; two per direction (nested te
     assert gomp.omp_get_max_active_levels() == before, f"changed by a call on {threads} threads"
 print("ok")
 """
-    r = subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(__file__))],
+    r = subprocess.run([sys.executable, "-c", script, TESTS_DIR],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

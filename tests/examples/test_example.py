@@ -10,9 +10,11 @@ import os
 
 import pytest
 
+from helpers import EXAMPLES
+
 torch = pytest.importorskip("torch")  # the example is a PyTorch program
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "word_language_model.py")
+_PATH = os.path.join(EXAMPLES, "word_language_model.py")
 _spec = importlib.util.spec_from_file_location("word_language_model", _PATH)
 wlm = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(wlm)

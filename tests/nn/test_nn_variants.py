@@ -2,8 +2,8 @@
 plain-torch autograd implementation of the issue's equations written here (outputs, final states,
 every gradient), over layers x directions x packed lengths x h0/c0; gradcheck in float64;
 torch.compile(fullgraph=True); state_dict names and shapes, loading back, repr; the cells step by
-step against the sequence; bad options raise (layer_norm: tests/test_nn_layer_norm.py). The NumPy side:
-tests/test_variants.py.
+step against the sequence; bad options raise (layer_norm: tests/nn/test_nn_layer_norm.py). The NumPy side:
+tests/kernels/test_variants.py.
 """
 import pytest
 
@@ -235,7 +235,7 @@ def test_identity_init_and_reset_parameters():
         fnn.RNN(3, 4, init="orthogonal")
 
 
-def test_bad_options_raise():  # layer_norm: tests/test_nn_layer_norm.py
+def test_bad_options_raise():  # layer_norm: tests/nn/test_nn_layer_norm.py
     with pytest.raises(ValueError, match="cell_clip must be > 0"):
         fnn.LSTM(3, 4, cell_clip=-1.0)
     with pytest.raises(TypeError):

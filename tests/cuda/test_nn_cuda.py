@@ -15,7 +15,10 @@ torch = pytest.importorskip("torch")
 import fastrnn  # noqa: E402
 import fastrnn.nn as fnn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
-from test_nn import DTYPES, FORMS, MODULES, CELLS, P, assert_close, check_cell_parity, check_parity  # noqa: E402
+from helpers import (CELL_PAIRS as CELLS, FORMS, LAYER_PAIRS as MODULES, PARITY_SIZES,  # noqa: E402
+                     TORCH_DTYPES as DTYPES, assert_torch_close as assert_close, check_cell_parity, check_parity)
+
+P = PARITY_SIZES[4]  # proj_size
 
 
 def _skip_reason():

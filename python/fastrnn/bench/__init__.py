@@ -1090,7 +1090,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "on LSTM and GRU vs the plain cell and a plain-PyTorch loop; fastrnn/bench_modifiers.py)")
     args = parser.parse_args(argv)
     if args.modifiers:
-        from .bench_modifiers import main_variants
+        from .modifiers import main_variants
         return main_variants(args)
     if args.suite == "decode":
         if args.device == "cuda":
@@ -1098,7 +1098,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return decode_suite_main(args)
 
     if args.device == "cuda":  # the GPU suite: fastrnn.bench_cuda (needs torch with CUDA and a GPU)
-        from . import bench_cuda
+        from . import cuda as bench_cuda
         return bench_cuda.main(args, parser)
     if args.plot:
         try:
@@ -1152,6 +1152,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_plot(result, args.plot)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastrnn.types import CELLS
-from test_kernels import check_against_reference, make_problem
+from helpers import check_against_reference, make_problem
 
 SIZE = st.integers(1, 20)
 

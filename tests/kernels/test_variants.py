@@ -5,7 +5,7 @@ the reset-before GRU and layer norm (reference only, the kernels refuse them).
 own forward (float64); (2) the kernels (fastrnn.forward / backward) against the reference over the
 matrix of layers x directions x lengths x dtypes, with awkward sizes on both sides of the 16-row
 packing threshold; (3) the invariances: zero peepholes == plain LSTM, cell_clip=inf == plain, the
-clip really clamps; (4) the API's checks. fastrnn.nn's variants: tests/test_nn_variants.py.
+clip really clamps; (4) the API's checks. fastrnn.nn's variants: tests/nn/test_nn_variants.py.
 """
 import itertools
 import zlib
@@ -16,7 +16,7 @@ import pytest
 import fastrnn
 from fastrnn import reference
 from tolerances import assert_close
-from test_reference import FD_ATOL, FD_RTOL, numeric_grad
+from helpers import FD_ATOL, FD_RTOL, numeric_grad
 
 DTYPES = (np.float32, np.float64)
 # (peephole, coupled, cell_clip): every combination the kernels run

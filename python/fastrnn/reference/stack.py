@@ -6,7 +6,7 @@ written for being read, not for speed: a plain ``for t in range(T)`` loop per la
 every cell's forward and backward pointwise maths side by side in small functions, and nothing
 shared with the fast path except the names in ``types.py``. It has the same signature as
 ``functional.forward`` / ``functional.backward`` and is itself checked against finite differences
-(``tests/test_reference.py``).
+(``tests/reference/test_reference.py``).
 
 Notation: T time steps, B batch, I input features, H hidden size, G gate blocks (``GATES[cell]``),
 L layers, D directions (2 if bidirectional). Everything is computed and returned in float64.
@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .types import CELLS, GATES, RNNGrads, RNNResult
+from ..types import CELLS, GATES, RNNGrads, RNNResult
 
 __all__ = ["forward", "backward"]
 

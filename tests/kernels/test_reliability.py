@@ -20,11 +20,8 @@ import pytest
 import fastrnn
 from fastrnn import reference
 from fastrnn.types import CELLS, GATES
-from test_kernels import assert_all_close, make_problem, named, run
+from helpers import TESTS_DIR, assert_all_close, digest, make_problem, named, run
 from tolerances import SMALL_VALUES_RELATIVE
-
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
 
 def _python(script: str, *args, env=None, timeout=240):
     """Runs `script` in a fresh interpreter (tests/ on sys.path); returns the CompletedProcess."""
@@ -33,22 +30,14 @@ def _python(script: str, *args, env=None, timeout=240):
                            TESTS_DIR, *args], env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def _digest(arrays: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        if arrays[name] is not None:
-            h.update(name.encode() + np.ascontiguousarray(arrays[name]).tobytes())
-    return h.hexdigest()
-
-
 # ---- 1. an OpenMP team smaller than requested ---------------------------------------------------------
 TEAM_SCRIPT = """
 import hashlib
 import numpy as np
 import fastrnn
 from fastrnn import reference
-from test_kernels import assert_all_close, make_problem, named, run
-from test_reliability import _digest
+from helpers import assert_all_close, make_problem, named, run
+from helpers import digest
 fastrnn.set_num_threads(int(sys.argv[2]))
 digests = []
 for cell, bidirectional in (("lstm", False), ("gru", True), ("rnn_tanh", True), ("rnn_relu", False)):
@@ -56,12 +45,12 @@ for cell, bidirectional in (("lstm", False), ("gru", True), ("rnn_tanh", True), 
     p = make_problem(cell, np.float32, 2, bidirectional, 5, 8, 24, 256, ragged=True, seed=1)
     fast = named(*run(fastrnn, p))
     assert_all_close(fast, named(*run(reference, p)), np.float32)
-    digests.append(_digest(fast))
+    digests.append(digest(fast))
 print("digest", hashlib.sha256("".join(digests).encode()).hexdigest())
 """
 
 
-def _team_digest(threads: int, env: dict) -> str:
+def _teamdigest(threads: int, env: dict) -> str:
     r = _python(TEAM_SCRIPT, str(threads), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout.split("digest ")[1].strip()
@@ -71,13 +60,13 @@ def _team_digest(threads: int, env: dict) -> str:
 def test_smaller_team_than_requested(limit, requested):
     """OMP_THREAD_LIMIT caps the team below set_num_threads(): results must match the reference and be
     bitwise those of a run that requested what was granted (the same split of the units)."""
-    limited = _team_digest(requested, {"OMP_THREAD_LIMIT": str(limit)})
-    assert limited == _team_digest(limit, {}), "results differ from a run requesting the granted threads"
+    limited = _teamdigest(requested, {"OMP_THREAD_LIMIT": str(limit)})
+    assert limited == _teamdigest(limit, {}), "results differ from a run requesting the granted threads"
 
 
 def test_dynamic_team_size():
     """OMP_DYNAMIC lets the runtime grant any team size up to the request."""
-    _team_digest(4, {"OMP_DYNAMIC": "true"})
+    _teamdigest(4, {"OMP_DYNAMIC": "true"})
 
 
 def test_smaller_team_fastrnn_nn_matches_torch():
@@ -408,8 +397,8 @@ def test_same_thread_count_is_bitwise_deterministic(threads):
         fastrnn.set_num_threads(threads)
         for cell in CELLS:
             p = make_problem(cell, np.float32, 2, True, 9, 20, 11, 48, ragged=True, seed=5)
-            first = _digest(named(*run(fastrnn, p)))
-            assert _digest(named(*run(fastrnn, p))) == first, f"{cell}: two runs on {threads} threads differ"
+            first = digest(named(*run(fastrnn, p)))
+            assert digest(named(*run(fastrnn, p))) == first, f"{cell}: two runs on {threads} threads differ"
     finally:
         fastrnn.set_num_threads(before)
 

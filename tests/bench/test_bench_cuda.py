@@ -12,7 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fastrnn import bench, bench_cuda  # noqa: E402
+from fastrnn import bench  # noqa: E402
+from fastrnn.bench import cuda as bench_cuda  # noqa: E402
 from fastrnn.bench import Case  # noqa: E402
 
 GPU_REASON = bench_cuda.unavailable_reason()

@@ -23,7 +23,7 @@ from fastrnn import reference
 from fastrnn.types import CELLS, GATES
 from tolerances import assert_close
 
-from test_reference import make_problem, numeric_grad, FD_ATOL, FD_RTOL
+from helpers import reference_problem as make_problem, numeric_grad, FD_ATOL, FD_RTOL
 
 T, B, I, H = 5, 3, 3, 2
 RAGGED = np.array([5, 2, 4])

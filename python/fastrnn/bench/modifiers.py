@@ -13,7 +13,7 @@ import platform
 import time
 from typing import Callable, Dict, List
 
-from .bench import time_interleaved
+from . import time_interleaved
 
 VARIANTS = {  # option name -> the keyword fastrnn.nn takes
     "zoneout": dict(zoneout=0.1),

@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the examples are PyTorch programs
 
-import nlp_examples as ex  # noqa: E402
+import helpers as ex  # noqa: E402
 import tolerances  # noqa: E402
 from tolerances import EXAMPLE_LOSS_CURVE  # noqa: E402
 
@@ -29,8 +29,8 @@ def _learned(losses, n=10, margin=0.1):
 
 
 def _tracks(name, args):
-    ref = ex.run(name, args + ["--impl", "torch"])
-    mine = ex.run(name, args + ["--impl", "fastrnn"])
+    ref = ex.run_example(name, args + ["--impl", "torch"])
+    mine = ex.run_example(name, args + ["--impl", "fastrnn"])
     a, b = mine["losses"], ref["losses"]
     assert len(a) == len(b) >= 20, (len(a), len(b))
     n = EXAMPLE_LOSS_CURVE["batches"]
@@ -48,7 +48,7 @@ def _sst2_args():
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_sentiment_sst2_learns(impl):
-    r = ex.run("sentiment_sst2", _sst2_args() + ["--impl", impl])
+    r = ex.run_example("sentiment_sst2", _sst2_args() + ["--impl", impl])
     _learned(r["losses"])
     # chance is ~50 % (dev is 51 % positive); the quick run reaches ~65-70 %
     assert r["dev_acc"] > 0.6 and r["test_acc"] > 0.6, (r["dev_acc"], r["test_acc"])
@@ -67,7 +67,7 @@ def _ewt_args():
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_pos_tagging_ewt_learns(impl):
-    r = ex.run("pos_tagging_ewt", _ewt_args() + ["--impl", impl])
+    r = ex.run_example("pos_tagging_ewt", _ewt_args() + ["--impl", impl])
     _learned(r["losses"], margin=0.5)
     # the most frequent tag (NOUN) is ~17 % of tokens; the quick run reaches ~65-70 %
     assert r["n_tags"] == 17 and r["test_acc"] > 0.5, r["test_acc"]
@@ -90,7 +90,7 @@ def _multi30k_args(attention):
 @pytest.mark.parametrize("attention", ["none", "luong"])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_translate_multi30k_learns(impl, attention):
-    r = ex.run("translate_multi30k", _multi30k_args(attention) + ["--impl", impl])
+    r = ex.run_example("translate_multi30k", _multi30k_args(attention) + ["--impl", impl])
     _learned(r["losses"], margin=0.5)
     assert r["epochs"][-1]["val_loss"] < r["epochs"][0]["val_loss"]
     # A model that learned nothing scores BLEU 0 (no 4-gram in common); the quick runs reach 2-9.
@@ -111,7 +111,7 @@ def _wikitext_args():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_lm_wikitext2_learns_and_writes(impl):
     pytest.importorskip("fastrnn.generate")
-    r = ex.run("lm_wikitext2", _wikitext_args() + ["--impl", impl])
+    r = ex.run_example("lm_wikitext2", _wikitext_args() + ["--impl", impl])
     _learned(r["losses"], margin=1.0)
     # A model that learned nothing has a perplexity of about the vocabulary's size (13,777).
     assert math.isfinite(r["test_ppl"]) and r["test_ppl"] < r["vocab_size"] / 4, (r["test_ppl"], r["vocab_size"])

@@ -15,90 +15,10 @@ import pytest
 import fastrnn
 from fastrnn import reference
 from fastrnn.types import CELLS, GATES
+from helpers import GRAD_NAMES, assert_all_close, check_against_reference, make_problem, named, run  # noqa: F401
 from tolerances import assert_close
 
 DTYPES = (np.float32, np.float64)
-GRAD_NAMES = ("dw_ih", "dw_hh", "db_ih", "db_hh")
-
-
-def make_problem(cell, dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False,
-                 batch_first=False, with_state=True, seed=0):
-    """A complete, seeded problem: x [T, B, I] ([B, T, I] if batch_first), L*D weight tuples drawn
-    as torch.nn does (U(-1/sqrt(H), 1/sqrt(H))), h0/c0 [L*D, B, H], lengths [B] (ragged: unsorted,
-    containing T and 1), and the incoming gradients dy (layout of the output), dhn, dcn."""
-    rng = np.random.default_rng(seed)
-    D = 2 if bidirectional else 1
-    G = GATES[cell]
-    k = 1.0 / np.sqrt(H)
-    weights = []
-    for layer in range(num_layers):
-        in_size = I if layer == 0 else D * H
-        for _ in range(D):
-            shapes = [(G * H, in_size), (G * H, H)] + ([(G * H,), (G * H,)] if bias else [])
-            weights.append(tuple(rng.uniform(-k, k, s).astype(dtype) for s in shapes))
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    dy = rng.standard_normal((T, B, D * H)).astype(dtype)
-    if batch_first:
-        x, dy = np.ascontiguousarray(x.transpose(1, 0, 2)), np.ascontiguousarray(dy.transpose(1, 0, 2))
-    state = (num_layers * D, B, H)
-    lstm = cell == "lstm"
-    h0 = (0.5 * rng.standard_normal(state)).astype(dtype) if with_state else None
-    c0 = (0.5 * rng.standard_normal(state)).astype(dtype) if with_state and lstm else None
-    dhn = rng.standard_normal(state).astype(dtype)
-    dcn = rng.standard_normal(state).astype(dtype) if lstm else None
-    lengths = None
-    if ragged:
-        lengths = rng.integers(1, T + 1, B)
-        lengths[0] = T
-        if B > 1:
-            lengths[-1] = 1
-        rng.shuffle(lengths)
-    return dict(cell=cell, dtype=np.dtype(dtype), x=x, weights=weights, h0=h0, c0=c0, lengths=lengths, dy=dy,
-                dhn=dhn, dcn=dcn, bidirectional=bidirectional, batch_first=batch_first)
-
-
-def _f64(a):
-    return None if a is None else np.asarray(a, dtype=np.float64)
-
-
-def run(module, p, **overrides):
-    """forward(training=True) then backward with p's dy/dhn/dcn, through ``module`` (fastrnn or
-    fastrnn.reference; the reference gets float64 casts of the same data). Returns (result, grads)."""
-    p = {**p, **overrides}
-    cast = _f64 if module is reference else (lambda a: a)
-    weights = [tuple(cast(w) for w in entry) for entry in p["weights"]]
-    res = module.forward(p["cell"], cast(p["x"]), weights, cast(p["h0"]), cast(p["c0"]), lengths=p["lengths"],
-                         bidirectional=p["bidirectional"], batch_first=p["batch_first"], training=True)
-    grads = module.backward(res.saved, cast(p["dy"]), cast(p["dhn"]), cast(p["dcn"]))
-    return res, grads
-
-
-def named(res, grads):
-    """Every compared quantity by name: output, h_n, c_n, dx, dh0, dc0, dweights[k].dw_ih, ..."""
-    out = {"output": res.output, "h_n": res.h_n, "c_n": res.c_n, "dx": grads.dx, "dh0": grads.dh0, "dc0": grads.dc0}
-    for k, entry in enumerate(grads.dweights):
-        for i, g in enumerate(entry):
-            out[f"dweights[{k}].{GRAD_NAMES[i]}"] = g
-    return out
-
-
-def assert_all_close(actual: dict, expected: dict, dtype) -> None:
-    assert actual.keys() == expected.keys(), f"quantities differ: {sorted(actual)} vs {sorted(expected)}"
-    for name in actual:
-        assert_close(actual[name], expected[name], dtype, name)
-
-
-def check_against_reference(p) -> dict:
-    """Compare everything the fast path returns with the reference; returns the fast path's values."""
-    fast = named(*run(fastrnn, p))
-    ref = named(*run(reference, p))
-    for name, v in fast.items():
-        if v is not None:
-            assert v.dtype == p["dtype"], f"{name} has dtype {v.dtype}, expected {p['dtype']}"
-    assert_all_close(fast, ref, p["dtype"])
-    return fast
-
-
 # ------------------------------------------------------------------------------------------------
 # The full matrix
 # ------------------------------------------------------------------------------------------------

@@ -17,122 +17,9 @@ torch = pytest.importorskip("torch")
 
 import fastrnn.nn as fnn  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
-import tolerances  # noqa: E402
-
-T, B, I, H, P = 5, 3, 4, 5, 3  # P: proj_size
-LENGTHS = [3, 5, 1]  # unsorted, containing T and 1: exercises the sorted_indices permutation
-DTYPES = (torch.float32, torch.float64)
-MODULES = {  # cell -> (torch.nn class, fastrnn.nn class, extra constructor kwargs)
-    "rnn_tanh": (torch.nn.RNN, fnn.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (torch.nn.RNN, fnn.RNN, {"nonlinearity": "relu"}),
-    "lstm": (torch.nn.LSTM, fnn.LSTM, {}),
-    "gru": (torch.nn.GRU, fnn.GRU, {}),
-}
-CELLS = {
-    "rnn_tanh": (torch.nn.RNNCell, fnn.RNNCell, {"nonlinearity": "tanh"}),
-    "rnn_relu": (torch.nn.RNNCell, fnn.RNNCell, {"nonlinearity": "relu"}),
-    "lstm": (torch.nn.LSTMCell, fnn.LSTMCell, {}),
-    "gru": (torch.nn.GRUCell, fnn.GRUCell, {}),
-}
-# packed_batch_first: a PackedSequence made from [B, T, I] for a batch_first module, with hx=None
-FORMS = ("batched", "batched_no_hx", "batch_first", "unbatched", "unbatched_batch_first", "packed",
-         "packed_batch_first")
-
-
-def _np(t):
-    return t.detach().cpu().numpy()
-
-
-def assert_close(actual, expected, dtype, what):
-    """tolerances.assert_close with a torch dtype (a gradient iff ``what`` starts with 'd')."""
-    tolerances.assert_close(actual, expected, np.dtype(str(dtype).replace("torch.", "")), what)
-
-
-def pair(torch_cls, fast_cls, dtype, seed=0, device="cpu", **kwargs):
-    """(torch.nn module in float64 on the CPU, fastrnn.nn module in dtype on ``device``) with the same
-    weights (the float64 copy holds the dtype-rounded values, so both see identical numbers)."""
-    torch.manual_seed(seed)
-    ref = torch_cls(**kwargs, dtype=dtype)
-    fast = fast_cls(**kwargs, dtype=dtype)
-    fast.load_state_dict(ref.state_dict())
-    return ref.double(), fast.to(device)
-
-
-def seeded(shape, dtype, seed, requires_grad=True, device="cpu"):
-    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same numbers on every device
-    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device).requires_grad_(requires_grad)
-
-
-def run(module, x, hx, form, lstm, w):
-    """Forward, then a scalar loss that weighs every output with fixed random weights w (so each
-    element's gradient differs). Returns (output tensor, states tuple, loss)."""
-    packed = form.startswith("packed")
-    if packed:
-        x = pack_padded_sequence(x, torch.tensor(LENGTHS), batch_first=form == "packed_batch_first",
-                                 enforce_sorted=False)
-    y, h = module(x, hx)
-    states = tuple(h) if lstm else (h,)
-    if packed:
-        assert isinstance(y, PackedSequence) and torch.equal(y.batch_sizes, x.batch_sizes)
-        assert torch.equal(y.sorted_indices, x.sorted_indices) and torch.equal(y.unsorted_indices, x.unsorted_indices)
-        y = y.data
-    loss = (y * w[0].to(y)).sum() + sum((s * wi.to(s)).sum() for s, wi in zip(states, w[1:]))
-    return y, states, loss
-
-
-def check_parity(cell, num_layers, bidirectional, form, dtype, proj_size=0, bias=True, device="cpu"):
-    """fastrnn.nn on ``device`` against torch.nn in float64 on the CPU: outputs, final states and
-    the gradients of the input, the initial states and every parameter."""
-    torch_cls, fast_cls, extra = MODULES[cell]
-    lstm = cell == "lstm"
-    batch_first = form in ("batch_first", "unbatched_batch_first", "packed_batch_first")
-    kwargs = dict(input_size=I, hidden_size=H, num_layers=num_layers, bias=bias, batch_first=batch_first,
-                  bidirectional=bidirectional, **extra)
-    if proj_size:
-        kwargs["proj_size"] = proj_size
-    ref, fast = pair(torch_cls, fast_cls, dtype, device=device, **kwargs)
-    D = 2 if bidirectional else 1
-    out_h = proj_size or H
-    unbatched = form.startswith("unbatched")
-    if unbatched:
-        x_shape, state_shapes = (T, I), [(num_layers * D, out_h), (num_layers * D, H)]
-        w_shape = (T, D * out_h)
-    else:
-        x_shape = (B, T, I) if batch_first else (T, B, I)
-        state_shapes = [(num_layers * D, B, out_h), (num_layers * D, B, H)]
-        w_shape = (B, T, D * out_h) if batch_first else (T, B, D * out_h)
-    if form.startswith("packed"):
-        w_shape = (sum(LENGTHS), D * out_h)
-    n_states = 2 if lstm else 1
-    x = seeded(x_shape, dtype, 1, device=device)
-    hx = None if form in ("batched_no_hx", "packed_batch_first") else \
-        [seeded(s, dtype, 2 + k, device=device) for k, s in enumerate(state_shapes[:n_states])]
-    w = [seeded(w_shape, torch.float64, 10, False)] + [seeded(s, torch.float64, 11 + k, False)
-                                                        for k, s in enumerate(state_shapes[:n_states])]
-
-    x64 = x.detach().cpu().double().requires_grad_()
-    hx64 = None if hx is None else [h.detach().cpu().double().requires_grad_() for h in hx]
-    as_arg = (lambda h: None if h is None else (tuple(h) if lstm else h[0]))
-    y_ref, s_ref, loss_ref = run(ref, x64, as_arg(hx64), form, lstm, w)
-    y, s, loss = run(fast, x, as_arg(hx), form, lstm, w)
-    loss_ref.backward()
-    loss.backward()
-
-    assert y.dtype == dtype and all(t.dtype == dtype for t in s)
-    assert y.device.type == torch.device(device).type and all(t.device == y.device for t in s)
-    assert_close(_np(y), _np(y_ref), dtype, "output")
-    for k, (a, e) in enumerate(zip(s, s_ref)):
-        assert_close(_np(a), _np(e), dtype, ("h_n", "c_n")[k])
-    assert_close(_np(x.grad), _np(x64.grad), dtype, "dx")
-    if hx is not None:
-        for k in range(n_states):
-            assert_close(_np(hx[k].grad), _np(hx64[k].grad), dtype, ("dh0", "dc0")[k])
-    ref_params = dict(ref.named_parameters())
-    names = [n for n, _ in fast.named_parameters()]
-    assert names == list(ref_params)
-    for name, p in fast.named_parameters():
-        assert p.grad is not None, name
-        assert_close(_np(p.grad), _np(ref_params[name].grad), dtype, "d" + name)
+from helpers import (CELL_PAIRS as CELLS, FORMS, LAYER_PAIRS as MODULES, PARITY_LENGTHS as LENGTHS,  # noqa: E402
+                     PARITY_SIZES, TORCH_DTYPES as DTYPES, check_cell_parity, check_parity, pair)
+T, B, I, H, P = PARITY_SIZES  # P: proj_size
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -163,40 +50,6 @@ def test_parity_no_bias(cell, form):
 @pytest.mark.parametrize("cell", tuple(CELLS))
 def test_cell_parity(cell, bias, form, dtype):
     check_cell_parity(cell, bias, form, dtype)
-
-
-def check_cell_parity(cell, bias, form, dtype, device="cpu"):
-    """A fastrnn.nn cell on ``device`` against torch.nn's in float64 on the CPU, one step with backward."""
-    torch_cls, fast_cls, extra = CELLS[cell]
-    ref, fast = pair(torch_cls, fast_cls, dtype, device=device, input_size=I, hidden_size=H, bias=bias, **extra)
-    lstm = cell == "lstm"
-    n = 2 if lstm else 1
-    lead = () if form == "unbatched" else (B,)
-    x = seeded(lead + (I,), dtype, 1, device=device)
-    hx = None if form == "no_hx" else [seeded(lead + (H,), dtype, 2 + k, device=device) for k in range(n)]
-    w = [seeded(lead + (H,), torch.float64, 10 + k, False) for k in range(n)]
-    x64 = x.detach().cpu().double().requires_grad_()
-    hx64 = None if hx is None else [h.detach().cpu().double().requires_grad_() for h in hx]
-
-    def step(module, x, hx):
-        out = module(x, None if hx is None else (tuple(hx) if lstm else hx[0]))
-        out = tuple(out) if lstm else (out,)
-        (sum((o * wi.to(o)).sum() for o, wi in zip(out, w))).backward()
-        return out
-
-    out_ref, out = step(ref, x64, hx64), step(fast, x, hx)
-    for k in range(n):
-        assert out[k].shape == out_ref[k].shape and out[k].dtype == dtype
-        assert out[k].device.type == torch.device(device).type
-        assert_close(_np(out[k]), _np(out_ref[k]), dtype, ("h'", "c'")[k])
-    assert_close(_np(x.grad), _np(x64.grad), dtype, "dx")
-    if hx is not None:
-        for k in range(n):
-            assert_close(_np(hx[k].grad), _np(hx64[k].grad), dtype, ("dh", "dc")[k])
-    ref_params = dict(ref.named_parameters())
-    assert [n for n, _ in fast.named_parameters()] == list(ref_params)
-    for name, p in fast.named_parameters():
-        assert_close(_np(p.grad), _np(ref_params[name].grad), dtype, "d" + name)
 
 
 def test_cell_sequence_equals_module():

@@ -11,55 +11,14 @@ import pytest
 
 from fastrnn import reference
 from fastrnn.types import CELLS, GATES
-
-# Central differences in float64 with step EPS: truncation error ~ EPS**2 * |f'''| ~ 1e-12 and
-# rounding error ~ 1e-16 * |loss| / EPS ~ 1e-10 for the O(1) losses used here, so analytic and
-# numeric gradients must agree to ~1e-9; FD_RTOL / FD_ATOL leave two orders of margin over that
-# while still catching any real mistake (a wrong term is O(1e-2) or larger at these sizes).
-EPS = 1e-6
-FD_RTOL = 1e-6
-FD_ATOL = 1e-8
+from helpers import FD_ATOL, FD_RTOL, FD_SIZES, numeric_grad, reference_problem as make_problem
 
 # The forward comparisons against torch in float64 differ only by summation order: ~1e-15.
 TORCH_RTOL = 1e-10
 TORCH_ATOL = 1e-12
 
-# Tiny sizes so that finite differences over every parameter stay fast.
-T, B, I, H = 3, 3, 3, 2
+T, B, I, H = FD_SIZES
 RAGGED = np.array([2, 3, 1])  # unsorted, includes T and 1
-
-
-def make_problem(cell, num_layers, bidirectional, bias=True, seed=0, t=T, b=B, i=I, h=H):
-    """Random weights (list of L*D tuples), x [T, B, I] time-major, h0 and c0 [L*D, B, H]."""
-    rng = np.random.default_rng(seed)
-    D = 2 if bidirectional else 1
-    G = GATES[cell]
-    weights = []
-    for l in range(num_layers):
-        in_size = i if l == 0 else D * h
-        for _ in range(D):
-            w = [rng.uniform(-0.8, 0.8, (G * h, in_size)), rng.uniform(-0.8, 0.8, (G * h, h))]
-            if bias:
-                w += [rng.uniform(-0.5, 0.5, G * h), rng.uniform(-0.5, 0.5, G * h)]
-            weights.append(tuple(w))
-    x = rng.standard_normal((t, b, i))
-    h0 = 0.5 * rng.standard_normal((num_layers * D, b, h))
-    c0 = 0.5 * rng.standard_normal((num_layers * D, b, h)) if cell == "lstm" else None
-    return x, weights, h0, c0
-
-
-def numeric_grad(f, arr):
-    """Central-difference gradient of the scalar f() with respect to arr, perturbed in place."""
-    g = np.zeros_like(arr)
-    for idx in np.ndindex(arr.shape):
-        old = arr[idx]
-        arr[idx] = old + EPS
-        fp = f()
-        arr[idx] = old - EPS
-        fm = f()
-        arr[idx] = old
-        g[idx] = (fp - fm) / (2 * EPS)
-    return g
 
 
 def check_gradients(cell, num_layers, bidirectional, lengths, batch_first, bias=True, seed=0):

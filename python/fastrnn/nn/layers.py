@@ -29,8 +29,8 @@ from torch import Tensor
 from torch.nn import Parameter, init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import ops
-from .functional import _check_options
+from .. import ops
+from ..functional import _check_options
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
 
@@ -239,7 +239,7 @@ class _RNNBase(torch.nn.Module):
         packed now (``weight_dtype="float16"``: stored as float16). Unidirectional, no projections;
         no autograd. After changing the weights call ``stepper.refresh()`` (in-place changes are
         detected, writes through ``param.data`` are not: see the Stepper's docstring)."""
-        from ._stepper import Stepper
+        from .._stepper import Stepper
         return Stepper(self, weight_dtype=weight_dtype, auto_refresh=auto_refresh)
 
     def flatten_parameters(self) -> None:
@@ -1010,6 +1010,6 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # ---- training over long streams: truncated BPTT (python/fastrnn/_tbptt.py) -------------------------------
-from ._tbptt import TBPTTWindow, tbptt  # noqa: E402
+from .._tbptt import TBPTTWindow, tbptt  # noqa: E402
 
 __all__ += ["tbptt", "TBPTTWindow"]

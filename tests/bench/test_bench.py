@@ -48,11 +48,11 @@ def test_cli_rejects_bad_options(capsys):
 
 
 def test_cuda_device_without_gpu_is_refused_clearly(capsys):
-    """Without a usable GPU, --device cuda stops (exit 2) with the reason (tests/test_bench_cuda.py has the rest)."""
-    from fastrnn import bench_cuda
+    """Without a usable GPU, --device cuda stops (exit 2) with the reason (tests/bench/test_bench_cuda.py has the rest)."""
+    from fastrnn.bench import cuda as bench_cuda
     reason = bench_cuda.unavailable_reason()
     if reason is None:
-        pytest.skip("a GPU is usable here: tests/test_bench_cuda.py runs the GPU suite")
+        pytest.skip("a GPU is usable here: tests/bench/test_bench_cuda.py runs the GPU suite")
     with pytest.raises(SystemExit) as e:
         bench.main(["--device", "cuda"])
     assert e.value.code == 2
@@ -275,7 +275,8 @@ def test_variants_suite_runs_and_saves(tmp_path):
 def test_modifiers_flag_runs_the_modifiers_suite(monkeypatch):
     """--modifiers (issue 15) runs fastrnn.bench_modifiers' suite; --variants stays issue 14's."""
     pytest.importorskip("torch")
-    from fastrnn import bench, bench_modifiers
+    from fastrnn import bench
+    from fastrnn.bench import modifiers as bench_modifiers
     calls = []
     monkeypatch.setattr(bench_modifiers, "main_variants", lambda args: calls.append(args) or 0)
     assert bench.main(["--modifiers", "--quick", "--no-progress"]) == 0

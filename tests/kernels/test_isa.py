@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from fastrnn import _core
+from helpers import TESTS_DIR
 
 ORDER = ("baseline", "avx2", "avx512")
 SUPPORTED = ORDER[:ORDER.index(_core.cpu_isa()) + 1]  # the paths this CPU can run (the others can't be)
@@ -61,8 +62,7 @@ print("ok")
 @pytest.mark.parametrize("isa", SUPPORTED)
 def test_code_path_matches_reference(isa):
     env = dict(os.environ, FASTRNN_CPU_ISA=isa)
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    r = subprocess.run([sys.executable, "-c", CHECK, isa, tests_dir], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", CHECK, isa, TESTS_DIR], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
 

@@ -19,7 +19,7 @@ import pytest
 import fastrnn
 from fastrnn import _core, reference
 from fastrnn.types import CELLS, GATES
-from test_kernels import make_problem, named, run
+from helpers import make_problem, named, run
 from tolerances import assert_close
 
 _CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}

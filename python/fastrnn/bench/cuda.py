@@ -36,8 +36,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import fastrnn
-from . import bench
-from .bench import Case
+from .. import bench
+from . import Case
 
 GPU_MODES = ("inference", "training")
 DEEPBENCH_H = (512, 1024, 2048)
