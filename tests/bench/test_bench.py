@@ -134,16 +134,6 @@ def test_tiny_run(tmp_path, capsys, with_torch):
         assert summary["geomean_speedup_vs_torch"] == {} and summary["overall"] is None
 
 
-def test_decode_falls_back_without_prepared_cell(monkeypatch):
-    # Before fastrnn.PreparedCell existed, the decode step was a one-step lstm_forward: keep it working.
-    monkeypatch.delattr(fastrnn, "PreparedCell", raising=False)
-    result = bench.run(cells=["lstm"], modes=["decode"], sizes=[(24, 3, 1, 10)], reps=1, no_torch=True,
-                       progress=False, min_sample_s=0.0, gemm_n=64)
-    (case,) = result["cases"]
-    assert (case["mode"], case["H"], case["B"], case["I"]) == ("decode", 24, 3, 10)
-    assert case["decode_api"] == "lstm_forward(T=1)" and case["max_abs_diff"] < 1e-5
-
-
 def test_save_writes_results_pair(tmp_path, capsys):
     assert bench.main(TINY + ["--cells", "rnn_tanh", "--modes", "inference", "--no-torch",
                               "--save", str(tmp_path)]) == 0
@@ -230,8 +220,9 @@ def test_decode_suite(tmp_path, monkeypatch, capsys):
     """--suite decode on tiny sizes: every implementation timed, verified against torch.nn, and the
     results pair written; a stepper giving wrong states stops it."""
     torch = pytest.importorskip("torch")
-    monkeypatch.setattr(bench, "DECODE_SUITE_H", (16,))
-    monkeypatch.setattr(bench, "DECODE_SUITE_B", (1, 3))
+    from fastrnn.bench import decode
+    monkeypatch.setattr(decode, "DECODE_SUITE_H", (16,))
+    monkeypatch.setattr(decode, "DECODE_SUITE_B", (1, 3))
     assert bench.main(["--suite", "decode", "--reps", "1", "--gemm-size", "64", "--min-sample-ms", "1",
                        "--no-progress", "--save", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -273,7 +264,7 @@ def test_variants_suite_runs_and_saves(tmp_path):
 
 
 def test_modifiers_flag_runs_the_modifiers_suite(monkeypatch):
-    """--modifiers (issue 15) runs fastrnn.bench_modifiers' suite; --variants stays issue 14's."""
+    """--modifiers (issue 15) runs fastrnn.bench.modifiers' suite; --variants stays issue 14's."""
     pytest.importorskip("torch")
     from fastrnn import bench
     from fastrnn.bench import modifiers as bench_modifiers

@@ -6,7 +6,7 @@ float32 rounding (tolerances.EXAMPLE_LOSS_CURVE: the first 15 batches closely, t
 whole run's mean loosely, as float32 differences grow along a run). Also unit tests of the shared readers,
 vocabulary, batching and share measurement (examples/nlp_data.py), and of the translation
 model's step function against its one-call teacher forcing and fastrnn.generate's decoders.
-Each example run happens once per session (tests/nlp_examples.py caches it).
+Each example run happens once per session (tests/helpers.py caches it).
 """
 import math
 import os

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import reference
 from fastrnn.types import CELLS, GATES
-from helpers import GRAD_NAMES, assert_all_close, check_against_reference, make_problem, named, run  # noqa: F401
+from helpers import GRAD_NAMES, assert_all_close, check_against_reference, make_problem, named, run
 from tolerances import assert_close
 
 DTYPES = (np.float32, np.float64)

@@ -8,7 +8,6 @@ torch.jit.trace), fastrnn.empty_cache(), determinism and the error messages. Eac
 before its fix. Subprocesses are used where the setting must be in place before the extension
 loads (OMP_THREAD_LIMIT, OMP_DYNAMIC) or where a failure is a hang or an out-of-memory.
 """
-import hashlib
 import os
 import subprocess
 import sys
@@ -331,7 +330,7 @@ def test_empty_cache_releases_scratch_memory():
     r = _python("""
         import numpy as np
         import fastrnn
-        from test_threads import _rss_bytes
+        from helpers import rss_bytes
         fastrnn.set_num_threads(2)
         T, B, I, H = 100, 64, 64, 256
         w = fastrnn.init_weights("gru", I, H, seed=0)
@@ -340,9 +339,9 @@ def test_empty_cache_releases_scratch_memory():
         grads = fastrnn.gru_backward(res.saved, np.ones_like(res.output))
         del res, grads
         cached = fastrnn._core.scratch_cache_bytes()
-        before = _rss_bytes()
+        before = rss_bytes()
         fastrnn.empty_cache()
-        print("result", cached, fastrnn._core.scratch_cache_bytes(), before - _rss_bytes())
+        print("result", cached, fastrnn._core.scratch_cache_bytes(), before - rss_bytes())
         """)
     assert r.returncode == 0, r.stdout + r.stderr
     cached, left, dropped = (int(v) for v in r.stdout.split("result ")[1].split())

@@ -7,7 +7,6 @@ process's resident memory once warmed up.
 """
 import gc
 import os
-import resource
 import sys
 import threading
 import time

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastrnn.nn as fnn  # noqa: E402
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 from helpers import (CELL_PAIRS as CELLS, FORMS, LAYER_PAIRS as MODULES, PARITY_LENGTHS as LENGTHS,  # noqa: E402
                      PARITY_SIZES, TORCH_DTYPES as DTYPES, check_cell_parity, check_parity, pair)
 T, B, I, H, P = PARITY_SIZES  # P: proj_size

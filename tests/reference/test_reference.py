@@ -1,4 +1,4 @@
-"""Tests of the reference implementation (python/fastrnn/reference.py), the truth the fast path is
+"""Tests of the reference implementation (python/fastrnn/reference/), the truth the fast path is
 checked against, so it is checked itself: its hand-written BPTT against central finite differences
 of its own forward, its forward against hand-written formulas and invariances (padding is ignored,
 final states sit at each sequence's own last step, packed == one sequence at a time), and, where
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastrnn import reference
-from fastrnn.types import CELLS, GATES
+from fastrnn.types import CELLS
 from helpers import FD_ATOL, FD_RTOL, FD_SIZES, numeric_grad, reference_problem as make_problem
 
 # The forward comparisons against torch in float64 differ only by summation order: ~1e-15.

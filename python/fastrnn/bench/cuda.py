@@ -1,14 +1,14 @@
 """The GPU suite of the benchmark, ``python -m fastrnn.bench --device cuda``: fastrnn.nn against
 torch.nn (cuDNN) on CUDA tensors in ONE process, timed with CUDA events, reported per case as µs
 per call and per step, TFLOP/s, a percentage of the GPU's fp32 GEMM rate measured in the same run,
-and the speed-up over cuDNN. Kept apart from the CPU harness (bench.py, which owns the CLI, the
+and the speed-up over cuDNN. Kept apart from the CPU harness (the rest of fastrnn.bench, which owns the CLI, the
 cases and the FLOP count and hands ``--device cuda`` over to :func:`main`) because it needs torch
 with CUDA and a GPU, and times differently: device work is asynchronous, so a sample is a CUDA
 event pair around a block of calls, read after the end event completes.
 
-Method per case: both modules get the same weights (``bench.make_inputs``); fastrnn's outputs,
+Method per case: both modules get the same weights (``make_inputs``); fastrnn's outputs,
 final states and, in training, every gradient are checked once against cuDNN's with TF32 off (a
-gross-mismatch guard, ``bench.compare``); a case that fails it is reported and not timed. Then each
+gross-mismatch guard, ``compare``); a case that fails it is reported and not timed. Then each
 implementation is warmed up and timed interleaved, ``reps`` samples of at least ``min_sample_s``
 each; the median and min-max are reported. Both then run with torch's TF32 settings as found (the
 header records them): cuDNN follows ``torch.backends.cudnn.allow_tf32``, fastrnn's products on
@@ -36,8 +36,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import fastrnn
-from .. import bench
-from . import Case
+from .cases import Case, case_flops, DEFAULT_CELLS, Inputs, make_inputs
+from .impls import compare, _grads_dict, VerificationError
+from .machine import _git_commit
+from .report import _num
+from .suite import _Progress, summarize
+from .timing import GEMM_N as CPU_GEMM_N
 
 GPU_MODES = ("inference", "training")
 DEEPBENCH_H = (512, 1024, 2048)
@@ -68,7 +72,7 @@ def gpu_suite_sizes(quick: bool = False) -> List[Tuple[str, int, int, int]]:
 
 def build_gpu_cases(cells: Sequence[str], modes: Sequence[str], sizes=None, quick: bool = False) -> List[Case]:
     """Every (cell, size, mode) of the GPU suite (sizes None) or of ``sizes`` ([(H, B, T, I)], as
-    bench.parse_sizes gives them), size by size (each cell's modes together). Modes other than
+    parse_sizes gives them), size by size (each cell's modes together). Modes other than
     inference and training are not GPU modes."""
     modes = [m for m in GPU_MODES if m in modes]
     if sizes is not None:
@@ -114,7 +118,7 @@ def torch_module(torch, case: Case):
     return nn.RNN(*args, nonlinearity=case.cell.split("_")[1], bidirectional=case.bidirectional)
 
 
-def make_modules(torch, case: Case, inp: bench.Inputs, device):
+def make_modules(torch, case: Case, inp: Inputs, device):
     """(torch.nn module, fastrnn.nn module) on ``device`` with the weights of ``inp``, each with
     parameters of its own (so their gradients never mix)."""
     import fastrnn.nn as fnn
@@ -134,7 +138,7 @@ def make_modules(torch, case: Case, inp: bench.Inputs, device):
     return ref, fast
 
 
-def timed_calls(torch, case: Case, inp: bench.Inputs, module, device) -> Tuple[Callable[[], object], Callable[[], dict]]:
+def timed_calls(torch, case: Case, inp: Inputs, module, device) -> Tuple[Callable[[], object], Callable[[], dict]]:
     """(one timed call, the values it computes as float64 NumPy arrays) for ``module``: forward
     under torch.inference_mode(), or forward + backward of ``dy`` with the input's and every
     parameter's gradient (set to None before each call, as fastrnn.backward returns fresh arrays)."""
@@ -169,7 +173,7 @@ def timed_calls(torch, case: Case, inp: bench.Inputs, module, device) -> Tuple[C
         grads = [tuple(p.grad.double().cpu().numpy() for p in params[k:k + per_entry])
                  for k in range(0, len(params), per_entry)]
         return {"output": out.detach().double().cpu().numpy(),
-                **bench._grads_dict(xg.grad.double().cpu().numpy(), grads)}
+                **_grads_dict(xg.grad.double().cpu().numpy(), grads)}
     return train, values
 
 
@@ -242,15 +246,15 @@ class _tf32_off:
 
 
 def run_case(torch, case: Case, device, reps: int, min_sample_s: float, peak_tflops: float, seed: int = 0) -> dict:
-    inp = bench.make_inputs(case, seed)
+    inp = make_inputs(case, seed)
     ref, fast = make_modules(torch, case, inp, device)
     impls = {"fastrnn": timed_calls(torch, case, inp, fast, device), "torch": timed_calls(torch, case, inp, ref, device)}
-    record = {**asdict(case), "name": case.name, "flops": bench.case_flops(case), "verified_against": "torch.nn (cuDNN)"}
+    record = {**asdict(case), "name": case.name, "flops": case_flops(case), "verified_against": "torch.nn (cuDNN)"}
     with _tf32_off(torch):  # the check compares fp32 with fp32 (fastrnn's cuBLAS products follow matmul's flag)
         expected = impls["torch"][1]()
         try:
-            record["max_abs_diff"] = bench.compare(impls["fastrnn"][1](), expected, case, "torch.nn (cuDNN, TF32 off)")
-        except bench.VerificationError as e:
+            record["max_abs_diff"] = compare(impls["fastrnn"][1](), expected, case, "torch.nn (cuDNN, TF32 off)")
+        except VerificationError as e:
             return {**record, "impls": {}, "speedup_vs_torch": None, "error": f"VERIFICATION FAILED: {e}"}
     timed = time_cuda_interleaved(torch, {name: fn for name, (fn, _) in impls.items()}, reps, min_sample_s)
     for t in timed.values():
@@ -292,12 +296,12 @@ def make_header(torch, device) -> dict:
         "fastrnn_cuda_runtime": _cuda_version(fastrnn._core.cuda.runtime_version()),
         "cuda_driver_api": _cuda_version(fastrnn._core.cuda.driver_version()),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "fastrnn": fastrnn.__version__, "commit": bench._git_commit(), "numpy": np.__version__,
+        "fastrnn": fastrnn.__version__, "commit": _git_commit(), "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
     }
 
 
-def run(cells: Sequence[str] = bench.DEFAULT_CELLS, modes: Sequence[str] = GPU_MODES, sizes=None, reps: int = 7,
+def run(cells: Sequence[str] = DEFAULT_CELLS, modes: Sequence[str] = GPU_MODES, sizes=None, reps: int = 7,
         quick: bool = False, min_sample_s: Optional[float] = None, gemm_n: int = GEMM_N,
         max_seconds: Optional[float] = None, emit: Optional[Callable[[str], None]] = None,
         progress: bool = True) -> dict:
@@ -314,7 +318,7 @@ def run(cells: Sequence[str] = bench.DEFAULT_CELLS, modes: Sequence[str] = GPU_M
         min_sample_s = 0.01 if quick else 0.02
     header = make_header(torch, device)
     cases = build_gpu_cases(cells, modes, sizes, quick)
-    bar = bench._Progress(len(cases) + 1, progress)
+    bar = _Progress(len(cases) + 1, progress)
     bar.update(0, "GEMM rates")
     rates = measure_rates(torch, device, gemm_n, reps=3 if quick else 5)
     result = {"header": header, "peak": rates, "reps": reps, "min_sample_s": min_sample_s, "cases": [],
@@ -331,7 +335,7 @@ def run(cells: Sequence[str] = bench.DEFAULT_CELLS, modes: Sequence[str] = GPU_M
             try:
                 row = run_case(torch, case, device, reps, min_sample_s, rates["tflops"]["fp32"])
             except Exception as e:  # a kernel fault or a CUDA error: report it, and stop if the context is gone
-                row = {**asdict(case), "name": case.name, "flops": bench.case_flops(case), "impls": {},
+                row = {**asdict(case), "name": case.name, "flops": case_flops(case), "impls": {},
                        "speedup_vs_torch": None, "error": f"{type(e).__name__}: {e}"}
             result["cases"].append(row)
             if emit:
@@ -343,7 +347,7 @@ def run(cells: Sequence[str] = bench.DEFAULT_CELLS, modes: Sequence[str] = GPU_M
                 break
     finally:
         bar.clear()
-    result["summary"] = bench.summarize(result["cases"])
+    result["summary"] = summarize(result["cases"])
     result["wall_s"] = time.perf_counter() - t_start
     return result
 
@@ -360,7 +364,7 @@ def _context_alive(torch) -> bool:
 def _us(t: Optional[dict]) -> str:
     if not t:
         return "–"
-    return f"{bench._num(t['median_ms'] * 1e3)} ({bench._num(t['min_ms'] * 1e3)}–{bench._num(t['max_ms'] * 1e3)})"
+    return f"{_num(t['median_ms'] * 1e3)} ({_num(t['min_ms'] * 1e3)}–{_num(t['max_ms'] * 1e3)})"
 
 
 def format_header(result: dict) -> str:
@@ -395,8 +399,8 @@ def format_row(r: dict) -> str:
     f, t = r["impls"]["fastrnn"], r["impls"]["torch"]
     pct = f"{f['pct_peak']:.0f}%" if f.get("pct_peak") is not None else "–"
     return " | ".join([
-        f"| {shape}", r["mode"], _us(f), bench._num(f["us_per_step"]), f"{f['tflops']:.2f}", pct, _us(t),
-        bench._num(t["us_per_step"]), f"{t['tflops']:.2f}", f"{r['speedup_vs_torch']:.2f}x", f"{r['max_abs_diff']:.1e}",
+        f"| {shape}", r["mode"], _us(f), _num(f["us_per_step"]), f"{f['tflops']:.2f}", pct, _us(t),
+        _num(t["us_per_step"]), f"{t['tflops']:.2f}", f"{r['speedup_vs_torch']:.2f}x", f"{r['max_abs_diff']:.1e}",
     ]) + " |"
 
 
@@ -427,7 +431,7 @@ def results_basename(result: dict, quick: bool) -> str:
 
 
 def main(args, parser) -> int:
-    """``python -m fastrnn.bench --device cuda ...``: ``args`` parsed by bench.main's parser (which
+    """``python -m fastrnn.bench --device cuda ...``: ``args`` parsed by fastrnn.bench.main's parser (which
     calls this). No usable GPU: refused through ``parser.error`` (exit 2) with the reason."""
     import json
     import os
@@ -443,7 +447,7 @@ def main(args, parser) -> int:
     reps = args.reps or (3 if args.quick else 7)
     result = run(cells=args.cells, modes=modes, sizes=args.sizes, reps=reps, quick=args.quick,
                  min_sample_s=None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
-                 gemm_n=args.gemm_size if args.gemm_size != bench.GEMM_N else GEMM_N,
+                 gemm_n=args.gemm_size if args.gemm_size != CPU_GEMM_N else GEMM_N,
                  max_seconds=args.max_seconds, emit=lambda text: print(text, flush=True),
                  progress=not args.no_progress)
     print(f"\n{format_summary(result)}")

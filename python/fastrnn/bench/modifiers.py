@@ -4,7 +4,7 @@ the same module without it (the target is <= 1.1x) and against the plain-PyTorch
 today for it (torch.nn.LSTMCell / GRUCell stepped in Python with the modifier's few lines: the
 zoneout and recurrent-dropout loops, hooks for clipping, a state list for dilation; weight dropout
 is torch.nn.LSTM / GRU on a masked W_hh, AWD-LSTM's WeightDrop, which stays fused). Median of
-interleaved samples (bench.time_interleaved). Kept apart from bench.py's suite so that the cell
+interleaved samples (timing.time_interleaved). Kept apart from the CPU suite so that the cell
 variants' benchmark (issue 14) can live next to it.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import platform
 import time
 from typing import Callable, Dict, List
 
-from . import time_interleaved
+from .timing import time_interleaved
 
 VARIANTS = {  # option name -> the keyword fastrnn.nn takes
     "zoneout": dict(zoneout=0.1),
@@ -151,11 +151,3 @@ def main_variants(args) -> int:
             f.write("\n".join(lines) + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m fastrnn.bench_modifiers")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--reps", type=int, default=None)
-    p.add_argument("--save", default=None)
-    raise SystemExit(main_variants(p.parse_args()))

@@ -1,16 +1,6 @@
-"""The reference implementation of fastrnn: slow, obvious NumPy float64 forward and hand-written
-backpropagation through time for the Elman RNN (tanh / ReLU), LSTM and GRU, with multiple layers,
-both directions and variable lengths, using PyTorch's weight layout, gate order and packed-sequence
-semantics. It exists to be the truth that the fast C++/CUDA kernels are tested against, so it is
-written for being read, not for speed: a plain ``for t in range(T)`` loop per layer and direction,
-every cell's forward and backward pointwise maths side by side in small functions, and nothing
-shared with the fast path except the names in ``types.py``. It has the same signature as
-``functional.forward`` / ``functional.backward`` and is itself checked against finite differences
-(``tests/reference/test_reference.py``).
-
-Notation: T time steps, B batch, I input features, H hidden size, G gate blocks (``GATES[cell]``),
-L layers, D directions (2 if bidirectional). Everything is computed and returned in float64.
-"""
+"""The reference's layer and stack driver: ``forward`` / ``backward`` over layers, directions and
+variable lengths, running any cell's pointwise step (the cells: rnn.py, lstm.py, gru.py,
+layer_norm.py; the training modifiers of issue 15 are explicit here). See :mod:`fastrnn.reference`."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -18,262 +8,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..types import CELLS, GATES, RNNGrads, RNNResult
+from ._common import _clip
+from .gru import _gru_backward, _gru_forward, _gru_reset_before_backward, _gru_reset_before_forward
+from .layer_norm import _layer_norm_backward, _layer_norm_forward
+from .lstm import _lstm_backward, _lstm_forward, _lstm_variant_backward, _lstm_variant_forward
+from .rnn import _rnn_relu_backward, _rnn_relu_forward, _rnn_tanh_backward, _rnn_tanh_forward
 
 __all__ = ["forward", "backward"]
-
-
-def _sigmoid(a: np.ndarray) -> np.ndarray:
-    # = 1 / (1 + exp(-a)), written with tanh so that large |a| cannot overflow
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
-
-
-# ---------------------------------------------------------------------------------------------
-# Cells: only the pointwise step. Every cell has the same two functions:
-#
-#   forward(gi, gh, h, c) -> (h_new, c_new, cache)
-#       gi = x_t W_ihᵀ + b_ih   [B, G*H]   (input projection)
-#       gh = h   W_hhᵀ + b_hh   [B, G*H]   (hidden projection)
-#       h, c                    [B, H]     (c is None except for LSTM; c_new likewise)
-#   backward(dh_new, dc_new, cache, clip=None) -> (dgi, dgh, dh_direct, dc)
-#       clip: the grad_clip modifier's bound on the total gradient of c' (LSTM), None = off
-#       dgi, dgh   [B, G*H] gradients of gi and gh; the layer turns them into dx, dh, dW, db
-#       dh_direct  [B, H]   the part of dh that does not go through gh (GRU's z*h term)
-#       dc         [B, H]   gradient of the previous cell state (None except for LSTM)
-# ---------------------------------------------------------------------------------------------
-
-# Elman RNN, tanh: h' = tanh(gi + gh)
-def _rnn_tanh_forward(gi, gh, h, c):
-    h_new = np.tanh(gi + gh)  # [B, H]
-    return h_new, None, (h_new,)
-
-
-def _rnn_tanh_backward(dh_new, dc_new, cache, clip=None):
-    (h_new,) = cache
-    da = dh_new * (1.0 - h_new * h_new)  # [B, H]
-    return da, da, np.zeros_like(dh_new), None
-
-
-# Elman RNN, ReLU: h' = max(gi + gh, 0)
-def _rnn_relu_forward(gi, gh, h, c):
-    a = gi + gh  # [B, H]
-    return np.maximum(a, 0.0), None, (a,)
-
-
-def _rnn_relu_backward(dh_new, dc_new, cache, clip=None):
-    (a,) = cache
-    # as torch's threshold_backward: a select, so that NaN in a passes dh and NaN in dh stays where a <= 0 is 0
-    da = np.where(a <= 0.0, 0.0, dh_new)  # [B, H]
-    return da, da, np.zeros_like(dh_new), None
-
-
-# LSTM, gate blocks i, f, g, o of a = gi + gh:
-#   i = σ(a_i), f = σ(a_f), g = tanh(a_g), o = σ(a_o); c' = f*c + i*g; h' = o*tanh(c')
-def _lstm_forward(gi, gh, h, c):
-    a_i, a_f, a_g, a_o = np.split(gi + gh, 4, axis=1)  # each [B, H]
-    i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), np.tanh(a_g), _sigmoid(a_o)
-    c_new = f * c + i * g
-    tanh_c = np.tanh(c_new)
-    h_new = o * tanh_c
-    return h_new, c_new, (c, i, f, g, o, tanh_c)
-
-
-def _lstm_backward(dh_new, dc_new, cache, clip=None):
-    c, i, f, g, o, tanh_c = cache
-    # [B, H] all paths into c' (clamped to [-clip, clip] by the grad_clip modifier)
-    dc_total = _clip(dc_new + dh_new * o * (1.0 - tanh_c * tanh_c), clip)
-    da_i = dc_total * g * i * (1.0 - i)
-    da_f = dc_total * c * f * (1.0 - f)
-    da_g = dc_total * i * (1.0 - g * g)
-    da_o = dh_new * tanh_c * o * (1.0 - o)
-    da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)  # [B, 4H]
-    return da, da, np.zeros_like(dh_new), dc_total * f
-
-
-# GRU, gate blocks r, z, n (the reset gate multiplies the hidden projection, PyTorch style):
-#   r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r * gh_n), h' = (1-z)*n + z*h
-def _gru_forward(gi, gh, h, c):
-    gi_r, gi_z, gi_n = np.split(gi, 3, axis=1)  # each [B, H]
-    gh_r, gh_z, gh_n = np.split(gh, 3, axis=1)
-    r = _sigmoid(gi_r + gh_r)
-    z = _sigmoid(gi_z + gh_z)
-    n = np.tanh(gi_n + r * gh_n)
-    h_new = (1.0 - z) * n + z * h
-    return h_new, None, (h, r, z, n, gh_n)
-
-
-def _gru_backward(dh_new, dc_new, cache, clip=None):
-    h, r, z, n, gh_n = cache
-    da_n = dh_new * (1.0 - z) * (1.0 - n * n)  # [B, H] grad of n's pre-activation
-    da_z = dh_new * (h - n) * z * (1.0 - z)
-    da_r = da_n * gh_n * r * (1.0 - r)
-    dgi = np.concatenate([da_r, da_z, da_n], axis=1)  # [B, 3H]
-    dgh = np.concatenate([da_r, da_z, da_n * r], axis=1)  # [B, 3H]
-    return dgi, dgh, dh_new * z, None
-
-
-# LSTM variants (issue 14), with a = gi + gh in blocks (i, f, g, o), coupled (f, g, o):
-#   peephole (p = weight_ch [3, H] rows (i, f, o), coupled [2, H] rows (f, o); Gers & Schmidhuber 2000):
-#     i = σ(a_i + p_i*c), f = σ(a_f + p_f*c) (c = c_{t-1}), g = tanh(a_g)
-#   coupled (CIFG, Greff et al. 2017): i = 1 - f
-#   cell_clip C: c' = clamp(f*c + i*g, -C, C), the clamped c' carried and used below
-#   o = σ(a_o + p_o*c'), h' = o*tanh(c')
-def _lstm_variant_forward(gi, gh, h, c, p, coupled, clip):
-    a = gi + gh
-    if coupled:
-        a_f, a_g, a_o = np.split(a, 3, axis=1)  # each [B, H]
-        p_f, p_o = (p[0], p[1]) if p is not None else (0.0, 0.0)
-        f = _sigmoid(a_f + p_f * c)
-        i = 1.0 - f
-    else:
-        a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)
-        p_i, p_f, p_o = (p[0], p[1], p[2]) if p is not None else (0.0, 0.0, 0.0)
-        i, f = _sigmoid(a_i + p_i * c), _sigmoid(a_f + p_f * c)
-    g = np.tanh(a_g)
-    c_raw = f * c + i * g
-    c_new = c_raw if clip is None else np.clip(c_raw, -clip, clip)
-    # derivative of the clamp: 1 inside [-C, C], bounds included (torch.clamp's), 0 outside
-    keep = np.ones_like(c_raw) if clip is None else ((c_raw >= -clip) & (c_raw <= clip)).astype(np.float64)
-    o = _sigmoid(a_o + p_o * c_new)
-    tanh_c = np.tanh(c_new)
-    return o * tanh_c, c_new, (c, c_new, i, f, g, o, tanh_c, keep, p, coupled)
-
-
-def _lstm_variant_backward(dh_new, dc_new, cache):
-    """As the cells' backward, plus dp: the gradient of the peepholes [U, H] (None without)."""
-    c, c_new, i, f, g, o, tanh_c, keep, p, coupled = cache
-    da_o = dh_new * tanh_c * o * (1.0 - o)
-    dc_total = dc_new + dh_new * o * (1.0 - tanh_c * tanh_c)  # [B, H] paths into c' (next step, h)
-    if p is not None:
-        dc_total = dc_total + da_o * p[-1]  # o's peephole sees c'
-    dc_raw = dc_total * keep  # through the clamp
-    dc_prev = dc_raw * f
-    if coupled:  # c' = f*c + (1-f)*g
-        da_f = dc_raw * (c - g) * f * (1.0 - f)
-        da_g = dc_raw * (1.0 - f) * (1.0 - g * g)
-        da = np.concatenate([da_f, da_g, da_o], axis=1)  # [B, 3H]
-        if p is not None:
-            dc_prev = dc_prev + da_f * p[0]
-            dp = np.stack([(da_f * c).sum(0), (da_o * c_new).sum(0)])
-    else:
-        da_i = dc_raw * g * i * (1.0 - i)
-        da_f = dc_raw * c * f * (1.0 - f)
-        da_g = dc_raw * i * (1.0 - g * g)
-        da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)  # [B, 4H]
-        if p is not None:
-            dc_prev = dc_prev + da_i * p[0] + da_f * p[1]
-            dp = np.stack([(da_i * c).sum(0), (da_f * c).sum(0), (da_o * c_new).sum(0)])
-    return da, da, np.zeros_like(dh_new), dc_prev, ({"w_ch": dp} if p is not None else {})
-
-
-# GRU with the reset gate applied before the hidden product (reset_after=False; Cho et al. 2014,
-# Keras reset_after=False, ONNX linear_before_reset=0), gate blocks r, z, n:
-#   r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + W_hn (r*h) + b_hn), h' = (1-z)*n + z*h
-# The layer's gh_n (W_hn h + b_hn) is not used: the cell computes its own n product from r*h.
-def _gru_reset_before_forward(gi, gh, h, c, w_hn, b_hn):
-    gi_r, gi_z, gi_n = np.split(gi, 3, axis=1)  # each [B, H]
-    gh_r, gh_z, _ = np.split(gh, 3, axis=1)
-    r = _sigmoid(gi_r + gh_r)
-    z = _sigmoid(gi_z + gh_z)
-    rh = r * h  # [B, H]
-    n = np.tanh(gi_n + rh @ w_hn.T + b_hn)
-    return (1.0 - z) * n + z * h, None, (h, r, z, n, rh, w_hn)
-
-
-def _gru_reset_before_backward(dh_new, dc_new, cache):
-    """dgh's n block is zero: the n product's gradients come back as extra W_hh / b_hh rows."""
-    h, r, z, n, rh, w_hn = cache
-    H = h.shape[1]
-    da_n = dh_new * (1.0 - z) * (1.0 - n * n)  # [B, H]
-    da_z = dh_new * (h - n) * z * (1.0 - z)
-    d_rh = da_n @ w_hn  # [B, H] gradient of r*h
-    da_r = d_rh * h * r * (1.0 - r)
-    dgi = np.concatenate([da_r, da_z, da_n], axis=1)  # [B, 3H]
-    dgh = np.concatenate([da_r, da_z, np.zeros_like(da_n)], axis=1)
-    dw_hh = np.zeros((3 * H, H))
-    dw_hh[2 * H:] = da_n.T @ rh
-    db_hh = np.zeros(3 * H)
-    db_hh[2 * H:] = da_n.sum(axis=0)
-    return dgi, dgh, dh_new * z + d_rh * r, None, {"w_hh": dw_hh, "b_hh": db_hh}
-
-
-# Layer norm (issue 14; Ba et al. 2016, in haste's LayerNormLSTM form). LN(v) = (v - mean) /
-# sqrt(var + 1e-5) over a whole row (biased variance), no bias inside the norm. The input and
-# recurrent products are normalised separately over all G*H gate values, then gains, then biases:
-#   a_ih = LN(x W_ihᵀ) ⊙ γ_ih + b_ih,   a_hh = LN(h W_hhᵀ) ⊙ γ_hh + b_hh            [B, G*H]
-# and these are the cell's gi and gh: LSTM a = a_ih + a_hh; GRU r, z = σ(a_ih + a_hh) in their blocks and
-# n = tanh(a_ih,n + r ⊙ a_hh,n) (the reset gate multiplies the normalised, gained part plus b_hn).
-# The LSTM also normalises its cell for the output: h' = o ⊙ tanh(LN(c') ⊙ γ_c + β_c), carrying c'.
-LN_EPS = 1e-5
-
-
-def _ln_forward(v, gamma):
-    """v [B, N], gamma [N] -> LN(v) * gamma [B, N] and the cache for _ln_backward."""
-    mean = v.mean(axis=1, keepdims=True)  # [B, 1]
-    var = ((v - mean) ** 2).mean(axis=1, keepdims=True)  # biased
-    inv_std = 1.0 / np.sqrt(var + LN_EPS)
-    v_hat = (v - mean) * inv_std  # [B, N]
-    return v_hat * gamma, (v_hat, inv_std, gamma)
-
-
-def _ln_backward(dy, cache):
-    """dy [B, N] -> (dv [B, N], dgamma [N])."""
-    v_hat, inv_std, gamma = cache
-    dv_hat = dy * gamma
-    dv = inv_std * (dv_hat - dv_hat.mean(axis=1, keepdims=True)
-                    - v_hat * (dv_hat * v_hat).mean(axis=1, keepdims=True))
-    return dv, (dy * v_hat).sum(axis=0)
-
-
-# The LSTM cell of the layer-normalised LSTM: as _lstm_forward, but h' = o*tanh(LN(c')*γ_c + β_c).
-def _lstm_ln_cell_forward(gi, gh, h, c, gamma_c, beta_c):
-    a_i, a_f, a_g, a_o = np.split(gi + gh, 4, axis=1)  # each [B, H]
-    i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), np.tanh(a_g), _sigmoid(a_o)
-    c_new = f * c + i * g  # carried un-normalised
-    c_norm, ln_cache = _ln_forward(c_new, gamma_c)
-    tanh_c = np.tanh(c_norm + beta_c)
-    return o * tanh_c, c_new, (c, i, f, g, o, tanh_c, ln_cache)
-
-
-def _lstm_ln_cell_backward(dh_new, dc_new, cache):
-    """-> (dgi, dgh, dh_direct, dc, dgamma_c, dbeta_c)."""
-    c, i, f, g, o, tanh_c, ln_cache = cache
-    d_pre = dh_new * o * (1.0 - tanh_c * tanh_c)  # [B, H] gradient of LN(c')*γ_c + β_c
-    dc_ln, dgamma_c = _ln_backward(d_pre, ln_cache)
-    dc_total = dc_new + dc_ln  # [B, H] all paths into c'
-    da_i = dc_total * g * i * (1.0 - i)
-    da_f = dc_total * c * f * (1.0 - f)
-    da_g = dc_total * i * (1.0 - g * g)
-    da_o = dh_new * tanh_c * o * (1.0 - o)
-    da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)  # [B, 4H]
-    return da, da, np.zeros_like(dh_new), dc_total * f, dgamma_c, d_pre.sum(axis=0)
-
-
-def _layer_norm_forward(cell, gi, gh, h, c, b_ih, b_hh, ln):
-    """gi = x W_ihᵀ, gh = h W_hhᵀ [B, G*H] without biases; ln = (γ_ih, γ_hh[, γ_c, β_c])."""
-    a_ih, cache_ih = _ln_forward(gi, ln[0])
-    a_hh, cache_hh = _ln_forward(gh, ln[1])
-    a_ih, a_hh = a_ih + b_ih, a_hh + b_hh
-    if cell == "lstm":
-        h_new, c_new, cell_cache = _lstm_ln_cell_forward(a_ih, a_hh, h, c, ln[2], ln[3])
-    else:
-        h_new, c_new, cell_cache = _gru_forward(a_ih, a_hh, h, c)
-    return h_new, c_new, (cell, cache_ih, cache_hh, cell_cache)
-
-
-def _layer_norm_backward(dh_new, dc_new, cache):
-    """dgi, dgh are the gradients of the un-normalised products x W_ihᵀ, h W_hhᵀ; the biases' and
-    gains' gradients come back as extras."""
-    cell, cache_ih, cache_hh, cell_cache = cache
-    extra = {}
-    if cell == "lstm":
-        da_ih, da_hh, dh_direct, dc, extra["ln_c_w"], extra["ln_c_b"] = _lstm_ln_cell_backward(dh_new, dc_new,
-                                                                                              cell_cache)
-    else:
-        da_ih, da_hh, dh_direct, dc = _gru_backward(dh_new, dc_new, cell_cache)
-    extra["b_ih"], extra["b_hh"] = da_ih.sum(axis=0), da_hh.sum(axis=0)
-    dgi, extra["ln_ih"] = _ln_backward(da_ih, cache_ih)
-    dgh, extra["ln_hh"] = _ln_backward(da_hh, cache_hh)
-    return dgi, dgh, dh_direct, dc, extra
 
 
 _CELL_FNS = {
@@ -282,6 +23,8 @@ _CELL_FNS = {
     "lstm": (_lstm_forward, _lstm_backward),
     "gru": (_gru_forward, _gru_backward),
 }
+
+
 assert set(_CELL_FNS) == set(CELLS)
 
 
@@ -303,6 +46,7 @@ assert set(_CELL_FNS) == set(CELLS)
 #     LSTM, the total reaching c_t is clamped to [-C, C] before it flows into step t.
 # ---------------------------------------------------------------------------------------------
 
+
 class _Modifiers:
     """One layer and direction's modifiers (all off by default: the plain cell)."""
 
@@ -314,10 +58,6 @@ class _Modifiers:
         self.zoneout = zoneout  # [T, B, H] or None
         self.zoneout_cell = zoneout_cell  # [T, B, H] or None (LSTM)
         self.grad_clip = grad_clip  # float > 0 or None
-
-
-def _clip(g, c):
-    return g if c is None else np.clip(g, -c, c)
 
 
 def _prev_step(t, d, reverse, lengths):
@@ -478,6 +218,7 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
 # ---------------------------------------------------------------------------------------------
 # The stack: layers x directions. Layer l > 0 reads [fwd, bwd] outputs of layer l-1.
 # ---------------------------------------------------------------------------------------------
+
 
 def forward(
     cell: str,
