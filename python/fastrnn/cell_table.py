@@ -1,5 +1,5 @@
 """The cell table on the Python side: what each cell is, read once from the C++ specs
-(``_core.cells()``, csrc/cells/) and the C++ weight rule (``_core.param_shapes``), plus the few
+(``_core.cells()``, csrc/cells/: gates, states, saved slots, the parameters' shape rules), plus the few
 facts only Python needs (which keyword options a cell takes, which torch.nn module and mode it is).
 This is the one module in python/fastrnn that names cells: the NumPy API, the op schema, the torch
 modules, the reference and the benchmark ask it (``cell_info(cell).carries_cell_state``,
@@ -9,7 +9,7 @@ its row in ``_PYTHON_FACTS`` below (tests/kernels/test_cell_table.py checks that
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
 from ._loader import _core
@@ -52,42 +52,24 @@ class CellInfo:
     param_names: Tuple[str, ...]  # per layer and direction, in the weights tuples' order
     param_rules: Tuple[Tuple[Tuple[str, ...], bool], ...]  # (shape rule, is a bias) per parameter
     separate_hidden_grad: bool
-    facts: _Facts
-
-    @property
-    def torch_mode(self) -> str:
-        return self.facts.torch_mode
-
-    @property
-    def torch_module(self) -> str:
-        return self.facts.torch_module
-
-    @property
-    def nonlinearity(self) -> Optional[str]:
-        return self.facts.nonlinearity
-
-    @property
-    def lstm_variants(self) -> bool:
-        return self.facts.lstm_variants
-
-    @property
-    def reset_after_option(self) -> bool:
-        return self.facts.reset_after_option
-
-    @property
-    def layer_norm_option(self) -> bool:
-        return self.facts.layer_norm_option
+    unit_shapes: Tuple[Tuple[int, int], Tuple[int, int]]  # (G, U) without / with coupled (_unit_shapes)
+    # the Python facts (_Facts)
+    torch_mode: str
+    torch_module: str
+    nonlinearity: Optional[str]
+    lstm_variants: bool
+    reset_after_option: bool
+    layer_norm_option: bool
 
     def gates_with(self, coupled: bool = False) -> int:
         """Gate blocks with issue 14's options (the coupled LSTM drops its input gate, i = 1 - f)."""
-        return _unit_shapes(self.id, coupled)[0]
+        return self.unit_shapes[1 if coupled else 0][0]
 
     def peephole_rows(self, coupled: bool = False) -> int:
         """Rows U of the peepholes w_ch [U, H] (the gates that see c: i, f, o; coupled f, o)."""
-        return _unit_shapes(self.id, coupled)[1]
+        return self.unit_shapes[1 if coupled else 0][1]
 
 
-@functools.lru_cache(maxsize=None)
 def _unit_shapes(cell_id: int, coupled: bool) -> Tuple[int, int]:
     """(G, U) as the C++ rule gives them: w_ih's rows and w_ch's rows at H = 1 (the LSTM variants'
     options for a cell without them: its plain G, and U = 0)."""
@@ -106,7 +88,9 @@ def _read_table() -> Dict[str, CellInfo]:
                                saved_per_unit=e["saved_per_unit"], saved_names=tuple(e["saved_names"]),
                                param_names=tuple(p["name"] for p in e["params"]),
                                param_rules=tuple((tuple(p["shape"]), p["bias"]) for p in e["params"]),
-                               separate_hidden_grad=e["separate_hidden_grad"], facts=_PYTHON_FACTS[name])
+                               separate_hidden_grad=e["separate_hidden_grad"],
+                               unit_shapes=(_unit_shapes(e["id"], False), _unit_shapes(e["id"], True)),
+                               **asdict(_PYTHON_FACTS[name]))
     return table
 
 
@@ -118,9 +102,6 @@ CELL_ID: Dict[str, int] = {name: info.id for name, info in TABLE.items()}
 BY_TORCH_MODE: Dict[str, CellInfo] = {info.torch_mode: info for info in TABLE.values()}
 # torch.nn.RNN / RNNCell's nonlinearity keyword -> its cell
 BY_NONLINEARITY: Dict[str, CellInfo] = {info.nonlinearity: info for info in TABLE.values() if info.nonlinearity}
-CARRIES_CELL_STATE: Tuple[str, ...] = tuple(n for n, info in TABLE.items() if info.carries_cell_state)
-LSTM_VARIANT_CELLS: Tuple[str, ...] = tuple(n for n, info in TABLE.items() if info.lstm_variants)
-LAYER_NORM_CELLS: Tuple[str, ...] = tuple(n for n, info in TABLE.items() if info.layer_norm_option)
 
 
 def cell_info(cell: str) -> CellInfo:

@@ -127,13 +127,13 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
     # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape)
     expected = param_shapes(cell, input_size, H, len(weights) // num_directions, num_directions == 2, bias, peephole,
                             coupled)
+    names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else [])
     out = []
     for k, entry in enumerate(weights):
         layer, d = divmod(k, num_directions)
         where = f"layer {layer}, {_DIRECTION[d]}"
         if not isinstance(entry, (list, tuple)) or len(entry) != len(first):
             raise ValueError(f"weights[{k}] ({where}) must be a tuple of {len(first)} arrays like weights[0]")
-        names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else [])
         shapes = expected[k]
         formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled)
         arrays = []

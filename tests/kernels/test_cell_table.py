@@ -74,8 +74,9 @@ def test_python_table_reads_core():
     assert {n: i.torch_module for n, i in cell_table.TABLE.items()} == \
         {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
     assert {k: v.name for k, v in cell_table.BY_NONLINEARITY.items()} == {"tanh": "rnn_tanh", "relu": "rnn_relu"}
-    assert cell_table.LSTM_VARIANT_CELLS == ("lstm",) and cell_table.LAYER_NORM_CELLS == ("lstm", "gru")
-    assert [n for n, i in cell_table.TABLE.items() if i.reset_after_option] == ["gru"]
+    options = {n: (i.lstm_variants, i.reset_after_option, i.layer_norm_option) for n, i in cell_table.TABLE.items()}
+    assert options == {"rnn_tanh": (False, False, False), "rnn_relu": (False, False, False),
+                       "lstm": (True, False, True), "gru": (False, True, True)}
 
 
 # every cell plain, and the LSTM with each combination of peephole and coupled
