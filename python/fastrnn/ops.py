@@ -5,7 +5,8 @@ sequence length), and ``register_autograd`` on the forward whose backward calls 
 Outputs are allocated by torch; the compiled kernels (CPU and CUDA alike) take the tensors' data
 pointers, after this module has checked every shape, dtype and device in Python (the extension is
 not linked against libtorch). This is the only module that calls ``fastrnn._core`` with torch
-tensors; :mod:`fastrnn.nn` builds the torch.nn-compatible modules on it.
+tensors; :mod:`fastrnn.nn` builds the torch.nn-compatible modules on it. ``cell_step`` (at the
+end) is the cells' lean single-step path beside the op.
 
 The ops are declared with ``torch.library``'s define / impl / register_fake / register_autograd,
 not the ``@torch.library.custom_op`` decorator: that one wraps every kernel so that its first call
@@ -703,7 +704,7 @@ class _CellStep(torch.autograd.Function):
 # _CellStep.apply without Function.apply's Python wrapper (its functorch checks and dead-wrapper
 # unwrapping; ~2 us a step): cell_step runs only where _plain_eager saw no functorch transform.
 # _FunctionBase.apply is torch's C entry point that the wrapper itself ends in.
-_raw_apply = getattr(torch._C, "_FunctionBase", None).__dict__.get("apply") if hasattr(torch._C, "_FunctionBase") else None
+_raw_apply = vars(getattr(torch._C, "_FunctionBase", object)).get("apply")
 _cell_step_apply = _raw_apply.__get__(_CellStep, _CellStep) if _raw_apply is not None else _CellStep.apply
 
 

@@ -11,21 +11,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import fastrnn  # noqa: E402
 import fastrnn.nn as fnn  # noqa: E402
 from fastrnn import ops  # noqa: E402
 from fastrnn._loader import _core  # noqa: E402
+from helpers import CELL_PAIRS, assert_torch_close, pair  # noqa: E402
 
-CELLS = [("RNNCell", dict(nonlinearity="tanh")), ("RNNCell", dict(nonlinearity="relu")), ("LSTMCell", {}),
-         ("GRUCell", {})]
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
 
-def _pair(name, kwargs, I, H, dtype, bias=True, seed=0):
-    torch.manual_seed(seed)
-    ref = getattr(torch.nn, name)(I, H, bias=bias, **kwargs).to(dtype)
-    fast = getattr(fnn, name)(I, H, bias=bias, **kwargs).to(dtype)
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast
+def _pair(cell, I, H, dtype, bias=True):
+    """(torch.nn's cell in float64, fastrnn.nn's in dtype) with the same (dtype-rounded) weights"""
+    torch_cls, fast_cls, extra = CELL_PAIRS[cell]
+    return pair(torch_cls, fast_cls, dtype, input_size=I, hidden_size=H, bias=bias, **extra)
 
 
 def _flat(out):
@@ -45,13 +42,13 @@ def _run(m, x, hx, lstm):
         [p.grad.clone() for p in m.parameters()]
 
 
-@pytest.mark.parametrize("name,kwargs", CELLS)
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("B", [1, 5, 97])  # 97: >= 16 rows, the packed-panel products
 @pytest.mark.parametrize("with_hx,bias", [(True, True), (False, True), (True, False)])
-def test_lean_path_is_bitwise_the_op(name, kwargs, dtype, B, with_hx, bias, monkeypatch):
-    ref, m = _pair(name, kwargs, 7, 9, dtype, bias)
-    lstm = name == "LSTMCell"
+def test_lean_path_is_bitwise_the_op(cell, dtype, B, with_hx, bias, monkeypatch):
+    ref, m = _pair(cell, 7, 9, dtype, bias)
+    lstm = cell == "lstm"
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, 7, dtype=dtype, generator=g)
     hx = [torch.randn(B, 9, dtype=dtype, generator=g) for _ in range(2 if lstm else 1)] if with_hx else None
@@ -65,17 +62,18 @@ def test_lean_path_is_bitwise_the_op(name, kwargs, dtype, B, with_hx, bias, monk
     assert len(lean) == len(op)
     for a, b in zip(lean, op):
         assert torch.equal(a, b)
-    # and torch.nn's values (float64: to rounding)
-    want = _run(ref, x, hx, lstm)
-    for a, b in zip(lean, want):
-        torch.testing.assert_close(a, b, rtol=1e-4 if dtype == torch.float32 else 1e-12,
-                                   atol=1e-5 if dtype == torch.float32 else 1e-12)
+    # and torch.nn's values, in float64 on the same numbers
+    want = _run(ref, x.double(), None if hx is None else [s.double() for s in hx], lstm)
+    n_out = 2 if lstm else 1
+    names = [f"out{k}" for k in range(2 * n_out)] + [f"d{k}" for k in range(len(want) - 2 * n_out)]
+    for a, b, what in zip(lean, want, names):
+        assert_torch_close(a.detach(), b.detach(), dtype, what)
 
 
-@pytest.mark.parametrize("name,kwargs", CELLS)
-def test_gradcheck_float64(name, kwargs):
-    _, m = _pair(name, kwargs, 3, 4, torch.float64)
-    lstm = name == "LSTMCell"
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_float64(cell):
+    _, m = _pair(cell, 3, 4, torch.float64)
+    lstm = cell == "lstm"
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     c = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
