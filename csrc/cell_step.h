@@ -4,7 +4,7 @@
 // cpu::backward with the same RnnConfig, so the results are bitwise the same), but a call costs
 // what a dozen integer arguments cost: no list of weight tuples to unpack, no dtype string, no
 // named-pointer bookkeeping, and the buffers the caller has no use for (y, which equals h_out at
-// T = 1; gradients nobody asked for) come from this thread's scratch instead of torch allocations.
+// T = 1; gradients nobody asked for) are allocated here, for the call only, instead of by torch.
 // Included once, by bindings.cpp (register_cell_step).
 //
 // Pointers are Python ints (0 = absent), buffers C-contiguous of the call's dtype (`f64`) and of
@@ -16,6 +16,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "pointer_args.h"
@@ -28,17 +29,20 @@ using pointer_args::Ptr;
 
 template <class T> const T* in(Ptr p) { return reinterpret_cast<const T*>(p); }
 
-// Buffers of this thread that a call writes and nobody reads (one per slot, grown as needed):
-// the kernels require every output, and allocating them in torch costs ~1 us each.
-template <class T> T* scratch(int slot, int64 n) {
-  thread_local std::vector<T> buffers[8];
-  std::vector<T>& b = buffers[slot];
-  if (static_cast<int64>(b.size()) < n) b.resize(static_cast<size_t>(n));
-  return b.data();
-}
-template <class T> T* out_or_scratch(Ptr p, int slot, int64 n) {
-  return p ? reinterpret_cast<T*>(p) : scratch<T>(slot, n);
-}
+// Buffers a call writes and nobody reads (y, and the gradients not asked for): the kernels require
+// every output, and allocating them in torch costs ~1 us each. Allocated per call (uninitialised)
+// and freed at its end, so nothing is kept past the call (fastrnn.empty_cache's rule).
+template <class T> class Unwanted {
+ public:
+  T* get(Ptr p, int64 n) {
+    if (p) return reinterpret_cast<T*>(p);
+    buffers_.emplace_back(new T[static_cast<size_t>(n)]);
+    return buffers_.back().get();
+  }
+
+ private:
+  std::vector<std::unique_ptr<T[]>> buffers_;
+};
 
 inline RnnConfig config(int cell, int64 B, int64 I, int64 H, Ptr x, Ptr w_ih, Ptr w_hh, Ptr b_ih, Ptr b_hh) {
   const RnnConfig c = pointer_args::make_config(cell, 1, B, I, H, 1, false);
@@ -58,7 +62,8 @@ void forward(int cell, int64 B, int64 I, int64 H, Ptr x, Ptr h0, Ptr c0, Ptr w_i
                    {LayerWeights<T>{in<T>(w_ih), in<T>(w_hh), in<T>(b_ih), in<T>(b_hh)}},
                    nullptr, reinterpret_cast<T*>(h_out), reinterpret_cast<T*>(c_out), reinterpret_cast<T*>(reserve)};
   py::gil_scoped_release release;
-  a.y = scratch<T>(0, B * H);  // [1, B, H]: the same values as h_out
+  Unwanted<T> unwanted;
+  a.y = unwanted.get(0, B * H);  // [1, B, H]: the same values as h_out
   cpu::forward<T>(c, a);
 }
 
@@ -77,11 +82,12 @@ void backward(int cell, int64 B, int64 I, int64 H, Ptr x, Ptr h0, Ptr c0, Ptr w_
                     {LayerWeights<T>{in<T>(w_ih), in<T>(w_hh), in<T>(b_ih), in<T>(b_hh)}},
                     in<T>(reserve), in<T>(dh), nullptr, in<T>(dc), nullptr, nullptr, nullptr, {}};
   py::gil_scoped_release release;
-  a.dx = out_or_scratch<T>(dx, 1, B * I);
-  a.dh0 = out_or_scratch<T>(dh0, 2, B * H);
-  a.dc0 = lstm ? out_or_scratch<T>(dc0, 3, B * H) : nullptr;
-  a.grads.push_back({out_or_scratch<T>(dw_ih, 4, GH * I), out_or_scratch<T>(dw_hh, 5, GH * H),
-                     bias ? out_or_scratch<T>(db_ih, 6, GH) : nullptr, bias ? out_or_scratch<T>(db_hh, 7, GH) : nullptr});
+  Unwanted<T> unwanted;
+  a.dx = unwanted.get(dx, B * I);
+  a.dh0 = unwanted.get(dh0, B * H);
+  a.dc0 = lstm ? unwanted.get(dc0, B * H) : nullptr;
+  a.grads.push_back({unwanted.get(dw_ih, GH * I), unwanted.get(dw_hh, GH * H), bias ? unwanted.get(db_ih, GH) : nullptr,
+                     bias ? unwanted.get(db_hh, GH) : nullptr});
   cpu::backward<T>(c, a);
 }
 
