@@ -45,9 +45,10 @@ import torch
 from torch import Tensor
 
 from ._loader import _core
-from .types import CELLS, GATES
+from .cell_table import CELL_ID, TABLE, carries_cell_state, cell_info, param_shapes
+from .types import CELLS
 
-_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
 _DTYPES = (torch.float32, torch.float64)
 
 __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
@@ -102,20 +103,16 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
                 raise ValueError(f"cell {cell!r}: cell_clip must be > 0")
         else:
             raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C)")
-    if parts and base != "lstm":
+    if parts and not cell_info(base).lstm_variants:
         raise ValueError(f"cell {cell!r}: peephole, coupled and cell_clip are LSTM options")
     return base, tuple(opts.items())
 
 
-def _gates(cell: str) -> int:
-    base, opts = split_cell(cell)
-    return 3 if dict(opts)["coupled"] else GATES[base]
-
-
 def _peephole_rows(cell: str) -> int:
     """Rows U of w_ch (0 without peepholes)."""
-    opts = dict(split_cell(cell)[1])
-    return (2 if opts["coupled"] else 3) if opts["peephole"] else 0
+    base, opts = split_cell(cell)
+    opts = dict(opts)
+    return cell_info(base).peephole_rows(opts["coupled"]) if opts["peephole"] else 0
 
 
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
@@ -152,13 +149,14 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     if hidden_size < 1 or num_layers < 1:
         raise ValueError(f"hidden_size and num_layers must be >= 1, got {hidden_size} and {num_layers}")
     D = 2 if bidirectional else 1
-    GH = _gates(cell) * hidden_size
-    U = _peephole_rows(cell)
-    bias = per_entry - (1 if U else 0) == 4
-    names = ["w_ih", "w_hh", "b_ih", "b_hh"][:4 if bias else 2] + (["w_ch"] if U else [])
+    base, opts = split_cell(cell)
+    opts = dict(opts)
+    bias = per_entry - (1 if opts["peephole"] else 0) == 4
+    names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else [])
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape)
+    all_shapes = param_shapes(base, I, hidden_size, num_layers, bidirectional, bias, opts["peephole"], opts["coupled"])
     for k in range(num_layers * D):
-        shapes = [(GH, I if k < D else D * hidden_size), (GH, hidden_size), (GH,), (GH,)][:4 if bias else 2]
-        shapes += [(U, hidden_size)] if U else []
+        shapes = all_shapes[k]
         for j in range(per_entry):
             w = weights[k * per_entry + j]
             if w.shape != shapes[j]:
@@ -305,7 +303,7 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
     _check_no_transform(x, h0, c0, *weights)
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
     base, opts = split_cell(cell)
-    lstm = base == "lstm"
+    lstm = carries_cell_state(base)
     c0 = c0 if lstm else None
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0,
                   recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
@@ -356,7 +354,7 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
     state = (num_layers * D, B, hidden_size)
     y = x.new_empty((T, B, D * hidden_size))
     hn = x.new_empty(state)
-    cn = x.new_empty(state) if split_cell(cell)[0] == "lstm" else x.new_empty((0,))
+    cn = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, zoned)
     reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
     return y, hn, cn, reserve
@@ -365,7 +363,7 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
 def _forward_fake(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training,
                   recurrent_mask=None, grad_clip=0.0, zoneout_h=None, zoneout_c=None):
     _check(x, weights, cell, num_layers, bidirectional)
-    zoned = (zoneout_h is not None) + (zoneout_c is not None and split_cell(cell)[0] == "lstm")
+    zoned = (zoneout_h is not None) + (zoneout_c is not None and carries_cell_state(split_cell(cell)[0]))
     return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned)
 
 
@@ -389,7 +387,7 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
         raise RuntimeError("fastrnn::rnn_backward needs the reserve of a forward run with training=True; "
                            "this forward ran with training=False and saved nothing")
     base, opts = split_cell(cell)
-    lstm = base == "lstm"
+    lstm = carries_cell_state(base)
     c0, dcn = (c0, dcn) if lstm else (None, None)
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0, dy=dy, dhn=dhn,
                   dcn=dcn, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
@@ -423,7 +421,7 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
 def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
     B = x.shape[1]
     state = (num_layers * (2 if bidirectional else 1), B, hidden_size)
-    dc0 = x.new_empty(state) if split_cell(cell)[0] == "lstm" else x.new_empty((0,))
+    dc0 = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     # new_empty, not empty_like: empty_like keeps a transposed input's strides, and the kernels
     # write outputs in place, so every output must be contiguous.
     return x.new_empty(x.shape), x.new_empty(state), dc0, [w.new_empty(w.shape) for w in weights]
@@ -455,7 +453,7 @@ def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
         raise RuntimeError("fastrnn::rnn_forward ran with training=False, so it saved nothing for backward; "
                            "call it with training=True when gradients are needed")
     x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, reserve, *weights = ctx.saved_tensors
-    lstm = split_cell(cell)[0] == "lstm"
+    lstm = carries_cell_state(split_cell(cell)[0])
     # With create_graph (grad mode on) through the op, whose own backward raises a clear error.
     backward = torch.ops.fastrnn.rnn_backward
     if not torch.is_grad_enabled() and _plain_eager(x, h0, c0, dy, dhn, dcn, *weights):
@@ -576,7 +574,8 @@ _EAGER_PATH = True  # tests turn it off to compare the two paths
 # backward is one call of _core.cell_backward on the saved reserve (the gates of the forward).
 # Calls it does not serve return None, and the caller takes the op path.
 _CELL_STEP_DTYPES = {torch.float32: False, torch.float64: True}  # dtype -> the entry points' `f64`
-_LSTM_ID = _CELL_ID["lstm"]
+# by the entry points' cell id (the cell table): the name, whether it carries a cell state c
+_CELL_BY_ID = {info.id: info for info in TABLE.values()}
 
 
 @functools.lru_cache(maxsize=64)
@@ -586,9 +585,10 @@ def _cell_reserve_per_row(cell_id: int, hidden_size: int) -> int:
 
 def cell_step(cell: str, x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
               b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
-    """One step of a base cell (``cell`` in CELLS) on the lean path: x [B, I], h, c [B, H] or None
-    (zeros; c for the LSTM only), the cell's parameters in torch.nn's shapes. Returns (h', c') for
-    the LSTM, h' otherwise, with the op's values and gradients bit for bit; or None where this path
+    """One step of a base cell (``cell`` a cell table name) on the lean path: x [B, I], h, c [B, H]
+    or None (zeros; c for the cells that carry one, the LSTM), the cell's parameters in torch.nn's
+    shapes. Returns (h', c') for a cell with a cell state, h' otherwise, with the op's values and
+    gradients bit for bit; or None where this path
     does not serve the call (torch.compile, tracing, dispatch modes, transforms, forward-mode AD,
     subclasses, non-CPU or non-float32/64 tensors, mixed dtypes, non-contiguous weights, empty
     batches, shapes that do not fit) and the caller must take the op (which raises for bad input).
@@ -601,7 +601,8 @@ def cell_step(cell: str, x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_
         return None
     B, I = x.shape
     GH, H = w_hh.shape
-    if B < 1 or GH != GATES[cell] * H or w_ih.shape != (GH, I):
+    info = TABLE.get(cell)
+    if info is None or B < 1 or GH != info.gates * H or w_ih.shape != (GH, I):
         return None
     bias = b_ih is not None
     if bias != (b_hh is not None) or (bias and (b_ih.shape != (GH,) or b_hh.shape != (GH,))):
@@ -609,10 +610,10 @@ def cell_step(cell: str, x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_
     for t in (w_ih, w_hh, b_ih, b_hh):  # a loop, not all(<generator>): this runs on every step
         if t is not None and (t.dtype != dtype or not t.is_cpu or not t.is_contiguous()):
             return None
-    lstm = cell == "lstm"
+    lstm = info.carries_cell_state
     if (c is not None and not lstm) or _bad_state(h, B, H, dtype) or _bad_state(c, B, H, dtype):
         return None
-    cell_id = _CELL_ID[cell]
+    cell_id = info.id
     if torch.is_grad_enabled():
         for t in (x, h, c, w_ih, w_hh, b_ih, b_hh):
             if t is not None and t.requires_grad:
@@ -647,7 +648,7 @@ class _CellStep(torch.autograd.Function):
         B, I = x.shape
         H = w_hh.shape[1]
         dtype = x.dtype
-        lstm = cell_id == _LSTM_ID
+        lstm = _CELL_BY_ID[cell_id].carries_cell_state
         xc = x.contiguous()  # held in names: their memory must outlive the call
         hc = None if h is None else h.contiguous()
         cc = None if c is None else c.contiguous()
@@ -712,7 +713,7 @@ def _cell_backward_through_op(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh, reserve, dh,
     """_CellStep's backward under create_graph: rnn_backward on the same saved values (the reserve
     of T = 1 has the op's layout), so that differentiating the gradients raises the op's clear error."""
     cell_id, _, B, _, H = ctx.config
-    cell = CELLS[cell_id]
+    cell = _CELL_BY_ID[cell_id].name
     weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
     dx, dh0, dc0, dweights = torch.ops.fastrnn.rnn_backward(
         x[None], weights, None if h is None else h[None], None if c is None else c[None], None,

@@ -14,9 +14,10 @@ torch = pytest.importorskip("torch")
 import fastrnn.nn as fnn  # noqa: E402
 from fastrnn import ops  # noqa: E402
 from fastrnn._loader import _core  # noqa: E402
+from fastrnn.cell_table import TABLE  # noqa: E402
 from helpers import CELL_PAIRS, assert_torch_close, pair  # noqa: E402
 
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+CELLS = tuple(TABLE)
 
 
 def _pair(cell, I, H, dtype, bias=True):
@@ -48,7 +49,7 @@ def _run(m, x, hx, lstm):
 @pytest.mark.parametrize("with_hx,bias", [(True, True), (False, True), (True, False)])
 def test_lean_path_is_bitwise_the_op(cell, dtype, B, with_hx, bias, monkeypatch):
     ref, m = _pair(cell, 7, 9, dtype, bias)
-    lstm = cell == "lstm"
+    lstm = TABLE[cell].carries_cell_state
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, 7, dtype=dtype, generator=g)
     hx = [torch.randn(B, 9, dtype=dtype, generator=g) for _ in range(2 if lstm else 1)] if with_hx else None
@@ -73,7 +74,7 @@ def test_lean_path_is_bitwise_the_op(cell, dtype, B, with_hx, bias, monkeypatch)
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck_float64(cell):
     _, m = _pair(cell, 3, 4, torch.float64)
-    lstm = cell == "lstm"
+    lstm = TABLE[cell].carries_cell_state
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     c = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)

@@ -30,13 +30,14 @@ import numpy as np
 
 import fastrnn
 
+from ..cell_table import TABLE
 from .impls import GROSS_MISMATCH, VerificationError
 from .machine import _import_torch, make_header
 from .report import format_header, results_basename
 from .suite import _Progress, geomean
 from .timing import time_interleaved
 
-SUITE_CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+SUITE_CELLS = tuple(TABLE)  # every cell of the table: rnn_tanh, rnn_relu, lstm, gru
 SUITE_B = (1, 16, 64)
 SUITE_H = (32, 128, 512)
 SUITE_DTYPES = ("float32", "float64")
@@ -147,14 +148,11 @@ def run_client(torch, reps: int, clock: str, future: int = 1000) -> dict:
 
 
 # ---- the grid ---------------------------------------------------------------------------------------
-_MODULES = {"rnn_tanh": ("RNNCell", dict(nonlinearity="tanh")), "rnn_relu": ("RNNCell", dict(nonlinearity="relu")),
-            "lstm": ("LSTMCell", {}), "gru": ("GRUCell", {})}
-
-
 def cell_pair(torch, cell: str, I: int, H: int, dtype, seed: int = 0):
     """torch.nn's and fastrnn.nn's cell with the same parameters."""
     import fastrnn.nn as fnn
-    name, kw = _MODULES[cell]
+    info = TABLE[cell]
+    name, kw = info.torch_module + "Cell", ({"nonlinearity": info.nonlinearity} if info.nonlinearity else {})
     torch.manual_seed(seed)
     ref = getattr(torch.nn, name)(I, H, **kw).to(dtype)
     fast = getattr(fnn, name)(I, H, **kw).to(dtype)
@@ -166,12 +164,13 @@ def step_fns(torch, cell: str, B: int, H: int, dtype: str, mode: str):
     """{"torch": f, "fastrnn": f} for one step (mode "forward": no grad; "training": forward +
     backward of the new states' sum, states requiring grad), and each one's results to compare."""
     dt = getattr(torch, dtype)
+    has_c = TABLE[cell].carries_cell_state
     mods = cell_pair(torch, cell, H, H, dt)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(B, H, dtype=dt, generator=g) * 2 - 1
     states = [(torch.rand(B, H, dtype=dt, generator=g) * 2 - 1).requires_grad_(mode == "training")
-              for _ in range(2 if cell == "lstm" else 1)]
-    hx = tuple(states) if cell == "lstm" else states[0]
+              for _ in range(2 if has_c else 1)]
+    hx = tuple(states) if has_c else states[0]
 
     def fn(m):
         if mode == "forward":
@@ -181,7 +180,7 @@ def step_fns(torch, cell: str, B: int, H: int, dtype: str, mode: str):
         else:
             def run():
                 out = m(x, hx)
-                (sum(o.sum() for o in out) if cell == "lstm" else out.sum()).backward()
+                (sum(o.sum() for o in out) if has_c else out.sum()).backward()
                 return out
         return run
 
@@ -190,7 +189,7 @@ def step_fns(torch, cell: str, B: int, H: int, dtype: str, mode: str):
         for s in states:
             s.grad = None
         out = fn(m)()
-        outs = list(out) if cell == "lstm" else [out]
+        outs = list(out) if has_c else [out]
         if mode == "training":
             outs += [s.grad.clone() for s in states] + [p.grad.clone() for p in m.parameters()]
         return [o.detach() for o in outs]
