@@ -20,10 +20,9 @@ import fastrnn
 import fastrnn.nn as fnn
 from fastrnn import ops
 from fastrnn._loader import _core
+from fastrnn.cell_table import TABLE
 
 CLOCK = time.thread_time_ns
-MODULES = {"lstm": ("LSTMCell", {}), "gru": ("GRUCell", {}), "rnn_tanh": ("RNNCell", {}),
-           "rnn_relu": ("RNNCell", dict(nonlinearity="relu"))}
 
 
 def interleaved(fns, reps=30, inner=20):
@@ -47,18 +46,19 @@ def main(cell: str, B: int, I: int, H: int, dtype_name: str) -> None:
     fastrnn.set_num_threads(1)
     dtype = getattr(torch, dtype_name)
     f64 = dtype == torch.float64
-    name, kw = MODULES[cell]
+    info = TABLE[cell]
+    name, kw = info.torch_module + "Cell", ({"nonlinearity": info.nonlinearity} if info.nonlinearity else {})
     torch.manual_seed(0)
     ref = getattr(torch.nn, name)(I, H, **kw).to(dtype)
     fast = getattr(fnn, name)(I, H, **kw).to(dtype)
     fast.load_state_dict(ref.state_dict())
-    lstm = cell == "lstm"
+    lstm = info.carries_cell_state
     x = torch.randn(B, I, dtype=dtype)
     states = [torch.randn(B, H, dtype=dtype, requires_grad=True) for _ in range(2 if lstm else 1)]
     hx = tuple(states) if lstm else states[0]
     W = [fast.weight_ih, fast.weight_hh, fast.bias_ih, fast.bias_hh]
     c = states[1] if lstm else None
-    cell_id = ops._CELL_ID[cell]
+    cell_id = info.id
     outs = [torch.empty(B, H, dtype=dtype) for _ in range(2)]
     reserve = torch.empty(B * ops._cell_reserve_per_row(cell_id, H), dtype=dtype)
     ptrs = [w.data_ptr() for w in W]
