@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cell_step.h"
 #include "cpu/prepared.h"
 #include "pointer_args.h"
 #include "rnn.h"
@@ -605,6 +606,8 @@ PYBIND11_MODULE(_core, m) {
       .def("step_ptrs", &PreparedStackBinding::step_ptrs, py::arg("B"), py::arg("x_ptr"), py::arg("h_ptr"),
            py::arg("c_ptr"), py::arg("h_out_ptr"), py::arg("c_out_ptr"),
            "step on host data pointers (ints; 0 = absent): dtype, shapes and contiguity are the caller's contract.");
+
+  fastrnn::cell_step::register_cell_step(m);
 
   m.def("cpu_isa", [] {
     static const char* names[] = {"baseline", "avx2", "avx512"};

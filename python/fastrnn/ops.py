@@ -5,7 +5,8 @@ sequence length), and ``register_autograd`` on the forward whose backward calls 
 Outputs are allocated by torch; the compiled kernels (CPU and CUDA alike) take the tensors' data
 pointers, after this module has checked every shape, dtype and device in Python (the extension is
 not linked against libtorch). This is the only module that calls ``fastrnn._core`` with torch
-tensors; :mod:`fastrnn.nn` builds the torch.nn-compatible modules on it.
+tensors; :mod:`fastrnn.nn` builds the torch.nn-compatible modules on it. ``cell_step`` (at the
+end) is the cells' lean single-step path beside the op.
 
 The ops are declared with ``torch.library``'s define / impl / register_fake / register_autograd,
 not the ``@torch.library.custom_op`` decorator: that one wraps every kernel so that its first call
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor
 
 from ._loader import _core
-from .cell_table import CELL_ID, carries_cell_state, cell_info, param_shapes
+from .cell_table import CELL_ID, TABLE, carries_cell_state, cell_info, param_shapes
 from .types import CELLS
 
 _CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
@@ -552,3 +553,161 @@ def run_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Opti
 
 
 _EAGER_PATH = True  # tests turn it off to compare the two paths
+
+
+# ---- one step of one cell -------------------------------------------------------------------------
+# fastrnn.nn's RNNCell / LSTMCell / GRUCell call this on every step of a Python loop, where the op
+# path's fixed costs (its argument checks, a dozen allocations and views, the Function's
+# signature binding, the list of weight-pointer tuples; ~60 us per training step) were larger
+# than torch.nn's few ATen calls. Here a step is a few cheap checks, three allocations, one
+# autograd.Function in the classic ctx form and one call of _core.cell_forward (the same
+# cpu::forward with the same configuration as the op at T = 1, so bitwise the op's results);
+# backward is one call of _core.cell_backward on the saved reserve (the gates of the forward).
+# Calls it does not serve return None, and the caller takes the op path.
+_CELL_STEP_DTYPES = {torch.float32: False, torch.float64: True}  # dtype -> the entry points' `f64`
+# by the entry points' cell id (the cell table): the name, whether it carries a cell state c
+_CELL_BY_ID = {info.id: info for info in TABLE.values()}
+
+
+@functools.lru_cache(maxsize=64)
+def _cell_reserve_per_row(cell_id: int, hidden_size: int) -> int:
+    return _core.reserve_size(cell_id, 1, 1, 1, hidden_size, 1, False)
+
+
+def cell_step(cell: str, x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+    """One step of a base cell (``cell`` a cell table name) on the lean path: x [B, I], h, c [B, H]
+    or None (zeros; c for the cells that carry one, the LSTM), the cell's parameters in torch.nn's
+    shapes. Returns (h', c') for a cell with a cell state, h' otherwise, with the op's values and
+    gradients bit for bit; or None where this path
+    does not serve the call (torch.compile, tracing, dispatch modes, transforms, forward-mode AD,
+    subclasses, non-CPU or non-float32/64 tensors, mixed dtypes, non-contiguous weights, empty
+    batches, shapes that do not fit) and the caller must take the op (which raises for bad input).
+    The caller has checked x's and the states' shapes against the module's sizes."""
+    if not _EAGER_PATH or _forward_ad._current_level >= 0 or not _plain_eager(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        return None
+    dtype = x.dtype
+    f64 = _CELL_STEP_DTYPES.get(dtype)
+    if f64 is None or x.dim() != 2 or w_hh.dim() != 2 or not x.is_cpu:
+        return None
+    B, I = x.shape
+    GH, H = w_hh.shape
+    info = TABLE.get(cell)
+    if info is None or B < 1 or GH != info.gates * H or w_ih.shape != (GH, I):
+        return None
+    bias = b_ih is not None
+    if bias != (b_hh is not None) or (bias and (b_ih.shape != (GH,) or b_hh.shape != (GH,))):
+        return None
+    for t in (w_ih, w_hh, b_ih, b_hh):  # a loop, not all(<generator>): this runs on every step
+        if t is not None and (t.dtype != dtype or not t.is_cpu or not t.is_contiguous()):
+            return None
+    lstm = info.carries_cell_state
+    if (c is not None and not lstm) or _bad_state(h, B, H, dtype) or _bad_state(c, B, H, dtype):
+        return None
+    cell_id = info.id
+    if torch.is_grad_enabled():
+        for t in (x, h, c, w_ih, w_hh, b_ih, b_hh):
+            if t is not None and t.requires_grad:
+                return _cell_step_apply(cell_id, f64, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    # inference: nothing to save
+    x = x.contiguous()  # held in names: their memory must outlive the call
+    h = None if h is None else h.contiguous()
+    c = None if c is None else c.contiguous()
+    h_out = torch.empty(B, H, dtype=dtype)
+    c_out = torch.empty(B, H, dtype=dtype) if lstm else None
+    _core.cell_forward(cell_id, f64, B, I, H, x.data_ptr(), 0 if h is None else h.data_ptr(),
+                       0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
+                       b_ih.data_ptr() if bias else 0, b_hh.data_ptr() if bias else 0, h_out.data_ptr(),
+                       c_out.data_ptr() if lstm else 0, 0)
+    return (h_out, c_out) if lstm else h_out
+
+
+_forward_ad = torch.autograd.forward_ad
+
+
+def _bad_state(t: Optional[Tensor], B: int, H: int, dtype) -> bool:
+    return t is not None and (t.dtype != dtype or not t.is_cpu or t.shape != (B, H))
+
+
+class _CellStep(torch.autograd.Function):
+    """cell_step with autograd. The classic forward(ctx, ...) form: Function.apply binds the
+    arguments to forward's signature with inspect on every call once setup_context is defined
+    (~20 us); torch.func's transforms, which need that form, never reach this Function."""
+
+    @staticmethod
+    def forward(ctx, cell_id, f64, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        B, I = x.shape
+        H = w_hh.shape[1]
+        dtype = x.dtype
+        lstm = _CELL_BY_ID[cell_id].carries_cell_state
+        xc = x.contiguous()  # held in names: their memory must outlive the call
+        hc = None if h is None else h.contiguous()
+        cc = None if c is None else c.contiguous()
+        h_out = torch.empty(B, H, dtype=dtype)
+        c_out = torch.empty(B, H, dtype=dtype) if lstm else None
+        reserve = torch.empty(B * _cell_reserve_per_row(cell_id, H), dtype=dtype)
+        bias = b_ih is not None
+        _core.cell_forward(cell_id, f64, B, I, H, xc.data_ptr(), 0 if hc is None else hc.data_ptr(),
+                           0 if cc is None else cc.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
+                           b_ih.data_ptr() if bias else 0, b_hh.data_ptr() if bias else 0, h_out.data_ptr(),
+                           c_out.data_ptr() if lstm else 0, reserve.data_ptr())
+        # the tensors as given (their version counters guard against in-place changes before backward)
+        ctx.save_for_backward(x, h, c, w_ih, w_hh, b_ih, b_hh, reserve)
+        ctx.config = (cell_id, f64, B, I, H)
+        ctx.set_materialize_grads(False)
+        return (h_out, c_out) if lstm else h_out
+
+    @staticmethod
+    def backward(ctx, dh, dc=None):
+        x, h, c, w_ih, w_hh, b_ih, b_hh, reserve = ctx.saved_tensors
+        cell_id, f64, B, I, H = ctx.config
+        dtype = x.dtype
+        if dh is None:
+            dh = torch.zeros((B, H), dtype=dtype)
+        if torch.is_grad_enabled() or not (w_ih.is_contiguous() and w_hh.is_contiguous()):
+            # create_graph: through the op, whose own backward refuses double backward (and which
+            # copies weights whose .data became non-contiguous since the forward)
+            return (None, None) + _cell_backward_through_op(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh, reserve, dh, dc)
+        _, _, need_x, need_h, need_c, need_wi, need_wh, need_bi, need_bh = ctx.needs_input_grad
+        x = x.contiguous()  # held in names: their memory must outlive the call
+        h = None if h is None else h.contiguous()
+        c = None if c is None else c.contiguous()
+        dh = dh.contiguous()
+        dc = None if dc is None else dc.contiguous()
+        dx = torch.empty(B, I, dtype=dtype) if need_x else None
+        dh0 = torch.empty(B, H, dtype=dtype) if need_h else None
+        dc0 = torch.empty(B, H, dtype=dtype) if need_c else None
+        GH = w_hh.shape[0]
+        dw_ih = torch.empty(GH, I, dtype=dtype) if need_wi else None
+        dw_hh = torch.empty(GH, H, dtype=dtype) if need_wh else None
+        db_ih = torch.empty(GH, dtype=dtype) if need_bi else None
+        db_hh = torch.empty(GH, dtype=dtype) if need_bh else None
+        bias = b_ih is not None
+        _core.cell_backward(cell_id, f64, B, I, H, x.data_ptr(), 0 if h is None else h.data_ptr(),
+                            0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
+                            b_ih.data_ptr() if bias else 0, b_hh.data_ptr() if bias else 0, reserve.data_ptr(),
+                            dh.data_ptr(), 0 if dc is None else dc.data_ptr(), 0 if dx is None else dx.data_ptr(),
+                            0 if dh0 is None else dh0.data_ptr(), 0 if dc0 is None else dc0.data_ptr(),
+                            0 if dw_ih is None else dw_ih.data_ptr(), 0 if dw_hh is None else dw_hh.data_ptr(),
+                            0 if db_ih is None else db_ih.data_ptr(), 0 if db_hh is None else db_hh.data_ptr())
+        return None, None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+
+
+# _CellStep.apply without Function.apply's Python wrapper (its functorch checks and dead-wrapper
+# unwrapping; ~2 us a step): cell_step runs only where _plain_eager saw no functorch transform.
+# _FunctionBase.apply is torch's C entry point that the wrapper itself ends in.
+_raw_apply = vars(getattr(torch._C, "_FunctionBase", object)).get("apply")
+_cell_step_apply = _raw_apply.__get__(_CellStep, _CellStep) if _raw_apply is not None else _CellStep.apply
+
+
+def _cell_backward_through_op(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh, reserve, dh, dc) -> tuple:
+    """_CellStep's backward under create_graph: rnn_backward on the same saved values (the reserve
+    of T = 1 has the op's layout), so that differentiating the gradients raises the op's clear error."""
+    cell_id, _, B, _, H = ctx.config
+    cell = _CELL_BY_ID[cell_id].name
+    weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+    dx, dh0, dc0, dweights = torch.ops.fastrnn.rnn_backward(
+        x[None], weights, None if h is None else h[None], None if c is None else c[None], None,
+        reserve.view(1, B, -1), dh[None], None, None if dc is None else dc[None], cell, H, 1, False)
+    dweights = list(dweights) + [None] * (4 - len(dweights))
+    return (dx[0], None if h is None else dh0[0], dc0[0] if c is not None else None, *dweights)

@@ -72,10 +72,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "plain-PyTorch loop; --sizes HxBxT sets its sizes, --save writes <name>-variants.*")
     parser.add_argument("--min-sample-ms", type=float, default=None,
                         help="shortest timed sample; short calls are repeated to fill it (default 50, --quick 20)")
-    parser.add_argument("--suite", choices=("default", "decode"), default="default",
+    parser.add_argument("--suite", choices=("default", "decode", "cells"), default="default",
                         help="decode: the multi-layer generation step (2-layer LSTM/GRU, H 256/512/1024, "
-                             "B 1/5/32: stepper vs torch.nn's cells and T = 1 calls); --cells/--sizes/--modes "
-                             "do not apply")
+                             "B 1/5/32: stepper vs torch.nn's cells and T = 1 calls); cells: fastrnn.nn's cells "
+                             "stepped from Python vs torch.nn's (pytorch/examples' time_sequence_prediction, and "
+                             "every cell at B 1/16/64, H 32/128/512, float32/float64; fastrnn/bench/cells.py); "
+                             "--cells/--sizes/--modes do not apply")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="--suite cells: time this thread's CPU time (default; both libraries run on the calling "
+                             "thread at --threads 1) or wall time")
     parser.add_argument("--modifiers", action="store_true",
                         help="the training modifiers' suite (zoneout, recurrent/weight dropout, grad_clip, dilation "
                              "on LSTM and GRU vs the plain cell and a plain-PyTorch loop; fastrnn/bench/modifiers.py)")
@@ -83,6 +88,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.modifiers:
         from .modifiers import main_variants
         return main_variants(args)
+    if args.suite == "cells":
+        if args.device == "cuda":
+            parser.error("--suite cells runs on the CPU")
+        from .cells import main as cells_main
+        return cells_main(args)
     if args.suite == "decode":
         if args.device == "cuda":
             parser.error("--suite decode runs on the CPU (the stepper has no CUDA step kernel yet)")

@@ -12,11 +12,12 @@ from typing import Callable, Dict, List
 import numpy as np
 
 
-def _calibrate(fn: Callable[[], object], min_sample_s: float) -> int:
+def _calibrate(fn: Callable[[], object], min_sample_s: float,
+               clock: Callable[[], float] = time.perf_counter) -> int:
     """Calls per sample so that a sample lasts at least ``min_sample_s`` (fn is already warm)."""
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
-    dt = time.perf_counter() - t0
+    dt = clock() - t0
     return max(1, int(math.ceil(min_sample_s / max(dt, 1e-7))))
 
 
@@ -24,9 +25,10 @@ WARMUP_S = 0.2
 
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int, min_sample_s: float,
-                     warmup: int = 1) -> Dict[str, dict]:
+                     warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> Dict[str, dict]:
     """Warm each up, then take ``reps`` samples of each, interleaved and rotating the order every
-    round. Returns per name: median/min/max ms per call, the samples and calls per sample."""
+    round. Returns per name: median/min/max ms per call, the samples and calls per sample.
+    ``clock``: seconds (wall time; time.thread_time counts this thread's CPU time only)."""
     names = list(fns)
     for name in names:  # at least `warmup` calls and WARMUP_S: caches, page faults, clock ramp-up
         t0 = time.perf_counter()
@@ -34,16 +36,16 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int, min_sample
         while calls < warmup or time.perf_counter() - t0 < WARMUP_S:
             fns[name]()
             calls += 1
-    calls = {name: _calibrate(fns[name], min_sample_s) for name in names}
+    calls = {name: _calibrate(fns[name], min_sample_s, clock) for name in names}
     samples: Dict[str, List[float]] = {name: [] for name in names}
     for r in range(reps):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             fn, n = fns[name], calls[name]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(n):
                 fn()
-            samples[name].append((time.perf_counter() - t0) * 1e3 / n)
+            samples[name].append((clock() - t0) * 1e3 / n)
     return {name: {"median_ms": float(np.median(s)), "min_ms": float(min(s)), "max_ms": float(max(s)),
                    "samples_ms": s, "calls_per_sample": calls[name]} for name, s in samples.items()}
 

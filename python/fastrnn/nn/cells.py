@@ -1,6 +1,8 @@
 """fastrnn.nn's single-step modules, ``RNNCell``, ``LSTMCell`` and ``GRUCell``: torch.nn's
-constructor signatures, parameters and forward contract, one step through the same op as the
-layers (T = 1)."""
+constructor signatures, parameters and forward contract. A step of a base cell on plain CPU
+tensors in eager mode runs the lean single-step path (fastrnn.ops.cell_step: a few checks and one
+call into the kernels, bitwise the op's results); everything else (torch.compile, tracing,
+transforms, the cell variants and layer norm, CUDA) takes the same op as the layers with T = 1."""
 from __future__ import annotations
 
 import math
@@ -75,6 +77,12 @@ class _CellBase(torch.nn.Module):
             _identity_init(self.weight_ih, self.weight_hh, *((self.bias_ih, self.bias_hh) if self.bias else ()))
         _layer_norm_init(self)
 
+    def _param(self, name: str):
+        """A parameter by name: from _parameters (a dict read) unless a parametrization or a hook
+        (weight_norm) has replaced it by an attribute, which getattr then finds."""
+        p = self._parameters.get(name)
+        return p if p is not None else getattr(self, name)
+
     def _step(self, cell: str, input: Tensor, states: Optional[Tuple[Tensor, ...]], name: str):
         """Checks (torch.nn's types) and one step of ``cell`` (a cell table name): input [B, I] or [I];
         states None or a tuple of [B, H] or [H] tensors (h, or (h, c) for the LSTM). Returns the new
@@ -96,8 +104,8 @@ class _CellBase(torch.nn.Module):
         # torch.nn's cells raise RuntimeError for sizes and dtypes that do not fit
         if input.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
-        # Each parameter read goes through Module.__getattr__ (~0.6 us): once per step.
-        w_ih, w_hh = self.weight_ih, self.weight_hh
+        # Each parameter read goes through Module.__getattr__ (~0.4 us): _param reads them once per step.
+        w_ih, w_hh = self._param("weight_ih"), self._param("weight_hh")
         if input.dtype != w_ih.dtype:
             raise RuntimeError(f"{name}: input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
         if states is not None:
@@ -111,6 +119,14 @@ class _CellBase(torch.nn.Module):
                 if s.dtype != input.dtype:
                     raise RuntimeError(f"{name}: hidden{idx} dtype ({s.dtype}) does not match input dtype "
                                        f"({input.dtype})")
+        if not (self.peephole or self.coupled or self.cell_clip is not None or self.layer_norm or not self.reset_after):
+            # the base cells: one lean step (ops.cell_step), unless it leaves the call to the op
+            b_ih, b_hh = (self._param("bias_ih"), self._param("bias_hh")) if self.bias else (None, None)
+            out = ops.cell_step(cell, input, None if states is None else states[0],
+                                states[1] if states is not None and has_c else None, w_ih, w_hh, b_ih, b_hh)
+            if out is not None:
+                out = out if has_c else (out,)
+                return out if is_batched else tuple(s.squeeze(0) for s in out)
         weights = [w_ih, w_hh, self.bias_ih, self.bias_hh] if self.bias else [w_ih, w_hh]
         variant = None
         if self.peephole or self.coupled or self.cell_clip is not None:  # issue 14's LSTM variants
