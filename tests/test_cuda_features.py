@@ -28,12 +28,41 @@ def _f64(a):
     return None if a is None else np.asarray(a, np.float64)
 
 
+# ---- 16-bit storage on the host: float16 as NumPy's, bfloat16 as its bits in uint16 ----------------
+STORAGE16 = ("float16", "bfloat16")
+
+
+def to_storage(a, name):
+    """float array -> the storage array of dtype ``name`` (values rounded to nearest, ties to even;
+    bfloat16: the upper 16 bits of the float32, as uint16)."""
+    if name == "float16":
+        return np.asarray(a, np.float32).astype(np.float16)
+    if name == "bfloat16":
+        u = np.ascontiguousarray(np.asarray(a, np.float32)).view(np.uint32)
+        return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    return np.asarray(a, name)
+
+
+def from_storage(a, name):
+    """The inverse of to_storage, as float64 (exact)."""
+    if name == "bfloat16":
+        return (np.asarray(a).astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
+    return np.asarray(a).astype(np.float64) if name == "float16" else a
+
+
+def round_to(a, name):
+    """a rounded to dtype ``name`` where the kernels store it, as float64 (None stays None)."""
+    return None if a is None else from_storage(to_storage(a, name), name)
+
+
 def run_cuda(dev, p, training=True):
     """forward then backward through the CUDA entry points with p's cell options (p["opts"]:
     peephole, coupled, cell_clip or None) and modifiers (p["mods"]: recurrent_mask [L*D, B, H],
     zoneout_mask / zoneout_cell_mask [L*D, T, B, H], grad_clip); {name: host array} with the names
-    test_variants.run gives (a weight tuple's grads dw_ih, dw_hh[, db_ih, db_hh][, dw_ch])."""
-    cell, dtype, bi = p.get("cell", "lstm"), np.dtype(p["dtype"]), p["bidirectional"]
+    test_variants.run gives (a weight tuple's grads dw_ih, dw_hh[, db_ih, db_hh][, dw_ch]).
+    p["dtype"] float16 / bfloat16: p's arrays hold values of that type; the results come back as float64."""
+    cell, bi = p.get("cell", "lstm"), p["bidirectional"]
+    storage = np.dtype(p["dtype"]).name if p["dtype"] not in STORAGE16 else p["dtype"]
     opts = dict(p.get("opts") or {})
     opts["cell_clip"] = float(opts.get("cell_clip") or 0.0)
     mods = p.get("mods") or {}
@@ -43,21 +72,22 @@ def run_cuda(dev, p, training=True):
     L = len(p["weights"]) // D
     lstm = cell == "lstm"
     state, steps = (L * D, B, H), (L * D, T, B, H)
-    m, ptr, put = dev.module, dev.ptr, dev.put
+    m, ptr = dev.module, dev.ptr
+    put = lambda a: None if a is None else dev.put(to_storage(a, storage))
+    empty = lambda shape: put(np.full(shape, np.nan))  # NaN: an element the kernels forget fails
     weights = [tuple(put(w) for w in entry) for entry in p["weights"]]
     x, h0, c0 = put(p["x"]), put(p["h0"]), put(p["c0"])
-    lengths = put(None if p["lengths"] is None else np.asarray(p["lengths"], np.int64))
-    cast = lambda a: None if a is None else put(np.asarray(a, dtype))
-    mask, zone_h = cast(mods.get("recurrent_mask")), cast(mods.get("zoneout_mask"))
-    zone_c = cast(mods.get("zoneout_cell_mask")) if lstm else None
+    lengths = None if p["lengths"] is None else dev.put(np.asarray(p["lengths"], np.int64))
+    mask, zone_h = put(mods.get("recurrent_mask")), put(mods.get("zoneout_mask"))
+    zone_c = put(mods.get("zoneout_cell_mask")) if lstm else None
     # h~ and c~, what a training forward with zoneout keeps for backward (fastrnn.ops: after the reserve)
-    pre_h = dev.empty(steps, dtype) if training and zone_h is not None else None
-    pre_c = dev.empty(steps, dtype) if training and zone_c is not None else None
-    y, hn = dev.empty((T, B, D * H), dtype), dev.empty(state, dtype)
-    cn = dev.empty(state, dtype) if lstm else None
+    pre_h = empty(steps) if training and zone_h is not None else None
+    pre_c = empty(steps) if training and zone_c is not None else None
+    y, hn = empty((T, B, D * H)), empty(state)
+    cn = empty(state) if lstm else None
     size = m.reserve_size(_CELL_ID[cell], T, B, I, H, L, bi, **opts)
-    reserve = dev.empty((size,), dtype) if training else None
-    head = (_CELL_ID[cell], dtype.name, T, B, I, H, L, bi)
+    reserve = empty((size,)) if training else None
+    head = (_CELL_ID[cell], storage, T, B, I, H, L, bi)
     wptrs = [tuple(ptr(w) for w in entry) for entry in weights]
     m.forward(*head, ptr(x), wptrs, ptr(h0), ptr(c0), ptr(lengths), ptr(y), ptr(hn), ptr(cn), ptr(reserve),
               dev.stream(), recurrent_mask_ptr=ptr(mask), zoneout_h_ptr=ptr(zone_h), zoneout_c_ptr=ptr(zone_c),
@@ -65,9 +95,9 @@ def run_cuda(dev, p, training=True):
     out = {"output": y, "h_n": hn, "c_n": cn}
     if training:
         dy, dhn, dcn = put(p["dy"]), put(p["dhn"]), put(p["dcn"])
-        dx, dh0 = dev.empty((T, B, I), dtype), dev.empty(state, dtype)
-        dc0 = dev.empty(state, dtype) if lstm else None
-        grads = [tuple(dev.empty(w.shape, dtype) for w in entry) for entry in p["weights"]]
+        dx, dh0 = empty((T, B, I)), empty(state)
+        dc0 = empty(state) if lstm else None
+        grads = [tuple(empty(w.shape) for w in entry) for entry in p["weights"]]
         m.backward(*head, ptr(x), wptrs, ptr(h0), ptr(c0), ptr(lengths), ptr(reserve), ptr(dy), ptr(dhn), ptr(dcn),
                    ptr(dx), ptr(dh0), ptr(dc0), [tuple(ptr(g) for g in entry) for entry in grads], dev.stream(),
                    recurrent_mask_ptr=ptr(mask), grad_clip=float(mods.get("grad_clip") or 0.0),
@@ -79,7 +109,7 @@ def run_cuda(dev, p, training=True):
             for name, g in zip(names, entry):
                 out[f"dweights[{k}].{name}"] = g
     dev.synchronize()
-    return {k: dev.get(v) for k, v in out.items()}
+    return {k: None if v is None else from_storage(dev.get(v), storage) for k, v in out.items()}
 
 
 def grad_names(p):
@@ -251,8 +281,10 @@ def cuda_ops(monkeypatch):
         def __call__(self, t):
             return t if DEVICE.emulated else t.cuda()
 
-        def route(self):
+        def route(self, cpu_tensors_as_cuda_dtypes=False):
             if DEVICE.emulated:
+                if cpu_tensors_as_cuda_dtypes:  # the op's dtype rule for CUDA tensors (16-bit) on CPU ones
+                    monkeypatch.setattr(ops, "_dtypes_of", lambda device: ops._CUDA_DTYPES)
                 monkeypatch.setattr(ops, "_entry_points", lambda x: ops._cuda_entry_points(DEVICE.module, x.device))
                 monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
                 monkeypatch.setattr(torch.cuda, "current_stream", lambda: types.SimpleNamespace(cuda_stream=0))
@@ -284,7 +316,7 @@ def _op_gradients(torch, p, to_device):
     if cell == "lstm":
         loss = loss + (cn * tensor(p["dcn"])).sum()
     g = dict(zip([n for n, _ in named_leaves], torch.autograd.grad(loss, [t for _, t in named_leaves])))
-    host = lambda t: t.detach().cpu().numpy()
+    host = lambda t: t.detach().cpu().to(torch.float64).numpy()
     out = {"output": host(y), "h_n": host(hn), "c_n": host(cn) if cell == "lstm" else None,
            "dx": host(g["dx"]), "dh0": host(g["dh0"]), "dc0": host(g["dc0"]) if cell == "lstm" else None}
     names, n = grad_names(p), len(p["weights"][0])
@@ -334,3 +366,111 @@ def test_nn_variant_module_on_cuda_matches_cpu(cuda_ops):
     got = run(module, cuda_ops(x))
     for i, (a, e) in enumerate(zip(got, expected)):
         assert_close(a.detach().cpu().numpy(), e.detach().numpy(), np.float64, "output" if i < 3 else "d")
+
+
+# ---- issue 18: float16 / bfloat16 storage ------------------------------------------------------
+def rounding_reference_forward(p):
+    """The float64 reference rounded to p's 16-bit dtype exactly where the CUDA kernels store: each
+    layer's input projection gi = x W_ih^T + b_ih (one GEMM before the steps, stored), and the
+    layer's outputs y (the next layer's input), h_n and c_n; the recurrent state between steps is
+    not rounded (the kernels keep h and c in float32). Built on the public reference: the rounded gi
+    of both directions is the input of a reference call whose W_ih selects each direction's part."""
+    name, cell, bi = p["dtype"], p.get("cell", "lstm"), p["bidirectional"]
+    opts = dict(p.get("opts") or {})
+    peephole = bool(opts.get("peephole"))
+    D = 2 if bi else 1
+    L = len(p["weights"]) // D
+    x, h_n, c_n = _f64(p["x"]), [], []
+    for layer in range(L):
+        entries = [tuple(_f64(w) for w in e) for e in p["weights"][layer * D:(layer + 1) * D]]
+        GH = entries[0][1].shape[0]
+        bias = len(entries[0]) - peephole == 4
+        gi = [round_to(x @ e[0].T + (e[2] if bias else 0.0), name) for e in entries]  # D x [T, B, G*H]
+        select = np.eye(D * GH)
+        weights = [(select[d * GH:(d + 1) * GH], e[1], np.zeros(GH), e[3] if bias else np.zeros(GH))
+                   + ((e[-1],) if peephole else ()) for d, e in enumerate(entries)]
+        k = slice(layer * D, (layer + 1) * D)
+        res = reference.forward(cell, np.concatenate(gi, axis=-1), weights, None if p["h0"] is None else _f64(p["h0"][k]),
+                                None if p["c0"] is None else _f64(p["c0"][k]), lengths=p["lengths"],
+                                bidirectional=bi, training=False, **opts)
+        x = round_to(res.output, name)
+        h_n.append(round_to(res.h_n, name))
+        c_n.append(round_to(res.c_n, name))
+    return {"output": x, "h_n": np.concatenate(h_n), "c_n": np.concatenate(c_n) if cell == "lstm" else None}
+
+
+def problem16(name, cell, layout, T=6, B=3, I=4, H=5, variant=None, seed=0):
+    """A problem whose inputs, weights and incoming gradients are values of the 16-bit dtype `name`,
+    so that the reference (float64 of the same values) measures the kernels' own rounding."""
+    L, bi, ragged = (1, False, False) if layout == "L1-uni" else (2, True, True)
+    if variant is None:
+        p = make_problem(cell, np.float64, L, bi, T, B, I, H, ragged=ragged, seed=seed)
+    else:
+        p = make_variant_problem(variant, np.float64, L, bi, T=T, B=B, I=I, H=H, ragged=ragged, scale=2.0, seed=seed)
+    for key in ("x", "h0", "c0", "dy", "dhn", "dcn"):
+        p[key] = round_to(p[key], name)
+    p["weights"] = [tuple(round_to(w, name) for w in e) for e in p["weights"]]
+    p["dtype"] = name
+    return p
+
+
+def scaled_errors(actual, expected):
+    """|actual - expected| / (1 + |expected|) elementwise (the tolerance table's measure)."""
+    return np.abs(actual - expected) / (1.0 + np.abs(expected))
+
+
+def check16(p):
+    """The 16-bit kernels against the float64 reference: forward outputs by STYLE.md's rule, at most
+    2x as far from float64 as the rounding reference (elementwise worst, the same measure as the
+    table), and everything within tests/tolerances.py's cuda-<dtype> row."""
+    name = p["dtype"]
+    got, expected, rounded = run_cuda(DEVICE, p), run_reference(p), rounding_reference_forward(p)
+    assert got.keys() == expected.keys()
+    for key in ("output", "h_n", "c_n"):
+        if expected[key] is None:
+            continue
+        kernel, lowp = scaled_errors(got[key], expected[key]).max(), scaled_errors(rounded[key], expected[key]).max()
+        assert kernel <= 2 * lowp, f"{key} ({name}): the kernels' error {kernel:.3g} > 2x the rounding reference's {lowp:.3g}"
+    for key, v in got.items():
+        assert_close(v, expected[key], f"cuda-{name}", key)
+    return got
+
+
+@pytest.mark.parametrize("layout", ["L1-uni", "L2-bi-ragged"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("name", STORAGE16)
+def test_16bit_matches_reference(name, cell, layout):
+    check16(problem16(name, cell, layout, seed=_seed("16", name, cell, layout)))
+
+
+@pytest.mark.parametrize("name", STORAGE16)
+def test_16bit_variant_modifiers_and_tile_edges(name):
+    """The peephole + coupled + clip LSTM, the modifiers (recurrent mask, zoneout, grad_clip), and
+    sizes across the tiles (B = 17, I = 70, H = 33), in 16-bit storage."""
+    check16(problem16(name, "lstm", "L2-bi-ragged", variant=(True, True, 0.4), seed=_seed("16v", name)))
+    p = problem16(name, "gru", "L2-bi-ragged", T=3, B=17, I=70, H=33, seed=_seed("16e", name))
+    check16(p)
+    D, L = 2, 2
+    rng = np.random.default_rng(_seed("16m", name))
+    T, B, _ = p["x"].shape
+    p["mods"] = dict(recurrent_mask=(rng.random((L * D, B, 33)) >= 0.5) / 0.5, grad_clip=0.3,
+                     zoneout_mask=(rng.random((L * D, T, B, 33)) < 0.4).astype(np.float64))
+    got, expected = run_cuda(DEVICE, p), run_reference(p)
+    for key, v in got.items():
+        assert_close(v, expected[key], f"cuda-{name}", key)
+
+
+def test_16bit_op_cuda_branch(cuda_ops):
+    """torch.ops.fastrnn on bfloat16 / float16 CUDA tensors (fastrnn.ops' CUDA branch) gives the
+    entry points' results: the same values as run_cuda, for the forward and the autograd backward."""
+    torch = pytest.importorskip("torch")
+    cuda_ops.route(cpu_tensors_as_cuda_dtypes=True)
+    for name in STORAGE16:
+        p = problem16(name, "lstm", "L2-bi-ragged", seed=_seed("16op", name))
+        direct = run_cuda(DEVICE, p)
+        dtype = getattr(torch, name)
+        got = _op_gradients(torch, {**p, "dtype": np.float64},
+                            lambda t: cuda_ops(t.to(dtype) if t.is_floating_point() else t))
+        for key, v in direct.items():
+            if v is not None:
+                np.testing.assert_array_equal(got[key], v, err_msg=f"{name} {key}")

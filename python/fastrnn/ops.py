@@ -48,6 +48,14 @@ from .types import CELLS, GATES
 
 _CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _DTYPES = (torch.float32, torch.float64)
+# CUDA tensors may also be 16-bit (issue 18): float16 / bfloat16 storage with float32 accumulation and
+# a float32 recurrent state inside the kernels (cuda/dtypes.h).
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _dtypes_of(device: torch.device) -> tuple:
+    """The dtypes the kernels of ``device`` run."""
+    return _CUDA_DTYPES if device.type == "cuda" else _DTYPES
 
 __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
 
@@ -122,8 +130,9 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
     count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes)."""
     base, _ = split_cell(cell)
     extra = 1 if _peephole_rows(cell) else 0
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"fastrnn supports float32 and float64 only, got input of dtype {x.dtype}")
+    if x.dtype not in _dtypes_of(x.device):
+        raise TypeError(f"fastrnn supports float32 and float64 only (CUDA tensors also bfloat16 and float16), got "
+                        f"input of dtype {x.dtype} on {x.device}")
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D [T, B, I] (time-major), got shape {tuple(x.shape)}")
     if num_layers < 1:
@@ -224,7 +233,8 @@ def _check_modifiers_cell(cell: str, recurrent_mask, grad_clip, zoneout_h, zoneo
 # about a microsecond, ~30 per small training step. CUDA: NOT YET RUN ON A GPU (no GPU was lent to
 # the sessions that wrote it; issue 5): the CUDA tests in tests/test_cuda.py exercise the kernels
 # through _core.cuda directly.
-_PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
+               torch.float16: "float16"}
 
 
 def _ptr(t: Optional[Tensor]) -> int:
