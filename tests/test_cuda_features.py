@@ -344,14 +344,20 @@ def test_op_cuda_branch_matches_reference(case, cuda_ops):
         assert_close(v, expected[name], np.float64, name)
 
 
-def test_nn_variant_module_on_cuda_matches_cpu(cuda_ops):
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_nn_variant_module_on_cuda_matches_cpu(dtype, cuda_ops):
     """fastrnn.nn.LSTM(peephole, coupled, cell_clip) on the CUDA back end == the same module on the
-    CPU kernels: outputs, states and every parameter's gradient."""
+    CPU kernels in float64: outputs, states and every parameter's gradient; in bfloat16 too (the
+    parameters and the input are bfloat16 values, so float64 on the CPU sees the same numbers)."""
     torch = pytest.importorskip("torch")
     import fastrnn.nn as fnn
     torch.manual_seed(0)
+    tdtype = getattr(torch, dtype)
     cpu = fnn.LSTM(4, 6, num_layers=2, bidirectional=True, peephole=True, coupled=True, cell_clip=0.5).double()
-    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for q in cpu.parameters():
+            q.copy_(q.to(tdtype).double())
+    x = torch.randn(5, 3, 4, dtype=torch.float64).to(tdtype).double()
 
     def run(module, x):
         x = x.clone().requires_grad_(True)
@@ -360,12 +366,15 @@ def test_nn_variant_module_on_cuda_matches_cpu(cuda_ops):
         return [y, h, c, x.grad] + [q.grad for q in module.parameters()]
 
     expected = run(cpu, x)
-    module = cpu if DEVICE.emulated else copy.deepcopy(cpu).cuda()
+    module = copy.deepcopy(cpu).to(tdtype)
+    module = module if DEVICE.emulated else module.cuda()
     module.zero_grad(set_to_none=True)
-    cuda_ops.route()
-    got = run(module, cuda_ops(x))
+    cuda_ops.route(cpu_tensors_as_cuda_dtypes=True)
+    got = run(module, cuda_ops(x.to(tdtype)))
     for i, (a, e) in enumerate(zip(got, expected)):
-        assert_close(a.detach().cpu().numpy(), e.detach().numpy(), np.float64, "output" if i < 3 else "d")
+        assert a.dtype == tdtype
+        assert_close(a.detach().cpu().double().numpy(), e.detach().numpy(), np.float64 if dtype == "float64" else
+                     "cuda-bfloat16", "output" if i < 3 else "d")
 
 
 # ---- issue 18: float16 / bfloat16 storage ------------------------------------------------------
