@@ -351,7 +351,7 @@ def test_nn_variant_module_on_cuda_matches_cpu(dtype, cuda_ops):
     parameters and the input are bfloat16 values, so float64 on the CPU sees the same numbers)."""
     torch = pytest.importorskip("torch")
     import fastrnn.nn as fnn
-    torch.manualseed_of(0)
+    torch.manual_seed(0)
     tdtype = getattr(torch, dtype)
     cpu = fnn.LSTM(4, 6, num_layers=2, bidirectional=True, peephole=True, coupled=True, cell_clip=0.5).double()
     with torch.no_grad():
