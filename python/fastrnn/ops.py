@@ -266,7 +266,7 @@ def _entry_points(x: Tensor):
 def _cuda_entry_points(cuda, device):
     """The CUDA back end's (forward, backward) (``cuda``: ``_core.cuda``, or None in a build without
     it) with the CPU ones' arguments: run on ``device`` and torch's current stream there. (The
-    emulator tests pass the CPU emulation of ``_core.cuda``, tests/test_cuda_features.py.)"""
+    emulator tests pass the CPU emulation of ``_core.cuda``, tests/cuda/test_cuda_features.py.)"""
     if cuda is None or not hasattr(cuda, "forward"):
         raise RuntimeError("fastrnn was built without CUDA kernels (no nvcc at install time): run the "
                            "module on the CPU, or reinstall with FASTRNN_WITH_CUDA=ON on a machine with nvcc")
