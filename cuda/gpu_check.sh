@@ -7,7 +7,8 @@
 # compute-sanitizer's memcheck on the kernel tests, the full GPU suite and the rest of the tests. Everything goes
 # into OUTDIR, at most 8 files (what the device tool brings back), and a summary table is printed
 # last. Each phase has a time cap and the whole run a budget (GPU_CHECK_BUDGET_S, default 420 s),
-# so it ends by itself well inside a 10-minute call; a build error stops it at once, with the
+# so it ends by itself well inside a 10-minute call (the build's own cap, 330 s, is
+# GPU_CHECK_BUILD_CAP_S for a dry run on a slow machine); a build error stops it at once, with the
 # compiler's message in OUTDIR/build.log and on stdout. Wheels the machine lacks come from .whl/
 # (filled here by cuda/fetch_wheels.sh and carried with the call); cuda/README.md gives the call.
 #
@@ -158,7 +159,7 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 # the carried pybind11 (scikit-build-core would otherwise find the one in the image's site-packages).
 export FASTRNN_WITH_CUDA=ON
 pybind11_dir=$("$PY" -c "import pybind11; print(pybind11.get_cmake_dir())" 2>>"$BUILD")
-if ! phase build 330 "$BUILD" "$PY" -m pip install -v --no-index --no-deps --no-build-isolation \
+if ! phase build "${GPU_CHECK_BUILD_CAP_S:-330}" "$BUILD" "$PY" -m pip install -v --no-index --no-deps --no-build-isolation \
   --no-cache-dir --upgrade --target "$SITE" -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 \
   -C cmake.define.CMAKE_CUDA_FLAGS=-Xptxas=-v -C "cmake.define.pybind11_DIR=$pybind11_dir" \
   -C "build-dir=build/gpu-check-{wheel_tag}" .; then
