@@ -74,7 +74,7 @@ phase() {
 
 record() {  # name status rc wall note
   printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$PHASES"
-  printf '%-14s %-8s %8s s  %s\n' "$1" "$2" "$4" "$5"
+  printf '%-18s %-8s %8s s  %s\n' "$1" "$2" "$4" "$5"
 }
 
 finish() {  # write summary.json, print the table and the logs' key lines, exit with $1
@@ -95,7 +95,7 @@ EOF
   for f in "$OUTDIR"/*-quick.md; do [ -f "$f" ] && tail -n 45 "$f"; done
   echo
   echo "---- phases (total $(($(date +%s) - START)) s of a ${BUDGET_S} s budget; logs in $OUTDIR) ----"
-  "$PY" -c "import json,sys; [print(f\"{p['phase']:<14} {p['status']:<8} {p['wall_s']:>7} s  {p['note']}\") for p in json.load(open(sys.argv[1]))['phases']]" "$OUTDIR/summary.json"
+  "$PY" -c "import json,sys; [print(f\"{p['phase']:<18} {p['status']:<8} {p['wall_s']:>7} s  {p['note']}\") for p in json.load(open(sys.argv[1]))['phases']]" "$OUTDIR/summary.json"
   exit "$1"
 }
 

@@ -163,7 +163,6 @@ def variant_problem(variant, dtype, num_layers, bidirectional, T, B, I, H, *, bi
 # Device buffers for the tests that call ``fastrnn._core.cuda`` through data pointers: torch CUDA
 # tensors on a GPU, or NumPy arrays for the CPU emulation of the kernels (cuda/emu/build.sh, selected
 # with FASTRNN_CUDA_EMU=<dir holding _cuda_emu>).
-CUDA_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}  # the entry points' `cell`
 
 
 def seed_of(*key) -> int:

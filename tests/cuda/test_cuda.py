@@ -15,7 +15,8 @@ import pytest
 import fastrnn
 from fastrnn import _core, reference
 from fastrnn.types import CELLS, GATES
-from helpers import CUDA_CELL_ID, NO_CUDA_BUILD, find_cuda_device, make_problem, named, run, seed_of
+from fastrnn.cell_table import CELL_ID
+from helpers import NO_CUDA_BUILD, find_cuda_device, make_problem, named, run, seed_of
 from tolerances import assert_close
 
 DTYPES = (np.float32, np.float64)
@@ -42,8 +43,8 @@ def run_cuda(dev, p, training=True, allow_tf32=False):
     lengths = dev.put(None if p["lengths"] is None else np.asarray(p["lengths"], np.int64))
     y, hn = dev.empty((T, B, D * H), dtype), dev.empty(state, dtype)
     cn = dev.empty(state, dtype) if lstm else None
-    reserve = dev.empty((m.reserve_size(CUDA_CELL_ID[cell], T, B, I, H, L, p["bidirectional"]),), dtype) if training else None
-    head = (CUDA_CELL_ID[cell], dtype.name, T, B, I, H, L, p["bidirectional"])
+    reserve = dev.empty((m.reserve_size(CELL_ID[cell], T, B, I, H, L, p["bidirectional"]),), dtype) if training else None
+    head = (CELL_ID[cell], dtype.name, T, B, I, H, L, p["bidirectional"])
     wptrs = [tuple(ptr(w) for w in entry) for entry in weights]
     m.forward(*head, ptr(x), wptrs, ptr(h0), ptr(c0), ptr(lengths), ptr(y), ptr(hn), ptr(cn), ptr(reserve),
               dev.stream(), allow_tf32=allow_tf32)

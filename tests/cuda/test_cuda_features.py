@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from fastrnn import reference
-from fastrnn.types import GATES
-from helpers import CUDA_CELL_ID, VARIANT_IDS, VARIANTS, find_cuda_device, make_problem, seed_of, variant_problem
+from fastrnn.cell_table import CELL_ID, carries_cell_state
+from helpers import VARIANT_IDS, VARIANTS, find_cuda_device, make_problem, seed_of, variant_problem
 from tolerances import assert_close
 
 DEVICE, SKIP_REASON = find_cuda_device()
@@ -70,7 +70,7 @@ def run_cuda(dev, p, training=True):
     T, B, I = p["x"].shape
     H = p["weights"][0][1].shape[1]
     L = len(p["weights"]) // D
-    lstm = cell == "lstm"
+    lstm = carries_cell_state(cell)
     state, steps = (L * D, B, H), (L * D, T, B, H)
     m, ptr = dev.module, dev.ptr
     put = lambda a: None if a is None else dev.put(to_storage(a, storage))
@@ -85,9 +85,9 @@ def run_cuda(dev, p, training=True):
     pre_c = empty(steps) if training and zone_c is not None else None
     y, hn = empty((T, B, D * H)), empty(state)
     cn = empty(state) if lstm else None
-    size = m.reserve_size(CUDA_CELL_ID[cell], T, B, I, H, L, bi, **opts)
+    size = m.reserve_size(CELL_ID[cell], T, B, I, H, L, bi, **opts)
     reserve = empty((size,)) if training else None
-    head = (CUDA_CELL_ID[cell], storage, T, B, I, H, L, bi)
+    head = (CELL_ID[cell], storage, T, B, I, H, L, bi)
     wptrs = [tuple(ptr(w) for w in entry) for entry in weights]
     m.forward(*head, ptr(x), wptrs, ptr(h0), ptr(c0), ptr(lengths), ptr(y), ptr(hn), ptr(cn), ptr(reserve),
               dev.stream(), recurrent_mask_ptr=ptr(mask), zoneout_h_ptr=ptr(zone_h), zoneout_c_ptr=ptr(zone_c),
@@ -121,7 +121,7 @@ def run_reference(p):
     """The float64 reference on float64 casts of p's data, with the same options and masks."""
     cell, mods = p.get("cell", "lstm"), p.get("mods") or {}
     opts = dict(p.get("opts") or {})
-    lstm = cell == "lstm"
+    lstm = carries_cell_state(cell)
     res = reference.forward(cell, _f64(p["x"]), [tuple(_f64(w) for w in e) for e in p["weights"]], _f64(p["h0"]),
                             _f64(p["c0"]), lengths=p["lengths"], bidirectional=p["bidirectional"], training=True,
                             recurrent_mask=_f64(mods.get("recurrent_mask")), grad_clip=mods.get("grad_clip"),
@@ -206,9 +206,9 @@ def _modifier_problem(cell, dtype, which, layout, T=6, B=3, I=4, H=17):
     # reference lacks
     recurrent = dict(recurrent_mask=(rng.random((L * D, B, H)) >= 0.5) / 0.5)
     zone = dict(zoneout_mask=(rng.random((L * D, T, B, H)) < 0.4).astype(np.float64),
-                zoneout_cell_mask=(rng.random((L * D, T, B, H)) < 0.4).astype(np.float64) if cell == "lstm" else None)
+                zoneout_cell_mask=(rng.random((L * D, T, B, H)) < 0.4).astype(np.float64) if carries_cell_state(cell) else None)
     zone_eval = dict(zoneout_mask=np.full((L * D, T, B, H), 0.25),
-                     zoneout_cell_mask=np.full((L * D, T, B, H), 0.5) if cell == "lstm" else None)
+                     zoneout_cell_mask=np.full((L * D, T, B, H), 0.5) if carries_cell_state(cell) else None)
     # a clip that acts on some elements and not others (the incoming dy, dhn are standard normal)
     p["mods"] = {"recurrent": recurrent, "zoneout": zone, "zoneout_eval": zone_eval,
                  "grad_clip": dict(grad_clip=0.3), "zoneout_clip": dict(grad_clip=0.3, **zone),
@@ -241,7 +241,7 @@ def test_neutral_modifiers_are_bit_identical():
         L, D, (T, B, _), H = 2, 2, p["x"].shape, 9
         neutral = dict(recurrent_mask=np.ones((L * D, B, H)), grad_clip=1e30,
                        zoneout_mask=np.zeros((L * D, T, B, H)),
-                       zoneout_cell_mask=np.zeros((L * D, T, B, H)) if cell == "lstm" else None)
+                       zoneout_cell_mask=np.zeros((L * D, T, B, H)) if carries_cell_state(cell) else None)
         got = run_cuda(DEVICE, {**p, "mods": neutral})
         for name, v in plain.items():
             assert (v is None and got[name] is None) or np.array_equal(v, got[name]), f"{cell} {name}"
@@ -313,12 +313,12 @@ def _op_gradients(torch, p, to_device):
                                    tensor(mods.get("recurrent_mask")), float(mods.get("grad_clip") or 0.0),
                                    tensor(mods.get("zoneout_mask")), tensor(mods.get("zoneout_cell_mask")))
     loss = (y * tensor(p["dy"])).sum() + (hn * tensor(p["dhn"])).sum()
-    if cell == "lstm":
+    if carries_cell_state(cell):
         loss = loss + (cn * tensor(p["dcn"])).sum()
     g = dict(zip([n for n, _ in named_leaves], torch.autograd.grad(loss, [t for _, t in named_leaves])))
     host = lambda t: t.detach().cpu().to(torch.float64).numpy()
-    out = {"output": host(y), "h_n": host(hn), "c_n": host(cn) if cell == "lstm" else None,
-           "dx": host(g["dx"]), "dh0": host(g["dh0"]), "dc0": host(g["dc0"]) if cell == "lstm" else None}
+    out = {"output": host(y), "h_n": host(hn), "c_n": host(cn) if carries_cell_state(cell) else None,
+           "dx": host(g["dx"]), "dh0": host(g["dh0"]), "dc0": host(g["dc0"]) if carries_cell_state(cell) else None}
     names, n = grad_names(p), len(p["weights"][0])
     for k in range(len(p["weights"])):
         for j, name in enumerate(names):
@@ -405,7 +405,7 @@ def rounding_reference_forward(p):
         x = round_to(res.output, name)
         h_n.append(round_to(res.h_n, name))
         c_n.append(round_to(res.c_n, name))
-    return {"output": x, "h_n": np.concatenate(h_n), "c_n": np.concatenate(c_n) if cell == "lstm" else None}
+    return {"output": x, "h_n": np.concatenate(h_n), "c_n": np.concatenate(c_n) if carries_cell_state(cell) else None}
 
 
 def problem16(name, cell, layout, T=6, B=3, I=4, H=5, variant=None, seed=0):
