@@ -90,14 +90,8 @@ fastrnn::RnnConfig make_config(int cell, py::array x, int64 H, int64 L, bool bid
   return fastrnn::pointer_args::make_config(cell, x.shape(0), x.shape(1), x.shape(2), H, L, bidirectional, options);
 }
 
-// issue 14: the cell options as the entry points take them (keywords, defaults: the base cells).
-fastrnn::CellOptions cell_options(bool peephole, bool coupled, double cell_clip) {
-  fastrnn::CellOptions o;
-  o.peephole = peephole;
-  o.coupled = coupled;
-  o.cell_clip = cell_clip;
-  return o;
-}
+using fastrnn::pointer_args::cell_options;  // issue 14's options (keywords, defaults: the base cells)
+using fastrnn::pointer_args::checked_grad_clip;
 
 const int64* checked_lengths(py::handle obj, const fastrnn::RnnConfig& c) {
   const int64* p = checked<int64>(obj, "lengths", {c.B}, true, false);
@@ -137,12 +131,6 @@ std::vector<fastrnn::LayerWeights<T>> checked_weights(py::list weights, const fa
     out.push_back({given[0], given[1], given[2], given[3], given[4]});
   }
   return out;
-}
-
-// The grad_clip modifier: C > 0, or 0 for off.
-double checked_grad_clip(double c) {
-  if (!(c >= 0)) throw py::value_error("grad_clip must be > 0 (or 0 for off), got " + std::to_string(c));
-  return c;
 }
 
 template <class T>
@@ -543,11 +531,8 @@ PYBIND11_MODULE(_core, m) {
             using T_ = decltype(tag);
             fastrnn::pointer_args::Pointers ptrs;
             auto a = fastrnn::pointer_args::forward_args<T_>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, ptrs);
-            a.mods.recurrent_mask = ptrs.add<const T_>(recurrent_mask, "recurrent_mask_ptr", false);
-            a.mods.zoneout_h = ptrs.add<const T_>(zoneout_h, "zoneout_h_ptr", false);
-            a.mods.zoneout_c = ptrs.add<const T_>(zoneout_c, "zoneout_c_ptr", false, c.has_cell_state());
-            a.mods.pre_h = ptrs.add<T_>(pre_h, "pre_h_ptr", false);
-            a.mods.pre_c = ptrs.add<T_>(pre_c, "pre_c_ptr", false, c.has_cell_state());
+            a.mods = fastrnn::pointer_args::forward_modifiers<T_>(c, recurrent_mask, zoneout_h, zoneout_c, pre_h, pre_c,
+                                                                  ptrs);
             py::gil_scoped_release release;
             fastrnn::cpu::forward<T_>(c, a);
           });
@@ -573,12 +558,8 @@ PYBIND11_MODULE(_core, m) {
             fastrnn::pointer_args::Pointers ptrs;
             auto a = fastrnn::pointer_args::backward_args<T_>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx,
                                                               dh0, dc0, grads, ptrs);
-            a.mods.recurrent_mask = ptrs.add<const T_>(recurrent_mask, "recurrent_mask_ptr", false);
-            a.mods.grad_clip = checked_grad_clip(grad_clip);
-            a.mods.zoneout_h = ptrs.add<const T_>(zoneout_h, "zoneout_h_ptr", false);
-            a.mods.zoneout_c = ptrs.add<const T_>(zoneout_c, "zoneout_c_ptr", false, c.has_cell_state());
-            a.mods.pre_h = ptrs.add<T_>(pre_h, "pre_h_ptr", zoneout_h != 0);
-            a.mods.pre_c = ptrs.add<T_>(pre_c, "pre_c_ptr", zoneout_c != 0, c.has_cell_state());
+            a.mods = fastrnn::pointer_args::backward_modifiers<T_>(c, recurrent_mask, grad_clip, zoneout_h, zoneout_c,
+                                                                   pre_h, pre_c, ptrs);
             py::gil_scoped_release release;
             fastrnn::cpu::backward<T_>(c, a);
           });

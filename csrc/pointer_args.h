@@ -116,6 +116,50 @@ ForwardArgs<T> forward_args(const RnnConfig& c, Ptr x, const py::list& weights, 
           ptrs.add<T>(reserve, "reserve_ptr", false)};
 }
 
+// issue 14's cell options as the entry points take them (keywords; defaults: the base cells).
+inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip) {
+  CellOptions o;
+  o.peephole = peephole;
+  o.coupled = coupled;
+  o.cell_clip = cell_clip;
+  return o;
+}
+
+// The grad_clip modifier (issue 15): C > 0, or 0 for off.
+inline double checked_grad_clip(double c) {
+  if (!(c >= 0)) throw ArgumentError("grad_clip must be > 0 (or 0 for off), got " + std::to_string(c));
+  return c;
+}
+
+// The training modifiers' pointers of a forward call (issue 15; rnn.h's Modifiers): recurrent_mask
+// [L*D, B, H], zoneout_h/_c [L*D, T, B, H] and, in training with zoneout, pre_h/_c [L*D, T, B, H]
+// (written); c's only for cells with a carried state.
+template <class T>
+Modifiers<T> forward_modifiers(const RnnConfig& c, Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h,
+                               Ptr pre_c, Pointers& ptrs) {
+  Modifiers<T> m;
+  m.recurrent_mask = ptrs.add<const T>(recurrent_mask, "recurrent_mask_ptr", false);
+  m.zoneout_h = ptrs.add<const T>(zoneout_h, "zoneout_h_ptr", false);
+  m.zoneout_c = ptrs.add<const T>(zoneout_c, "zoneout_c_ptr", false, c.has_cell_state());
+  m.pre_h = ptrs.add<T>(pre_h, "pre_h_ptr", false);
+  m.pre_c = ptrs.add<T>(pre_c, "pre_c_ptr", false, c.has_cell_state());
+  return m;
+}
+
+// The same for backward, with grad_clip; pre_h/_c (the forward's h~, c~) are required with zoneout.
+template <class T>
+Modifiers<T> backward_modifiers(const RnnConfig& c, Ptr recurrent_mask, double grad_clip, Ptr zoneout_h,
+                                Ptr zoneout_c, Ptr pre_h, Ptr pre_c, Pointers& ptrs) {
+  Modifiers<T> m;
+  m.recurrent_mask = ptrs.add<const T>(recurrent_mask, "recurrent_mask_ptr", false);
+  m.grad_clip = checked_grad_clip(grad_clip);
+  m.zoneout_h = ptrs.add<const T>(zoneout_h, "zoneout_h_ptr", false);
+  m.zoneout_c = ptrs.add<const T>(zoneout_c, "zoneout_c_ptr", false, c.has_cell_state());
+  m.pre_h = ptrs.add<T>(pre_h, "pre_h_ptr", zoneout_h != 0);
+  m.pre_c = ptrs.add<T>(pre_c, "pre_c_ptr", zoneout_c != 0, c.has_cell_state());
+  return m;
+}
+
 // The pointers of a backward call; grad_ptrs mirrors weight_ptrs.
 template <class T>
 BackwardArgs<T> backward_args(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths,

@@ -7,13 +7,18 @@
 // legacy default stream) with the GIL released and no device synchronisation. What cannot be checked
 // here (buffer sizes, lengths values in [1, T]) is the caller's contract, as for any raw-pointer API.
 //
-//   reserve_size(cell, T, B, I, H, L, bidirectional) -> int       (elements; the CPU layout, rnn.h)
+//   reserve_size(cell, T, B, I, H, L, bidirectional, peephole=False, coupled=False, cell_clip=0.0) -> int
+//                                                          (elements; the CPU layout, rnn.h)
 //   forward(cell, dtype, T, B, I, H, L, bidirectional,
 //           x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr,
-//           y_ptr, hn_ptr, cn_ptr, reserve_ptr, stream, allow_tf32=False) -> None
+//           y_ptr, hn_ptr, cn_ptr, reserve_ptr, stream, allow_tf32=False,
+//           recurrent_mask_ptr=0, zoneout_h_ptr=0, zoneout_c_ptr=0, pre_h_ptr=0, pre_c_ptr=0,
+//           peephole=False, coupled=False, cell_clip=0.0) -> None
 //   backward(cell, dtype, T, B, I, H, L, bidirectional,
 //            x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr, reserve_ptr,
-//            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream, allow_tf32=False) -> None
+//            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream, allow_tf32=False,
+//            recurrent_mask_ptr=0, grad_clip=0.0, zoneout_h_ptr=0, zoneout_c_ptr=0, pre_h_ptr=0, pre_c_ptr=0,
+//            peephole=False, coupled=False, cell_clip=0.0) -> None
 //   device_count() -> int;  runtime_version() -> int;  driver_version() -> int   (e.g. 13000 = 13.0)
 //   cublas_status() -> str      ("cuBLAS <version> (<library>)", or why the own GEMM runs instead)
 //
@@ -26,6 +31,11 @@
 // [1, T] or 0. weight_ptrs: L*D tuples (w_ih [G*H, I_l], w_hh [G*H, H][, b_ih [G*H], b_hh [G*H]]),
 // index l*D + d, all with or all without bias; grad_ptrs mirrors weight_ptrs (fully overwritten).
 // c0, cn, dcn, dc0 are the LSTM's cell states: 0 for the other cells; cn and dc0 required for the LSTM.
+// The keywords after allow_tf32 are the CPU pointer entry points' (_core.forward_ptrs/backward_ptrs,
+// csrc/pointer_args.h): the training modifiers (issue 15; rnn.h's Modifiers: recurrent_mask [L*D, B, H],
+// zoneout_h/_c [L*D, T, B, H], pre_h/_c [L*D, T, B, H] the zoned-out states' h~, c~ a training forward
+// writes and backward reads, grad_clip C > 0 or 0 = off) and issue 14's LSTM variants (peephole: each
+// weight tuple ends with w_ch [U, H]; coupled: G = 3; cell_clip C > 0 or 0 = none).
 // forward: reserve_ptr 0 = inference (nothing saved). backward: reserve_ptr from a training forward
 // with the same arguments; dhn/dcn 0 = zero; dx is overwritten.
 #include <pybind11/pybind11.h>
@@ -52,8 +62,10 @@ namespace {
 using pointer_args::Ptr;
 using pointer_args::Pointers;
 
-RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
-  const RnnConfig c = pointer_args::make_config(cell, T, B, I, H, L, bidirectional);
+RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional,
+                      bool peephole = false, bool coupled = false, double cell_clip = 0) {
+  const RnnConfig c =
+      pointer_args::make_config(cell, T, B, I, H, L, bidirectional, pointer_args::cell_options(peephole, coupled, cell_clip));
   check_sizes(c);  // and the kernels' launch limits
   return c;
 }
@@ -91,9 +103,11 @@ struct MathMode {
 
 template <class T>
 void forward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn,
-               Ptr reserve, Ptr stream, bool allow_tf32) {
+               Ptr reserve, Ptr stream, bool allow_tf32, Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h,
+               Ptr pre_c) {
   Pointers ptrs;
-  const auto a = pointer_args::forward_args<T>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, ptrs);
+  auto a = pointer_args::forward_args<T>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, ptrs);
+  a.mods = pointer_args::forward_modifiers<T>(c, recurrent_mask, zoneout_h, zoneout_c, pre_h, pre_c, ptrs);
   check_on_device(ptrs);
   py::gil_scoped_release release;
   const MathMode math(allow_tf32);
@@ -102,10 +116,12 @@ void forward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c
 
 template <class T>
 void backward_t(const RnnConfig& c, Ptr x, const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy,
-                Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0, Ptr dc0, const py::list& grads, Ptr stream, bool allow_tf32) {
+                Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0, Ptr dc0, const py::list& grads, Ptr stream, bool allow_tf32,
+                Ptr recurrent_mask, double grad_clip, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c) {
   Pointers ptrs;
-  const auto a = pointer_args::backward_args<T>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0,
-                                                grads, ptrs);
+  auto a = pointer_args::backward_args<T>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads,
+                                          ptrs);
+  a.mods = pointer_args::backward_modifiers<T>(c, recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c, ptrs);
   check_on_device(ptrs);
   py::gil_scoped_release release;
   const MathMode math(allow_tf32);
@@ -132,41 +148,50 @@ void register_bindings(py::module_& m) {
         "Whether the large products run on cuBLAS (its version and library) or why they run on the own GEMM.");
 
   m.def("reserve_size",
-        [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional) {
-          return ReserveLayout(make_config(cell, T, B, I, H, L, bidirectional)).total;
+        [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, bool peephole, bool coupled,
+           double cell_clip) {
+          return ReserveLayout(make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip)).total;
         },
         py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"), py::arg("bidirectional"),
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
         "Number of elements the reserve of a training forward holds (the same as the CPU back end's).");
 
   m.def("forward",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve, Ptr stream,
-           bool allow_tf32) {
-          const auto c = make_config(cell, T, B, I, H, L, bidirectional);
+           bool allow_tf32, Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole,
+           bool coupled, double cell_clip) {
+          const auto c = make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip);
           dispatch_dtype(dtype, [&](auto tag) {
-            forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream, allow_tf32);
+            forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream, allow_tf32,
+                                     recurrent_mask, zoneout_h, zoneout_c, pre_h, pre_c);
           });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
         py::arg("lengths_ptr"), py::arg("y_ptr"), py::arg("hn_ptr"), py::arg("cn_ptr"), py::arg("reserve_ptr"),
-        py::arg("stream"), py::arg("allow_tf32") = false, "Forward of a stack of recurrent layers on the GPU (see the top of cuda/bindings_cuda.cpp).");
+        py::arg("stream"), py::arg("allow_tf32") = false, py::arg("recurrent_mask_ptr") = 0, py::arg("zoneout_h_ptr") = 0,
+        py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0, py::arg("peephole") = false,
+        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, "Forward of a stack of recurrent layers on the GPU (see the top of cuda/bindings_cuda.cpp).");
 
   m.def("backward",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
-           Ptr dc0, const py::list& grads, Ptr stream, bool allow_tf32) {
-          const auto c = make_config(cell, T, B, I, H, L, bidirectional);
+           Ptr dc0, const py::list& grads, Ptr stream, bool allow_tf32, Ptr recurrent_mask, double grad_clip,
+           Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip) {
+          const auto c = make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip);
           dispatch_dtype(dtype, [&](auto tag) {
             backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, stream,
-                                      allow_tf32);
+                                      allow_tf32, recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
           });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
         py::arg("bidirectional"), py::arg("x_ptr"), py::arg("weight_ptrs"), py::arg("h0_ptr"), py::arg("c0_ptr"),
         py::arg("lengths_ptr"), py::arg("reserve_ptr"), py::arg("dy_ptr"), py::arg("dhn_ptr"), py::arg("dcn_ptr"),
         py::arg("dx_ptr"), py::arg("dh0_ptr"), py::arg("dc0_ptr"), py::arg("grad_ptrs"), py::arg("stream"),
-        py::arg("allow_tf32") = false, "Backpropagation through time on the GPU for a training forward (see the top of cuda/bindings_cuda.cpp).");
+        py::arg("allow_tf32") = false, py::arg("recurrent_mask_ptr") = 0, py::arg("grad_clip") = 0.0,
+        py::arg("zoneout_h_ptr") = 0, py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, "Backpropagation through time on the GPU for a training forward (see the top of cuda/bindings_cuda.cpp).");
 }
 
 }  // namespace fastrnn::cuda

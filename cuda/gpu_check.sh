@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The first thing to run on a lent GPU machine (issue 19): on a bare machine with its own python3
 # (torch with CUDA), nvcc and no network, it builds the extension for sm_90 only, runs the CUDA
-# kernel tests (tests/cuda/test_cuda.py), the torch layers on CUDA tensors (tests/cuda/test_nn_cuda.py) and
+# kernel tests (tests/cuda/test_cuda.py; the LSTM variants, training modifiers and float16/bfloat16 in
+# tests/cuda/test_cuda_features.py), the torch layers on CUDA tensors (tests/cuda/test_nn_cuda.py) and
 # the GPU benchmark (python -m fastrnn.bench --device cuda --quick), then, while time is left,
 # compute-sanitizer's memcheck on the kernel tests, the full GPU suite and the rest of the tests. Everything goes
 # into OUTDIR, at most 8 files (what the device tool brings back), and a summary table is printed
 # last. Each phase has a time cap and the whole run a budget (GPU_CHECK_BUDGET_S, default 420 s),
-# so it ends by itself well inside a 10-minute call; a build error stops it at once, with the
+# so it ends by itself well inside a 10-minute call (the build's own cap, 330 s, is
+# GPU_CHECK_BUILD_CAP_S for a dry run on a slow machine); a build error stops it at once, with the
 # compiler's message in OUTDIR/build.log and on stdout. Wheels the machine lacks come from .whl/
 # (filled here by cuda/fetch_wheels.sh and carried with the call); cuda/README.md gives the call.
 #
@@ -72,7 +74,7 @@ phase() {
 
 record() {  # name status rc wall note
   printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$PHASES"
-  printf '%-14s %-8s %8s s  %s\n' "$1" "$2" "$4" "$5"
+  printf '%-18s %-8s %8s s  %s\n' "$1" "$2" "$4" "$5"
 }
 
 finish() {  # write summary.json, print the table and the logs' key lines, exit with $1
@@ -93,7 +95,7 @@ EOF
   for f in "$OUTDIR"/*-quick.md; do [ -f "$f" ] && tail -n 45 "$f"; done
   echo
   echo "---- phases (total $(($(date +%s) - START)) s of a ${BUDGET_S} s budget; logs in $OUTDIR) ----"
-  "$PY" -c "import json,sys; [print(f\"{p['phase']:<14} {p['status']:<8} {p['wall_s']:>7} s  {p['note']}\") for p in json.load(open(sys.argv[1]))['phases']]" "$OUTDIR/summary.json"
+  "$PY" -c "import json,sys; [print(f\"{p['phase']:<18} {p['status']:<8} {p['wall_s']:>7} s  {p['note']}\") for p in json.load(open(sys.argv[1]))['phases']]" "$OUTDIR/summary.json"
   exit "$1"
 }
 
@@ -157,7 +159,7 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 # the carried pybind11 (scikit-build-core would otherwise find the one in the image's site-packages).
 export FASTRNN_WITH_CUDA=ON
 pybind11_dir=$("$PY" -c "import pybind11; print(pybind11.get_cmake_dir())" 2>>"$BUILD")
-if ! phase build 330 "$BUILD" "$PY" -m pip install -v --no-index --no-deps --no-build-isolation \
+if ! phase build "${GPU_CHECK_BUILD_CAP_S:-330}" "$BUILD" "$PY" -m pip install -v --no-index --no-deps --no-build-isolation \
   --no-cache-dir --upgrade --target "$SITE" -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 \
   -C cmake.define.CMAKE_CUDA_FLAGS=-Xptxas=-v -C "cmake.define.pybind11_DIR=$pybind11_dir" \
   -C "build-dir=build/gpu-check-{wheel_tag}" .; then
@@ -182,6 +184,7 @@ if ! phase test_cuda 150 "$TESTS" "${PYTEST[@]}" tests/cuda/test_cuda.py; then
   FASTRNN_CUBLAS=0 phase test_cuda_own_gemm 90 "$TESTS" "${PYTEST[@]}" tests/cuda/test_cuda.py \
     -k "matches_reference or tile_edges or deterministic"
 fi
+phase test_cuda_features 120 "$TESTS" "${PYTEST[@]}" tests/cuda/test_cuda_features.py || FAIL=1
 phase test_nn_cuda 150 "$TESTS" "${PYTEST[@]}" tests/cuda/test_nn_cuda.py || FAIL=1
 if [ $HAVE_GPU = 1 ]; then
   # (test_cuda.py's no-device test skips wherever a GPU is present, by design)
@@ -209,6 +212,9 @@ if [ $HAVE_GPU = 1 ] && command -v compute-sanitizer >/dev/null && [ "$(remainin
   phase memcheck 110 "$EXTRA" compute-sanitizer --tool memcheck --error-exitcode 9 "${PYTEST[@]}" -x \
     tests/cuda/test_cuda.py -k "tile_edges and f32 and (lstm or gru)"
   optional $?
+  phase memcheck_features 60 "$EXTRA" compute-sanitizer --tool memcheck --error-exitcode 9 "${PYTEST[@]}" -x \
+    tests/cuda/test_cuda_features.py -k "variants_tile_edges or 16bit_variant"
+  optional $?
 else
   record memcheck skipped "" 0 "no GPU, no compute-sanitizer or too little time"
 fi
@@ -223,7 +229,8 @@ else
   record bench_full skipped "" 0 "no GPU or too little time"
 fi
 if [ "$(remaining)" -gt 60 ]; then
-  phase rest_of_suite 600 "$EXTRA" "${PYTEST[@]}" tests --ignore=tests/cuda/test_cuda.py --ignore=tests/cuda/test_nn_cuda.py
+  phase rest_of_suite 600 "$EXTRA" "${PYTEST[@]}" tests --ignore=tests/cuda/test_cuda.py --ignore=tests/cuda/test_nn_cuda.py \
+    --ignore=tests/cuda/test_cuda_features.py
   optional $?
 else
   record rest_of_suite skipped "" 0 "too little time"

@@ -27,6 +27,19 @@
 // contributes zero gate gradients. Lengths outside [1, T] are the caller's to reject (they are read
 // on the device only, never used as an index, so they cannot fault).
 //
+// Issue 14's LSTM variants are specs like the others (LstmVariant, csrc/cells/lstm.h): a thread gathers
+// its unit's peephole column w_ch[:, j] into registers like the gates, and backward writes each row's
+// share of dL/dw_ch into a [T, B, U*H] buffer that is summed over the rows after the loop in a fixed
+// order (column_sums, as db), so the peepholes' gradient is deterministic.
+//
+// Issue 15's training modifiers (rnn.h, Modifiers; the same semantics as csrc/cpu/layer_kernels.inc):
+// the recurrent-dropout mask m multiplies h_{t-1} where the product loads it (and dL/dh_{t-1}'s share
+// from the product in backward; dW_hh reads m*h_{t-1}), zoneout mixes the states right after the cell
+// (h~ and c~ kept for backward), grad_clip clamps the state gradients before the cell's backward.
+// They are runtime switches (a null pointer, or grad_clip 0, is "off"), uniform over the grid, not
+// template flags as on the CPU: each flag would double the step kernels' instantiations (cells x
+// dtypes x forward/backward), and with them nvcc's time on the one translation unit in CI.
+//
 // Every launch goes on the caller's stream; no step synchronises the device. One kernel launch per
 // step is the "large batch" path; the persistent small-batch kernel is planned (cuda/README.md).
 #pragma once
@@ -60,6 +73,20 @@ template <class T> struct GateRowsOfWhh {
   __device__ bool k_contiguous() const { return true; }
 };
 
+// Left operand of the forward step: the state h_{t-1} [B, H] (type A), times the recurrent-dropout
+// mask m [B, H] where there is one (nullptr: none); zero outside [0, B) x [0, H).
+template <class T> struct StateRows {
+  const Acc<T>* h;  // [B, H]
+  const T* m;       // [B, H] or nullptr
+  int64 rows, K;
+  __device__ Acc<T> operator()(int64 r, int64 k) const {
+    if (r >= rows || k >= K) return Acc<T>(0);
+    const int64 i = r * K + k;
+    return m ? h[i] * Acc<T>(m[i]) : h[i];
+  }
+  __device__ bool k_contiguous() const { return true; }
+};
+
 template <class T> struct ForwardStep {
   using A = Acc<T>;
   int64 B, H, t;
@@ -75,6 +102,13 @@ template <class T> struct ForwardStep {
   int64 ldy;
   T* saved;               // [T, B, S*H] or nullptr (inference)
   T* cells;               // [T, B, H] or nullptr
+  const T* w_ch;          // [U, H] per-unit parameters (LSTM peepholes) or nullptr
+  double cell_clip;       // the LSTM variants' clip (0: none)
+  const T* h_mask;        // [B, H] recurrent-dropout mask m, or nullptr
+  const T* zone_h;        // [T, B, H] zoneout d_h, or nullptr
+  const T* zone_c;        // [T, B, H] zoneout d_c, or nullptr
+  T* pre_h;               // [T, B, H] h~ for backward (training with zone_h), or nullptr
+  T* pre_c;               // [T, B, H] c~ (training with zone_c), or nullptr
 };
 
 // The phase lists the fused step kernels implement: one RecurrentProduct of h_{t-1} with W_hh, then
@@ -87,7 +121,7 @@ constexpr bool fused_step_phases(Phases<RecurrentProduct<In, W, Split>, Pointwis
 
 template <class Cell, class T>
 __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const ForwardStep<T> p) {
-  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr int G = Cell::kGates, S = Cell::kSaved, U = SpecTraits<Cell>::kUnitRows;
   constexpr bool kCarry = SpecTraits<Cell>::kCarriesState;
   using Shape = ForwardStepShape<G>;
   using A = Acc<T>;
@@ -95,7 +129,7 @@ __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const Forwar
   const int64 H = p.H, GH = G * H;
   const int64 j0 = int64(blockIdx.x) * kUnits, b0 = int64(blockIdx.y) * kRows;
   A acc[1][G] = {};  // acc[0][g]: gate g of unit j0 + tx for row b0 + ty (columns n = tx + g*kUnits)
-  tile_product<Shape>(MatOp<A>{p.h_cur, H, p.B, H, false}, GateRowsOfWhh<T>{p.w_hh, H, j0}, b0, 0, H, smem, acc);
+  tile_product<Shape>(StateRows<T>{p.h_cur, p.h_mask, p.B, H}, GateRowsOfWhh<T>{p.w_hh, H, j0}, b0, 0, H, smem, acc);
 
   const int tx = threadIdx.x % Shape::kThreadsN, ty = threadIdx.x / Shape::kThreadsN;
   const int64 b = b0 + ty, j = j0 + tx, bj = b * H + j;
@@ -108,18 +142,32 @@ __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const Forwar
     *yv = T(0);
     return;
   }
-  A gi[G], gh[G], saved[S > 0 ? S : 1];
+  A gi[G], gh[G], saved[S > 0 ? S : 1], unit[U > 0 ? U : 1];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     gi[g] = A(p.gi[tb * GH + g * H + j]);
     gh[g] = acc[0][g] + (p.b_hh ? A(p.b_hh[g * H + j]) : A(0));
   }
+#pragma unroll
+  for (int u = 0; u < U; ++u) unit[u] = A(p.w_ch[u * H + j]);
+  const A* unit_params = U > 0 ? unit : nullptr;
   const A hp = p.h_cur[bj];
   const A cp = kCarry ? p.c_cur[bj] : A(0);
   A h, c = A(0);
   // Two calls so that the cell's `if (saved)` folds away in each and `saved` stays in registers.
-  if (p.saved) Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, saved}, 0, 1, 1);
-  else Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, nullptr}, 0, 1, 1);
+  if (p.saved) Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, saved, unit_params, p.cell_clip}, 0, 1, 1);
+  else Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, nullptr, unit_params, p.cell_clip}, 0, 1, 1);
+  // zoneout: the cell's new states are h~ (and c~); keep them for backward, then mix in the old ones
+  if (p.zone_h) {
+    if (p.pre_h) p.pre_h[tb * H + j] = T(h);
+    const A d = A(p.zone_h[tb * H + j]);
+    h = d * hp + (A(1) - d) * h;
+  }
+  if (kCarry && p.zone_c) {
+    if (p.pre_c) p.pre_c[tb * H + j] = T(c);
+    const A d = A(p.zone_c[tb * H + j]);
+    c = d * cp + (A(1) - d) * c;
+  }
   p.h_next[bj] = h;
   *yv = T(h);
   if (kCarry) {
@@ -153,11 +201,20 @@ template <class T> struct BackwardStep {
   T* h_prev;              // [T, B, H] out: the h_{t-1} each step saw (zero for dead rows), for dW_hh
   T* dh0;                 // [B, H] out (t == -1 only)
   T* dc0;                 // [B, H] out (t == -1 only, cells with a cell state)
+  const T* w_ch;          // [U, H] per-unit parameters (LSTM peepholes) or nullptr
+  T* dunit;               // [T, B, U*H] out: each row's share of dL/dw_ch (summed after the loop), or nullptr
+  double cell_clip;       // the LSTM variants' clip (0: none)
+  const T* h_mask;        // [B, H] the forward's recurrent-dropout mask, or nullptr
+  double grad_clip;       // > 0: clamp dL/dh_t (and dL/dc_t) to [-C, C]; 0: off
+  const T* zone_h;        // [T, B, H] the forward's zoneout d_h, or nullptr
+  const T* zone_c;        // [T, B, H] d_c, or nullptr
+  const T* pre_h;         // [T, B, H] h~ (with zone_h)
+  const T* pre_c;         // [T, B, H] c~ (with zone_c)
 };
 
 template <class Cell, class T>
 __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const BackwardStep<T> p) {
-  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr int G = Cell::kGates, S = Cell::kSaved, U = SpecTraits<Cell>::kUnitRows;
   constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplit = SpecTraits<Cell>::kSeparateHiddenGrad;
   using Shape = BackwardStepShape;
   using A = Acc<T>;
@@ -175,7 +232,8 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
   const int64 b = b0 + ty, j = j0 + tx;
   if (b >= B || j >= H) return;
   const int64 bj = b * H + j;
-  const A dh_in = p.dh_carry[bj] + acc[0][0];
+  // the product's share of dL/dh reaches h through the recurrent-dropout mask
+  const A dh_in = p.dh_carry[bj] + (p.h_mask ? A(p.h_mask[bj]) * acc[0][0] : acc[0][0]);
   if (p.t < 0) {
     p.dh0[bj] = T(dh_in);
     if (kCarry) p.dc0[bj] = T(p.dc_carry[bj]);
@@ -190,6 +248,8 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
       if (kSplit) p.dgh[tb * GH + g * H + j] = T(0);
     }
     p.h_prev[tb * H + j] = T(0);
+#pragma unroll
+    for (int u = 0; u < U; ++u) p.dunit[(tb * U + u) * H + j] = T(0);
     p.dh_carry[bj] = dh_in;
     return;
   }
@@ -199,22 +259,39 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
   const T hp_stored = has_prev ? p.y[tb_prev * p.ldy + j] : (p.h0 ? p.h0[bj] : T(0));
   const A hp = A(hp_stored);
   const A cp = !kCarry ? A(0) : A(has_prev ? p.cells[tb_prev * H + j] : (p.c0 ? p.c0[bj] : T(0)));
-  A saved[S > 0 ? S : 1];
+  A saved[S > 0 ? S : 1], unit[U > 0 ? U : 1], dunit[U > 0 ? U : 1];
 #pragma unroll
   for (int s = 0; s < S; ++s) saved[s] = A(p.saved[tb * S * H + s * H + j]);
-  const A h = A(p.y[tb * p.ldy + j]);
-  const A c = kCarry ? A(p.cells[tb * H + j]) : A(0);
-  const A dh = dh_in + A(p.dy[tb * p.ldy + j]);
-  const A dc = kCarry ? p.dc_carry[bj] : A(0);
+#pragma unroll
+  for (int u = 0; u < U; ++u) unit[u] = A(p.w_ch[u * H + j]);
+  // grad_clip: the total reaching h_t (from y_t and from step t+1) clamped before it flows into step t
+  const A clip = A(p.grad_clip);
+  const A dh_total = clamp_if(dh_in + A(p.dy[tb * p.ldy + j]), clip);
+  // zoneout: the cell saw h~ (c~) and gets the (1 - d) share; h_{t-1} (c_{t-1}) the d share
+  const bool zone_h = p.zone_h != nullptr, zone_c = kCarry && p.zone_c != nullptr;
+  const A d_h = zone_h ? A(p.zone_h[tb * H + j]) : A(0), d_c = zone_c ? A(p.zone_c[tb * H + j]) : A(0);
+  const A h = A(zone_h ? p.pre_h[tb * H + j] : p.y[tb * p.ldy + j]);
+  const A c = !kCarry ? A(0) : A(zone_c ? p.pre_c[tb * H + j] : p.cells[tb * H + j]);
+  const A dh = zone_h ? (A(1) - d_h) * dh_total : dh_total;
+  const A dc_later = kCarry ? p.dc_carry[bj] : A(0);  // dL/dc_t from step t+1
+  // with zoneout of c the clamp acts on what comes from the later steps (the cell's dc_clip is off)
+  const A dc = zone_c ? (A(1) - d_c) * clamp_if(dc_later, clip) : dc_later;
   A dgi[G], dgh_split[G], dh_prev = A(0), dc_prev = A(0);
   A* dgh = kSplit ? dgh_split : dgi;
-  Cell::backward(BackwardRow<A>{saved, &hp, &cp, &h, &c, &dh, &dc, dgi, dgh, &dh_prev, &dc_prev}, 0, 1);
+  Cell::backward(BackwardRow<A>{saved, &hp, &cp, &h, &c, &dh, &dc, dgi, dgh, &dh_prev, &dc_prev,
+                                U > 0 ? unit : nullptr, U > 0 ? dunit : nullptr, p.cell_clip, zone_c ? A(0) : clip},
+                 0, 1);
+  if (zone_h) dh_prev += d_h * dh_total;
+  if (zone_c) dc_prev += d_c * clamp_if(dc_later, clip);
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     p.dgi[tb * GH + g * H + j] = T(dgi[g]);
     if (kSplit) p.dgh[tb * GH + g * H + j] = T(dgh[g]);
   }
-  p.h_prev[tb * H + j] = hp_stored;
+#pragma unroll
+  for (int u = 0; u < U; ++u) p.dunit[(tb * U + u) * H + j] = T(dunit[u]);
+  // what dW_hh = dG_h^T H_prev reads: the h_{t-1} the product saw (m * h_{t-1} with recurrent dropout)
+  p.h_prev[tb * H + j] = p.h_mask ? T(A(p.h_mask[bj]) * hp) : hp_stored;
   p.dh_carry[bj] = dh_prev;
   if (kCarry) p.dc_carry[bj] = dc_prev;
 }
@@ -268,8 +345,14 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForward
   A *h_cur = hstate.get(), *h_next = h_cur + BH;
   A *c_cur = cstate.get(), *c_next = kCarry ? c_cur + BH : nullptr;
   for (int64 s = 0; s < T_; ++s) {
-    const ForwardStep<T> p{B, H, reverse ? T_ - 1 - s : s, w.w_hh, w.b_hh, gi.get(), h_cur, c_cur, h_next, c_next,
-                           lengths, y, ldy, saved, cells};
+    const ForwardStep<T> p{B,          H,        reverse ? T_ - 1 - s : s,
+                           w.w_hh,     w.b_hh,   gi.get(),
+                           h_cur,      c_cur,    h_next,
+                           c_next,     lengths,  y,
+                           ldy,        saved,    cells,
+                           w.w_ch,     cfg.options.cell_clip,
+                           a.h_mask,   a.zone_h, kCarry ? a.zone_c : nullptr,
+                           saved ? a.pre_h : nullptr, saved && kCarry ? a.pre_c : nullptr};
     launch(forward_step_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
     std::swap(h_cur, h_next);
     std::swap(c_cur, c_next);
@@ -299,11 +382,18 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwa
   T* dgh = kSplit ? dgh_split.get() : dgi.get();
   Scratch<T> h_prev(TB * H, stream);                                      // [T, B, H]
   Scratch<A> dh_carry(BH, stream), dc_carry(kCarry ? BH : 0, stream);
+  constexpr int64 U = SpecTraits<Cell>::kUnitRows;
+  Scratch<T> dunit(TB * U * H, stream);  // [T, B, U*H] each row's share of dL/dw_ch (LSTM peepholes)
   convert(stream, BH, dhn, dh_carry.get());
   if (kCarry) convert(stream, BH, dcn, dc_carry.get());
 
-  BackwardStep<T> p{T_, B, H, 0, -1, reverse, w.w_hh, lengths, h0, c0, y, ldy, saved, cells, dy, dh_carry.get(),
-                    dc_carry.get(), dgi.get(), dgh, h_prev.get(), dh0, dc0};
+  BackwardStep<T> p{T_,        B,           H,        0,        -1,          reverse,
+                    w.w_hh,    lengths,     h0,       c0,       y,           ldy,
+                    saved,     cells,       dy,       dh_carry.get(),        dc_carry.get(),
+                    dgi.get(), dgh,         h_prev.get(),       dh0,         dc0,
+                    w.w_ch,    dunit.get(), cfg.options.cell_clip,           a.h_mask,
+                    a.grad_clip, a.zone_h,  kCarry ? a.zone_c : nullptr,     a.pre_h,
+                    kCarry ? a.pre_c : nullptr};
   for (int64 s = 0; s <= T_; ++s) {  // s == T_: finish dh0 from the last step processed
     p.t = s == T_ ? -1 : reverse ? s : T_ - 1 - s;
     launch(backward_step_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
@@ -323,6 +413,7 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwa
   gemm<T>(stream, true, false, GH, H, TB, A(1), dgh, GH, h_prev.get(), H, A(0), g.dw_hh, H);
   if (g.db_ih) column_sums<T>(stream, dgi.get(), TB, GH, GH, g.db_ih);
   if (g.db_hh) column_sums<T>(stream, dgh, TB, GH, GH, g.db_hh);
+  if (U > 0) column_sums<T>(stream, dunit.get(), TB, U * H, U * H, g.dw_ch);
   gemm<T>(stream, false, false, TB, in_size, GH, A(1), dgi.get(), GH, w.w_ih, in_size, A(1), dx, in_size);
 }
 

@@ -3,7 +3,9 @@ rootdir conftest's folder there, and the fresh interpreters some tests start ins
 Tolerances are not here: they live in tolerances.py. Sections:
 
 - kernels against the reference (tests/kernels, tests/cuda): seeded problems, forward+backward
-  through either, every compared quantity by name;
+  through either, every compared quantity by name; the LSTM variants' problems;
+- the CUDA back end (tests/cuda): its device (a GPU, or the CPU emulation of the kernels) and
+  buffers on it;
 - finite differences (tests/reference, tests/kernels): the float64 central-difference gradient and
   its tolerances, the reference's tiny problems;
 - fresh processes: a digest of arrays, the resident set size;
@@ -18,11 +20,14 @@ Tolerances are not here: they live in tolerances.py. Sections:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import itertools
 import os
 import resource
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -116,6 +121,138 @@ def check_against_reference(p) -> dict:
             assert v.dtype == p["dtype"], f"{name} has dtype {v.dtype}, expected {p['dtype']}"
     assert_all_close(fast, ref, p["dtype"])
     return fast
+
+
+# ---- the LSTM variants (tests/kernels, tests/cuda) ----------------------------------------------------
+# (peephole, coupled, cell_clip): every combination the kernels run
+VARIANTS = [(p, c, clip) for p, c, clip in itertools.product([False, True], [False, True], [None, 0.4])
+            if p or c or clip is not None]
+VARIANT_IDS = ["%s%s%s" % ("peep" if p else "", "-cifg" if c else "", "-clip" if clip else "") for p, c, clip in VARIANTS]
+
+
+def variant_options(variant):
+    """(peephole, coupled, cell_clip) -> the keywords of fastrnn.forward / fastrnn.reference.forward."""
+    peephole, coupled, cell_clip = variant
+    return dict(peephole=peephole, coupled=coupled, cell_clip=cell_clip)
+
+
+def variant_problem(variant, dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False, seed=0,
+                 scale=1.0):
+    """A seeded problem for the LSTM variant: weights drawn as init_weights does (scale widens the
+    weights, so that a clip of 0.4 is active), h0/c0, lengths (ragged: contains T and 1), dy, dhn, dcn."""
+    peephole, coupled, _ = variant
+    rng = np.random.default_rng(seed)
+    D = 2 if bidirectional else 1
+    weights = fastrnn.init_weights("lstm", I, H, num_layers, bidirectional=bidirectional, bias=bias, dtype=np.float64,
+                                   seed=seed, peephole=peephole, coupled=coupled)
+    weights = [tuple((scale * w).astype(dtype) for w in entry) for entry in weights]
+    state = (num_layers * D, B, H)
+    lengths = None
+    if ragged:
+        lengths = rng.integers(1, T + 1, B)
+        lengths[0] = T
+        if B > 1:
+            lengths[-1] = 1
+        rng.shuffle(lengths)
+    return dict(x=rng.standard_normal((T, B, I)).astype(dtype), weights=weights,
+                h0=(0.5 * rng.standard_normal(state)).astype(dtype), c0=(0.5 * rng.standard_normal(state)).astype(dtype),
+                lengths=lengths, dy=rng.standard_normal((T, B, D * H)).astype(dtype),
+                dhn=rng.standard_normal(state).astype(dtype), dcn=rng.standard_normal(state).astype(dtype),
+                bidirectional=bidirectional, opts=variant_options(variant), dtype=np.dtype(dtype))
+
+
+# ---- the CUDA back end (tests/cuda) ------------------------------------------------------------------
+# Device buffers for the tests that call ``fastrnn._core.cuda`` through data pointers: torch CUDA
+# tensors on a GPU, or NumPy arrays for the CPU emulation of the kernels (cuda/emu/build.sh, selected
+# with FASTRNN_CUDA_EMU=<dir holding _cuda_emu>).
+
+
+def seed_of(*key) -> int:
+    """A reproducible seed from any repr-able key (the same key, the same problem, in every process)."""
+    return zlib.crc32(repr(key).encode())
+
+
+class TorchDevice:
+    """Buffers as torch CUDA tensors on the current device, kernels on torch's current stream."""
+
+    emulated = False
+
+    def __init__(self, torch):
+        self.torch = torch
+        self.module = fastrnn._core.cuda
+
+    def put(self, a):
+        return None if a is None else self.torch.from_numpy(np.ascontiguousarray(a)).cuda()
+
+    def empty(self, shape, dtype):
+        # NaN-filled, so an element the kernels forget to write fails the comparison.
+        return self.torch.full(shape, float("nan"), dtype=getattr(self.torch, np.dtype(dtype).name), device="cuda")
+
+    def ptr(self, t):
+        return 0 if t is None else t.data_ptr()
+
+    def get(self, t):
+        return None if t is None else t.cpu().numpy()
+
+    def stream(self):
+        return self.torch.cuda.current_stream().cuda_stream
+
+    def synchronize(self):
+        self.torch.cuda.synchronize()
+
+
+class EmulatedDevice:
+    """The CPU emulation of the kernels (cuda/emu/): "device" buffers are NumPy arrays."""
+
+    emulated = True
+
+    def __init__(self, directory):
+        path = next(os.path.join(directory, f) for f in os.listdir(directory) if f.startswith("_cuda_emu"))
+        spec = importlib.util.spec_from_file_location("_cuda_emu", path)
+        self.module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.module)
+
+    def put(self, a):
+        return None if a is None else np.array(a, copy=True, order="C")
+
+    def empty(self, shape, dtype):
+        return np.full(shape, np.nan, dtype)
+
+    def ptr(self, a):
+        return 0 if a is None else a.ctypes.data
+
+    def get(self, a):
+        return None if a is None else a.copy()
+
+    def stream(self):
+        return 0
+
+    def synchronize(self):
+        pass
+
+
+NO_CUDA_BUILD = "fastrnn was built without CUDA (FASTRNN_WITH_CUDA=OFF or no nvcc)"
+
+
+@functools.lru_cache(maxsize=None)
+def find_cuda_device():
+    """(device, None) or (None, the one reason the GPU tests skip): the CUDA back end on the GPU
+    (TorchDevice) or, with FASTRNN_CUDA_EMU=<dir>, its CPU emulation (EmulatedDevice); one per
+    process, shared by the tests/cuda files."""
+    _core = fastrnn._core
+    if os.environ.get("FASTRNN_CUDA_EMU"):
+        return EmulatedDevice(os.environ["FASTRNN_CUDA_EMU"]), None
+    if not _core.built_with_cuda:
+        return None, NO_CUDA_BUILD
+    if _core.cuda.device_count() == 0:
+        return None, "no CUDA device visible to the process"
+    try:
+        import torch
+    except ImportError:
+        return None, "the CUDA tests allocate device memory with torch, which is not installed"
+    if not torch.cuda.is_available():
+        return None, "torch has no CUDA (a CPU-only build)"
+    return TorchDevice(torch), None
 
 
 # ---- finite differences --------------------------------------------------------------------------

@@ -3,15 +3,19 @@
 // (column-major; op(X) = X or X^T; beta == 0 never reads C), not from blas.cpp's mapping, so that
 // running tests/cuda/test_cuda.py on an emulator built with it (build.sh, FASTRNN_EMU_CUBLAS=1) checks
 // the row-major -> column-major mapping, the bias broadcast and beta of the cuBLAS path without a
-// GPU. float32 and float64 only (the emulator has no 16-bit types); sums in double.
+// GPU. float32, float64, and float16/bfloat16 (the emulator's stand-ins, cuda_fp16_bf16.h) with
+// float alpha and beta (CUBLAS_COMPUTE_32F); sums in double.
 #include <cstddef>
 
-enum { kR32F = 0, kR64F = 1, kOpN = 0, kInvalidValue = 7, kNotSupported = 15 };
+#include "cuda_fp16_bf16.h"
 
-template <class T>
+enum { kR32F = 0, kR64F = 1, kR16F = 2, kR16BF = 14, kOpN = 0, kInvalidValue = 7, kNotSupported = 15 };
+
+// S: the type of alpha and beta (the storage type, float for the 16-bit ones)
+template <class T, class S = T>
 void gemm(int transa, int transb, int m, int n, int k, const void* alpha, const T* A, int lda, const T* B, int ldb,
           const void* beta, T* C, int ldc) {
-  const double a = *static_cast<const T*>(alpha), b = *static_cast<const T*>(beta);
+  const double a = *static_cast<const S*>(alpha), b = *static_cast<const S*>(beta);
   for (int j = 0; j < n; ++j)
     for (int i = 0; i < m; ++i) {
       double s = 0;
@@ -21,7 +25,7 @@ void gemm(int transa, int transb, int m, int n, int k, const void* alpha, const 
         s += x * y;
       }
       T& c = C[i + static_cast<size_t>(j) * ldc];
-      c = static_cast<T>(b == 0 ? a * s : a * s + b * c);
+      c = static_cast<T>(b == 0 ? a * s : a * s + b * double(c));
     }
 }
 
@@ -49,6 +53,12 @@ int cublasGemmEx(void*, int transa, int transb, int m, int n, int k, const void*
   else if (Atype == kR64F)
     gemm(transa, transb, m, n, k, alpha, static_cast<const double*>(A), lda, static_cast<const double*>(B), ldb, beta,
          static_cast<double*>(C), ldc);
+  else if (Atype == kR16F)
+    gemm<__half, float>(transa, transb, m, n, k, alpha, static_cast<const __half*>(A), lda,
+                        static_cast<const __half*>(B), ldb, beta, static_cast<__half*>(C), ldc);
+  else if (Atype == kR16BF)
+    gemm<__nv_bfloat16, float>(transa, transb, m, n, k, alpha, static_cast<const __nv_bfloat16*>(A), lda,
+                               static_cast<const __nv_bfloat16*>(B), ldb, beta, static_cast<__nv_bfloat16*>(C), ldc);
   else
     return kNotSupported;
   return 0;

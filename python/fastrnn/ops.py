@@ -19,7 +19,7 @@ modules never pay outside ``torch.compile``.
 ``cell`` is a cell name or, for issue 14's LSTM variants, the name with its options:
 ``"lstm+peephole+coupled+cell_clip=0.5"`` (``variant_cell`` builds it; order free). With
 ``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
-has G = 3 gate blocks. The variants run on the CPU (CUDA: NotImplementedError).
+has G = 3 gate blocks. The variants run on the CPU and on CUDA.
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -34,8 +34,8 @@ Training modifiers the kernels run (issue 15; fastrnn.nn documents them): ``recu
 (0: off), and ``zoneout_h``, ``zoneout_c`` [L*D, T, B, H] (d: h_t = d h_{t-1} + (1 - d) h~_t; None:
 none), arguments of ``torch.ops.fastrnn.rnn_forward_modified`` (rnn_forward's arguments and these
 four) and of rnn_backward. With zoneout the training reserve holds h~ (and c~) after the kernels'
-own part: R grows by L*D*H per zoned state. They combine with the LSTM variants' cell strings.
-CPU only: CUDA tensors raise NotImplementedError.
+own part: R grows by L*D*H per zoned state. Both back ends run them (CPU and CUDA kernels); on the
+CPU they combine with the LSTM variants' cell strings, on CUDA not yet (NotImplementedError).
 """
 from __future__ import annotations
 
@@ -51,6 +51,14 @@ from .types import CELLS
 
 _CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
 _DTYPES = (torch.float32, torch.float64)
+# CUDA tensors may also be 16-bit (issue 18): float16 / bfloat16 storage with float32 accumulation and
+# a float32 recurrent state inside the kernels (cuda/dtypes.h).
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _dtypes_of(device: torch.device) -> tuple:
+    """The dtypes the kernels of ``device`` run."""
+    return _CUDA_DTYPES if device.type == "cuda" else _DTYPES
 
 __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
 
@@ -121,8 +129,9 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
     count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes)."""
     base, _ = split_cell(cell)
     extra = 1 if _peephole_rows(cell) else 0
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"fastrnn supports float32 and float64 only, got input of dtype {x.dtype}")
+    if x.dtype not in _dtypes_of(x.device):
+        raise TypeError(f"fastrnn supports float32 and float64 only (CUDA tensors also bfloat16 and float16), got "
+                        f"input of dtype {x.dtype} on {x.device}")
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D [T, B, I] (time-major), got shape {tuple(x.shape)}")
     if num_layers < 1:
@@ -216,7 +225,8 @@ def _pre_state_ptrs(reserve: Tensor, T: int, B: int, R: int, size: int, zoneout_
 # about a microsecond, ~30 per small training step. CUDA: NOT YET RUN ON A GPU (no GPU was lent to
 # the sessions that wrote it; issue 5): the CUDA tests in tests/cuda/test_cuda.py exercise the kernels
 # through _core.cuda directly.
-_PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
+               torch.float16: "float16"}
 
 
 def _ptr(t: Optional[Tensor]) -> int:
@@ -234,30 +244,33 @@ def _grouped_ptrs(tensors: list, per_entry: int) -> list:
     return [tuple(ptrs[k:k + per_entry]) for k in range(0, len(ptrs), per_entry)]
 
 
-def _entry_points(x: Tensor, cell: str):
-    """(forward, backward) of x's device, both taking the CPU pointer entry points' arguments and
-    then the cell's options (keywords)."""
+def _entry_points(x: Tensor):
+    """(forward, backward) of x's device, both taking the CPU pointer entry points' arguments, then
+    the modifiers' and the cell's options as keywords (the CUDA ones add the stream)."""
     kind = x.device.type  # ~0.3 us a read, on every call
     if kind == "cpu":
         return _core.forward_ptrs, _core.backward_ptrs
-    if cell != split_cell(cell)[0]:
-        raise NotImplementedError(f"the LSTM variants (cell {cell!r}: peephole, coupled, cell_clip) run on the CPU "
-                                  "only; the CUDA kernels implement the base cells")
     if kind == "cuda":
-        cuda = getattr(_core, "cuda", None)
-        if cuda is None or not hasattr(cuda, "forward"):
-            raise RuntimeError("fastrnn was built without CUDA kernels (no nvcc at install time): run the "
-                               "module on the CPU, or reinstall with FASTRNN_WITH_CUDA=ON on a machine with nvcc")
-
-        def on_device(entry):
-            def call(*args, **no_options):  # the base cells' options (all defaults)
-                with torch.cuda.device(x.device):  # the kernels run on the current device and stream
-                    # float32 products on cuBLAS may use TF32 exactly when torch's own matmuls may
-                    entry(*args, torch.cuda.current_stream().cuda_stream,
-                          allow_tf32=torch.backends.cuda.matmul.allow_tf32)
-            return call
-        return on_device(cuda.forward), on_device(cuda.backward)
+        return _cuda_entry_points(getattr(_core, "cuda", None), x.device)
     raise RuntimeError(f"fastrnn runs on CPU and CUDA tensors, got a tensor on {x.device}")
+
+
+def _cuda_entry_points(cuda, device):
+    """The CUDA back end's (forward, backward) (``cuda``: ``_core.cuda``, or None in a build without
+    it) with the CPU ones' arguments: run on ``device`` and torch's current stream there. (The
+    emulator tests pass the CPU emulation of ``_core.cuda``, tests/cuda/test_cuda_features.py.)"""
+    if cuda is None or not hasattr(cuda, "forward"):
+        raise RuntimeError("fastrnn was built without CUDA kernels (no nvcc at install time): run the "
+                           "module on the CPU, or reinstall with FASTRNN_WITH_CUDA=ON on a machine with nvcc")
+
+    def on_device(entry):
+        def call(*args, **options):  # the modifiers' and the cell's keywords, as on the CPU
+            with torch.cuda.device(device):  # the kernels run on the current device and stream
+                # float32 products on cuBLAS may use TF32 exactly when torch's own matmuls may
+                entry(*args, torch.cuda.current_stream().cuda_stream,
+                      allow_tf32=torch.backends.cuda.matmul.allow_tf32, **options)
+        return call
+    return on_device(cuda.forward), on_device(cuda.backward)
 
 
 # ---- forward --------------------------------------------------------------------------------------
@@ -301,41 +314,52 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0,
                   recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
     zoneout_c = zoneout_c if lstm else None
-    _check_modifiers_device(x, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+    _check_grad_clip(grad_clip)
+    _check_modifiers_cell(x, cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
     lengths = _checked_lengths(lengths, x)
     x, h0, c0, recurrent_mask = x.contiguous(), _contiguous(h0), _contiguous(c0), _contiguous(recurrent_mask)
     zoneout_h, zoneout_c = _contiguous(zoneout_h), _contiguous(zoneout_c)
     weights = [w.contiguous() for w in weights]
     zoned = (zoneout_h is not None) + (zoneout_c is not None)
     y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned)
-    forward, _ = _entry_points(x, cell)
+    forward, _ = _entry_points(x)
     T, B, I = x.shape
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
     pre = _pre_state_ptrs(reserve, T, B, R, hn.numel() * T, zoneout_h, zoneout_c)
     forward(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
             _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), y.data_ptr(), hn.data_ptr(),
             cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0,
-            *_modifier_args(recurrent_mask, (), zoneout_h, zoneout_c, pre), **dict(opts))
+            **_modifier_args(recurrent_mask, None, zoneout_h, zoneout_c, pre), **dict(opts))
     return y, hn, cn, reserve
 
 
-def _check_modifiers_device(x: Tensor, recurrent_mask: Optional[Tensor], grad_clip: float, zoneout_h=None,
-                            zoneout_c=None) -> None:
+def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c) -> None:
+    """The CUDA kernels run the modifiers with the base cells only: an LSTM variant's cell string with
+    one on a CUDA tensor is an error (the CPU kernels run every combination)."""
+    if x.device.type != "cpu" and cell != split_cell(cell)[0] and (
+            recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None):
+        raise NotImplementedError(f"the CUDA kernels run the training modifiers (recurrent_dropout, grad_clip, "
+                                  f"zoneout) with the base cells only, not the LSTM variant {cell!r} (peephole, "
+                                  f"coupled, cell_clip); the CPU kernels run it")
+
+
+def _check_grad_clip(grad_clip: float) -> None:
     if not grad_clip >= 0:
         raise ValueError(f"grad_clip must be > 0 (or 0 for off), got {grad_clip}")
-    if x.device.type != "cpu" and (recurrent_mask is not None or grad_clip > 0 or zoneout_h is not None
-                                   or zoneout_c is not None):
-        raise NotImplementedError("fastrnn's recurrent_dropout, zoneout and grad_clip run in the CPU kernels only; "
-                                  f"the CUDA kernels do not implement them yet (input on {x.device})")
 
 
-def _modifier_args(recurrent_mask: Optional[Tensor], grad_clip: tuple, zoneout_h, zoneout_c, pre: tuple) -> tuple:
-    """The trailing modifier arguments of the kernels' entry points: (recurrent_mask, [grad_clip,]
-    zoneout_h, zoneout_c, pre_h, pre_c), none when all are off, so that the CUDA entry points, which
-    take none, keep their signature."""
-    if recurrent_mask is None and not any(grad_clip) and zoneout_h is None and zoneout_c is None:
-        return ()
-    return (_ptr(recurrent_mask), *grad_clip, _ptr(zoneout_h), _ptr(zoneout_c), *pre)
+def _modifier_args(recurrent_mask: Optional[Tensor], grad_clip: Optional[float], zoneout_h, zoneout_c,
+                   pre: tuple) -> dict:
+    """The modifier keywords of both back ends' entry points (recurrent_mask_ptr, [grad_clip,]
+    zoneout_h_ptr, zoneout_c_ptr, pre_h_ptr, pre_c_ptr; grad_clip None: a forward call), none when
+    all are off."""
+    if recurrent_mask is None and not grad_clip and zoneout_h is None and zoneout_c is None:
+        return {}
+    args = dict(recurrent_mask_ptr=_ptr(recurrent_mask), zoneout_h_ptr=_ptr(zoneout_h), zoneout_c_ptr=_ptr(zoneout_c),
+                pre_h_ptr=pre[0], pre_c_ptr=pre[1])
+    if grad_clip is not None:
+        args["grad_clip"] = float(grad_clip)
+    return args
 
 
 def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned=0):
@@ -384,7 +408,8 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0, dy=dy, dhn=dhn,
                   dcn=dcn, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
     zoneout_c = zoneout_c if lstm else None
-    _check_modifiers_device(x, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+    _check_grad_clip(grad_clip)
+    _check_modifiers_cell(x, cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
     recurrent_mask, zoneout_h, zoneout_c = _contiguous(recurrent_mask), _contiguous(zoneout_h), _contiguous(zoneout_c)
     zoned = (zoneout_h is not None) + (zoneout_c is not None)
     T, B, I = x.shape
@@ -396,15 +421,15 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
     x, h0, c0, reserve, dy, dhn, dcn = (_contiguous(t) for t in (x, h0, c0, reserve, dy, dhn, dcn))
     weights = [w.contiguous() for w in weights]
     dx, dh0, dc0, dweights = _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
-    _, backward = _entry_points(x, cell)
+    _, backward = _entry_points(x)
     backward(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
              _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), reserve.data_ptr(), dy.data_ptr(),
              _ptr(dhn), _ptr(dcn), dx.data_ptr(), dh0.data_ptr(), dc0.data_ptr() if lstm else 0,
              _grouped_ptrs(dweights, per_entry),
-             *_modifier_args(recurrent_mask, (float(grad_clip),), zoneout_h, zoneout_c,
-                             _pre_state_ptrs(reserve, T, B, _reserve_per_row(cell, hidden_size, num_layers,
-                                                                             bidirectional),
-                                             dh0.numel() * T, zoneout_h, zoneout_c)),
+             **_modifier_args(recurrent_mask, float(grad_clip), zoneout_h, zoneout_c,
+                              _pre_state_ptrs(reserve, T, B, _reserve_per_row(cell, hidden_size, num_layers,
+                                                                              bidirectional),
+                                              dh0.numel() * T, zoneout_h, zoneout_c)),
              **dict(opts))
     return dx, dh0, dc0, dweights
 

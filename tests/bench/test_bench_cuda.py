@@ -150,3 +150,27 @@ def test_tiny_run_on_gpu(tmp_path, capsys):
     for r in result["cases"]:
         assert "error" not in r and r["speedup_vs_torch"] > 0 and r["max_abs_diff"] < 1e-3
     assert "| fastrnn µs (min–max) |" in out and "Geometric-mean speed-up over cuDNN" in out
+
+
+@pytest.mark.parametrize("name", ["lstm peephole", "lstm zoneout", "gru zoneout"])
+def test_extra_case_on_cpu_checks_times_and_formats(name, host_events):
+    """The quick run's EXTRAS rows (variants and modifiers against fastrnn's base cell) run on the
+    CPU too: checked against the CPU kernels in float64, timed, formatted."""
+    spec = next(e for e in bench_cuda.EXTRAS if e[0] == name)
+    row = bench_cuda.run_extra(torch, *spec, torch.device("cpu"), reps=2, min_sample_s=0.001, size=(6, 3, 4))
+    assert "error" not in row, row.get("error")
+    assert row["max_abs_diff"] < 1e-5 and set(row["impls"]) == {"fastrnn", "base"}
+    assert row["ratio_vs_baseline"] == pytest.approx(row["impls"]["fastrnn"]["median_ms"] / row["impls"]["base"]["median_ms"])
+    line = bench_cuda.format_extra_row(row)
+    assert line.count("|") == bench_cuda.EXTRAS_HEAD.splitlines()[0].count("|") and "fastrnn fp32 base cell" in line
+    text = bench_cuda.format_extras({"extras": [row, {**row, "impls": {}, "error": "VERIFICATION FAILED: x"}],
+                                     "extras_not_run": 2})
+    assert "LSTM variants, training modifiers, 16-bit storage" in text and "VERIFICATION FAILED" in text
+    assert "2 extra case(s) not run" in text
+
+
+def test_extras_cover_the_cuda_features():
+    """Every LSTM variant option, every in-kernel modifier and both 16-bit dtypes have a row."""
+    options = {k for _, _, kw, _, _ in bench_cuda.EXTRAS for k in kw}
+    assert {"peephole", "coupled", "cell_clip", "recurrent_dropout", "zoneout", "grad_clip"} <= options
+    assert {d for _, _, _, d, b in bench_cuda.EXTRAS if b == "cudnn"} == {"bfloat16", "float16"}

@@ -9,103 +9,20 @@ CUDA, no GPU is visible, or torch has no CUDA. The argument-checking tests and t
 without a GPU. Development aid: with FASTRNN_CUDA_EMU=<dir holding _cuda_emu> (built by
 cuda/emu/build.sh) the same GPU tests run on the CPU emulation of the kernels, on NumPy buffers.
 """
-import importlib.util
-import os
-import zlib
-
 import numpy as np
 import pytest
 
 import fastrnn
 from fastrnn import _core, reference
 from fastrnn.types import CELLS, GATES
-from helpers import make_problem, named, run
+from fastrnn.cell_table import CELL_ID
+from helpers import NO_CUDA_BUILD, find_cuda_device, make_problem, named, run, seed_of
 from tolerances import assert_close
 
-_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 DTYPES = (np.float32, np.float64)
 
 
-class TorchDevice:
-    """Buffers as torch CUDA tensors on the current device, kernels on torch's current stream."""
-
-    emulated = False
-
-    def __init__(self, torch):
-        self.torch = torch
-        self.module = _core.cuda
-
-    def put(self, a):
-        return None if a is None else self.torch.from_numpy(np.ascontiguousarray(a)).cuda()
-
-    def empty(self, shape, dtype):
-        # NaN-filled, so an element the kernels forget to write fails the comparison.
-        return self.torch.full(shape, float("nan"), dtype=getattr(self.torch, np.dtype(dtype).name), device="cuda")
-
-    def ptr(self, t):
-        return 0 if t is None else t.data_ptr()
-
-    def get(self, t):
-        return None if t is None else t.cpu().numpy()
-
-    def stream(self):
-        return self.torch.cuda.current_stream().cuda_stream
-
-    def synchronize(self):
-        self.torch.cuda.synchronize()
-
-
-class EmulatedDevice:
-    """The CPU emulation of the kernels (cuda/emu/): "device" buffers are NumPy arrays."""
-
-    emulated = True
-
-    def __init__(self, directory):
-        path = next(os.path.join(directory, f) for f in os.listdir(directory) if f.startswith("_cuda_emu"))
-        spec = importlib.util.spec_from_file_location("_cuda_emu", path)
-        self.module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(self.module)
-
-    def put(self, a):
-        return None if a is None else np.array(a, copy=True, order="C")
-
-    def empty(self, shape, dtype):
-        return np.full(shape, np.nan, dtype)
-
-    def ptr(self, a):
-        return 0 if a is None else a.ctypes.data
-
-    def get(self, a):
-        return None if a is None else a.copy()
-
-    def stream(self):
-        return 0
-
-    def synchronize(self):
-        pass
-
-
-NO_CUDA_BUILD = "fastrnn was built without CUDA (FASTRNN_WITH_CUDA=OFF or no nvcc)"
-
-
-def _find_device():
-    """(device, None) or (None, the one reason the GPU tests skip)."""
-    if os.environ.get("FASTRNN_CUDA_EMU"):
-        return EmulatedDevice(os.environ["FASTRNN_CUDA_EMU"]), None
-    if not _core.built_with_cuda:
-        return None, NO_CUDA_BUILD
-    if _core.cuda.device_count() == 0:
-        return None, "no CUDA device visible to the process"
-    try:
-        import torch
-    except ImportError:
-        return None, "the CUDA tests allocate device memory with torch, which is not installed"
-    if not torch.cuda.is_available():
-        return None, "torch has no CUDA (a CPU-only build)"
-    return TorchDevice(torch), None
-
-
-DEVICE, SKIP_REASON = _find_device()
+DEVICE, SKIP_REASON = find_cuda_device()
 with_cuda_build = pytest.mark.skipif(not _core.built_with_cuda, reason=NO_CUDA_BUILD)
 
 
@@ -126,8 +43,8 @@ def run_cuda(dev, p, training=True, allow_tf32=False):
     lengths = dev.put(None if p["lengths"] is None else np.asarray(p["lengths"], np.int64))
     y, hn = dev.empty((T, B, D * H), dtype), dev.empty(state, dtype)
     cn = dev.empty(state, dtype) if lstm else None
-    reserve = dev.empty((m.reserve_size(_CELL_ID[cell], T, B, I, H, L, p["bidirectional"]),), dtype) if training else None
-    head = (_CELL_ID[cell], dtype.name, T, B, I, H, L, p["bidirectional"])
+    reserve = dev.empty((m.reserve_size(CELL_ID[cell], T, B, I, H, L, p["bidirectional"]),), dtype) if training else None
+    head = (CELL_ID[cell], dtype.name, T, B, I, H, L, p["bidirectional"])
     wptrs = [tuple(ptr(w) for w in entry) for entry in weights]
     m.forward(*head, ptr(x), wptrs, ptr(h0), ptr(c0), ptr(lengths), ptr(y), ptr(hn), ptr(cn), ptr(reserve),
               dev.stream(), allow_tf32=allow_tf32)
@@ -158,10 +75,6 @@ def check_against_reference(p, allow_tf32=False):
     return got
 
 
-def _seed(*key):
-    return zlib.crc32(repr(key).encode())
-
-
 # ------------------------------------------------------------------------------------------------
 # On a GPU: the matrix, tile edges, invariances
 # ------------------------------------------------------------------------------------------------
@@ -175,7 +88,7 @@ def _seed(*key):
 @pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 def test_matches_reference(cell, dtype, num_layers, bidirectional, ragged):
     p = make_problem(cell, dtype, num_layers, bidirectional, T=6, B=3, I=4, H=5, ragged=ragged,
-                     seed=_seed(cell, np.dtype(dtype).name, num_layers, bidirectional, ragged))
+                     seed=seed_of(cell, np.dtype(dtype).name, num_layers, bidirectional, ragged))
     check_against_reference(p)
 
 
@@ -195,7 +108,7 @@ EDGES = [  # (T, B, I, H)
 @pytest.mark.cuda
 @pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 def test_tile_edges(cell, dtype, size):
-    p = make_problem(cell, dtype, 2, True, *size, ragged=True, seed=_seed(cell, size))
+    p = make_problem(cell, dtype, 2, True, *size, ragged=True, seed=seed_of(cell, size))
     check_against_reference(p)
 
 
@@ -213,7 +126,7 @@ def test_no_bias_no_state(cell):
 @pytest.mark.cuda
 @pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 def test_deterministic_and_inference_equals_training(cell):
-    p = make_problem(cell, np.float32, 2, True, 9, 21, 35, 37, ragged=True, seed=_seed("det", cell))
+    p = make_problem(cell, np.float32, 2, True, 9, 21, 35, 37, ragged=True, seed=seed_of("det", cell))
     first, second = run_cuda(DEVICE, p), run_cuda(DEVICE, p)
     for name, v in first.items():
         assert (v is None and second[name] is None) or np.array_equal(v, second[name]), f"{name} differs between runs"
@@ -230,7 +143,7 @@ def test_deterministic_and_inference_equals_training(cell):
 def test_padding_values_do_not_reach_gradients(cell):
     """NaN/Inf in x past lengths: dW_ih = dG^T X reads a copy with those rows zeroed (0 * NaN = NaN);
     and NaN through ReLU as torch (the cell maths of csrc/cells/spec.h, shared with the CPU)."""
-    p = make_problem(cell, np.float32, 2, True, 7, 20, 9, 16, ragged=True, seed=_seed("padding", cell))
+    p = make_problem(cell, np.float32, 2, True, 7, 20, 9, 16, ragged=True, seed=seed_of("padding", cell))
     clean = run_cuda(DEVICE, p)
     x = p["x"].copy()
     for b, n in enumerate(p["lengths"]):
@@ -252,7 +165,7 @@ def _cublas_loaded():
 def test_own_gemm_when_cublas_is_switched_off(cell, dtype, monkeypatch):
     """FASTRNN_CUBLAS=0 runs every product on the own GEMM (cuda/gemm.cuh); both paths match the
     reference, on sizes past the GEMM's 64 x 64 tiles (I > 64, T*B > 64, G*H > 64)."""
-    p = make_problem(cell, dtype, 2, True, 5, 17, 70, 33, ragged=True, seed=_seed("gemm", cell))
+    p = make_problem(cell, dtype, 2, True, 5, 17, 70, 33, ragged=True, seed=seed_of("gemm", cell))
     loaded = _cublas_loaded()
     on_default = check_against_reference(p)
     monkeypatch.setenv("FASTRNN_CUBLAS", "0")
@@ -271,9 +184,9 @@ def test_tf32_products_within_tf32_tolerance(cell):
     float32 results within TF32's tolerance; float64 is unaffected (bitwise)."""
     if not _cublas_loaded():
         pytest.skip(f"cuBLAS is not loaded ({DEVICE.module.cublas_status()}): the own GEMM has no TF32")
-    p = make_problem(cell, np.float32, 2, True, 6, 19, 70, 40, ragged=True, seed=_seed("tf32", cell))
+    p = make_problem(cell, np.float32, 2, True, 6, 19, 70, 40, ragged=True, seed=seed_of("tf32", cell))
     check_against_reference(p, allow_tf32=True)
-    p64 = make_problem(cell, np.float64, 1, False, 4, 3, 5, 6, seed=_seed("tf32-64", cell))
+    p64 = make_problem(cell, np.float64, 1, False, 4, 3, 5, 6, seed=seed_of("tf32-64", cell))
     plain, tf32 = run_cuda(DEVICE, p64), run_cuda(DEVICE, p64, allow_tf32=True)
     for name, v in plain.items():
         assert (v is None and tf32[name] is None) or np.array_equal(v, tf32[name]), name

@@ -7,7 +7,6 @@ matrix of layers x directions x lengths x dtypes, with awkward sizes on both sid
 packing threshold; (3) the invariances: zero peepholes == plain LSTM, cell_clip=inf == plain, the
 clip really clamps; (4) the API's checks. fastrnn.nn's variants: tests/nn/test_nn_variants.py.
 """
-import itertools
 import zlib
 
 import numpy as np
@@ -16,45 +15,9 @@ import pytest
 import fastrnn
 from fastrnn import reference
 from tolerances import assert_close
-from helpers import FD_ATOL, FD_RTOL, numeric_grad
+from helpers import FD_ATOL, FD_RTOL, VARIANT_IDS, VARIANTS, numeric_grad, variant_options, variant_problem
 
 DTYPES = (np.float32, np.float64)
-# (peephole, coupled, cell_clip): every combination the kernels run
-VARIANTS = [(p, c, clip) for p, c, clip in itertools.product([False, True], [False, True], [None, 0.4])
-            if p or c or clip is not None]
-VARIANT_IDS = ["%s%s%s" % ("peep" if p else "", "-cifg" if c else "", "-clip" if clip else "") for p, c, clip in VARIANTS]
-
-
-def options(variant):
-    peephole, coupled, cell_clip = variant
-    return dict(peephole=peephole, coupled=coupled, cell_clip=cell_clip)
-
-
-def make_problem(variant, dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False, seed=0,
-                 scale=1.0):
-    """A seeded problem for the LSTM variant: weights drawn as init_weights does (scale widens the
-    weights, so that a clip of 0.4 is active), h0/c0, lengths (ragged: contains T and 1), dy, dhn, dcn."""
-    peephole, coupled, _ = variant
-    rng = np.random.default_rng(seed)
-    D = 2 if bidirectional else 1
-    weights = fastrnn.init_weights("lstm", I, H, num_layers, bidirectional=bidirectional, bias=bias, dtype=np.float64,
-                                   seed=seed, peephole=peephole, coupled=coupled)
-    weights = [tuple((scale * w).astype(dtype) for w in entry) for entry in weights]
-    state = (num_layers * D, B, H)
-    lengths = None
-    if ragged:
-        lengths = rng.integers(1, T + 1, B)
-        lengths[0] = T
-        if B > 1:
-            lengths[-1] = 1
-        rng.shuffle(lengths)
-    return dict(x=rng.standard_normal((T, B, I)).astype(dtype), weights=weights,
-                h0=(0.5 * rng.standard_normal(state)).astype(dtype), c0=(0.5 * rng.standard_normal(state)).astype(dtype),
-                lengths=lengths, dy=rng.standard_normal((T, B, D * H)).astype(dtype),
-                dhn=rng.standard_normal(state).astype(dtype), dcn=rng.standard_normal(state).astype(dtype),
-                bidirectional=bidirectional, opts=options(variant), dtype=np.dtype(dtype))
-
-
 def run(module, p, opts=None, with_state=True):
     cast = (lambda a: None if a is None else np.asarray(a, np.float64)) if module is reference else (lambda a: a)
     weights = [tuple(cast(w) for w in entry) for entry in p["weights"]]
@@ -87,10 +50,10 @@ def assert_matches_reference(p):
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 def test_reference_backward_matches_finite_differences(variant, bidirectional, ragged):
     # weights scaled so that the clip of 0.4 is active at some units and not at others
-    p = make_problem(variant, np.float64, 2, bidirectional, T=3, B=3, I=3, H=2, ragged=ragged, seed=7, scale=2.0)
+    p = variant_problem(variant, np.float64, 2, bidirectional, T=3, B=3, I=3, H=2, ragged=ragged, seed=7, scale=2.0)
     if variant[2] is not None:
         c_raw_seen = np.abs(reference.forward("lstm", p["x"], p["weights"], p["h0"], p["c0"], lengths=p["lengths"],
-                                              bidirectional=bidirectional, **options(variant[:2] + (None,))).c_n)
+                                              bidirectional=bidirectional, **variant_options(variant[:2] + (None,))).c_n)
         assert (c_raw_seen > 0.4).any() and (c_raw_seen < 0.4).any()
     res = reference.forward("lstm", p["x"], p["weights"], p["h0"], p["c0"], lengths=p["lengths"],
                             bidirectional=bidirectional, **p["opts"])
@@ -137,7 +100,7 @@ def test_reference_peephole_equations_by_hand():
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 def test_kernels_match_reference(variant, dtype, num_layers, bidirectional, ragged):
     seed = zlib.crc32(repr((variant, np.dtype(dtype).name, num_layers, bidirectional, ragged)).encode())
-    p = make_problem(variant, dtype, num_layers, bidirectional, T=6, B=3, I=4, H=5, ragged=ragged, seed=seed,
+    p = variant_problem(variant, dtype, num_layers, bidirectional, T=6, B=3, I=4, H=5, ragged=ragged, seed=seed,
                      scale=2.0)
     assert_matches_reference(p)
 
@@ -157,13 +120,13 @@ AWKWARD = [  # (T, B, I, H)
                          ids=["peep-clip", "peep-cifg", "cifg-clip"])
 def test_kernels_awkward_sizes(variant, dtype, size):
     T, B, I, H = size
-    p = make_problem(variant, dtype, 2, True, T, B, I, H, ragged=True, seed=sum(size), scale=2.0)
+    p = variant_problem(variant, dtype, 2, True, T, B, I, H, ragged=True, seed=sum(size), scale=2.0)
     assert_matches_reference(p)
 
 
 @pytest.mark.parametrize("variant", [(True, False, None), (True, True, 0.4)], ids=["peep", "peep-cifg-clip"])
 def test_kernels_no_bias_and_no_state(variant):
-    p = make_problem(variant, np.float64, 2, True, 5, 3, 4, 6, bias=False, seed=3)
+    p = variant_problem(variant, np.float64, 2, True, 5, 3, 4, 6, bias=False, seed=3)
     fast, ref = run(fastrnn, p, with_state=False), run(reference, p, with_state=False)
     for name in fast:
         assert_close(fast[name], ref[name], np.float64, name)
@@ -181,24 +144,24 @@ def assert_same_as_plain(variant, plain, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_zero_peepholes_are_the_plain_lstm(dtype):
-    p = make_problem((True, False, None), dtype, 2, True, 5, 4, 3, 6, ragged=True, seed=11)
+    p = variant_problem((True, False, None), dtype, 2, True, 5, 4, 3, 6, ragged=True, seed=11)
     zero = dict(p, weights=[entry[:-1] + (np.zeros_like(entry[-1]),) for entry in p["weights"]])
     peep = run(fastrnn, zero)
     plain = run(fastrnn, dict(zero, weights=[entry[:-1] for entry in zero["weights"]],
-                              opts=options((False, False, None))))
+                              opts=variant_options((False, False, None))))
     assert_same_as_plain(peep, plain, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_infinite_clip_is_the_plain_lstm(dtype):
-    p = make_problem((False, False, np.inf), dtype, 2, True, 5, 4, 3, 6, ragged=True, seed=12)
+    p = variant_problem((False, False, np.inf), dtype, 2, True, 5, 4, 3, 6, ragged=True, seed=12)
     clipped = run(fastrnn, p)
     plain = run(fastrnn, p, opts={})
     assert_same_as_plain(clipped, plain, dtype)
 
 
 def test_clip_bounds_the_cell_state():
-    p = make_problem((False, False, 0.3), np.float64, 1, False, 8, 4, 3, 6, seed=13, scale=3.0)
+    p = variant_problem((False, False, 0.3), np.float64, 1, False, 8, 4, 3, 6, seed=13, scale=3.0)
     res = fastrnn.forward("lstm", p["x"], p["weights"], p["h0"], p["c0"], cell_clip=0.3)
     plain = fastrnn.forward("lstm", p["x"], p["weights"], p["h0"], p["c0"])
     assert np.abs(res.c_n).max() <= 0.3 and np.abs(plain.c_n).max() > 0.3
@@ -207,7 +170,7 @@ def test_clip_bounds_the_cell_state():
 
 def test_step_by_step_equals_the_sequence():
     """Carrying (h, c) through T one-step calls gives the sequence's outputs (peephole + CIFG + clip)."""
-    p = make_problem((True, True, 0.4), np.float64, 1, False, 6, 3, 4, 5, seed=14, scale=2.0)
+    p = variant_problem((True, True, 0.4), np.float64, 1, False, 6, 3, 4, 5, seed=14, scale=2.0)
     seq = fastrnn.forward("lstm", p["x"], p["weights"], p["h0"], p["c0"], **p["opts"])
     h, c = p["h0"], p["c0"]
     for t in range(6):
@@ -218,7 +181,7 @@ def test_step_by_step_equals_the_sequence():
 
 
 def test_defaults_are_todays_cells_bit_for_bit():
-    p = make_problem((False, False, None), np.float32, 2, True, 5, 4, 3, 6, ragged=True, seed=15)
+    p = variant_problem((False, False, None), np.float32, 2, True, 5, 4, 3, 6, ragged=True, seed=15)
     a = run(fastrnn, p, opts={})
     b = run(fastrnn, p, opts=dict(peephole=False, coupled=False, cell_clip=None))
     for name in a:

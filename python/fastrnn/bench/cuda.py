@@ -18,7 +18,10 @@ The suite (issue 19): DeepBench-style training and inference sizes for LSTM, GRU
 {512, 1024, 2048}, B in {16, 32, 64, 128}, T = 50 at H = 512 and 25 above), small batches (B in
 {1, 4, 8} at H = 512 and 1024, T = 50) and a long sequence (B = 16, T = 1024, H = 768). ``--quick``
 is a few of each, and ``--max-seconds`` stops starting new cases after that long (the JSON then
-says how many were left), so a fixed device-time window is never overrun.
+says how many were left), so a fixed device-time window is never overrun. A quick run adds a second
+table (``EXTRAS``, one training size): the LSTM variants and the training modifiers against
+fastrnn's fp32 base cell (what the option costs), and bfloat16/float16 layers against cuDNN in the
+same dtype, each checked first in eval mode against fastrnn's CPU kernels in float64.
 """
 from __future__ import annotations
 
@@ -264,6 +267,138 @@ def run_case(torch, case: Case, device, reps: int, min_sample_s: float, peak_tfl
 
 
 # ------------------------------------------------------------------------------------------------
+# The quick run's second table: the LSTM variants, the training modifiers and 16-bit storage
+# ------------------------------------------------------------------------------------------------
+# One training size (H, B, T); each case a fastrnn.nn layer with an option, timed against its
+# baseline in the same run: the fp32 base cell of fastrnn (the variants and the modifiers: what the
+# option costs) or cuDNN in the same 16-bit dtype (torch.nn.LSTM/GRU in .to(dtype)).
+EXTRAS_SIZE = (512, 16, 50)
+EXTRAS = (  # (name, cell, fastrnn.nn keywords, dtype, baseline: "base" or "cudnn")
+    ("lstm bfloat16", "lstm", {}, "bfloat16", "cudnn"),
+    ("lstm float16", "lstm", {}, "float16", "cudnn"),
+    ("gru bfloat16", "gru", {}, "bfloat16", "cudnn"),
+    ("lstm peephole", "lstm", dict(peephole=True), "float32", "base"),
+    ("lstm coupled", "lstm", dict(coupled=True), "float32", "base"),
+    ("lstm cell_clip", "lstm", dict(cell_clip=1.0), "float32", "base"),
+    ("lstm recurrent_dropout", "lstm", dict(recurrent_dropout=0.25), "float32", "base"),
+    ("lstm zoneout", "lstm", dict(zoneout=0.1, zoneout_cell=0.05), "float32", "base"),
+    ("lstm grad_clip", "lstm", dict(grad_clip=1.0), "float32", "base"),
+    ("gru zoneout", "gru", dict(zoneout=0.1), "float32", "base"),
+)
+
+
+def run_extra(torch, name: str, cell: str, options: dict, dtype: str, baseline: str, device, reps: int,
+              min_sample_s: float, size=EXTRAS_SIZE, seed: int = 0) -> dict:
+    """One EXTRAS case, training (forward + backward of every input and parameter): fastrnn.nn with
+    ``options`` in ``dtype`` against ``baseline``. Checked first in eval mode (deterministic: no
+    dropout, zoneout's expectation) against the same layer on the CPU kernels in float64, within
+    the tests' tolerance table's bound for the dtype (cuda-<dtype>, or float32)."""
+    import fastrnn.nn as fnn
+    H, B, T = size
+    record = {"name": name, "cell": cell, "options": options, "dtype": dtype, "baseline": baseline, "H": H, "B": B,
+              "T": T, "mode": "training"}
+    torch.manual_seed(seed)
+    cls = {"lstm": fnn.LSTM, "gru": fnn.GRU}[cell]
+    fast_cpu = cls(H, H, **options).double()
+    ref_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    tdtype = getattr(torch, dtype)
+    fast = copy.deepcopy(fast_cpu).to(device=device, dtype=tdtype)
+    if baseline == "cudnn":
+        base = ref_cls(H, H).to(device=device, dtype=tdtype)
+        base.load_state_dict(fast.state_dict())
+    else:
+        base = cls(H, H).to(device)
+        base.load_state_dict({k: v for k, v in fast_cpu.state_dict().items() if not k.startswith("weight_ch")})
+    g = torch.Generator().manual_seed(seed)
+    x64 = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    dy64 = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    # the check: eval mode on the device against fastrnn's CPU kernels in float64
+    fast.eval()
+    fast_cpu.eval()
+    with torch.no_grad():
+        expected = fast_cpu(x64.to(tdtype).double())[0]
+        got = fast(x64.to(device=device, dtype=tdtype))[0].double().cpu()
+    diff = float((got - expected).abs().max())
+    bound = {"bfloat16": 0.1, "float16": 0.02}.get(dtype, 1e-3)  # a gross-mismatch guard, as bench.compare's
+    record["max_abs_diff"] = diff
+    if not diff <= bound:
+        return {**record, "impls": {}, "error": f"VERIFICATION FAILED: max abs diff {diff:.3g} > {bound:g} "
+                                                f"against fastrnn's CPU kernels in float64 (eval mode)"}
+    fast.train()
+
+    def trainer(module, dt):
+        x = x64.to(device=device, dtype=dt).requires_grad_(True)
+        dy = dy64.to(device=device, dtype=dt)
+        params = list(module.parameters())
+
+        def step():
+            x.grad = None
+            for p in params:
+                p.grad = None
+            out, _ = module(x)
+            out.backward(dy)
+        return step
+
+    timed = time_cuda_interleaved(torch, {"fastrnn": trainer(fast, tdtype),
+                                          baseline: trainer(base, tdtype if baseline == "cudnn" else torch.float32)},
+                                  reps, min_sample_s)
+    return {**record, "impls": timed, "ratio_vs_baseline": timed["fastrnn"]["median_ms"] / timed[baseline]["median_ms"]}
+
+
+EXTRAS_HEAD = ("| case | dtype | fastrnn µs (min–max) | baseline | baseline µs (min–max) | fastrnn / baseline | "
+               "max abs diff (eval, vs CPU float64) |\n|---|---|---|---|---|---|---|")
+
+
+def format_extra_row(r: dict) -> str:
+    base = {"base": "fastrnn fp32 base cell", "cudnn": f"cuDNN {r['dtype']}"}[r["baseline"]]
+    if "error" in r:
+        return f"| {r['name']} | {r['dtype']} | {r['error'][:200]} | {base} | | | |"
+    return (f"| {r['name']} | {r['dtype']} | {_us(r['impls']['fastrnn'])} | {base} | {_us(r['impls'][r['baseline']])} | "
+            f"{r['ratio_vs_baseline']:.2f}x | {r['max_abs_diff']:.1e} |")
+
+
+def extras_title() -> str:
+    H, B, T = EXTRAS_SIZE
+    return (f"## LSTM variants, training modifiers, 16-bit storage (training, H={H}, B={B}, T={T}; "
+            "fastrnn / baseline is the time ratio, < 1 is faster)")
+
+
+def format_extras(result: dict) -> str:
+    if "extras" not in result:
+        return ""
+    rows = "\n".join(format_extra_row(r) for r in result["extras"])
+    note = (f"\n\n{result['extras_not_run']} extra case(s) not run (the --max-seconds cap)."
+            if result.get("extras_not_run") else "")
+    return f"\n{extras_title()}\n\n{EXTRAS_HEAD}\n{rows}{note}\n"
+
+
+def run_extras(torch, device, reps: int, min_sample_s: float, result: dict, t_start: float,
+               max_seconds: Optional[float], emit: Optional[Callable[[str], None]], bar) -> None:
+    """The EXTRAS cases into result["extras"] (and the markdown through ``emit``), stopping at
+    ``max_seconds`` after ``t_start`` (result["extras_not_run"] counts what was left)."""
+    result["extras"], result["extras_not_run"] = [], 0
+    if emit:
+        bar.clear()
+        emit(f"\n{extras_title()}\n\n{EXTRAS_HEAD}")
+    for k, (name, cell, options, dtype, baseline) in enumerate(EXTRAS):
+        if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+            result["extras_not_run"] = len(EXTRAS) - k
+            break
+        try:
+            row = run_extra(torch, name, cell, options, dtype, baseline, device, reps, min_sample_s)
+        except Exception as e:  # reported in its row, like the suite's cases
+            row = {"name": name, "cell": cell, "options": options, "dtype": dtype, "baseline": baseline,
+                   "impls": {}, "error": f"{type(e).__name__}: {e}"}
+        result["extras"].append(row)
+        if emit:
+            bar.clear()
+            emit(format_extra_row(row))
+        if "error" in row and not _context_alive(torch):
+            result["extras_not_run"] = len(EXTRAS) - k - 1
+            break
+
+
+# ------------------------------------------------------------------------------------------------
 # Header, the run, output
 # ------------------------------------------------------------------------------------------------
 
@@ -302,9 +437,11 @@ def make_header(torch, device) -> dict:
 def run(cells: Sequence[str] = DEFAULT_CELLS, modes: Sequence[str] = GPU_MODES, sizes=None, reps: int = 7,
         quick: bool = False, min_sample_s: Optional[float] = None, gemm_n: int = GEMM_N,
         max_seconds: Optional[float] = None, emit: Optional[Callable[[str], None]] = None,
-        progress: bool = True) -> dict:
+        progress: bool = True, extras: Optional[bool] = None) -> dict:
     """Runs the GPU suite (or ``sizes``) and returns the JSON-able result; ``emit`` gets the markdown
-    piece by piece (header and table head, then each row). Raises RuntimeError when no GPU is usable."""
+    piece by piece (header and table head, then each row). ``extras`` (default: a quick run of the
+    suite's own sizes) adds the EXTRAS table after it, within the same ``max_seconds``. Raises
+    RuntimeError when no GPU is usable."""
     reason = unavailable_reason()
     if reason:
         raise RuntimeError(reason)
@@ -343,6 +480,8 @@ def run(cells: Sequence[str] = DEFAULT_CELLS, modes: Sequence[str] = GPU_MODES, 
                 result["cases_not_run"] = len(cases) - k - 1
                 result["aborted"] = "the CUDA context failed (a sticky error): no further case can run"
                 break
+        if (quick and sizes is None if extras is None else extras) and "aborted" not in result:
+            run_extras(torch, device, reps, min_sample_s, result, t_start, max_seconds, emit, bar)
     finally:
         bar.clear()
     result["summary"] = summarize(result["cases"])
@@ -418,7 +557,7 @@ def format_summary(result: dict) -> str:
 
 def format_markdown(result: dict) -> str:
     rows = "\n".join(format_row(r) for r in result["cases"])
-    return f"{format_header(result)}\n\n{TABLE_HEAD}\n{rows}\n\n{format_summary(result)}\n"
+    return f"{format_header(result)}\n\n{TABLE_HEAD}\n{rows}\n\n{format_summary(result)}\n{format_extras(result)}"
 
 
 def results_basename(result: dict, quick: bool) -> str:
@@ -461,4 +600,4 @@ def main(args, parser) -> int:
         with open(base + ".md", "w") as f:
             f.write(text)
         print(f"saved {base}.json and {base}.md", file=sys.stderr)
-    return 1 if any("error" in r for r in result["cases"]) else 0
+    return 1 if any("error" in r for r in result["cases"] + result.get("extras", [])) else 0
