@@ -55,6 +55,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "common.h"
 
@@ -183,7 +184,8 @@ struct CellOptions {
   bool peephole = false;  // LSTM: weight_ch [3, H] (rows i, f, o), or [2, H] (f, o) when coupled
   bool coupled = false;   // LSTM: gate blocks (f, g, o), i = 1 - f (CIFG)
   double cell_clip = 0;   // LSTM: c_t clamped to [-cell_clip, cell_clip]; 0 = no clipping
-  bool any() const { return peephole || coupled || cell_clip > 0; }
+  bool reset_after = true;  // GRU: false applies r to h_{t-1} before the n product (GruResetBefore)
+  bool any() const { return peephole || coupled || cell_clip > 0 || !reset_after; }
 };
 
 // ---- phases: the time step as a compile-time list ---------------------------------------------
@@ -197,7 +199,7 @@ enum class PhaseKind : int { RecurrentProduct, Pointwise, RowReduction, Barrier 
 // What a recurrent product multiplies.
 enum class Operand : int {
   H,       // h_{t-1}
-  ResetH,  // r * h_{t-1} (the reset-before GRU; not implemented by the loops yet)
+  ResetH,  // r * h_{t-1} (the reset-before GRU): a [B, H] buffer a Pointwise phase fills (ForwardRow::reset_h)
   M,       // o * tanh(c) (the LSTM projection; not implemented yet)
 };
 enum class Weight : int {
@@ -205,18 +207,25 @@ enum class Weight : int {
   Hr,  // W_hr [P, H] (the LSTM projection; not implemented yet)
 };
 
-// gh = In W^T (+ b_hh), all gates of the thread's units. SeparateGrad: dL/d(gh) differs from
-// dL/d(gi) (GRU: gh_n enters scaled by r), so backward keeps dG_h in its own buffer and dW_hh,
-// db_hh and dL/dh_prev read it; otherwise dG_h is dG_i.
-template <Operand In, Weight W, bool SeparateGrad> struct RecurrentProduct {
+// gh = In W^T (+ b_hh) for the gate blocks [GateBegin, GateEnd) (GateEnd = -1: all G) of the
+// thread's units. SeparateGrad: dL/d(gh) differs from dL/d(gi) (GRU: gh_n enters scaled by r), so
+// backward keeps dG_h in its own buffer and dW_hh, db_hh and dL/dh_prev read it; otherwise dG_h is
+// dG_i. A product over some gates only reads and writes those gates' blocks of gh / dG_h, and
+// dW_hh's rows of those gates read its own operand (h_{t-1}, or r*h_{t-1} for ResetH).
+template <Operand In, Weight W, bool SeparateGrad, int GateBegin = 0, int GateEnd = -1> struct RecurrentProduct {
   static constexpr PhaseKind kKind = PhaseKind::RecurrentProduct;
   static constexpr Operand kInput = In;
   static constexpr Weight kWeight = W;
   static constexpr bool kSeparateGrad = SeparateGrad;
+  static constexpr int kGateBegin = GateBegin;
+  static constexpr int kGateEnd = GateEnd;  // -1: up to Cell::kGates
 };
 
-// The cell's pointwise forward / backward over the thread's units (Cell::forward / Cell::backward).
-// N numbers the pointwise phases of a step; the loops run N = 0, the one every cell has today.
+// The cell's pointwise forward / backward over the thread's units. N numbers the pointwise phases
+// of a step: N = 0 calls Cell::forward(row, j, ld, H) / Cell::backward(row, j, H), N > 0 the
+// overloads with a trailing Pointwise<N>{} tag. The last one of a step (the largest N) writes the
+// new states; an earlier one leaves its values for a later one in ForwardRow::between (and may fill
+// a product's operand, ForwardRow::reset_h). Backward runs them from the largest N down.
 template <int N = 0> struct Pointwise {
   static constexpr PhaseKind kKind = PhaseKind::Pointwise;
   static constexpr int kIndex = N;
@@ -247,6 +256,11 @@ template <class P0, class... P, class F> inline void for_each_phase_reversed(Pha
 }
 
 template <class Phase> constexpr bool is_phase(PhaseKind k) { return Phase::kKind == k; }
+// A Pointwise phase other than the step's last (index `last`): one that leaves values for a later one.
+template <class Phase> constexpr bool is_earlier_pointwise(int last) {
+  if constexpr (Phase::kKind == PhaseKind::Pointwise) return Phase::kIndex != last;
+  else return false;
+}
 template <class> constexpr bool kUnsupportedPhase = false;  // for static_assert in a loop's `else` branch
 
 namespace spec_detail {
@@ -255,7 +269,52 @@ template <class P> constexpr bool separate_grad_of() {
   else return false;
 }
 template <class... P> constexpr bool any_separate_grad(Phases<P...>) { return (false || ... || separate_grad_of<P>()); }
+template <class P> constexpr int pointwise_index_of() {
+  if constexpr (P::kKind == PhaseKind::Pointwise) return P::kIndex;
+  else return -1;
+}
+template <class... P> constexpr int last_pointwise(Phases<P...>) {
+  int n = -1;
+  ((n = pointwise_index_of<P>() > n ? pointwise_index_of<P>() : n), ...);
+  return n;
+}
+template <class P> constexpr bool reads_reset_h() {
+  if constexpr (P::kKind == PhaseKind::RecurrentProduct) return P::kInput == Operand::ResetH;
+  else return false;
+}
+template <class... P> constexpr bool any_reset_h(Phases<P...>) { return (false || ... || reads_reset_h<P>()); }
+// the first gate of the ResetH product, or G when there is none
+template <class P> constexpr int reset_h_begin_of(int G) {
+  if constexpr (P::kKind == PhaseKind::RecurrentProduct) return P::kInput == Operand::ResetH ? P::kGateBegin : G;
+  else return G;
+}
+template <class... P> constexpr int reset_h_begin(Phases<P...>, int G) {
+  int n = G;
+  ((n = reset_h_begin_of<P>(G) < n ? reset_h_begin_of<P>(G) : n), ...);
+  return n;
+}
+// every product on h_{t-1} covers exactly the gates below the ResetH product's, which covers the rest
+template <class P> constexpr bool product_split_ok(int G, int split) {
+  if constexpr (P::kKind == PhaseKind::RecurrentProduct) {
+    const int end = P::kGateEnd < 0 ? G : P::kGateEnd;
+    return P::kInput == Operand::ResetH ? (P::kGateBegin == split && end == G) : (P::kGateBegin == 0 && end == split);
+  } else {
+    return true;
+  }
+}
+template <class... P> constexpr bool products_split_ok(Phases<P...>, int G, int split) {
+  return (true && ... && product_split_ok<P>(G, split));
+}
+// Cell::kBetween where the spec declares it, else 0 (the single-phase cells need no such values).
+template <class Cell, class = void> struct between_of { static constexpr int value = 0; };
+template <class Cell> struct between_of<Cell, std::void_t<decltype(Cell::kBetween)>> {
+  static constexpr int value = Cell::kBetween;
+};
 }  // namespace spec_detail
+
+// The gate blocks [begin, end) a RecurrentProduct phase P of a cell with G gates covers.
+template <class P> constexpr int product_gate_begin() { return P::kGateBegin; }
+template <class P> constexpr int product_gate_end(int G) { return P::kGateEnd < 0 ? G : P::kGateEnd; }
 
 // What the loops ask of a spec, derived from its declarations.
 template <class Cell> struct SpecTraits {
@@ -267,6 +326,18 @@ template <class Cell> struct SpecTraits {
   static constexpr bool kSeparateHiddenGrad = spec_detail::any_separate_grad(typename Cell::Step{});
   // rows of per-unit parameters [kUnitRows, H] (LSTM peepholes); 0 for the base cells
   static constexpr int kUnitRows = Cell::kUnitRows;
+  // the largest Pointwise index of Step (the phase that writes the new states)
+  static constexpr int kLastPointwise = spec_detail::last_pointwise(typename Cell::Step{});
+  // a product reads r*h_{t-1} (Operand::ResetH): the loops keep that [B, H] operand per step
+  static constexpr bool kResetH = spec_detail::any_reset_h(typename Cell::Step{});
+  // values per unit and row that an earlier Pointwise phase leaves for a later one (ForwardRow::between)
+  static constexpr int kBetween = spec_detail::between_of<Cell>::value;
+  // W_hh's gate blocks [0, kResetHSplit) are the h_{t-1} product's, [kResetHSplit, G) the ResetH one's
+  static constexpr int kResetHSplit = spec_detail::reset_h_begin(typename Cell::Step{}, Cell::kGates);
+  static_assert(spec_detail::products_split_ok(typename Cell::Step{}, Cell::kGates, kResetHSplit),
+                "the loops run a product of h_{t-1} over the first gate blocks and at most one ResetH product over "
+                "the rest");
+  static_assert(kLastPointwise >= 0, "a step has a Pointwise phase");
   static_assert(Cell::kStates >= 1 && Cell::kStates <= 2, "the stacks pass h and at most one carried state (c)");
   static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0),
                 "LayerWeights holds the four kGateParams and w_ch (the per-unit matrix, kUnitRows > 0); another "
@@ -289,6 +360,9 @@ template <class T> struct ForwardRow {
   // issue 14's variants (trailing, so that the base cells' rows stay as they were):
   const T* unit_params = nullptr;  // [U*H] per-unit parameters (LSTM peepholes [U, H]), absolute unit index
   double cell_clip = 0;            // CellOptions::cell_clip (read by cells that clip)
+  // cells of several Pointwise phases (the reset-before GRU):
+  T* between = nullptr;  // [kBetween*ld] values for a later Pointwise phase of this step (gate(between, k, ld, j))
+  T* reset_h = nullptr;  // [H] the ResetH product's operand r*h_{t-1} (absolute unit index)
 };
 
 template <class T> struct BackwardRow {
@@ -309,6 +383,9 @@ template <class T> struct BackwardRow {
   double cell_clip = 0;
   T dc_clip = T(0); // grad_clip modifier (issue 15): > 0 clamps the total dL/dc of this step to
                     // [-dc_clip, dc_clip] (cells with a carried state); 0: off
+  // cells with a ResetH product (the reset-before GRU):
+  const T* dreset_h = nullptr;  // [H] dL/d(r*h_{t-1}) = dG_h(its gates) W_hh(its gates), all units' sum
+  T* reset_h = nullptr;         // [H] r*h_{t-1} again, for dW_hh's rows of that product
 };
 
 // x clamped to [-c, c] (c > 0), NaN kept; the grad_clip modifier's clamp, written once.

@@ -76,9 +76,10 @@ def _check_x(x) -> np.ndarray:
     return x
 
 
-def _check_options(cell: str, peephole, coupled, cell_clip) -> dict:
-    """The cell options of issue 14 (LSTM only): peephole, coupled (bools), cell_clip (None or a
-    number > 0; inf allowed). Returns them as the kernels take them (cell_clip 0.0 = no clipping)."""
+def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True) -> dict:
+    """The cell options of issue 14: peephole, coupled (bools), cell_clip (None or a number > 0; inf
+    allowed), all LSTM; reset_after (a bool, GRU). Returns them as the kernels take them (cell_clip
+    0.0 = no clipping); ``_is_variant`` tells whether any differs from the base cell."""
     for name, v in (("peephole", peephole), ("coupled", coupled)):
         if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
@@ -89,8 +90,16 @@ def _check_options(cell: str, peephole, coupled, cell_clip) -> dict:
             raise ValueError(f"cell_clip must be > 0 (None: no clipping), got {cell_clip}")
     if cell != "lstm" and (peephole or coupled or cell_clip is not None):
         raise ValueError(f"peephole, coupled and cell_clip are LSTM options, got them for cell {cell!r}")
+    if reset_after is not True and (cell != "gru" or not isinstance(reset_after, (bool, np.bool_))):
+        raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
     return dict(peephole=bool(peephole), coupled=bool(coupled),
-                cell_clip=0.0 if cell_clip is None else float(cell_clip))
+                cell_clip=0.0 if cell_clip is None else float(cell_clip), reset_after=bool(reset_after))
+
+
+def _is_variant(options: dict) -> bool:
+    """Whether the options (``_check_options``) select a variant rather than the base cell."""
+    return bool(options.get("peephole") or options.get("coupled") or options.get("cell_clip")
+                or not options.get("reset_after", True))
 
 
 def _gates(cell: str, options: dict) -> int:
@@ -199,9 +208,8 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         weights entry ends with w_ch [3, H] (rows i, f, o; coupled: [2, H], rows f, o), i and f see
         c_{t-1}, o sees c_t. coupled=True: gate blocks (f, g, o), G = 3, i = 1 - f. cell_clip=C > 0:
         c_t = clamp(f*c_{t-1} + i*g, -C, C) is carried and used for h.
-    reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014)
-        is not implemented by the kernels yet: NotImplementedError (fastrnn.reference and
-        fastrnn.nn.GRU(reset_after=False) compute it).
+    reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014):
+        n = tanh(W_in x + b_in + W_hn (r*h_{t-1}) + b_hn), same weights (README "Cell variants").
     layer_norm: the layer-normalised LSTM/GRU (README "Cell variants") is not fused in the kernels
         yet: NotImplementedError (fastrnn.reference.forward(..., layer_norm=True) and
         fastrnn.nn.LSTM/GRU(layer_norm=True), composed torch ops, compute it).
@@ -228,12 +236,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
     """
     cell = _check_cell(cell)
-    options = _check_options(cell, peephole, coupled, cell_clip)
-    if reset_after is not True:
-        if cell != "gru" or not isinstance(reset_after, bool):
-            raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
-        raise NotImplementedError("reset_after=False (the GRU of Cho et al. 2014) is not implemented by the kernels "
-                                  "yet: fastrnn.reference.forward and fastrnn.nn.GRU(reset_after=False) compute it")
+    options = _check_options(cell, peephole, coupled, cell_clip, reset_after)
     if layer_norm is not False:
         if cell not in ("lstm", "gru") or not isinstance(layer_norm, bool):
             raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
@@ -257,12 +260,12 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     lengths = _check_lengths(lengths, T, B)
     G = GATES[cell]
     _check_probability("zoneout", zoneout)
-    if any(options.values()) and (recurrent_dropout or weight_dropout or grad_clip is not None or dilation != 1
+    if _is_variant(options) and (recurrent_dropout or weight_dropout or grad_clip is not None or dilation != 1
                                   or zoneout or zoneout_cell or recurrent_mask is not None or weight_mask is not None
                                   or zoneout_mask is not None or zoneout_cell_mask is not None):
         raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
-                                  "zoneout, zoneout_cell) run the base cells only, not with peephole, coupled or "
-                                  "cell_clip")
+                                  "zoneout, zoneout_cell) run the base cells only, not with peephole, coupled, "
+                                  "cell_clip or reset_after=False")
     _check_probability("zoneout_cell", zoneout_cell)
     if cell != "lstm" and (zoneout_cell > 0 or zoneout_cell_mask is not None):
         raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got one for cell {cell!r}")
@@ -558,7 +561,8 @@ def lstm_forward(x, weights, h0=None, c0=None, **kwargs) -> RNNResult:
 
 
 def gru_forward(x, weights, h0=None, **kwargs) -> RNNResult:
-    """``forward("gru", ...)``: gates r, z, n, reset applied after the hidden product (PyTorch's GRU)."""
+    """``forward("gru", ...)``: gates r, z, n, reset applied after the hidden product (PyTorch's GRU), or
+    before it with ``reset_after=False`` (Cho et al. 2014); see :func:`forward`."""
     return forward("gru", x, weights, h0, **kwargs)
 
 
@@ -707,7 +711,7 @@ class PreparedCell(_PreparedStep):
     def __init__(self, cell: str, w_ih, w_hh, b_ih=None, b_hh=None, *, weight_dtype=None, peephole: bool = False,
                  coupled: bool = False, cell_clip=None):
         self.cell = _check_cell(cell)
-        if any(_check_options(self.cell, peephole, coupled, cell_clip).values()):
+        if _is_variant(_check_options(self.cell, peephole, coupled, cell_clip)):
             raise NotImplementedError("PreparedCell runs the base cells only: for the LSTM variants (peephole, "
                                       "coupled, cell_clip) call fastrnn.forward on a one-step sequence")
         w_ih, w_hh = _array("w_ih", w_ih), _array("w_hh", w_hh)

@@ -15,10 +15,11 @@ modules never pay outside ``torch.compile``.
     y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
                                                        num_layers, bidirectional, training)
 
-``cell`` is a cell name or, for issue 14's LSTM variants, the name with its options:
-``"lstm+peephole+coupled+cell_clip=0.5"`` (``variant_cell`` builds it; order free). With
-``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
-has G = 3 gate blocks. The variants run on the CPU (CUDA: NotImplementedError).
+``cell`` is a cell name or, for issue 14's variants, the name with its options:
+``"lstm+peephole+coupled+cell_clip=0.5"``, ``"gru+reset_before"`` (GRU(reset_after=False))
+(``variant_cell`` builds it; order free). With ``peephole`` each layer and direction's tensors end
+with w_ch [U, H] (U = 3, coupled 2); ``coupled`` has G = 3 gate blocks. The variants run on the CPU
+(CUDA: NotImplementedError).
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -69,25 +70,30 @@ _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Te
 _KERNEL_KEY = "CompositeExplicitAutograd"
 
 
-_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0))
+_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0), ("reset_after", True))
 
 
-def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None) -> str:
-    """The op's ``cell`` string of a cell with issue 14's options ("lstm+peephole+cell_clip=0.5")."""
+def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
+                 reset_after: bool = True) -> str:
+    """The op's ``cell`` string of a cell with issue 14's options ("lstm+peephole+cell_clip=0.5",
+    "gru+reset_before")."""
     parts = [cell] + (["peephole"] if peephole else []) + (["coupled"] if coupled else [])
     if cell_clip is not None:
         parts.append(f"cell_clip={float(cell_clip)!r}")
+    if not reset_after:
+        parts.append("reset_before")
     return "+".join(parts)
 
 
 @functools.lru_cache(maxsize=64)
 def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
-    ("coupled", bool), ("cell_clip", float, 0.0 = none))). ValueError for anything else."""
+    ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool))). ValueError for anything
+    else."""
     base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
     if base not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM), "
-                         f"got {cell!r}")
+        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM, "
+                         f"+reset_before for the GRU), got {cell!r}")
     opts = dict(_NO_OPTIONS)
     for part in parts:
         if part in ("peephole", "coupled"):
@@ -99,10 +105,15 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
                 raise ValueError(f"cell {cell!r}: cell_clip must be a number") from None
             if not opts["cell_clip"] > 0:
                 raise ValueError(f"cell {cell!r}: cell_clip must be > 0")
+        elif part == "reset_before":
+            opts["reset_after"] = False
         else:
-            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C)")
-    if parts and base != "lstm":
+            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, reset_before)")
+    lstm_parts = [p for p in parts if p != "reset_before"]
+    if lstm_parts and base != "lstm":
         raise ValueError(f"cell {cell!r}: peephole, coupled and cell_clip are LSTM options")
+    if not opts["reset_after"] and (base != "gru" or lstm_parts):
+        raise ValueError(f"cell {cell!r}: reset_before is a GRU option")
     return base, tuple(opts.items())
 
 
@@ -216,7 +227,8 @@ def _check_modifiers_cell(cell: str, recurrent_mask, grad_clip, zoneout_h, zoneo
     if cell != split_cell(cell)[0] and (recurrent_mask is not None or grad_clip or zoneout_h is not None
                                         or zoneout_c is not None):
         raise NotImplementedError(f"the training modifiers (recurrent_dropout, grad_clip, zoneout) run the base "
-                                  f"cells only, not the LSTM variant {cell!r} (peephole, coupled, cell_clip)")
+                                  f"cells only, not the variant {cell!r} (peephole, coupled, cell_clip, "
+                                  f"reset_before)")
 
 
 # ---- the kernels' entry points ---------------------------------------------------------------------
@@ -249,8 +261,8 @@ def _entry_points(x: Tensor, cell: str):
     if kind == "cpu":
         return _core.forward_ptrs, _core.backward_ptrs
     if cell != split_cell(cell)[0]:
-        raise NotImplementedError(f"the LSTM variants (cell {cell!r}: peephole, coupled, cell_clip) run on the CPU "
-                                  "only; the CUDA kernels implement the base cells")
+        raise NotImplementedError(f"the cell variants (cell {cell!r}: peephole, coupled, cell_clip, reset_before) "
+                                  "run on the CPU only; the CUDA kernels implement the base cells")
     if kind == "cuda":
         cuda = getattr(_core, "cuda", None)
         if cuda is None or not hasattr(cuda, "forward"):
