@@ -12,10 +12,18 @@ import numpy as np
 import pytest
 
 import fastrnn
+import tolerances
 from fastrnn import reference
 from tolerances import assert_close
 
 DTYPES = (np.float32, np.float64)
+# The layer norm's rows (moved into tests/tolerances.py with the test layout's merge): LN divides by
+# the row's standard deviation, so a row whose values nearly agree (the cell norm over H = 5 units of
+# a second layer) amplifies the float32 rounding of the stored c and products: worst seen 1.2e-5
+# (outputs) and 1.2e-3 (dln_bias_c) over the matrix below and 20 random sizes up to 12, float64
+# 6.5e-14 in the same case (mistakes show there: a wrong term is >= 1e-3). Tolerances ~4-8x those.
+tolerances.TOLERANCES.setdefault("float32-layer-norm", {"output": 1e-4, "grad": 5e-3})
+tolerances.TOLERANCES.setdefault("float64-layer-norm", {"output": 1e-13, "grad": 5e-13})
 
 
 def gru_problem(dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False, seed=0, scale=1.0):
@@ -144,3 +152,132 @@ def test_gru_reset_before_refuses_what_it_does_not_run():
         fastrnn.forward("gru", x, w, reset_after="no")
     with pytest.raises(NotImplementedError, match="reset_after=False"):
         fastrnn.forward("gru", x, w, reset_after=False, recurrent_dropout=0.5, training=True)
+
+
+# ---- layer_norm=True (LSTM and GRU) ----------------------------------------------------------------
+def layer_norm_problem(cell, dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False, seed=0):
+    """A seeded layer-normalised problem, weights in fastrnn.nn's order (w_ih, w_hh[, b_ih, b_hh],
+    ln_weight_ih, ln_weight_hh[, ln_weight_c, ln_bias_c]) with the norm's vectors drawn away from
+    their init (ones, zeros) so that their gradients are tested in general position."""
+    rng = np.random.default_rng(seed)
+    D = 2 if bidirectional else 1
+    G = 4 if cell == "lstm" else 3
+    weights = fastrnn.init_weights(cell, I, H, num_layers, bidirectional=bidirectional, bias=bias, dtype=np.float64,
+                                   seed=seed)
+    lns = [(1.0 + 0.3 * rng.standard_normal(G * H), 1.0 + 0.3 * rng.standard_normal(G * H))
+           + ((1.0 + 0.3 * rng.standard_normal(H), 0.3 * rng.standard_normal(H)) if cell == "lstm" else ())
+           for _ in weights]
+    weights = [tuple(a.astype(dtype) for a in tuple(2.0 * w for w in entry) + ln) for entry, ln in zip(weights, lns)]
+    state = (num_layers * D, B, H)
+    lengths = None
+    if ragged:
+        lengths = rng.integers(1, T + 1, B)
+        lengths[0] = T
+        if B > 1:
+            lengths[-1] = 1
+        rng.shuffle(lengths)
+    lstm = cell == "lstm"
+    return dict(cell=cell, x=rng.standard_normal((T, B, I)).astype(dtype), weights=weights,
+                h0=(0.5 * rng.standard_normal(state)).astype(dtype),
+                c0=rng.standard_normal(state).astype(dtype) if lstm else None, lengths=lengths,
+                dy=rng.standard_normal((T, B, D * H)).astype(dtype), dhn=rng.standard_normal(state).astype(dtype),
+                dcn=rng.standard_normal(state).astype(dtype) if lstm else None,
+                bidirectional=bidirectional, dtype=np.dtype(dtype), bias=bias)
+
+
+def run_layer_norm(module, p, with_state=True):
+    cast = (lambda a: None if a is None else np.asarray(a, np.float64)) if module is reference else (lambda a: a)
+    weights = [tuple(cast(w) for w in entry) for entry in p["weights"]]
+    res = module.forward(p["cell"], cast(p["x"]), weights, cast(p["h0"]) if with_state else None,
+                         cast(p["c0"]) if with_state else None, lengths=p["lengths"],
+                         bidirectional=p["bidirectional"], training=True, layer_norm=True)
+    grads = module.backward(res.saved, cast(p["dy"]), cast(p["dhn"]), cast(p["dcn"]))
+    out = {"output": res.output, "h_n": res.h_n, "c_n": res.c_n, "dx": grads.dx, "dh0": grads.dh0, "dc0": grads.dc0}
+    names = (["dw_ih", "dw_hh"] + (["db_ih", "db_hh"] if p["bias"] else []) + ["dln_weight_ih", "dln_weight_hh"]
+             + (["dln_weight_c", "dln_bias_c"] if p["cell"] == "lstm" else []))
+    for k, entry in enumerate(grads.dweights):
+        assert len(entry) == len(names)
+        for name, g in zip(names, entry):
+            out[f"dweights[{k}].{name}"] = g
+    return out
+
+
+def assert_layer_norm_matches_reference(p, with_state=True):
+    fast, ref = run_layer_norm(fastrnn, p, with_state), run_layer_norm(reference, p, with_state)
+    assert fast.keys() == ref.keys()
+    for name in fast:
+        if fast[name] is not None:
+            assert fast[name].dtype == p["dtype"], name
+        assert_close(fast[name], ref[name], p["dtype"].name + "-layer-norm", name)
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "no-state"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_layer_norm_kernels_match_reference(cell, dtype, num_layers, bidirectional, ragged, with_state):
+    seed = zlib.crc32(repr(("ln", cell, np.dtype(dtype).name, num_layers, bidirectional, ragged)).encode())
+    p = layer_norm_problem(cell, dtype, num_layers, bidirectional, T=6, B=3, I=4, H=5, ragged=ragged, seed=seed)
+    assert_layer_norm_matches_reference(p, with_state)
+
+
+LN_AWKWARD = [  # (T, B, I, H)
+    (1, 1, 1, 2),
+    (3, 2, 37, 21),    # T*B < 16: few rows through the BLAS
+    (3, 7, 37, 21),    # packed panels
+    (2, 33, 3, 19),    # odd batch and H
+    (2, 3, 150, 250),  # T*B < 16 with weights >= 2 MB: rows_gemm.h's kernels
+    (4, 5, 16, 40),    # three reduction blocks, over threads (FASTRNN_MIN_STEP_FLOPS=0)
+]
+
+
+@pytest.mark.parametrize("size", LN_AWKWARD, ids=["T%d-B%d-I%d-H%d" % s for s in LN_AWKWARD])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_layer_norm_awkward_sizes(cell, dtype, size):
+    T, B, I, H = size
+    p = layer_norm_problem(cell, dtype, 2, True, T, B, I, H, ragged=True, seed=sum(size))
+    assert_layer_norm_matches_reference(p)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_layer_norm_without_bias(cell):
+    p = layer_norm_problem(cell, np.float64, 2, True, 5, 3, 4, 6, bias=False, ragged=True, seed=5)
+    assert len(p["weights"][0]) == (6 if cell == "lstm" else 4)
+    assert_layer_norm_matches_reference(p)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_layer_norm_does_not_depend_on_the_thread_count(cell):
+    """The row statistics are combined per 16-unit block in block order: the outputs and final states
+    of 1 and 2 threads agree bit for bit (the weight gradients' GEMMs are split by thread, their
+    rounding may differ)."""
+    p = layer_norm_problem(cell, np.float32, 1, False, 4, 3, 5, 48, seed=6)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        one = run_layer_norm(fastrnn, p)
+        fastrnn.set_num_threads(2)
+        two = run_layer_norm(fastrnn, p)
+    finally:
+        fastrnn.set_num_threads(before)
+    for name in ("output", "h_n", "c_n"):
+        if one[name] is not None:
+            np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+
+
+def test_layer_norm_refuses_what_it_does_not_run():
+    x = np.zeros((2, 1, 3), np.float32)
+    w = layer_norm_problem("lstm", np.float32, 1, False, 2, 1, 3, 4)["weights"]
+    with pytest.raises(ValueError, match="layer_norm is an LSTM/GRU option"):
+        fastrnn.forward("rnn_tanh", x, fastrnn.init_weights("rnn_tanh", 3, 4), layer_norm=True)
+    with pytest.raises(ValueError, match="does not combine"):
+        fastrnn.forward("lstm", x, w, layer_norm=True, peephole=True)
+    with pytest.raises(ValueError, match="layer_norm=True"):
+        fastrnn.forward("lstm", x, fastrnn.init_weights("lstm", 3, 4), layer_norm=True)  # no norm vectors
+    with pytest.raises(ValueError, match=r"ln_bias_c, layer 0, forward\) must have shape \(H,\)"):
+        fastrnn.forward("lstm", x, [w[0][:-1] + (np.ones(5, np.float32),)], layer_norm=True)
+    with pytest.raises(NotImplementedError, match="layer_norm"):
+        fastrnn.forward("lstm", x, w, layer_norm=True, zoneout=0.5, training=True)

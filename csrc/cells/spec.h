@@ -185,7 +185,8 @@ struct CellOptions {
   bool coupled = false;   // LSTM: gate blocks (f, g, o), i = 1 - f (CIFG)
   double cell_clip = 0;   // LSTM: c_t clamped to [-cell_clip, cell_clip]; 0 = no clipping
   bool reset_after = true;  // GRU: false applies r to h_{t-1} before the n product (GruResetBefore)
-  bool any() const { return peephole || coupled || cell_clip > 0 || !reset_after; }
+  bool layer_norm = false;  // LSTM, GRU: haste's layer-normalised cell (LstmLayerNorm, GruLayerNorm)
+  bool any() const { return peephole || coupled || cell_clip > 0 || !reset_after || layer_norm; }
 };
 
 // ---- phases: the time step as a compile-time list ---------------------------------------------
@@ -231,12 +232,43 @@ template <int N = 0> struct Pointwise {
   static constexpr int kIndex = N;
 };
 
-// Room for layer norm: a reduction of a per-unit quantity over a whole row (CPU: each thread's
-// partial sums then a barrier; CUDA: a block reduction). No loop implements it yet: a spec that
-// lists one fails to compile with a message saying so.
+// A reduction over a whole row across the threads that own its slices of units (layer norm).
+// Forward: the spec gives, per block of kReduceBlock units, the moments (count, mean, M2) of its
+// kReduced<N> quantities (Cell::row_moments(row, j_begin, j_end, ld, H, RowReduction<N>, Moments*));
+// the loop combines the blocks in block order (Chan's formula; independent of the thread count)
+// into the row's (mean, 1/sqrt(var + eps)) per quantity, ForwardRow::stats of the next Pointwise
+// phase. Backward: after the later phases' backward, the spec gives per block the sums of its
+// kReducedGrad<N> quantities (Cell::row_sums(row, j_begin, j_end, H, RowReduction<N>, double*)), the
+// loop adds the blocks in block order into BackwardRow::stats and runs Cell::backward(row, j, H,
+// RowReduction<N>{}) on the thread's units (the norm's backward). CPU: per-block partials in a shared
+// buffer, one barrier; deterministic.
 template <int N = 0> struct RowReduction {
   static constexpr PhaseKind kKind = PhaseKind::RowReduction;
   static constexpr int kIndex = N;
+};
+inline constexpr int kReduceBlock = 16;  // units per partial of a RowReduction (the loops' kUnitAlign)
+inline constexpr double kLayerNormEps = 1e-5;
+
+// Moments of a set of values: count, mean and the sum of squared deviations from it.
+struct Moments {
+  double n, mean, m2;
+};
+// The moments of a and b together (Chan et al.'s pairwise update).
+FASTRNN_HD Moments merge_moments(Moments a, Moments b) {
+  if (b.n == 0) return a;
+  const double n = a.n + b.n, delta = b.mean - a.mean;
+  return {n, a.mean + delta * (b.n / n), a.m2 + b.m2 + delta * delta * (a.n * b.n / n)};
+}
+
+// The layer norm's vectors of one layer and direction (fastrnn.nn's ln_weight_ih/hh, ln_weight_c,
+// ln_bias_c) and the biases it adds after the norm; nullptr where absent (no biases; GRU: no c).
+template <class T> struct NormParams {
+  const T* g_ih;  // [G*H] gain of LN(W_ih x)
+  const T* g_hh;  // [G*H] gain of LN(W_hh h)
+  const T* b_ih;  // [G*H] or nullptr
+  const T* b_hh;  // [G*H] or nullptr
+  const T* g_c;   // [H] gain of LN(c) (LSTM)
+  const T* b_c;   // [H] bias of LN(c) (LSTM)
 };
 
 struct Barrier {
@@ -310,6 +342,18 @@ template <class Cell, class = void> struct between_of { static constexpr int val
 template <class Cell> struct between_of<Cell, std::void_t<decltype(Cell::kBetween)>> {
   static constexpr int value = Cell::kBetween;
 };
+template <class Cell, class = void> struct between_grad_of { static constexpr int value = 0; };
+template <class Cell> struct between_grad_of<Cell, std::void_t<decltype(Cell::kBetweenGrad)>> {
+  static constexpr int value = Cell::kBetweenGrad;
+};
+template <class Cell, class = void> struct layer_norm_of {
+  static constexpr bool value = false;
+  static constexpr int rows = 0, params = 0;
+};
+template <class Cell> struct layer_norm_of<Cell, std::void_t<decltype(Cell::kLayerNorm)>> {
+  static constexpr bool value = Cell::kLayerNorm;
+  static constexpr int rows = Cell::kNormRows, params = Cell::kNormParams;
+};
 }  // namespace spec_detail
 
 // The gate blocks [begin, end) a RecurrentProduct phase P of a cell with G gates covers.
@@ -332,6 +376,12 @@ template <class Cell> struct SpecTraits {
   static constexpr bool kResetH = spec_detail::any_reset_h(typename Cell::Step{});
   // values per unit and row that an earlier Pointwise phase leaves for a later one (ForwardRow::between)
   static constexpr int kBetween = spec_detail::between_of<Cell>::value;
+  // the same in backward (BackwardRow::between, kBetweenGrad*H per row)
+  static constexpr int kBetweenGrad = spec_detail::between_grad_of<Cell>::value;
+  // a layer-normalised cell: its products start without biases, rows carry NormParams
+  static constexpr bool kLayerNorm = spec_detail::layer_norm_of<Cell>::value;
+  // per-row shares of the norm's parameter gradients [kNormRows, H], summed over rows after the loop
+  static constexpr int kNormRows = spec_detail::layer_norm_of<Cell>::rows;
   // W_hh's gate blocks [0, kResetHSplit) are the h_{t-1} product's, [kResetHSplit, G) the ResetH one's
   static constexpr int kResetHSplit = spec_detail::reset_h_begin(typename Cell::Step{}, Cell::kGates);
   static_assert(spec_detail::products_split_ok(typename Cell::Step{}, Cell::kGates, kResetHSplit),
@@ -339,9 +389,9 @@ template <class Cell> struct SpecTraits {
                 "the rest");
   static_assert(kLastPointwise >= 0, "a step has a Pointwise phase");
   static_assert(Cell::kStates >= 1 && Cell::kStates <= 2, "the stacks pass h and at most one carried state (c)");
-  static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0),
-                "LayerWeights holds the four kGateParams and w_ch (the per-unit matrix, kUnitRows > 0); another "
-                "parameter needs its field there (see above)");
+  static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0) + spec_detail::layer_norm_of<Cell>::params,
+                "LayerWeights holds the four kGateParams, w_ch (the per-unit matrix, kUnitRows > 0) and the layer "
+                "norm's vectors (2, LSTM 4); another parameter needs its field there (see above)");
   static_assert(Cell::kStateDecls[0].name[0] == 'h', "state 0 is h");
 };
 
@@ -363,6 +413,10 @@ template <class T> struct ForwardRow {
   // cells of several Pointwise phases (the reset-before GRU):
   T* between = nullptr;  // [kBetween*ld] values for a later Pointwise phase of this step (gate(between, k, ld, j))
   T* reset_h = nullptr;  // [H] the ResetH product's operand r*h_{t-1} (absolute unit index)
+  // layer-normalised cells: the norm's parameters, and the preceding RowReduction's (mean, inv_std)
+  // per quantity (the products then start without their biases: the cell adds them after the norm)
+  const NormParams<T>* norm = nullptr;
+  const double* stats = nullptr;
 };
 
 template <class T> struct BackwardRow {
@@ -386,6 +440,11 @@ template <class T> struct BackwardRow {
   // cells with a ResetH product (the reset-before GRU):
   const T* dreset_h = nullptr;  // [H] dL/d(r*h_{t-1}) = dG_h(its gates) W_hh(its gates), all units' sum
   T* reset_h = nullptr;         // [H] r*h_{t-1} again, for dW_hh's rows of that product
+  // layer-normalised cells: the norm's parameters, a RowReduction's row sums, and per-row values
+  // the backward phases of a step pass on ([kBetweenGrad*H], slot k of unit j at k*H + j)
+  const NormParams<T>* norm = nullptr;
+  const double* stats = nullptr;
+  T* between = nullptr;
 };
 
 // x clamped to [-c, c] (c > 0), NaN kept; the grad_clip modifier's clamp, written once.

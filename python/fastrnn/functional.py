@@ -76,10 +76,11 @@ def _check_x(x) -> np.ndarray:
     return x
 
 
-def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True) -> dict:
+def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True, layer_norm=False) -> dict:
     """The cell options of issue 14: peephole, coupled (bools), cell_clip (None or a number > 0; inf
-    allowed), all LSTM; reset_after (a bool, GRU). Returns them as the kernels take them (cell_clip
-    0.0 = no clipping); ``_is_variant`` tells whether any differs from the base cell."""
+    allowed), all LSTM; reset_after (a bool, GRU); layer_norm (a bool, LSTM and GRU, not with the
+    others). Returns them as the kernels take them (cell_clip 0.0 = no clipping); ``_is_variant``
+    tells whether any differs from the base cell."""
     for name, v in (("peephole", peephole), ("coupled", coupled)):
         if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
@@ -92,14 +93,20 @@ def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True) ->
         raise ValueError(f"peephole, coupled and cell_clip are LSTM options, got them for cell {cell!r}")
     if reset_after is not True and (cell != "gru" or not isinstance(reset_after, (bool, np.bool_))):
         raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
+    if layer_norm is not False:
+        if cell not in ("lstm", "gru") or not isinstance(layer_norm, (bool, np.bool_)):
+            raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
+        if layer_norm and (peephole or coupled or cell_clip is not None or not reset_after):
+            raise ValueError("layer_norm=True does not combine with peephole, coupled, cell_clip or reset_after=False")
     return dict(peephole=bool(peephole), coupled=bool(coupled),
-                cell_clip=0.0 if cell_clip is None else float(cell_clip), reset_after=bool(reset_after))
+                cell_clip=0.0 if cell_clip is None else float(cell_clip), reset_after=bool(reset_after),
+                layer_norm=bool(layer_norm))
 
 
 def _is_variant(options: dict) -> bool:
     """Whether the options (``_check_options``) select a variant rather than the base cell."""
     return bool(options.get("peephole") or options.get("coupled") or options.get("cell_clip")
-                or not options.get("reset_after", True))
+                or not options.get("reset_after", True) or options.get("layer_norm"))
 
 
 def _gates(cell: str, options: dict) -> int:
@@ -110,9 +117,11 @@ def _gates(cell: str, options: dict) -> int:
 def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype, options=None) -> tuple:
     """Returns (weights as tuples of arrays, hidden_size, num_layers, bias). Nothing is copied here:
     the caller checks the sizes first (a broadcast view may be far too large to copy). With
-    peepholes every entry ends with w_ch [U, H] (U = 3, coupled 2)."""
+    peepholes every entry ends with w_ch [U, H] (U = 3, coupled 2); with layer_norm with
+    ln_weight_ih, ln_weight_hh [G*H] and, for the LSTM, ln_weight_c, ln_bias_c [H]."""
     options = options or {}
-    peep = 1 if options.get("peephole") else 0
+    n_ln = (4 if cell == "lstm" else 2) if options.get("layer_norm") else 0
+    peep = (1 if options.get("peephole") else 0) + n_ln
     U = 2 if options.get("coupled") else 3
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
@@ -122,6 +131,10 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
     G = _gates(cell, options)
     first = weights[0]
     if not isinstance(first, (list, tuple)) or len(first) not in (2 + peep, 4 + peep):
+        if n_ln:
+            ln_names = ", ln_weight_ih, ln_weight_hh" + (", ln_weight_c, ln_bias_c" if cell == "lstm" else "")
+            raise ValueError(f"weights[0] must be a tuple (w_ih, w_hh{ln_names}) or (w_ih, w_hh, b_ih, b_hh{ln_names}) "
+                             "(layer_norm=True)")
         if peep:
             raise ValueError("weights[0] must be a tuple (w_ih, w_hh, w_ch) or (w_ih, w_hh, b_ih, b_hh, w_ch) "
                              "(peephole=True)")
@@ -142,10 +155,14 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
         shapes = [(G * H, in_size), (G * H, H), (G * H,), (G * H,)][:4 if bias else 2]
         formulas = [f"({G}*H, {'I' if layer == 0 else f'{num_directions}*H'}) = ", f"({G}*H, H) = ",
                     f"({G}*H,) = ", f"({G}*H,) = "][:4 if bias else 2]
-        if peep:
+        if options.get("peephole"):
             names.append("w_ch")
             shapes.append((U, H))
             formulas.append(f"({U}, H) = ")
+        if n_ln:
+            names += ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln]
+            shapes += [(G * H,), (G * H,), (H,), (H,)][:n_ln]
+            formulas += [f"({G}*H,) = ", f"({G}*H,) = ", "(H,) = ", "(H,) = "][:n_ln]
         arrays = []
         for i, a in enumerate(entry):
             name = f"weights[{k}][{i}] ({names[i]}, {where})"
@@ -210,9 +227,9 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         c_t = clamp(f*c_{t-1} + i*g, -C, C) is carried and used for h.
     reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014):
         n = tanh(W_in x + b_in + W_hn (r*h_{t-1}) + b_hn), same weights (README "Cell variants").
-    layer_norm: the layer-normalised LSTM/GRU (README "Cell variants") is not fused in the kernels
-        yet: NotImplementedError (fastrnn.reference.forward(..., layer_norm=True) and
-        fastrnn.nn.LSTM/GRU(layer_norm=True), composed torch ops, compute it).
+    layer_norm: the layer-normalised LSTM/GRU (haste's form; README "Cell variants"): each weights
+        entry ends with ln_weight_ih, ln_weight_hh [G*H] and, for the LSTM, ln_weight_c, ln_bias_c
+        [H] (after the biases, if any); not with peephole, coupled, cell_clip or reset_after=False.
 
     ``saved`` keeps references to ``x`` (when already time-major and C-contiguous), the weights,
     h0, c0 and lengths, not copies: changing any of them in place before ``backward`` silently
@@ -236,13 +253,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
     """
     cell = _check_cell(cell)
-    options = _check_options(cell, peephole, coupled, cell_clip, reset_after)
-    if layer_norm is not False:
-        if cell not in ("lstm", "gru") or not isinstance(layer_norm, bool):
-            raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
-        raise NotImplementedError("layer_norm=True is not fused in the kernels yet: fastrnn.reference.forward(..., "
-                                  "layer_norm=True) and fastrnn.nn.LSTM/GRU(layer_norm=True) (composed torch ops, "
-                                  "autograd backward) compute it")
+    options = _check_options(cell, peephole, coupled, cell_clip, reset_after, layer_norm)
     x = _check_x(x)
     D = 2 if bidirectional else 1
     if batch_first:
@@ -265,7 +276,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
                                   or zoneout_mask is not None or zoneout_cell_mask is not None):
         raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
                                   "zoneout, zoneout_cell) run the base cells only, not with peephole, coupled, "
-                                  "cell_clip or reset_after=False")
+                                  "cell_clip, reset_after=False or layer_norm")
     _check_probability("zoneout_cell", zoneout_cell)
     if cell != "lstm" and (zoneout_cell > 0 or zoneout_cell_mask is not None):
         raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got one for cell {cell!r}")
