@@ -230,10 +230,14 @@ bool is_float64(py::array x) {
 // checks its arrays and runs with the GIL released. One Python class for every dtype/storage.
 class PreparedCellBinding {
  public:
-  PreparedCellBinding(int cell, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, bool half) {
+  PreparedCellBinding(int cell, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, bool half,
+                      bool peephole, bool coupled, double cell_clip, py::object w_ch)
+      : options_(cell_options(peephole, coupled, cell_clip, true, false)) {
     if (!fastrnn::valid_cell_id(cell))
       throw py::value_error("cell must be 0.." + std::to_string(fastrnn::kNumCells - 1) + ", got " + std::to_string(cell));
     const auto kind = static_cast<fastrnn::CellKind>(cell);
+    if (!(cell_clip >= 0)) throw py::value_error("cell_clip must be > 0 (0: no clipping)");
+    (void)fastrnn::param_counts(kind, options_);  // options the cell does not have: ArgumentError
     if (w_hh.ndim() != 2 || w_ih.ndim() != 2)
       throw py::value_error("w_ih and w_hh must be 2-D, got " + std::to_string(w_ih.ndim()) + "-D and " +
                             std::to_string(w_hh.ndim()) + "-D");
@@ -242,11 +246,11 @@ class PreparedCellBinding {
     if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
     if (is_float64(w_ih)) {
       if (half) throw py::value_error("float16 weight storage is for float32 weights only");
-      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, f64_);
+      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f64_);
     } else if (half) {
-      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, f16_);
+      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f16_);
     } else {
-      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, f32_);
+      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f32_);
     }
     lstm_ = fastrnn::dispatch_cell(kind, [](auto c) { return fastrnn::SpecTraits<decltype(c)>::kCarriesState; });
   }
@@ -261,16 +265,18 @@ class PreparedCellBinding {
 
  private:
   template <class T, class W>
-  void make(fastrnn::CellKind kind, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh,
+  void make(fastrnn::CellKind kind, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, py::object w_ch,
             std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
     using fastrnn::param_shape;
-    const T* wi = checked<T>(w_ih, "w_ih", param_shape(kind, I_, H_, 0), false, false);
-    const T* wh = checked<T>(w_hh, "w_hh", param_shape(kind, I_, H_, 1), false, false);
-    const T* bi = checked<T>(b_ih, "b_ih", param_shape(kind, I_, H_, 2), true, false);
-    const T* bh = checked<T>(b_hh, "b_hh", param_shape(kind, I_, H_, 3), true, false);
+    const auto& o = options_;
+    const T* wi = checked<T>(w_ih, "w_ih", param_shape(kind, I_, H_, 0, o), false, false);
+    const T* wh = checked<T>(w_hh, "w_hh", param_shape(kind, I_, H_, 1, o), false, false);
+    const T* bi = checked<T>(b_ih, "b_ih", param_shape(kind, I_, H_, 2, o), true, false);
+    const T* bh = checked<T>(b_hh, "b_hh", param_shape(kind, I_, H_, 3, o), true, false);
+    const T* ch = o.peephole ? checked<T>(w_ch, "w_ch", param_shape(kind, I_, H_, 4, o), false, false) : nullptr;
     if ((bi == nullptr) != (bh == nullptr)) throw py::value_error("give both b_ih and b_hh, or neither");
     py::gil_scoped_release release;
-    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh);
+    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh, o, ch);
   }
 
   template <class T, class P>
@@ -287,6 +293,7 @@ class PreparedCellBinding {
     cell.step(B, xp, hp, cp, hop, cop);
   }
 
+  fastrnn::CellOptions options_;
   int64 I_ = 0, H_ = 0;
   bool lstm_ = false;
   std::unique_ptr<fastrnn::cpu::PreparedCell<float, float>> f32_;
@@ -593,8 +600,10 @@ PYBIND11_MODULE(_core, m) {
         "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream).");
 
   py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")
-      .def(py::init<int, py::array, py::array, py::object, py::object, bool>(), py::arg("cell"), py::arg("w_ih"),
-           py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("half"))
+      .def(py::init<int, py::array, py::array, py::object, py::object, bool, bool, bool, double, py::object>(),
+           py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("half"),
+           py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
+           py::arg("w_ch") = py::none())
       .def("step", &PreparedCellBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"));
 

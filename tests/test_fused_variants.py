@@ -281,3 +281,48 @@ def test_layer_norm_refuses_what_it_does_not_run():
         fastrnn.forward("lstm", x, [w[0][:-1] + (np.ones(5, np.float32),)], layer_norm=True)
     with pytest.raises(NotImplementedError, match="layer_norm"):
         fastrnn.forward("lstm", x, w, layer_norm=True, zoneout=0.5, training=True)
+
+
+# ---- fastrnn.PreparedCell with the variants ---------------------------------------------------------
+PREPARED_VARIANTS = [(True, False, None), (False, True, None), (False, False, 0.4), (True, True, 0.3)]
+
+
+@pytest.mark.parametrize("H", [1, 21, 37])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", PREPARED_VARIANTS, ids=["peep", "cifg", "clip", "peep-cifg-clip"])
+def test_prepared_cell_lstm_variants_equal_the_sequence_step(variant, dtype, H):
+    """One prepared step == the sequence kernels' T = 1 step (same maths, other products: tolerance)."""
+    peephole, coupled, cell_clip = variant
+    I, B = 5, 6
+    w = fastrnn.init_weights("lstm", I, H, 1, dtype=dtype, seed=H, peephole=peephole, coupled=coupled)[0]
+    w = tuple(2 * a for a in w)  # wide enough for the clip to act
+    rng = np.random.default_rng(H)
+    x, h, c = (rng.standard_normal((B, n)).astype(dtype) for n in (I, H, H))
+    step = fastrnn.PreparedCell("lstm", *w[:4], w_ch=w[4] if peephole else None, peephole=peephole, coupled=coupled,
+                                cell_clip=cell_clip)
+    h1, c1 = step(x, h, c)
+    seq = fastrnn.forward("lstm", x[None], [w], h[None], c[None], peephole=peephole, coupled=coupled,
+                          cell_clip=cell_clip)
+    assert_close(h1, seq.output[0], dtype, "h")
+    assert_close(c1, seq.c_n[0], dtype, "c")
+    if cell_clip is not None:
+        assert np.abs(c1).max() <= cell_clip
+    assert "peephole=True" in repr(step) if peephole else "peephole" not in repr(step)
+
+
+def test_prepared_cell_variant_errors():
+    w = fastrnn.init_weights("lstm", 3, 4, peephole=True)[0]
+    with pytest.raises(ValueError, match="w_ch"):
+        fastrnn.PreparedCell("lstm", *w[:4], peephole=True)
+    with pytest.raises(ValueError, match="w_ch"):
+        fastrnn.PreparedCell("lstm", *w[:4], w_ch=w[4])
+    with pytest.raises(ValueError, match=r"w_ch must have shape \(2, H\)"):
+        fastrnn.PreparedCell("lstm", *fastrnn.init_weights("lstm", 3, 4, coupled=True)[0], w_ch=w[4], peephole=True,
+                             coupled=True)
+    g = fastrnn.init_weights("gru", 3, 4)[0]
+    with pytest.raises(NotImplementedError, match="reset_after=False or layer_norm"):
+        fastrnn.PreparedCell("gru", *g, reset_after=False)
+    with pytest.raises(NotImplementedError, match="reset_after=False or layer_norm"):
+        fastrnn.PreparedCell("gru", *g, layer_norm=True)
+    with pytest.raises(ValueError, match="LSTM options"):
+        fastrnn.PreparedCell("gru", *g, peephole=True, w_ch=np.zeros((3, 4), np.float32))

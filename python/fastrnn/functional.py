@@ -717,22 +717,35 @@ class PreparedCell(_PreparedStep):
     ``out=(h_out[, c_out])`` writes the results into given arrays (they must not overlap x, h, c or
     each other in memory: ValueError).
     Later changes to the weight arrays are not seen: prepare again.
+
+    The LSTM variants (README "Cell variants"): ``peephole=True`` with ``w_ch`` [3, H] (rows i, f, o;
+    coupled: [2, H], rows f, o), ``coupled=True`` (G = 3 gate blocks f, g, o), ``cell_clip=C``: the
+    same step as ``forward``'s. ``reset_after=False`` (the GRU's n product needs r of every unit
+    first, a second pass the prepared step does not make) and ``layer_norm=True`` (a row's
+    statistics need every unit before any block's cell) raise NotImplementedError: step them with
+    ``forward`` on a one-step sequence.
     """
 
     def __init__(self, cell: str, w_ih, w_hh, b_ih=None, b_hh=None, *, weight_dtype=None, peephole: bool = False,
-                 coupled: bool = False, cell_clip=None):
+                 coupled: bool = False, cell_clip=None, w_ch=None, reset_after: bool = True, layer_norm: bool = False):
         self.cell = _check_cell(cell)
-        if _is_variant(_check_options(self.cell, peephole, coupled, cell_clip)):
-            raise NotImplementedError("PreparedCell runs the base cells only: for the LSTM variants (peephole, "
-                                      "coupled, cell_clip) call fastrnn.forward on a one-step sequence")
+        options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm)
+        if not options["reset_after"] or options["layer_norm"]:
+            raise NotImplementedError("PreparedCell does not run reset_after=False or layer_norm=True (both need every "
+                                      "unit of a step's row before a block's cell: a second pass over the units): "
+                                      "call fastrnn.forward on a one-step sequence")
+        if options["peephole"] != (w_ch is not None):
+            raise ValueError("w_ch (the peepholes [U, H]) is required with peephole=True and only then, got "
+                             f"peephole={peephole} and w_ch {'given' if w_ch is not None else 'None'}")
         w_ih, w_hh = _array("w_ih", w_ih), _array("w_hh", w_hh)
         if w_ih.dtype not in _DTYPES:
             raise TypeError(f"w_ih must have dtype float32 or float64, got {w_ih.dtype}")
         self.dtype = w_ih.dtype
         _check_dtype("w_hh", w_hh, self.dtype)
+        G = _gates(self.cell, options)
         if w_hh.ndim != 2 or w_hh.shape[1] < 1:
-            raise ValueError(f"w_hh must be 2-D ({GATES[self.cell]}*H, H) with H >= 1, got shape {w_hh.shape}")
-        G, H = GATES[self.cell], int(w_hh.shape[1])
+            raise ValueError(f"w_hh must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh.shape}")
+        H = int(w_hh.shape[1])
         if w_ih.ndim != 2 or w_ih.shape[1] < 1:
             raise ValueError(f"w_ih must be 2-D ({G}*H, I) with I >= 1, got shape {w_ih.shape}")
         _check_shape("w_hh", w_hh, (G * H, H), f"({G}*H, H) = ")
@@ -747,16 +760,24 @@ class PreparedCell(_PreparedStep):
                 _check_shape(name, b, (G * H,), f"({G}*H,) = ")
                 b = np.ascontiguousarray(b)
             biases.append(b)
+        if w_ch is not None:
+            w_ch = _array("w_ch", w_ch)
+            _check_dtype("w_ch", w_ch, self.dtype)
+            U = 2 if coupled else 3
+            _check_shape("w_ch", w_ch, (U, H), f"({U}, H) = ")
+            w_ch = np.ascontiguousarray(w_ch)
         half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))
         _check_sizes(1, 1, int(w_ih.shape[1]), H, G, 1)
         self.input_size, self.hidden_size, self.weight_dtype = int(w_ih.shape[1]), H, "float16" if half else None
+        self.options = {k: v for k, v in options.items() if k in ("peephole", "coupled", "cell_clip")}
         self._step = _core.PreparedCell(_CELL_ID[self.cell], np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
-                                        biases[0], biases[1], half)
+                                        biases[0], biases[1], half, w_ch=w_ch, **self.options)
 
     def __repr__(self) -> str:
         wd = f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype else ""
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items() if v)
         return f"PreparedCell({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
-               f"dtype={self.dtype}{wd})"
+               f"dtype={self.dtype}{wd}{opts})"
 
     _STATE_FORMULA = "(B, H) = "
 
