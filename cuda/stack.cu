@@ -60,12 +60,12 @@ struct CudaBackend {
   template <class Cell, class T>
   void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
     // issue 14's cell variants run on the CPU only (fastrnn.ops raises NotImplementedError first)
-    if constexpr (Cell::kIsVariant) throw ArgumentError("the LSTM variants are not implemented on CUDA");
+    if constexpr (Cell::kIsVariant) throw ArgumentError("the cell variants are not implemented on CUDA");
     else cuda::layer_forward<Cell>(s, c, a);
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
-    if constexpr (Cell::kIsVariant) throw ArgumentError("the LSTM variants are not implemented on CUDA");
+    if constexpr (Cell::kIsVariant) throw ArgumentError("the cell variants are not implemented on CUDA");
     else cuda::layer_backward<Cell>(s, c, a);
   }
 };

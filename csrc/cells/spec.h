@@ -28,18 +28,17 @@
 //   - coupled gates (CIFG): cells/lstm.h, Gate::{f, g, o}, kGates = 3; only the pointwise maths changes.
 //   - cell clip: cells/lstm.h, a clip value in a per-call cell-options struct passed to forward/
 //     backward next to the row (the loops pass it through untouched).
-//   - reset-before GRU: cells/gru.h, GruCell<ResetAfter = false> with
-//       Step = Phases<RecurrentProduct<Operand::H, Weight::Hh, true> (gates r, z),
-//                     Pointwise<0> (r, z and r*h into a per-row buffer), Barrier,
-//                     RecurrentProduct<Operand::ResetH, Weight::Hh, true> (gate n), Pointwise<1> (n, h)>;
-//     the loops gain the Operand::ResetH input (the r*h buffer), products restricted to a gate range,
-//     and Pointwise<N> for N > 0 (forward/backward overloads taking the phase tag); the CUDA forward
-//     splits its fused kernel at the Barrier into two launches.
-//   - layer norm: cells/<cell>.h with LayerNorm = true: RowReduction<N> phases (mean and variance of
-//     W_ih x, of W_hh h and of c over the row) between the product and the pointwise phase, gains and
-//     biases as Dim::GateRows / Dim::Units vectors with gradients, the row statistics as per-row saved
-//     slots; the loops gain RowReduction (CPU: each thread's partial sums, a barrier, a sum in a fixed
-//     order; CUDA: a block reduction over the row or its own kernel).
+//   - reset-before GRU (done): cells/gru.h, GruResetBefore with
+//       Step = Phases<RecurrentProduct<Operand::H, Weight::Hh, false, r, n> (gates r, z),
+//                     Pointwise<0> (r, z; r*h into the ResetH operand), Barrier,
+//                     RecurrentProduct<Operand::ResetH, Weight::Hh, false, n, G> (gate n), Pointwise<1> (n, h)>;
+//     the CPU loop runs the ResetH operand, products over a gate range and Pointwise<N> for N > 0
+//     (overloads taking the phase tag); CUDA refuses it (a split kernel at the Barrier is to come).
+//   - layer norm (done): cells/layer_norm.h, LstmLayerNorm / GruLayerNorm: RowReduction<N> phases
+//     (moments of W_ih x and W_hh h, and the LSTM's c, over the row) before the pointwise phases
+//     that normalise; gains and biases in NormParams with per-row gradient shares; the row
+//     statistics saved per unit. The CPU loop runs RowReduction (per-block partials, a barrier, a
+//     merge in block order); CUDA refuses it.
 //   - projection (proj_size = P): cells/lstm.h, kStateDecls {h: Width::Projection, c: Width::Hidden},
 //     a second RecurrentProduct<Operand::M, Weight::Hr, ...> on m = o*tanh(c) (saved), w_hr [P, H] in
 //     kParams; the loops and the stack read the state widths from kStateDecls instead of assuming H.
