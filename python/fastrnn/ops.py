@@ -16,10 +16,11 @@ modules never pay outside ``torch.compile``.
                                                        num_layers, bidirectional, training)
 
 ``cell`` is a cell name or, for issue 14's variants, the name with its options:
-``"lstm+peephole+coupled+cell_clip=0.5"``, ``"gru+reset_before"`` (GRU(reset_after=False))
-(``variant_cell`` builds it; order free). With ``peephole`` each layer and direction's tensors end
-with w_ch [U, H] (U = 3, coupled 2); ``coupled`` has G = 3 gate blocks. The variants run on the CPU
-(CUDA: NotImplementedError).
+``"lstm+peephole+coupled+cell_clip=0.5"``, ``"gru+reset_before"`` (GRU(reset_after=False)),
+``"lstm+layer_norm"`` / ``"gru+layer_norm"`` (``variant_cell`` builds it; order free). With
+``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
+has G = 3 gate blocks; with ``layer_norm`` they end with ln_weight_ih, ln_weight_hh [G*H] and, for
+the LSTM, ln_weight_c, ln_bias_c [H]. The variants run on the CPU (CUDA: NotImplementedError).
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -70,30 +71,33 @@ _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Te
 _KERNEL_KEY = "CompositeExplicitAutograd"
 
 
-_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0), ("reset_after", True))
+_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0), ("reset_after", True),
+               ("layer_norm", False))
 
 
 def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
-                 reset_after: bool = True) -> str:
+                 reset_after: bool = True, layer_norm: bool = False) -> str:
     """The op's ``cell`` string of a cell with issue 14's options ("lstm+peephole+cell_clip=0.5",
-    "gru+reset_before")."""
+    "gru+reset_before", "lstm+layer_norm")."""
     parts = [cell] + (["peephole"] if peephole else []) + (["coupled"] if coupled else [])
     if cell_clip is not None:
         parts.append(f"cell_clip={float(cell_clip)!r}")
     if not reset_after:
         parts.append("reset_before")
+    if layer_norm:
+        parts.append("layer_norm")
     return "+".join(parts)
 
 
 @functools.lru_cache(maxsize=64)
 def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
-    ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool))). ValueError for anything
-    else."""
+    ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool), ("layer_norm", bool))).
+    ValueError for anything else."""
     base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
     if base not in CELLS:
         raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM, "
-                         f"+reset_before for the GRU), got {cell!r}")
+                         f"+reset_before for the GRU, +layer_norm for both), got {cell!r}")
     opts = dict(_NO_OPTIONS)
     for part in parts:
         if part in ("peephole", "coupled"):
@@ -107,13 +111,18 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
                 raise ValueError(f"cell {cell!r}: cell_clip must be > 0")
         elif part == "reset_before":
             opts["reset_after"] = False
+        elif part == "layer_norm":
+            opts["layer_norm"] = True
         else:
-            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, reset_before)")
-    lstm_parts = [p for p in parts if p != "reset_before"]
+            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, reset_before, "
+                             "layer_norm)")
+    lstm_parts = [p for p in parts if p not in ("reset_before", "layer_norm")]
     if lstm_parts and base != "lstm":
         raise ValueError(f"cell {cell!r}: peephole, coupled and cell_clip are LSTM options")
     if not opts["reset_after"] and (base != "gru" or lstm_parts):
         raise ValueError(f"cell {cell!r}: reset_before is a GRU option")
+    if opts["layer_norm"] and (base not in ("lstm", "gru") or lstm_parts or not opts["reset_after"]):
+        raise ValueError(f"cell {cell!r}: layer_norm is an LSTM/GRU option, not combined with the others")
     return base, tuple(opts.items())
 
 
@@ -128,11 +137,17 @@ def _peephole_rows(cell: str) -> int:
     return (2 if opts["coupled"] else 3) if opts["peephole"] else 0
 
 
+def _norm_vectors(cell: str) -> int:
+    """The layer norm's vectors per layer and direction: 4 (LSTM), 2 (GRU), 0 without layer_norm."""
+    base, opts = split_cell(cell)
+    return (4 if base == "lstm" else 2) if dict(opts)["layer_norm"] else 0
+
+
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
     """What the fake implementations check too (the cell, the dtypes, the devices, the weights'
     count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes)."""
     base, _ = split_cell(cell)
-    extra = 1 if _peephole_rows(cell) else 0
+    extra = (1 if _peephole_rows(cell) else 0) + _norm_vectors(cell)
     if x.dtype not in _DTYPES:
         raise TypeError(f"fastrnn supports float32 and float64 only, got input of dtype {x.dtype}")
     if x.dim() != 3:
@@ -164,11 +179,14 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     D = 2 if bidirectional else 1
     GH = _gates(cell) * hidden_size
     U = _peephole_rows(cell)
-    bias = per_entry - (1 if U else 0) == 4
-    names = ["w_ih", "w_hh", "b_ih", "b_hh"][:4 if bias else 2] + (["w_ch"] if U else [])
+    n_ln = _norm_vectors(cell)
+    bias = per_entry - (1 if U else 0) - n_ln == 4
+    names = ["w_ih", "w_hh", "b_ih", "b_hh"][:4 if bias else 2] + (["w_ch"] if U else []) + \
+        ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln]
     for k in range(num_layers * D):
         shapes = [(GH, I if k < D else D * hidden_size), (GH, hidden_size), (GH,), (GH,)][:4 if bias else 2]
         shapes += [(U, hidden_size)] if U else []
+        shapes += [(GH,), (GH,), (hidden_size,), (hidden_size,)][:n_ln]
         for j in range(per_entry):
             w = weights[k * per_entry + j]
             if w.shape != shapes[j]:
@@ -228,7 +246,7 @@ def _check_modifiers_cell(cell: str, recurrent_mask, grad_clip, zoneout_h, zoneo
                                         or zoneout_c is not None):
         raise NotImplementedError(f"the training modifiers (recurrent_dropout, grad_clip, zoneout) run the base "
                                   f"cells only, not the variant {cell!r} (peephole, coupled, cell_clip, "
-                                  f"reset_before)")
+                                  f"reset_before, layer_norm)")
 
 
 # ---- the kernels' entry points ---------------------------------------------------------------------
@@ -261,8 +279,8 @@ def _entry_points(x: Tensor, cell: str):
     if kind == "cpu":
         return _core.forward_ptrs, _core.backward_ptrs
     if cell != split_cell(cell)[0]:
-        raise NotImplementedError(f"the cell variants (cell {cell!r}: peephole, coupled, cell_clip, reset_before) "
-                                  "run on the CPU only; the CUDA kernels implement the base cells")
+        raise NotImplementedError(f"the cell variants (cell {cell!r}: peephole, coupled, cell_clip, reset_before, "
+                                  "layer_norm) run on the CPU only; the CUDA kernels implement the base cells")
     if kind == "cuda":
         cuda = getattr(_core, "cuda", None)
         if cuda is None or not hasattr(cuda, "forward"):
