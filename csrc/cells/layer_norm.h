@@ -26,19 +26,27 @@
 namespace fastrnn {
 
 namespace layer_norm_detail {
-// W_ih x and W_hh h of the thread's units: G gates x [j_begin, j_end), two passes (exact moments).
+// W_ih x and W_hh h of the thread's units: G gates x [j_begin, j_end), two passes (exact moments),
+// in double; the sums are SIMD reductions (their order is fixed by the build's vector width, not by
+// the data or the thread count).
 template <class T>
 FASTRNN_HD Moments gate_moments(const T* v, int G, int64 ld, int64 j_begin, int64 j_end) {
   double s = 0;
-  for (int g = 0; g < G; ++g)
-    for (int64 j = j_begin; j < j_end; ++j) s += double(gate(v, g, ld, j));
+  for (int g = 0; g < G; ++g) {
+    const T* row = v + g * ld;
+#pragma omp simd reduction(+ : s)
+    for (int64 j = j_begin; j < j_end; ++j) s += double(row[j]);
+  }
   const double n = double(G) * double(j_end - j_begin), mean = s / n;
   double m2 = 0;
-  for (int g = 0; g < G; ++g)
+  for (int g = 0; g < G; ++g) {
+    const T* row = v + g * ld;
+#pragma omp simd reduction(+ : m2)
     for (int64 j = j_begin; j < j_end; ++j) {
-      const double d = double(gate(v, g, ld, j)) - mean;
+      const double d = double(row[j]) - mean;
       m2 += d * d;
     }
+  }
   return {n, mean, m2};
 }
 template <class T> FASTRNN_HD typename AccType<T>::type at(const T* p, int64 i) {
@@ -84,15 +92,24 @@ template <class Cell, class T>
 FASTRNN_HD void product_norm_sums(const BackwardRow<T>& r, const T* dhh, int64 j_begin, int64 j_end, int64 H,
                                          double* s) {
   const NormParams<T>& p = *r.norm;
-  for (int k = 0; k < Cell::kGates; ++k)
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int k = 0; k < Cell::kGates; ++k) {
+    const T *da_i = r.dgi + k * H, *da_h = dhh + k * H, *g_i = p.g_ih + k * H, *g_h = p.g_hh + k * H;
+    const T *v_i = r.saved + (Cell::Saved::v_ih + k) * H, *v_h = r.saved + (Cell::Saved::v_hh + k) * H;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int64 j = j_begin; j < j_end; ++j) {
-      const double dvi = double(gate(r.dgi, k, H, j)) * double(p.g_ih[k * H + j]);
-      const double dvh = double(gate(dhh, k, H, j)) * double(p.g_hh[k * H + j]);
-      s[0] += dvi;
-      s[1] += dvi * double(slot(r.saved, Cell::Saved::v_ih + k, H, j));
-      s[2] += dvh;
-      s[3] += dvh * double(slot(r.saved, Cell::Saved::v_hh + k, H, j));
+      const double dvi = double(da_i[j]) * double(g_i[j]);
+      const double dvh = double(da_h[j]) * double(g_h[j]);
+      s0 += dvi;
+      s1 += dvi * double(v_i[j]);
+      s2 += dvh;
+      s3 += dvh * double(v_h[j]);
     }
+  }
+  s[0] += s0;
+  s[1] += s1;
+  s[2] += s2;
+  s[3] += s3;
 }
 template <class Cell, class T> FASTRNN_HD void product_norm_backward(const BackwardRow<T>& r, bool split, int64 j, int64 H) {
   using A = typename AccType<T>::type;
@@ -213,11 +230,16 @@ struct LstmLayerNorm : LayerNormParams<4, true> {
   template <class T>
   FASTRNN_HD static void row_sums(const BackwardRow<T>& r, int64 j_begin, int64 j_end, int64 H, RowReduction<1>,
                                   double* s) {
+    double s0 = 0, s1 = 0;
+    const T* c_hat = r.saved + Saved::c_hat * H;
+#pragma omp simd reduction(+ : s0, s1)
     for (int64 j = j_begin; j < j_end; ++j) {
       const double d = double(r.between[j]);
-      s[0] += d;
-      s[1] += d * double(slot(r.saved, Saved::c_hat, H, j));
+      s0 += d;
+      s1 += d * double(c_hat[j]);
     }
+    s[0] += s0;
+    s[1] += s1;
   }
   template <class T> FASTRNN_HD static void backward(const BackwardRow<T>& r, int64 j, int64 H, RowReduction<1>) {
     using A = typename AccType<T>::type;
@@ -293,11 +315,12 @@ struct GruLayerNorm : LayerNormParams<3, false> {
       slot(r.saved, Saved::z, H, j) = T(z);
       slot(r.saved, Saved::n, H, j) = T(n);
       slot(r.saved, Saved::a_hn, H, j) = T(vn.a_hh);
-      const ProductNorm<T>* v[kGates] = {&vr, &vz, &vn};
-      for (int k = 0; k < kGates; ++k) {
-        slot(r.saved, Saved::v_ih + k, H, j) = T(v[k]->v_ih);
-        slot(r.saved, Saved::v_hh + k, H, j) = T(v[k]->v_hh);
-      }
+      slot(r.saved, Saved::v_ih + Gate::r, H, j) = T(vr.v_ih);
+      slot(r.saved, Saved::v_hh + Gate::r, H, j) = T(vr.v_hh);
+      slot(r.saved, Saved::v_ih + Gate::z, H, j) = T(vz.v_ih);
+      slot(r.saved, Saved::v_hh + Gate::z, H, j) = T(vz.v_hh);
+      slot(r.saved, Saved::v_ih + Gate::n, H, j) = T(vn.v_ih);
+      slot(r.saved, Saved::v_hh + Gate::n, H, j) = T(vn.v_hh);
       slot(r.saved, Saved::inv_ih, H, j) = T(r.stats[1]);
       slot(r.saved, Saved::inv_hh, H, j) = T(r.stats[3]);
     }
