@@ -750,8 +750,10 @@ class PreparedCell(_PreparedStep):
         H = int(w_hh.shape[1])
         if w_ih.ndim != 2 or w_ih.shape[1] < 1:
             raise ValueError(f"w_ih must be 2-D ({G}*H, I) with I >= 1, got shape {w_ih.shape}")
-        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True)[0]  # (w_ih, w_hh, b_ih, b_hh)
-        formulas = param_formulas(self.cell, 0, 1, True)
+        # (w_ih, w_hh, b_ih, b_hh[, w_ch]) by the one rule, with the options (coupled: 3 gate blocks)
+        peephole, coupled = options["peephole"], options["coupled"]
+        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True, peephole, coupled)[0]
+        formulas = param_formulas(self.cell, 0, 1, True, peephole, coupled)
         _check_shape("w_hh", w_hh, shapes[1], formulas[1])
         _check_shape("w_ih", w_ih, shapes[0], formulas[0])
         if (b_ih is None) != (b_hh is None):
@@ -767,8 +769,7 @@ class PreparedCell(_PreparedStep):
         if w_ch is not None:
             w_ch = _array("w_ch", w_ch)
             _check_dtype("w_ch", w_ch, self.dtype)
-            U = 2 if coupled else 3
-            _check_shape("w_ch", w_ch, (U, H), f"({U}, H) = ")
+            _check_shape("w_ch", w_ch, shapes[4], formulas[4])
             w_ch = np.ascontiguousarray(w_ch)
         half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))
         _check_sizes(1, 1, int(w_ih.shape[1]), H, G, 1)
