@@ -80,7 +80,7 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
     if (t.size() != expected_len)
       throw ArgumentError(p + " must hold " + std::to_string(expected_len) + " pointers like " + what +
                           "[0], got " + std::to_string(t.size()));
-    Ptr v[5] = {0, 0, 0, 0, 0};
+    Ptr v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (size_t i = 0; i < t.size(); ++i) {
       try {
         v[i] = py::cast<Ptr>(t[i]);
@@ -90,12 +90,12 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
       }
     }
     const bool bias = static_cast<int64>(expected_len) == param_counts(c.cell, c.options).with_bias;
-    const T* given[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};  // the spec's kParams order
+    const T* given[8] = {};  // the spec's kParams order (layer_weights, rnn.h)
     for (size_t k = 0; k < t.size(); ++k) {
       const int i = param_index(c.cell, int(k), bias, c.options);
       given[i] = ptrs.add<const T>(v[k], (p + "." + param_decl(c.cell, i, c.options).name).c_str(), true);
     }
-    out.push_back({given[0], given[1], given[2], given[3], given[4]});
+    out.push_back(layer_weights<T>(given, int(param_counts(c.cell, c.options).with_bias), c.cell, c.options));
   }
   return out;
 }
@@ -117,11 +117,14 @@ ForwardArgs<T> forward_args(const RnnConfig& c, Ptr x, const py::list& weights, 
 }
 
 // issue 14's cell options as the entry points take them (keywords; defaults: the base cells).
-inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip) {
+inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip, bool reset_after = true,
+                                bool layer_norm = false) {
   CellOptions o;
   o.peephole = peephole;
   o.coupled = coupled;
   o.cell_clip = cell_clip;
+  o.reset_after = reset_after;
+  o.layer_norm = layer_norm;
   return o;
 }
 
@@ -181,8 +184,7 @@ BackwardArgs<T> backward_args(const RnnConfig& c, Ptr x, const py::list& weights
                     ptrs.add<T>(dc0, "dc0_ptr", lstm, lstm),
                     {}};
   for (const auto& g : weight_pointers<T>(grads, c, "grad_ptrs", len, ptrs))
-    a.grads.push_back({const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh),
-                       const_cast<T*>(g.w_ch)});
+    a.grads.push_back(layer_grads(g));
   return a;
 }
 

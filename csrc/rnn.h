@@ -6,6 +6,7 @@
 //   w_ih [G*H, I_l] (I_0 = I, I_l = D*H), w_hh [G*H, H], b_ih, b_hh [G*H] (nullptr = no bias).
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "cells/all.h"
@@ -122,6 +123,11 @@ template <class T> struct LayerWeights {
   const T* b_ih;  // [G*H] or nullptr
   const T* b_hh;  // [G*H] or nullptr
   const T* w_ch = nullptr;  // [U, H] per-unit parameters (LSTM peepholes; SpecTraits::kUnitRows = U) or nullptr
+  // layer_norm (issue 14): the norm's gains [G*H] and, for the LSTM, the cell norm's gain and bias [H]
+  const T* ln_ih = nullptr;
+  const T* ln_hh = nullptr;
+  const T* ln_c_w = nullptr;
+  const T* ln_c_b = nullptr;
 };
 
 template <class T> struct LayerGrads {
@@ -130,7 +136,33 @@ template <class T> struct LayerGrads {
   T* db_ih;  // [G*H] or nullptr (no bias)
   T* db_hh;  // [G*H] or nullptr
   T* dw_ch = nullptr;  // [U, H] (LSTM peepholes) or nullptr
+  T* dln_ih = nullptr;  // [G*H] (layer_norm) or nullptr
+  T* dln_hh = nullptr;
+  T* dln_c_w = nullptr;  // [H] (layer-normalised LSTM) or nullptr
+  T* dln_c_b = nullptr;
 };
+
+// A layer's weights from its arrays in the spec's kParams order (given[i]: parameter i, nullptr
+// where absent): the four kGateParams, then each further parameter by its declared name.
+template <class T> LayerWeights<T> layer_weights(const T* const* given, int count, CellKind cell, const CellOptions& o) {
+  LayerWeights<T> w{given[0], given[1], given[2], given[3]};
+  for (int i = 4; i < count; ++i) {
+    const std::string name = param_decl(cell, i, o).name;
+    if (name == "w_ch") w.w_ch = given[i];
+    else if (name == "ln_weight_ih") w.ln_ih = given[i];
+    else if (name == "ln_weight_hh") w.ln_hh = given[i];
+    else if (name == "ln_weight_c") w.ln_c_w = given[i];
+    else if (name == "ln_bias_c") w.ln_c_b = given[i];
+    else throw ArgumentError("LayerWeights has no field for parameter " + name);
+  }
+  return w;
+}
+// The gradients' pointers of a weight-shaped list of (writeable) arrays.
+template <class T> LayerGrads<T> layer_grads(const LayerWeights<T>& g) {
+  return {const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh),
+          const_cast<T*>(g.w_ch), const_cast<T*>(g.ln_ih), const_cast<T*>(g.ln_hh), const_cast<T*>(g.ln_c_w),
+          const_cast<T*>(g.ln_c_b)};
+}
 
 // One layer and direction, as the stack hands it to a back end's phase loop.
 template <class T> struct LayerForwardArgs {

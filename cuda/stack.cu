@@ -59,11 +59,17 @@ struct CudaBackend {
   }
   template <class Cell, class T>
   void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
-    cuda::layer_forward<Cell>(s, c, a);
+    // The specs whose step is more than one product and one pointwise phase (the reset-before GRU,
+    // layer norm) run on the CPU only (fastrnn.ops raises NotImplementedError first).
+    if constexpr (!cuda::fused_step_phases(typename Cell::Step{}))
+      throw ArgumentError("the reset-before GRU and layer norm are not implemented on CUDA");
+    else cuda::layer_forward<Cell>(s, c, a);
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
-    cuda::layer_backward<Cell>(s, c, a);
+    if constexpr (!cuda::fused_step_phases(typename Cell::Step{}))
+      throw ArgumentError("the reset-before GRU and layer norm are not implemented on CUDA");
+    else cuda::layer_backward<Cell>(s, c, a);
   }
 };
 

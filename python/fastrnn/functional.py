@@ -78,9 +78,11 @@ def _check_x(x) -> np.ndarray:
     return x
 
 
-def _check_options(cell: str, peephole, coupled, cell_clip) -> dict:
-    """The cell options of issue 14 (LSTM only): peephole, coupled (bools), cell_clip (None or a
-    number > 0; inf allowed). Returns them as the kernels take them (cell_clip 0.0 = no clipping)."""
+def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True, layer_norm=False) -> dict:
+    """The cell options of issue 14: peephole, coupled (bools), cell_clip (None or a number > 0; inf
+    allowed), all LSTM; reset_after (a bool, GRU); layer_norm (a bool, LSTM and GRU, not with the
+    others). Returns them as the kernels take them (cell_clip 0.0 = no clipping); ``_is_variant``
+    tells whether any differs from the base cell."""
     for name, v in (("peephole", peephole), ("coupled", coupled)):
         if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
@@ -91,8 +93,23 @@ def _check_options(cell: str, peephole, coupled, cell_clip) -> dict:
             raise ValueError(f"cell_clip must be > 0 (None: no clipping), got {cell_clip}")
     if not cell_info(cell).lstm_variants and (peephole or coupled or cell_clip is not None):
         raise ValueError(f"peephole, coupled and cell_clip are LSTM options, got them for cell {cell!r}")
+    if reset_after is not True and (not cell_info(cell).reset_after_option
+                                    or not isinstance(reset_after, (bool, np.bool_))):
+        raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
+    if layer_norm is not False:
+        if not cell_info(cell).layer_norm_option or not isinstance(layer_norm, (bool, np.bool_)):
+            raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
+        if layer_norm and (peephole or coupled or cell_clip is not None or not reset_after):
+            raise ValueError("layer_norm=True does not combine with peephole, coupled, cell_clip or reset_after=False")
     return dict(peephole=bool(peephole), coupled=bool(coupled),
-                cell_clip=0.0 if cell_clip is None else float(cell_clip))
+                cell_clip=0.0 if cell_clip is None else float(cell_clip), reset_after=bool(reset_after),
+                layer_norm=bool(layer_norm))
+
+
+def _is_variant(options: dict) -> bool:
+    """Whether the options (``_check_options``) select a variant rather than the base cell."""
+    return bool(options.get("peephole") or options.get("coupled") or options.get("cell_clip")
+                or not options.get("reset_after", True) or options.get("layer_norm"))
 
 
 def _gates(cell: str, options: dict) -> int:
@@ -103,9 +120,12 @@ def _gates(cell: str, options: dict) -> int:
 def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype, options=None) -> tuple:
     """Returns (weights as tuples of arrays, hidden_size, num_layers, bias). Nothing is copied here:
     the caller checks the sizes first (a broadcast view may be far too large to copy). With
-    peepholes every entry ends with w_ch [U, H] (U = 3, coupled 2)."""
+    peepholes every entry ends with w_ch [U, H] (U = 3, coupled 2); with layer_norm with
+    ln_weight_ih, ln_weight_hh [G*H] and, for the LSTM, ln_weight_c, ln_bias_c [H]."""
     options = options or {}
+    n_ln = (4 if carries_cell_state(cell) else 2) if options.get("layer_norm") else 0  # the layer norm's vectors
     peep = 1 if options.get("peephole") else 0
+    extra = peep + n_ln  # arrays after w_ih, w_hh[, b_ih, b_hh]
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
     if len(weights) == 0 or len(weights) % num_directions:
@@ -113,7 +133,11 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
                          f"(bidirectional={num_directions == 2}), got {len(weights)}")
     G = _gates(cell, options)
     first = weights[0]
-    if not isinstance(first, (list, tuple)) or len(first) not in (2 + peep, 4 + peep):
+    if not isinstance(first, (list, tuple)) or len(first) not in (2 + extra, 4 + extra):
+        if n_ln:
+            ln_names = ", ln_weight_ih, ln_weight_hh" + (", ln_weight_c, ln_bias_c" if n_ln == 4 else "")
+            raise ValueError(f"weights[0] must be a tuple (w_ih, w_hh{ln_names}) or (w_ih, w_hh, b_ih, b_hh{ln_names}) "
+                             "(layer_norm=True)")
         if peep:
             raise ValueError("weights[0] must be a tuple (w_ih, w_hh, w_ch) or (w_ih, w_hh, b_ih, b_hh, w_ch) "
                              "(peephole=True)")
@@ -122,20 +146,24 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
     if w_hh0.ndim != 2 or w_hh0.shape[1] < 1:
         raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
     H = int(w_hh0.shape[1])
-    bias = len(first) == 4 + peep
+    bias = len(first) == 4 + extra
     peephole, coupled = bool(peep), bool(options.get("coupled"))
     # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape)
     expected = param_shapes(cell, input_size, H, len(weights) // num_directions, num_directions == 2, bias, peephole,
                             coupled)
     names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else [])
+    names += ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln]
+    G = _gates(cell, options)
+    ln_shapes = ((G * H,), (G * H,), (H,), (H,))[:n_ln]
+    ln_formulas = (f"({G}*H,) = ", f"({G}*H,) = ", "(H,) = ", "(H,) = ")[:n_ln]
     out = []
     for k, entry in enumerate(weights):
         layer, d = divmod(k, num_directions)
         where = f"layer {layer}, {_DIRECTION[d]}"
         if not isinstance(entry, (list, tuple)) or len(entry) != len(first):
             raise ValueError(f"weights[{k}] ({where}) must be a tuple of {len(first)} arrays like weights[0]")
-        shapes = expected[k]
-        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled)
+        shapes = expected[k] + ln_shapes
+        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled) + ln_formulas
         arrays = []
         for i, a in enumerate(entry):
             name = f"weights[{k}][{i}] ({names[i]}, {where})"
@@ -198,12 +226,11 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         weights entry ends with w_ch [3, H] (rows i, f, o; coupled: [2, H], rows f, o), i and f see
         c_{t-1}, o sees c_t. coupled=True: gate blocks (f, g, o), G = 3, i = 1 - f. cell_clip=C > 0:
         c_t = clamp(f*c_{t-1} + i*g, -C, C) is carried and used for h.
-    reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014)
-        is not implemented by the kernels yet: NotImplementedError (fastrnn.reference and
-        fastrnn.nn.GRU(reset_after=False) compute it).
-    layer_norm: the layer-normalised LSTM/GRU (README "Cell variants") is not fused in the kernels
-        yet: NotImplementedError (fastrnn.reference.forward(..., layer_norm=True) and
-        fastrnn.nn.LSTM/GRU(layer_norm=True), composed torch ops, compute it).
+    reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014):
+        n = tanh(W_in x + b_in + W_hn (r*h_{t-1}) + b_hn), same weights (README "Cell variants").
+    layer_norm: the layer-normalised LSTM/GRU (haste's form; README "Cell variants"): each weights
+        entry ends with ln_weight_ih, ln_weight_hh [G*H] and, for the LSTM, ln_weight_c, ln_bias_c
+        [H] (after the biases, if any); not with peephole, coupled, cell_clip or reset_after=False.
 
     ``saved`` keeps references to ``x`` (when already time-major and C-contiguous), the weights,
     h0, c0 and lengths, not copies: changing any of them in place before ``backward`` silently
@@ -232,18 +259,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
     """
     cell = _check_cell(cell)
-    options = _check_options(cell, peephole, coupled, cell_clip)
-    if reset_after is not True:
-        if not cell_info(cell).reset_after_option or not isinstance(reset_after, bool):
-            raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
-        raise NotImplementedError("reset_after=False (the GRU of Cho et al. 2014) is not implemented by the kernels "
-                                  "yet: fastrnn.reference.forward and fastrnn.nn.GRU(reset_after=False) compute it")
-    if layer_norm is not False:
-        if not cell_info(cell).layer_norm_option or not isinstance(layer_norm, bool):
-            raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
-        raise NotImplementedError("layer_norm=True is not fused in the kernels yet: fastrnn.reference.forward(..., "
-                                  "layer_norm=True) and fastrnn.nn.LSTM/GRU(layer_norm=True) (composed torch ops, "
-                                  "autograd backward) compute it")
+    options = _check_options(cell, peephole, coupled, cell_clip, reset_after, layer_norm)
     x = _check_x(x)
     D = 2 if bidirectional else 1
     if batch_first:
@@ -261,6 +277,14 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     lengths = _check_lengths(lengths, T, B)
     G = _gates(cell, options)  # the weight masks' [G*H, H]: 3 gate blocks for the coupled LSTM
     _check_probability("zoneout", zoneout)
+    if (not options["reset_after"] or options["layer_norm"]) and (
+            recurrent_dropout or weight_dropout or grad_clip is not None or dilation != 1 or zoneout or zoneout_cell
+            or recurrent_mask is not None or weight_mask is not None or zoneout_mask is not None
+            or zoneout_cell_mask is not None):
+        raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
+                                  "zoneout, zoneout_cell) run with the base cells and the LSTM variants (peephole, "
+                                  "coupled, cell_clip), not yet with reset_after=False or layer_norm in the NumPy API "
+                                  "(fastrnn.nn runs those combinations as composed torch ops)")
     _check_probability("zoneout_cell", zoneout_cell)
     if not carries_cell_state(cell) and (zoneout_cell > 0 or zoneout_cell_mask is not None):
         raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got one for cell {cell!r}")
@@ -557,7 +581,8 @@ def lstm_forward(x, weights, h0=None, c0=None, **kwargs) -> RNNResult:
 
 
 def gru_forward(x, weights, h0=None, **kwargs) -> RNNResult:
-    """``forward("gru", ...)``: gates r, z, n, reset applied after the hidden product (PyTorch's GRU)."""
+    """``forward("gru", ...)``: gates r, z, n, reset applied after the hidden product (PyTorch's GRU), or
+    before it with ``reset_after=False`` (Cho et al. 2014); see :func:`forward`."""
     return forward(GRU, x, weights, h0, **kwargs)
 
 
@@ -702,26 +727,41 @@ class PreparedCell(_PreparedStep):
     ``out=(h_out[, c_out])`` writes the results into given arrays (they must not overlap x, h, c or
     each other in memory: ValueError).
     Later changes to the weight arrays are not seen: prepare again.
+
+    The LSTM variants (README "Cell variants"): ``peephole=True`` with ``w_ch`` [3, H] (rows i, f, o;
+    coupled: [2, H], rows f, o), ``coupled=True`` (G = 3 gate blocks f, g, o), ``cell_clip=C``: the
+    same step as ``forward``'s. ``reset_after=False`` (the GRU's n product needs r of every unit
+    first, a second pass the prepared step does not make) and ``layer_norm=True`` (a row's
+    statistics need every unit before any block's cell) raise NotImplementedError: step them with
+    ``forward`` on a one-step sequence.
     """
 
     def __init__(self, cell: str, w_ih, w_hh, b_ih=None, b_hh=None, *, weight_dtype=None, peephole: bool = False,
-                 coupled: bool = False, cell_clip=None):
+                 coupled: bool = False, cell_clip=None, w_ch=None, reset_after: bool = True, layer_norm: bool = False):
         self.cell = _check_cell(cell)
-        if any(_check_options(self.cell, peephole, coupled, cell_clip).values()):
-            raise NotImplementedError("PreparedCell runs the base cells only: for the LSTM variants (peephole, "
-                                      "coupled, cell_clip) call fastrnn.forward on a one-step sequence")
+        options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm)
+        if not options["reset_after"] or options["layer_norm"]:
+            raise NotImplementedError("PreparedCell does not run reset_after=False or layer_norm=True (both need every "
+                                      "unit of a step's row before a block's cell: a second pass over the units): "
+                                      "call fastrnn.forward on a one-step sequence")
+        if options["peephole"] != (w_ch is not None):
+            raise ValueError("w_ch (the peepholes [U, H]) is required with peephole=True and only then, got "
+                             f"peephole={peephole} and w_ch {'given' if w_ch is not None else 'None'}")
         w_ih, w_hh = _array("w_ih", w_ih), _array("w_hh", w_hh)
         if w_ih.dtype not in _DTYPES:
             raise TypeError(f"w_ih must have dtype float32 or float64, got {w_ih.dtype}")
         self.dtype = w_ih.dtype
         _check_dtype("w_hh", w_hh, self.dtype)
+        G = _gates(self.cell, options)
         if w_hh.ndim != 2 or w_hh.shape[1] < 1:
-            raise ValueError(f"w_hh must be 2-D ({GATES[self.cell]}*H, H) with H >= 1, got shape {w_hh.shape}")
-        G, H = GATES[self.cell], int(w_hh.shape[1])
+            raise ValueError(f"w_hh must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh.shape}")
+        H = int(w_hh.shape[1])
         if w_ih.ndim != 2 or w_ih.shape[1] < 1:
             raise ValueError(f"w_ih must be 2-D ({G}*H, I) with I >= 1, got shape {w_ih.shape}")
-        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True)[0]  # (w_ih, w_hh, b_ih, b_hh)
-        formulas = param_formulas(self.cell, 0, 1, True)
+        # (w_ih, w_hh, b_ih, b_hh[, w_ch]) by the one rule, with the options (coupled: 3 gate blocks)
+        peephole, coupled = options["peephole"], options["coupled"]
+        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True, peephole, coupled)[0]
+        formulas = param_formulas(self.cell, 0, 1, True, peephole, coupled)
         _check_shape("w_hh", w_hh, shapes[1], formulas[1])
         _check_shape("w_ih", w_ih, shapes[0], formulas[0])
         if (b_ih is None) != (b_hh is None):
@@ -734,16 +774,23 @@ class PreparedCell(_PreparedStep):
                 _check_shape(name, b, shape, formula)
                 b = np.ascontiguousarray(b)
             biases.append(b)
+        if w_ch is not None:
+            w_ch = _array("w_ch", w_ch)
+            _check_dtype("w_ch", w_ch, self.dtype)
+            _check_shape("w_ch", w_ch, shapes[4], formulas[4])
+            w_ch = np.ascontiguousarray(w_ch)
         half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))
         _check_sizes(1, 1, int(w_ih.shape[1]), H, G, 1)
         self.input_size, self.hidden_size, self.weight_dtype = int(w_ih.shape[1]), H, "float16" if half else None
+        self.options = {k: v for k, v in options.items() if k in ("peephole", "coupled", "cell_clip")}
         self._step = _core.PreparedCell(_CELL_ID[self.cell], np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
-                                        biases[0], biases[1], half)
+                                        biases[0], biases[1], half, w_ch=w_ch, **self.options)
 
     def __repr__(self) -> str:
         wd = f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype else ""
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items() if v)
         return f"PreparedCell({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
-               f"dtype={self.dtype}{wd})"
+               f"dtype={self.dtype}{wd}{opts})"
 
     _STATE_FORMULA = "(B, H) = "
 

@@ -16,10 +16,13 @@ modules never pay outside ``torch.compile``.
     y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
                                                        num_layers, bidirectional, training)
 
-``cell`` is a cell name or, for issue 14's LSTM variants, the name with its options:
-``"lstm+peephole+coupled+cell_clip=0.5"`` (``variant_cell`` builds it; order free). With
+``cell`` is a cell name or, for issue 14's variants, the name with its options:
+``"lstm+peephole+coupled+cell_clip=0.5"``, ``"gru+reset_before"`` (GRU(reset_after=False)),
+``"lstm+layer_norm"`` / ``"gru+layer_norm"`` (``variant_cell`` builds it; order free). With
 ``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
-has G = 3 gate blocks. The variants run on the CPU and on CUDA.
+has G = 3 gate blocks; with ``layer_norm`` they end with ln_weight_ih, ln_weight_hh [G*H] and, for
+the LSTM, ln_weight_c, ln_bias_c [H]. The LSTM variants run on the CPU and on CUDA; the reset-before
+GRU and layer norm on the CPU only (CUDA: NotImplementedError).
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -80,25 +83,33 @@ _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Te
 _KERNEL_KEY = "CompositeExplicitAutograd"
 
 
-_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0))
+_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0), ("reset_after", True),
+               ("layer_norm", False))
 
 
-def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None) -> str:
-    """The op's ``cell`` string of a cell with issue 14's options ("lstm+peephole+cell_clip=0.5")."""
+def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
+                 reset_after: bool = True, layer_norm: bool = False) -> str:
+    """The op's ``cell`` string of a cell with issue 14's options ("lstm+peephole+cell_clip=0.5",
+    "gru+reset_before", "lstm+layer_norm")."""
     parts = [cell] + (["peephole"] if peephole else []) + (["coupled"] if coupled else [])
     if cell_clip is not None:
         parts.append(f"cell_clip={float(cell_clip)!r}")
+    if not reset_after:
+        parts.append("reset_before")
+    if layer_norm:
+        parts.append("layer_norm")
     return "+".join(parts)
 
 
 @functools.lru_cache(maxsize=64)
 def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
-    ("coupled", bool), ("cell_clip", float, 0.0 = none))). ValueError for anything else."""
+    ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool), ("layer_norm", bool))).
+    ValueError for anything else."""
     base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
     if base not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM), "
-                         f"got {cell!r}")
+        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM, "
+                         f"+reset_before for the GRU, +layer_norm for both), got {cell!r}")
     opts = dict(_NO_OPTIONS)
     for part in parts:
         if part in ("peephole", "coupled"):
@@ -110,10 +121,20 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
                 raise ValueError(f"cell {cell!r}: cell_clip must be a number") from None
             if not opts["cell_clip"] > 0:
                 raise ValueError(f"cell {cell!r}: cell_clip must be > 0")
+        elif part == "reset_before":
+            opts["reset_after"] = False
+        elif part == "layer_norm":
+            opts["layer_norm"] = True
         else:
-            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C)")
-    if parts and not cell_info(base).lstm_variants:
+            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, reset_before, "
+                             "layer_norm)")
+    lstm_parts = [p for p in parts if p not in ("reset_before", "layer_norm")]
+    if lstm_parts and not cell_info(base).lstm_variants:
         raise ValueError(f"cell {cell!r}: peephole, coupled and cell_clip are LSTM options")
+    if not opts["reset_after"] and (not cell_info(base).reset_after_option or lstm_parts):
+        raise ValueError(f"cell {cell!r}: reset_before is a GRU option")
+    if opts["layer_norm"] and (not cell_info(base).layer_norm_option or lstm_parts or not opts["reset_after"]):
+        raise ValueError(f"cell {cell!r}: layer_norm is an LSTM/GRU option, not combined with the others")
     return base, tuple(opts.items())
 
 
@@ -124,11 +145,17 @@ def _peephole_rows(cell: str) -> int:
     return cell_info(base).peephole_rows(opts["coupled"]) if opts["peephole"] else 0
 
 
+def _norm_vectors(cell: str) -> int:
+    """The layer norm's vectors per layer and direction: 4 (LSTM), 2 (GRU), 0 without layer_norm."""
+    base, opts = split_cell(cell)
+    return (4 if cell_info(base).carries_cell_state else 2) if dict(opts)["layer_norm"] else 0
+
+
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
     """What the fake implementations check too (the cell, the dtypes, the devices, the weights'
     count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes)."""
     base, _ = split_cell(cell)
-    extra = 1 if _peephole_rows(cell) else 0
+    extra = (1 if _peephole_rows(cell) else 0) + _norm_vectors(cell)
     if x.dtype not in _dtypes_of(x.device):
         raise TypeError(f"fastrnn supports float32 and float64 only (CUDA tensors also bfloat16 and float16), got "
                         f"input of dtype {x.dtype} on {x.device}")
@@ -161,12 +188,15 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     D = 2 if bidirectional else 1
     base, opts = split_cell(cell)
     opts = dict(opts)
-    bias = per_entry - (1 if opts["peephole"] else 0) == 4
-    names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else [])
-    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape)
+    n_ln = _norm_vectors(cell)
+    bias = per_entry - (1 if opts["peephole"] else 0) - n_ln == 4
+    names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else []) + \
+        ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln]
+    GH = cell_info(base).gates_with(opts["coupled"]) * hidden_size
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape), then the norm's
     all_shapes = param_shapes(base, I, hidden_size, num_layers, bidirectional, bias, opts["peephole"], opts["coupled"])
     for k in range(num_layers * D):
-        shapes = all_shapes[k]
+        shapes = all_shapes[k] + ((GH,), (GH,), (hidden_size,), (hidden_size,))[:n_ln]
         for j in range(per_entry):
             w = weights[k * per_entry + j]
             if w.shape != shapes[j]:
@@ -334,10 +364,20 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
 
 
 def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c) -> None:
-    """The CUDA kernels run the modifiers with the base cells only: an LSTM variant's cell string with
-    one on a CUDA tensor is an error (the CPU kernels run every combination)."""
-    if x.device.type != "cpu" and cell != split_cell(cell)[0] and (
-            recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None):
+    """What runs where: the reset-before GRU and layer norm run on the CPU only and without the
+    kernels' modifiers (fastrnn.nn runs those combinations as composed torch ops); on CUDA the LSTM
+    variants run without the modifiers only (the CPU kernels run every LSTM variant with every one)."""
+    opts = dict(split_cell(cell)[1])
+    modified = recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
+    cpu_only = not opts["reset_after"] or opts["layer_norm"]
+    if cpu_only and x.device.type != "cpu":
+        raise NotImplementedError(f"the reset-before GRU and layer norm (cell {cell!r}) run on the CPU only; the CUDA "
+                                  "kernels implement the base cells and the LSTM variants")
+    if modified and cpu_only:
+        raise NotImplementedError(f"the kernels run the training modifiers (recurrent_dropout, grad_clip, zoneout) "
+                                  f"with the base cells and the LSTM variants, not with {cell!r} (fastrnn.nn runs "
+                                  "that combination as composed torch ops)")
+    if modified and x.device.type != "cpu" and cell != split_cell(cell)[0]:
         raise NotImplementedError(f"the CUDA kernels run the training modifiers (recurrent_dropout, grad_clip, "
                                   f"zoneout) with the base cells only, not the LSTM variant {cell!r} (peephole, "
                                   f"coupled, cell_clip); the CPU kernels run it")

@@ -1,4 +1,5 @@
-"""--variants: issue 14's cell variants against fastrnn's base cell and a plain-PyTorch loop."""
+"""--variants: issue 14's cell variants against fastrnn's base cell, a plain-PyTorch loop and, for those
+fastrnn.nn also runs as composed torch ops (reset_after=False, layer_norm), that path."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -85,11 +86,25 @@ def _torch_loop(torch, m, x):
     return torch.stack(ys)
 
 
+def _has_composed_path(m) -> bool:
+    """The variants fastrnn.nn ran as composed torch ops before the fused kernels (and still does off
+    the CPU): GRU(reset_after=False), layer_norm=True."""
+    return not getattr(m, "reset_after", True) or getattr(m, "layer_norm", False)
+
+
+def _composed(m, x):
+    """fastrnn.nn's composed-torch-ops path for the module (its Python loop, autograd backward)."""
+    from fastrnn.nn._composed import _composed_recurrence
+    return _composed_recurrence(m.mode, x, m._weights(), None, None, None, m.hidden_size, m.num_layers,
+                                m.bidirectional, None, not m.reset_after, m.layer_norm)
+
+
 def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int = 5, min_sample_s: float = 0.05,
                  emit: Optional[Callable[[str], None]] = None) -> dict:
     """Times each variant (fastrnn.nn, float32, one layer) against fastrnn's base cell of the same
     size and against ``_torch_loop``, interleaved in one process, in inference and training
-    (forward + backward of y.sum()). Returns the JSON-able result with per-case ratios."""
+    (forward + backward of y.sum()); the variants that also have a composed-torch-ops path
+    (``_has_composed_path``) against that too. Returns the JSON-able result with per-case ratios."""
     torch, torch_note = _import_torch(False)
     if torch is None:
         raise RuntimeError(f"--variants needs torch ({torch_note})")
@@ -125,21 +140,30 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
                     return go_train
                 fns = {"variant": call(lambda: variant(x)), "base": call(lambda: base(x)),
                        "torch_loop": call(lambda: _torch_loop(torch, variant, x))}
+                if _has_composed_path(variant):
+                    fns["composed"] = call(lambda: _composed(variant, x))
                 t = time_interleaved(fns, reps, min_sample_s)
                 row = {"name": name, "mode": mode, "H": H, "B": B, "T": T, "times": t,
                        "variant_over_base": t["variant"]["median_ms"] / t["base"]["median_ms"],
                        "loop_over_variant": t["torch_loop"]["median_ms"] / t["variant"]["median_ms"]}
+                if "composed" in t:
+                    row["composed_over_variant"] = t["composed"]["median_ms"] / t["variant"]["median_ms"]
                 result["variant_cases"].append(row)
                 if emit:
                     emit(format_variant_row(row))
     return result
 
 
-VARIANT_TABLE_HEAD = ("| variant | mode | H | B | T | variant ms | base cell ms | torch loop ms | variant / base "
-                      "| loop / variant |\n|---|---|---|---|---|---|---|---|---|---|")
+VARIANT_TABLE_HEAD = ("| variant | mode | H | B | T | variant ms | base cell ms | torch loop ms | composed ms "
+                      "| variant / base | loop / variant | composed / variant |\n"
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_variant_row(r: dict) -> str:
+    """A table row; "composed" (fastrnn.nn's composed torch ops) only where the variant has that path."""
     t = r["times"]
+    composed = _ms(t["composed"]) if "composed" in t else "-"
+    ratio = f"{r['composed_over_variant']:.1f}x" if "composed_over_variant" in r else "-"
     return (f"| {r['name']} | {r['mode']} | {r['H']} | {r['B']} | {r['T']} | {_ms(t['variant'])} | {_ms(t['base'])} "
-            f"| {_ms(t['torch_loop'])} | {r['variant_over_base']:.2f}x | {r['loop_over_variant']:.1f}x |")
+            f"| {_ms(t['torch_loop'])} | {composed} | {r['variant_over_base']:.2f}x | {r['loop_over_variant']:.1f}x "
+            f"| {ratio} |")
