@@ -1,4 +1,4 @@
-"""The ragged-lengths benchmark (``python -m fastrnn.bench --ragged``): how close a batch of ragged
+"""The ragged-lengths suite (``python -m fastrnn.bench --ragged``): how close a batch of ragged
 sequences gets to paying for its live rows only. For each batch (lengths uniform in [1, T], and
 real batches of SST-2 sentences and UD English-EWT sentences from ../shared/data) and each cell
 (LSTM, GRU) in inference and in training (forward + backward of the summed output), it times
@@ -20,20 +20,23 @@ from __future__ import annotations
 import os
 import platform
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .bench import time_interleaved
+from .timing import time_interleaved
 
 
 def _default_data_dir() -> str:
+    """../shared/data beside the checkout: from the working directory (the repository root), else
+    from this file's place in a checkout (python/fastrnn/bench/)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    for up in (os.path.join(here, "..", "..", ".."), os.getcwd() + "/.."):  # <repo>/../shared/data
-        path = os.path.normpath(os.path.join(up, "shared", "data"))
+    candidates = [os.path.join(os.getcwd(), os.pardir, "shared", "data"),
+                  os.path.join(here, os.pardir, os.pardir, os.pardir, os.pardir, "shared", "data")]
+    for path in candidates:
         if os.path.isdir(path):
-            return path
-    return os.path.normpath(os.path.join(os.getcwd(), "..", "shared", "data"))
+            return os.path.normpath(path)
+    return os.path.normpath(candidates[0])
 
 
 def _nlp_data():

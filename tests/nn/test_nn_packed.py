@@ -2,29 +2,23 @@
 initial states, every parameter) for enforce_sorted True and False, one and two directions, one to
 three layers, every module, float32 and float64 (torch.nn in float64 on the same rounded weights);
 and that a ragged packed batch gives what each sequence alone gives. The kernels run each step on
-its batch_sizes[t] live rows (tests/test_ragged.py checks that path itself).
+its batch_sizes[t] live rows (tests/kernels/test_ragged.py checks that path itself).
 """
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-import fastrnn.nn as fnn  # noqa: E402
-import tolerances  # noqa: E402
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+from helpers import LAYER_PAIRS, to_numpy  # noqa: E402
+from helpers import assert_torch_close as _assert_torch_close  # noqa: E402
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-MODULES = {
-    "rnn_tanh": (torch.nn.RNN, fnn.RNN, {"nonlinearity": "tanh"}),
-    "lstm": (torch.nn.LSTM, fnn.LSTM, {}),
-    "gru": (torch.nn.GRU, fnn.GRU, {}),
-}
+CELLS = ("rnn_tanh", "lstm", "gru")
 T, B, I, H = 9, 6, 5, 7
 LENGTHS = [4, 9, 1, 6, 6, 2]  # unsorted, distinct row counts per step, one sequence of one step
 
 
 def assert_close(actual, expected, dtype, what):
-    tolerances.assert_close(actual.detach().numpy(), expected.detach().numpy(),
-                            np.dtype(str(dtype).replace("torch.", "")), what)
+    _assert_torch_close(to_numpy(actual), to_numpy(expected), dtype, what)
 
 
 def run(module, packed, hx, weights):
@@ -38,9 +32,9 @@ def run(module, packed, hx, weights):
 @pytest.mark.parametrize("enforce_sorted", [False, True], ids=["unsorted", "sorted"])
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True), (3, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("cell", MODULES)
+@pytest.mark.parametrize("cell", CELLS)
 def test_packed_matches_torch(cell, dtype, num_layers, bidirectional, enforce_sorted):
-    torch_cls, fast_cls, extra = MODULES[cell]
+    torch_cls, fast_cls, extra = LAYER_PAIRS[cell]
     torch.manual_seed(0)
     kwargs = dict(input_size=I, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional, **extra)
     fast = fast_cls(**kwargs, dtype=dtype)
@@ -79,15 +73,14 @@ def test_packed_matches_torch(cell, dtype, num_layers, bidirectional, enforce_so
         assert_close(grad, r["dparams"][name], dtype, "d" + name)
 
 
-@pytest.mark.parametrize("cell", MODULES)
+@pytest.mark.parametrize("cell", CELLS)
 def test_packed_batch_equals_each_sequence_alone(cell):
-    torch_cls, fast_cls, extra = MODULES[cell]
+    torch_cls, fast_cls, extra = LAYER_PAIRS[cell]
     torch.manual_seed(3)
     fast = fast_cls(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **extra)
     x = torch.randn(T, B, I, dtype=torch.float64)
     y, h = fast(pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False))
     h = h[0] if isinstance(h, tuple) else h
-    from torch.nn.utils.rnn import pad_packed_sequence
     padded, _ = pad_packed_sequence(y)
     for b, n in enumerate(LENGTHS):
         y1, h1 = fast(x[:n, b:b + 1])

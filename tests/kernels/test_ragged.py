@@ -12,8 +12,10 @@ import pytest
 import fastrnn
 from fastrnn import reference
 from fastrnn.types import CELLS
-from test_kernels import DTYPES, assert_all_close, make_problem, named, run
+from helpers import assert_all_close, make_problem, named, run
 from tolerances import assert_close
+
+DTYPES = (np.float32, np.float64)
 
 # (T, B, I, H, lengths, layers, bidirectional): steps whose row count shrinks to 1 and to 0
 # (max length < T), one row alone, equal lengths, T*B below 16 (few rows) and above (packed).
