@@ -83,6 +83,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the ragged-lengths suite: uniform, SST-2 and EWT batches as PackedSequences, fastrnn.nn "
                              "against its dense time, the ideal (live fraction x dense) and torch.nn's packed path, "
                              "LSTM and GRU, inference and training; fastrnn/bench/ragged.py")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="--ragged: time samples in the process's CPU time (readable at --threads 1 on a "
+                             "loaded machine)")
     parser.add_argument("--data", metavar="DIR", default=None,
                         help="--ragged: the datasets' folder (default: ../shared/data from the checkout or cwd)")
     args = parser.parse_args(argv)
