@@ -41,7 +41,8 @@ def test_batches_without_data_are_the_uniform_one(tmp_path):
 
 def test_tiny_run_fills_every_row():
     data_or_skip("sst2", "dev.tsv")
-    result = ragged.run_ragged(size=(8, 8), B=4, reps=1, min_sample_s=0.0005, data_dir=DATA, emit=lambda s: None)
+    result = ragged.run_ragged(size=(8, 8), B=4, reps=1, min_sample_s=0.0005, data_dir=DATA, emit=lambda s: None,
+                               cpu_time=True)
     rows = result["rows"]
     assert len(rows) == 3 * 2 * 2  # batches x cells x modes
     for row in rows:
@@ -51,6 +52,7 @@ def test_tiny_run_fills_every_row():
         assert np.isclose(row["torch_over_fastrnn"], row["torch_packed_ms"] / row["packed_ms"])
         assert row["pad_unpack_ms"] > 0
     assert result["header"]["isa"] in ("baseline", "avx2", "avx512")
+    assert result["header"]["clock"] == "process CPU time"
     json.dumps(result)  # what --save writes
 
 
