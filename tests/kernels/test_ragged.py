@@ -3,8 +3,8 @@ rows(t) rows of the batch, the input and weight-gradient GEMMs the sum-of-length
 and an unsorted batch is sorted once by decreasing length, run, and put back (csrc/cpu/stack.cpp).
 Checked here: the reference on lengths that make steps shrink to one row and to none (the longest
 sequence shorter than T), sorted and unsorted batches, the promise that an unsorted batch gives
-exactly (bitwise) the permuted results of its sorted order, gradients included, that padding
-(NaN, Inf) is never read, and the paths that run unsorted rows as they are (the modifiers' masks).
+exactly (bitwise) the permuted results of its sorted order, gradients included (also with the
+modifiers' per-row masks, sorted with the rows), and that padding (NaN, Inf) is never read.
 """
 import numpy as np
 import pytest
@@ -116,8 +116,7 @@ def test_equal_lengths_equal_no_lengths_bitwise(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_unsorted_with_recurrent_mask_matches_reference(cell):
-    """The modifiers' per-row masks are not permuted: such a batch runs its rows as they are, dead
-    rows among the live ones masked, and still matches the reference."""
+    """The modifiers' per-row masks travel with their rows when the batch is sorted."""
     T, B, I, H = 7, 5, 4, 6
     p = make_problem(cell, np.float64, 1, True, T, B, I, H, ragged=True, seed=11)
     p["lengths"] = np.array([2, 7, 1, 5, 7])
@@ -130,3 +129,35 @@ def test_unsorted_with_recurrent_mask_matches_reference(cell):
         out[module] = named(res, grads)
     assert_all_close(out[fastrnn], out[reference], np.float64)
     assert_close(out[fastrnn]["output"][5:, 0], np.zeros((2, 2 * H)), np.float64, "padding of sequence 0")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_unsorted_with_masks_is_the_sorted_problem_permuted_bitwise(cell):
+    """Recurrent-dropout and zoneout masks are permuted with the rows: an unsorted batch with masks
+    gives bitwise the sorted batch's results (with its masks sorted alike), rows put back."""
+    T, B, H = 8, 5, 6
+    p = make_problem(cell, np.float32, 1, True, T, B, 4, H, ragged=True, seed=21)
+    lengths = np.array([3, 8, 1, 5, 8])
+    rng = np.random.default_rng(2)
+    masks = dict(recurrent_mask=((rng.random((2, B, H)) > 0.3) / 0.7).astype(np.float32),
+                 zoneout_mask=(rng.random((2, T, B, H)) > 0.8).astype(np.float32))
+    if cell == "lstm":
+        masks["zoneout_cell_mask"] = (rng.random((2, T, B, H)) > 0.8).astype(np.float32)
+    order = np.argsort(-lengths, kind="stable")
+    results = []
+    for perm in (np.arange(B), order):
+        q = permuted(dict(p, lengths=lengths), perm)
+        m = {k: v[..., perm, :] for k, v in masks.items()}
+        res = fastrnn.forward(cell, q["x"], q["weights"], q["h0"], q["c0"], lengths=q["lengths"], bidirectional=True,
+                              training=True, **m)
+        results.append((perm, named(res, fastrnn.backward(res.saved, q["dy"], q["dhn"], q["dcn"]))))
+    (_, plain), (_, sorted_run) = results
+    for name, v in plain.items():
+        if v is None:
+            continue
+        expected = sorted_run[name]
+        if not name.startswith("dweights"):
+            back = np.empty_like(expected)
+            back[:, order] = expected
+            expected = back
+        np.testing.assert_array_equal(v, expected, err_msg=name)
