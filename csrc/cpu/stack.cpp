@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <cstdlib>
 #include <cstring>
@@ -163,14 +164,98 @@ struct CpuBackend {
   }
 };
 
+// Unsorted lengths. The loops run the rows [0, rows(t)) of step t (LiveRows, layer.h), which with
+// unsorted lengths include dead rows below the last live one (all B of them while the last row is
+// live). The batch is therefore sorted once by decreasing length (stable, so that equal lengths
+// keep their order), the sorted problem run, and the rows put back: a copy of x, y and the states
+// (dy, dx in backward) for every step running its live rows only. Backward derives the same order
+// from the same lengths, so the reserve (kept in sorted order, the zoneout h~/c~ included) matches.
+// The modifiers' per-row masks are sorted with the rows.
+struct BatchOrder {
+  std::vector<int64> order;    // [B] sorted row i is the caller's row order[i]
+  std::vector<int64> lengths;  // [B] the sorted lengths
+};
+inline std::optional<BatchOrder> sorting_order(const RnnConfig& c, const int64* lengths) {
+  if (!lengths) return std::nullopt;
+  if (std::is_sorted(lengths, lengths + c.B, std::greater<int64>())) return std::nullopt;
+  BatchOrder o{std::vector<int64>(c.B), std::vector<int64>(c.B)};
+  for (int64 b = 0; b < c.B; ++b) o.order[b] = b;
+  std::stable_sort(o.order.begin(), o.order.end(), [&](int64 i, int64 j) { return lengths[i] > lengths[j]; });
+  for (int64 b = 0; b < c.B; ++b) o.lengths[b] = lengths[o.order[b]];
+  return o;
+}
+
+// Rows of a [R, B, W] array (nullptr: none) between the caller's order and the sorted one:
+// to_sorted: dst[r, i] = src[r, order[i]]; else dst[r, order[i]] = src[r, i].
+template <class T>
+void permute_rows(const T* src, T* dst, int64 R, int64 B, int64 W, const std::vector<int64>& order, bool to_sorted) {
+  if (!src) return;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64 ri = 0; ri < R * B; ++ri) {
+    const int64 r = ri / B, i = ri % B, b = order[i];
+    const int64 from = r * B + (to_sorted ? b : i), to = r * B + (to_sorted ? i : b);
+    std::memcpy(dst + to * W, src + from * W, sizeof(T) * W);
+  }
+}
+
+// A [R, B, W] array in the sorted order: scratch (empty for nullptr) filled from the caller's.
+template <class T> struct SortedCopy {
+  Scratch<T> rows;
+  T* p;
+  SortedCopy(const T* src, int64 R, int64 B, int64 W, const BatchOrder& o, const char* what)
+      : rows(src ? checked_mul(checked_mul(R, B, what), W, what) : 0, what), p(src ? rows.data() : nullptr) {
+    permute_rows(src, p, R, B, W, o.order, true);
+  }
+};
+
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   check_blas_dims(c);
-  stack_forward(CpuBackend{}, c, a);
+  const auto order = sorting_order(c, a.lengths);
+  if (!order) return stack_forward(CpuBackend{}, c, a);
+  const int64 LD = c.L * c.D, DH = c.D * c.H;
+  SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
+      h0(a.h0, LD, c.B, c.H, *order, "h0 in the batch sorted by length"),
+      c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
+      mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
+      zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
+      zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
+  Scratch<T> y(checked_mul(c.T * c.B, DH, "y"), "y in the batch sorted by length"),
+      hn(LD * c.B * c.H, "hn in the batch sorted by length"), cn(a.cn ? LD * c.B * c.H : 0, "cn in the batch sorted by length");
+  ForwardArgs<T> s = a;
+  s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.lengths = order->lengths.data();
+  s.y = y.data(), s.hn = hn.data(), s.cn = a.cn ? cn.data() : nullptr;
+  s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+  stack_forward(CpuBackend{}, c, s);
+  permute_rows<T>(s.y, a.y, c.T, c.B, DH, order->order, false);
+  permute_rows<T>(s.hn, a.hn, LD, c.B, c.H, order->order, false);
+  permute_rows<T>(s.cn, a.cn, LD, c.B, c.H, order->order, false);
 }
 
 template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   check_blas_dims(c);
-  stack_backward(CpuBackend{}, c, a);
+  const auto order = sorting_order(c, a.lengths);
+  if (!order) return stack_backward(CpuBackend{}, c, a);
+  const int64 LD = c.L * c.D, DH = c.D * c.H;
+  SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
+      h0(a.h0, LD, c.B, c.H, *order, "h0 in the batch sorted by length"),
+      c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
+      dy(a.dy, c.T, c.B, DH, *order, "dy in the batch sorted by length"),
+      dhn(a.dhn, LD, c.B, c.H, *order, "dhn in the batch sorted by length"),
+      dcn(a.dcn, LD, c.B, c.H, *order, "dcn in the batch sorted by length"),
+      mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
+      zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
+      zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
+  Scratch<T> dx(checked_mul(c.T * c.B, c.I, "dx"), "dx in the batch sorted by length"),
+      dh0(LD * c.B * c.H, "dh0 in the batch sorted by length"),
+      dc0(a.dc0 ? LD * c.B * c.H : 0, "dc0 in the batch sorted by length");
+  BackwardArgs<T> s = a;
+  s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.dy = dy.p, s.dhn = dhn.p, s.dcn = dcn.p, s.lengths = order->lengths.data();
+  s.dx = dx.data(), s.dh0 = dh0.data(), s.dc0 = a.dc0 ? dc0.data() : nullptr;
+  s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+  stack_backward(CpuBackend{}, c, s);
+  permute_rows<T>(s.dx, a.dx, c.T, c.B, c.I, order->order, false);
+  permute_rows<T>(s.dh0, a.dh0, LD, c.B, c.H, order->order, false);
+  permute_rows<T>(s.dc0, a.dc0, LD, c.B, c.H, order->order, false);
 }
 
 template void forward<float>(const RnnConfig&, const ForwardArgs<float>&);

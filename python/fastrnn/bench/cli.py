@@ -84,6 +84,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--modifiers", action="store_true",
                         help="the training modifiers' suite (zoneout, recurrent/weight dropout, grad_clip, dilation "
                              "on LSTM and GRU vs the plain cell and a plain-PyTorch loop; fastrnn/bench/modifiers.py)")
+    parser.add_argument("--ragged", action="store_true",
+                        help="the ragged-lengths suite: uniform, SST-2 and EWT batches as PackedSequences, fastrnn.nn "
+                             "against its dense time, the ideal (live fraction x dense) and torch.nn's packed path, "
+                             "LSTM and GRU, inference and training; fastrnn/bench/ragged.py")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="--ragged: time samples in the process's CPU time (readable at --threads 1 on a "
+                             "loaded machine)")
+    parser.add_argument("--data", metavar="DIR", default=None,
+                        help="--ragged: the datasets' folder (default: ../shared/data from the checkout or cwd)")
     args = parser.parse_args(argv)
     if args.modifiers:
         from .modifiers import main_variants
@@ -93,6 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("--suite cells runs on the CPU")
         from .cells import main as cells_main
         return cells_main(args)
+    if args.ragged:
+        from .ragged import main_ragged
+        return main_ragged(args)
     if args.suite == "decode":
         if args.device == "cuda":
             parser.error("--suite decode runs on the CPU (the stepper has no CUDA step kernel yet)")
