@@ -8,6 +8,7 @@
 // threads for large arrays.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -64,46 +65,99 @@ FASTRNN_HD float fp16_bits_to_float(std::uint16_t h) {
   return f;
 }
 
+// float32 -> float16 bits, round to nearest even (overflow to infinity, NaN kept), with integer and
+// float operations only (F. Giesen's float_to_half_fast3_rtne): for code compiled without F16C.
+FASTRNN_HD std::uint16_t float_to_fp16_bits(float value) {
+  std::uint32_t f;
+  std::memcpy(&f, &value, sizeof f);
+  const std::uint32_t sign = f & 0x80000000u;
+  f ^= sign;
+  std::uint16_t o;
+  if (f >= (127u + 16u) << 23) {
+    o = f > 0x7f800000u ? 0x7e00 : 0x7c00;
+  } else if (f < 113u << 23) {  // a float16 subnormal or zero: let a float addition round it
+    const std::uint32_t magic_bits = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+    float magic, v;
+    std::memcpy(&magic, &magic_bits, sizeof magic);
+    std::memcpy(&v, &f, sizeof v);
+    v += magic;
+    std::memcpy(&f, &v, sizeof f);
+    o = std::uint16_t(f - magic_bits);
+  } else {
+    const std::uint32_t odd = (f >> 13) & 1u;
+    f += ((15u - 127u) << 23) + 0xfffu + odd;
+    o = std::uint16_t(f >> 13);
+  }
+  return std::uint16_t(o | (sign >> 16));
+}
+
 namespace cpu {
 namespace storage_detail {
 
-// Loops GCC vectorises for the target they are compiled for (float16's casts become vcvtph2ps /
-// vcvtps2ph with F16C or AVX-512, libgcc calls on baseline x86-64).
-#define FASTRNN_STORAGE16_LOOPS                                                                        \
-  inline void widen(const bf16* s, float* d, int64 n) {                                                \
-    _Pragma("omp simd") for (int64 i = 0; i < n; ++i) d[i] = bf16_to_float(s[i].bits);                 \
-  }                                                                                                    \
-  inline void narrow(const float* s, bf16* d, int64 n) {                                               \
-    _Pragma("omp simd") for (int64 i = 0; i < n; ++i) d[i].bits = float_to_bf16(s[i]);                 \
-  }                                                                                                    \
-  inline void round_bf16(float* p, int64 n) {                                                          \
-    _Pragma("omp simd") for (int64 i = 0; i < n; ++i) p[i] = bf16_to_float(float_to_bf16(p[i]));      \
-  }                                                                                                    \
-  inline void widen(const fp16* s, float* d, int64 n) {                                                \
-    _Pragma("omp simd") for (int64 i = 0; i < n; ++i) d[i] = float(s[i]);                              \
-  }                                                                                                    \
-  inline void narrow(const float* s, fp16* d, int64 n) {                                               \
-    _Pragma("omp simd") for (int64 i = 0; i < n; ++i) d[i] = fp16(s[i]);                               \
-  }                                                                                                    \
-  inline void round_fp16(float* p, int64 n) {                                                          \
-    _Pragma("omp simd") for (int64 i = 0; i < n; ++i) p[i] = float(fp16(p[i]));                        \
+// The conversion loops, compiled once per instruction set (the namespaces below, each inside a
+// `#pragma GCC target` region). bfloat16: loops GCC vectorises on every ISA. float16: GCC 12
+// converts _Float16 by libgcc calls even where F16C exists, so vcvtph2ps / vcvtps2ph intrinsics,
+// W values at a time (16: AVX-512, 8: AVX2), and bit arithmetic on baseline.
+#define FASTRNN_STORAGE16_LOOPS                                                                         \
+  inline void widen(const bf16* s, float* d, int64 n) {                                                 \
+    _Pragma("omp simd") for (int64 i = 0; i < n; ++i) d[i] = bf16_to_float(s[i].bits);                  \
+  }                                                                                                     \
+  inline void narrow(const float* s, bf16* d, int64 n) {                                                \
+    _Pragma("omp simd") for (int64 i = 0; i < n; ++i) d[i].bits = float_to_bf16(s[i]);                  \
+  }                                                                                                     \
+  inline void round_bf16(float* p, int64 n) {                                                           \
+    _Pragma("omp simd") for (int64 i = 0; i < n; ++i) p[i] = bf16_to_float(float_to_bf16(p[i]));       \
+  }                                                                                                     \
+  inline void widen(const fp16* s, float* d, int64 n) {                                                 \
+    int64 i = 0;                                                                                        \
+    for (; i + kW <= n; i += kW) store_f(d + i, cvt_in(s + i));                                         \
+    for (; i < n; ++i) d[i] = fp16_bits_to_float(reinterpret_cast<const std::uint16_t*>(s)[i]);         \
+  }                                                                                                     \
+  inline void narrow(const float* s, fp16* d, int64 n) {                                                \
+    int64 i = 0;                                                                                        \
+    for (; i + kW <= n; i += kW) cvt_out(s + i, d + i);                                                 \
+    for (; i < n; ++i) reinterpret_cast<std::uint16_t*>(d)[i] = float_to_fp16_bits(s[i]);               \
+  }                                                                                                     \
+  inline void round_fp16(float* p, int64 n) { /* through a float16 buffer, 256 values at a time */      \
+    fp16 tmp[256];                                                                                      \
+    for (int64 i = 0; i < n; i += 256) {                                                                \
+      const int64 m = std::min<int64>(256, n - i);                                                      \
+      narrow(p + i, tmp, m);                                                                            \
+      widen(tmp, p + i, m);                                                                             \
+    }                                                                                                   \
   }
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,f16c")
 namespace avx512 {
-FASTRNN_STORAGE16_LOOPS
+constexpr int64 kW = 16;
+inline __m512 cvt_in(const fp16* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline void store_f(float* d, __m512 v) { _mm512_storeu_ps(d, v); }
+inline void cvt_out(const float* s, fp16* d) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm512_cvtps_ph(_mm512_loadu_ps(s), _MM_FROUND_TO_NEAREST_INT));
 }
+FASTRNN_STORAGE16_LOOPS
+}  // namespace avx512
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
-FASTRNN_STORAGE16_LOOPS
+constexpr int64 kW = 8;
+inline __m256 cvt_in(const fp16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline void store_f(float* d, __m256 v) { _mm256_storeu_ps(d, v); }
+inline void cvt_out(const float* s, fp16* d) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm256_cvtps_ph(_mm256_loadu_ps(s), _MM_FROUND_TO_NEAREST_INT));
 }
+FASTRNN_STORAGE16_LOOPS
+}  // namespace avx2
 #pragma GCC pop_options
 namespace baseline {
+constexpr int64 kW = 1;
+inline float cvt_in(const fp16* p) { return fp16_bits_to_float(*reinterpret_cast<const std::uint16_t*>(p)); }
+inline void store_f(float* d, float v) { *d = v; }
+inline void cvt_out(const float* s, fp16* d) { *reinterpret_cast<std::uint16_t*>(d) = float_to_fp16_bits(*s); }
 FASTRNN_STORAGE16_LOOPS
-}
+}  // namespace baseline
 #undef FASTRNN_STORAGE16_LOOPS
 
 // f(lo, hi) over [0, n) in pieces on the threads (one piece below ~1M elements: a parallel region
