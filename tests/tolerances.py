@@ -129,7 +129,7 @@ def relative_error(actual, expected) -> float:
     return float(num / den) if den > 0 else float(num)
 
 
-# 16-bit storage (tests/test_storage16.py): the kernels on float16 / bfloat16 inputs against the
+# 16-bit storage (tests/kernels/test_storage16.py): the kernels on float16 / bfloat16 inputs against the
 # float64 reference on the same 16-bit values, relative_error per array. The rounding of each stored
 # activation (half an ulp: 2^-11 float16, 2^-8 bfloat16, relative) dominates. Worst seen over the
 # test's shapes plus 3-layer, T=30 and H=64 cases, two seeds each (2026-12-01): rnn_tanh/lstm/gru
@@ -142,3 +142,17 @@ STORAGE16 = {
     "float16-relu": {"output": 2e-3, "grad": 1.5e-1},
     "bfloat16-relu": {"output": 1.5e-2, "grad": 5e-1},
 }
+
+# STYLE.md's rule for 16-bit types (tests/kernels/test_storage16.py): the kernels' error against
+# float64 (relative_error, and the median elementwise relative error where values are small) at
+# most LOW_PRECISION_RATIO times that of the reference in the same low precision
+# (fastrnn.reference.forward(..., storage=dtype): rounded where the kernels store). An error below
+# LOW_PRECISION_FLOOR (a quarter of the type's half-ulp, 2^-13 float16, 2^-10 bfloat16) counts as
+# that floor, so that a quantity the low-precision reference happens to get almost exact does not
+# demand the impossible. Measured (2026-12-01, avx512_bf16 build, the test's cases): whole-array
+# ratios at most 1.27 (bfloat16: gru db_ih), 1.24 (rnn_tanh), 1.17 (lstm), 1.02 (rnn_relu); float16
+# at most 1.16 (lstm dW_hh); small values (median elementwise, 1e-3 and 1e-7) at most 1.01. The
+# rule's 2.0 is STYLE.md's; the kernels sit well inside it because they round in fewer places than
+# the reference (float32 products of float32 A on the widening paths).
+LOW_PRECISION_RATIO = 2.0
+LOW_PRECISION_FLOOR = {"float16": 2.0 ** -13, "bfloat16": 2.0 ** -10}
