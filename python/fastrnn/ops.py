@@ -47,7 +47,8 @@ from ._loader import _core
 from .types import CELLS, GATES
 
 _CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
-_DTYPES = (torch.float32, torch.float64)
+# float16 / bfloat16: 16-bit storage with float32 accumulation and state (README, "16-bit types").
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
 
@@ -123,7 +124,7 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
     base, _ = split_cell(cell)
     extra = 1 if _peephole_rows(cell) else 0
     if x.dtype not in _DTYPES:
-        raise TypeError(f"fastrnn supports float32 and float64 only, got input of dtype {x.dtype}")
+        raise TypeError(f"fastrnn supports float32, float64, bfloat16 and float16, got input of dtype {x.dtype}")
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D [T, B, I] (time-major), got shape {tuple(x.shape)}")
     if num_layers < 1:
@@ -224,7 +225,8 @@ def _check_modifiers_cell(cell: str, recurrent_mask, grad_clip, zoneout_h, zoneo
 # about a microsecond, ~30 per small training step. CUDA: NOT YET RUN ON A GPU (no GPU was lent to
 # the sessions that wrote it; issue 5): the CUDA tests in tests/cuda/test_cuda.py exercise the kernels
 # through _core.cuda directly.
-_PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
+               torch.float16: "float16"}
 
 
 def _ptr(t: Optional[Tensor]) -> int:
@@ -492,6 +494,29 @@ def _refuse_transform(*args, **kwargs):
 for _name in ("rnn_forward", "rnn_forward_modified", "rnn_backward"):
     _LIB.impl(_name, _refuse_transform, "FuncTorchDynamicLayerFrontMode")
 
+
+# ---- autocast -------------------------------------------------------------------------------------
+# Under torch.autocast("cpu", dtype=...) the forward ops run in the autocast dtype (bfloat16 or
+# float16): their floating-point tensors are cast to it on entry, as torch's autocast does for its
+# lower-precision ops (torch.nn.LSTM's oneDNN layer among them), and the op runs with the autocast
+# key excluded. The casts are ordinary differentiable ops, so float32 parameters get float32
+# gradients. A kernel at the AutocastCPU key (what torch.library.register_autocast installs, but
+# with the autocast dtype read at the call instead of fixed), so torch.compile traces it too.
+def _autocast_cpu(op):
+    def kernel(x, weights, h0, c0, lengths, *rest):
+        dtype = torch.get_autocast_dtype("cpu")
+
+        def cast(t):
+            return t.to(dtype) if t is not None and t.is_floating_point() and t.device.type == "cpu" else t
+        rest = tuple(cast(r) if isinstance(r, Tensor) else r for r in rest)
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)):
+            return op(cast(x), [cast(w) for w in weights], cast(h0), cast(c0), lengths, *rest)
+    return kernel
+
+
+for _name in ("rnn_forward", "rnn_forward_modified"):
+    _LIB.impl(_name, _autocast_cpu(getattr(torch.ops.fastrnn, _name)), "AutocastCPU")
+
 rnn_forward = torch.ops.fastrnn.rnn_forward
 rnn_backward = torch.ops.fastrnn.rnn_backward
 
@@ -508,8 +533,10 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 def _plain_eager(*tensors) -> bool:
     # torch.jit.trace records the op (serialisable, re-run by the trace check), never the Function.
+    # Under CPU autocast the op's AutocastCPU kernel (above) casts the inputs.
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state() is not None):
+            or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state() is not None
+            or torch.is_autocast_enabled("cpu")):
         return False
     for t in tensors:  # a loop, not all(<generator>): this runs on every cell step
         if t is not None and type(t) not in _PLAIN_TYPES:
