@@ -81,10 +81,16 @@ template <class V, int VW> __attribute__((always_inline)) inline void widen_vec(
 template <class V, int VW> __attribute__((always_inline)) inline void widen_vec(const fp16* p, V& out) {
   // vcvtph2ps as inline assembly: an intrinsic would have to be inlined into this function,
   // which is compiled for the default target (only its callers are AVX2 / AVX-512 code).
+  // The 16-bit values come in through a register, not a memory operand: with one, GCC kept a
+  // memory copy of the tile's accumulators up to date at every k (a store per FMA).
   if constexpr (VW == 16) {
-    asm("vcvtph2ps %1, %0" : "=v"(out) : "m"(*reinterpret_cast<const char(*)[32]>(p)));
+    typename Vec<std::uint16_t, 32>::type h;
+    std::memcpy(&h, p, sizeof h);
+    asm("vcvtph2ps %t1, %g0" : "=v"(out) : "v"(h));
   } else if constexpr (VW == 8) {
-    asm("vcvtph2ps %1, %0" : "=x"(out) : "m"(*reinterpret_cast<const char(*)[16]>(p)));
+    typename Vec<std::uint16_t, 16>::type h;
+    std::memcpy(&h, p, sizeof h);
+    asm("vcvtph2ps %x1, %t0" : "=x"(out) : "x"(h));
   } else {
     for (int i = 0; i < VW; ++i) out[i] = fp16_bits_to_float(reinterpret_cast<const std::uint16_t*>(p)[i]);
   }
@@ -121,12 +127,18 @@ __attribute__((always_inline)) inline void tile(int64 K, const T* A, int64 lda, 
             acc[m][p * VU + v] += a * *reinterpret_cast<const V*>(P + p * K_PW + k * PW + v * VW);
       }
   } else {
-    for (int64 k = 0; k < K; ++k) {
+    for (int64 k = 0; k < K; ++k) {  // fully unrolled, so that acc and w stay in registers
       V w[NP * VU];
-      for (int p = 0; p < NP; ++p)
-        for (int v = 0; v < VU; ++v) widen_vec<V, VW>(P + p * K_PW + k * PW + v * VW, w[p * VU + v]);
+#pragma GCC unroll 16
+      for (int i = 0; i < NP * VU; ++i) {
+        V t;
+        widen_vec<V, VW>(P + (i / VU) * K_PW + k * PW + (i % VU) * VW, t);
+        w[i] = t;
+      }
+#pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) {
         const T a = A[m * lda + k];
+#pragma GCC unroll 16
         for (int i = 0; i < NP * VU; ++i) acc[m][i] += a * w[i];
       }
     }

@@ -4,8 +4,8 @@
 //   - bfloat16 with AVX512_BF16 (bf16_dot()): vdpbf16ps, which multiplies pairs of bf16 values and
 //     adds both products to a float32 lane, twice the multiply-adds of a float32 FMA per
 //     instruction. P holds pairs of rows interleaved, [panels][ceil(K/2)][16][2] (a zero row pads
-//     an odd K); A is rounded to bfloat16 (round to nearest even) 32 values of a row at a time as
-//     the tile reads it, so its callers keep A in float32 (the recurrent h, the gate gradients).
+//     an odd K); A is rounded to bfloat16 pairs (round to nearest even) once per row block, so its
+//     callers keep A in float32 (the recurrent h, the gate gradients).
 //   - otherwise (float16 on every ISA, bfloat16 without AVX512_BF16): packed_gemm.h's kernel on
 //     [panels][K][16] 16-bit panels, widened to float32 in registers; A is used as it is.
 // Accumulation is float32 in both.
@@ -70,11 +70,14 @@ inline void pack_panels16(Panels16 kind, int64 K, int64 N, const float* src, int
 
 namespace dot_detail {
 
-// MR rows of A times NP panels with vdpbf16ps; A read in chunks of 32 k, rounded to bf16 pairs
-// into a small buffer the instruction broadcasts from.
+// The A operand as vdpbf16ps reads it: rows of (A[m, 2q], A[m, 2q + 1]) bf16 pairs, one 32-bit
+// value each, converted once per row block (vcvtne2ps2bf16, round to nearest even; a zero pads an
+// odd K), so that the tiles below run their whole K with the accumulators in registers.
+constexpr int64 kPairsMax = int64(16) << 10;  // 64 KB of pairs: a row block (128 KB of float32 A)
+
 template <int MR, int NP>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline void dot_tile(
-    int64 K, const float* A, int64 lda, const std::uint16_t* P, int64 panel_stride, float* C, int64 ldc,
+    int64 KP, const std::uint32_t* A, int64 ldq, const std::uint16_t* P, int64 panel_stride, float* C, int64 ldc,
     int64 ncols, Epilogue<float> e) {
   __m512 acc[MR][NP];
   for (int p = 0; p < NP; ++p) {
@@ -83,29 +86,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) i
     const __m512 start = e.bias ? _mm512_maskz_loadu_ps(live, e.bias + n0) : _mm512_setzero_ps();
     for (int m = 0; m < MR; ++m) acc[m][p] = start;
   }
-  alignas(64) std::uint32_t apairs[MR][16];
-  for (int64 k0 = 0; k0 < K; k0 += 32) {
-    const int64 kn = std::min<int64>(32, K - k0);
-    const __mmask16 lo = kn >= 16 ? __mmask16(0xffff) : __mmask16((1u << kn) - 1);
-    const __mmask16 hi = kn >= 32 ? __mmask16(0xffff) : kn > 16 ? __mmask16((1u << (kn - 16)) - 1) : __mmask16(0);
-    for (int m = 0; m < MR; ++m) {
-      const float* a = A + m * lda + k0;
-      const __m512bh pairs = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, a + 16), _mm512_maskz_loadu_ps(lo, a));
-      _mm512_store_si512(reinterpret_cast<__m512i*>(apairs[m]), reinterpret_cast<const __m512i&>(pairs));
+  for (int64 q = 0; q < KP; ++q) {
+    __m512bh w[NP];
+    for (int p = 0; p < NP; ++p) {
+      const __m512i v = _mm512_loadu_si512(P + p * panel_stride + q * 2 * kPanel16);
+      w[p] = reinterpret_cast<const __m512bh&>(v);
     }
-    const int64 npairs = (kn + 1) / 2;
-    const std::uint16_t* pk = P + (k0 / 2) * 2 * kPanel16;
-    for (int64 q = 0; q < npairs; ++q) {
-      __m512bh w[NP];
-      for (int p = 0; p < NP; ++p) {
-        const __m512i v = _mm512_loadu_si512(pk + p * panel_stride + q * 2 * kPanel16);
-        w[p] = reinterpret_cast<const __m512bh&>(v);
-      }
-      for (int m = 0; m < MR; ++m) {
-        const __m512i b = _mm512_set1_epi32(int(apairs[m][q]));
-        const __m512bh bb = reinterpret_cast<const __m512bh&>(b);
-        for (int p = 0; p < NP; ++p) acc[m][p] = _mm512_dpbf16_ps(acc[m][p], bb, w[p]);
-      }
+    for (int m = 0; m < MR; ++m) {
+      const __m512i b = _mm512_set1_epi32(int(A[m * ldq + q]));
+      const __m512bh bb = reinterpret_cast<const __m512bh&>(b);
+      for (int p = 0; p < NP; ++p) acc[m][p] = _mm512_dpbf16_ps(acc[m][p], bb, w[p]);
     }
   }
   for (int m = 0; m < MR; ++m)
@@ -124,20 +114,20 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) i
 // at a time.
 template <int MR, int NP>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline void dot_sweep(
-    int64 m_begin, int64 m_end, int64 N, int64 K, const float* A, int64 lda, const std::uint16_t* P, float* C,
-    int64 ldc, Epilogue<float> e) {
-  const int64 panel_stride = (K + 1) / 2 * 2 * kPanel16, panels = (N + kPanel16 - 1) / kPanel16;
+    int64 m_begin, int64 m_end, int64 N, int64 KP, const std::uint32_t* A, int64 ldq, const std::uint16_t* P,
+    int64 panel_stride, float* C, int64 ldc, Epilogue<float> e) {
+  const int64 panels = (N + kPanel16 - 1) / kPanel16;
   for (int64 p = 0; p < panels; p += NP) {
     const int64 left = panels - p, ncols = N - p * kPanel16;
     for (int64 m = m_begin; m + MR <= m_end; m += MR) {
-      const float* a = A + m * lda;
+      const std::uint32_t* a = A + m * ldq;
       const std::uint16_t* pp = P + p * panel_stride;
       float* c = C + m * ldc + p * kPanel16;
       const Epilogue<float> ep = detail::shifted(e, p * kPanel16);
-      if (left >= NP) dot_tile<MR, NP>(K, a, lda, pp, panel_stride, c, ldc, ncols, ep);
+      if (left >= NP) dot_tile<MR, NP>(KP, a, ldq, pp, panel_stride, c, ldc, ncols, ep);
       else
         for (int64 q = 0; q < left; ++q)
-          dot_tile<MR, 1>(K, a, lda, pp + q * panel_stride, panel_stride, c + q * kPanel16, ldc,
+          dot_tile<MR, 1>(KP, a, ldq, pp + q * panel_stride, panel_stride, c + q * kPanel16, ldc,
                           ncols - q * kPanel16, detail::shifted(e, (p + q) * kPanel16));
     }
   }
@@ -146,23 +136,48 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) i
 // 12 accumulators (vdpbf16ps's latency hidden), 4 rows a tile; the last 1-3 rows with more panels.
 template <int R>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline void dot_rest(
-    int64 m, int64 M, int64 N, int64 K, const float* A, int64 lda, const std::uint16_t* P, float* C, int64 ldc,
-    Epilogue<float> e) {
+    int64 m, int64 M, int64 N, int64 KP, const std::uint32_t* A, int64 ldq, const std::uint16_t* P,
+    int64 panel_stride, float* C, int64 ldc, Epilogue<float> e) {
   if constexpr (R >= 1) {
-    if (M - m == R) return dot_sweep<R, 12 / R>(m, M, N, K, A, lda, P, C, ldc, e);
-    dot_rest<R - 1>(m, M, N, K, A, lda, P, C, ldc, e);
+    if (M - m == R) return dot_sweep<R, 12 / R>(m, M, N, KP, A, ldq, P, panel_stride, C, ldc, e);
+    dot_rest<R - 1>(m, M, N, KP, A, ldq, P, panel_stride, C, ldc, e);
   }
 }
 
+// rows x K of A (lda) -> bf16 pairs [rows][KP] (ldq = KP)
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void to_pairs(
+    int64 rows, int64 K, const float* A, int64 lda, std::uint32_t* out, int64 KP) {
+  for (int64 m = 0; m < rows; ++m)
+    for (int64 k0 = 0; k0 < K; k0 += 32) {
+      const int64 kn = std::min<int64>(32, K - k0);
+      const __mmask16 lo = kn >= 16 ? __mmask16(0xffff) : __mmask16((1u << kn) - 1);
+      const __mmask16 hi = kn >= 32 ? __mmask16(0xffff) : kn > 16 ? __mmask16((1u << (kn - 16)) - 1) : __mmask16(0);
+      const float* a = A + m * lda + k0;
+      const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, a + 16), _mm512_maskz_loadu_ps(lo, a));
+      const int64 np = (kn + 1) / 2;  // pairs of this chunk
+      _mm512_mask_storeu_epi32(out + m * KP + k0 / 2, np >= 16 ? __mmask16(0xffff) : __mmask16((1u << np) - 1),
+                               reinterpret_cast<const __m512i&>(v));
+    }
+}
+
+// K in pieces of at most 2 * kPairsMax (one piece but for K > 32768), each row block of A
+// converted to pairs once and run against every panel. P's panels are (K + 1) / 2 pairs long.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void packed_gemm_bf16dot(
     int64 M, int64 N, int64 K, const float* A, int64 lda, const std::uint16_t* P, float* C, int64 ldc,
     Epilogue<float> e) {
   constexpr int MR = 4;
-  const int64 block = std::max<int64>(1, row_block<float>(K) / MR) * MR;
-  for (int64 b = 0; b < M; b += block) {
-    const int64 rows = std::min(block, M - b), m = rows / MR * MR;
-    dot_sweep<MR, 3>(0, m, N, K, A + b * lda, lda, P, C + b * ldc, ldc, e);
-    dot_rest<MR - 1>(m, rows, N, K, A + b * lda, lda, P, C + b * ldc, ldc, e);
+  const int64 panel_stride = (K + 1) / 2 * 2 * kPanel16;
+  alignas(64) std::uint32_t pairs[kPairsMax];  // on the stack: every thread its own
+  for (int64 k = 0; k < K; k += 2 * kPairsMax) {
+    const int64 kk = std::min(2 * kPairsMax, K - k), KP = (kk + 1) / 2;
+    const Epilogue<float> ek = k ? Epilogue<float>{true, nullptr} : e;  // later pieces add on
+    const int64 block = std::max<int64>(1, std::min(row_block<float>(kk), kPairsMax / KP) / MR) * MR;
+    for (int64 b = 0; b < M; b += block) {
+      const int64 rows = std::min(block, M - b), m = rows / MR * MR;
+      to_pairs(rows, kk, A + b * lda + k, lda, pairs, KP);
+      dot_sweep<MR, 3>(0, m, N, KP, pairs, KP, P + k * kPanel16, panel_stride, C + b * ldc, ldc, ek);
+      dot_rest<MR - 1>(m, rows, N, KP, pairs, KP, P + k * kPanel16, panel_stride, C + b * ldc, ldc, ek);
+    }
   }
 }
 
