@@ -20,9 +20,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ._loader import _core
+from .cell_table import (BY_NONLINEARITY, CELL_ID, GRU, LSTM, RNN_RELU, RNN_TANH, carries_cell_state,
+                         cell_info, param_formulas, param_shapes)
 from .types import CELLS, GATES, RNNGrads, RNNResult
 
-_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 try:  # bfloat16 arrays come from ml_dtypes (optional)
     import ml_dtypes as _ml_dtypes
@@ -100,7 +102,7 @@ def _check_options(cell: str, peephole, coupled, cell_clip) -> dict:
             raise TypeError(f"cell_clip must be None or a number > 0, got {type(cell_clip).__name__}")
         if not cell_clip > 0:
             raise ValueError(f"cell_clip must be > 0 (None: no clipping), got {cell_clip}")
-    if cell != "lstm" and (peephole or coupled or cell_clip is not None):
+    if not cell_info(cell).lstm_variants and (peephole or coupled or cell_clip is not None):
         raise ValueError(f"peephole, coupled and cell_clip are LSTM options, got them for cell {cell!r}")
     return dict(peephole=bool(peephole), coupled=bool(coupled),
                 cell_clip=0.0 if cell_clip is None else float(cell_clip))
@@ -108,7 +110,7 @@ def _check_options(cell: str, peephole, coupled, cell_clip) -> dict:
 
 def _gates(cell: str, options: dict) -> int:
     """Gate blocks of the cell with these options (the coupled LSTM has 3: f, g, o)."""
-    return 3 if options.get("coupled") else GATES[cell]
+    return cell_info(cell).gates_with(bool(options.get("coupled")))
 
 
 def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype, options=None) -> tuple:
@@ -117,7 +119,6 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
     peepholes every entry ends with w_ch [U, H] (U = 3, coupled 2)."""
     options = options or {}
     peep = 1 if options.get("peephole") else 0
-    U = 2 if options.get("coupled") else 3
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
     if len(weights) == 0 or len(weights) % num_directions:
@@ -135,21 +136,19 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
         raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
     H = int(w_hh0.shape[1])
     bias = len(first) == 4 + peep
+    peephole, coupled = bool(peep), bool(options.get("coupled"))
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape)
+    expected = param_shapes(cell, input_size, H, len(weights) // num_directions, num_directions == 2, bias, peephole,
+                            coupled)
+    names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else [])
     out = []
     for k, entry in enumerate(weights):
         layer, d = divmod(k, num_directions)
         where = f"layer {layer}, {_DIRECTION[d]}"
         if not isinstance(entry, (list, tuple)) or len(entry) != len(first):
             raise ValueError(f"weights[{k}] ({where}) must be a tuple of {len(first)} arrays like weights[0]")
-        in_size = input_size if layer == 0 else num_directions * H
-        names = ["w_ih", "w_hh", "b_ih", "b_hh"][:4 if bias else 2]
-        shapes = [(G * H, in_size), (G * H, H), (G * H,), (G * H,)][:4 if bias else 2]
-        formulas = [f"({G}*H, {'I' if layer == 0 else f'{num_directions}*H'}) = ", f"({G}*H, H) = ",
-                    f"({G}*H,) = ", f"({G}*H,) = "][:4 if bias else 2]
-        if peep:
-            names.append("w_ch")
-            shapes.append((U, H))
-            formulas.append(f"({U}, H) = ")
+        shapes = expected[k]
+        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled)
         arrays = []
         for i, a in enumerate(entry):
             name = f"weights[{k}][{i}] ({names[i]}, {where})"
@@ -244,12 +243,12 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     cell = _check_cell(cell)
     options = _check_options(cell, peephole, coupled, cell_clip)
     if reset_after is not True:
-        if cell != "gru" or not isinstance(reset_after, bool):
+        if not cell_info(cell).reset_after_option or not isinstance(reset_after, bool):
             raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
         raise NotImplementedError("reset_after=False (the GRU of Cho et al. 2014) is not implemented by the kernels "
                                   "yet: fastrnn.reference.forward and fastrnn.nn.GRU(reset_after=False) compute it")
     if layer_norm is not False:
-        if cell not in ("lstm", "gru") or not isinstance(layer_norm, bool):
+        if not cell_info(cell).layer_norm_option or not isinstance(layer_norm, bool):
             raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
         raise NotImplementedError("layer_norm=True is not fused in the kernels yet: fastrnn.reference.forward(..., "
                                   "layer_norm=True) and fastrnn.nn.LSTM/GRU(layer_norm=True) (composed torch ops, "
@@ -265,9 +264,9 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     weights = [tuple(np.ascontiguousarray(a) for a in entry) for entry in weights]
     state_shape = (L * D, B, H)
     h0 = _check_state("h0", h0, state_shape, x.dtype)
-    if cell != "lstm" and c0 is not None:
+    if not carries_cell_state(cell) and c0 is not None:
         raise ValueError(f"c0 is only for the LSTM, got one for cell {cell!r}")
-    c0 = _check_state("c0", c0, state_shape, x.dtype) if cell == "lstm" else None
+    c0 = _check_state("c0", c0, state_shape, x.dtype) if carries_cell_state(cell) else None
     lengths = _check_lengths(lengths, T, B)
     G = GATES[cell]
     _check_probability("zoneout", zoneout)
@@ -278,7 +277,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
                                   "zoneout, zoneout_cell) run the base cells only, not with peephole, coupled or "
                                   "cell_clip")
     _check_probability("zoneout_cell", zoneout_cell)
-    if cell != "lstm" and (zoneout_cell > 0 or zoneout_cell_mask is not None):
+    if not carries_cell_state(cell) and (zoneout_cell > 0 or zoneout_cell_mask is not None):
         raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got one for cell {cell!r}")
     _check_probability("recurrent_dropout", recurrent_dropout)
     _check_probability("weight_dropout", weight_dropout)
@@ -382,7 +381,7 @@ def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, trai
     state_shape = (L * D, B, H)
     y = np.empty((T, B, D * H), xt.dtype)
     hn = np.empty(state_shape, xt.dtype)
-    cn = np.empty(state_shape, xt.dtype) if cell == "lstm" else None
+    cn = np.empty(state_shape, xt.dtype) if carries_cell_state(cell) else None
     reserve = None
     if training:
         reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional, **options), xt.dtype)
@@ -441,7 +440,7 @@ def _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, tr
     """Layer by layer, each on its folded sequence: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None)."""
     T, B, _ = xt.shape
     D = 2 if bidirectional else 1
-    lstm = cell == "lstm"
+    lstm = carries_cell_state(cell)
     layer_in, hns, cns, layers = xt, [], [], []
     for l, d in enumerate(dilations):
         k = slice(l * D, (l + 1) * D)
@@ -475,7 +474,7 @@ def _dilated_backward(saved, dyt, dhn, dcn):
     """Backward of _dilated_forward, layer by layer from the top: -> (dx [T, B, I], dh0, dc0, dweights)."""
     T, B, _ = saved.x.shape
     D = 2 if saved.bidirectional else 1
-    H, lstm = saved.hidden_size, saved.cell == "lstm"
+    H, lstm = saved.hidden_size, carries_cell_state(saved.cell)
     dout = dyt
     dh0s, dc0s, dweights = [None] * saved.num_layers, [None] * saved.num_layers, [None] * saved.num_layers
     for l in reversed(range(saved.num_layers)):
@@ -527,7 +526,7 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
     dyt = np.ascontiguousarray(dy.transpose(1, 0, 2) if saved.batch_first else dy)
     state_shape = (L * D, B, H)
     dhn = _check_state("dhn", dhn, state_shape, x.dtype)
-    lstm = saved.cell == "lstm"
+    lstm = carries_cell_state(saved.cell)
     if not lstm and dcn is not None:
         raise ValueError(f"dcn is only for the LSTM, got one for cell {saved.cell!r}")
     dcn = _check_state("dcn", dcn, state_shape, x.dtype) if lstm else None
@@ -548,7 +547,7 @@ def _plain_backward(saved: Saved, dyt, dhn, dcn):
     x = saved.x
     L, D = saved.num_layers, 2 if saved.bidirectional else 1
     state_shape = (L * D, x.shape[1], saved.hidden_size)
-    lstm = saved.cell == "lstm"
+    lstm = carries_cell_state(saved.cell)
     dx = np.empty_like(x)
     dh0 = np.empty(state_shape, x.dtype)
     dc0 = np.empty(state_shape, x.dtype) if lstm else None
@@ -568,34 +567,34 @@ def _backward_for(cell_names: tuple, saved, dy, dhn, dcn) -> RNNGrads:
 
 def lstm_forward(x, weights, h0=None, c0=None, **kwargs) -> RNNResult:
     """``forward("lstm", ...)``: gates i, f, g, o; see :func:`forward`."""
-    return forward("lstm", x, weights, h0, c0, **kwargs)
+    return forward(LSTM, x, weights, h0, c0, **kwargs)
 
 
 def gru_forward(x, weights, h0=None, **kwargs) -> RNNResult:
     """``forward("gru", ...)``: gates r, z, n, reset applied after the hidden product (PyTorch's GRU)."""
-    return forward("gru", x, weights, h0, **kwargs)
+    return forward(GRU, x, weights, h0, **kwargs)
 
 
 def rnn_forward(x, weights, h0=None, *, nonlinearity: str = "tanh", **kwargs) -> RNNResult:
     """Elman RNN ``h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh)``; see :func:`forward`."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    return forward("rnn_" + nonlinearity, x, weights, h0, **kwargs)
+    return forward(BY_NONLINEARITY[nonlinearity].name, x, weights, h0, **kwargs)
 
 
 def lstm_backward(saved, dy, dhn=None, dcn=None) -> RNNGrads:
     """Backward of :func:`lstm_forward`."""
-    return _backward_for(("lstm",), saved, dy, dhn, dcn)
+    return _backward_for((LSTM,), saved, dy, dhn, dcn)
 
 
 def gru_backward(saved, dy, dhn=None) -> RNNGrads:
     """Backward of :func:`gru_forward`."""
-    return _backward_for(("gru",), saved, dy, dhn, None)
+    return _backward_for((GRU,), saved, dy, dhn, None)
 
 
 def rnn_backward(saved, dy, dhn=None) -> RNNGrads:
     """Backward of :func:`rnn_forward`."""
-    return _backward_for(("rnn_tanh", "rnn_relu"), saved, dy, dhn, None)
+    return _backward_for((RNN_TANH, RNN_RELU), saved, dy, dhn, None)
 
 
 def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, bidirectional: bool = False,
@@ -615,20 +614,21 @@ def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int =
         raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
     rng = np.random.default_rng(seed)
     D, G, H = (2 if bidirectional else 1), _gates(cell, options), hidden_size
-    U = 2 if coupled else 3
     k = 1.0 / np.sqrt(H)
+    # (w_ih, w_hh[, b_ih, b_hh][, w_ch]) of every entry, by the cell table's rule
+    all_shapes = param_shapes(cell, input_size, H, num_layers, bool(bidirectional), bool(bias), bool(peephole),
+                              bool(coupled))
     weights = []
     for layer in range(num_layers):
-        in_size = input_size if layer == 0 else D * H
-        for _ in range(D):
-            shapes = [(G * H, in_size), (G * H, H)] + ([(G * H,), (G * H,)] if bias else [])
+        for d in range(D):
+            shapes = all_shapes[layer * D + d][:4 if bias else 2]
             entry = [rng.uniform(-k, k, s).astype(dtype) for s in shapes]
             if init == "identity":
                 entry[0] = rng.normal(0.0, 0.001, shapes[0]).astype(dtype)
                 entry[1] = np.tile(np.eye(H), (G, 1)).astype(dtype)
                 entry[2:] = [np.zeros(s, dtype) for s in shapes[2:]]
             if peephole:
-                entry.append(rng.uniform(-k, k, (U, H)).astype(dtype))
+                entry.append(rng.uniform(-k, k, all_shapes[layer * D + d][-1]).astype(dtype))
             weights.append(tuple(entry))
     return weights
 
@@ -680,7 +680,7 @@ class _PreparedStep:
         if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != self.input_size:
             raise ValueError(f"x must have shape (B, I={self.input_size}) with B >= 1, got {x.shape}")
         B = int(x.shape[0])
-        lstm = self.cell == "lstm"
+        lstm = carries_cell_state(self.cell)
         if not lstm and c is not None:
             raise ValueError(f"c is only for the LSTM, got one for cell {self.cell!r}")
         h = self._state("h", h, B)
@@ -734,16 +734,18 @@ class PreparedCell(_PreparedStep):
         G, H = GATES[self.cell], int(w_hh.shape[1])
         if w_ih.ndim != 2 or w_ih.shape[1] < 1:
             raise ValueError(f"w_ih must be 2-D ({G}*H, I) with I >= 1, got shape {w_ih.shape}")
-        _check_shape("w_hh", w_hh, (G * H, H), f"({G}*H, H) = ")
-        _check_shape("w_ih", w_ih, (G * H, int(w_ih.shape[1])), f"({G}*H, I) = ")
+        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True)[0]  # (w_ih, w_hh, b_ih, b_hh)
+        formulas = param_formulas(self.cell, 0, 1, True)
+        _check_shape("w_hh", w_hh, shapes[1], formulas[1])
+        _check_shape("w_ih", w_ih, shapes[0], formulas[0])
         if (b_ih is None) != (b_hh is None):
             raise ValueError("give both b_ih and b_hh, or neither")
         biases = []
-        for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        for name, b, shape, formula in (("b_ih", b_ih, shapes[2], formulas[2]), ("b_hh", b_hh, shapes[3], formulas[3])):
             if b is not None:
                 b = _array(name, b)
                 _check_dtype(name, b, self.dtype)
-                _check_shape(name, b, (G * H,), f"({G}*H,) = ")
+                _check_shape(name, b, shape, formula)
                 b = np.ascontiguousarray(b)
             biases.append(b)
         half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))

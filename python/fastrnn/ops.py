@@ -44,9 +44,10 @@ import torch
 from torch import Tensor
 
 from ._loader import _core
-from .types import CELLS, GATES
+from .cell_table import CELL_ID, carries_cell_state, cell_info, param_shapes
+from .types import CELLS
 
-_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
 # float16 / bfloat16: 16-bit storage with float32 accumulation and state (README, "16-bit types").
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -102,20 +103,16 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
                 raise ValueError(f"cell {cell!r}: cell_clip must be > 0")
         else:
             raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C)")
-    if parts and base != "lstm":
+    if parts and not cell_info(base).lstm_variants:
         raise ValueError(f"cell {cell!r}: peephole, coupled and cell_clip are LSTM options")
     return base, tuple(opts.items())
 
 
-def _gates(cell: str) -> int:
-    base, opts = split_cell(cell)
-    return 3 if dict(opts)["coupled"] else GATES[base]
-
-
 def _peephole_rows(cell: str) -> int:
     """Rows U of w_ch (0 without peepholes)."""
-    opts = dict(split_cell(cell)[1])
-    return (2 if opts["coupled"] else 3) if opts["peephole"] else 0
+    base, opts = split_cell(cell)
+    opts = dict(opts)
+    return cell_info(base).peephole_rows(opts["coupled"]) if opts["peephole"] else 0
 
 
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
@@ -152,13 +149,14 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     if hidden_size < 1 or num_layers < 1:
         raise ValueError(f"hidden_size and num_layers must be >= 1, got {hidden_size} and {num_layers}")
     D = 2 if bidirectional else 1
-    GH = _gates(cell) * hidden_size
-    U = _peephole_rows(cell)
-    bias = per_entry - (1 if U else 0) == 4
-    names = ["w_ih", "w_hh", "b_ih", "b_hh"][:4 if bias else 2] + (["w_ch"] if U else [])
+    base, opts = split_cell(cell)
+    opts = dict(opts)
+    bias = per_entry - (1 if opts["peephole"] else 0) == 4
+    names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else [])
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape)
+    all_shapes = param_shapes(base, I, hidden_size, num_layers, bidirectional, bias, opts["peephole"], opts["coupled"])
     for k in range(num_layers * D):
-        shapes = [(GH, I if k < D else D * hidden_size), (GH, hidden_size), (GH,), (GH,)][:4 if bias else 2]
-        shapes += [(U, hidden_size)] if U else []
+        shapes = all_shapes[k]
         for j in range(per_entry):
             w = weights[k * per_entry + j]
             if w.shape != shapes[j]:
@@ -306,7 +304,7 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
     _check_no_transform(x, h0, c0, *weights)
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
     base, opts = split_cell(cell)
-    lstm = base == "lstm"
+    lstm = carries_cell_state(base)
     c0 = c0 if lstm else None
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0,
                   recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
@@ -357,7 +355,7 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
     state = (num_layers * D, B, hidden_size)
     y = x.new_empty((T, B, D * hidden_size))
     hn = x.new_empty(state)
-    cn = x.new_empty(state) if split_cell(cell)[0] == "lstm" else x.new_empty((0,))
+    cn = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, zoned)
     reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
     return y, hn, cn, reserve
@@ -366,7 +364,7 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
 def _forward_fake(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training,
                   recurrent_mask=None, grad_clip=0.0, zoneout_h=None, zoneout_c=None):
     _check(x, weights, cell, num_layers, bidirectional)
-    zoned = (zoneout_h is not None) + (zoneout_c is not None and split_cell(cell)[0] == "lstm")
+    zoned = (zoneout_h is not None) + (zoneout_c is not None and carries_cell_state(split_cell(cell)[0]))
     return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned)
 
 
@@ -390,7 +388,7 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
         raise RuntimeError("fastrnn::rnn_backward needs the reserve of a forward run with training=True; "
                            "this forward ran with training=False and saved nothing")
     base, opts = split_cell(cell)
-    lstm = base == "lstm"
+    lstm = carries_cell_state(base)
     c0, dcn = (c0, dcn) if lstm else (None, None)
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0, dy=dy, dhn=dhn,
                   dcn=dcn, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
@@ -424,7 +422,7 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
 def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
     B = x.shape[1]
     state = (num_layers * (2 if bidirectional else 1), B, hidden_size)
-    dc0 = x.new_empty(state) if split_cell(cell)[0] == "lstm" else x.new_empty((0,))
+    dc0 = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     # new_empty, not empty_like: empty_like keeps a transposed input's strides, and the kernels
     # write outputs in place, so every output must be contiguous.
     return x.new_empty(x.shape), x.new_empty(state), dc0, [w.new_empty(w.shape) for w in weights]
@@ -456,7 +454,7 @@ def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
         raise RuntimeError("fastrnn::rnn_forward ran with training=False, so it saved nothing for backward; "
                            "call it with training=True when gradients are needed")
     x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, reserve, *weights = ctx.saved_tensors
-    lstm = split_cell(cell)[0] == "lstm"
+    lstm = carries_cell_state(split_cell(cell)[0])
     # With create_graph (grad mode on) through the op, whose own backward raises a clear error.
     backward = torch.ops.fastrnn.rnn_backward
     if not torch.is_grad_enabled() and _plain_eager(x, h0, c0, dy, dhn, dcn, *weights):
