@@ -169,7 +169,8 @@ def format_row16(r: dict) -> str:
     x = (lambda k: f"{s[k]:.2f}x" if k in s else "–")
     return " | ".join([
         f"| {r['name'].rsplit(' ', 1)[0]}", r["mode"], B._ms(t["fastrnn16"]), B._ms(t["fastrnn32"]),
-        (B._ms(t["torch_autocast"]) + f" ({r['torch_autocast_runs']})") if "torch_autocast" in t else "–",
+        (B._ms(t["torch_autocast"]) + f" ({r['torch_autocast_runs']})") if "torch_autocast" in t
+        else f"– ({r['torch_autocast_runs']})",
         B._ms(t.get("torch32")), x("fastrnn32"), x("torch_autocast"), x("torch32"),
         f"{r['max_rel_diff_vs_float32']:.1e}"]) + " |"
 
