@@ -213,7 +213,7 @@ def test_constructor_errors_proj_size():
             fnn.LSTM(I, H, **kwargs)
 
 
-def test_mixed_dtypes_raise_type_error():
+def test_mixed_dtypes_are_refused():
     # float16 / bfloat16 run the 16-bit kernels (tests/nn/test_nn_16bit.py); an input whose dtype is
     # not the parameters' is refused as torch.nn refuses it, naming both
     m = fnn.LSTM(I, H, dtype=torch.float16)
