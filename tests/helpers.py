@@ -8,8 +8,10 @@ Tolerances are not here: they live in tolerances.py. Sections:
   its tolerances, the reference's tiny problems;
 - fresh processes: a digest of arrays, the resident set size;
 - fastrnn.nn against torch.nn (tests/nn, tests/cuda): the parity checks over every cell and input
-  form. Importing this module never imports torch (the NumPy tests and their fresh processes must
-  not pay for it, nor have it touch OpenMP): those helpers import it when first used;
+  form; the plain-torch loop of every cell variant with every training modifier
+  (``torch_modified_loop``). Importing this module never imports torch (the NumPy tests and their
+  fresh processes must not pay for it, nor have it touch OpenMP): those helpers import it when
+  first used (or take it as an argument);
 - the NLP examples (tests/examples): load an example as a module, find the project's datasets at
   ``<repo>/../shared/data`` (skipping, with the reason, where a dataset is absent), and run an
   example's ``main`` once per argument list for the whole session.
@@ -362,6 +364,106 @@ def check_cell_parity(cell, bias, form, dtype, device="cpu"):
     assert [n for n, _ in fast.named_parameters()] == list(ref_params)
     for name, p in fast.named_parameters():
         assert_torch_close(to_numpy(p.grad), to_numpy(ref_params[name].grad), dtype, "d" + name)
+
+
+# ---- plain-torch loops of the modifiers with the cell variants ------------------------------------
+# (tests/kernels/test_modifier_variants.py: the reference's clamped BPTT; tests/nn/
+# test_nn_modifier_variants.py: fastrnn.nn's composed and fused paths.) ``torch`` is an argument, so
+# that importing this module does not import it.
+def _layer_norm_t(torch, v, gain, bias=None):
+    y = torch.nn.functional.layer_norm(v, (v.size(-1),), gain, None, 1e-5)
+    return y if bias is None else y + bias
+
+
+def torch_modified_loop(torch, cell, x, entries, h0, c0, lengths, bidirectional, *, peephole=False, coupled=False,
+                        cell_clip=None, reset_after=True, layer_norm=False, recurrent_mask=None, zoneout=None,
+                        zoneout_cell=None, grad_clip=None, dilation=1):
+    """The issue's equations in plain torch ops (autograd differentiates them; grad_clip as
+    ``register_hook(lambda g: g.clamp(-C, C))`` on every h_t and c_t), for every cell variant and
+    modifier. x [T, B, I]; entries: L*D dicts of tensors w_ih, w_hh, b_ih, b_hh (or None), w_ch
+    (peepholes), w_hr (projection: h is P wide), ln_ih, ln_hh, ln_c_w, ln_c_b (layer norm); weight
+    dropout is the caller's (entries' w_hh already masked); h0 [L*D, B, P or H], c0 [L*D, B, H];
+    lengths [B] or None; masks as fastrnn.reference takes them (recurrent [L*D, B, P or H], zoneout
+    [L*D, T, B, P or H], zoneout_cell [L*D, T, B, H]). -> (y [T, B, D*P or D*H], h_n, c_n or None)."""
+    F = torch.nn.functional
+    T_, B_ = x.shape[0], x.shape[1]
+    D = 2 if bidirectional else 1
+    L = len(entries) // D
+    dil = [dilation] * L if isinstance(dilation, int) else list(dilation)
+    lens = torch.full((B_,), T_) if lengths is None else torch.as_tensor(lengths)
+    lstm = cell == "lstm"
+    hns, cns, layer_in = [], [], x
+    for l in range(L):
+        outs = []
+        for dr in range(D):
+            k = l * D + dr
+            e = entries[k]
+            d = dil[l]
+            hs, cs = {}, {}
+            y = [None] * T_
+            for t in (range(T_ - 1, -1, -1) if dr else range(T_)):
+                src = t + d if dr else t - d
+                has = (src < lens) if dr else torch.full((B_,), src >= 0)
+                hp = torch.where(has[:, None], hs[src], h0[k]) if src in hs else h0[k].expand(B_, -1)
+                cp = None
+                if lstm:
+                    cp = torch.where(has[:, None], cs[src], c0[k]) if src in cs else c0[k].expand(B_, -1)
+                h_in = hp if recurrent_mask is None else recurrent_mask[k] * hp
+                if layer_norm:  # LN(W x) γ + b per product, over the whole gate row
+                    gi = _layer_norm_t(torch, F.linear(layer_in[t], e["w_ih"]), e["ln_ih"], e["b_ih"])
+                    gh = _layer_norm_t(torch, F.linear(h_in, e["w_hh"]), e["ln_hh"], e["b_hh"])
+                else:
+                    gi, gh = F.linear(layer_in[t], e["w_ih"], e["b_ih"]), F.linear(h_in, e["w_hh"], e["b_hh"])
+                c_new = None
+                if lstm:
+                    a = gi + gh
+                    p = e.get("w_ch") if peephole else None
+                    if coupled:
+                        a_f, a_g, a_o = a.chunk(3, 1)
+                        f = torch.sigmoid(a_f + (p[0] * cp if p is not None else 0))
+                        i = 1 - f
+                    else:
+                        a_i, a_f, a_g, a_o = a.chunk(4, 1)
+                        i = torch.sigmoid(a_i + (p[0] * cp if p is not None else 0))
+                        f = torch.sigmoid(a_f + (p[1] * cp if p is not None else 0))
+                    c_new = f * cp + i * torch.tanh(a_g)
+                    if cell_clip is not None:
+                        c_new = c_new.clamp(-cell_clip, cell_clip)
+                    o = torch.sigmoid(a_o + (p[-1] * c_new if p is not None else 0))
+                    h_new = o * torch.tanh(_layer_norm_t(torch, c_new, e["ln_c_w"], e["ln_c_b"]) if layer_norm
+                                           else c_new)
+                    if e.get("w_hr") is not None:
+                        h_new = F.linear(h_new, e["w_hr"])
+                elif cell == "gru":
+                    ri, zi, ni = gi.chunk(3, 1)
+                    rh, zh, nh = gh.chunk(3, 1)
+                    r, z = torch.sigmoid(ri + rh), torch.sigmoid(zi + zh)
+                    if reset_after:
+                        n = torch.tanh(ni + r * nh)
+                    else:  # Cho et al.: W_hn (r * m * h) + b_hn
+                        Hh = hp.size(1)
+                        b_n = None if e["b_hh"] is None else e["b_hh"][2 * Hh:]
+                        n = torch.tanh(ni + F.linear(r * h_in, e["w_hh"][2 * Hh:], b_n))
+                    h_new = (1 - z) * n + z * hp
+                else:
+                    h_new = torch.tanh(gi + gh) if cell == "rnn_tanh" else torch.relu(gi + gh)
+                if zoneout is not None:
+                    h_new = zoneout[k, t] * hp + (1 - zoneout[k, t]) * h_new
+                if zoneout_cell is not None:
+                    c_new = zoneout_cell[k, t] * cp + (1 - zoneout_cell[k, t]) * c_new
+                if grad_clip is not None and h_new.requires_grad:
+                    h_new.register_hook(lambda g: g.clamp(-grad_clip, grad_clip))
+                    if c_new is not None:
+                        c_new.register_hook(lambda g: g.clamp(-grad_clip, grad_clip))
+                hs[t], cs[t] = h_new, c_new
+                y[t] = h_new * (t < lens)[:, None].to(h_new.dtype)
+            outs.append(torch.stack(y))
+            last = torch.zeros(B_, dtype=torch.long) if dr else lens - 1
+            hns.append(torch.stack([hs[int(last[b])][b] for b in range(B_)]))
+            if lstm:
+                cns.append(torch.stack([cs[int(last[b])][b] for b in range(B_)]))
+        layer_in = torch.cat(outs, 2)
+    return layer_in, torch.stack(hns), (torch.stack(cns) if lstm else None)
 
 
 # ---- the NLP examples ----------------------------------------------------------------------------

@@ -160,9 +160,11 @@ template <bool Peephole, bool Coupled> struct LstmVariant {
     const A tc = fr_tanh(c);
     const A dh = A(r.dh[j]);
     const A da_o = dh * tc * o * (A(1) - o);
-    // all paths into c: the next step, h through tanh, and o's peephole
+    // all paths into c: the next step, h through tanh, and o's peephole; that total is what the
+    // grad_clip modifier clamps (the carried c is the clamped one, so before the clamp's derivative)
     A dc = A(r.dc[j]) + dh * o * (A(1) - tc * tc);
     if constexpr (Peephole) dc = dc + da_o * peep(r.unit_params, Peep::o, H, j);
+    dc = clamp_if(dc, A(r.dc_clip));
     const A dc_raw = dc * keep;  // through the clamp
     A da_f, dcp = dc_raw * f;
     if constexpr (Coupled) {

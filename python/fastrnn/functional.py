@@ -237,6 +237,11 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     zoneout, zoneout_cell: p (zoneout_cell: the LSTM's c); h_t = d h_{t-1} + (1 - d) h~_t with
         d ~ Bernoulli(p) per element and step when training (or ``zoneout_mask`` [L*D, T, B, H]; for
         c ``zoneout_cell_mask``), d = p when not (the eval formula).
+    The modifiers combine with peephole, coupled and cell_clip (the kernels run the variant's cell
+    with each). Zoneout blends the cell's new state as a whole: within step t, h~_t and o's
+    peephole see c~_t (the cell's new c, clipped by cell_clip); the state carried to step t + 1,
+    whose i and f peepholes read it, is the zoned-out c_t = d_c c_{t-1} + (1 - d_c) c~_t (Krueger
+    et al. 2017: h_t = d_h h_{t-1} + (1 - d_h) o_t tanh(c~_t)).
 
     Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
     """
@@ -268,14 +273,8 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         raise ValueError(f"c0 is only for the LSTM, got one for cell {cell!r}")
     c0 = _check_state("c0", c0, state_shape, x.dtype) if carries_cell_state(cell) else None
     lengths = _check_lengths(lengths, T, B)
-    G = GATES[cell]
+    G = _gates(cell, options)  # the weight masks' [G*H, H]: 3 gate blocks for the coupled LSTM
     _check_probability("zoneout", zoneout)
-    if any(options.values()) and (recurrent_dropout or weight_dropout or grad_clip is not None or dilation != 1
-                                  or zoneout or zoneout_cell or recurrent_mask is not None or weight_mask is not None
-                                  or zoneout_mask is not None or zoneout_cell_mask is not None):
-        raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
-                                  "zoneout, zoneout_cell) run the base cells only, not with peephole, coupled or "
-                                  "cell_clip")
     _check_probability("zoneout_cell", zoneout_cell)
     if not carries_cell_state(cell) and (zoneout_cell > 0 or zoneout_cell_mask is not None):
         raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got one for cell {cell!r}")
@@ -315,7 +314,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     xt = np.ascontiguousarray(x.transpose(1, 0, 2) if batch_first else x)  # [T, B, I]
     if any(d != 1 for d in dilations):
         y, hn, cn, saved = _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training,
-                                            recurrent_mask, grad_clip, dilations, zone)
+                                            recurrent_mask, grad_clip, dilations, zone, options)
     else:
         y, hn, cn, saved = _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training,
                                           recurrent_mask, grad_clip, zone, options)
@@ -374,7 +373,7 @@ def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, trai
                    zone=(None, None), options=None):
     """One kernel call for the whole stack: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None).
     zone: the zoneout masks (d_h, d_c), each [L*D, T, B, H] or None; options: the LSTM variants'
-    (``_check_options``; not combined with the modifiers)."""
+    (``_check_options``), which the kernels combine with every modifier."""
     options = options or {}
     T, B, I = xt.shape
     D = 2 if bidirectional else 1
@@ -436,7 +435,7 @@ def _final_rows(lengths: Optional[np.ndarray], T: int, B: int, d: int, D: int) -
 
 
 def _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training, recurrent_mask, grad_clip,
-                     dilations, zone=(None, None)):
+                     dilations, zone=(None, None), options=None):
     """Layer by layer, each on its folded sequence: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None)."""
     T, B, _ = xt.shape
     D = 2 if bidirectional else 1
@@ -450,7 +449,8 @@ def _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, tr
         zone_f = [None if z is None else np.ascontiguousarray(np.stack([_fold(z[i], d) for i in range(k.start, k.stop)]))
                   for z in zone]  # [D, ceil(T/d), d*B, H]
         y_f, hn_f, cn_f, saved = _plain_forward(cell, x_f, weights[k], fold_state(h0), fold_state(c0), lengths_f, H, 1,
-                                                bidirectional, training, fold_state(recurrent_mask), grad_clip, zone_f)
+                                                bidirectional, training, fold_state(recurrent_mask), grad_clip, zone_f,
+                                                options)
         y = _unfold(y_f, d, T)
         if lengths is not None:  # folded sequences of no live step output their padding step: zero it
             y = y * (np.arange(T)[:, None] < lengths[None, :])[:, :, None]

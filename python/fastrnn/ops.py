@@ -33,7 +33,8 @@ Training modifiers the kernels run (issue 15; fastrnn.nn documents them): ``recu
 (0: off), and ``zoneout_h``, ``zoneout_c`` [L*D, T, B, H] (d: h_t = d h_{t-1} + (1 - d) h~_t; None:
 none), arguments of ``torch.ops.fastrnn.rnn_forward_modified`` (rnn_forward's arguments and these
 four) and of rnn_backward. With zoneout the training reserve holds h~ (and c~) after the kernels'
-own part: R grows by L*D*H per zoned state. CPU only: CUDA tensors raise NotImplementedError.
+own part: R grows by L*D*H per zoned state. They combine with the LSTM variants' cell strings.
+CPU only: CUDA tensors raise NotImplementedError.
 """
 from __future__ import annotations
 
@@ -210,14 +211,6 @@ def _pre_state_ptrs(reserve: Tensor, T: int, B: int, R: int, size: int, zoneout_
     return pre_h, pre_c
 
 
-def _check_modifiers_cell(cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c) -> None:
-    """The modifiers run the base cells only: the LSTM variants' cell strings with one is an error."""
-    if cell != split_cell(cell)[0] and (recurrent_mask is not None or grad_clip or zoneout_h is not None
-                                        or zoneout_c is not None):
-        raise NotImplementedError(f"the training modifiers (recurrent_dropout, grad_clip, zoneout) run the base "
-                                  f"cells only, not the LSTM variant {cell!r} (peephole, coupled, cell_clip)")
-
-
 # ---- the kernels' entry points ---------------------------------------------------------------------
 # Both back ends take data pointers (csrc/pointer_args.h), checked above: a NumPy view per tensor cost
 # about a microsecond, ~30 per small training step. CUDA: NOT YET RUN ON A GPU (no GPU was lent to
@@ -310,7 +303,6 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
                   recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
     zoneout_c = zoneout_c if lstm else None
     _check_modifiers_device(x, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
-    _check_modifiers_cell(cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
     lengths = _checked_lengths(lengths, x)
     x, h0, c0, recurrent_mask = x.contiguous(), _contiguous(h0), _contiguous(c0), _contiguous(recurrent_mask)
     zoneout_h, zoneout_c = _contiguous(zoneout_h), _contiguous(zoneout_c)
@@ -394,7 +386,6 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
                   dcn=dcn, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
     zoneout_c = zoneout_c if lstm else None
     _check_modifiers_device(x, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
-    _check_modifiers_cell(cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
     recurrent_mask, zoneout_h, zoneout_c = _contiguous(recurrent_mask), _contiguous(zoneout_h), _contiguous(zoneout_c)
     zoned = (zoneout_h is not None) + (zoneout_c is not None)
     T, B, I = x.shape

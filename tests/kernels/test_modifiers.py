@@ -535,8 +535,6 @@ def test_nn_bad_modifiers():
             nn.LSTM(I, H, num_layers=2, **kw)
     with pytest.raises(TypeError):
         nn.GRU(I, H, zoneout_cell=0.1)  # the GRU has no c
-    with pytest.raises(NotImplementedError):
-        nn.LSTM(I, 4, proj_size=2, recurrent_dropout=0.1)
     assert "recurrent_dropout=0.2" in repr(nn.GRU(I, H, recurrent_dropout=0.2))
 
 
@@ -576,32 +574,21 @@ def test_numpy_api_zoneout_draws_and_eval_formula():
     assert_close(e.c_n, ref.c_n, np.float64, "c_n")
 
 
-def test_modifiers_with_cell_variants_or_layer_norm_are_refused():
-    """Neither issue 14 (cell variants, layer_norm, reset_after=False) nor issue 15 (modifiers)
-    implemented the combination: a clear NotImplementedError, never an option silently ignored."""
+def test_modifiers_combine_with_the_cell_variants():
+    """Every modifier is accepted with every cell variant (issue 15: "combinable with the cell
+    variants"); what they compute together: tests/kernels/test_modifier_variants.py (reference,
+    kernels) and tests/nn/test_nn_modifier_variants.py (fastrnn.nn)."""
     torch = pytest.importorskip("torch")
     import fastrnn.nn
-    for kwargs in (dict(peephole=True), dict(coupled=True), dict(cell_clip=1.0), dict(layer_norm=True)):
-        for modifier in (dict(grad_clip=1.0), dict(zoneout=0.1), dict(zoneout_cell=0.1), dict(recurrent_dropout=0.1),
-                         dict(weight_dropout=0.1), dict(dilation=2)):
-            with pytest.raises(NotImplementedError, match="base cells only"):
-                fastrnn.nn.LSTM(3, 4, **kwargs, **modifier)
-    for kwargs in (dict(reset_after=False), dict(layer_norm=True)):
-        with pytest.raises(NotImplementedError, match="base cells only"):
-            fastrnn.nn.GRU(3, 4, grad_clip=1.0, **kwargs)
-    x, weights, h0, c0 = make_problem("lstm", 1, False, t=3, b=2, i=3, h=4)
+    x = torch.zeros(3, 2, 3)
+    for cls, kwargs in (("LSTM", dict(peephole=True)), ("LSTM", dict(coupled=True)), ("LSTM", dict(cell_clip=1.0)),
+                        ("LSTM", dict(layer_norm=True)), ("LSTM", dict(proj_size=2)), ("GRU", dict(layer_norm=True)),
+                        ("GRU", dict(reset_after=False))):
+        for modifier in (dict(grad_clip=1.0), dict(zoneout=0.1), dict(recurrent_dropout=0.1), dict(weight_dropout=0.1),
+                         dict(dilation=2)) + ((dict(zoneout_cell=0.1),) if cls == "LSTM" else ()):
+            y = getattr(fastrnn.nn, cls)(3, 4, **kwargs, **modifier)(x)[0]
+            assert y.shape == (3, 2, 2 if "proj_size" in kwargs else 4)
+    xs, weights, h0, c0 = make_problem("lstm", 1, False, t=3, b=2, i=3, h=4)
     peep = [w + (np.zeros((3, 4)),) for w in weights]
-    with pytest.raises(NotImplementedError, match="base cells only"):
-        fastrnn.forward("lstm", x, peep, h0, c0, training=True, peephole=True, grad_clip=1.0)
-    with pytest.raises(NotImplementedError, match="base cells only"):
-        fastrnn.forward("lstm", x, weights, h0, c0, training=True, cell_clip=1.0, zoneout=0.2)
-    # the op itself: a variant's cell string with a modifier
-    from fastrnn import ops
-    xt = torch.zeros(3, 2, 3, dtype=torch.float64)
-    ws = [torch.zeros(16, 3, dtype=torch.float64), torch.zeros(16, 4, dtype=torch.float64)]
-    with pytest.raises(NotImplementedError, match="base cells only"):
-        ops.run_forward(xt, ws, None, None, None, ops.variant_cell("lstm", False, False, 0.5), 4, 1, False, True,
-                        None, 1.0, None, None)
-    # the plain cells keep their modifiers
-    y = fastrnn.nn.LSTM(3, 4, grad_clip=1.0)(torch.zeros(3, 2, 3))[0]
-    assert y.shape == (3, 2, 4)
+    res = fastrnn.forward("lstm", xs, peep, h0, c0, training=True, peephole=True, grad_clip=1.0, zoneout=0.2, rng=0)
+    assert len(fastrnn.backward(res.saved, np.ones_like(res.output)).dweights[0]) == 5

@@ -5,7 +5,9 @@ today for it (torch.nn.LSTMCell / GRUCell stepped in Python with the modifier's 
 zoneout and recurrent-dropout loops, hooks for clipping, a state list for dilation; weight dropout
 is torch.nn.LSTM / GRU on a masked W_hh, AWD-LSTM's WeightDrop, which stays fused). Median of
 interleaved samples (timing.time_interleaved). Kept apart from the CPU suite so that the cell
-variants' benchmark (issue 14) can live next to it.
+variants' benchmark (issue 14) can live next to it. The COMBINATIONS rows time a modifier on one of
+issue 14's fused LSTM variants against that variant alone (their "plain" column; no loop column:
+the variants' plain-PyTorch loops are --variants' rows).
 """
 from __future__ import annotations
 
@@ -23,6 +25,13 @@ VARIANTS = {  # option name -> the keyword fastrnn.nn takes
     "weight_dropout": dict(weight_dropout=0.5),
     "grad_clip": dict(grad_clip=1.0),
     "dilation": dict(dilation=2),
+}
+
+# a modifier on a fused LSTM variant: name -> (the variant's options, the modifier's)
+COMBINATIONS = {
+    "peephole+zoneout": (dict(peephole=True), dict(zoneout=0.1, zoneout_cell=0.05)),
+    "coupled+recurrent_dropout": (dict(coupled=True), dict(recurrent_dropout=0.25)),
+    "cell_clip+grad_clip": (dict(cell_clip=3.0), dict(grad_clip=1.0)),
 }
 
 
@@ -117,6 +126,11 @@ def run_variants(cells=(LSTM, GRU), sizes=((50, 8, 256, 256), (50, 32, 256, 256)
                     layer.zero_grad(set_to_none=True)
                     _torch_loop_step(torch, mode, option, kw, cell, layer, x)
                 fns["loop:" + option] = loop
+            for name, (variant, kw) in COMBINATIONS.items() if mode == "lstm" else ():
+                alone = cls(I, H, **variant)
+                both = cls(I, H, **variant, **kw)
+                both.load_state_dict(alone.state_dict())
+                fns["variant:" + name], fns[name] = step(alone), step(both)
             t = time_interleaved(fns, reps, min_sample_s)
             base = t["plain"]["median_ms"]
             for option in VARIANTS:
@@ -126,6 +140,12 @@ def run_variants(cells=(LSTM, GRU), sizes=((50, 8, 256, 256), (50, 32, 256, 256)
                 rows.append(row)
                 emit(f"| {mode} | {T}, {B}, {I}, {H} | {option} | {base:.2f} | {ms:.2f} | {ms / base:.2f}x | "
                      f"{loop_ms:.2f} | {loop_ms / ms:.1f}x |")
+            for name in COMBINATIONS if mode == "lstm" else ():
+                alone_ms, ms = t["variant:" + name]["median_ms"], t[name]["median_ms"]
+                rows.append(dict(cell=mode, T=T, B=B, I=I, H=H, option=name, plain_ms=alone_ms, option_ms=ms,
+                                 ratio=ms / alone_ms, loop_ms=None, speedup_vs_loop=None))
+                emit(f"| {mode} | {T}, {B}, {I}, {H} | {name} (vs {name.split('+')[0]} alone) | {alone_ms:.2f} | "
+                     f"{ms:.2f} | {ms / alone_ms:.2f}x | — | — |")
     header = dict(date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.processor() or platform.machine(),
                   torch=torch.__version__, threads=torch.get_num_threads(), reps=reps,
                   fastrnn_threads=__import__("fastrnn").get_num_threads())

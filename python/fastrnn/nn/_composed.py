@@ -1,7 +1,8 @@
 """The recurrence in composed torch ops (a Python loop over time; autograd does the backward):
 for the calls the fused kernels do not serve (meta tensors, an empty batch, forward-mode AD,
 torch.func's transforms), the variants they do not implement yet (GRU(reset_after=False),
-layer_norm=True) and LSTM(proj_size > 0). Correct rather than fast."""
+layer_norm=True) and LSTM(proj_size > 0), each with the training modifiers (the same masks, applied
+where the kernels and the reference apply them). Correct rather than fast."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -81,16 +82,19 @@ def _gru_step(gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
 _STEPS = {RNN_TANH: _rnn_tanh_step, RNN_RELU: _rnn_relu_step, LSTM: _lstm_step, GRU: _gru_step}
 
 
-def _gru_reset_before_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
+def _gru_reset_before_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                           h_in: Optional[Tensor] = None) -> Tensor:
     """One step of the GRU with reset_after=False (Cho et al. 2014): r, z as torch.nn.GRU's, then
-    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), h' = (1-z)*n + z*h. gi = W_ih x + b_ih [B, 3H]."""
+    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), h' = (1-z)*n + z*h. gi = W_ih x + b_ih [B, 3H].
+    h_in: what the recurrent products read (recurrent dropout: m*h, so n's is W_hn (r*m*h)); h."""
     H = h.size(1)
+    h_in = h if h_in is None else h_in
     w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]
     b_rz, b_n = (b_hh[:2 * H], b_hh[2 * H:]) if b_hh is not None else (None, None)
     r_i, z_i, n_i = gi.chunk(3, 1)
-    r_h, z_h = F.linear(h, w_rz, b_rz).chunk(2, 1)
+    r_h, z_h = F.linear(h_in, w_rz, b_rz).chunk(2, 1)
     r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
-    n = torch.tanh(n_i + F.linear(r * h, w_n, b_n))
+    n = torch.tanh(n_i + F.linear(r * h_in, w_n, b_n))
     return (1 - z) * n + z * h
 
 
@@ -105,24 +109,29 @@ def _layer_norm_lstm_step(a: Tensor, c: Tensor, gain_c: Tensor, bias_c: Tensor):
 def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int,
                          num_layers: int, bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False,
                          layer_norm: bool = False, recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0,
-                         zoneout=None):
+                         zoneout=None, proj_size: int = 0):
     """The op's forward (x [T, B, I] -> (y [T, B, D*H], hn [L*D, B, H], cn or None)) in composed torch
     ops, for the calls the kernels cannot serve (_kernels_cannot_serve): autograd, forward-mode AD and
     torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T).
     ``layer_norm`` (Ba et al. 2016, haste's LayerNormLSTM): each weights entry ends with γ_ih, γ_hh
     [G*H] (LSTM: and γ_c, β_c [H]); the products are normalised without their biases, which follow
     the gains; the GRU's reset gate multiplies LN(W_hn h) γ_hh,n + b_hn, its base cell's gh_n.
-    Modifiers (the base cells only: the modules refuse them with the variants and layer_norm):
-    recurrent_mask [L*D, B, H] multiplies h_{t-1} into W_hh; grad_clip > 0 clamps the
-    gradient reaching each h_t and c_t (tensor hooks); zoneout = (d_h, d_c), each None, a float p
-    (eval) or a tensor [L*D, T, B, H]: h_t = d_h h_{t-1} + (1 - d_h) h~_t (and c likewise)."""
+    ``proj_size`` = P > 0 (the LSTM, torch.nn.LSTM's projection): each entry ends with W_hr [P, H]
+    and h_t = W_hr (o * tanh(c_t)) is P wide (x -> y [T, B, D*P], hn [L*D, B, P], cn [L*D, B, H]).
+    Modifiers, for every cell and variant (the same equations as the kernels' and the reference's):
+    recurrent_mask [L*D, B, H (P)] multiplies h_{t-1} wherever it enters a recurrent product (the
+    reset-before GRU's W_hn (r*m*h) too), not z*h_{t-1}; grad_clip > 0 clamps the gradient
+    reaching each h_t and c_t (tensor hooks); zoneout = (d_h, d_c), each None, a float p (eval) or
+    a tensor [L*D, T, B, H (P for h)]: h_t = d_h h_{t-1} + (1 - d_h) h~_t (and c likewise), where
+    the cell's step (o's peephole, cell_clip, the projection) produced h~_t and c~_t from the
+    carried, zoned-out states."""
     T, B = x.size(0), x.size(1)
     D = 2 if bidirectional else 1
     per_entry = len(weights) // (num_layers * D)
     lstm = BY_TORCH_MODE[mode].carries_cell_state
     peephole = not layer_norm and bool(cell) and dict(ops.split_cell(cell)[1])["peephole"]  # LN: no peepholes
     state = (num_layers * D, B, hidden_size)
-    h0 = x.new_zeros(state) if h0 is None else h0
+    h0 = x.new_zeros(state[:2] + (proj_size or hidden_size,)) if h0 is None else h0
     c0 = (x.new_zeros(state) if c0 is None else c0) if lstm else None
     live = None if lengths is None else torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)  # [T, B]
     hns, cns = [], []
@@ -135,6 +144,7 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
             if layer_norm:  # (γ_ih, γ_hh[, γ_c, β_c]) end the entry
                 n_ln = 4 if lstm else 2
                 ln, entry = entry[-n_ln:], entry[:-n_ln]
+            w_hr = entry.pop() if proj_size > 0 else None  # after the peepholes (fastrnn.nn's parameter order)
             w_ch = entry.pop() if peephole else None
             w_ih, w_hh = entry[0], entry[1]
             b_ih, b_hh = (entry[2], entry[3]) if len(entry) == 4 else (None, None)
@@ -145,17 +155,19 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
             h, c = h0[k], (c0[k] if lstm else None)
             ys: List[Optional[Tensor]] = [None] * T
             for t in (range(T - 1, -1, -1) if d else range(T)):
+                h_in = h if recurrent_mask is None else recurrent_mask[k] * h  # what W_hh reads
                 if reset_before:
-                    h_new, c_new = _gru_reset_before_step(xw[t], h, w_hh, b_hh), None
+                    h_new, c_new = _gru_reset_before_step(xw[t], h, w_hh, b_hh, h_in), None
                 elif layer_norm:
-                    gh = _layer_norm(F.linear(h, w_hh), ln[1], b_hh)  # [B, G*H]
+                    gh = _layer_norm(F.linear(h_in, w_hh), ln[1], b_hh)  # [B, G*H]
                     if lstm:
                         h_new, c_new = _layer_norm_lstm_step(xw[t] + gh, c, ln[2], ln[3])
                     else:
                         h_new, c_new = _composed_step(mode, xw[t], gh, h, None)
                 else:
-                    h_in = h if recurrent_mask is None else recurrent_mask[k] * h
                     h_new, c_new = _composed_step(mode, xw[t], F.linear(h_in, w_hh, b_hh), h, c, cell, w_ch)
+                if w_hr is not None:  # the projection: h' = W_hr (o * tanh(c'))
+                    h_new = F.linear(h_new, w_hr)
                 if zoneout is not None:
                     h_new = _zoned(zoneout[0], k, t, h, h_new)
                     c_new = _zoned(zoneout[1], k, t, c, c_new) if lstm else None
@@ -188,47 +200,3 @@ def _zoned(d, k: int, t: int, prev: Tensor, new: Tensor) -> Tensor:
 
 def _permute(t: Tensor, permutation: Optional[Tensor]) -> Tensor:
     return t if permutation is None else t.index_select(1, permutation)
-
-
-def _lstm_projected(m: torch.nn.Module, x: Tensor, h0, c0, lengths):
-    """LSTM with projections (proj_size > 0), which the kernels do not implement: a pure-torch
-    fallback written with composed torch ops, so autograd does the backward. It follows
-    torch.nn.LSTM exactly (h_t = W_hr (o * tanh(c_t)); outputs past a sequence's length are zero,
-    its final state is the one at its own last step) and is correct rather than fast.
-    x [T, B, I] -> (y [T, B, D*P], hn [L*D, B, P], cn [L*D, B, H])."""
-    T, B = x.size(0), x.size(1)
-    D = 2 if m.bidirectional else 1
-    P, H = m.proj_size, m.hidden_size
-    if h0 is None:
-        h0 = x.new_zeros((m.num_layers * D, B, P))
-        c0 = x.new_zeros((m.num_layers * D, B, H))
-    live = None if lengths is None else torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)  # [T, B]
-    hns, cns = [], []
-    for layer in range(m.num_layers):
-        outputs = []
-        for d in range(D):
-            k = layer * D + d
-            names = m._all_weights[k]
-            w_ih, w_hh, w_hr = getattr(m, names[0]), getattr(m, names[1]), getattr(m, names[-1])
-            b_ih, b_hh = (getattr(m, names[2]), getattr(m, names[3])) if m.bias else (None, None)
-            w_ch = getattr(m, names[-2]) if m.peephole else None
-            xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], all steps at once
-            h, c = h0[k], c0[k]
-            ys: List[Optional[Tensor]] = [None] * T
-            for t in (range(T - 1, -1, -1) if d else range(T)):
-                # m = o * tanh(c') of the cell (with issue 14's options), then h' = W_hr m
-                m_t, c_new = _composed_step(m.mode, xw[t], F.linear(h, w_hh, b_hh), None, c, m._cell, w_ch)
-                h_new = F.linear(m_t, w_hr)
-                if live is None:
-                    h, c, ys[t] = h_new, c_new, h_new
-                else:  # a finished sequence keeps its state and outputs zeros
-                    alive = live[t].unsqueeze(1)
-                    h, c = torch.where(alive, h_new, h), torch.where(alive, c_new, c)
-                    ys[t] = h_new * alive
-            outputs.append(torch.stack(ys))
-            hns.append(h)
-            cns.append(c)
-        x = torch.cat(outputs, 2) if D == 2 else outputs[0]
-        if m.dropout > 0 and m.training and layer < m.num_layers - 1:
-            x = F.dropout(x, m.dropout, True)
-    return x, torch.stack(hns), torch.stack(cns)

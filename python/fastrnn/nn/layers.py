@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import ops
 from ..cell_table import BY_NONLINEARITY, BY_TORCH_MODE, GRU as _GRU, LSTM as _LSTM, cell_info, param_shapes
 from ..functional import _check_options
-from ._composed import _lstm_projected, _permute
+from ._composed import _permute
 from ._options import (_check_layer_norm, _check_reset_and_layer_norm, _identity_init, _layer_norm_init,
                        _variant_repr)
 from ._recurrence import _run_op
@@ -94,10 +94,6 @@ class _RNNBase(torch.nn.Module):
         info = BY_TORCH_MODE[mode]
         self._cell = ops.variant_cell(info.name, peephole, coupled, cell_clip)
         self._set_modifiers(mode, zoneout, zoneout_cell, recurrent_dropout, weight_dropout, grad_clip, dilation)
-        if self._has_modifiers() and (self.peephole or self.coupled or cell_clip is not None or layer_norm):
-            raise NotImplementedError("the training modifiers (zoneout, zoneout_cell, recurrent_dropout, weight_dropout, "
-                                      "grad_clip, dilation) run the base cells only, not with peephole, coupled, "
-                                      "cell_clip or layer_norm")
 
         D = 2 if bidirectional else 1
         gate_size = info.gates_with(coupled) * hidden_size
@@ -148,9 +144,6 @@ class _RNNBase(torch.nn.Module):
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.dilation = dilation if isinstance(dilation, int) else list(dilation)
         self._dilations = dilations
-        if self.proj_size > 0 and self._has_modifiers():
-            raise NotImplementedError("the training modifiers (zoneout, recurrent_dropout, weight_dropout, grad_clip, "
-                                      "dilation) are not implemented for LSTM(proj_size > 0)")
 
     def _has_modifiers(self) -> bool:
         return bool(self.zoneout or self.zoneout_cell or self.recurrent_dropout or self.weight_dropout
@@ -301,10 +294,7 @@ class _RNNBase(torch.nn.Module):
                     raise RuntimeError(f"{name}: hx{f'[{i}]' if lstm else ''} dtype ({state.dtype}) does not match "
                                        f"input dtype ({x.dtype})")
 
-        if self.proj_size > 0:
-            y, hn, cn = _lstm_projected(self, x, h0, c0, lengths)
-        else:
-            y, hn, cn = self._recurrence(x, h0, c0, lengths)
+        y, hn, cn = self._recurrence(x, h0, c0, lengths)
 
         if packed:
             out = PackedSequence(pack_padded_sequence(y, lengths).data, batch_sizes, sorted_indices, unsorted_indices)
@@ -326,12 +316,12 @@ class _RNNBase(torch.nn.Module):
         L, H = self.num_layers, self.hidden_size
         if lengths is not None:
             lengths = lengths.to(device=x.device, dtype=torch.int64)
-        reset_before, layer_norm = not self.reset_after, self.layer_norm
+        reset_before, layer_norm, proj = not self.reset_after, self.layer_norm, self.proj_size
         if self._has_modifiers():
             return self._modified_recurrence(x, weights, h0, c0, lengths)
         if not (self.dropout > 0 and self.training and L > 1):
             return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional, self._cell, reset_before,
-                           layer_norm)
+                           layer_norm, proj_size=proj)
         D = 2 if self.bidirectional else 1
         per_layer = len(weights) // L
         hns, cns = [], []
@@ -339,7 +329,7 @@ class _RNNBase(torch.nn.Module):
             rows = slice(layer * D, (layer + 1) * D)
             x, hn, cn = _run_op(self.mode, x, weights[layer * per_layer:(layer + 1) * per_layer],
                                 None if h0 is None else h0[rows], None if c0 is None else c0[rows], lengths, H, 1,
-                                self.bidirectional, self._cell, reset_before, layer_norm)
+                                self.bidirectional, self._cell, reset_before, layer_norm, proj_size=proj)
             hns.append(hn)
             cns.append(cn)
             if layer < L - 1:
@@ -350,8 +340,13 @@ class _RNNBase(torch.nn.Module):
         """The recurrence with the training modifiers, one op call per layer: x [T, B, I] ->
         (y [T, B, D*H], hn, cn or None). Masks come from torch's default generator, in this order:
         the weight-dropout masks (layer by layer, direction by direction), the recurrent-dropout mask
-        [L*D, B, H], the zoneout masks [L*D, T, B, H] of h, then of c; in eval mode none is drawn."""
+        [L*D, B, H], the zoneout masks [L*D, T, B, H] of h, then of c; in eval mode none is drawn.
+        (With proj_size = P, h is P wide: the recurrent and h's zoneout masks are [.., P], c's [.., H].)
+        Every cell variant runs with them: the fused op where the kernels serve it (the LSTM's
+        peephole / coupled / cell_clip), else the composed torch ops (_composed_recurrence: the
+        reset-before GRU, layer_norm, proj_size), which apply the same masks in the same places."""
         T, B, H, L = x.size(0), x.size(1), self.hidden_size, self.num_layers
+        P = self.proj_size if self.proj_size > 0 else H  # the width of h
         D = 2 if self.bidirectional else 1
         lstm = BY_TORCH_MODE[self.mode].carries_cell_state
         per_entry = len(weights) // (L * D)
@@ -362,11 +357,11 @@ class _RNNBase(torch.nn.Module):
         recurrent_mask = None
         if self.training and self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout
-            recurrent_mask = x.new_empty((L * D, B, H)).bernoulli_(keep).div_(keep)
+            recurrent_mask = x.new_empty((L * D, B, P)).bernoulli_(keep).div_(keep)
         zone = []
-        for p in (self.zoneout, self.zoneout_cell if lstm else 0.0):
+        for p, width in ((self.zoneout, P), (self.zoneout_cell if lstm else 0.0, H)):
             # training: d ~ Bernoulli(p) per element and step; eval: d = p (h = p h_prev + (1 - p) h~)
-            zone.append(None if not p else x.new_empty((L * D, T, B, H)).bernoulli_(p) if self.training else p)
+            zone.append(None if not p else x.new_empty((L * D, T, B, width)).bernoulli_(p) if self.training else p)
         grad_clip = 0.0 if self.grad_clip is None else self.grad_clip
         hns, cns = [], []
         for layer, d in enumerate(self._dilations):
@@ -380,8 +375,9 @@ class _RNNBase(torch.nn.Module):
             lengths_f = lengths if d == 1 else _fold_lengths(lengths, T, B, d, x.device) \
                 if lengths is not None or T % d else None
             y, hn, cn = _run_op(self.mode, _fold(x, d), w, fold_rows(h0), fold_rows(c0), lengths_f, H, 1,
-                                self.bidirectional, recurrent_mask=fold_rows(recurrent_mask), grad_clip=grad_clip,
-                                zoneout=zoneout)
+                                self.bidirectional, self._cell, not self.reset_after, self.layer_norm,
+                                recurrent_mask=fold_rows(recurrent_mask), grad_clip=grad_clip, zoneout=zoneout,
+                                proj_size=self.proj_size)
             x = _unfold(y, d, T)
             if d > 1:
                 if lengths is not None:  # a folded sequence with no live step output its padding step
@@ -454,7 +450,7 @@ class RNN(_RNNBase):
 
 class LSTM(_RNNBase):
     """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size > 0 runs the
-    pure-torch fallback ``_lstm_projected``. Keyword-only cell options (issue 14; README "Cell
+    pure-torch fallback (composed torch ops, ``_composed_recurrence``). Keyword-only cell options (issue 14; README "Cell
     variants"): ``peephole`` (parameters ``weight_ch_l{k}{suffix}`` [3, H], rows i, f, o), ``coupled``
     (CIFG: gate blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
     [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` (a = LN(W_ih x) γ_ih + LN(W_hh h) γ_hh
@@ -494,7 +490,4 @@ class GRU(_RNNBase):
                          device=device, dtype=dtype, layer_norm=layer_norm, init=init, zoneout=zoneout,
                          recurrent_dropout=recurrent_dropout, weight_dropout=weight_dropout, grad_clip=grad_clip,
                          dilation=dilation)
-        if not reset_after and self._has_modifiers():
-            raise NotImplementedError("the training modifiers (zoneout, recurrent_dropout, weight_dropout, grad_clip, "
-                                      "dilation) run the base cells only, not with reset_after=False")
         self.reset_after = reset_after

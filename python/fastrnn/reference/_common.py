@@ -24,7 +24,8 @@ def _clip(g, c):
 #       gh = h   W_hhᵀ + b_hh   [B, G*H]   (hidden projection)
 #       h, c                    [B, H]     (c is None except for LSTM; c_new likewise)
 #   backward(dh_new, dc_new, cache, clip=None) -> (dgi, dgh, dh_direct, dc)
-#       clip: the grad_clip modifier's bound on the total gradient of c' (LSTM), None = off
+#       clip: the grad_clip modifier's bound on the total gradient of c' (cells with a c), None = off;
+#       every cell and variant takes it, so the modifiers compose with each in one loop
 #       dgi, dgh   [B, G*H] gradients of gi and gh; the layer turns them into dx, dh, dW, db
 #       dh_direct  [B, H]   the part of dh that does not go through gh (GRU's z*h term)
 #       dc         [B, H]   gradient of the previous cell state (None except for LSTM)

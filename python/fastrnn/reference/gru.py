@@ -34,28 +34,33 @@ def _gru_backward(dh_new, dc_new, cache, clip=None):
 # Keras reset_after=False, ONNX linear_before_reset=0), gate blocks r, z, n:
 #   r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + W_hn (r*h) + b_hn), h' = (1-z)*n + z*h
 # The layer's gh_n (W_hn h + b_hn) is not used: the cell computes its own n product from r*h.
-def _gru_reset_before_forward(gi, gh, h, c, w_hn, b_hn):
+# With the recurrent-dropout mask m [B, H] (issue 15) h enters that product as m*h too:
+# n = tanh(gi_n + W_hn (r*m*h) + b_hn) (Keras' reset_after=False), while z*h uses h itself.
+def _gru_reset_before_forward(gi, gh, h, c, w_hn, b_hn, m=None):
     gi_r, gi_z, gi_n = np.split(gi, 3, axis=1)  # each [B, H]
     gh_r, gh_z, _ = np.split(gh, 3, axis=1)
     r = _sigmoid(gi_r + gh_r)
     z = _sigmoid(gi_z + gh_z)
-    rh = r * h  # [B, H]
+    h_in = h if m is None else m * h  # [B, H] what the recurrent products read
+    rh = r * h_in  # [B, H]
     n = np.tanh(gi_n + rh @ w_hn.T + b_hn)
-    return (1.0 - z) * n + z * h, None, (h, r, z, n, rh, w_hn)
+    return (1.0 - z) * n + z * h, None, (h, h_in, m, r, z, n, rh, w_hn)
 
 
-def _gru_reset_before_backward(dh_new, dc_new, cache):
-    """dgh's n block is zero: the n product's gradients come back as extra W_hh / b_hh rows."""
-    h, r, z, n, rh, w_hn = cache
+def _gru_reset_before_backward(dh_new, dc_new, cache, clip=None):
+    """dgh's n block is zero: the n product's gradients come back as extra W_hh / b_hh rows.
+    (No c: the grad_clip modifier's clamp of dh is the loop's.)"""
+    h, h_in, m, r, z, n, rh, w_hn = cache
     H = h.shape[1]
     da_n = dh_new * (1.0 - z) * (1.0 - n * n)  # [B, H]
     da_z = dh_new * (h - n) * z * (1.0 - z)
-    d_rh = da_n @ w_hn  # [B, H] gradient of r*h
-    da_r = d_rh * h * r * (1.0 - r)
+    d_rh = da_n @ w_hn  # [B, H] gradient of r*h_in
+    da_r = d_rh * h_in * r * (1.0 - r)
     dgi = np.concatenate([da_r, da_z, da_n], axis=1)  # [B, 3H]
     dgh = np.concatenate([da_r, da_z, np.zeros_like(da_n)], axis=1)
     dw_hh = np.zeros((3 * H, H))
     dw_hh[2 * H:] = da_n.T @ rh
     db_hh = np.zeros(3 * H)
     db_hh[2 * H:] = da_n.sum(axis=0)
-    return dgi, dgh, dh_new * z + d_rh * r, None, {"w_hh": dw_hh, "b_hh": db_hh}
+    dh_n_product = d_rh * r if m is None else m * (d_rh * r)  # through h_in = m*h
+    return dgi, dgh, dh_new * z + dh_n_product, None, {"w_hh": dw_hh, "b_hh": db_hh}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import _sigmoid
+from ._common import _clip, _sigmoid
 from ..cell_table import cell_info
 from .gru import _gru_backward, _gru_forward
 
@@ -48,12 +48,12 @@ def _lstm_ln_cell_forward(gi, gh, h, c, gamma_c, beta_c):
     return o * tanh_c, c_new, (c, i, f, g, o, tanh_c, ln_cache)
 
 
-def _lstm_ln_cell_backward(dh_new, dc_new, cache):
-    """-> (dgi, dgh, dh_direct, dc, dgamma_c, dbeta_c)."""
+def _lstm_ln_cell_backward(dh_new, dc_new, cache, clip=None):
+    """-> (dgi, dgh, dh_direct, dc, dgamma_c, dbeta_c); clip: the grad_clip modifier's bound on dL/dc'."""
     c, i, f, g, o, tanh_c, ln_cache = cache
     d_pre = dh_new * o * (1.0 - tanh_c * tanh_c)  # [B, H] gradient of LN(c')*γ_c + β_c
     dc_ln, dgamma_c = _ln_backward(d_pre, ln_cache)
-    dc_total = dc_new + dc_ln  # [B, H] all paths into c'
+    dc_total = _clip(dc_new + dc_ln, clip)  # [B, H] all paths into c'
     da_i = dc_total * g * i * (1.0 - i)
     da_f = dc_total * c * f * (1.0 - f)
     da_g = dc_total * i * (1.0 - g * g)
@@ -74,14 +74,14 @@ def _layer_norm_forward(cell, gi, gh, h, c, b_ih, b_hh, ln):
     return h_new, c_new, (cell, cache_ih, cache_hh, cell_cache)
 
 
-def _layer_norm_backward(dh_new, dc_new, cache):
+def _layer_norm_backward(dh_new, dc_new, cache, clip=None):
     """dgi, dgh are the gradients of the un-normalised products x W_ihᵀ, h W_hhᵀ; the biases' and
     gains' gradients come back as extras."""
     cell, cache_ih, cache_hh, cell_cache = cache
     extra = {}
     if cell_info(cell).carries_cell_state:  # the LSTM: its cell norm on c
         da_ih, da_hh, dh_direct, dc, extra["ln_c_w"], extra["ln_c_b"] = _lstm_ln_cell_backward(dh_new, dc_new,
-                                                                                              cell_cache)
+                                                                                              cell_cache, clip)
     else:
         da_ih, da_hh, dh_direct, dc = _gru_backward(dh_new, dc_new, cell_cache)
     extra["b_ih"], extra["b_hh"] = da_ih.sum(axis=0), da_hh.sum(axis=0)

@@ -58,13 +58,15 @@ def _lstm_variant_forward(gi, gh, h, c, p, coupled, clip):
     return o * tanh_c, c_new, (c, c_new, i, f, g, o, tanh_c, keep, p, coupled)
 
 
-def _lstm_variant_backward(dh_new, dc_new, cache):
+def _lstm_variant_backward(dh_new, dc_new, cache, clip=None):
     """As the cells' backward, plus dp: the gradient of the peepholes [U, H] (None without)."""
     c, c_new, i, f, g, o, tanh_c, keep, p, coupled = cache
     da_o = dh_new * tanh_c * o * (1.0 - o)
     dc_total = dc_new + dh_new * o * (1.0 - tanh_c * tanh_c)  # [B, H] paths into c' (next step, h)
     if p is not None:
         dc_total = dc_total + da_o * p[-1]  # o's peephole sees c'
+    # the carried c' is the clamped one: the grad_clip modifier clamps the total reaching it
+    dc_total = _clip(dc_total, clip)
     dc_raw = dc_total * keep  # through the clamp
     dc_prev = dc_raw * f
     if coupled:  # c' = f*c + (1-f)*g

@@ -42,9 +42,15 @@ assert set(_CELL_FNS) == set(CELLS)
 #     the GRU's z * h_prev use h_prev itself.
 #   weight_mask M [G*H, H]: the step uses W_hh * M; dW_hh = M * dL/d(W_hh * M).
 #   zoneout d_h [T, B, H] (d_c for the LSTM's c): h_t = d_h * h_prev + (1 - d_h) * h~_t, h~_t the
-#     cell's new state (1 = keep the previous one; the eval formula is d_h = p everywhere).
+#     cell's new state (1 = keep the previous one; the eval formula is d_h = p everywhere). The cell
+#     runs whole first: with a variant, o's peephole, cell_clip and tanh (layer norm: LN) see the
+#     cell's own c~_t; the state carried to step t+1 (its i, f peepholes) is the zoned-out c_t
+#     (Krueger et al. 2017: h_t = d_h h_{t-1} + (1 - d_h) o_t tanh(c~_t)).
 #   grad_clip C: the total gradient reaching h_t (from y_t and from the later steps) and, for the
 #     LSTM, the total reaching c_t is clamped to [-C, C] before it flows into step t.
+# Every modifier composes with every cell and variant here, in these two loops: the cells only see
+# (gi, gh, h, c) and take the grad_clip bound on dL/dc' (the reset-before GRU, whose n product is its
+# own, also takes the recurrent mask and the masked W_hh).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -123,27 +129,30 @@ def _prev_step(t, d, reverse, lengths):
     return np.full(lengths.shape, t - d if t - d >= 0 else -1)
 
 
-def _cell_forward_fn(cell, options, w):
-    """The cell's pointwise forward for these options (issue 14's variants) and the layer's weights w."""
+def _cell_forward_fn(cell, options, w, recurrent_mask=None):
+    """The cell's pointwise forward for these options (issue 14's variants) and the layer's weights w
+    (W_hh already multiplied by the weight-dropout mask); recurrent_mask: the cells that run a
+    recurrent product of their own (the reset-before GRU's n) apply it there too."""
     if options["layer_norm"]:
         return lambda gi, gh, h, c: _layer_norm_forward(cell, gi, gh, h, c, w[2], w[3], w[5])
     if _is_variant(options):  # the LSTM variants (forward checked the cell takes them)
         return lambda gi, gh, h, c: _lstm_variant_forward(gi, gh, h, c, w[4], options["coupled"], options["cell_clip"])
     if not options["reset_after"]:  # the reset-before GRU (forward checked the cell takes it)
         H = w[1].shape[1]
-        return lambda gi, gh, h, c: _gru_reset_before_forward(gi, gh, h, c, w[1][2 * H:], w[3][2 * H:])
+        return lambda gi, gh, h, c: _gru_reset_before_forward(gi, gh, h, c, w[1][2 * H:], w[3][2 * H:],
+                                                              recurrent_mask)
     return _CELL_FNS[cell][0]
 
 
 def _cell_backward_fn(cell, options):
-    """The cell's pointwise backward -> (dgi, dgh, dh_direct, dc, {parameter name: gradient to add})."""
+    """The cell's pointwise backward (dh, dc, cache, clip=None) -> (dgi, dgh, dh_direct, dc,
+    {parameter name: gradient to add}); clip: the grad_clip modifier's bound on dL/dc'."""
     if options["layer_norm"]:
         return _layer_norm_backward
     if _is_variant(options):  # the LSTM variants (forward checked the cell takes them)
         return _lstm_variant_backward
     if not options["reset_after"]:  # the reset-before GRU (forward checked the cell takes it)
         return _gru_reset_before_backward
-    # the plain cells take the grad_clip modifier's bound on dL/dc (the others are not combined with it)
     return lambda dh, dc, cache, clip=None: _CELL_FNS[cell][1](dh, dc, cache, clip=clip) + ({},)
 
 
@@ -160,12 +169,12 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None,
     mode's roundings of what is stored and of the products' operands (None: none)."""
     mods = mods or _Modifiers()
     q, qp = q or _keep, qp or _keep
+    if mods.weight_mask is not None:  # DropConnect: every use of W_hh, the cells' own included, reads W_hh * M
+        w = (w[0], w[1] * mods.weight_mask) + tuple(w[2:])
     w_ih, w_hh, b_ih, b_hh, w_ch, _ = w
-    cell_forward = _cell_forward_fn(cell, options, w)
+    cell_forward = _cell_forward_fn(cell, options, w, mods.recurrent_mask)
     if options["layer_norm"]:  # the biases come after the norm, added by the cell
         b_ih, b_hh = 0.0, 0.0
-    if mods.weight_mask is not None:
-        w_hh = w_hh * mods.weight_mask
     T, B, _ = x.shape
     H = w_hh.shape[1]
     rows = np.arange(B)
@@ -236,10 +245,7 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
             dc_new = _clip(dc_new, mods.grad_clip)
             dc_keep, dc_new = mods.zoneout_cell[t] * dc_new, (1.0 - mods.zoneout_cell[t]) * dc_new
             cell_clip = None
-        if cell_clip is None:  # the cells other than the plain ones are not combined with grad_clip
-            dgi, dgh, dh_direct, dc_prev, extra = cell_backward(dh_new, dc_new, cache)
-        else:
-            dgi, dgh, dh_direct, dc_prev, extra = cell_backward(dh_new, dc_new, cache, clip=cell_clip)
+        dgi, dgh, dh_direct, dc_prev, extra = cell_backward(dh_new, dc_new, cache, clip=cell_clip)
         # parameters a cell uses itself (peepholes, the reset-before GRU's n product); dead rows have
         # zero gate gradients, so they add nothing
         if "w_ch" in extra:
@@ -341,10 +347,6 @@ def forward(
         "layer_norm is an LSTM/GRU option, not combined with peephole, coupled, cell_clip or reset_after=False"
     assert info.lstm_variants or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
     assert info.reset_after_option or reset_after, "reset_after is a GRU option"
-    any_modifier = (np.any(np.asarray(dilation) != 1) or recurrent_mask is not None or weight_mask is not None
-                    or zoneout_mask is not None or zoneout_cell_mask is not None or grad_clip is not None)
-    assert not any_modifier or not (_is_variant(options) or layer_norm or not reset_after), \
-        "the training modifiers run the plain cells only (not peephole, coupled, cell_clip, layer_norm or reset_after=False)"
     has_c = info.carries_cell_state
     q = _rounding(storage)
     qp = q if storage == "bfloat16" else None
