@@ -17,6 +17,7 @@
 
 #include "cell_step.h"
 #include "cpu/prepared.h"
+#include "cpu/storage16.h"
 #include "pointer_args.h"
 #include "rnn.h"
 
@@ -38,6 +39,18 @@ std::string shape_str(const std::vector<int64>& s) {
   return r + (s.size() == 1 ? ",)" : ")");
 }
 
+// The NumPy name of T's dtype (bfloat16: ml_dtypes' dtype, whose kind is 'V').
+template <class T> std::string dtype_name() {
+  if constexpr (std::is_same<T, fastrnn::bf16>::value) return "bfloat16";
+  else if constexpr (std::is_same<T, fastrnn::fp16>::value) return "float16";
+  else return std::string(py::str(py::dtype::of<T>()));
+}
+template <class T> bool has_dtype(const py::array& arr) {
+  if (arr.itemsize() != static_cast<py::ssize_t>(sizeof(T))) return false;
+  if constexpr (std::is_same<T, fastrnn::bf16>::value) return std::string(py::str(arr.dtype())) == "bfloat16";
+  else return arr.dtype().kind() == (std::is_integral<T>::value ? 'i' : 'f');
+}
+
 // Returns the data pointer of `obj` after checking it is a C-contiguous array of T with `shape`.
 // None gives nullptr when `optional`.
 template <class T> T* checked(py::handle obj, const char* name, const std::vector<int64>& shape, bool optional,
@@ -49,11 +62,9 @@ template <class T> T* checked(py::handle obj, const char* name, const std::vecto
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + " must be a numpy array, got " + std::string(py::str(py::type::of(obj))));
   auto arr = py::reinterpret_borrow<py::array>(obj);
-  const bool is_int = std::is_integral<T>::value;
-  const char kind = arr.dtype().kind();
-  if ((is_int ? kind != 'i' : kind != 'f') || arr.itemsize() != static_cast<py::ssize_t>(sizeof(T)))
-    throw py::type_error(std::string(name) + " must have dtype " + std::string(py::str(py::dtype::of<T>())) +
-                         ", got " + std::string(py::str(arr.dtype())));
+  if (!has_dtype<T>(arr))
+    throw py::type_error(std::string(name) + " must have dtype " + dtype_name<T>() + ", got " +
+                         std::string(py::str(arr.dtype())));
   std::vector<int64> actual(arr.shape(), arr.shape() + arr.ndim());
   if (actual != shape)
     throw py::value_error(std::string(name) + " must have shape " + shape_str(shape) + ", got " + shape_str(actual));
@@ -200,11 +211,22 @@ void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::
 }
 
 // The raw-pointer entry points (csrc/pointer_args.h; what fastrnn.ops calls with torch tensors):
-// dtype "float32" | "float64" -> f(T{}).
+// dtype "float32" | "float64" | "bfloat16" | "float16" -> f(T{}) (16-bit: csrc/cpu/storage16.h).
 template <class F> void dispatch_dtype(const std::string& dtype, F&& f) {
   if (dtype == "float32") return f(float{});
   if (dtype == "float64") return f(double{});
-  throw fastrnn::ArgumentError("dtype must be 'float32' or 'float64', got '" + dtype + "'");
+  if (dtype == "bfloat16") return f(fastrnn::bf16{});
+  if (dtype == "float16") return f(fastrnn::fp16{});
+  throw fastrnn::ArgumentError("dtype must be 'float32', 'float64', 'bfloat16' or 'float16', got '" + dtype + "'");
+}
+
+// The NumPy entry points: x's dtype -> f(T{}).
+template <class F> void dispatch_array_dtype(py::array x, F&& f) {
+  if (has_dtype<float>(x)) return f(float{});
+  if (has_dtype<double>(x)) return f(double{});
+  if (has_dtype<fastrnn::bf16>(x)) return f(fastrnn::bf16{});
+  if (has_dtype<fastrnn::fp16>(x)) return f(fastrnn::fp16{});
+  throw py::type_error("x must have dtype float32, float64, bfloat16 or float16, got " + std::string(py::str(x.dtype())));
 }
 
 bool is_float64(py::array x) {
@@ -492,12 +514,10 @@ PYBIND11_MODULE(_core, m) {
            py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole, bool coupled,
            double cell_clip, bool reset_after, bool layer_norm) {
           const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm));
-          if (is_float64(x))
-            forward_t<double>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h, zoneout_c,
-                              pre_h, pre_c);
-          else
-            forward_t<float>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h, zoneout_c,
-                             pre_h, pre_c);
+          dispatch_array_dtype(x, [&](auto tag) {
+            forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h,
+                                     zoneout_c, pre_h, pre_c);
+          });
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("y"), py::arg("hn"), py::arg("cn"), py::arg("reserve"), py::arg("hidden_size"), py::arg("num_layers"),
@@ -512,12 +532,10 @@ PYBIND11_MODULE(_core, m) {
            double grad_clip, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole,
            bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
           const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm));
-          if (is_float64(x))
-            backward_t<double>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, recurrent_mask,
-                               grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
-          else
-            backward_t<float>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, recurrent_mask,
-                              grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
+          dispatch_array_dtype(x, [&](auto tag) {
+            backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads,
+                                      recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
+          });
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("reserve"), py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("dx"), py::arg("dh0"),
@@ -598,10 +616,8 @@ PYBIND11_MODULE(_core, m) {
 
   fastrnn::cell_step::register_cell_step(m);
 
-  m.def("cpu_isa", [] {
-    static const char* names[] = {"baseline", "avx2", "avx512"};
-    return std::string(names[static_cast<int>(fastrnn::cpu::cpu_isa())]);
-  }, "The instruction set the CPU kernels use (see FASTRNN_CPU_ISA).");
+  m.def("cpu_isa", [] { return std::string(fastrnn::cpu::cpu_isa_name()); },
+        "The instruction set the CPU kernels use: avx512_bf16, avx512, avx2 or baseline (see FASTRNN_CPU_ISA).");
 
   m.def("set_num_threads", &fastrnn::cpu::set_num_threads, py::arg("n"));
   m.def("empty_cache", &fastrnn::cpu::empty_cache, "Free the scratch blocks every thread keeps for its next call (fastrnn.empty_cache).");

@@ -117,6 +117,12 @@ template <bool RecurrentMask, bool Zoneout> struct ModifierFlags {
   static constexpr bool kZoneout = Zoneout;  // zoneout of h and/or c
 };
 
+// How a layer's float32 weights are stored by the caller: as float32, or as 16-bit values (widened
+// exactly into the float32 arrays by the 16-bit entry points, csrc/cpu/storage16.h). With a 16-bit
+// storage the CPU product objects pack 16-bit panels and run the 16-bit product kernels
+// (csrc/cpu/packed_gemm16.h); nothing else in the loops changes.
+enum class Storage : int { Native, Bfloat16, Float16 };
+
 template <class T> struct LayerWeights {
   const T* w_ih;  // [G*H, I_l]
   const T* w_hh;  // [G*H, H]
@@ -128,6 +134,7 @@ template <class T> struct LayerWeights {
   const T* ln_hh = nullptr;
   const T* ln_c_w = nullptr;
   const T* ln_c_b = nullptr;
+  Storage storage = Storage::Native;  // 16-bit values held in float32 (T = float only)
 };
 
 template <class T> struct LayerGrads {

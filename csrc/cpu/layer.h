@@ -31,6 +31,7 @@
 
 #include "cpu/blas.h"
 #include "cpu/packed_gemm.h"
+#include "cpu/packed_gemm16.h"
 #include "cpu/rows_gemm.h"
 #include "rnn.h"
 

@@ -8,7 +8,10 @@ compiled kernels. No PyTorch needed.
 Shapes (PyTorch's conventions): x [T, B, I] ([B, T, I] if batch_first); weights is a list of
 L*D entries, index l*D + d (d = 1 is the reverse direction), each (w_ih [G*H, I_l], w_hh [G*H, H])
 or (w_ih, w_hh, b_ih [G*H], b_hh [G*H]) with I_0 = I, I_l = D*H, G = 4 (LSTM), 3 (GRU), 1 (RNN);
-h0, c0 [L*D, B, H]; lengths [B] integers in [1, T]. float32 or float64 throughout.
+h0, c0 [L*D, B, H]; lengths [B] integers in [1, T]. One dtype throughout: float32, float64, float16,
+or bfloat16 (``ml_dtypes.bfloat16``, when ml_dtypes is installed). 16-bit arrays run the 16-bit
+kernels: float32 accumulation and state inside, results rounded to the 16-bit type (README, "16-bit
+types").
 """
 from __future__ import annotations
 
@@ -23,6 +26,16 @@ from .types import CELLS, GATES, RNNGrads, RNNResult
 
 _CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+try:  # bfloat16 arrays come from ml_dtypes (optional)
+    import ml_dtypes as _ml_dtypes
+
+    BFLOAT16: Optional[np.dtype] = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - depends on the environment
+    BFLOAT16 = None
+# The dtypes forward/backward take: float32, float64 and the 16-bit storage types.
+_SEQUENCE_DTYPES = _DTYPES + (np.dtype(np.float16),) + ((BFLOAT16,) if BFLOAT16 is not None else ())
+_SEQUENCE_DTYPE_NAMES = "float32, float64, float16" + (" or bfloat16" if BFLOAT16 is not None else
+                                                       " (bfloat16 needs ml_dtypes)")
 _BLAS_MAX = 2**31 - 1  # the BLAS's 32-bit dimension limit
 _DIRECTION = ("forward", "reverse")
 
@@ -69,8 +82,8 @@ def _check_cell(cell) -> str:
 
 def _check_x(x) -> np.ndarray:
     x = _array("x", x)
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"x must have dtype float32 or float64, got {x.dtype}")
+    if x.dtype not in _SEQUENCE_DTYPES:
+        raise TypeError(f"x must have dtype {_SEQUENCE_DTYPE_NAMES}, got {x.dtype}")
     if x.ndim != 3:
         raise ValueError(f"x must be 3-D (T, B, I) or (B, T, I) with batch_first, got shape {x.shape}")
     if 0 in x.shape:
@@ -215,7 +228,8 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     """Run a stack of recurrent layers over a whole sequence.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
-    x: [T, B, I] ([B, T, I] if batch_first), float32 or float64.
+    x: [T, B, I] ([B, T, I] if batch_first), float32, float64, float16 or bfloat16 (ml_dtypes); the
+       weights and states in the same dtype.
     weights: list of num_layers * num_directions tuples (w_ih, w_hh[, b_ih, b_hh]) in PyTorch's
         layout and gate order (see the module docstring).
     h0, c0: [L*D, B, H] initial states (zeros when None); c0 for the LSTM only.

@@ -53,15 +53,9 @@ from .cell_table import CELL_ID, TABLE, carries_cell_state, cell_info, param_sha
 from .types import CELLS
 
 _CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
-_DTYPES = (torch.float32, torch.float64)
-# CUDA tensors may also be 16-bit (issue 18): float16 / bfloat16 storage with float32 accumulation and
-# a float32 recurrent state inside the kernels (cuda/dtypes.h).
-_CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _dtypes_of(device: torch.device) -> tuple:
-    """The dtypes the kernels of ``device`` run."""
-    return _CUDA_DTYPES if device.type == "cuda" else _DTYPES
+# float16 / bfloat16: 16-bit storage with float32 accumulation and state, on the CPU (README, "16-bit
+# types") and on CUDA (cuda/dtypes.h).
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
 
@@ -156,9 +150,8 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
     count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes)."""
     base, _ = split_cell(cell)
     extra = (1 if _peephole_rows(cell) else 0) + _norm_vectors(cell)
-    if x.dtype not in _dtypes_of(x.device):
-        raise TypeError(f"fastrnn supports float32 and float64 only (CUDA tensors also bfloat16 and float16), got "
-                        f"input of dtype {x.dtype} on {x.device}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"fastrnn supports float32, float64, bfloat16 and float16, got input of dtype {x.dtype}")
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D [T, B, I] (time-major), got shape {tuple(x.shape)}")
     if num_layers < 1:
@@ -547,6 +540,29 @@ def _refuse_transform(*args, **kwargs):
 for _name in ("rnn_forward", "rnn_forward_modified", "rnn_backward"):
     _LIB.impl(_name, _refuse_transform, "FuncTorchDynamicLayerFrontMode")
 
+
+# ---- autocast -------------------------------------------------------------------------------------
+# Under torch.autocast("cpu", dtype=...) the forward ops run in the autocast dtype (bfloat16 or
+# float16): their floating-point tensors are cast to it on entry, as torch's autocast does for its
+# lower-precision ops (torch.nn.LSTM's oneDNN layer among them), and the op runs with the autocast
+# key excluded. The casts are ordinary differentiable ops, so float32 parameters get float32
+# gradients. A kernel at the AutocastCPU key (what torch.library.register_autocast installs, but
+# with the autocast dtype read at the call instead of fixed), so torch.compile traces it too.
+def _autocast_cpu(op):
+    def kernel(x, weights, h0, c0, lengths, *rest):
+        dtype = torch.get_autocast_dtype("cpu")
+
+        def cast(t):
+            return t.to(dtype) if t is not None and t.is_floating_point() and t.device.type == "cpu" else t
+        rest = tuple(cast(r) if isinstance(r, Tensor) else r for r in rest)
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)):
+            return op(cast(x), [cast(w) for w in weights], cast(h0), cast(c0), lengths, *rest)
+    return kernel
+
+
+for _name in ("rnn_forward", "rnn_forward_modified"):
+    _LIB.impl(_name, _autocast_cpu(getattr(torch.ops.fastrnn, _name)), "AutocastCPU")
+
 rnn_forward = torch.ops.fastrnn.rnn_forward
 rnn_backward = torch.ops.fastrnn.rnn_backward
 
@@ -563,8 +579,10 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 def _plain_eager(*tensors) -> bool:
     # torch.jit.trace records the op (serialisable, re-run by the trace check), never the Function.
+    # Under CPU autocast the op's AutocastCPU kernel (above) casts the inputs.
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state() is not None):
+            or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state() is not None
+            or torch.is_autocast_enabled("cpu")):
         return False
     for t in tensors:  # a loop, not all(<generator>): this runs on every cell step
         if t is not None and type(t) not in _PLAIN_TYPES:

@@ -81,6 +81,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="--suite cells: time this thread's CPU time (default; both libraries run on the calling "
                              "thread at --threads 1) or wall time")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="bfloat16 / float16: the 16-bit kernels vs fastrnn float32 and torch.nn under the same "
+                             "CPU autocast (and torch.nn float32, labelled), fastrnn/bench/dtype16.py; --save writes "
+                             "<name>-<dtype>.*")
     parser.add_argument("--modifiers", action="store_true",
                         help="the training modifiers' suite (zoneout, recurrent/weight dropout, grad_clip, dilation "
                              "on LSTM and GRU vs the plain cell and a plain-PyTorch loop; fastrnn/bench/modifiers.py)")
@@ -120,6 +124,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("--plot needs matplotlib, which is not installed (pip install matplotlib, "
                          "or pip install 'fastrnn[bench]')")
     reps = args.reps or (3 if args.quick else 7)
+    if args.dtype != "float32":
+        from .dtype16 import format_markdown16, run_dtype
+        try:
+            result = run_dtype(args.dtype, args.cells, args.modes, args.sizes, args.threads, reps, args.quick,
+                               args.no_torch, None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
+                               emit=lambda text: print(text, flush=True))
+        except VerificationError as e:
+            print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
+            return 1
+        text = format_markdown16(result)
+        print("\n" + text.rsplit("\n\n", 1)[-1])
+        if args.save:
+            os.makedirs(args.save, exist_ok=True)
+            base = os.path.join(args.save, results_basename(result) + "-" + args.dtype)
+            with open(base + ".json", "w") as f:
+                json.dump(result, f, indent=1)
+            with open(base + ".md", "w") as f:
+                f.write(text)
+            print(f"saved {base}.json and {base}.md", file=sys.stderr)
+        return 0
     if args.variants:
         sizes = VARIANT_SIZES if args.sizes is None else [(h, b, t) for h, b, t, _ in args.sizes]
         try:
