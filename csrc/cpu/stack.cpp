@@ -297,27 +297,27 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
     f.mods.pre_c = w.out(a.mods.pre_c, steps, "the float32 c~");
     forward<float>(c, f);  // the float32 path, the batch sorted there
     w.finish();
-    return;
+  } else {
+    const auto order = sorting_order(c, a.lengths);
+    if (!order) return stack_forward(CpuBackend{}, c, a);
+    const int64 LD = c.L * c.D, DH = c.D * c.H;
+    SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
+        h0(a.h0, LD, c.B, c.H, *order, "h0 in the batch sorted by length"),
+        c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
+        mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
+        zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
+        zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
+    Scratch<T> y(checked_mul(c.T * c.B, DH, "y"), "y in the batch sorted by length"),
+        hn(LD * c.B * c.H, "hn in the batch sorted by length"), cn(a.cn ? LD * c.B * c.H : 0, "cn in the batch sorted by length");
+    ForwardArgs<T> s = a;
+    s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.lengths = order->lengths.data();
+    s.y = y.data(), s.hn = hn.data(), s.cn = a.cn ? cn.data() : nullptr;
+    s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    stack_forward(CpuBackend{}, c, s);
+    permute_rows<T>(s.y, a.y, c.T, c.B, DH, order->order, false);
+    permute_rows<T>(s.hn, a.hn, LD, c.B, c.H, order->order, false);
+    permute_rows<T>(s.cn, a.cn, LD, c.B, c.H, order->order, false);
   }
-  const auto order = sorting_order(c, a.lengths);
-  if (!order) return stack_forward(CpuBackend{}, c, a);
-  const int64 LD = c.L * c.D, DH = c.D * c.H;
-  SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
-      h0(a.h0, LD, c.B, c.H, *order, "h0 in the batch sorted by length"),
-      c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
-      mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
-      zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
-      zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
-  Scratch<T> y(checked_mul(c.T * c.B, DH, "y"), "y in the batch sorted by length"),
-      hn(LD * c.B * c.H, "hn in the batch sorted by length"), cn(a.cn ? LD * c.B * c.H : 0, "cn in the batch sorted by length");
-  ForwardArgs<T> s = a;
-  s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.lengths = order->lengths.data();
-  s.y = y.data(), s.hn = hn.data(), s.cn = a.cn ? cn.data() : nullptr;
-  s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
-  stack_forward(CpuBackend{}, c, s);
-  permute_rows<T>(s.y, a.y, c.T, c.B, DH, order->order, false);
-  permute_rows<T>(s.hn, a.hn, LD, c.B, c.H, order->order, false);
-  permute_rows<T>(s.cn, a.cn, LD, c.B, c.H, order->order, false);
 }
 
 template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
@@ -351,31 +351,31 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
     f.mods.pre_c = const_cast<float*>(w.in(a.mods.pre_c, steps, "the float32 c~"));
     backward<float>(c, f);  // the float32 path, the batch sorted there
     w.finish();
-    return;
+  } else {
+    const auto order = sorting_order(c, a.lengths);
+    if (!order) return stack_backward(CpuBackend{}, c, a);
+    const int64 LD = c.L * c.D, DH = c.D * c.H;
+    SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
+        h0(a.h0, LD, c.B, c.H, *order, "h0 in the batch sorted by length"),
+        c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
+        dy(a.dy, c.T, c.B, DH, *order, "dy in the batch sorted by length"),
+        dhn(a.dhn, LD, c.B, c.H, *order, "dhn in the batch sorted by length"),
+        dcn(a.dcn, LD, c.B, c.H, *order, "dcn in the batch sorted by length"),
+        mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
+        zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
+        zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
+    Scratch<T> dx(checked_mul(c.T * c.B, c.I, "dx"), "dx in the batch sorted by length"),
+        dh0(LD * c.B * c.H, "dh0 in the batch sorted by length"),
+        dc0(a.dc0 ? LD * c.B * c.H : 0, "dc0 in the batch sorted by length");
+    BackwardArgs<T> s = a;
+    s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.dy = dy.p, s.dhn = dhn.p, s.dcn = dcn.p, s.lengths = order->lengths.data();
+    s.dx = dx.data(), s.dh0 = dh0.data(), s.dc0 = a.dc0 ? dc0.data() : nullptr;
+    s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    stack_backward(CpuBackend{}, c, s);
+    permute_rows<T>(s.dx, a.dx, c.T, c.B, c.I, order->order, false);
+    permute_rows<T>(s.dh0, a.dh0, LD, c.B, c.H, order->order, false);
+    permute_rows<T>(s.dc0, a.dc0, LD, c.B, c.H, order->order, false);
   }
-  const auto order = sorting_order(c, a.lengths);
-  if (!order) return stack_backward(CpuBackend{}, c, a);
-  const int64 LD = c.L * c.D, DH = c.D * c.H;
-  SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
-      h0(a.h0, LD, c.B, c.H, *order, "h0 in the batch sorted by length"),
-      c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
-      dy(a.dy, c.T, c.B, DH, *order, "dy in the batch sorted by length"),
-      dhn(a.dhn, LD, c.B, c.H, *order, "dhn in the batch sorted by length"),
-      dcn(a.dcn, LD, c.B, c.H, *order, "dcn in the batch sorted by length"),
-      mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
-      zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
-      zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
-  Scratch<T> dx(checked_mul(c.T * c.B, c.I, "dx"), "dx in the batch sorted by length"),
-      dh0(LD * c.B * c.H, "dh0 in the batch sorted by length"),
-      dc0(a.dc0 ? LD * c.B * c.H : 0, "dc0 in the batch sorted by length");
-  BackwardArgs<T> s = a;
-  s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.dy = dy.p, s.dhn = dhn.p, s.dcn = dcn.p, s.lengths = order->lengths.data();
-  s.dx = dx.data(), s.dh0 = dh0.data(), s.dc0 = a.dc0 ? dc0.data() : nullptr;
-  s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
-  stack_backward(CpuBackend{}, c, s);
-  permute_rows<T>(s.dx, a.dx, c.T, c.B, c.I, order->order, false);
-  permute_rows<T>(s.dh0, a.dh0, LD, c.B, c.H, order->order, false);
-  permute_rows<T>(s.dc0, a.dc0, LD, c.B, c.H, order->order, false);
 }
 
 template void forward<float>(const RnnConfig&, const ForwardArgs<float>&);
