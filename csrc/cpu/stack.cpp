@@ -277,6 +277,8 @@ template <class S> class Widened {
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
+    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors.
+    if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
     Widened<T> w;
     const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
     const bool carry = c.has_cell_state();
@@ -323,6 +325,8 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
 template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
+    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors.
+    if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
     Widened<T> w;
     const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
     const bool carry = c.has_cell_state();

@@ -8,6 +8,8 @@ error of the whole array), and under autocast also close to torch.nn run under t
 (torch's CPU autocast runs torch.nn.LSTM's oneDNN layer in the 16-bit type, GRU and RNN in float32;
 oneDNN has no float16 LSTM on this CPU, where that comparison is left out).
 """
+import copy
+
 import pytest
 import torch
 
@@ -118,3 +120,30 @@ def test_other_dtypes_name_the_input():
     with pytest.raises(TypeError, match="got input of dtype torch.int32"):
         torch.ops.fastrnn.rnn_forward(torch.zeros(2, 1, 3, dtype=torch.int32), list(fast._flat_weights), None, None,
                                       None, "gru", 4, 1, False, False)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_layer_norm_in_16_bits_runs_the_composed_path(cls):
+    """The 16-bit kernels have no layer norm: a bfloat16 module, and a float32 one under CPU autocast,
+    run the composed torch ops and stay close to the float32 module."""
+    torch.manual_seed(0)
+    m = getattr(fnn, cls)(8, 16, layer_norm=True)
+    x = torch.randn(5, 3, 8)
+    y32, _ = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_auto, _ = m(x)
+    y16, _ = copy.deepcopy(m).bfloat16()(x.bfloat16())
+    y16.float().sum().backward()
+    for y in (y_auto, y16):
+        torch.testing.assert_close(y.float(), y32, atol=5e-2, rtol=5e-2)
+
+
+def test_layer_norm_in_16_bits_is_refused_by_the_kernels():
+    import numpy as np
+
+    import fastrnn
+
+    w = fastrnn.init_weights("gru", 4, 6, dtype=np.float16)
+    w = [tuple(e) + (np.ones(18, np.float16), np.ones(18, np.float16)) for e in w]
+    with pytest.raises(ValueError, match="layer_norm is not implemented for 16-bit"):
+        fastrnn.forward("gru", np.zeros((3, 2, 4), np.float16), w, layer_norm=True)
