@@ -13,6 +13,7 @@ import pytest
 
 import fastrnn
 from fastrnn import reference
+from helpers import ragged_lengths
 from tolerances import assert_close
 
 DTYPES = (np.float32, np.float64)
@@ -27,13 +28,7 @@ def gru_problem(dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragg
                                    seed=seed)
     weights = [tuple((scale * w).astype(dtype) for w in entry) for entry in weights]
     state = (num_layers * D, B, H)
-    lengths = None
-    if ragged:
-        lengths = rng.integers(1, T + 1, B)
-        lengths[0] = T
-        if B > 1:
-            lengths[-1] = 1
-        rng.shuffle(lengths)
+    lengths = ragged_lengths(rng, T, B) if ragged else None
     return dict(x=rng.standard_normal((T, B, I)).astype(dtype), weights=weights,
                 h0=(0.5 * rng.standard_normal(state)).astype(dtype), lengths=lengths,
                 dy=rng.standard_normal((T, B, D * H)).astype(dtype), dhn=rng.standard_normal(state).astype(dtype),
@@ -161,13 +156,7 @@ def layer_norm_problem(cell, dtype, num_layers, bidirectional, T, B, I, H, *, bi
            for _ in weights]
     weights = [tuple(a.astype(dtype) for a in tuple(2.0 * w for w in entry) + ln) for entry, ln in zip(weights, lns)]
     state = (num_layers * D, B, H)
-    lengths = None
-    if ragged:
-        lengths = rng.integers(1, T + 1, B)
-        lengths[0] = T
-        if B > 1:
-            lengths[-1] = 1
-        rng.shuffle(lengths)
+    lengths = ragged_lengths(rng, T, B) if ragged else None
     lstm = cell == "lstm"
     return dict(cell=cell, x=rng.standard_normal((T, B, I)).astype(dtype), weights=weights,
                 h0=(0.5 * rng.standard_normal(state)).astype(dtype),
