@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import List, Optional, Sequence
 
 from .cases import BENCH_CELLS, DEFAULT_CELLS, MODES, parse_sizes
 from .decode import decode_suite_main
 from .impls import VerificationError
-from .report import format_header, format_markdown, format_summary, results_basename, write_plot
+from .report import (format_header, format_markdown, format_summary, results_basename, save_results, write_json,
+                     write_plot)
 from .suite import run
 from .timing import GEMM_N
 from .variants import format_variant_row, run_variants, VARIANT_SIZES, VARIANT_TABLE_HEAD
@@ -136,13 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         text = format_markdown16(result)
         print("\n" + text.rsplit("\n\n", 1)[-1])
         if args.save:
-            os.makedirs(args.save, exist_ok=True)
-            base = os.path.join(args.save, results_basename(result) + "-" + args.dtype)
-            with open(base + ".json", "w") as f:
-                json.dump(result, f, indent=1)
-            with open(base + ".md", "w") as f:
-                f.write(text)
-            print(f"saved {base}.json and {base}.md", file=sys.stderr)
+            save_results(result, text, args.save, results_basename(result) + "-" + args.dtype)
         return 0
     if args.variants:
         sizes = VARIANT_SIZES if args.sizes is None else [(h, b, t) for h, b, t, _ in args.sizes]
@@ -154,14 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
             return 1
         if args.save:
-            os.makedirs(args.save, exist_ok=True)
-            base = os.path.join(args.save, results_basename(result) + "-variants")
-            with open(base + ".json", "w") as f:
-                json.dump(result, f, indent=1)
-            with open(base + ".md", "w") as f:
-                f.write(format_header(result) + "\n\n" + VARIANT_TABLE_HEAD + "\n"
-                        + "\n".join(format_variant_row(r) for r in result["variant_cases"]) + "\n")
-            print(f"saved {base}.json and {base}.md", file=sys.stderr)
+            table = "\n".join(format_variant_row(r) for r in result["variant_cases"])
+            save_results(result, format_header(result) + "\n\n" + VARIANT_TABLE_HEAD + "\n" + table + "\n", args.save,
+                         results_basename(result) + "-variants")
         return 0
     try:
         result = run(cells=args.cells, modes=args.modes, sizes=args.sizes, threads=args.threads, reps=reps,
@@ -175,16 +163,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = format_markdown(result)  # what was printed above, plus the summary
     print(f"\n{format_summary(result)}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(result, args.json)
     if args.save:
-        os.makedirs(args.save, exist_ok=True)
-        base = os.path.join(args.save, results_basename(result))
-        with open(base + ".json", "w") as f:
-            json.dump(result, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(text)
-        print(f"saved {base}.json and {base}.md", file=sys.stderr)
+        save_results(result, text, args.save, results_basename(result))
     if args.plot:
         write_plot(result, args.plot)
     return 0
