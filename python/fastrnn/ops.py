@@ -95,11 +95,18 @@ def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_
     return "+".join(parts)
 
 
-@functools.lru_cache(maxsize=64)
 def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
     ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool), ("layer_norm", bool))).
     ValueError for anything else."""
+    # Eager calls parse each string once; dynamo traces the parse itself (it would warn about, and
+    # bypass, the cache wrapper anyway), so compiled graphs see plain constants.
+    if torch.compiler.is_compiling():
+        return _parse_cell(cell)
+    return _parse_cell_cached(cell)
+
+
+def _parse_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
     if base not in CELLS:
         raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM, "
@@ -130,6 +137,9 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     if opts["layer_norm"] and (not cell_info(base).layer_norm_option or lstm_parts or not opts["reset_after"]):
         raise ValueError(f"cell {cell!r}: layer_norm is an LSTM/GRU option, not combined with the others")
     return base, tuple(opts.items())
+
+
+_parse_cell_cached = functools.lru_cache(maxsize=64)(_parse_cell)
 
 
 def _peephole_rows(cell: str) -> int:
