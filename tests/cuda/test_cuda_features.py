@@ -1,5 +1,5 @@
-"""The CUDA back end's LSTM variants (issue 14: peephole, coupled, cell_clip) and training modifiers
-(issue 15: recurrent dropout, zoneout of h and c, grad_clip in BPTT) through ``fastrnn._core.cuda``,
+"""The CUDA back end's LSTM variants (peephole, coupled, cell_clip) and training modifiers
+(recurrent dropout, zoneout of h and c, grad_clip in BPTT) through ``fastrnn._core.cuda``,
 against the float64 reference (``fastrnn.reference``, with the same explicit masks): forward and
 every gradient, the peepholes' dL/dw_ch included, stacked, bidirectional, ragged lengths, float32
 and float64, sizes across the step kernels' tile edges; dW_ch bitwise the same from run to run.
@@ -146,7 +146,7 @@ def check_against_reference(p):
     return got
 
 
-# ---- issue 14: the LSTM variants ---------------------------------------------------------------
+# ---- the LSTM variants ---------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["L1-uni", "L2-bi-ragged"])
 @pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=["f32", "f64"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -261,7 +261,7 @@ def test_layer_norm_is_refused_on_cuda():
                           "weights": [e + (np.ones(16), np.ones(16), np.ones(4), np.zeros(4)) for e in p["weights"]]})
 
 
-# ---- issue 15: the training modifiers ----------------------------------------------------------
+# ---- the training modifiers ----------------------------------------------------------
 def _modifier_problem(cell, dtype, which, layout, T=6, B=3, I=4, H=17):
     L, bi, ragged = (1, False, False) if layout == "L1-uni" else (2, True, True)
     D = 2 if bi else 1
@@ -486,7 +486,7 @@ def test_nn_module_on_cuda_matches_cpu(case, cuda_ops):
         assert_close(a.detach().cpu().numpy(), e.detach().numpy(), np.float64, f"quantity {i}")
 
 
-# ---- issue 18: float16 / bfloat16 storage ------------------------------------------------------
+# ---- float16 / bfloat16 storage ------------------------------------------------------
 def rounding_reference_forward(p):
     """The float64 reference rounded to p's 16-bit dtype exactly where the CUDA kernels store: each
     layer's input projection gi = x W_ih^T + b_ih (one GEMM before the steps, stored), and the
