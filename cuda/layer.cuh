@@ -133,10 +133,28 @@ constexpr bool split_step_phases(Phases<RecurrentProduct<In1, Weight::Hh, Sep1, 
                                         RecurrentProduct<In2, Weight::Hh, Sep2, B2, E2>, Pointwise<N2>>) {
   return In1 == Operand::H && In2 == Operand::ResetH && !Sep1 && !Sep2 && B1 == 0 && E1 == B2 && N1 == 0 && N2 == 1;
 }
+// Layer norm (cuda/layer_norm.cuh): the recurrent product of h_{t-1} over all gates (dG_h kept apart),
+// then RowReduction<0>, Pointwise<0>, and optionally RowReduction<1>, Pointwise<1>: a GEMM and one
+// kernel per step whose blocks own whole batch rows.
+template <class Other> constexpr bool layer_norm_step_phases(Other) { return false; }
+template <Operand In, bool Sep, int B0, int E0>
+constexpr bool layer_norm_step_phases(Phases<RecurrentProduct<In, Weight::Hh, Sep, B0, E0>, RowReduction<0>, Pointwise<0>>) {
+  return In == Operand::H && B0 == 0 && E0 == -1;
+}
+template <Operand In, bool Sep, int B0, int E0>
+constexpr bool layer_norm_step_phases(Phases<RecurrentProduct<In, Weight::Hh, Sep, B0, E0>, RowReduction<0>, Pointwise<0>,
+                                             RowReduction<1>, Pointwise<1>>) {
+  return In == Operand::H && B0 == 0 && E0 == -1;
+}
 // Whether the CUDA kernels run a spec's step (the stack refuses the others before anything is queued).
 template <class Cell> constexpr bool cuda_runs_step() {
-  return fused_step_phases(typename Cell::Step{}) || split_step_phases(typename Cell::Step{});
+  return fused_step_phases(typename Cell::Step{}) || split_step_phases(typename Cell::Step{}) ||
+         layer_norm_step_phases(typename Cell::Step{});
 }
+template <class Cell, class T>
+void layer_norm_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a);
+template <class Cell, class T>
+void layer_norm_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a);
 
 // The fused step (all G gate blocks on h_{t-1}), or the split step's second kernel (gate blocks
 // [S, G) on the first kernel's r*h_{t-1}, then the last Pointwise phase): the cell's new states.
@@ -462,7 +480,7 @@ inline dim3 step_grid(int64 B, int64 H) {
 }
 
 template <class Cell, class T>
-void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a) {
+void step_layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a) {
   static_assert(cuda_runs_step<Cell>(), "the CUDA step kernels run the fused or the split step (fused_step_phases)");
   constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplitStep = SpecTraits<Cell>::kResetH;
   if (kSplitStep && a.h_mask) throw ArgumentError("recurrent dropout is not implemented for the reset-before GRU");
@@ -509,7 +527,7 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForward
 }
 
 template <class Cell, class T>
-void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a) {
+void step_layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a) {
   static_assert(cuda_runs_step<Cell>(), "the CUDA step kernels run the fused or the split step (fused_step_phases)");
   constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplit = SpecTraits<Cell>::kSeparateHiddenGrad;
   constexpr bool kSplitStep = SpecTraits<Cell>::kResetH;
@@ -575,4 +593,18 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwa
   gemm<T>(stream, false, false, TB, in_size, GH, A(1), dgi.get(), GH, w.w_ih, in_size, A(1), dx, in_size);
 }
 
+// One layer and direction: the step kernels above, or layer norm's row kernels (cuda/layer_norm.cuh).
+template <class Cell, class T>
+void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a) {
+  if constexpr (SpecTraits<Cell>::kLayerNorm) layer_norm_forward<Cell>(stream, cfg, a);
+  else step_layer_forward<Cell>(stream, cfg, a);
+}
+template <class Cell, class T>
+void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a) {
+  if constexpr (SpecTraits<Cell>::kLayerNorm) layer_norm_backward<Cell>(stream, cfg, a);
+  else step_layer_backward<Cell>(stream, cfg, a);
+}
+
 }  // namespace fastrnn::cuda
+
+#include "layer_norm.cuh"

@@ -5,6 +5,7 @@
 // directions accumulate their share of dL/d(layer input) into one buffer in a fixed order, so
 // results are deterministic.
 #include <algorithm>
+#include <type_traits>
 
 #include "check.cuh"
 #include "layer.cuh"
@@ -37,6 +38,7 @@ void check_sizes(const RnnConfig& c) {
   checked_mul(TB, GH, "T*B*G*H");
   checked_mul(TB, widest_in, "T*B*input size");
   check_grid(ceil_div(c.H, kUnits), ceil_div(c.B, kRows), "step kernel (H, B)");
+  if (c.options.layer_norm) check_grid(c.B, 1, "layer norm's row kernel (one block per batch row: B)");
   check_grid(ceil_div(std::max(TB, GH), GemmShape::BM), ceil_div(std::max({GH, widest_in, c.H}), GemmShape::BN),
              "GEMM (T*B or G*H, G*H or input size)");
   check_grid(ceil_div(GH, kColSumCols), 1, "bias gradient (G*H)");
@@ -61,18 +63,16 @@ struct CudaBackend {
   template <class T, class Body> void accumulate_directions(const RnnConfig& c, T* din, int64, Body body) const {
     for (int64 d = 0; d < c.D; ++d) body(d, din, stream);
   }
+  // Layer norm runs float32/float64 storage (its row kernels keep the state in the storage type).
+  template <class Cell, class T> static constexpr bool kRuns = !SpecTraits<Cell>::kLayerNorm || std::is_same_v<Acc<T>, T>;
   template <class Cell, class T>
   void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
-    // Layer norm's step (RowReduction phases over the whole gate row) runs on the CPU only
-    // (fastrnn.ops raises NotImplementedError first).
-    if constexpr (!cuda::cuda_runs_step<Cell>())
-      throw ArgumentError("layer norm is not implemented on CUDA");
+    if constexpr (!kRuns<Cell, T>) throw ArgumentError("layer norm on CUDA runs float32/float64 storage, not float16/bfloat16");
     else cuda::layer_forward<Cell>(s, c, a);
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
-    if constexpr (!cuda::cuda_runs_step<Cell>())
-      throw ArgumentError("layer norm is not implemented on CUDA");
+    if constexpr (!kRuns<Cell, T>) throw ArgumentError("layer norm on CUDA runs float32/float64 storage, not float16/bfloat16");
     else cuda::layer_backward<Cell>(s, c, a);
   }
 };

@@ -21,8 +21,8 @@ modules never pay outside ``torch.compile``.
 ``"lstm+layer_norm"`` / ``"gru+layer_norm"`` (``variant_cell`` builds it; order free). With
 ``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
 has G = 3 gate blocks; with ``layer_norm`` they end with ln_weight_ih, ln_weight_hh [G*H] and, for
-the LSTM, ln_weight_c, ln_bias_c [H]. The LSTM variants and the reset-before GRU run on the CPU and
-on CUDA; layer norm on the CPU only (CUDA: NotImplementedError).
+the LSTM, ln_weight_c, ln_bias_c [H]. The LSTM variants, the reset-before GRU and layer norm run on the
+CPU and on CUDA (layer norm on CUDA in float32/float64: 16-bit storage is a ValueError there).
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -368,14 +368,11 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
 
 
 def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c) -> None:
-    """What runs where: layer norm runs on the CPU only; the reset-before GRU and layer norm run
-    without the kernels' modifiers (fastrnn.nn runs those combinations as composed torch ops); the
-    base cells and the LSTM variants run with every modifier on both back ends."""
+    """What runs where: the reset-before GRU and layer norm run without the kernels' modifiers
+    (fastrnn.nn runs those combinations as composed torch ops); the base cells and the LSTM variants
+    run with every modifier on both back ends."""
     opts = dict(split_cell(cell)[1])
     modified = recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
-    if opts["layer_norm"] and x.device.type != "cpu":
-        raise NotImplementedError(f"layer norm (cell {cell!r}) runs on the CPU only; the CUDA kernels implement the "
-                                  "base cells, the LSTM variants and the reset-before GRU")
     if modified and (not opts["reset_after"] or opts["layer_norm"]):
         raise NotImplementedError(f"the kernels run the training modifiers (recurrent_dropout, grad_clip, zoneout) "
                                   f"with the base cells and the LSTM variants, not with {cell!r} (fastrnn.nn runs "

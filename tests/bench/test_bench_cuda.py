@@ -153,7 +153,7 @@ def test_tiny_run_on_gpu(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["lstm peephole", "lstm zoneout", "gru zoneout", "gru reset_after=False",
-                                  "lstm peephole + zoneout + grad_clip"])
+                                  "lstm peephole + zoneout + grad_clip", "lstm layer_norm", "gru layer_norm"])
 def test_extra_case_on_cpu_checks_times_and_formats(name, host_events):
     """The quick run's EXTRAS rows (variants and modifiers against fastrnn's base cell) run on the
     CPU too: checked against the CPU kernels in float64, timed, formatted."""
@@ -171,7 +171,10 @@ def test_extra_case_on_cpu_checks_times_and_formats(name, host_events):
 
 
 def test_extras_cover_the_cuda_features():
-    """Every LSTM variant option, every in-kernel modifier and both 16-bit dtypes have a row."""
+    """Every LSTM variant option, layer norm (both cells), every in-kernel modifier and both 16-bit
+    dtypes have a row."""
     options = {k for _, _, kw, _, _ in bench_cuda.EXTRAS for k in kw}
-    assert {"peephole", "coupled", "cell_clip", "reset_after", "recurrent_dropout", "zoneout", "grad_clip"} <= options
+    assert {"peephole", "coupled", "cell_clip", "reset_after", "layer_norm", "recurrent_dropout", "zoneout",
+            "grad_clip"} <= options
+    assert {c for _, c, kw, _, _ in bench_cuda.EXTRAS if kw.get("layer_norm")} == {"lstm", "gru"}
     assert {d for _, _, _, d, b in bench_cuda.EXTRAS if b == "cudnn"} == {"bfloat16", "float16"}

@@ -8,6 +8,8 @@ Like tests/cuda/test_cuda.py (both use helpers.find_cuda_device) these run on a 
 of the kernels with FASTRNN_CUDA_EMU=<dir> (cuda/emu/build.sh), and skip with one reason otherwise.
 """
 import copy
+import importlib.util
+import pathlib
 
 import numpy as np
 import pytest
@@ -18,6 +20,12 @@ from helpers import VARIANT_IDS, VARIANTS, find_cuda_device, make_problem, seed_
 from tolerances import assert_close
 
 DEVICE, SKIP_REASON = find_cuda_device()
+
+# tests/kernels/test_fused_variants.py, for its layer-normalised problems (one home for them)
+_spec = importlib.util.spec_from_file_location(
+    "_fused_variants", pathlib.Path(__file__).resolve().parent.parent / "kernels" / "test_fused_variants.py")
+_fused_variants = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fused_variants)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
 
@@ -113,7 +121,11 @@ def run_cuda(dev, p, training=True):
 
 
 def grad_names(p):
-    peephole = bool((p.get("opts") or {}).get("peephole"))
+    opts = p.get("opts") or {}
+    if opts.get("layer_norm"):  # w_ih, w_hh[, b_ih, b_hh], ln_weight_ih, ln_weight_hh[, ln_weight_c, ln_bias_c]
+        norm = ["dln_weight_ih", "dln_weight_hh"] + (["dln_weight_c", "dln_bias_c"] if p.get("cell") == "lstm" else [])
+        return list(GRAD_NAMES[:len(p["weights"][0]) - len(norm)]) + norm
+    peephole = bool(opts.get("peephole"))
     return list(GRAD_NAMES[:len(p["weights"][0]) - peephole]) + (["dw_ch"] if peephole else [])
 
 
@@ -253,12 +265,78 @@ def test_gru_reset_before_refuses_recurrent_dropout():
         run_cuda(DEVICE, p)
 
 
-def test_layer_norm_is_refused_on_cuda():
-    """Layer norm has no CUDA kernels: the entry points say so (ValueError), before anything runs."""
-    p = make_problem("lstm", np.float32, 1, False, 3, 2, 3, 4, seed=1)
-    with pytest.raises(ValueError, match="layer norm is not implemented on CUDA"):
-        run_cuda(DEVICE, {**p, "opts": {"layer_norm": True},
-                          "weights": [e + (np.ones(16), np.ones(16), np.ones(4), np.zeros(4)) for e in p["weights"]]})
+# ---- layer norm (layer_norm=True): a GEMM and one row-block kernel per step ----------------------
+def _layer_norm_problem(cell, dtype, L, bi, ragged, T=5, B=3, I=4, H=5, **kw):
+    """tests/kernels/test_fused_variants.py's layer-normalised problem (gains and the cell norm's bias
+    away from their init), with the CUDA runner's keys."""
+    p = _fused_variants.layer_norm_problem(cell, dtype, L, bi, T, B, I, H, ragged=ragged, **kw)
+    p["opts"] = {"layer_norm": True}
+    return p
+
+
+def check_layer_norm(p, with_state=True):
+    """Against the float64 reference with tests/tolerances.py's layer-norm rows."""
+    if not with_state:
+        p = {**p, "h0": None, "c0": None}
+    got, expected = run_cuda(DEVICE, p), run_reference(p)
+    assert got.keys() == expected.keys(), f"quantities differ: {sorted(got)} vs {sorted(expected)}"
+    for name, v in got.items():
+        assert v is None or v.dtype == p["dtype"], f"{name} has dtype {v.dtype}, expected {p['dtype']}"
+        assert_close(v, expected[name], np.dtype(p["dtype"]).name + "-layer-norm", name)
+    return got
+
+
+@pytest.mark.parametrize("with_state", (True, False), ids=["state", "no-state"])
+@pytest.mark.parametrize("ragged", (False, True), ids=["equal", "ragged"])
+@pytest.mark.parametrize("bidirectional", (False, True), ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", (1, 2))
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ("lstm", "gru"))
+def test_layer_norm_matches_reference(cell, dtype, num_layers, bidirectional, ragged, with_state):
+    p = _layer_norm_problem(cell, dtype, num_layers, bidirectional, ragged,
+                            seed=seed_of("layer-norm", cell, np.dtype(dtype).name, num_layers, bidirectional, ragged))
+    got = check_layer_norm(p, with_state)
+    # the norm is there: the plain cell gives other outputs on the same gate weights
+    plain = run_reference({**p, "opts": None, "weights": [e[:len(e) - (4 if cell == "lstm" else 2)] for e in p["weights"]]})
+    assert np.abs(got["output"] - plain["output"]).max() > 1e-3
+
+
+@pytest.mark.parametrize("cell", ("lstm", "gru"))
+def test_layer_norm_tile_edges(cell):
+    """B > 16 rows, H = 33 and H = 300 (more units than a row block's 256 threads: threads own two
+    units and uneven slices of the reductions), I > 64, G*H past the GEMM's and column sums' tiles."""
+    check_layer_norm(_layer_norm_problem(cell, np.float32, 2, True, True, T=3, B=17, I=70, H=33,
+                                         seed=seed_of("layer-norm-edges", cell)))
+    check_layer_norm(_layer_norm_problem(cell, np.float64, 1, True, True, T=2, B=2, I=3, H=300,
+                                         seed=seed_of("layer-norm-wide", cell)))
+
+
+@pytest.mark.parametrize("cell", ("lstm", "gru"))
+def test_layer_norm_no_bias_deterministic_and_inference(cell):
+    """Without biases or initial states; two runs bitwise equal (row statistics and the gains' and
+    biases' gradients reduced in a fixed order, no atomics); inference == the training forward."""
+    p = _layer_norm_problem(cell, np.float32, 2, True, True, T=4, B=5, I=3, H=6, bias=False, seed=11)
+    first = check_layer_norm(p, with_state=False)
+    assert "dweights[0].db_ih" not in first and "dweights[0].dln_weight_ih" in first
+    p = {**p, "h0": None, "c0": None}
+    second = run_cuda(DEVICE, p)
+    for name, v in first.items():
+        assert (v is None and second[name] is None) or np.array_equal(v, second[name]), f"{name} differs between runs"
+    inference = run_cuda(DEVICE, p, training=False)
+    for name in ("output", "h_n", "c_n"):
+        assert (first[name] is None and inference[name] is None) or np.array_equal(inference[name], first[name]), \
+            f"{name}: inference differs from the training forward"
+
+
+def test_layer_norm_refuses_16bit_storage_and_modifiers():
+    """What the row kernels do not run is a ValueError before anything is queued: 16-bit storage, and
+    the kernels' training modifiers (fastrnn.ops runs layer norm with modifiers as composed torch ops)."""
+    p = _layer_norm_problem("lstm", np.float32, 1, False, False, T=3, B=2, I=3, H=4, seed=1)
+    with pytest.raises(ValueError, match="layer norm on CUDA runs float32/float64 storage"):
+        run_cuda(DEVICE, {**p, "dtype": "float16"})
+    for mods in ({"grad_clip": 0.5}, {"zoneout_mask": np.zeros((1, 3, 2, 4))}):
+        with pytest.raises(ValueError, match="layer norm on CUDA runs without the kernels' training modifiers"):
+            run_cuda(DEVICE, {**p, "mods": mods})
 
 
 # ---- the training modifiers ----------------------------------------------------------
@@ -452,17 +530,25 @@ def test_nn_variant_module_on_cuda_matches_cpu(dtype, cuda_ops):
                      "cuda-bfloat16", "output" if i < 3 else "d")
 
 
-@pytest.mark.parametrize("case", ["gru-reset-before", "lstm-variant-modifiers"])
+@pytest.mark.parametrize("case", ["gru-reset-before", "lstm-variant-modifiers", "lstm-layer-norm", "gru-layer-norm"])
 def test_nn_module_on_cuda_matches_cpu(case, cuda_ops):
-    """fastrnn.nn.GRU(reset_after=False), and an LSTM variant with the kernels' modifiers (eval mode:
+    """fastrnn.nn.GRU(reset_after=False), an LSTM variant with the kernels' modifiers (eval mode:
     zoneout's deterministic mix and grad_clip, no masks drawn, so that CPU and GPU see the same
-    numbers), on the CUDA back end == the same module on the CPU kernels in float64: outputs, final
-    states, the input's and every parameter's gradient."""
+    numbers), and LSTM/GRU(layer_norm=True) (the norm's vectors away from their init), on the CUDA
+    back end == the same module on the CPU kernels in float64: outputs, final states, the input's
+    and every parameter's gradient."""
     torch = pytest.importorskip("torch")
     import fastrnn.nn as fnn
     torch.manual_seed(0)
     if case == "gru-reset-before":
         cpu = fnn.GRU(4, 6, num_layers=2, bidirectional=True, reset_after=False).double()
+    elif case.endswith("layer-norm"):
+        cls = fnn.LSTM if case.startswith("lstm") else fnn.GRU
+        cpu = cls(4, 6, num_layers=2, bidirectional=True, layer_norm=True).double()
+        with torch.no_grad():
+            for name, q in cpu.named_parameters():
+                if name.startswith("ln_"):
+                    q.add_(0.3 * torch.randn_like(q))
     else:
         cpu = fnn.LSTM(4, 6, num_layers=2, bidirectional=True, peephole=True, cell_clip=0.5, zoneout=0.2,
                        zoneout_cell=0.1, grad_clip=0.05).double().eval()
@@ -482,8 +568,14 @@ def test_nn_module_on_cuda_matches_cpu(case, cuda_ops):
     cuda_ops.route()
     got = run(module, cuda_ops(x))
     assert len(got) == len(expected)
+    layer_norm = case.endswith("layer-norm")
+    outputs = 3 if isinstance(cpu, fnn.LSTM) else 2  # y and the final states; then the gradients
     for i, (a, e) in enumerate(zip(got, expected)):
-        assert_close(a.detach().cpu().numpy(), e.detach().numpy(), np.float64, f"quantity {i}")
+        if layer_norm:  # tests/tolerances.py's layer-norm row (outputs, then gradients)
+            assert_close(a.detach().cpu().numpy(), e.detach().numpy(), "float64-layer-norm",
+                         f"quantity {i}" if i < outputs else f"d(quantity {i})")
+        else:
+            assert_close(a.detach().cpu().numpy(), e.detach().numpy(), np.float64, f"quantity {i}")
 
 
 # ---- float16 / bfloat16 storage ------------------------------------------------------

@@ -19,7 +19,7 @@ The suite: DeepBench-style training and inference sizes for LSTM, GRU and RNN (H
 {1, 4, 8} at H = 512 and 1024, T = 50) and a long sequence (B = 16, T = 1024, H = 768). ``--quick``
 is a few of each, and ``--max-seconds`` stops starting new cases after that long (the JSON then
 says how many were left), so a fixed device-time window is never overrun. A quick run adds a second
-table (``EXTRAS``, one training size): the LSTM variants, the reset-before GRU and the training
+table (``EXTRAS``, one training size): the LSTM variants, the reset-before GRU, layer norm and the training
 modifiers (alone, and on an LSTM variant) against fastrnn's fp32 base cell (what the option costs), and bfloat16/float16 layers against cuDNN in the
 same dtype, each checked first in eval mode against fastrnn's CPU kernels in float64.
 """
@@ -285,6 +285,8 @@ EXTRAS = (  # (name, cell, fastrnn.nn keywords, dtype, baseline: "base" or "cudn
     ("lstm grad_clip", "lstm", dict(grad_clip=1.0), "float32", "base"),
     ("gru zoneout", "gru", dict(zoneout=0.1), "float32", "base"),
     ("gru reset_after=False", "gru", dict(reset_after=False), "float32", "base"),
+    ("lstm layer_norm", "lstm", dict(layer_norm=True), "float32", "base"),
+    ("gru layer_norm", "gru", dict(layer_norm=True), "float32", "base"),
     ("lstm peephole + zoneout + grad_clip", "lstm", dict(peephole=True, zoneout=0.1, zoneout_cell=0.05, grad_clip=1.0),
      "float32", "base"),
 )
@@ -311,7 +313,8 @@ def run_extra(torch, name: str, cell: str, options: dict, dtype: str, baseline: 
         base.load_state_dict(fast.state_dict())
     else:
         base = cls(H, H).to(device)
-        base.load_state_dict({k: v for k, v in fast_cpu.state_dict().items() if not k.startswith("weight_ch")})
+        # the base cell's parameters: without the peepholes and the layer norm's vectors
+        base.load_state_dict({k: v for k, v in fast_cpu.state_dict().items() if not k.startswith(("weight_ch", "ln_"))})
     g = torch.Generator().manual_seed(seed)
     x64 = torch.randn(T, B, H, generator=g, dtype=torch.float64)
     dy64 = torch.randn(T, B, H, generator=g, dtype=torch.float64)
