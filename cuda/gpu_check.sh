@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first thing to run on a lent GPU machine (issue 19): on a bare machine with its own python3
 # (torch with CUDA), nvcc and no network, it builds the extension for sm_90 only, runs the CUDA
-# kernel tests (tests/test_cuda.py), the torch layers on CUDA tensors (tests/test_nn_cuda.py) and
+# kernel tests (tests/cuda/test_cuda.py), the torch layers on CUDA tensors (tests/cuda/test_nn_cuda.py) and
 # the GPU benchmark (python -m fastrnn.bench --device cuda --quick), then, while time is left,
 # compute-sanitizer's memcheck on the kernel tests, the full GPU suite and the rest of the tests. Everything goes
 # into OUTDIR, at most 8 files (what the device tool brings back), and a summary table is printed
@@ -176,13 +176,13 @@ FAIL=0
 PYTEST=("$PY" -m pytest -p no:cacheprovider -q -rfEs --durations=5)
 TESTS="$OUTDIR/tests.log"
 : >"$TESTS"
-if ! phase test_cuda 150 "$TESTS" "${PYTEST[@]}" tests/test_cuda.py; then
+if ! phase test_cuda 150 "$TESTS" "${PYTEST[@]}" tests/cuda/test_cuda.py; then
   FAIL=1
   # Which GEMM is to blame: the same matrix with every product on the own GEMM (cuda/gemm.cuh).
-  FASTRNN_CUBLAS=0 phase test_cuda_own_gemm 90 "$TESTS" "${PYTEST[@]}" tests/test_cuda.py \
+  FASTRNN_CUBLAS=0 phase test_cuda_own_gemm 90 "$TESTS" "${PYTEST[@]}" tests/cuda/test_cuda.py \
     -k "matches_reference or tile_edges or deterministic"
 fi
-phase test_nn_cuda 150 "$TESTS" "${PYTEST[@]}" tests/test_nn_cuda.py || FAIL=1
+phase test_nn_cuda 150 "$TESTS" "${PYTEST[@]}" tests/cuda/test_nn_cuda.py || FAIL=1
 if [ $HAVE_GPU = 1 ]; then
   # (test_cuda.py's no-device test skips wherever a GPU is present, by design)
   grep "^SKIPPED" "$TESTS" | grep -v "a GPU is present" | sed "s|^|tests.log: SKIPPED ON A GPU MACHINE: |"
@@ -207,7 +207,7 @@ optional() {  # rc of an optional phase -> FAIL, unless it timed out or was skip
 }
 if [ $HAVE_GPU = 1 ] && command -v compute-sanitizer >/dev/null && [ "$(remaining)" -gt 90 ]; then
   phase memcheck 110 "$EXTRA" compute-sanitizer --tool memcheck --error-exitcode 9 "${PYTEST[@]}" -x \
-    tests/test_cuda.py -k "tile_edges and f32 and (lstm or gru)"
+    tests/cuda/test_cuda.py -k "tile_edges and f32 and (lstm or gru)"
   optional $?
 else
   record memcheck skipped "" 0 "no GPU, no compute-sanitizer or too little time"
@@ -223,7 +223,7 @@ else
   record bench_full skipped "" 0 "no GPU or too little time"
 fi
 if [ "$(remaining)" -gt 60 ]; then
-  phase rest_of_suite 600 "$EXTRA" "${PYTEST[@]}" tests --ignore=tests/test_cuda.py --ignore=tests/test_nn_cuda.py
+  phase rest_of_suite 600 "$EXTRA" "${PYTEST[@]}" tests --ignore=tests/cuda/test_cuda.py --ignore=tests/cuda/test_nn_cuda.py
   optional $?
 else
   record rest_of_suite skipped "" 0 "too little time"

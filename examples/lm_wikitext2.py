@@ -78,10 +78,7 @@ def parse_args(argv):
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--beam-size", type=int, default=5)
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
+    args = nlp_data.parse_args(p, argv, QUICK)
     args.progress = not args.no_progress
     return args
 

@@ -5,6 +5,7 @@ CoNLL-U, parallel text one sentence per line, whitespace-tokenised token streams
 padding and batching with lengths, a progress bar (tqdm when installed, else a one-line own one),
 a learning-curve PNG writer (matplotlib), the choice of implementation (torch.nn, or the same
 model converted to fastrnn.nn: same parameters, so the same initial weights for a seed), and
+the epoch loop the classification, tagging and translation examples share (``train_epochs``), and
 ``RecurrentShare``, which measures the share of a training step's time spent in the recurrent
 layers (by replaying their calls alone; see its docstring for the method).
 
@@ -13,6 +14,7 @@ Not part of the fastrnn package: examples/ is put on sys.path by the scripts tha
 from __future__ import annotations
 
 import collections
+import copy
 import math
 import os
 import random
@@ -436,6 +438,58 @@ class RecurrentShare:
         return self.replay_seconds / self.step_seconds if self.step_seconds else math.nan
 
 
+def train_epochs(model: torch.nn.Module, train_step: Callable, lengths: Sequence[int], args,
+                 evaluate_epoch: Callable, result: dict) -> float:
+    """The training loop the classification, tagging and translation examples share.
+
+    For each epoch (``args.epochs``, or until ``args.max_minutes``): batches of similar lengths in a
+    shuffled order seeded by ``args.seed + epoch`` (``args.batch_size``; ``lengths`` are the training
+    examples' lengths), ``train_step(idx, step) -> (loss, tokens)`` on each, then ``evaluate_epoch()
+    -> (score, fields, shown)``: the score to keep the best state by (higher is better), the epoch's
+    fields for ``result["epochs"]`` (with ``eval_tokens_per_s``) and the metrics to print. Appends
+    every batch's loss to ``result["losses"]``, sets ``result["train_tokens_per_s"]`` (the epochs'
+    mean), loads the best epoch's state_dict into ``model`` and returns its score."""
+    best, best_state, step = -math.inf, None, 0
+    deadline = Deadline(args.max_minutes)
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        rate = Throughput()
+        order = batches(len(lengths), args.batch_size, shuffle=True, seed=args.seed + epoch, lengths=lengths)
+        bar = progress(order, desc=f"epoch {epoch}", disable=args.no_progress)
+        for idx in bar:
+            loss, tokens = train_step(idx, step)
+            result["losses"].append(loss)
+            rate.add(tokens, loss)
+            step += 1
+            bar.set_postfix_str(rate.postfix())
+            if deadline.expired():
+                break
+        score, fields, shown = evaluate_epoch()
+        result["epochs"].append(dict(step=step, train_loss=rate.loss, train_tokens_per_s=rate.rate, **fields))
+        print(report_line(f"epoch {epoch}", train_loss=rate.loss, **shown, train_tokens_per_s=round(rate.rate),
+                          eval_tokens_per_s=round(fields["eval_tokens_per_s"])))
+        if score > best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
+        if deadline.expired():
+            print(f"stopping: --max-minutes {args.max_minutes} reached")
+            break
+    model.load_state_dict(best_state)
+    result["train_tokens_per_s"] = sum(e["train_tokens_per_s"] for e in result["epochs"]) / len(result["epochs"])
+    return best
+
+
+def training_share(model: torch.nn.Module, train_step: Callable, lengths: Sequence[int], batch_size: int,
+                   n_batches: int, step: int) -> float:
+    """The recurrent layers' share of ``n_batches`` training steps (``RecurrentShare``), on the first
+    batches of a fixed-seed order, each run as ``train_step(idx, step)``."""
+    share = RecurrentShare(model)
+    model.train()
+    for idx in batches(len(lengths), batch_size, shuffle=True, seed=0, lengths=lengths)[:n_batches]:
+        with share.record():
+            train_step(idx, step)
+    return share.share
+
+
 def report_line(name: str, **values) -> str:
     """``name: key value | key value ...`` with floats at 4 significant digits."""
     parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
@@ -462,3 +516,13 @@ def add_common_args(p, dataset: str) -> None:
                    help="stop training after this many minutes, mid-epoch (0: no limit); that epoch is still evaluated")
     p.add_argument("--share-batches", type=int, default=5,
                    help="training batches replayed after training to measure the recurrent layers' share")
+
+
+def parse_args(p, argv: Optional[Sequence[str]], quick: dict):
+    """``p.parse_args(argv)``; with ``--quick``, parsed again over the example's ``quick`` defaults, so
+    that options given on the command line still win over them."""
+    args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(**quick)
+        args = p.parse_args(argv)
+    return args

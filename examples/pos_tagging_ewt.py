@@ -17,7 +17,6 @@ fastrnn, converted with fastrnn.nn.convert, so both start from the same weights 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -122,11 +121,7 @@ def parse_args(argv):
     p.add_argument("--holdout", type=float, default=0.1, help="share of the training file held out (no train split)")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training sentences (0: all)")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N held-out/test sentences (0: all)")
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    return args
+    return nlp_data.parse_args(p, argv, QUICK)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -162,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f"char LSTM {args.char_hidden}; {sum(p.numel() for p in model.parameters())} parameters; "
           f"{torch.get_num_threads()} threads")
 
-    def train_step(idx):
+    def train_step(idx, step):
         batch, targets = batcher([train[i][0] for i in idx], [train[i][1] for i in idx], args.word_dropout)
         optimizer.zero_grad(set_to_none=True)
         logits = model(**batch)
@@ -171,46 +166,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         optimizer.step()
         return loss.item(), int(batch["lengths"].sum())
 
-    result = {"impl": args.impl, "losses": [], "epochs": [], "n_tags": len(tag_vocab)}
-    best, best_state, step = -1.0, None, 0
-    lengths = [len(s) for s, _ in train]
-    deadline = nlp_data.Deadline(args.max_minutes)
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        rate = nlp_data.Throughput()
-        order = nlp_data.batches(len(train), args.batch_size, shuffle=True, seed=args.seed + epoch, lengths=lengths)
-        bar = nlp_data.progress(order, desc=f"epoch {epoch}", disable=args.no_progress)
-        for idx in bar:
-            loss, tokens = train_step(idx)
-            result["losses"].append(loss)
-            rate.add(tokens, loss)
-            step += 1
-            bar.set_postfix_str(rate.postfix())
-            if deadline.expired():
-                break
+    def evaluate_epoch():
         held_acc, eval_rate = evaluate(model, batcher, held, args.batch_size)
-        result["epochs"].append(dict(step=step, train_loss=rate.loss, train_tokens_per_s=rate.rate,
-                                     heldout_acc=held_acc, eval_tokens_per_s=eval_rate))
-        print(nlp_data.report_line(f"epoch {epoch}", train_loss=rate.loss, heldout_upos=held_acc,
-                                   train_tokens_per_s=round(rate.rate), eval_tokens_per_s=round(eval_rate)))
-        if held_acc > best:
-            best, best_state = held_acc, copy.deepcopy(model.state_dict())
-        if deadline.expired():
-            print(f"stopping: --max-minutes {args.max_minutes} reached")
-            break
+        return held_acc, dict(heldout_acc=held_acc, eval_tokens_per_s=eval_rate), dict(heldout_upos=held_acc)
 
-    model.load_state_dict(best_state)
+    result = {"impl": args.impl, "losses": [], "epochs": [], "n_tags": len(tag_vocab)}
+    lengths = [len(s) for s, _ in train]
+    best = nlp_data.train_epochs(model, train_step, lengths, args, evaluate_epoch, result)
     test_acc, test_rate = evaluate(model, batcher, test, args.batch_size)
-    share = nlp_data.RecurrentShare(model)
-    model.train()
-    for idx in nlp_data.batches(len(train), args.batch_size, shuffle=True, seed=0, lengths=lengths)[:args.share_batches]:
-        with share.record():
-            train_step(idx)
-    result.update(heldout_acc=best, test_acc=test_acc, test_tokens_per_s=test_rate, recurrent_share=share.share,
-                  train_tokens_per_s=sum(e["train_tokens_per_s"] for e in result["epochs"]) / len(result["epochs"]))
+    share = nlp_data.training_share(model, train_step, lengths, args.batch_size, args.share_batches,
+                                    result["epochs"][-1]["step"])
+    result.update(heldout_acc=best, test_acc=test_acc, test_tokens_per_s=test_rate, recurrent_share=share)
     print(nlp_data.report_line(f"result ({args.impl})", heldout_upos=best, test_upos=test_acc,
                                train_tokens_per_s=round(result["train_tokens_per_s"]),
-                               test_tokens_per_s=round(test_rate), recurrent_share=share.share))
+                               test_tokens_per_s=round(test_rate), recurrent_share=share))
     if args.plot:
         nlp_data.plot_curves(args.plot, {"training loss (per batch)": list(enumerate(result["losses"], 1))},
                              "batch", f"UD EWT UPOS tagging, {args.impl}",

@@ -14,7 +14,6 @@ fastrnn, converted with fastrnn.nn.convert, so both start from the same weights 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 from typing import Optional, Sequence
@@ -80,11 +79,7 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training examples (0: all)")
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    return args
+    return nlp_data.parse_args(p, argv, QUICK)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -108,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f"hidden {args.hidden}; {sum(p.numel() for p in model.parameters())} parameters; "
           f"{torch.get_num_threads()} threads")
 
-    def train_step(idx):
+    def train_step(idx, step):
         x, lengths = nlp_data.pad([train_x[i] for i in idx])
         y = torch.tensor([train_y[i] for i in idx])
         optimizer.zero_grad(set_to_none=True)
@@ -117,46 +112,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         optimizer.step()
         return loss.item(), int(lengths.sum())
 
-    result = {"impl": args.impl, "cell": args.cell, "losses": [], "epochs": []}
-    best, best_state, step = -1.0, None, 0
-    lengths = [len(s) for s in train_x]
-    deadline = nlp_data.Deadline(args.max_minutes)
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        rate = nlp_data.Throughput()
-        order = nlp_data.batches(len(train_x), args.batch_size, shuffle=True, seed=args.seed + epoch, lengths=lengths)
-        bar = nlp_data.progress(order, desc=f"epoch {epoch}", disable=args.no_progress)
-        for idx in bar:
-            loss, tokens = train_step(idx)
-            result["losses"].append(loss)
-            rate.add(tokens, loss)
-            step += 1
-            bar.set_postfix_str(rate.postfix())
-            if deadline.expired():
-                break
+    def evaluate_epoch():
         dev_acc, eval_rate = evaluate(model, dev_x, dev_y, args.batch_size)
-        result["epochs"].append(dict(step=step, train_loss=rate.loss, train_tokens_per_s=rate.rate,
-                                     dev_acc=dev_acc, eval_tokens_per_s=eval_rate))
-        print(nlp_data.report_line(f"epoch {epoch}", train_loss=rate.loss, dev_acc=dev_acc,
-                                   train_tokens_per_s=round(rate.rate), eval_tokens_per_s=round(eval_rate)))
-        if dev_acc > best:
-            best, best_state = dev_acc, copy.deepcopy(model.state_dict())
-        if deadline.expired():
-            print(f"stopping: --max-minutes {args.max_minutes} reached")
-            break
+        return dev_acc, dict(dev_acc=dev_acc, eval_tokens_per_s=eval_rate), dict(dev_acc=dev_acc)
 
-    model.load_state_dict(best_state)
+    result = {"impl": args.impl, "cell": args.cell, "losses": [], "epochs": []}
+    lengths = [len(s) for s in train_x]
+    best = nlp_data.train_epochs(model, train_step, lengths, args, evaluate_epoch, result)
     test_acc, test_rate = evaluate(model, test_x, test_y, args.batch_size)
-    share = nlp_data.RecurrentShare(model)
-    model.train()
-    for idx in nlp_data.batches(len(train_x), args.batch_size, shuffle=True, seed=0, lengths=lengths)[:args.share_batches]:
-        with share.record():
-            train_step(idx)
-    result.update(dev_acc=best, test_acc=test_acc, test_tokens_per_s=test_rate, recurrent_share=share.share,
-                  train_tokens_per_s=sum(e["train_tokens_per_s"] for e in result["epochs"]) / len(result["epochs"]))
+    share = nlp_data.training_share(model, train_step, lengths, args.batch_size, args.share_batches,
+                                    result["epochs"][-1]["step"])
+    result.update(dev_acc=best, test_acc=test_acc, test_tokens_per_s=test_rate, recurrent_share=share)
     print(nlp_data.report_line(f"result ({args.impl} {args.cell})", dev_acc=best, test_acc=test_acc,
                                train_tokens_per_s=round(result["train_tokens_per_s"]),
-                               test_tokens_per_s=round(test_rate), recurrent_share=share.share))
+                               test_tokens_per_s=round(test_rate), recurrent_share=share))
     if args.plot:
         nlp_data.plot_curves(args.plot, {"training loss (per batch)": list(enumerate(result["losses"], 1))},
                              "batch", f"SST-2, {args.impl} bidirectional {args.cell}",

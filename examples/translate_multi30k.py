@@ -28,7 +28,6 @@ Runs with torch.nn's layers or fastrnn.nn's (--impl), from the same initial weig
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -236,11 +235,7 @@ def parse_args(argv):
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training pairs (0: all)")
     p.add_argument("--eval-limit", type=int, default=0, help="use only the first N val/test pairs (0: all)")
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    return args
+    return nlp_data.parse_args(p, argv, QUICK)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -277,9 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f"emsize {args.emsize}; {sum(p.numel() for p in model.parameters())} parameters; "
           f"{torch.get_num_threads()} threads")
 
-    step = 0
-
-    def train_step(idx):
+    def train_step(idx, step):
         src, src_lengths, tgt_in, tgt_out = make_batch(train, idx)
         ratio = generate.inverse_sigmoid_schedule(step, args.scheduled_sampling) if args.scheduled_sampling else 1.0
         optimizer.zero_grad(set_to_none=True)
@@ -289,57 +282,32 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         optimizer.step()
         return loss.item(), int((tgt_out != PAD_ID).sum())
 
-    result = {"impl": args.impl, "cell": args.cell, "attention": args.attention, "losses": [], "epochs": []}
-    best, best_state = -1.0, None
-    lengths = [len(s) for s, _ in train]
-    deadline = nlp_data.Deadline(args.max_minutes)
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        rate = nlp_data.Throughput()
-        order = nlp_data.batches(len(train), args.batch_size, shuffle=True, seed=args.seed + epoch, lengths=lengths)
-        bar = nlp_data.progress(order, desc=f"epoch {epoch}", disable=args.no_progress)
-        for idx in bar:
-            loss, tokens = train_step(idx)
-            result["losses"].append(loss)
-            rate.add(tokens, loss)
-            step += 1
-            bar.set_postfix_str(rate.postfix())
-            if deadline.expired():
-                break
+    def evaluate_epoch():
         val_loss, eval_rate = validation_loss(model, val, args.batch_size)
         val_bleu = bleu(translate(model, val, tgt_vocab, args.batch_size)[0], val_text)
-        result["epochs"].append(dict(step=step, train_loss=rate.loss, train_tokens_per_s=rate.rate, val_loss=val_loss,
-                                     val_bleu=val_bleu, eval_tokens_per_s=eval_rate))
-        print(nlp_data.report_line(f"epoch {epoch}", train_loss=rate.loss, val_loss=val_loss, val_bleu_greedy=val_bleu,
-                                   train_tokens_per_s=round(rate.rate), eval_tokens_per_s=round(eval_rate)))
-        if val_bleu > best:
-            best, best_state = val_bleu, copy.deepcopy(model.state_dict())
-        if deadline.expired():
-            print(f"stopping: --max-minutes {args.max_minutes} reached")
-            break
+        return (val_bleu, dict(val_loss=val_loss, val_bleu=val_bleu, eval_tokens_per_s=eval_rate),
+                dict(val_loss=val_loss, val_bleu_greedy=val_bleu))
 
-    model.load_state_dict(best_state)
+    result = {"impl": args.impl, "cell": args.cell, "attention": args.attention, "losses": [], "epochs": []}
+    lengths = [len(s) for s, _ in train]
+    best = nlp_data.train_epochs(model, train_step, lengths, args, evaluate_epoch, result)
     greedy_out, greedy_rate = translate(model, test, tgt_vocab, args.batch_size)
     beam_out, beam_rate = translate(model, test, tgt_vocab, args.batch_size, args.beam_size, args.length_penalty)
     test_greedy, test_beam = bleu(greedy_out, test_text), bleu(beam_out, test_text)
     for i in range(min(3, len(test))):
         print(f"  source    {' '.join(test_text[i][0])}\n  reference {' '.join(test_text[i][1])}\n"
               f"  greedy    {' '.join(greedy_out[i])}\n  beam {args.beam_size}    {' '.join(beam_out[i])}")
-    share = nlp_data.RecurrentShare(model)
-    model.train()
-    for idx in nlp_data.batches(len(train), args.batch_size, shuffle=True, seed=0, lengths=lengths)[:args.share_batches]:
-        with share.record():
-            train_step(idx)
-    result.update(val_bleu=best, test_bleu_greedy=test_greedy, test_bleu_beam=test_beam, recurrent_share=share.share,
+    share = nlp_data.training_share(model, train_step, lengths, args.batch_size, args.share_batches,
+                                    result["epochs"][-1]["step"])
+    result.update(val_bleu=best, test_bleu_greedy=test_greedy, test_bleu_beam=test_beam, recurrent_share=share,
                   greedy_tokens_per_s=greedy_rate, beam_tokens_per_s=beam_rate,
                   examples=[dict(source=test_text[i][0], reference=test_text[i][1], greedy=greedy_out[i],
-                                 beam=beam_out[i]) for i in range(min(3, len(test)))],
-                  train_tokens_per_s=sum(e["train_tokens_per_s"] for e in result["epochs"]) / len(result["epochs"]))
+                                 beam=beam_out[i]) for i in range(min(3, len(test)))])
     print(nlp_data.report_line(f"result ({args.impl} {args.cell}, attention {args.attention})", val_bleu=best,
                                test_bleu_greedy=test_greedy, test_bleu_beam=test_beam,
                                train_tokens_per_s=round(result["train_tokens_per_s"]),
                                greedy_tokens_per_s=round(greedy_rate), beam_tokens_per_s=round(beam_rate),
-                               recurrent_share=share.share))
+                               recurrent_share=share))
     if args.plot:
         nlp_data.plot_curves(args.plot, {"training loss (per batch)": list(enumerate(result["losses"], 1)),
                                          "validation loss": [(e["step"], e["val_loss"]) for e in result["epochs"]]},

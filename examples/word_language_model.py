@@ -15,7 +15,7 @@ train/valid/test. Words not seen in training become ``<unk>``.
 
 tokens/s are for the whole model (embedding, recurrent layers, decoder and softmax, and in training
 the backward and the SGD step), so the recurrent layers' own speed-up shows diluted; the losses of
-the two implementations agree to float32 rounding when --dropout is 0 (tests/test_example.py).
+the two implementations agree to float32 rounding when --dropout is 0 (tests/examples/test_example.py).
 
     python examples/word_language_model.py --impl torch --cell lstm --epochs 1
     python examples/word_language_model.py --impl fastrnn --cell gru --data ../shared/data/wikitext-2

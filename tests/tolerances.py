@@ -95,7 +95,7 @@ def assert_close(actual, expected, dtype, what: str) -> None:
         f"actual {float(actual[worst])!r} vs expected {float(expected[worst])!r} (|err|/(1+|e|) = {scaled[worst]:.3g} > tol {tol:g})")
 
 # Median elementwise relative error of outputs and weight gradients whose values are all small
-# (activations of 1e-3, 1e-7 and 1e-15: tests/test_reliability.py, test_small_values_relative_accuracy),
+# (activations of 1e-3, 1e-7 and 1e-15: tests/kernels/test_reliability.py, test_small_values_relative_accuracy),
 # where the absolute floor of TOLERANCES above would pass anything. Measured after the small-|x| tanh
 # (csrc/cells/spec.h): float32 medians 5.7e-8 .. 1.7e-7 over every cell, scale and quantity, torch.nn's
 # float32 on the same inputs 5.7e-8 .. 1.6e-7 (the same to two digits in most cases); float64 at
@@ -107,7 +107,7 @@ SMALL_VALUES_RELATIVE = {
 }
 
 # The examples' per-batch training losses, fastrnn.nn against torch.nn from the same weights with
-# dropout off (tests/test_examples_nlp.py, --quick runs, 1 thread). They differ only in float32
+# dropout off (tests/examples/test_examples_nlp.py, --quick runs, 1 thread). They differ only in float32
 # summation order, but every optimizer step feeds the difference back into the weights, so the
 # curves drift apart exponentially along a run: the language model (SGD at lr 20) goes from 3.9e-7
 # (relative, worst of its first 15 batches) to 2.7e-5 by batch 25 and 5e-3 by batch 40; the

@@ -27,36 +27,88 @@ CASES += [(f"{cell} H1024 B4 T1 infer", cell, 1, 4, 1024, 1024, False) for cell 
 CASES += [(f"{cell} H256 B1 T100 train", cell, 100, 1, 256, 256, True) for cell in ("lstm", "gru", "rnn_tanh")]
 
 
-def selected(pattern):
-    return [c for c in CASES if pattern in c[0]]
+# The default suite of `python -m fastrnn.bench` (bench/README.md), through the NumPy API: (H, B, T) per
+# cell and mode, (1536, 4, 50) in inference only, and the 2-layer bidirectional LSTM in training.
+SUITE_SIZES = [(256, 1, 100), (256, 32, 100), (512, 16, 50), (512, 64, 50), (1024, 32, 25), (128, 128, 200)]
+SUITE = [(f"{cell} H{H} B{B} T{T} {'train' if train else 'infer'}", cell, T, B, H, H, train)
+         for cell in ("lstm", "gru", "rnn_tanh") for train in (False, True) for H, B, T in SUITE_SIZES]
+SUITE += [(f"{cell} H1536 B4 T50 infer", cell, 50, 4, 1536, 1536, False) for cell in ("lstm", "gru", "rnn_tanh")]
+SUITE += [("lstm H256 B32 T100 L2 bidir train", "lstm", 100, 32, 256, 256, True)]
+# fastrnn.nn modules (the torch side of the Python layers) and the decode step.
+MODULE_CASES = ["nn.LSTM H256 B32 T100 train", "nn.LSTMCell H51 B97 step train", "PreparedCell lstm H512 B1 step"]
 
 
-def measure(reps, threads, pattern):
+def selected(pattern, suite=False):
+    cases = SUITE if suite else CASES
+    return [c for c in cases if pattern in c[0]] + ([(n,) for n in MODULE_CASES if pattern in n] if suite else [])
+
+
+def _median_call(call, reps):
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _module_call(name):
+    """A zero-argument call for one of MODULE_CASES."""
+    import fastrnn
+
+    if name.startswith("PreparedCell"):
+        w = fastrnn.init_weights("lstm", 512, 512, dtype=np.float32, seed=1)
+        step = fastrnn.PreparedCell("lstm", *w[0])
+        x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
+        h = np.zeros((1, 512), np.float32)
+        return lambda: step(x, h, h)
+    import torch
+    import fastrnn.nn as fnn
+
+    torch.manual_seed(0)
+    if name.startswith("nn.LSTMCell"):
+        cell = fnn.LSTMCell(51, 51).double()
+        x = torch.randn(97, 51, dtype=torch.float64)
+
+        def step():
+            h, c = cell(x)
+            (h.sum() + c.sum()).backward()
+        return step
+    lstm = fnn.LSTM(256, 256)
+    x = torch.randn(100, 32, 256)
+
+    def seq():
+        y, _ = lstm(x)
+        y.sum().backward()
+    return seq
+
+
+def measure(reps, threads, pattern, suite):
     """In the build under test: {case: median seconds of one call (forward, + backward in training)}."""
     import fastrnn
 
     if threads:
         fastrnn.set_num_threads(threads)
     out = {}
-    for name, cell, T, B, I, H, train in selected(pattern):
+    for case in selected(pattern, suite):
+        if len(case) == 1:
+            out[case[0]] = _median_call(_module_call(case[0]), reps)
+            continue
+        name, cell, T, B, I, H, train = case
+        layers, bidir = (2, True) if " L2 bidir" in name else (1, False)
         rng = np.random.default_rng(0)
-        w = fastrnn.init_weights(cell, I, H, dtype=np.float32, seed=1)
+        w = fastrnn.init_weights(cell, I, H, layers, bidirectional=bidir, dtype=np.float32, seed=1)
         x = rng.standard_normal((T, B, I)).astype(np.float32)
-        dy = rng.standard_normal((T, B, H)).astype(np.float32)
+        dy = rng.standard_normal((T, B, H * (2 if bidir else 1))).astype(np.float32)
 
         def call():
-            r = fastrnn.forward(cell, x, w, training=train)
+            r = fastrnn.forward(cell, x, w, bidirectional=bidir, training=train)
             if train:
                 fastrnn.backward(r.saved, dy)
 
-        for _ in range(3):
-            call()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        out[name] = statistics.median(times)
+        out[name] = _median_call(call, reps)
     return out
 
 
@@ -68,10 +120,12 @@ def main():
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--threads", type=int, default=0, help="fastrnn.set_num_threads (0: the default)")
     ap.add_argument("--cases", default="", help="only the cases whose name contains this")
+    ap.add_argument("--suite", action="store_true",
+                    help="the default suite of python -m fastrnn.bench (NumPy API) plus fastrnn.nn and decode cases")
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # a child's job
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.reps, args.threads, args.cases)))
+        print(json.dumps(measure(args.reps, args.threads, args.cases, args.suite)))
         return 0
     if not (args.base and args.new):
         ap.error("--base and --new are required")
@@ -79,14 +133,14 @@ def main():
     for _ in range(args.rounds):
         for tag, python in (("base", args.base), ("new", args.new)):
             r = subprocess.run([python, os.path.abspath(__file__), "--measure", "--reps", str(args.reps),
-                                "--threads", str(args.threads), "--cases", args.cases],
+                                "--threads", str(args.threads), "--cases", args.cases] + ["--suite"] * args.suite,
                                capture_output=True, text=True, check=True, cwd="/")
             runs[tag].append(json.loads(r.stdout))
-    print(f"{'case':32s} {'base ms':>9s} {'new ms':>9s} {'new/base':>9s}")
-    for name, *_ in selected(args.cases):
+    print(f"| case | base ms | new ms | new/base |\n|---|---|---|---|")
+    for name, *_ in selected(args.cases, args.suite):
         b = statistics.median(r[name] for r in runs["base"]) * 1e3
         n = statistics.median(r[name] for r in runs["new"]) * 1e3
-        print(f"{name:32s} {b:9.3f} {n:9.3f} {n / b:9.3f}")
+        print(f"| {name} | {b:.3f} | {n:.3f} | {n / b:.3f} |")
     return 0
 
 

@@ -4,7 +4,7 @@ A refactoring of the kernels that must not change behaviour (issue 12) is checke
 and the new build, each in its own process (each its own Python, e.g. its own virtualenv), on the
 SAME saved inputs and comparing every output byte for byte: forward outputs (training and
 inference), final states, the reserve, every gradient, and PreparedCell steps. The matrix follows
-tests/test_kernels.py and tests/test_isa.py: every cell, float32 and float64, 1-3 layers, one and
+tests/kernels/test_kernels.py and tests/kernels/test_isa.py: every cell, float32 and float64, 1-3 layers, one and
 two directions, equal and ragged lengths, with and without h0/c0 and bias, T*B below and above 16
 rows (packed weights / few rows through the BLAS / few rows through rows_gemm.h from 2 MB of
 weights), odd sizes such as 97, 1 and 2 threads with FASTRNN_MIN_STEP_FLOPS=0 (so that small

@@ -1,11 +1,11 @@
 #!/bin/sh
 # Builds the CPU emulation of the CUDA back end (cuda_runtime.h here) as the Python module
 # _cuda_emu in $1 (default: this directory). Then run the CUDA tests against it:
-#   sh cuda/emu/build.sh /tmp/emu && FASTRNN_CUDA_EMU=/tmp/emu python -m pytest tests/test_cuda.py -q
+#   sh cuda/emu/build.sh /tmp/emu && FASTRNN_CUDA_EMU=/tmp/emu python -m pytest tests/cuda/test_cuda.py -q
 # With FASTRNN_EMU_CUBLAS=1 it also compiles the cuBLAS path (cuda/blas.cpp) and builds the stand-in
 # cuBLAS (fake_cublas.cpp) as $1/libfake_cublas.so, which the tests then load through the cuBLAS path:
 #   FASTRNN_EMU_CUBLAS=1 sh cuda/emu/build.sh /tmp/emu-blas && FASTRNN_CUDA_EMU=/tmp/emu-blas \
-#     FASTRNN_CUBLAS_LIBRARY=/tmp/emu-blas/libfake_cublas.so python -m pytest tests/test_cuda.py -q
+#     FASTRNN_CUBLAS_LIBRARY=/tmp/emu-blas/libfake_cublas.so python -m pytest tests/cuda/test_cuda.py -q
 # A development tool (no GPU needed), not part of the package or of CI.
 set -e
 here=$(cd "$(dirname "$0")" && pwd)

@@ -1,7 +1,7 @@
 // A stand-in for libcublas.so under the CPU emulator (cuda/emu/): the five entry points that
 // cuda/blas.cpp loads, on host memory, written from the cuBLAS guide's definition of cublasGemmEx
 // (column-major; op(X) = X or X^T; beta == 0 never reads C), not from blas.cpp's mapping, so that
-// running tests/test_cuda.py on an emulator built with it (build.sh, FASTRNN_EMU_CUBLAS=1) checks
+// running tests/cuda/test_cuda.py on an emulator built with it (build.sh, FASTRNN_EMU_CUBLAS=1) checks
 // the row-major -> column-major mapping, the bias broadcast and beta of the cuBLAS path without a
 // GPU. float32 and float64 only (the emulator has no 16-bit types); sums in double.
 #include <cstddef>

@@ -250,7 +250,7 @@ def _check_modifiers_cell(cell: str, recurrent_mask, grad_clip, zoneout_h, zoneo
 # ---- the kernels' entry points ---------------------------------------------------------------------
 # Both back ends take data pointers (csrc/pointer_args.h), checked above: a NumPy view per tensor cost
 # about a microsecond, ~30 per small training step. CUDA: NOT YET RUN ON A GPU (no GPU was lent to
-# the sessions that wrote it; issue 5): the CUDA tests in tests/test_cuda.py exercise the kernels
+# the sessions that wrote it; issue 5): the CUDA tests in tests/cuda/test_cuda.py exercise the kernels
 # through _core.cuda directly.
 _PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 

@@ -1,0 +1,144 @@
+"""``python -m fastrnn.bench``'s command line: the flags, and which suite they run."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from .cases import BENCH_CELLS, DEFAULT_CELLS, MODES, parse_sizes
+from .decode import decode_suite_main
+from .impls import VerificationError
+from .report import format_header, format_markdown, format_summary, results_basename, write_plot
+from .suite import run
+from .timing import GEMM_N
+from .variants import format_variant_row, run_variants, VARIANT_SIZES, VARIANT_TABLE_HEAD
+
+
+def _csv(name: str, allowed: Sequence[str]):
+    def parse(text: str) -> List[str]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [s for s in items if s not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{name}: expected a comma-separated subset of {', '.join(allowed)}, "
+                                             f"got {text!r}")
+        return items
+    return parse
+
+
+def _sizes_arg(text: str):
+    try:
+        return parse_sizes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastrnn.bench", description=sys.modules[__package__].__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=_csv("--cells", BENCH_CELLS), default=list(DEFAULT_CELLS),
+                        help=f"comma-separated cells (default {','.join(DEFAULT_CELLS)})")
+    parser.add_argument("--sizes", type=_sizes_arg, default=None,
+                        help="comma-separated HxBxT[xI] (I = H unless given), or default/quick/tiny; "
+                             "default: the suite of issue 3")
+    parser.add_argument("--modes", type=_csv("--modes", MODES), default=list(MODES),
+                        help="comma-separated of inference,training,decode (default all)")
+    parser.add_argument("--threads", type=_positive, default=None,
+                        help="threads for fastrnn and torch alike (default fastrnn.get_num_threads())")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the GPU suite against cuDNN (fastrnn/bench/cuda.py)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="--device cuda: start no new case after this many seconds")
+    parser.add_argument("--reps", type=_positive, default=None, help="timed samples per case (default 7, --quick 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="about a minute: the three smaller sizes, no 1536 or bidirectional case, 3 samples")
+    parser.add_argument("--no-torch", action="store_true", help="do not compare with torch.nn even if installed")
+    parser.add_argument("--json", metavar="PATH", help="write the full result (header, peak, every sample) as JSON")
+    parser.add_argument("--save", metavar="DIR",
+                        help="write DIR/<date>-<machine>.json and .md (e.g. --save bench/results)")
+    parser.add_argument("--plot", metavar="PATH", help="PNG bar chart of the speed-ups (needs matplotlib)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--gemm-size", type=_positive, default=GEMM_N,
+                        help=f"n of the n^3 sgemm that measures the peak (default {GEMM_N})")
+    parser.add_argument("--variants", action="store_true",
+                        help="the cell variants' suite (issue 14): each variant vs fastrnn's base cell and a "
+                             "plain-PyTorch loop; --sizes HxBxT sets its sizes, --save writes <name>-variants.*")
+    parser.add_argument("--min-sample-ms", type=float, default=None,
+                        help="shortest timed sample; short calls are repeated to fill it (default 50, --quick 20)")
+    parser.add_argument("--suite", choices=("default", "decode"), default="default",
+                        help="decode: the multi-layer generation step (2-layer LSTM/GRU, H 256/512/1024, "
+                             "B 1/5/32: stepper vs torch.nn's cells and T = 1 calls); --cells/--sizes/--modes "
+                             "do not apply")
+    parser.add_argument("--modifiers", action="store_true",
+                        help="the training modifiers' suite (zoneout, recurrent/weight dropout, grad_clip, dilation "
+                             "on LSTM and GRU vs the plain cell and a plain-PyTorch loop; fastrnn/bench/modifiers.py)")
+    args = parser.parse_args(argv)
+    if args.modifiers:
+        from .modifiers import main_variants
+        return main_variants(args)
+    if args.suite == "decode":
+        if args.device == "cuda":
+            parser.error("--suite decode runs on the CPU (the stepper has no CUDA step kernel yet)")
+        return decode_suite_main(args)
+
+    if args.device == "cuda":  # the GPU suite: fastrnn.bench.cuda (needs torch with CUDA and a GPU)
+        from . import cuda as bench_cuda
+        return bench_cuda.main(args, parser)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib, which is not installed (pip install matplotlib, "
+                         "or pip install 'fastrnn[bench]')")
+    reps = args.reps or (3 if args.quick else 7)
+    if args.variants:
+        sizes = VARIANT_SIZES if args.sizes is None else [(h, b, t) for h, b, t, _ in args.sizes]
+        try:
+            result = run_variants(sizes, threads=args.threads, reps=args.reps or 5,
+                                  min_sample_s=0.05 if args.min_sample_ms is None else args.min_sample_ms / 1e3,
+                                  emit=lambda text: print(text, flush=True))
+        except VerificationError as e:
+            print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
+            return 1
+        if args.save:
+            os.makedirs(args.save, exist_ok=True)
+            base = os.path.join(args.save, results_basename(result) + "-variants")
+            with open(base + ".json", "w") as f:
+                json.dump(result, f, indent=1)
+            with open(base + ".md", "w") as f:
+                f.write(format_header(result) + "\n\n" + VARIANT_TABLE_HEAD + "\n"
+                        + "\n".join(format_variant_row(r) for r in result["variant_cases"]) + "\n")
+            print(f"saved {base}.json and {base}.md", file=sys.stderr)
+        return 0
+    try:
+        result = run(cells=args.cells, modes=args.modes, sizes=args.sizes, threads=args.threads, reps=reps,
+                     quick=args.quick, no_torch=args.no_torch, progress=not args.no_progress,
+                     min_sample_s=None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
+                     gemm_n=args.gemm_size, emit=lambda text: print(text, flush=True))
+    except VerificationError as e:
+        print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
+        return 1
+
+    text = format_markdown(result)  # what was printed above, plus the summary
+    print(f"\n{format_summary(result)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+        base = os.path.join(args.save, results_basename(result))
+        with open(base + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+        with open(base + ".md", "w") as f:
+            f.write(text)
+        print(f"saved {base}.json and {base}.md", file=sys.stderr)
+    if args.plot:
+        write_plot(result, args.plot)
+    return 0

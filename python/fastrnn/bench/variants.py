@@ -1,0 +1,141 @@
+"""--variants: issue 14's cell variants against fastrnn's base cell and a plain-PyTorch loop."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import fastrnn
+from .impls import GROSS_MISMATCH, VerificationError
+from .machine import _import_torch, make_header
+from .report import format_header, _ms
+from .timing import time_interleaved
+
+
+# ------------------------------------------------------------------------------------------------
+# --variants: issue 14's cell variants against fastrnn's base cell and a plain-PyTorch loop
+# ------------------------------------------------------------------------------------------------
+VARIANT_SIZES = ((256, 8, 50), (256, 64, 50))  # (H, B, T), I = H: B <= 16 and B = 64
+
+
+TINY_VARIANT_SIZES = ((8, 2, 3),)  # the harness's own test
+
+
+VARIANT_CASES = (  # (name, module, options)
+    ("lstm peephole", "LSTM", dict(peephole=True)),
+    ("lstm coupled", "LSTM", dict(coupled=True)),
+    ("lstm cell_clip", "LSTM", dict(cell_clip=1.0)),
+    ("lstm peephole+coupled+clip", "LSTM", dict(peephole=True, coupled=True, cell_clip=1.0)),
+    ("gru reset_after=False", "GRU", dict(reset_after=False)),
+    ("lstm layer_norm", "LSTM", dict(layer_norm=True)),
+    ("gru layer_norm", "GRU", dict(layer_norm=True)),
+)
+
+
+def _torch_loop(torch, m, x):
+    """What a user writes without fastrnn: the variant's step as a Python loop of torch ops over T,
+    reading m's parameters (x [T, B, I] -> y [T, B, H]); the input projection hoisted."""
+    F = torch.nn.functional
+    w_ih, w_hh, b_ih, b_hh = m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0
+    H = m.hidden_size
+    ln = getattr(m, "layer_norm", False)  # LN(v)*γ over the G*H row, then the bias
+
+    def norm(v, gain, bias):
+        return F.layer_norm(v, (v.size(-1),), gain, None, 1e-5) + bias
+
+    xw = norm(F.linear(x, w_ih), m.ln_weight_ih_l0, b_ih) if ln else F.linear(x, w_ih, b_ih)
+    h = x.new_zeros(x.size(1), H)
+    c = x.new_zeros(x.size(1), H)
+    p = getattr(m, "weight_ch_l0", None)
+    ys = []
+    for t in range(x.size(0)):
+        if ln:
+            gh = norm(F.linear(h, w_hh), m.ln_weight_hh_l0, b_hh)
+            if m.mode == "GRU":  # the reset gate multiplies the normalised, gained n part plus b_hn
+                r_i, z_i, n_i = xw[t].chunk(3, 1)
+                r_h, z_h, n_h = gh.chunk(3, 1)
+                r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+                h = (1 - z) * torch.tanh(n_i + r * n_h) + z * h
+            else:
+                a_i, a_f, a_g, a_o = (xw[t] + gh).chunk(4, 1)
+                c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
+                h = torch.sigmoid(a_o) * torch.tanh(norm(c, m.ln_weight_c_l0, m.ln_bias_c_l0))
+        elif m.mode == "GRU":  # reset before the hidden product
+            r_i, z_i, n_i = xw[t].chunk(3, 1)
+            r_h, z_h = F.linear(h, w_hh[:2 * H], b_hh[:2 * H]).chunk(2, 1)
+            r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+            h = (1 - z) * torch.tanh(n_i + F.linear(r * h, w_hh[2 * H:], b_hh[2 * H:])) + z * h
+        else:
+            a = xw[t] + F.linear(h, w_hh, b_hh)
+            if m.coupled:
+                a_f, a_g, a_o = a.chunk(3, 1)
+                f = torch.sigmoid(a_f + p[0] * c if p is not None else a_f)
+                i = 1 - f
+            else:
+                a_i, a_f, a_g, a_o = a.chunk(4, 1)
+                i = torch.sigmoid(a_i + p[0] * c if p is not None else a_i)
+                f = torch.sigmoid(a_f + p[1] * c if p is not None else a_f)
+            c = f * c + i * torch.tanh(a_g)
+            if m.cell_clip is not None:
+                c = c.clamp(-m.cell_clip, m.cell_clip)
+            h = torch.sigmoid(a_o + p[-1] * c if p is not None else a_o) * torch.tanh(c)
+        ys.append(h)
+    return torch.stack(ys)
+
+
+def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int = 5, min_sample_s: float = 0.05,
+                 emit: Optional[Callable[[str], None]] = None) -> dict:
+    """Times each variant (fastrnn.nn, float32, one layer) against fastrnn's base cell of the same
+    size and against ``_torch_loop``, interleaved in one process, in inference and training
+    (forward + backward of y.sum()). Returns the JSON-able result with per-case ratios."""
+    torch, torch_note = _import_torch(False)
+    if torch is None:
+        raise RuntimeError(f"--variants needs torch ({torch_note})")
+    import fastrnn.nn as fnn
+    threads = threads or fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    result = {"header": make_header(threads, torch, torch_note), "reps": reps, "min_sample_s": min_sample_s,
+              "variant_cases": []}
+    if emit:
+        emit(format_header(result) + "\n\n" + VARIANT_TABLE_HEAD)
+    for (H, B, T) in sizes:
+        for name, module, opts in VARIANT_CASES:
+            torch.manual_seed(0)
+            variant = getattr(fnn, module)(H, H, **opts)
+            base = getattr(fnn, module)(H, H)
+            x = torch.randn(T, B, H)
+            with torch.no_grad():
+                err = float((variant(x)[0] - _torch_loop(torch, variant, x)).abs().max())
+            if not err < GROSS_MISMATCH:
+                raise VerificationError(f"{name} H={H} B={B} T={T}: |fastrnn - torch loop| = {err:.3g}")
+            for mode in ("inference", "training"):
+                def call(fn, train=mode == "training"):
+                    if not train:
+                        def go():
+                            with torch.no_grad():
+                                fn()
+                        return go
+
+                    def go_train():
+                        out = fn()
+                        (out[0] if isinstance(out, tuple) else out).sum().backward()
+                    return go_train
+                fns = {"variant": call(lambda: variant(x)), "base": call(lambda: base(x)),
+                       "torch_loop": call(lambda: _torch_loop(torch, variant, x))}
+                t = time_interleaved(fns, reps, min_sample_s)
+                row = {"name": name, "mode": mode, "H": H, "B": B, "T": T, "times": t,
+                       "variant_over_base": t["variant"]["median_ms"] / t["base"]["median_ms"],
+                       "loop_over_variant": t["torch_loop"]["median_ms"] / t["variant"]["median_ms"]}
+                result["variant_cases"].append(row)
+                if emit:
+                    emit(format_variant_row(row))
+    return result
+
+
+VARIANT_TABLE_HEAD = ("| variant | mode | H | B | T | variant ms | base cell ms | torch loop ms | variant / base "
+                      "| loop / variant |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def format_variant_row(r: dict) -> str:
+    t = r["times"]
+    return (f"| {r['name']} | {r['mode']} | {r['H']} | {r['B']} | {r['T']} | {_ms(t['variant'])} | {_ms(t['base'])} "
+            f"| {_ms(t['torch_loop'])} | {r['variant_over_base']:.2f}x | {r['loop_over_variant']:.1f}x |")

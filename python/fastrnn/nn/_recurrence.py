@@ -1,0 +1,54 @@
+"""One recurrence over num_layers layers for fastrnn.nn's modules and cells: the fused op
+(fastrnn.ops) where the kernels serve the call, else the composed torch ops of
+:mod:`fastrnn.nn._composed`. The mode names (torch.nn's ``RNN_TANH``, ``LSTM``, ...) map to the op's
+cell strings here."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ._composed import _composed_recurrence, _kernels_cannot_serve
+
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+
+
+_CELL = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether the op must keep its reserve: some input takes part in autograd."""
+    if torch.is_grad_enabled():
+        for t in tensors:  # a loop, not any(<generator>): this runs on every cell step
+            if t is not None and t.requires_grad:
+                return True
+    return False
+
+
+def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
+            bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False, layer_norm: bool = False,
+            recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None):
+    """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
+    the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell.
+    ``reset_before``: the GRU with reset_after=False, and ``layer_norm``: the layer-normalised
+    LSTM/GRU (weights entries end with the norm's vectors), which the kernels do not implement:
+    composed torch ops (correct, not fast).
+    recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
+    are the training modifiers (_RNNBase._modified_recurrence; the base cells only)."""
+    if reset_before or layer_norm or _kernels_cannot_serve(x, h0, c0, weights):
+        return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
+                                    reset_before, layer_norm, recurrent_mask, grad_clip, zoneout)
+    zoneout_h = zoneout_c = None
+    if zoneout is not None:  # the kernels take d as a tensor [L*D, T, B, H]: eval's p filled in
+        D = 2 if bidirectional else 1
+        shape = (num_layers * D, x.size(0), x.size(1), hidden_size)
+        zoneout_h, zoneout_c = (x.new_full(shape, z) if isinstance(z, float) else z for z in zoneout)
+    # A traced graph keeps what the trace saw as a constant, and the trace is checked by running it
+    # again without grad: it always keeps the reserve, so that the graph is the same and can train.
+    training = _needs_grad(x, h0, c0, *weights) or torch._C._get_tracing_state() is not None
+    y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, cell or _CELL[mode], hidden_size, num_layers,
+                                   bidirectional, training, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+    return y, hn, (cn if mode == "LSTM" else None)

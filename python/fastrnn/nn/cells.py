@@ -1,0 +1,173 @@
+"""fastrnn.nn's single-step modules, ``RNNCell``, ``LSTMCell`` and ``GRUCell``: torch.nn's
+constructor signatures, parameters and forward contract, one step through the same op as the
+layers (T = 1)."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter, init
+
+from .. import ops
+from ..functional import _check_options
+from ._options import (_check_layer_norm, _check_reset_and_layer_norm, _identity_init, _layer_norm_init,
+                       _variant_repr)
+from ._recurrence import _run_op
+
+
+# ---- cells: one step, the same op with T = 1 -----------------------------------------------------------
+class _CellBase(torch.nn.Module):
+    """What RNNCell, LSTMCell and GRUCell share (torch.nn.RNNCellBase's parameters and checks)."""
+
+    _mode = ""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None,
+                 dtype=None, *, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
+                 layer_norm: bool = False, init: str = "uniform") -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        if init not in ("uniform", "identity"):
+            raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
+        _check_layer_norm(layer_norm, peephole, coupled, cell_clip)
+        self.layer_norm = layer_norm
+        lstm = num_chunks == 4
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        # issue 14's options (LSTMCell: peephole, coupled, cell_clip; all: init)
+        self.peephole, self.coupled, self.cell_clip, self.init = bool(peephole), bool(coupled), cell_clip, init
+        self.reset_after = True  # GRUCell sets it after
+        num_chunks = 3 if coupled else num_chunks
+        self.weight_ih = Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
+        self.weight_hh = Parameter(torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs))
+        if bias:
+            self.bias_ih = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            self.bias_hh = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if peephole:  # rows (i, f, o), coupled (f, o)
+            self.weight_ch = Parameter(torch.empty((2 if coupled else 3, hidden_size), **factory_kwargs))
+        if layer_norm:  # as the layers' ln_* parameters, without the _l{k} suffix
+            self.ln_weight_ih = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            self.ln_weight_hh = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            if lstm:
+                self.ln_weight_c = Parameter(torch.empty(hidden_size, **factory_kwargs))
+                self.ln_bias_c = Parameter(torch.empty(hidden_size, **factory_kwargs))
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if "bias" in self.__dict__ and self.bias is not True:
+            s += ", bias={bias}"
+        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        return s.format(**self.__dict__) + _variant_repr(self)
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+        if getattr(self, "init", "uniform") == "identity":
+            _identity_init(self.weight_ih, self.weight_hh, *((self.bias_ih, self.bias_hh) if self.bias else ()))
+        _layer_norm_init(self)
+
+    def _step(self, mode: str, input: Tensor, states: Optional[Tuple[Tensor, ...]], name: str):
+        """Checks (torch.nn's types) and one step: input [B, I] or [I]; states None or a tuple of
+        [B, H] or [H] tensors (h, or (h, c) for the LSTM). Returns the new state tuple."""
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if states is not None:
+            for idx, s in enumerate(states):
+                if s.dim() not in (1, 2):
+                    what = f"hx[{idx}]" if mode == "LSTM" else "hidden"
+                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+            if states is not None:
+                states = tuple(s.unsqueeze(0) for s in states)
+        # torch.nn's cells raise RuntimeError for sizes and dtypes that do not fit
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        # Each parameter read goes through Module.__getattr__ (~0.6 us): once per step.
+        w_ih, w_hh = self.weight_ih, self.weight_hh
+        if input.dtype != w_ih.dtype:
+            raise RuntimeError(f"{name}: input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
+        if states is not None:
+            for idx, s in enumerate(states):
+                if s.size(0) != input.size(0):
+                    raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{idx} batch size "
+                                       f"{s.size(0)}")
+                if s.size(1) != self.hidden_size:
+                    raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {s.size(1)}, expected "
+                                       f"{self.hidden_size}")
+                if s.dtype != input.dtype:
+                    raise RuntimeError(f"{name}: hidden{idx} dtype ({s.dtype}) does not match input dtype "
+                                       f"({input.dtype})")
+        weights = [w_ih, w_hh, self.bias_ih, self.bias_hh] if self.bias else [w_ih, w_hh]
+        cell = None
+        if self.peephole or self.coupled or self.cell_clip is not None:  # issue 14's LSTM variants
+            weights += [self.weight_ch] if self.peephole else []
+            cell = ops.variant_cell("lstm", self.peephole, self.coupled, self.cell_clip)
+        if self.layer_norm:
+            weights += [self.ln_weight_ih, self.ln_weight_hh]
+            weights += [self.ln_weight_c, self.ln_bias_c] if mode == "LSTM" else []
+        h0 = c0 = None
+        if states is not None:
+            h0 = states[0].unsqueeze(0)
+            c0 = states[1].unsqueeze(0) if mode == "LSTM" else None
+        _, hn, cn = _run_op(mode, input.unsqueeze(0), weights, h0, c0, None, self.hidden_size, 1, False, cell,
+                            not self.reset_after, self.layer_norm)
+        out = (hn[0], cn[0]) if mode == "LSTM" else (hn[0],)
+        return out if is_batched else tuple(s.squeeze(0) for s in out)
+
+
+class RNNCell(_CellBase):
+    """One Elman RNN step; torch.nn.RNNCell's API."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None, *, init: str = "uniform") -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype, init=init)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+        return self._step(mode, input, None if hx is None else (hx,), "RNNCell")[0]
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step; torch.nn.LSTMCell's API, returns (h', c'). Keyword-only options as LSTM's
+    (``peephole`` -> parameter ``weight_ch`` [3, H] / coupled [2, H], ``coupled``, ``cell_clip``, ``init``,
+    ``layer_norm`` -> ``ln_weight_ih``, ``ln_weight_hh`` [4H], ``ln_weight_c``, ``ln_bias_c`` [H])."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
+                 layer_norm: bool = False, init: str = "uniform") -> None:
+        _check_options("lstm", peephole, coupled, cell_clip)
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype, peephole=peephole,
+                         coupled=coupled, cell_clip=cell_clip, layer_norm=layer_norm, init=init)
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        return self._step("LSTM", input, None if hx is None else tuple(hx), "LSTMCell")
+
+
+class GRUCell(_CellBase):
+    """One GRU step; torch.nn.GRUCell's API. Keyword-only ``reset_after``, ``layer_norm`` (parameters
+    ``ln_weight_ih``, ``ln_weight_hh`` [3H]) and ``init``, as GRU's."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 reset_after: bool = True, layer_norm: bool = False, init: str = "uniform") -> None:
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+        _check_reset_and_layer_norm(reset_after, layer_norm)
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype,
+                         layer_norm=layer_norm, init=init)
+        self.reset_after = reset_after
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        return self._step("GRU", input, None if hx is None else (hx,), "GRUCell")[0]

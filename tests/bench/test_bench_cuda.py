@@ -1,0 +1,152 @@
+"""Tests of the GPU benchmark harness (``python -m fastrnn.bench --device cuda``, fastrnn/bench_cuda.py),
+not of the kernels' speed: the suite's shape (issue 19's sizes), the refusal without a GPU (exit 2
+with the reason, no traceback), and — on the CPU, with CUDA events replaced by a host clock — the
+very code that builds the two modules, checks fastrnn against torch.nn, times and formats a case,
+so that the first run on a GPU cannot fail on a slip in it. On a GPU, a tiny end-to-end run.
+"""
+import json
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fastrnn import bench  # noqa: E402
+from fastrnn.bench import cuda as bench_cuda  # noqa: E402
+from fastrnn.bench import Case  # noqa: E402
+
+GPU_REASON = bench_cuda.unavailable_reason()
+
+
+def test_gpu_suite_has_the_issues_sizes():
+    cells = ("lstm", "gru", "rnn_tanh")
+    full = bench_cuda.build_gpu_cases(cells, bench.MODES, None)
+    # DeepBench: 3 H x 4 B; small batches: 2 H x 3 B; the long sequence; per cell and GPU mode.
+    assert len(full) == (3 * 4 + 2 * 3 + 1) * 3 * 2
+    assert {c.mode for c in full} == {"inference", "training"}
+    for cell in cells:
+        for H in (512, 1024, 2048):
+            for B in (16, 32, 64, 128):
+                assert Case(cell, H, B, 50 if H == 512 else 25, H, "training") in full
+        for B in (1, 4, 8):
+            assert Case(cell, 1024, B, 50, 1024, "inference") in full
+        assert Case(cell, 768, 16, 1024, 768, "training") in full
+    assert all(25 <= c.T <= 50 for c in full if c.B >= 16 and c.T != 1024)
+    quick = bench_cuda.build_gpu_cases(cells, ("training", "decode"), None, quick=True)
+    assert len(quick) == 3 * 3 + 2 and all(c.mode == "training" for c in quick)
+    assert Case("lstm", 2048, 128, 25, 2048, "training") in quick and Case("lstm", 768, 16, 1024, 768, "training") in quick
+    assert bench_cuda.build_gpu_cases(["gru"], ["training", "decode"], [(8, 2, 3, 5)]) == [Case("gru", 8, 2, 3, 5, "training")]
+
+
+@pytest.mark.skipif(GPU_REASON is None, reason="a GPU is usable here")
+def test_without_gpu_the_cli_refuses_with_the_reason(capsys):
+    for extra in ([], ["--quick", "--max-seconds", "5"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--device", "cuda", "--no-progress"] + extra)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert GPU_REASON in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        bench_cuda.run(quick=True)
+
+
+def test_cli_refuses_what_the_gpu_suite_does_not_do(capsys, monkeypatch):
+    monkeypatch.setattr(bench_cuda, "unavailable_reason", lambda no_torch=False: None)  # as if a GPU were here
+    for argv, what in ((["--modes", "decode"], "times the modes inference, training"),
+                       (["--plot", "x.png"], "--plot draws the CPU suite only")):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--device", "cuda"] + argv)
+        assert e.value.code == 2 and what in capsys.readouterr().err
+
+
+class _HostEvent:
+    """torch.cuda.Event's timing interface on the host clock (the CPU stand-in for the tests)."""
+
+    def __init__(self, enable_timing=False):
+        self.t = None
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other):
+        return (other.t - self.t) * 1e3
+
+
+@pytest.fixture
+def host_events(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("mode", bench_cuda.GPU_MODES)
+@pytest.mark.parametrize("cell", bench.BENCH_CELLS)
+def test_case_on_cpu_checks_times_and_formats(cell, mode, host_events):
+    case = Case(cell, 6, 3, 4, 5, mode)
+    row = bench_cuda.run_case(torch, case, torch.device("cpu"), reps=2, min_sample_s=0.001, peak_tflops=1.0)
+    assert "error" not in row, row.get("error")
+    assert row["max_abs_diff"] < 1e-5  # fastrnn.nn and torch.nn agree on the CPU too
+    assert set(row["impls"]) == {"fastrnn", "torch"}
+    for t in row["impls"].values():
+        assert len(t["samples_ms"]) == 2 and t["min_ms"] <= t["median_ms"] <= t["max_ms"]
+        assert t["tflops"] > 0 and t["us_per_step"] == pytest.approx(t["median_ms"] * 1e3 / case.T)
+    assert row["speedup_vs_torch"] == pytest.approx(row["impls"]["torch"]["median_ms"] / row["impls"]["fastrnn"]["median_ms"])
+    assert bench_cuda.format_row(row).count("|") == bench_cuda.TABLE_HEAD.splitlines()[0].count("|")
+
+
+def test_verification_failure_is_reported_not_timed(host_events, monkeypatch):
+    real = bench_cuda.timed_calls
+
+    def wrong_for_fastrnn(torch_, case, inp, module, device):
+        run, values = real(torch_, case, inp, module, device)
+        if type(module).__module__.startswith("fastrnn"):
+            return run, lambda: {k: v + 1.0 for k, v in values().items()}
+        return run, values
+    monkeypatch.setattr(bench_cuda, "timed_calls", wrong_for_fastrnn)
+    row = bench_cuda.run_case(torch, Case("gru", 6, 3, 4, 5, "training"), torch.device("cpu"), 2, 0.001, 1.0)
+    assert row["error"].startswith("VERIFICATION FAILED") and row["impls"] == {} and row["speedup_vs_torch"] is None
+    assert "VERIFICATION FAILED" in bench_cuda.format_row(row)
+
+
+def test_rates_and_markdown(host_events):
+    rates = bench_cuda.measure_rates(torch, torch.device("cpu"), n=32, reps=2)
+    assert set(rates["tflops"]) == {"fp32", "tf32", "bf16"} and all(v > 0 for v in rates["tflops"].values())
+    rows = [bench_cuda.run_case(torch, Case("lstm", 6, 3, 4, 5, m), torch.device("cpu"), 2, 0.001, 1.0)
+            for m in bench_cuda.GPU_MODES]
+    rows.append({**rows[0], "impls": {}, "speedup_vs_torch": None, "error": "RuntimeError: CUDA error: an illegal memory access"})
+    header = {"gpu": "NVIDIA H200", "capability": "9.0", "sms": 132, "memory_gib": 139.8, "driver": "580.159.04",
+              "torch": torch.__version__, "torch_cuda": "13.0", "cudnn": 91000, "cudnn_allow_tf32": True,
+              "matmul_allow_tf32": False, "fastrnn_gemm": "cuBLAS 13.1.0 (libcublas.so.13)",
+              "fastrnn_cuda_runtime": bench_cuda._cuda_version(13000), "cuda_driver_api": bench_cuda._cuda_version(13000),
+              "date_utc": "2026-12-01 10:00:00 UTC", "fastrnn": "0.1.0", "commit": "abc",
+              "numpy": np.__version__, "python": "3.12.3", "platform": "Linux"}
+    result = {"header": header, "peak": rates, "reps": 2, "min_sample_s": 0.001, "cases": rows, "max_seconds": 60.0,
+              "cases_not_run": 4}
+    result["summary"] = bench.summarize(rows)
+    text = bench_cuda.format_markdown(result)
+    assert "large products: cuBLAS 13.1.0" in text and "(CUDA 13.0); fastrnn built with CUDA 13.0" in text
+    assert "NVIDIA H200" in text and "driver 580.159.04" in text and "CUDA 13.0" in text and "cuDNN 91000" in text
+    assert text.count("\n| lstm H=6 B=3 T=4 I=5 |") == 3
+    assert "Geometric-mean speed-up over cuDNN: inference" in text
+    assert "1 case(s) failed" in text and "4 case(s) not run: the --max-seconds cap (60 s)" in text
+    assert bench_cuda.results_basename(result, quick=True) == "2026-12-01-nvidia-h200-quick"
+    json.dumps(result)  # the JSON the CLI writes
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+def test_tiny_run_on_gpu(tmp_path, capsys):
+    path = tmp_path / "gpu.json"
+    code = bench.main(["--device", "cuda", "--sizes", "16x2x5,33x3x4x7", "--cells", "lstm,gru,rnn_tanh,rnn_relu",
+                       "--reps", "2", "--min-sample-ms", "1", "--gemm-size", "256", "--no-progress", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads(path.read_text())
+    assert result["header"]["gpu"] and result["header"]["torch_cuda"]
+    assert len(result["cases"]) == 4 * 2 * 2 and result["cases_not_run"] == 0
+    for r in result["cases"]:
+        assert "error" not in r and r["speedup_vs_torch"] > 0 and r["max_abs_diff"] < 1e-3
+    assert "| fastrnn µs (min–max) |" in out and "Geometric-mean speed-up over cuDNN" in out
