@@ -1,7 +1,7 @@
 """The recurrence in composed torch ops (a Python loop over time; autograd does the backward):
 for the calls the fused kernels do not serve (meta tensors, an empty batch, forward-mode AD,
 torch.func's transforms), the variants they do not implement yet (GRU(reset_after=False),
-layer_norm=True) and LSTM(proj_size > 0). Correct rather than fast."""
+layer_norm=True) and LSTM(proj_size > 0) on CUDA tensors. Correct rather than fast."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -94,6 +94,8 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
     """The op's forward (x [T, B, I] -> (y [T, B, D*H], hn [L*D, B, H], cn or None)) in composed torch
     ops, for the calls the kernels cannot serve (_kernels_cannot_serve): autograd, forward-mode AD and
     torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T).
+    A projected LSTM (``cell`` with proj_size = P, torch.nn.LSTM's): each weights entry ends with
+    w_hr [P, H], h_t = W_hr (o * tanh(c_t)) is P wide (y [T, B, D*P], hn [L*D, B, P]), c H wide.
     ``layer_norm`` (Ba et al. 2016, haste's LayerNormLSTM): each weights entry ends with γ_ih, γ_hh
     [G*H] (LSTM: and γ_c, β_c [H]); the products are normalised without their biases, which follow
     the gains; the GRU's reset gate multiplies LN(W_hn h) γ_hh,n + b_hn, its base cell's gh_n.
@@ -105,9 +107,11 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
     D = 2 if bidirectional else 1
     per_entry = len(weights) // (num_layers * D)
     lstm = mode == "LSTM"
-    peephole = not layer_norm and bool(cell) and dict(ops.split_cell(cell)[1])["peephole"]  # LN: no peepholes
+    opts = dict(ops.split_cell(cell)[1]) if cell else {}
+    peephole = not layer_norm and opts.get("peephole", False)  # LN: no peepholes
+    P = opts.get("proj_size", 0)  # the projected LSTM's h width
     state = (num_layers * D, B, hidden_size)
-    h0 = x.new_zeros(state) if h0 is None else h0
+    h0 = x.new_zeros(state[:2] + (P or hidden_size,)) if h0 is None else h0
     c0 = (x.new_zeros(state) if c0 is None else c0) if lstm else None
     live = None if lengths is None else torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)  # [T, B]
     hns, cns = [], []
@@ -120,6 +124,7 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
             if layer_norm:  # (γ_ih, γ_hh[, γ_c, β_c]) end the entry
                 n_ln = 4 if lstm else 2
                 ln, entry = entry[-n_ln:], entry[:-n_ln]
+            w_hr = entry.pop() if P else None  # the projection ends the entry
             w_ch = entry.pop() if peephole else None
             w_ih, w_hh = entry[0], entry[1]
             b_ih, b_hh = (entry[2], entry[3]) if len(entry) == 4 else (None, None)
@@ -141,6 +146,8 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
                 else:
                     h_in = h if recurrent_mask is None else recurrent_mask[k] * h
                     h_new, c_new = _composed_step(mode, xw[t], F.linear(h_in, w_hh, b_hh), h, c, cell, w_ch)
+                    if w_hr is not None:  # h_new is m = o * tanh(c'): h' = W_hr m
+                        h_new = F.linear(h_new, w_hr)
                 if zoneout is not None:
                     h_new = _zoned(zoneout[0], k, t, h, h_new)
                     c_new = _zoned(zoneout[1], k, t, c, c_new) if lstm else None
@@ -173,47 +180,3 @@ def _zoned(d, k: int, t: int, prev: Tensor, new: Tensor) -> Tensor:
 
 def _permute(t: Tensor, permutation: Optional[Tensor]) -> Tensor:
     return t if permutation is None else t.index_select(1, permutation)
-
-
-def _lstm_projected(m: "LSTM", x: Tensor, h0, c0, lengths):
-    """LSTM with projections (proj_size > 0), which the kernels do not implement: a pure-torch
-    fallback written with composed torch ops, so autograd does the backward. It follows
-    torch.nn.LSTM exactly (h_t = W_hr (o * tanh(c_t)); outputs past a sequence's length are zero,
-    its final state is the one at its own last step) and is correct rather than fast.
-    x [T, B, I] -> (y [T, B, D*P], hn [L*D, B, P], cn [L*D, B, H])."""
-    T, B = x.size(0), x.size(1)
-    D = 2 if m.bidirectional else 1
-    P, H = m.proj_size, m.hidden_size
-    if h0 is None:
-        h0 = x.new_zeros((m.num_layers * D, B, P))
-        c0 = x.new_zeros((m.num_layers * D, B, H))
-    live = None if lengths is None else torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)  # [T, B]
-    hns, cns = [], []
-    for layer in range(m.num_layers):
-        outputs = []
-        for d in range(D):
-            k = layer * D + d
-            names = m._all_weights[k]
-            w_ih, w_hh, w_hr = getattr(m, names[0]), getattr(m, names[1]), getattr(m, names[-1])
-            b_ih, b_hh = (getattr(m, names[2]), getattr(m, names[3])) if m.bias else (None, None)
-            w_ch = getattr(m, names[-2]) if m.peephole else None
-            xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], all steps at once
-            h, c = h0[k], c0[k]
-            ys: List[Optional[Tensor]] = [None] * T
-            for t in (range(T - 1, -1, -1) if d else range(T)):
-                # m = o * tanh(c') of the cell (with issue 14's options), then h' = W_hr m
-                m_t, c_new = _composed_step("LSTM", xw[t], F.linear(h, w_hh, b_hh), None, c, m._cell, w_ch)
-                h_new = F.linear(m_t, w_hr)
-                if live is None:
-                    h, c, ys[t] = h_new, c_new, h_new
-                else:  # a finished sequence keeps its state and outputs zeros
-                    alive = live[t].unsqueeze(1)
-                    h, c = torch.where(alive, h_new, h), torch.where(alive, c_new, c)
-                    ys[t] = h_new * alive
-            outputs.append(torch.stack(ys))
-            hns.append(h)
-            cns.append(c)
-        x = torch.cat(outputs, 2) if D == 2 else outputs[0]
-        if m.dropout > 0 and m.training and layer < m.num_layers - 1:
-            x = F.dropout(x, m.dropout, True)
-    return x, torch.stack(hns), torch.stack(cns)

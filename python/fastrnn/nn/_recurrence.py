@@ -28,6 +28,11 @@ def _needs_grad(*tensors) -> bool:
     return False
 
 
+def _projected_off_cpu(x: Tensor, cell: Optional[str]) -> bool:
+    """A projected LSTM on a device whose kernels lack the projection (all but the CPU's)."""
+    return bool(cell) and x.device.type != "cpu" and dict(ops.split_cell(cell)[1])["proj_size"] > 0
+
+
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
             bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False, layer_norm: bool = False,
             recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None):
@@ -37,8 +42,9 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
     LSTM/GRU (weights entries end with the norm's vectors), which the kernels do not implement:
     composed torch ops (correct, not fast).
     recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
-    are the training modifiers (_RNNBase._modified_recurrence; the base cells only)."""
-    if reset_before or layer_norm or _kernels_cannot_serve(x, h0, c0, weights):
+    are the training modifiers (_RNNBase._modified_recurrence; the base cells only). The projected
+    LSTM (``cell`` with proj_size) runs in the CPU kernels; on other devices composed torch ops."""
+    if reset_before or layer_norm or _kernels_cannot_serve(x, h0, c0, weights) or _projected_off_cpu(x, cell):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
                                     reset_before, layer_norm, recurrent_mask, grad_clip, zoneout)
     zoneout_h = zoneout_c = None

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import ops
 from ..functional import _check_options
-from ._composed import _lstm_projected, _permute
+from ._composed import _permute
 from ._options import (_check_layer_norm, _check_reset_and_layer_norm, _identity_init, _layer_norm_init,
                        _variant_repr)
 from ._recurrence import _CELL, _GATES, _run_op
@@ -82,7 +82,7 @@ class _RNNBase(torch.nn.Module):
         self.layer_norm = layer_norm
         self.reset_after = True  # GRU sets it after
         # the op's cell string (ops.variant_cell): the base cell's name unless an option is set
-        self._cell = ops.variant_cell(_CELL[mode], peephole, coupled, cell_clip)
+        self._cell = ops.variant_cell(_CELL[mode], peephole, coupled, cell_clip, proj_size)
         self._set_modifiers(mode, zoneout, zoneout_cell, recurrent_dropout, weight_dropout, grad_clip, dilation)
         if self._has_modifiers() and (self.peephole or self.coupled or cell_clip is not None or layer_norm):
             raise NotImplementedError("the training modifiers (zoneout, zoneout_cell, recurrent_dropout, weight_dropout, "
@@ -294,10 +294,7 @@ class _RNNBase(torch.nn.Module):
                     raise RuntimeError(f"{name}: hx{f'[{i}]' if lstm else ''} dtype ({state.dtype}) does not match "
                                        f"input dtype ({x.dtype})")
 
-        if self.proj_size > 0:
-            y, hn, cn = _lstm_projected(self, x, h0, c0, lengths)
-        else:
-            y, hn, cn = self._recurrence(x, h0, c0, lengths)
+        y, hn, cn = self._recurrence(x, h0, c0, lengths)
 
         if packed:
             out = PackedSequence(pack_padded_sequence(y, lengths).data, batch_sizes, sorted_indices, unsorted_indices)
@@ -449,8 +446,9 @@ class RNN(_RNNBase):
 
 
 class LSTM(_RNNBase):
-    """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size > 0 runs the
-    pure-torch fallback ``_lstm_projected``. Keyword-only cell options (issue 14; README "Cell
+    """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size = P > 0: torch's
+    projection h_t = W_hr (o * tanh(c_t)) (``weight_hr_l{k}{suffix}`` [P, H]), fused in the CPU
+    kernels (CUDA tensors: composed torch ops), also with the options below. Keyword-only cell options (issue 14; README "Cell
     variants"): ``peephole`` (parameters ``weight_ch_l{k}{suffix}`` [3, H], rows i, f, o), ``coupled``
     (CIFG: gate blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
     [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` (a = LN(W_ih x) γ_ih + LN(W_hh h) γ_hh
