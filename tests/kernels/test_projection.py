@@ -3,8 +3,9 @@ wide, c H wide) in the NumPy API, fused in the CPU kernels: fastrnn.forward / ba
 torch.nn.LSTM(proj_size=P) in float64 on the same weights (outputs, final states and every
 gradient, dW_hr included), over layers x directions x lengths x h0/c0 x bias x dtypes, with sizes
 on both sides of the 16-row packing threshold and of the few-rows kernels' 2 MB weight size; the
-combinations with peephole / coupled / cell_clip against a plain-torch loop of the same equations;
-and the API's checks (shapes, combinations that are refused).
+combinations with peephole / coupled / cell_clip against the NumPy reference (fastrnn.reference,
+itself checked against finite differences in tests/reference/test_reference_projection.py) and a
+plain-torch loop of the same equations; and the API's checks (shapes, combinations refused).
 """
 import itertools
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from fastrnn import reference
 from tolerances import assert_close
 
 torch = pytest.importorskip("torch")
@@ -219,6 +221,31 @@ def test_with_variants(dtype, variant):
     assert_close(g.dc0[0], grads[2], dtype, "dc0")
     for i, (a, e) in enumerate(zip(g.dweights[0], grads[3:])):
         assert_close(a, e, dtype, f"dweights[0][{i}]")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", [{}] + VARIANTS, ids=lambda v: "-".join(k for k, val in v.items() if val) or "plain")
+@pytest.mark.parametrize("L,bidirectional,ragged", [(1, False, False), (2, True, True), (3, False, True)],
+                         ids=["L1-uni", "L2-bi-ragged", "L3-uni-ragged"])
+def test_kernels_match_reference(dtype, variant, L, bidirectional, ragged):
+    p = make_problem(dtype, L, bidirectional, T=5, B=4, I=3, H=9, P=4, ragged=ragged, seed=L, variant=variant)
+    if variant.get("cell_clip"):
+        p["weights"] = [tuple((3 * w).astype(dtype) for w in e) for e in p["weights"]]
+    out, g = run_fastrnn(p)
+    f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+    ref = reference.forward("lstm", f64(p["x"]), [tuple(f64(w) for w in e) for e in p["weights"]], f64(p["h0"]),
+                            f64(p["c0"]), lengths=p["lengths"], bidirectional=bidirectional, proj_size=p["P"],
+                            **variant)
+    rg = reference.backward(ref.saved, f64(p["dy"]), f64(p["dhn"]), f64(p["dcn"]))
+    assert_close(out.output, ref.output, dtype, "output")
+    assert_close(out.h_n, ref.h_n, dtype, "h_n")
+    assert_close(out.c_n, ref.c_n, dtype, "c_n")
+    for name in ("dx", "dh0", "dc0"):
+        assert_close(getattr(g, name), getattr(rg, name), dtype, name)
+    for k, (ours, theirs) in enumerate(zip(g.dweights, rg.dweights)):
+        assert len(ours) == len(theirs)
+        for i, (a, e) in enumerate(zip(ours, theirs)):
+            assert_close(a, e, dtype, f"dweights[{k}][{i}]")
 
 
 def test_clip_is_active_in_variant_test():

@@ -97,21 +97,25 @@ def _is_variant(options):
 
 def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None):
     """x [T, B, I]; lengths [B]; w = (w_ih [G*H, I], w_hh [G*H, H], b_ih [G*H], b_hh [G*H], w_ch [U, H]
-    or None, ln: the layer norm's (γ_ih [G*H], γ_hh [G*H][, γ_c [H], β_c [H]]) or None); h0, c0 [B, H]
-    (c0 None unless LSTM); mods: ``_Modifiers`` or None.
+    or None, ln: the layer norm's (γ_ih [G*H], γ_hh [G*H][, γ_c [H], β_c [H]]) or None, w_hr [P, H]
+    or None); h0, c0 [B, H] (c0 None unless LSTM); mods: ``_Modifiers`` or None.
+    The projected LSTM (w_hr given; torch.nn.LSTM's proj_size): the cell's h_new is m = o*tanh(c),
+    h_t = m W_hrᵀ [B, P], so h (h0, h_n, out, w_hh's columns) is P wide and c H wide; the cache
+    becomes (cell cache, m).
     Returns out [T, B, H], h_n [B, H], c_n [B, H] or None, steps (per time step, in time order:
     (h_prev [B, H], prev [B] (the step read, -1: initial), cell cache))."""
     mods = mods or _Modifiers()
-    w_ih, w_hh, b_ih, b_hh, w_ch, _ = w
+    w_ih, w_hh, b_ih, b_hh, w_ch, _, w_hr = w
     cell_forward = _cell_forward_fn(cell, options, w)
     if options["layer_norm"]:  # the biases come after the norm, added by the cell
         b_ih, b_hh = 0.0, 0.0
     if mods.weight_mask is not None:
         w_hh = w_hh * mods.weight_mask
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H = w_hh.shape[1]  # the width of h (P when projected)
+    HC = H if c0 is None else c0.shape[1]  # the width of c
     rows = np.arange(B)
-    hs, cs = np.zeros((T, B, H)), np.zeros((T, B, H))  # each step's state
+    hs, cs = np.zeros((T, B, H)), np.zeros((T, B, HC))  # each step's state
     out = np.zeros((T, B, H))
     steps: List[Any] = [None] * T
     for t in reversed(range(T)) if reverse else range(T):
@@ -123,6 +127,9 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None)
         h_in = h if mods.recurrent_mask is None else mods.recurrent_mask * h
         gh = h_in @ w_hh.T + b_hh  # [B, G*H]
         h_new, c_new, cache = cell_forward(gi, gh, h, c)
+        if w_hr is not None:  # the projection: h_t = m W_hrᵀ, m = the cell's o*tanh(c_t)
+            cache = (cache, h_new)
+            h_new = h_new @ w_hr.T  # [B, P]
         if mods.zoneout is not None:
             h_new = mods.zoneout[t] * h + (1.0 - mods.zoneout[t]) * h_new
         if c is not None and mods.zoneout_cell is not None:
@@ -139,32 +146,39 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None)
 def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, options, mods=None):
     """Inverse of ``_direction_forward``: walks the steps in the opposite order.
     x [T, B, I]; dout [T, B, H]; dh_n, dc_n [B, H] (dc_n None unless LSTM).
+    Projected (w_hr given): dL/dW_hr += dh_tᵀ m_t, and the cell's backward gets dL/dm = dh_t W_hr.
     Returns dx [T, B, I], dh0 [B, H], dc0 [B, H] or None, (dW_ih, dW_hh, db_ih, db_hh, dW_ch or None,
-    the layer norm's gradients (as ln) or None)."""
+    the layer norm's gradients (as ln) or None, dW_hr or None)."""
     mods = mods or _Modifiers()
     cell_backward = _cell_backward_fn(cell, options)
-    w_ih, w_hh, b_ih, b_hh, w_ch, ln = w
+    w_ih, w_hh, b_ih, b_hh, w_ch, ln, w_hr = w
     dw_ch = None if w_ch is None else np.zeros_like(w_ch)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     d_ln = None if ln is None else [np.zeros_like(v) for v in ln]
     w_hh_used = w_hh if mods.weight_mask is None else w_hh * mods.weight_mask
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H = w_hh.shape[1]  # the width of h (P when projected)
+    HC = H if dc_n is None else dc_n.shape[1]  # the width of c
     rows = np.arange(B)
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db_ih, db_hh = np.zeros_like(b_ih), np.zeros_like(b_hh)
     lstm = dc_n is not None
     # dL/d(state of step t) from the later steps (and from h_n, c_n at each sequence's last step)
-    dhs, dcs = np.zeros((T, B, H)), np.zeros((T, B, H))
+    dhs, dcs = np.zeros((T, B, H)), np.zeros((T, B, HC))
     last = np.zeros(B, dtype=np.int64) if reverse else lengths - 1
     dhs[last, rows] += dh_n
     if lstm:
         dcs[last, rows] += dc_n
-    dh0, dc0 = np.zeros((B, H)), (np.zeros((B, H)) if lstm else None)
+    dh0, dc0 = np.zeros((B, H)), (np.zeros((B, HC)) if lstm else None)
     for t in range(T) if reverse else reversed(range(T)):
         live = (t < lengths)[:, None]  # [B, 1]
         h_prev, prev, cache = steps[t]
         dh_new = np.where(live, _clip(dhs[t] + dout[t], mods.grad_clip), 0.0)  # [B, H]
+        if w_hr is not None:  # through h_t = m W_hrᵀ to m (dead rows: dh_new is 0)
+            cache, m = cache
+            dw_hr += dh_new.T @ m
+            dh_new = dh_new @ w_hr  # [B, H]: dL/dm
         dc_new = None if not lstm else np.where(live, dcs[t], 0.0)
         dh_keep = dc_keep = 0.0  # the zoneout paths straight to the previous state
         if mods.zoneout is not None:
@@ -202,6 +216,8 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
         dh_in = dgh @ w_hh_used
         if mods.recurrent_mask is not None:
             dh_in = mods.recurrent_mask * dh_in
+        if w_hr is not None:  # the LSTM's h_{t-1} enters through W_hh only (its dh_direct is zero, H wide)
+            dh_direct = 0.0
         dh_p = np.where(live, dh_direct + dh_in + dh_keep, 0.0)
         has_prev = (prev >= 0)[:, None]
         np.add.at(dhs, (np.maximum(prev, 0), rows), np.where(has_prev, dh_p, 0.0))
@@ -212,7 +228,7 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
             dc0 += np.where(has_prev, 0.0, dc_p)
     if mods.weight_mask is not None:
         dw_hh = dw_hh * mods.weight_mask
-    return dx, dh0, dc0, (dw_ih, dw_hh, db_ih, db_hh, dw_ch, d_ln)
+    return dx, dh0, dc0, (dw_ih, dw_hh, db_ih, db_hh, dw_ch, d_ln, dw_hr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +258,7 @@ def forward(
     zoneout_mask: Optional[np.ndarray] = None,
     zoneout_cell_mask: Optional[np.ndarray] = None,
     grad_clip: Optional[float] = None,
+    proj_size: int = 0,
 ) -> RNNResult:
     """Run an L-layer, D-direction recurrent stack.
 
@@ -267,6 +284,10 @@ def forward(
     layer_norm:   LSTM and GRU (``_layer_norm_forward``): every weights entry ends with γ_ih [G*H],
               γ_hh [G*H] and, for the LSTM, γ_c [H], β_c [H] (after the biases: fastrnn.nn's
               parameter order). Not with peephole, coupled, cell_clip or reset_after=False.
+    proj_size:    P > 0, the LSTM only (torch.nn.LSTM's): h_t = W_hr (o*tanh(c_t)) is P wide
+              (h0, h_n [L*D, B, P], output [T, B, D*P], w_hh [G*H, P], I_l = D*P above the first
+              layer), c stays H wide; every weights entry ends with w_hr [P, H] (after w_ch). With
+              peephole, coupled, cell_clip; not with layer_norm or the training modifiers.
     """
     assert cell in GATES, f"cell must be one of {CELLS}, got {cell!r}"
     options = dict(peephole=bool(peephole), coupled=bool(coupled), cell_clip=cell_clip, reset_after=bool(reset_after),
@@ -275,9 +296,10 @@ def forward(
         "layer_norm is an LSTM/GRU option, not combined with peephole, coupled, cell_clip or reset_after=False"
     assert cell == "lstm" or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
     assert cell == "gru" or reset_after, "reset_after is a GRU option"
+    assert proj_size == 0 or (cell == "lstm" and not layer_norm), "proj_size is an LSTM option, not with layer_norm"
     any_modifier = (np.any(np.asarray(dilation) != 1) or recurrent_mask is not None or weight_mask is not None
                     or zoneout_mask is not None or zoneout_cell_mask is not None or grad_clip is not None)
-    assert not any_modifier or not (_is_variant(options) or layer_norm or not reset_after), \
+    assert not any_modifier or not (_is_variant(options) or layer_norm or not reset_after or proj_size), \
         "the training modifiers run the plain cells only (not peephole, coupled, cell_clip, layer_norm or reset_after=False)"
     is_lstm = cell == "lstm"
     x = np.asarray(x, dtype=np.float64)
@@ -291,11 +313,12 @@ def forward(
     G = 3 if coupled else GATES[cell]
     U = (2 if coupled else 3) if peephole else 0  # rows of w_ch
     n_ln = (4 if is_lstm else 2) if layer_norm else 0  # the layer norm's vectors at the end of an entry
-    extra = (1 if peephole else 0) + n_ln
+    extra = (1 if peephole else 0) + n_ln + (1 if proj_size else 0)
     has_bias = len(weights[0]) == 4 + extra
-    H = np.shape(weights[0][1])[1]
+    H = np.shape(weights[0][1])[0] // G if proj_size else np.shape(weights[0][1])[1]
+    HW = proj_size or H  # the width of h
 
-    ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh, w_ch or None, ln or None); zero biases when none
+    ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh, w_ch or None, ln or None, w_hr or None); zero biases when none
     for k, w in enumerate(weights):
         assert len(w) == (4 if has_bias else 2) + extra, "every weights entry must have the same length"
         ln = None
@@ -304,22 +327,27 @@ def forward(
             sizes = (G * H, G * H, H, H)[:n_ln]
             assert all(v.shape == (n,) for v, n in zip(ln, sizes)), f"weights[{k}] layer norm shapes"
             w = w[:len(w) - n_ln]
+        w_hr = None
+        if proj_size:
+            w_hr = np.asarray(w[-1], dtype=np.float64)
+            assert w_hr.shape == (proj_size, H), f"weights[{k}][-1] (w_hr) shape {w_hr.shape}"
+            w = w[:-1]
         w_ch = None
         if peephole:
             w_ch = np.asarray(w[-1], dtype=np.float64)
             assert w_ch.shape == (U, H), f"weights[{k}][-1] (w_ch) shape {w_ch.shape}"
         w_ih = np.asarray(w[0], dtype=np.float64)
         w_hh = np.asarray(w[1], dtype=np.float64)
-        in_size = I if k < D else D * H
+        in_size = I if k < D else D * HW
         assert w_ih.shape == (G * H, in_size), f"weights[{k}][0] shape {w_ih.shape}"
-        assert w_hh.shape == (G * H, H), f"weights[{k}][1] shape {w_hh.shape}"
+        assert w_hh.shape == (G * H, HW), f"weights[{k}][1] shape {w_hh.shape}"
         if has_bias:
             b_ih = np.asarray(w[2], dtype=np.float64)
             b_hh = np.asarray(w[3], dtype=np.float64)
             assert b_ih.shape == (G * H,) and b_hh.shape == (G * H,), f"weights[{k}] bias shape"
         else:
             b_ih, b_hh = np.zeros(G * H), np.zeros(G * H)
-        ws.append((w_ih, w_hh, b_ih, b_hh, w_ch, ln))
+        ws.append((w_ih, w_hh, b_ih, b_hh, w_ch, ln, w_hr))
 
     if lengths is None:
         lengths = np.full(B, T, dtype=np.int64)
@@ -327,8 +355,8 @@ def forward(
     assert lengths.shape == (B,), f"lengths must have shape ({B},), got {lengths.shape}"
     assert np.all((lengths >= 1) & (lengths <= T)), "lengths must lie in [1, T]"
 
-    h0 = np.zeros((L * D, B, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
-    assert h0.shape == (L * D, B, H), f"h0 must have shape {(L * D, B, H)}, got {h0.shape}"
+    h0 = np.zeros((L * D, B, HW)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    assert h0.shape == (L * D, B, HW), f"h0 must have shape {(L * D, B, HW)}, got {h0.shape}"
     if is_lstm:
         c0 = np.zeros((L * D, B, H)) if c0 is None else np.asarray(c0, dtype=np.float64)
         assert c0.shape == (L * D, B, H), f"c0 must have shape {(L * D, B, H)}, got {c0.shape}"
@@ -344,7 +372,7 @@ def forward(
                        None if zoneout_cell_mask is None else np.asarray(zoneout_cell_mask, dtype=np.float64)[k],
                        grad_clip) for k in range(L * D)]
 
-    h_n = np.zeros((L * D, B, H))
+    h_n = np.zeros((L * D, B, HW))
     c_n = np.zeros((L * D, B, H)) if is_lstm else None
     layer_inputs = []  # L arrays [T, B, I_l]
     all_steps = []  # L*D lists of per-step caches
@@ -369,7 +397,7 @@ def forward(
     saved = None
     if training:
         saved = dict(
-            cell=cell, D=D, L=L, H=H, has_bias=has_bias, batch_first=batch_first,
+            cell=cell, D=D, L=L, H=H, HW=HW, has_bias=has_bias, batch_first=batch_first,
             lengths=lengths, weights=ws, layer_inputs=layer_inputs, steps=all_steps, options=options, mods=mods,
         )
     return RNNResult(output, h_n, c_n, saved)
@@ -384,11 +412,13 @@ def backward(
     """Backpropagation through time for a ``forward(..., training=True)`` call.
 
     dy:       same layout as output: [T, B, D*H] ([B, T, D*H] if batch_first).
-    dhn, dcn: [L*D, B, H] or None (zeros); dcn only for LSTM.
-    Returns ``RNNGrads(dx (layout of x), dh0 [L*D, B, H], dc0 [L*D, B, H] or None, dweights)``.
+    dhn, dcn: [L*D, B, H] or None (zeros); dcn only for LSTM (proj_size: dy, dhn and dh0 P wide).
+    Returns ``RNNGrads(dx (layout of x), dh0 [L*D, B, H], dc0 [L*D, B, H] or None, dweights)``;
+    dweights mirrors the weights (dW_hr last when projected).
     """
     assert saved is not None, "backward needs the saved state of forward(..., training=True)"
     cell, D, L, H = saved["cell"], saved["D"], saved["L"], saved["H"]
+    HW = saved["HW"]  # the width of h
     is_lstm = cell == "lstm"
     lengths, ws = saved["lengths"], saved["weights"]
     T, B, _ = saved["layer_inputs"][0].shape
@@ -396,14 +426,14 @@ def backward(
     dy = np.asarray(dy, dtype=np.float64)
     if saved["batch_first"]:
         dy = dy.transpose(1, 0, 2)  # -> [T, B, D*H]
-    assert dy.shape == (T, B, D * H), f"dy must have shape {(T, B, D * H)} (time-major), got {dy.shape}"
-    dhn = np.zeros((L * D, B, H)) if dhn is None else np.asarray(dhn, dtype=np.float64)
-    assert dhn.shape == (L * D, B, H), f"dhn must have shape {(L * D, B, H)}, got {dhn.shape}"
+    assert dy.shape == (T, B, D * HW), f"dy must have shape {(T, B, D * HW)} (time-major), got {dy.shape}"
+    dhn = np.zeros((L * D, B, HW)) if dhn is None else np.asarray(dhn, dtype=np.float64)
+    assert dhn.shape == (L * D, B, HW), f"dhn must have shape {(L * D, B, HW)}, got {dhn.shape}"
     if is_lstm:
         dcn = np.zeros((L * D, B, H)) if dcn is None else np.asarray(dcn, dtype=np.float64)
         assert dcn.shape == (L * D, B, H), f"dcn must have shape {(L * D, B, H)}, got {dcn.shape}"
 
-    dh0 = np.zeros((L * D, B, H))
+    dh0 = np.zeros((L * D, B, HW))
     dc0 = np.zeros((L * D, B, H)) if is_lstm else None
     dweights: List[Tuple[np.ndarray, ...]] = [()] * (L * D)
     d_layer_out = dy  # [T, B, D*H] gradient of the current layer's output
@@ -414,7 +444,7 @@ def backward(
             k = l * D + d
             dx_d, dh0[k], dck, dw = _direction_backward(
                 cell, x_l, lengths, ws[k], saved["steps"][k],
-                d_layer_out[:, :, d * H:(d + 1) * H],
+                d_layer_out[:, :, d * HW:(d + 1) * HW],
                 dhn[k], dcn[k] if is_lstm else None, d == 1, saved["options"], saved["mods"][k],
             )
             if is_lstm:
@@ -422,7 +452,8 @@ def backward(
             d_layer_in += dx_d
             dw_ch = (dw[4],) if dw[4] is not None else ()  # the peepholes' gradient, then the layer norm's
             d_ln = tuple(dw[5]) if dw[5] is not None else ()
-            dweights[k] = (dw[:4] if saved["has_bias"] else dw[:2]) + dw_ch + d_ln
+            dw_hr = (dw[6],) if dw[6] is not None else ()  # the projection's, last
+            dweights[k] = (dw[:4] if saved["has_bias"] else dw[:2]) + dw_ch + dw_hr + d_ln
         d_layer_out = d_layer_in
     dx = d_layer_out
     if saved["batch_first"]:
