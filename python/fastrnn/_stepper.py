@@ -13,11 +13,10 @@ import torch
 from torch import Tensor
 
 from . import ops
+from .cell_table import BY_TORCH_MODE
 from .functional import PreparedStack
 
 __all__ = ["Stepper"]
-
-_CELL = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
 
 
 class Stepper:
@@ -45,7 +44,7 @@ class Stepper:
     """
 
     def __init__(self, module: torch.nn.Module, weight_dtype: Optional[str] = None, auto_refresh: bool = False):
-        if getattr(module, "mode", None) not in _CELL:
+        if getattr(module, "mode", None) not in BY_TORCH_MODE:
             raise TypeError(f"stepper() needs a fastrnn.nn RNN, LSTM or GRU, got {type(module).__name__}")
         if module.bidirectional:
             raise ValueError("stepper() steps unidirectional stacks only: a bidirectional layer needs the whole "
@@ -56,9 +55,9 @@ class Stepper:
         if not isinstance(auto_refresh, bool):
             raise TypeError(f"auto_refresh must be a bool, got {type(auto_refresh).__name__}")
         self.module, self.weight_dtype, self.auto_refresh = module, weight_dtype, auto_refresh
-        self.cell = _CELL[module.mode]
+        self.cell = BY_TORCH_MODE[module.mode].name
         self.input_size, self.hidden_size, self.num_layers = module.input_size, module.hidden_size, module.num_layers
-        self._lstm = self.cell == "lstm"
+        self._has_c = BY_TORCH_MODE[module.mode].carries_cell_state  # (h, c) states
         self.refresh()
 
     def __repr__(self) -> str:
@@ -122,7 +121,7 @@ class Stepper:
         B = x.size(0)
         if state is None:
             h = c = None
-        elif self._lstm:
+        elif self._has_c:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(f"an LSTM's state must be a tuple (h, c) of [L, B, H] tensors, "
                                 f"got {type(state).__name__}")
@@ -137,10 +136,10 @@ class Stepper:
             shape = (self.num_layers, B, self.hidden_size)
             if h is None:
                 h = torch.zeros(shape, dtype=self.dtype)
-                c = torch.zeros(shape, dtype=self.dtype) if self._lstm else None
+                c = torch.zeros(shape, dtype=self.dtype) if self._has_c else None
             h_out = torch.empty(shape, dtype=self.dtype)
-            c_out = torch.empty(shape, dtype=self.dtype) if self._lstm else None
+            c_out = torch.empty(shape, dtype=self.dtype) if self._has_c else None
             x = x.contiguous()  # held in a name: its memory must outlive the call
-            self._step_ptrs(B, x.data_ptr(), h.data_ptr(), c.data_ptr() if self._lstm else 0,
-                            h_out.data_ptr(), c_out.data_ptr() if self._lstm else 0)
-        return h_out[-1], ((h_out, c_out) if self._lstm else h_out)
+            self._step_ptrs(B, x.data_ptr(), h.data_ptr(), c.data_ptr() if self._has_c else 0,
+                            h_out.data_ptr(), c_out.data_ptr() if self._has_c else 0)
+        return h_out[-1], ((h_out, c_out) if self._has_c else h_out)

@@ -20,9 +20,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ._loader import _core
+from .cell_table import (BY_NONLINEARITY, CELL_ID, GRU, LSTM, RNN_RELU, RNN_TANH, carries_cell_state,
+                         cell_info, param_formulas, param_shapes)
 from .types import CELLS, GATES, RNNGrads, RNNResult
 
-_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _BLAS_MAX = 2**31 - 1  # the BLAS's 32-bit dimension limit
 _DIRECTION = ("forward", "reverse")
@@ -90,14 +92,14 @@ def _check_options(cell: str, peephole, coupled, cell_clip, proj_size=0) -> dict
         raise TypeError(f"proj_size must be an int >= 0 (0: no projection), got {type(proj_size).__name__}")
     if proj_size < 0:
         raise ValueError(f"proj_size must be >= 0 (0: no projection), got {proj_size}")
-    if cell != "lstm" and proj_size:
+    if not cell_info(cell).lstm_variants and proj_size:
         raise ValueError(f"proj_size is an LSTM option, got proj_size={proj_size} for cell {cell!r}")
     if cell_clip is not None:
         if isinstance(cell_clip, (bool, np.bool_)) or not isinstance(cell_clip, (int, float, np.integer, np.floating)):
             raise TypeError(f"cell_clip must be None or a number > 0, got {type(cell_clip).__name__}")
         if not cell_clip > 0:
             raise ValueError(f"cell_clip must be > 0 (None: no clipping), got {cell_clip}")
-    if cell != "lstm" and (peephole or coupled or cell_clip is not None):
+    if not cell_info(cell).lstm_variants and (peephole or coupled or cell_clip is not None):
         raise ValueError(f"peephole, coupled and cell_clip are LSTM options, got them for cell {cell!r}")
     options = dict(peephole=bool(peephole), coupled=bool(coupled),
                    cell_clip=0.0 if cell_clip is None else float(cell_clip))
@@ -108,7 +110,7 @@ def _check_options(cell: str, peephole, coupled, cell_clip, proj_size=0) -> dict
 
 def _gates(cell: str, options: dict) -> int:
     """Gate blocks of the cell with these options (the coupled LSTM has 3: f, g, o)."""
-    return 3 if options.get("coupled") else GATES[cell]
+    return cell_info(cell).gates_with(bool(options.get("coupled")))
 
 
 def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype, options=None) -> tuple:
@@ -120,7 +122,6 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
     P = options.get("proj_size", 0)
     peep = 1 if options.get("peephole") else 0
     extra = peep + (1 if P else 0)  # arrays after the four (two without bias) of every cell
-    U = 2 if options.get("coupled") else 3
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
     if len(weights) == 0 or len(weights) % num_directions:
@@ -145,28 +146,20 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
         if w_hh0.ndim != 2 or w_hh0.shape[1] < 1:
             raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
         H = int(w_hh0.shape[1])
-    HW = P or H  # the width of h
     bias = len(first) == 4 + extra
+    peephole, coupled = bool(peep), bool(options.get("coupled"))
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape); w_hr [P, H] last
+    expected = param_shapes(cell, input_size, H, len(weights) // num_directions, num_directions == 2, bias, peephole,
+                            coupled, P)
+    names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else []) + (["w_hr"] if P else [])
     out = []
     for k, entry in enumerate(weights):
         layer, d = divmod(k, num_directions)
         where = f"layer {layer}, {_DIRECTION[d]}"
         if not isinstance(entry, (list, tuple)) or len(entry) != len(first):
             raise ValueError(f"weights[{k}] ({where}) must be a tuple of {len(first)} arrays like weights[0]")
-        in_size = input_size if layer == 0 else num_directions * HW
-        hw = "P" if P else "H"
-        names = ["w_ih", "w_hh", "b_ih", "b_hh"][:4 if bias else 2]
-        shapes = [(G * H, in_size), (G * H, HW), (G * H,), (G * H,)][:4 if bias else 2]
-        formulas = [f"({G}*H, {'I' if layer == 0 else f'{num_directions}*{hw}'}) = ", f"({G}*H, {hw}) = ",
-                    f"({G}*H,) = ", f"({G}*H,) = "][:4 if bias else 2]
-        if peep:
-            names.append("w_ch")
-            shapes.append((U, H))
-            formulas.append(f"({U}, H) = ")
-        if P:
-            names.append("w_hr")
-            shapes.append((P, H))
-            formulas.append("(P, H) = ")
+        shapes = expected[k] + (((P, H),) if P else ())
+        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled, P)
         arrays = []
         for i, a in enumerate(entry):
             name = f"weights[{k}][{i}] ({names[i]}, {where})"
@@ -274,12 +267,12 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     cell = _check_cell(cell)
     options = _check_options(cell, peephole, coupled, cell_clip, proj_size)
     if reset_after is not True:
-        if cell != "gru" or not isinstance(reset_after, bool):
+        if not cell_info(cell).reset_after_option or not isinstance(reset_after, bool):
             raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
         raise NotImplementedError("reset_after=False (the GRU of Cho et al. 2014) is not implemented by the kernels "
                                   "yet: fastrnn.reference.forward and fastrnn.nn.GRU(reset_after=False) compute it")
     if layer_norm is not False:
-        if cell not in ("lstm", "gru") or not isinstance(layer_norm, bool):
+        if not cell_info(cell).layer_norm_option or not isinstance(layer_norm, bool):
             raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
         raise NotImplementedError("layer_norm=True is not fused in the kernels yet: fastrnn.reference.forward(..., "
                                   "layer_norm=True) and fastrnn.nn.LSTM/GRU(layer_norm=True) (composed torch ops, "
@@ -296,9 +289,9 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     state_shape = (L * D, B, H)
     HW, hw = _h_width(options, H)
     h0 = _check_state("h0", h0, (L * D, B, HW), x.dtype, hw)
-    if cell != "lstm" and c0 is not None:
+    if not carries_cell_state(cell) and c0 is not None:
         raise ValueError(f"c0 is only for the LSTM, got one for cell {cell!r}")
-    c0 = _check_state("c0", c0, state_shape, x.dtype) if cell == "lstm" else None
+    c0 = _check_state("c0", c0, state_shape, x.dtype) if carries_cell_state(cell) else None
     lengths = _check_lengths(lengths, T, B)
     G = GATES[cell]
     _check_probability("zoneout", zoneout)
@@ -309,7 +302,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
                                   "zoneout, zoneout_cell) run the base cells only, not with peephole, coupled, "
                                   "cell_clip or proj_size")
     _check_probability("zoneout_cell", zoneout_cell)
-    if cell != "lstm" and (zoneout_cell > 0 or zoneout_cell_mask is not None):
+    if not carries_cell_state(cell) and (zoneout_cell > 0 or zoneout_cell_mask is not None):
         raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got one for cell {cell!r}")
     _check_probability("recurrent_dropout", recurrent_dropout)
     _check_probability("weight_dropout", weight_dropout)
@@ -414,7 +407,7 @@ def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, trai
     HW, _ = _h_width(options, H)
     y = np.empty((T, B, D * HW), xt.dtype)
     hn = np.empty((L * D, B, HW), xt.dtype)
-    cn = np.empty(state_shape, xt.dtype) if cell == "lstm" else None
+    cn = np.empty(state_shape, xt.dtype) if carries_cell_state(cell) else None
     reserve = None
     if training:
         reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional, **options), xt.dtype)
@@ -473,7 +466,7 @@ def _dilated_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, tr
     """Layer by layer, each on its folded sequence: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None)."""
     T, B, _ = xt.shape
     D = 2 if bidirectional else 1
-    lstm = cell == "lstm"
+    lstm = carries_cell_state(cell)
     layer_in, hns, cns, layers = xt, [], [], []
     for l, d in enumerate(dilations):
         k = slice(l * D, (l + 1) * D)
@@ -507,7 +500,7 @@ def _dilated_backward(saved, dyt, dhn, dcn):
     """Backward of _dilated_forward, layer by layer from the top: -> (dx [T, B, I], dh0, dc0, dweights)."""
     T, B, _ = saved.x.shape
     D = 2 if saved.bidirectional else 1
-    H, lstm = saved.hidden_size, saved.cell == "lstm"
+    H, lstm = saved.hidden_size, carries_cell_state(saved.cell)
     dout = dyt
     dh0s, dc0s, dweights = [None] * saved.num_layers, [None] * saved.num_layers, [None] * saved.num_layers
     for l in reversed(range(saved.num_layers)):
@@ -560,7 +553,7 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
     dyt = np.ascontiguousarray(dy.transpose(1, 0, 2) if saved.batch_first else dy)
     state_shape = (L * D, B, H)
     dhn = _check_state("dhn", dhn, (L * D, B, HW), x.dtype, hw)
-    lstm = saved.cell == "lstm"
+    lstm = carries_cell_state(saved.cell)
     if not lstm and dcn is not None:
         raise ValueError(f"dcn is only for the LSTM, got one for cell {saved.cell!r}")
     dcn = _check_state("dcn", dcn, state_shape, x.dtype) if lstm else None
@@ -581,7 +574,7 @@ def _plain_backward(saved: Saved, dyt, dhn, dcn):
     x = saved.x
     L, D = saved.num_layers, 2 if saved.bidirectional else 1
     state_shape = (L * D, x.shape[1], saved.hidden_size)
-    lstm = saved.cell == "lstm"
+    lstm = carries_cell_state(saved.cell)
     dx = np.empty_like(x)
     dh0 = np.empty((L * D, x.shape[1], _h_width(saved.options, saved.hidden_size)[0]), x.dtype)
     dc0 = np.empty(state_shape, x.dtype) if lstm else None
@@ -601,34 +594,34 @@ def _backward_for(cell_names: tuple, saved, dy, dhn, dcn) -> RNNGrads:
 
 def lstm_forward(x, weights, h0=None, c0=None, **kwargs) -> RNNResult:
     """``forward("lstm", ...)``: gates i, f, g, o; see :func:`forward`."""
-    return forward("lstm", x, weights, h0, c0, **kwargs)
+    return forward(LSTM, x, weights, h0, c0, **kwargs)
 
 
 def gru_forward(x, weights, h0=None, **kwargs) -> RNNResult:
     """``forward("gru", ...)``: gates r, z, n, reset applied after the hidden product (PyTorch's GRU)."""
-    return forward("gru", x, weights, h0, **kwargs)
+    return forward(GRU, x, weights, h0, **kwargs)
 
 
 def rnn_forward(x, weights, h0=None, *, nonlinearity: str = "tanh", **kwargs) -> RNNResult:
     """Elman RNN ``h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh)``; see :func:`forward`."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    return forward("rnn_" + nonlinearity, x, weights, h0, **kwargs)
+    return forward(BY_NONLINEARITY[nonlinearity].name, x, weights, h0, **kwargs)
 
 
 def lstm_backward(saved, dy, dhn=None, dcn=None) -> RNNGrads:
     """Backward of :func:`lstm_forward`."""
-    return _backward_for(("lstm",), saved, dy, dhn, dcn)
+    return _backward_for((LSTM,), saved, dy, dhn, dcn)
 
 
 def gru_backward(saved, dy, dhn=None) -> RNNGrads:
     """Backward of :func:`gru_forward`."""
-    return _backward_for(("gru",), saved, dy, dhn, None)
+    return _backward_for((GRU,), saved, dy, dhn, None)
 
 
 def rnn_backward(saved, dy, dhn=None) -> RNNGrads:
     """Backward of :func:`rnn_forward`."""
-    return _backward_for(("rnn_tanh", "rnn_relu"), saved, dy, dhn, None)
+    return _backward_for((RNN_TANH, RNN_RELU), saved, dy, dhn, None)
 
 
 def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, bidirectional: bool = False,
@@ -653,21 +646,21 @@ def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int =
                          f"H x P")
     rng = np.random.default_rng(seed)
     D, G, H = (2 if bidirectional else 1), _gates(cell, options), hidden_size
-    HW = proj_size or H
-    U = 2 if coupled else 3
     k = 1.0 / np.sqrt(H)
+    # (w_ih, w_hh[, b_ih, b_hh][, w_ch]) of every entry, by the cell table's rule
+    all_shapes = param_shapes(cell, input_size, H, num_layers, bool(bidirectional), bool(bias), bool(peephole),
+                              bool(coupled), int(proj_size))
     weights = []
     for layer in range(num_layers):
-        in_size = input_size if layer == 0 else D * HW
-        for _ in range(D):
-            shapes = [(G * H, in_size), (G * H, HW)] + ([(G * H,), (G * H,)] if bias else [])
+        for d in range(D):
+            shapes = all_shapes[layer * D + d][:4 if bias else 2]
             entry = [rng.uniform(-k, k, s).astype(dtype) for s in shapes]
             if init == "identity":
                 entry[0] = rng.normal(0.0, 0.001, shapes[0]).astype(dtype)
                 entry[1] = np.tile(np.eye(H), (G, 1)).astype(dtype)
                 entry[2:] = [np.zeros(s, dtype) for s in shapes[2:]]
             if peephole:
-                entry.append(rng.uniform(-k, k, (U, H)).astype(dtype))
+                entry.append(rng.uniform(-k, k, all_shapes[layer * D + d][-1]).astype(dtype))
             if proj_size:
                 entry.append(rng.uniform(-k, k, (proj_size, H)).astype(dtype))
             weights.append(tuple(entry))
@@ -721,7 +714,7 @@ class _PreparedStep:
         if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != self.input_size:
             raise ValueError(f"x must have shape (B, I={self.input_size}) with B >= 1, got {x.shape}")
         B = int(x.shape[0])
-        lstm = self.cell == "lstm"
+        lstm = carries_cell_state(self.cell)
         if not lstm and c is not None:
             raise ValueError(f"c is only for the LSTM, got one for cell {self.cell!r}")
         h = self._state("h", h, B)
@@ -775,16 +768,18 @@ class PreparedCell(_PreparedStep):
         G, H = GATES[self.cell], int(w_hh.shape[1])
         if w_ih.ndim != 2 or w_ih.shape[1] < 1:
             raise ValueError(f"w_ih must be 2-D ({G}*H, I) with I >= 1, got shape {w_ih.shape}")
-        _check_shape("w_hh", w_hh, (G * H, H), f"({G}*H, H) = ")
-        _check_shape("w_ih", w_ih, (G * H, int(w_ih.shape[1])), f"({G}*H, I) = ")
+        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True)[0]  # (w_ih, w_hh, b_ih, b_hh)
+        formulas = param_formulas(self.cell, 0, 1, True)
+        _check_shape("w_hh", w_hh, shapes[1], formulas[1])
+        _check_shape("w_ih", w_ih, shapes[0], formulas[0])
         if (b_ih is None) != (b_hh is None):
             raise ValueError("give both b_ih and b_hh, or neither")
         biases = []
-        for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        for name, b, shape, formula in (("b_ih", b_ih, shapes[2], formulas[2]), ("b_hh", b_hh, shapes[3], formulas[3])):
             if b is not None:
                 b = _array(name, b)
                 _check_dtype(name, b, self.dtype)
-                _check_shape(name, b, (G * H,), f"({G}*H,) = ")
+                _check_shape(name, b, shape, formula)
                 b = np.ascontiguousarray(b)
             biases.append(b)
         half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))

@@ -46,9 +46,10 @@ import torch
 from torch import Tensor
 
 from ._loader import _core
-from .types import CELLS, GATES
+from .cell_table import CELL_ID, carries_cell_state, cell_info, param_shapes
+from .types import CELLS
 
-_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
 _DTYPES = (torch.float32, torch.float64)
 
 __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
@@ -112,20 +113,16 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
             opts["proj_size"] = int(value)
         else:
             raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, proj_size=P)")
-    if parts and base != "lstm":
+    if parts and not cell_info(base).lstm_variants:
         raise ValueError(f"cell {cell!r}: peephole, coupled, cell_clip and proj_size are LSTM options")
     return base, tuple(opts.items())
 
 
-def _gates(cell: str) -> int:
-    base, opts = split_cell(cell)
-    return 3 if dict(opts)["coupled"] else GATES[base]
-
-
 def _peephole_rows(cell: str) -> int:
     """Rows U of w_ch (0 without peepholes)."""
-    opts = dict(split_cell(cell)[1])
-    return (2 if opts["coupled"] else 3) if opts["peephole"] else 0
+    base, opts = split_cell(cell)
+    opts = dict(opts)
+    return cell_info(base).peephole_rows(opts["coupled"]) if opts["peephole"] else 0
 
 
 def _proj_size(cell: str) -> int:
@@ -175,15 +172,18 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     if hidden_size < 1 or num_layers < 1:
         raise ValueError(f"hidden_size and num_layers must be >= 1, got {hidden_size} and {num_layers}")
     D = 2 if bidirectional else 1
-    GH = _gates(cell) * hidden_size
-    U, P = _peephole_rows(cell), _proj_size(cell)
+    base, opts = split_cell(cell)
+    opts = dict(opts)
+    P = opts["proj_size"]
     HW = P or hidden_size
-    bias = per_entry - (1 if U else 0) - (1 if P else 0) == 4
-    names = ["w_ih", "w_hh", "b_ih", "b_hh"][:4 if bias else 2] + (["w_ch"] if U else []) + (["w_hr"] if P else [])
+    bias = per_entry - (1 if opts["peephole"] else 0) - (1 if P else 0) == 4
+    names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else []) \
+        + (["w_hr"] if P else [])
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape), w_hr [P, H] last
+    all_shapes = param_shapes(base, I, hidden_size, num_layers, bidirectional, bias, opts["peephole"], opts["coupled"],
+                              P)
     for k in range(num_layers * D):
-        shapes = [(GH, I if k < D else D * HW), (GH, HW), (GH,), (GH,)][:4 if bias else 2]
-        shapes += [(U, hidden_size)] if U else []
-        shapes += [(P, hidden_size)] if P else []
+        shapes = all_shapes[k] + (((P, hidden_size),) if P else ())
         for j in range(per_entry):
             w = weights[k * per_entry + j]
             if w.shape != shapes[j]:
@@ -332,7 +332,7 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
     _check_no_transform(x, h0, c0, *weights)
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
     base, opts = split_cell(cell)
-    lstm = base == "lstm"
+    lstm = carries_cell_state(base)
     c0 = c0 if lstm else None
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0,
                   recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
@@ -384,7 +384,7 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
     HW = _h_size(cell, hidden_size)
     y = x.new_empty((T, B, D * HW))
     hn = x.new_empty((num_layers * D, B, HW))
-    cn = x.new_empty(state) if split_cell(cell)[0] == "lstm" else x.new_empty((0,))
+    cn = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, zoned)
     reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
     return y, hn, cn, reserve
@@ -393,7 +393,7 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
 def _forward_fake(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training,
                   recurrent_mask=None, grad_clip=0.0, zoneout_h=None, zoneout_c=None):
     _check(x, weights, cell, num_layers, bidirectional)
-    zoned = (zoneout_h is not None) + (zoneout_c is not None and split_cell(cell)[0] == "lstm")
+    zoned = (zoneout_h is not None) + (zoneout_c is not None and carries_cell_state(split_cell(cell)[0]))
     return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned)
 
 
@@ -417,7 +417,7 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
         raise RuntimeError("fastrnn::rnn_backward needs the reserve of a forward run with training=True; "
                            "this forward ran with training=False and saved nothing")
     base, opts = split_cell(cell)
-    lstm = base == "lstm"
+    lstm = carries_cell_state(base)
     c0, dcn = (c0, dcn) if lstm else (None, None)
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0, dy=dy, dhn=dhn,
                   dcn=dcn, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
@@ -451,7 +451,7 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
 def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
     B = x.shape[1]
     state = (num_layers * (2 if bidirectional else 1), B, hidden_size)
-    dc0 = x.new_empty(state) if split_cell(cell)[0] == "lstm" else x.new_empty((0,))
+    dc0 = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     dh0 = x.new_empty(state[:2] + (_h_size(cell, hidden_size),))
     # new_empty, not empty_like: empty_like keeps a transposed input's strides, and the kernels
     # write outputs in place, so every output must be contiguous.
@@ -484,7 +484,7 @@ def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
         raise RuntimeError("fastrnn::rnn_forward ran with training=False, so it saved nothing for backward; "
                            "call it with training=True when gradients are needed")
     x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, reserve, *weights = ctx.saved_tensors
-    lstm = split_cell(cell)[0] == "lstm"
+    lstm = carries_cell_state(split_cell(cell)[0])
     # With create_graph (grad mode on) through the op, whose own backward raises a clear error.
     backward = torch.ops.fastrnn.rnn_backward
     if not torch.is_grad_enabled() and _plain_eager(x, h0, c0, dy, dhn, dcn, *weights):

@@ -1,5 +1,5 @@
-"""Names shared by the fast path and the reference: the cell kinds, their gate counts, and the
-result types of ``forward`` and ``backward``.
+"""Names shared by the fast path and the reference: the cell kinds and their gate counts (read
+from the cell table, fastrnn.cell_table), and the result types of ``forward`` and ``backward``.
 
 Shapes use the PyTorch conventions (time-major unless ``batch_first``):
 ``output [T, B, D*H]``, ``h_n``/``c_n`` ``[L*D, B, H]`` ordered ``layer0_fwd, layer0_bwd, layer1_fwd, ...``.
@@ -10,9 +10,10 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-# Number of gate blocks stacked in W_ih / W_hh (rows = GATES[cell] * hidden_size).
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-CELLS = tuple(GATES)
+from .cell_table import CELLS, TABLE
+
+# Number of gate blocks stacked in W_ih / W_hh (rows = GATES[cell] * hidden_size), from the cell table.
+GATES = {name: info.gates for name, info in TABLE.items()}
 
 
 class RNNResult(NamedTuple):

@@ -56,3 +56,43 @@ def test_param_shapes_match_init_weights(cell, bidirectional, bias):
     w = fastrnn.init_weights(cell, 5, 7, num_layers=3, bidirectional=bidirectional, bias=bias, dtype=np.float32)
     got = _core.param_shapes(_core.cells()[cell]["id"], 5, 7, 3, bidirectional, bias)
     assert [tuple(a.shape for a in layer) for layer in w] == [tuple(s) for s in got]
+
+
+# ---- fastrnn.cell_table: the Python side reads the table, and agrees with the C++ rule -----------------
+def test_python_table_reads_core():
+    from fastrnn import cell_table
+    table = _core.cells()
+    assert cell_table.CELLS == CELLS
+    assert cell_table.CELL_ID == {name: e["id"] for name, e in table.items()}
+    for name, info in cell_table.TABLE.items():
+        e = table[name]
+        assert (info.gates, info.gate_names, info.carries_cell_state, info.saved_per_unit) == \
+            (e["gates"], e["gate_names"], e["has_cell_state"], e["saved_per_unit"])
+        assert info.param_names == tuple(p["name"] for p in e["params"])
+        assert cell_table.BY_TORCH_MODE[info.torch_mode] is info
+    # the Python facts as torch.nn and issue 14 define them
+    assert {n: i.torch_module for n, i in cell_table.TABLE.items()} == \
+        {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
+    assert {k: v.name for k, v in cell_table.BY_NONLINEARITY.items()} == {"tanh": "rnn_tanh", "relu": "rnn_relu"}
+    options = {n: (i.lstm_variants, i.reset_after_option, i.layer_norm_option) for n, i in cell_table.TABLE.items()}
+    assert options == {"rnn_tanh": (False, False, False), "rnn_relu": (False, False, False),
+                       "lstm": (True, False, True), "gru": (False, True, True)}
+
+
+# every cell plain, and the LSTM with each combination of peephole and coupled
+SHAPE_CASES = [(cell, False, False) for cell in CELLS] + [("lstm", True, False), ("lstm", False, True),
+                                                          ("lstm", True, True)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell, peephole, coupled", SHAPE_CASES)
+def test_python_param_shapes_equal_core(cell, peephole, coupled, bidirectional, bias):
+    """cell_table.param_shapes evaluates the table's rules (it also takes the sizes torch.nn accepts and
+    _core refuses, like 0); where both apply it gives _core.param_shapes' shapes exactly."""
+    from fastrnn import cell_table
+    got = cell_table.param_shapes(cell, 5, 7, 3, bidirectional, bias, peephole, coupled)
+    want = _core.param_shapes(_core.cells()[cell]["id"], 5, 7, 3, bidirectional, bias, peephole, coupled)
+    assert got == tuple(tuple(tuple(s) for s in entry) for entry in want)
+    G = cell_table.cell_info(cell).gates_with(coupled)
+    assert cell_table.param_formulas(cell, 1, 2, bias, peephole, coupled)[:2] == (f"({G}*H, 2*H) = ", f"({G}*H, H) = ")

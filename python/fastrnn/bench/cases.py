@@ -9,16 +9,17 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 import fastrnn
+from fastrnn.cell_table import GRU, LSTM, RNN_RELU, RNN_TANH
 from fastrnn.types import GATES
 
 
 MODES = ("inference", "training", "decode")
 
 
-BENCH_CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+BENCH_CELLS = (LSTM, GRU, RNN_TANH, RNN_RELU)
 
 
-DEFAULT_CELLS = ("lstm", "gru", "rnn_tanh")
+DEFAULT_CELLS = (LSTM, GRU, RNN_TANH)
 
 
 DEFAULT_SIZES = ((256, 1, 100), (256, 32, 100), (512, 16, 50), (512, 64, 50), (1024, 32, 25), (128, 128, 200))
@@ -118,15 +119,15 @@ def build_cases(cells: Sequence[str], modes: Sequence[str], sizes: Optional[Sequ
                 cases.append(Case(cell, H, B, T, I, mode))
             if suite and mode == "inference" and not quick:
                 cases.extend(Case(cell, H, B, T, H, mode) for H, B, T in INFERENCE_ONLY_SIZES)
-    if suite and not quick and "training" in modes and "lstm" in cells:
+    if suite and not quick and "training" in modes and LSTM in cells:
         H, B, T = BIDIR_CASE
-        cases.append(Case("lstm", H, B, T, H, "training", layers=2, bidirectional=True))
-    if "decode" in modes and "lstm" in cells:
+        cases.append(Case(LSTM, H, B, T, H, "training", layers=2, bidirectional=True))
+    if "decode" in modes and LSTM in cells:
         decode_sizes = [(DECODE_HB[0], DECODE_HB[1], 1, DECODE_HB[0])] if suite else \
             sorted({(H, B, 1, I) for H, B, _, I in sizes})
-        cases.extend(Case("lstm", H, B, 1, I, "decode") for H, B, _, I in decode_sizes)
+        cases.extend(Case(LSTM, H, B, 1, I, "decode") for H, B, _, I in decode_sizes)
         if suite:  # the same step on float16-stored weights
-            cases.extend(Case("lstm", H, B, 1, I, "decode", half_weights=True) for H, B, _, I in decode_sizes)
+            cases.extend(Case(LSTM, H, B, 1, I, "decode", half_weights=True) for H, B, _, I in decode_sizes)
     return cases
 
 

@@ -36,6 +36,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import fastrnn
+from fastrnn.cell_table import LSTM, cell_info
+
 from .cases import Case, case_flops, DEFAULT_CELLS, Inputs, make_inputs
 from .impls import compare, _grads_dict, VerificationError
 from .machine import _git_commit
@@ -60,10 +62,10 @@ def deepbench_T(H: int) -> int:
 
 def gpu_suite_sizes(quick: bool = False) -> List[Tuple[str, int, int, int]]:
     """(cell group, H, B, T) of the GPU suite, in the order it runs: "all" for every requested
-    cell, "lstm" for the LSTM only. Small batches come first, so that a run cut short by
+    cell, a cell's name for that cell only (the LSTM). Small batches come first, so that a run cut short by
     --max-seconds loses the sizes cuDNN is strongest at, not the ones the issue's targets name."""
     if quick:
-        return [("all", H, B, T) for H, B, T in QUICK_SIZES] + [("lstm", H, B, T) for H, B, T in QUICK_LSTM_SIZES]
+        return [("all", H, B, T) for H, B, T in QUICK_SIZES] + [(LSTM, H, B, T) for H, B, T in QUICK_LSTM_SIZES]
     sizes = [("all", H, B, 50) for H in SMALL_B_H for B in SMALL_B]
     sizes += [("all", H, B, deepbench_T(H)) for H in DEEPBENCH_H for B in DEEPBENCH_B]
     sizes.append(("all",) + LONG_SEQUENCE)
@@ -109,13 +111,9 @@ def unavailable_reason(no_torch: bool = False) -> Optional[str]:
 
 def torch_module(torch, case: Case):
     """The torch.nn module of ``case`` (on the CPU, default initialisation)."""
-    nn = torch.nn
-    args = (case.I, case.H, case.layers)
-    if case.cell == "lstm":
-        return nn.LSTM(*args, bidirectional=case.bidirectional)
-    if case.cell == "gru":
-        return nn.GRU(*args, bidirectional=case.bidirectional)
-    return nn.RNN(*args, nonlinearity=case.cell.split("_")[1], bidirectional=case.bidirectional)
+    info = cell_info(case.cell)
+    extra = {"nonlinearity": info.nonlinearity} if info.nonlinearity else {}
+    return getattr(torch.nn, info.torch_module)(case.I, case.H, case.layers, bidirectional=case.bidirectional, **extra)
 
 
 def make_modules(torch, case: Case, inp: Inputs, device):
@@ -143,7 +141,7 @@ def timed_calls(torch, case: Case, inp: Inputs, module, device) -> Tuple[Callabl
     under torch.inference_mode(), or forward + backward of ``dy`` with the input's and every
     parameter's gradient (set to None before each call, as fastrnn.backward returns fresh arrays)."""
     x = torch.from_numpy(inp.x).to(device)
-    lstm = case.cell == "lstm"
+    lstm = cell_info(case.cell).carries_cell_state
     if case.mode == "inference":
         def run():
             with torch.inference_mode():

@@ -8,6 +8,8 @@ import sys
 from typing import Callable, Optional, Sequence
 
 import fastrnn
+from fastrnn.cell_table import GRU, LSTM, cell_info
+
 from .cases import Case
 from .impls import compare, VerificationError
 from .machine import _import_torch, make_header
@@ -16,7 +18,7 @@ from .suite import geomean, _Progress
 from .timing import GEMM_N, limit_numpy_blas, measure_peak, time_interleaved
 
 
-DECODE_SUITE_CELLS = ("lstm", "gru")
+DECODE_SUITE_CELLS = (LSTM, GRU)
 
 
 DECODE_SUITE_H = (256, 512, 1024)
@@ -36,11 +38,12 @@ def decode_suite_impls(torch, cell: str, H: int, B: int, layers: int = DECODE_SU
     (callables, the stepper's and torch.nn's new states as NumPy arrays for verification)."""
     import fastrnn.nn as fnn
     torch.manual_seed(seed)
-    tnn = torch.nn
-    module = (tnn.LSTM if cell == "lstm" else tnn.GRU)(H, H, layers)
-    fast = (fnn.LSTM if cell == "lstm" else fnn.GRU)(H, H, layers)
+    tnn, info = torch.nn, cell_info(cell)
+    has_c = info.carries_cell_state  # the state is (h, c)
+    module = getattr(tnn, info.torch_module)(H, H, layers)
+    fast = getattr(fnn, info.torch_module)(H, H, layers)
     fast.load_state_dict(module.state_dict())
-    cells = [(tnn.LSTMCell if cell == "lstm" else tnn.GRUCell)(H, H) for _ in range(layers)]
+    cells = [getattr(tnn, info.torch_module + "Cell")(H, H) for _ in range(layers)]
     with torch.no_grad():
         for layer, c in enumerate(cells):
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
@@ -48,14 +51,14 @@ def decode_suite_impls(torch, cell: str, H: int, B: int, layers: int = DECODE_SU
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(B, H, generator=g)
     h0 = torch.rand(layers, B, H, generator=g) - 0.5
-    state = (h0, torch.rand(layers, B, H, generator=g) - 0.5) if cell == "lstm" else h0
+    state = (h0, torch.rand(layers, B, H, generator=g) - 0.5) if has_c else h0
     stepper, stepper16 = fast.stepper(), fast.stepper(weight_dtype="float16")
 
     def torch_cells():
         inp, out = x, []
         for layer, c in enumerate(cells):
-            s = c(inp, (state[0][layer], state[1][layer])) if cell == "lstm" else c(inp, state[layer])
-            inp = s[0] if cell == "lstm" else s
+            s = c(inp, (state[0][layer], state[1][layer])) if has_c else c(inp, state[layer])
+            inp = s[0] if has_c else s
             out.append(s)
         return out
 
@@ -73,7 +76,7 @@ def decode_suite_impls(torch, cell: str, H: int, B: int, layers: int = DECODE_SU
         "torch_module": inference(lambda: module(x[None], state)),
     }
     mine, theirs = fns["stepper"]()[1], fns["torch_module"]()[1]
-    flat = (lambda s: {"h_n": s[0].numpy(), "c_n": s[1].numpy()}) if cell == "lstm" else (lambda s: {"h_n": s.numpy()})
+    flat = (lambda s: {"h_n": s[0].numpy(), "c_n": s[1].numpy()}) if has_c else (lambda s: {"h_n": s.numpy()})
     return fns, flat(mine), flat(theirs)
 
 

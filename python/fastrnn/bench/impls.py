@@ -10,6 +10,8 @@ import numpy as np
 
 import fastrnn
 from fastrnn import reference
+from fastrnn.cell_table import cell_info
+
 from .cases import Case, Inputs
 
 
@@ -41,7 +43,7 @@ def _api_impl(api, case: Case, inp: Inputs):
         x3, h3, c3 = inp.x[None], inp.h0[None], inp.c0[None]
 
         def step():
-            r = api.forward("lstm", x3, inp.weights, h3, c3, training=False)
+            r = api.forward(case.cell, x3, inp.weights, h3, c3, training=False)  # the decode cases: LSTM
             return r.h_n[0], r.c_n[0]
 
         def values():
@@ -70,7 +72,7 @@ def _api_impl(api, case: Case, inp: Inputs):
 
 def fastrnn_impl(case: Case, inp: Inputs) -> Tuple[Callable[[], object], Callable[[], Dict[str, np.ndarray]]]:
     if case.mode == "decode":  # weights packed once, kept across calls
-        prepared = fastrnn.PreparedCell("lstm", *inp.weights[0], weight_dtype="float16" if case.half_weights else None)
+        prepared = fastrnn.PreparedCell(case.cell, *inp.weights[0], weight_dtype="float16" if case.half_weights else None)
 
         def step():
             return prepared(inp.x, inp.h0, inp.c0)
@@ -89,19 +91,14 @@ def reference_impl(case: Case, inp: Inputs):
 def torch_impl(torch, case: Case, inp: Inputs):
     """torch.nn with the same weights: nn.LSTM/GRU/RNN (oneDNN for the LSTM on CPU, ATen for the
     others), nn.LSTMCell for decode; torch.inference_mode() for inference and decode."""
-    nn = torch.nn
+    nn, info = torch.nn, cell_info(case.cell)
     D = 2 if case.bidirectional else 1
     if case.mode == "decode":
-        module = nn.LSTMCell(case.I, case.H)
+        module = getattr(nn, info.torch_module + "Cell")(case.I, case.H)
         names = [("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
     else:
-        if case.cell == "lstm":
-            module = nn.LSTM(case.I, case.H, case.layers, bidirectional=case.bidirectional)
-        elif case.cell == "gru":
-            module = nn.GRU(case.I, case.H, case.layers, bidirectional=case.bidirectional)
-        else:
-            module = nn.RNN(case.I, case.H, case.layers, nonlinearity=case.cell.split("_")[1],
-                            bidirectional=case.bidirectional)
+        extra = {"nonlinearity": info.nonlinearity} if info.nonlinearity else {}
+        module = getattr(nn, info.torch_module)(case.I, case.H, case.layers, bidirectional=case.bidirectional, **extra)
         names = []
         for k in range(len(inp.weights)):
             layer, d = divmod(k, D)
@@ -133,7 +130,7 @@ def torch_impl(torch, case: Case, inp: Inputs):
 
         def values():
             out, state = run()
-            if case.cell == "lstm":
+            if info.carries_cell_state:
                 return {"output": out.numpy(), "h_n": state[0].numpy(), "c_n": state[1].numpy()}
             return {"output": out.numpy(), "h_n": state.numpy()}
         return run, values

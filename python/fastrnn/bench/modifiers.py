@@ -13,6 +13,8 @@ import platform
 import time
 from typing import Callable, Dict, List
 
+from fastrnn.cell_table import GRU, LSTM, cell_info
+
 from .timing import time_interleaved
 
 VARIANTS = {  # option name -> the keyword fastrnn.nn takes
@@ -35,7 +37,7 @@ def _torch_loop_step(torch, mode: str, option: str, kw: dict, cell, layer, x):
         y, _ = torch.func.functional_call(layer, weights, (x,))
         y.sum().backward()
         return
-    lstm = mode == "lstm"
+    lstm = cell_info(mode).carries_cell_state  # the LSTM's equations, else the GRU's
     h = x.new_zeros(B, H)
     c = x.new_zeros(B, H) if lstm else None
     mask = None
@@ -79,7 +81,7 @@ def _torch_loop_step(torch, mode: str, option: str, kw: dict, cell, layer, x):
     torch.stack(ys).sum().backward()
 
 
-def run_variants(cells=("lstm", "gru"), sizes=((50, 8, 256, 256), (50, 32, 256, 256)), reps: int = 5,
+def run_variants(cells=(LSTM, GRU), sizes=((50, 8, 256, 256), (50, 32, 256, 256)), reps: int = 5,
                  min_sample_s: float = 0.05, emit: Callable[[str], None] = print) -> dict:
     """Times every modifier on every cell and size; returns {"header", "rows"} (ms, ratios)."""
     import torch
@@ -89,9 +91,8 @@ def run_variants(cells=("lstm", "gru"), sizes=((50, 8, 256, 256), (50, 32, 256, 
     emit("| cell | T, B, I, H | option | plain fastrnn ms | with option ms | ratio | torch loop ms | speed-up vs loop |")
     emit("|---|---|---|---|---|---|---|---|")
     for mode in cells:
-        cls = {"lstm": fnn.LSTM, "gru": fnn.GRU}[mode]
-        tcell = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[mode]
-        tlayer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[mode]
+        name = cell_info(mode).torch_module
+        cls, tcell, tlayer = getattr(fnn, name), getattr(torch.nn, name + "Cell"), getattr(torch.nn, name)
         for (T, B, I, H) in sizes:
             torch.manual_seed(0)
             x = torch.randn(T, B, I)

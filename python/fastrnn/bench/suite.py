@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Callable, List, Optional, Sequence
 
 import fastrnn
+
 from .cases import build_cases, Case, case_flops, DEFAULT_CELLS, make_inputs, MODES
 from .impls import compare, fastrnn_impl, reference_impl, torch_impl
 from .machine import _import_torch, make_header

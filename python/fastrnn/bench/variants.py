@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import fastrnn
+from fastrnn.cell_table import BY_TORCH_MODE, GRU, LSTM, cell_info
+
 from .impls import GROSS_MISMATCH, VerificationError
 from .machine import _import_torch, make_header
 from .report import format_header, _ms
@@ -20,14 +22,15 @@ VARIANT_SIZES = ((256, 8, 50), (256, 64, 50))  # (H, B, T), I = H: B <= 16 and B
 TINY_VARIANT_SIZES = ((8, 2, 3),)  # the harness's own test
 
 
+_LSTM_MODULE, _GRU_MODULE = cell_info(LSTM).torch_module, cell_info(GRU).torch_module  # fastrnn.nn class names
 VARIANT_CASES = (  # (name, module, options)
-    ("lstm peephole", "LSTM", dict(peephole=True)),
-    ("lstm coupled", "LSTM", dict(coupled=True)),
-    ("lstm cell_clip", "LSTM", dict(cell_clip=1.0)),
-    ("lstm peephole+coupled+clip", "LSTM", dict(peephole=True, coupled=True, cell_clip=1.0)),
-    ("gru reset_after=False", "GRU", dict(reset_after=False)),
-    ("lstm layer_norm", "LSTM", dict(layer_norm=True)),
-    ("gru layer_norm", "GRU", dict(layer_norm=True)),
+    ("lstm peephole", _LSTM_MODULE, dict(peephole=True)),
+    ("lstm coupled", _LSTM_MODULE, dict(coupled=True)),
+    ("lstm cell_clip", _LSTM_MODULE, dict(cell_clip=1.0)),
+    ("lstm peephole+coupled+clip", _LSTM_MODULE, dict(peephole=True, coupled=True, cell_clip=1.0)),
+    ("gru reset_after=False", _GRU_MODULE, dict(reset_after=False)),
+    ("lstm layer_norm", _LSTM_MODULE, dict(layer_norm=True)),
+    ("gru layer_norm", _GRU_MODULE, dict(layer_norm=True)),
 )
 
 
@@ -38,6 +41,7 @@ def _torch_loop(torch, m, x):
     w_ih, w_hh, b_ih, b_hh = m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0
     H = m.hidden_size
     ln = getattr(m, "layer_norm", False)  # LN(v)*γ over the G*H row, then the bias
+    has_c = BY_TORCH_MODE[m.mode].carries_cell_state  # the LSTM's equations, else the GRU's
 
     def norm(v, gain, bias):
         return F.layer_norm(v, (v.size(-1),), gain, None, 1e-5) + bias
@@ -50,7 +54,7 @@ def _torch_loop(torch, m, x):
     for t in range(x.size(0)):
         if ln:
             gh = norm(F.linear(h, w_hh), m.ln_weight_hh_l0, b_hh)
-            if m.mode == "GRU":  # the reset gate multiplies the normalised, gained n part plus b_hn
+            if not has_c:  # the GRU: the reset gate multiplies the normalised, gained n part plus b_hn
                 r_i, z_i, n_i = xw[t].chunk(3, 1)
                 r_h, z_h, n_h = gh.chunk(3, 1)
                 r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
@@ -59,7 +63,7 @@ def _torch_loop(torch, m, x):
                 a_i, a_f, a_g, a_o = (xw[t] + gh).chunk(4, 1)
                 c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
                 h = torch.sigmoid(a_o) * torch.tanh(norm(c, m.ln_weight_c_l0, m.ln_bias_c_l0))
-        elif m.mode == "GRU":  # reset before the hidden product
+        elif not has_c:  # the GRU: reset before the hidden product
             r_i, z_i, n_i = xw[t].chunk(3, 1)
             r_h, z_h = F.linear(h, w_hh[:2 * H], b_hh[:2 * H]).chunk(2, 1)
             r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)

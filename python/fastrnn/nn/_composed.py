@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
+from ..cell_table import BY_TORCH_MODE, GRU, LSTM, RNN_RELU, RNN_TANH
 
 
 def _kernels_cannot_serve(x: Tensor, h0, c0, weights: List[Tensor]) -> bool:
@@ -36,7 +37,7 @@ def _composed_step(mode: str, gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Ten
     """One step of the cell in torch ops: gi = W_ih x + b_ih, gh = W_hh h + b_hh [B, G*H] -> (h', c').
     ``cell``/``w_ch``: issue 14's LSTM variants (ops.variant_cell's string, the peepholes [U, H])."""
     opts = dict(ops.split_cell(cell)[1]) if cell else {}
-    if mode == "LSTM" and opts and (opts["peephole"] or opts["coupled"] or opts["cell_clip"]):
+    if opts and (opts["peephole"] or opts["coupled"] or opts["cell_clip"]):  # the LSTM variants (split_cell: LSTM only)
         a = gi + gh
         if opts["coupled"]:
             a_f, a_g, a_o = a.chunk(3, 1)
@@ -51,19 +52,33 @@ def _composed_step(mode: str, gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Ten
             c_new = c_new.clamp(-opts["cell_clip"], opts["cell_clip"])
         o = torch.sigmoid(a_o + w_ch[-1] * c_new if w_ch is not None else a_o)
         return o * torch.tanh(c_new), c_new
-    if mode == "RNN_TANH":
-        return torch.tanh(gi + gh), None
-    if mode == "RNN_RELU":
-        return torch.relu(gi + gh), None
-    if mode == "LSTM":
-        i, f, g, o = (gi + gh).chunk(4, 1)
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c_new), c_new
+    return _STEPS[BY_TORCH_MODE[mode].name](gi, gh, h, c)
+
+
+# The base cells' steps in torch ops, (gi, gh [B, G*H], h, c [B, H]) -> (h', c' or None), by cell name.
+def _rnn_tanh_step(gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
+    return torch.tanh(gi + gh), None
+
+
+def _rnn_relu_step(gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
+    return torch.relu(gi + gh), None
+
+
+def _lstm_step(gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
+    i, f, g, o = (gi + gh).chunk(4, 1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c_new), c_new
+
+
+def _gru_step(gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
     r_i, z_i, n_i = gi.chunk(3, 1)
     r_h, z_h, n_h = gh.chunk(3, 1)
     r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
     n = torch.tanh(n_i + r * n_h)
     return (1 - z) * n + z * h, None
+
+
+_STEPS = {RNN_TANH: _rnn_tanh_step, RNN_RELU: _rnn_relu_step, LSTM: _lstm_step, GRU: _gru_step}
 
 
 def _gru_reset_before_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
@@ -106,7 +121,7 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
     T, B = x.size(0), x.size(1)
     D = 2 if bidirectional else 1
     per_entry = len(weights) // (num_layers * D)
-    lstm = mode == "LSTM"
+    lstm = BY_TORCH_MODE[mode].carries_cell_state
     opts = dict(ops.split_cell(cell)[1]) if cell else {}
     peephole = not layer_norm and opts.get("peephole", False)  # LN: no peepholes
     P = opts.get("proj_size", 0)  # the projected LSTM's h width

@@ -1,7 +1,7 @@
 """One recurrence over num_layers layers for fastrnn.nn's modules and cells: the fused op
 (fastrnn.ops) where the kernels serve the call, else the composed torch ops of
-:mod:`fastrnn.nn._composed`. The mode names (torch.nn's ``RNN_TANH``, ``LSTM``, ...) map to the op's
-cell strings here."""
+:mod:`fastrnn.nn._composed`. The modules speak torch.nn's mode names (``RNN_TANH``, ``LSTM``, ...);
+``fastrnn.cell_table.BY_TORCH_MODE`` gives each one's cell."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -10,13 +10,8 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..cell_table import BY_TORCH_MODE
 from ._composed import _composed_recurrence, _kernels_cannot_serve
-
-
-_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
-
-
-_CELL = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
 
 
 def _needs_grad(*tensors) -> bool:
@@ -55,6 +50,6 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
     # A traced graph keeps what the trace saw as a constant, and the trace is checked by running it
     # again without grad: it always keeps the reserve, so that the graph is the same and can train.
     training = _needs_grad(x, h0, c0, *weights) or torch._C._get_tracing_state() is not None
-    y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, cell or _CELL[mode], hidden_size, num_layers,
+    y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, cell or BY_TORCH_MODE[mode].name, hidden_size, num_layers,
                                    bidirectional, training, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
-    return y, hn, (cn if mode == "LSTM" else None)
+    return y, hn, (cn if BY_TORCH_MODE[mode].carries_cell_state else None)

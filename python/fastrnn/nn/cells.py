@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.nn import Parameter, init
 
 from .. import ops
+from ..cell_table import BY_NONLINEARITY, GRU, LSTM, RNN_TANH, TABLE, cell_info, param_shapes
 from ..functional import _check_options
 from ._options import (_check_layer_norm, _check_reset_and_layer_norm, _identity_init, _layer_norm_init,
                        _variant_repr)
@@ -21,9 +22,7 @@ from ._recurrence import _run_op
 class _CellBase(torch.nn.Module):
     """What RNNCell, LSTMCell and GRUCell share (torch.nn.RNNCellBase's parameters and checks)."""
 
-    _mode = ""
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None,
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, cell: str, device=None,
                  dtype=None, *, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
                  layer_norm: bool = False, init: str = "uniform") -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
@@ -32,28 +31,30 @@ class _CellBase(torch.nn.Module):
             raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
         _check_layer_norm(layer_norm, peephole, coupled, cell_clip)
         self.layer_norm = layer_norm
-        lstm = num_chunks == 4
+        info = cell_info(cell)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
         # issue 14's options (LSTMCell: peephole, coupled, cell_clip; all: init)
         self.peephole, self.coupled, self.cell_clip, self.init = bool(peephole), bool(coupled), cell_clip, init
         self.reset_after = True  # GRUCell sets it after
-        num_chunks = 3 if coupled else num_chunks
-        self.weight_ih = Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
-        self.weight_hh = Parameter(torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs))
+        # (w_ih, w_hh, b_ih, b_hh[, w_ch]) by the cell table's rule; torch.nn's names weight_ih, ..., weight_ch
+        shapes = param_shapes(cell, input_size, hidden_size, 1, False, True, peephole, coupled)[0]
+        self.weight_ih = Parameter(torch.empty(shapes[0], **factory_kwargs))
+        self.weight_hh = Parameter(torch.empty(shapes[1], **factory_kwargs))
         if bias:
-            self.bias_ih = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
-            self.bias_hh = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            self.bias_ih = Parameter(torch.empty(shapes[2], **factory_kwargs))
+            self.bias_hh = Parameter(torch.empty(shapes[3], **factory_kwargs))
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         if peephole:  # rows (i, f, o), coupled (f, o)
-            self.weight_ch = Parameter(torch.empty((2 if coupled else 3, hidden_size), **factory_kwargs))
+            self.weight_ch = Parameter(torch.empty(shapes[4], **factory_kwargs))
         if layer_norm:  # as the layers' ln_* parameters, without the _l{k} suffix
-            self.ln_weight_ih = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
-            self.ln_weight_hh = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
-            if lstm:
+            gate_rows = info.gates_with(coupled) * hidden_size
+            self.ln_weight_ih = Parameter(torch.empty(gate_rows, **factory_kwargs))
+            self.ln_weight_hh = Parameter(torch.empty(gate_rows, **factory_kwargs))
+            if info.carries_cell_state:
                 self.ln_weight_c = Parameter(torch.empty(hidden_size, **factory_kwargs))
                 self.ln_bias_c = Parameter(torch.empty(hidden_size, **factory_kwargs))
         self.reset_parameters()
@@ -74,15 +75,18 @@ class _CellBase(torch.nn.Module):
             _identity_init(self.weight_ih, self.weight_hh, *((self.bias_ih, self.bias_hh) if self.bias else ()))
         _layer_norm_init(self)
 
-    def _step(self, mode: str, input: Tensor, states: Optional[Tuple[Tensor, ...]], name: str):
-        """Checks (torch.nn's types) and one step: input [B, I] or [I]; states None or a tuple of
-        [B, H] or [H] tensors (h, or (h, c) for the LSTM). Returns the new state tuple."""
+    def _step(self, cell: str, input: Tensor, states: Optional[Tuple[Tensor, ...]], name: str):
+        """Checks (torch.nn's types) and one step of ``cell`` (a cell table name): input [B, I] or [I];
+        states None or a tuple of [B, H] or [H] tensors (h, or (h, c) for the LSTM). Returns the new
+        state tuple."""
+        info = TABLE[cell]
+        has_c = info.carries_cell_state
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if states is not None:
             for idx, s in enumerate(states):
                 if s.dim() not in (1, 2):
-                    what = f"hx[{idx}]" if mode == "LSTM" else "hidden"
+                    what = f"hx[{idx}]" if has_c else "hidden"
                     raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
         is_batched = input.dim() == 2
         if not is_batched:
@@ -108,20 +112,20 @@ class _CellBase(torch.nn.Module):
                     raise RuntimeError(f"{name}: hidden{idx} dtype ({s.dtype}) does not match input dtype "
                                        f"({input.dtype})")
         weights = [w_ih, w_hh, self.bias_ih, self.bias_hh] if self.bias else [w_ih, w_hh]
-        cell = None
+        variant = None
         if self.peephole or self.coupled or self.cell_clip is not None:  # issue 14's LSTM variants
             weights += [self.weight_ch] if self.peephole else []
-            cell = ops.variant_cell("lstm", self.peephole, self.coupled, self.cell_clip)
+            variant = ops.variant_cell(cell, self.peephole, self.coupled, self.cell_clip)
         if self.layer_norm:
             weights += [self.ln_weight_ih, self.ln_weight_hh]
-            weights += [self.ln_weight_c, self.ln_bias_c] if mode == "LSTM" else []
+            weights += [self.ln_weight_c, self.ln_bias_c] if has_c else []
         h0 = c0 = None
         if states is not None:
             h0 = states[0].unsqueeze(0)
-            c0 = states[1].unsqueeze(0) if mode == "LSTM" else None
-        _, hn, cn = _run_op(mode, input.unsqueeze(0), weights, h0, c0, None, self.hidden_size, 1, False, cell,
-                            not self.reset_after, self.layer_norm)
-        out = (hn[0], cn[0]) if mode == "LSTM" else (hn[0],)
+            c0 = states[1].unsqueeze(0) if has_c else None
+        _, hn, cn = _run_op(info.torch_mode, input.unsqueeze(0), weights, h0, c0, None, self.hidden_size, 1, False,
+                            variant, not self.reset_after, self.layer_norm)
+        out = (hn[0], cn[0]) if has_c else (hn[0],)
         return out if is_batched else tuple(s.squeeze(0) for s in out)
 
 
@@ -130,14 +134,13 @@ class RNNCell(_CellBase):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device=None, dtype=None, *, init: str = "uniform") -> None:
-        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype, init=init)
+        super().__init__(input_size, hidden_size, bias, RNN_TANH, device=device, dtype=dtype, init=init)
         self.nonlinearity = nonlinearity
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
-        return self._step(mode, input, None if hx is None else (hx,), "RNNCell")[0]
+        return self._step(BY_NONLINEARITY[self.nonlinearity].name, input, None if hx is None else (hx,), "RNNCell")[0]
 
 
 class LSTMCell(_CellBase):
@@ -148,12 +151,12 @@ class LSTMCell(_CellBase):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
                  layer_norm: bool = False, init: str = "uniform") -> None:
-        _check_options("lstm", peephole, coupled, cell_clip)
-        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype, peephole=peephole,
+        _check_options(LSTM, peephole, coupled, cell_clip)
+        super().__init__(input_size, hidden_size, bias, LSTM, device=device, dtype=dtype, peephole=peephole,
                          coupled=coupled, cell_clip=cell_clip, layer_norm=layer_norm, init=init)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
-        return self._step("LSTM", input, None if hx is None else tuple(hx), "LSTMCell")
+        return self._step(LSTM, input, None if hx is None else tuple(hx), "LSTMCell")
 
 
 class GRUCell(_CellBase):
@@ -165,9 +168,9 @@ class GRUCell(_CellBase):
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
         _check_reset_and_layer_norm(reset_after, layer_norm)
-        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype,
+        super().__init__(input_size, hidden_size, bias, GRU, device=device, dtype=dtype,
                          layer_norm=layer_norm, init=init)
         self.reset_after = reset_after
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        return self._step("GRU", input, None if hx is None else (hx,), "GRUCell")[0]
+        return self._step(GRU, input, None if hx is None else (hx,), "GRUCell")[0]

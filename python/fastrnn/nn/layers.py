@@ -15,11 +15,20 @@ from torch.nn import Parameter, init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import ops
+from ..cell_table import BY_NONLINEARITY, BY_TORCH_MODE, GRU as _GRU, LSTM as _LSTM, cell_info, param_shapes
 from ..functional import _check_options
 from ._composed import _permute
 from ._options import (_check_layer_norm, _check_reset_and_layer_norm, _identity_init, _layer_norm_init,
                        _variant_repr)
-from ._recurrence import _CELL, _GATES, _run_op
+from ._recurrence import _run_op
+
+
+def _torch_param_names(info, bias: bool, peephole: bool) -> List[str]:
+    """torch.nn's names of a layer's parameters, in the cell table's order: w_ih -> weight_ih, b_ih ->
+    bias_ih, ..., then the peepholes weight_ch."""
+    names = [n for n, (_, is_bias) in zip(info.param_names, info.param_rules) if bias or not is_bias]
+    names += ["w_ch"] if peephole else []
+    return [("weight" if n.startswith("w_") else "bias") + n[1:] for n in names]
 
 
 class _RNNBase(torch.nn.Module):
@@ -34,8 +43,8 @@ class _RNNBase(torch.nn.Module):
                  weight_dropout: float = 0.0, grad_clip: Optional[float] = None, dilation=1) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
-        if mode in _CELL:  # issue 14's options: LSTM-only ones refused elsewhere, clear errors for bad values
-            _check_options(_CELL[mode], peephole, coupled, cell_clip)
+        if mode in BY_TORCH_MODE:  # issue 14's options: LSTM-only ones refused elsewhere, clear errors for bad values
+            _check_options(BY_TORCH_MODE[mode].name, peephole, coupled, cell_clip)
         _check_layer_norm(layer_norm, peephole, coupled, cell_clip)
         if layer_norm and proj_size > 0:
             raise ValueError(f"layer_norm=True does not combine with proj_size (got proj_size={proj_size})")
@@ -67,7 +76,7 @@ class _RNNBase(torch.nn.Module):
             raise ValueError("proj_size should be a positive integer or zero to disable projections")
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
-        if mode not in _GATES:
+        if mode not in BY_TORCH_MODE:
             raise ValueError("Unrecognized RNN mode: " + mode)
         self.mode = mode
         self.input_size = input_size
@@ -82,7 +91,8 @@ class _RNNBase(torch.nn.Module):
         self.layer_norm = layer_norm
         self.reset_after = True  # GRU sets it after
         # the op's cell string (ops.variant_cell): the base cell's name unless an option is set
-        self._cell = ops.variant_cell(_CELL[mode], peephole, coupled, cell_clip, proj_size)
+        info = BY_TORCH_MODE[mode]
+        self._cell = ops.variant_cell(info.name, peephole, coupled, cell_clip, proj_size)
         self._set_modifiers(mode, zoneout, zoneout_cell, recurrent_dropout, weight_dropout, grad_clip, dilation)
         if self._has_modifiers() and (self.peephole or self.coupled or cell_clip is not None or layer_norm):
             raise NotImplementedError("the training modifiers (zoneout, zoneout_cell, recurrent_dropout, weight_dropout, "
@@ -90,26 +100,23 @@ class _RNNBase(torch.nn.Module):
                                       "cell_clip or layer_norm")
 
         D = 2 if bidirectional else 1
-        gate_size = (3 if coupled else _GATES[mode]) * hidden_size
-        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+        gate_size = info.gates_with(coupled) * hidden_size
+        # (w_ih, w_hh[, b_ih, b_hh][, w_ch]) per layer and direction, by the cell table's rule
+        shapes = param_shapes(info.name, input_size, hidden_size, num_layers, bidirectional, bias, peephole, coupled,
+                              proj_size)
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
         for layer in range(num_layers):
             for direction in range(D):
-                layer_input_size = input_size if layer == 0 else real_hidden_size * D
                 suffix = "_reverse" if direction == 1 else ""
-                params = [(f"weight_ih_l{layer}{suffix}", (gate_size, layer_input_size)),
-                          (f"weight_hh_l{layer}{suffix}", (gate_size, real_hidden_size))]
-                if bias:
-                    params += [(f"bias_ih_l{layer}{suffix}", (gate_size,)), (f"bias_hh_l{layer}{suffix}", (gate_size,))]
-                if peephole:  # rows (i, f, o), coupled (f, o)
-                    params += [(f"weight_ch_l{layer}{suffix}", (2 if coupled else 3, hidden_size))]
+                params = [(f"{name}_l{layer}{suffix}", shape)
+                          for name, shape in zip(_torch_param_names(info, bias, peephole), shapes[layer * D + direction])]
                 if proj_size > 0:
                     params += [(f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size))]
                 if layer_norm:  # gains of the two products' norms [G*H]; LSTM: the cell norm's gain and bias [H]
                     params += [(f"ln_weight_ih_l{layer}{suffix}", (gate_size,)),
                                (f"ln_weight_hh_l{layer}{suffix}", (gate_size,))]
-                    if mode == "LSTM":
+                    if info.carries_cell_state:
                         params += [(f"ln_weight_c_l{layer}{suffix}", (hidden_size,)),
                                    (f"ln_bias_c_l{layer}{suffix}", (hidden_size,))]
                 for name, shape in params:
@@ -125,7 +132,7 @@ class _RNNBase(torch.nn.Module):
                         ("weight_dropout", weight_dropout)):
             if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
-        if zoneout_cell and mode != "LSTM":
+        if zoneout_cell and not BY_TORCH_MODE[mode].carries_cell_state:
             raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got zoneout_cell={zoneout_cell} for {mode}")
         if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, numbers.Real)
                                       or not grad_clip > 0):
@@ -236,8 +243,8 @@ class _RNNBase(torch.nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------------
     def forward(self, input, hx=None):
-        lstm = self.mode == "LSTM"
-        name = {"LSTM": "LSTM", "GRU": "GRU"}.get(self.mode, "RNN")
+        info = BY_TORCH_MODE[self.mode]
+        lstm, name = info.carries_cell_state, info.torch_module
         D = 2 if self.bidirectional else 1
         packed = isinstance(input, PackedSequence)
         if packed:
@@ -249,7 +256,7 @@ class _RNNBase(torch.nn.Module):
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D "
-                                 + ("tensor instead" if name == "RNN" else "instead"))
+                                 + ("tensor instead" if info.nonlinearity else "instead"))  # torch.nn.RNN's wording
             is_batched = input.dim() == 3
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
@@ -334,7 +341,7 @@ class _RNNBase(torch.nn.Module):
             cns.append(cn)
             if layer < L - 1:
                 x = F.dropout(x, self.dropout, True)
-        return x, torch.cat(hns), (torch.cat(cns) if self.mode == "LSTM" else None)
+        return x, torch.cat(hns), (torch.cat(cns) if BY_TORCH_MODE[self.mode].carries_cell_state else None)
 
     def _modified_recurrence(self, x: Tensor, weights: List[Tensor], h0, c0, lengths):
         """The recurrence with the training modifiers, one op call per layer: x [T, B, I] ->
@@ -343,7 +350,7 @@ class _RNNBase(torch.nn.Module):
         [L*D, B, H], the zoneout masks [L*D, T, B, H] of h, then of c; in eval mode none is drawn."""
         T, B, H, L = x.size(0), x.size(1), self.hidden_size, self.num_layers
         D = 2 if self.bidirectional else 1
-        lstm = self.mode == "LSTM"
+        lstm = BY_TORCH_MODE[self.mode].carries_cell_state
         per_entry = len(weights) // (L * D)
         if self.training and self.weight_dropout > 0:  # DropConnect: gradients reach W_hh through the mask
             weights = list(weights)
@@ -434,14 +441,11 @@ class RNN(_RNNBase):
                  recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, grad_clip: Optional[float] = None,
                  dilation=1) -> None:
         self.nonlinearity = nonlinearity
-        if nonlinearity == "tanh":
-            mode = "RNN_TANH"
-        elif nonlinearity == "relu":
-            mode = "RNN_RELU"
-        else:
+        if not isinstance(nonlinearity, str) or nonlinearity not in BY_NONLINEARITY:
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, init=init, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+        super().__init__(BY_NONLINEARITY[nonlinearity].torch_mode, input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, device=device, dtype=dtype, init=init, zoneout=zoneout,
+                         recurrent_dropout=recurrent_dropout,
                          weight_dropout=weight_dropout, grad_clip=grad_clip, dilation=dilation)
 
 
@@ -461,7 +465,7 @@ class LSTM(_RNNBase):
                  cell_clip: Optional[float] = None, layer_norm: bool = False, init: str = "uniform",
                  zoneout: float = 0.0, zoneout_cell: float = 0.0, recurrent_dropout: float = 0.0,
                  weight_dropout: float = 0.0, grad_clip: Optional[float] = None, dilation=1) -> None:
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        super().__init__(cell_info(_LSTM).torch_mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device=device, dtype=dtype, peephole=peephole, coupled=coupled,
                          cell_clip=cell_clip, layer_norm=layer_norm, init=init, zoneout=zoneout,
                          zoneout_cell=zoneout_cell, recurrent_dropout=recurrent_dropout,
@@ -484,7 +488,7 @@ class GRU(_RNNBase):
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
         _check_reset_and_layer_norm(reset_after, layer_norm)
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        super().__init__(cell_info(_GRU).torch_mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device=device, dtype=dtype, layer_norm=layer_norm, init=init, zoneout=zoneout,
                          recurrent_dropout=recurrent_dropout, weight_dropout=weight_dropout, grad_clip=grad_clip,
                          dilation=dilation)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import _sigmoid
+from ..cell_table import cell_info
 from .gru import _gru_backward, _gru_forward
 
 
@@ -66,7 +67,7 @@ def _layer_norm_forward(cell, gi, gh, h, c, b_ih, b_hh, ln):
     a_ih, cache_ih = _ln_forward(gi, ln[0])
     a_hh, cache_hh = _ln_forward(gh, ln[1])
     a_ih, a_hh = a_ih + b_ih, a_hh + b_hh
-    if cell == "lstm":
+    if cell_info(cell).carries_cell_state:  # the LSTM: its cell norm on c
         h_new, c_new, cell_cache = _lstm_ln_cell_forward(a_ih, a_hh, h, c, ln[2], ln[3])
     else:
         h_new, c_new, cell_cache = _gru_forward(a_ih, a_hh, h, c)
@@ -78,7 +79,7 @@ def _layer_norm_backward(dh_new, dc_new, cache):
     gains' gradients come back as extras."""
     cell, cache_ih, cache_hh, cell_cache = cache
     extra = {}
-    if cell == "lstm":
+    if cell_info(cell).carries_cell_state:  # the LSTM: its cell norm on c
         da_ih, da_hh, dh_direct, dc, extra["ln_c_w"], extra["ln_c_b"] = _lstm_ln_cell_backward(dh_new, dc_new,
                                                                                               cell_cache)
     else:

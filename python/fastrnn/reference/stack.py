@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..types import CELLS, GATES, RNNGrads, RNNResult
+from ..cell_table import CELLS, GRU, LSTM, RNN_RELU, RNN_TANH, TABLE, cell_info, param_shapes
+from ..types import RNNGrads, RNNResult
 from ._common import _clip
 from .gru import _gru_backward, _gru_forward, _gru_reset_before_backward, _gru_reset_before_forward
 from .layer_norm import _layer_norm_backward, _layer_norm_forward
@@ -18,10 +19,10 @@ __all__ = ["forward", "backward"]
 
 
 _CELL_FNS = {
-    "rnn_tanh": (_rnn_tanh_forward, _rnn_tanh_backward),
-    "rnn_relu": (_rnn_relu_forward, _rnn_relu_backward),
-    "lstm": (_lstm_forward, _lstm_backward),
-    "gru": (_gru_forward, _gru_backward),
+    RNN_TANH: (_rnn_tanh_forward, _rnn_tanh_backward),
+    RNN_RELU: (_rnn_relu_forward, _rnn_relu_backward),
+    LSTM: (_lstm_forward, _lstm_backward),
+    GRU: (_gru_forward, _gru_backward),
 }
 
 
@@ -71,9 +72,9 @@ def _cell_forward_fn(cell, options, w):
     """The cell's pointwise forward for these options (issue 14's variants) and the layer's weights w."""
     if options["layer_norm"]:
         return lambda gi, gh, h, c: _layer_norm_forward(cell, gi, gh, h, c, w[2], w[3], w[5])
-    if cell == "lstm" and _is_variant(options):
+    if _is_variant(options):  # the LSTM variants (forward checked the cell takes them)
         return lambda gi, gh, h, c: _lstm_variant_forward(gi, gh, h, c, w[4], options["coupled"], options["cell_clip"])
-    if cell == "gru" and not options["reset_after"]:
+    if not options["reset_after"]:  # the reset-before GRU (forward checked the cell takes it)
         H = w[1].shape[1]
         return lambda gi, gh, h, c: _gru_reset_before_forward(gi, gh, h, c, w[1][2 * H:], w[3][2 * H:])
     return _CELL_FNS[cell][0]
@@ -83,9 +84,9 @@ def _cell_backward_fn(cell, options):
     """The cell's pointwise backward -> (dgi, dgh, dh_direct, dc, {parameter name: gradient to add})."""
     if options["layer_norm"]:
         return _layer_norm_backward
-    if cell == "lstm" and _is_variant(options):
+    if _is_variant(options):  # the LSTM variants (forward checked the cell takes them)
         return _lstm_variant_backward
-    if cell == "gru" and not options["reset_after"]:
+    if not options["reset_after"]:  # the reset-before GRU (forward checked the cell takes it)
         return _gru_reset_before_backward
     # the plain cells take the grad_clip modifier's bound on dL/dc (the others are not combined with it)
     return lambda dh, dc, cache, clip=None: _CELL_FNS[cell][1](dh, dc, cache, clip=clip) + ({},)
@@ -289,19 +290,20 @@ def forward(
               layer), c stays H wide; every weights entry ends with w_hr [P, H] (after w_ch). With
               peephole, coupled, cell_clip; not with layer_norm or the training modifiers.
     """
-    assert cell in GATES, f"cell must be one of {CELLS}, got {cell!r}"
+    assert cell in TABLE, f"cell must be one of {CELLS}, got {cell!r}"
+    info = cell_info(cell)
     options = dict(peephole=bool(peephole), coupled=bool(coupled), cell_clip=cell_clip, reset_after=bool(reset_after),
                    layer_norm=bool(layer_norm))
-    assert not layer_norm or (cell in ("lstm", "gru") and not _is_variant(options) and reset_after), \
+    assert not layer_norm or (info.layer_norm_option and not _is_variant(options) and reset_after), \
         "layer_norm is an LSTM/GRU option, not combined with peephole, coupled, cell_clip or reset_after=False"
-    assert cell == "lstm" or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
-    assert cell == "gru" or reset_after, "reset_after is a GRU option"
-    assert proj_size == 0 or (cell == "lstm" and not layer_norm), "proj_size is an LSTM option, not with layer_norm"
+    assert info.lstm_variants or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
+    assert info.reset_after_option or reset_after, "reset_after is a GRU option"
+    assert proj_size == 0 or (info.lstm_variants and not layer_norm), "proj_size is an LSTM option, not with layer_norm"
     any_modifier = (np.any(np.asarray(dilation) != 1) or recurrent_mask is not None or weight_mask is not None
                     or zoneout_mask is not None or zoneout_cell_mask is not None or grad_clip is not None)
     assert not any_modifier or not (_is_variant(options) or layer_norm or not reset_after or proj_size), \
         "the training modifiers run the plain cells only (not peephole, coupled, cell_clip, layer_norm or reset_after=False)"
-    is_lstm = cell == "lstm"
+    has_c = info.carries_cell_state
     x = np.asarray(x, dtype=np.float64)
     assert x.ndim == 3, f"x must be 3-D, got shape {x.shape}"
     if batch_first:
@@ -310,13 +312,14 @@ def forward(
     D = 2 if bidirectional else 1
     assert len(weights) > 0 and len(weights) % D == 0, "len(weights) must be a multiple of D"
     L = len(weights) // D
-    G = 3 if coupled else GATES[cell]
-    U = (2 if coupled else 3) if peephole else 0  # rows of w_ch
-    n_ln = (4 if is_lstm else 2) if layer_norm else 0  # the layer norm's vectors at the end of an entry
+    G = info.gates_with(coupled)
+    n_ln = (4 if has_c else 2) if layer_norm else 0  # the layer norm's vectors at the end of an entry
     extra = (1 if peephole else 0) + n_ln + (1 if proj_size else 0)
     has_bias = len(weights[0]) == 4 + extra
     H = np.shape(weights[0][1])[0] // G if proj_size else np.shape(weights[0][1])[1]
     HW = proj_size or H  # the width of h
+    # (w_ih, w_hh[, b_ih, b_hh][, w_ch]) of every entry, by the C++ rule (the cell table); then w_hr
+    shapes = param_shapes(cell, I, H, L, bool(bidirectional), has_bias, bool(peephole), bool(coupled), proj_size)
 
     ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh, w_ch or None, ln or None, w_hr or None); zero biases when none
     for k, w in enumerate(weights):
@@ -332,19 +335,14 @@ def forward(
             w_hr = np.asarray(w[-1], dtype=np.float64)
             assert w_hr.shape == (proj_size, H), f"weights[{k}][-1] (w_hr) shape {w_hr.shape}"
             w = w[:-1]
-        w_ch = None
-        if peephole:
-            w_ch = np.asarray(w[-1], dtype=np.float64)
-            assert w_ch.shape == (U, H), f"weights[{k}][-1] (w_ch) shape {w_ch.shape}"
+        got = tuple(np.shape(a) for a in w)
+        assert got == shapes[k], f"weights[{k}] shapes {got}, expected {shapes[k]}"
+        w_ch = np.asarray(w[-1], dtype=np.float64) if peephole else None
         w_ih = np.asarray(w[0], dtype=np.float64)
         w_hh = np.asarray(w[1], dtype=np.float64)
-        in_size = I if k < D else D * HW
-        assert w_ih.shape == (G * H, in_size), f"weights[{k}][0] shape {w_ih.shape}"
-        assert w_hh.shape == (G * H, HW), f"weights[{k}][1] shape {w_hh.shape}"
         if has_bias:
             b_ih = np.asarray(w[2], dtype=np.float64)
             b_hh = np.asarray(w[3], dtype=np.float64)
-            assert b_ih.shape == (G * H,) and b_hh.shape == (G * H,), f"weights[{k}] bias shape"
         else:
             b_ih, b_hh = np.zeros(G * H), np.zeros(G * H)
         ws.append((w_ih, w_hh, b_ih, b_hh, w_ch, ln, w_hr))
@@ -357,7 +355,7 @@ def forward(
 
     h0 = np.zeros((L * D, B, HW)) if h0 is None else np.asarray(h0, dtype=np.float64)
     assert h0.shape == (L * D, B, HW), f"h0 must have shape {(L * D, B, HW)}, got {h0.shape}"
-    if is_lstm:
+    if has_c:
         c0 = np.zeros((L * D, B, H)) if c0 is None else np.asarray(c0, dtype=np.float64)
         assert c0.shape == (L * D, B, H), f"c0 must have shape {(L * D, B, H)}, got {c0.shape}"
     else:
@@ -373,7 +371,7 @@ def forward(
                        grad_clip) for k in range(L * D)]
 
     h_n = np.zeros((L * D, B, HW))
-    c_n = np.zeros((L * D, B, H)) if is_lstm else None
+    c_n = np.zeros((L * D, B, H)) if has_c else None
     layer_inputs = []  # L arrays [T, B, I_l]
     all_steps = []  # L*D lists of per-step caches
     layer_in = x
@@ -382,9 +380,9 @@ def forward(
         for d in range(D):
             k = l * D + d
             out, h_n[k], ck, steps = _direction_forward(
-                cell, layer_in, lengths, ws[k], h0[k], c0[k] if is_lstm else None, d == 1, options, mods[k]
+                cell, layer_in, lengths, ws[k], h0[k], c0[k] if has_c else None, d == 1, options, mods[k]
             )
-            if is_lstm:
+            if has_c:
                 c_n[k] = ck
             outs.append(out)
             all_steps.append(steps)
@@ -419,7 +417,7 @@ def backward(
     assert saved is not None, "backward needs the saved state of forward(..., training=True)"
     cell, D, L, H = saved["cell"], saved["D"], saved["L"], saved["H"]
     HW = saved["HW"]  # the width of h
-    is_lstm = cell == "lstm"
+    has_c = cell_info(cell).carries_cell_state
     lengths, ws = saved["lengths"], saved["weights"]
     T, B, _ = saved["layer_inputs"][0].shape
 
@@ -429,12 +427,12 @@ def backward(
     assert dy.shape == (T, B, D * HW), f"dy must have shape {(T, B, D * HW)} (time-major), got {dy.shape}"
     dhn = np.zeros((L * D, B, HW)) if dhn is None else np.asarray(dhn, dtype=np.float64)
     assert dhn.shape == (L * D, B, HW), f"dhn must have shape {(L * D, B, HW)}, got {dhn.shape}"
-    if is_lstm:
+    if has_c:
         dcn = np.zeros((L * D, B, H)) if dcn is None else np.asarray(dcn, dtype=np.float64)
         assert dcn.shape == (L * D, B, H), f"dcn must have shape {(L * D, B, H)}, got {dcn.shape}"
 
     dh0 = np.zeros((L * D, B, HW))
-    dc0 = np.zeros((L * D, B, H)) if is_lstm else None
+    dc0 = np.zeros((L * D, B, H)) if has_c else None
     dweights: List[Tuple[np.ndarray, ...]] = [()] * (L * D)
     d_layer_out = dy  # [T, B, D*H] gradient of the current layer's output
     for l in reversed(range(L)):
@@ -445,9 +443,9 @@ def backward(
             dx_d, dh0[k], dck, dw = _direction_backward(
                 cell, x_l, lengths, ws[k], saved["steps"][k],
                 d_layer_out[:, :, d * HW:(d + 1) * HW],
-                dhn[k], dcn[k] if is_lstm else None, d == 1, saved["options"], saved["mods"][k],
+                dhn[k], dcn[k] if has_c else None, d == 1, saved["options"], saved["mods"][k],
             )
-            if is_lstm:
+            if has_c:
                 dc0[k] = dck
             d_layer_in += dx_d
             dw_ch = (dw[4],) if dw[4] is not None else ()  # the peepholes' gradient, then the layer norm's
