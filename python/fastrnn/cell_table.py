@@ -139,8 +139,8 @@ def param_shapes(cell: str, input_size: int, hidden_size: int, num_layers: int, 
     read from the C++ specs' rules (``_core.cells()[cell]["params"]``: 'G*H', 'I' the layer's input,
     'H' the width of h; rnn.h param_shape is the one copy, and ``_core.param_shapes`` agrees: see
     tests/kernels/test_cell_table.py). Sizes are not checked here (torch.nn accepts 0). ``proj_size``
-    (torch.nn.LSTM's, not in the kernels): h and so w_hh's columns and the later layers' inputs are
-    P wide."""
+    (torch.nn.LSTM's projection): h and so w_hh's columns and the later layers' inputs are P wide;
+    w_hr [P, H], which follows these in a weights tuple, is not included."""
     info = TABLE[cell]
     G, D = info.gates_with(coupled), 2 if bidirectional else 1
     width = proj_size or hidden_size  # of h
