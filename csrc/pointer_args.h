@@ -26,6 +26,7 @@ inline RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64
   if (!valid_cell_id(cell))
     throw ArgumentError("cell must be 0.." + std::to_string(kNumCells - 1) + ", got " + std::to_string(cell));
   if (!(options.cell_clip >= 0)) throw ArgumentError("cell_clip must be > 0 (0: no clipping), got " + std::to_string(options.cell_clip));
+  if (options.proj_size < 0) throw ArgumentError("proj_size must be >= 0 (0: no projection), got " + std::to_string(options.proj_size));
   const RnnConfig c{static_cast<CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1, options};
   (void)c.gates();  // options the cell does not have: ArgumentError
   if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1)
@@ -80,7 +81,7 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
     if (t.size() != expected_len)
       throw ArgumentError(p + " must hold " + std::to_string(expected_len) + " pointers like " + what +
                           "[0], got " + std::to_string(t.size()));
-    Ptr v[5] = {0, 0, 0, 0, 0};
+    Ptr v[6] = {0, 0, 0, 0, 0, 0};
     for (size_t i = 0; i < t.size(); ++i) {
       try {
         v[i] = py::cast<Ptr>(t[i]);
@@ -90,12 +91,12 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
       }
     }
     const bool bias = static_cast<int64>(expected_len) == param_counts(c.cell, c.options).with_bias;
-    const T* given[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};  // the spec's kParams order
+    const T* given[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};  // the spec's kParams order
     for (size_t k = 0; k < t.size(); ++k) {
       const int i = param_index(c.cell, int(k), bias, c.options);
       given[i] = ptrs.add<const T>(v[k], (p + "." + param_decl(c.cell, i, c.options).name).c_str(), true);
     }
-    out.push_back({given[0], given[1], given[2], given[3], given[4]});
+    out.push_back(layer_weights<T>(c.cell, c.options, given));
   }
   return out;
 }
@@ -116,12 +117,14 @@ ForwardArgs<T> forward_args(const RnnConfig& c, Ptr x, const py::list& weights, 
           ptrs.add<T>(reserve, "reserve_ptr", false)};
 }
 
-// issue 14's cell options as the entry points take them (keywords; defaults: the base cells).
-inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip) {
+// issue 14's cell options as the entry points take them (keywords; defaults: the base cells;
+// proj_size: the LSTM's projection, 0 for none).
+inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip, int64 proj_size = 0) {
   CellOptions o;
   o.peephole = peephole;
   o.coupled = coupled;
   o.cell_clip = cell_clip;
+  o.proj_size = proj_size;
   return o;
 }
 
@@ -180,9 +183,7 @@ BackwardArgs<T> backward_args(const RnnConfig& c, Ptr x, const py::list& weights
                     ptrs.add<T>(dh0, "dh0_ptr", true),
                     ptrs.add<T>(dc0, "dc0_ptr", lstm, lstm),
                     {}};
-  for (const auto& g : weight_pointers<T>(grads, c, "grad_ptrs", len, ptrs))
-    a.grads.push_back({const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh),
-                       const_cast<T*>(g.w_ch)});
+  for (const auto& g : weight_pointers<T>(grads, c, "grad_ptrs", len, ptrs)) a.grads.push_back(layer_grads(g));
   return a;
 }
 

@@ -23,6 +23,7 @@ void check_grid(int64 x, int64 y, const char* what) {
 }  // namespace
 
 void check_sizes(const RnnConfig& c) {
+  if (c.projected()) throw ArgumentError("proj_size is not in the CUDA kernels (fastrnn.nn runs composed torch ops)");
   if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1 || (c.D != 1 && c.D != 2))
     throw ArgumentError("sizes must be >= 1 (and directions 1 or 2), got T=" + std::to_string(c.T) + " B=" +
                         std::to_string(c.B) + " I=" + std::to_string(c.I) + " H=" + std::to_string(c.H) + " L=" +
@@ -57,13 +58,17 @@ struct CudaBackend {
   template <class T, class Body> void accumulate_directions(const RnnConfig& c, T* din, int64, Body body) const {
     for (int64 d = 0; d < c.D; ++d) body(d, din, stream);
   }
+  // The projected LSTM (LstmProjection) has no CUDA step kernels: check_sizes refuses it before
+  // the stack runs, and these never instantiate the CUDA layers for it.
   template <class Cell, class T>
   void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
-    cuda::layer_forward<Cell>(s, c, a);
+    if constexpr (SpecTraits<Cell>::kProjected) throw ArgumentError("proj_size is not in the CUDA kernels");
+    else cuda::layer_forward<Cell>(s, c, a);
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
-    cuda::layer_backward<Cell>(s, c, a);
+    if constexpr (SpecTraits<Cell>::kProjected) throw ArgumentError("proj_size is not in the CUDA kernels");
+    else cuda::layer_backward<Cell>(s, c, a);
   }
 };
 

@@ -27,16 +27,24 @@ template <class F> decltype(auto) dispatch_cell(CellKind kind, F&& f) {
   throw ArgumentError("unknown cell kind");
 }
 
-// The same with a call's CellOptions (issue 14): the base spec when no option is set, else the
-// variant's spec (today the LSTM's: LstmVariant<peephole, coupled>, cell_clip a runtime value).
-// Options on a cell that has none are refused (ArgumentError), so no option is silently ignored.
-template <class F> decltype(auto) dispatch_cell(CellKind kind, const CellOptions& o, F&& f) {
-  if (!o.any()) return dispatch_cell(kind, f);
-  if (kind != CellKind::Lstm) throw ArgumentError("peephole, coupled and cell_clip are LSTM options");
+// The LSTM's spec for the options other than proj_size: LstmVariant<peephole, coupled> when one is
+// set (cell_clip a runtime value), else LstmCell.
+template <class F> decltype(auto) dispatch_lstm(const CellOptions& o, F&& f) {
   if (o.peephole && o.coupled) return f(LstmVariant<true, true>{});
   if (o.peephole) return f(LstmVariant<true, false>{});
   if (o.coupled) return f(LstmVariant<false, true>{});
-  return f(LstmVariant<false, false>{});
+  if (o.cell_clip > 0) return f(LstmVariant<false, false>{});
+  return f(LstmCell{});
+}
+
+// The same with a call's CellOptions (issue 14): the base spec when no option is set, else the
+// LSTM's (dispatch_lstm), wrapped in LstmProjection<...> when proj_size > 0. Options on a cell that
+// has none are refused (ArgumentError), so no option is silently ignored.
+template <class F> decltype(auto) dispatch_cell(CellKind kind, const CellOptions& o, F&& f) {
+  if (!o.any()) return dispatch_cell(kind, f);
+  if (kind != CellKind::Lstm) throw ArgumentError("peephole, coupled, cell_clip and proj_size are LSTM options");
+  if (o.proj_size > 0) return dispatch_lstm(o, [&](auto cell) { return f(LstmProjection<decltype(cell)>{}); });
+  return dispatch_lstm(o, f);
 }
 
 }  // namespace fastrnn

@@ -40,9 +40,11 @@
 //     biases as Dim::GateRows / Dim::Units vectors with gradients, the row statistics as per-row saved
 //     slots; the loops gain RowReduction (CPU: each thread's partial sums, a barrier, a sum in a fixed
 //     order; CUDA: a block reduction over the row or its own kernel).
-//   - projection (proj_size = P): cells/lstm.h, kStateDecls {h: Width::Projection, c: Width::Hidden},
-//     a second RecurrentProduct<Operand::M, Weight::Hr, ...> on m = o*tanh(c) (saved), w_hr [P, H] in
-//     kParams; the loops and the stack read the state widths from kStateDecls instead of assuming H.
+//   - projection (proj_size = P), as built: cells/lstm.h, LstmProjection<Base> around the LSTM's spec
+//     (variant or not): kStateDecls {h: Width::Projection, c: Width::Hidden}, w_hh [G*H, P] and w_hr
+//     [P, H] in kParams, Step = Phases<RecurrentProduct<H, Hh>, Pointwise<0> (writes m = o*tanh(c)
+//     where h goes), Barrier, RecurrentProduct<M, Hr>>; the loops run the product on m (CPU: each
+//     thread its share of P) and read h's width from RnnConfig::h_size(); the reserve keeps m.
 //   - identity-initialised RNN: Python only (initialisation), no spec change.
 //   issue 15, modifiers of every cell (not cells): zoneout, recurrent and weight dropout, gradient
 //     clipping, dilation are template switches of the loops (a Modifiers parameter next to Cell, set at
@@ -171,8 +173,9 @@ enum class Dim : int {
   Units,     // H, a per-unit vector (peepholes, LN gains)
   UnitRows,  // Cell::kUnitRows: the rows of a per-unit parameter matrix (the LSTM's peepholes: 3 or 2)
   One,       // 1: the second dimension of a vector
+  Projection,  // P: the LSTM's projected h (CellOptions::proj_size); w_hh's columns, w_hr's rows
 };
-using Width = Dim;  // a state's width: Dim::Hidden (a projected h would be P wide)
+using Width = Dim;  // a state's width: Dim::Hidden, or Dim::Projection (the projected LSTM's h)
 
 struct StateDecl {
   const char* name;  // "h", "c"
@@ -194,8 +197,9 @@ inline constexpr ParamDecl kGateParams[] = {{"w_ih", Dim::GateRows, Dim::Input, 
                                             {"b_hh", Dim::GateRows, Dim::One, true}};
 
 // THE weight-shape rule: a dimension of a parameter for gates G, input size `in` and hidden size H.
-// Both the NumPy-array bindings (shapes) and the pointer bindings (counts) read it.
-constexpr int64 dim_size(Dim d, int64 G, int64 in, int64 H) {
+// Both the NumPy-array bindings (shapes) and the pointer bindings (counts) read it. P: the
+// projection's width (CellOptions::proj_size), read by Dim::Projection only.
+constexpr int64 dim_size(Dim d, int64 G, int64 in, int64 H, int64 P = 0) {
   switch (d) {
     case Dim::GateRows: return G * H;
     case Dim::Input: return in;
@@ -203,6 +207,7 @@ constexpr int64 dim_size(Dim d, int64 G, int64 in, int64 H) {
     case Dim::Units: return H;
     case Dim::UnitRows: return 0;  // the cell's kUnitRows: param_shape (rnn.h) reads it from the spec
     case Dim::One: return 1;
+    case Dim::Projection: return P;
   }
   return 0;
 }
@@ -215,7 +220,8 @@ struct CellOptions {
   bool peephole = false;  // LSTM: weight_ch [3, H] (rows i, f, o), or [2, H] (f, o) when coupled
   bool coupled = false;   // LSTM: gate blocks (f, g, o), i = 1 - f (CIFG)
   double cell_clip = 0;   // LSTM: c_t clamped to [-cell_clip, cell_clip]; 0 = no clipping
-  bool any() const { return peephole || coupled || cell_clip > 0; }
+  int64 proj_size = 0;    // LSTM: h_t = W_hr (o*tanh(c_t)) is P = proj_size wide (torch.nn.LSTM's); 0 = none
+  bool any() const { return peephole || coupled || cell_clip > 0 || proj_size > 0; }
 };
 
 // ---- phases: the time step as a compile-time list ---------------------------------------------
@@ -230,11 +236,11 @@ enum class PhaseKind : int { RecurrentProduct, Pointwise, RowReduction, Barrier 
 enum class Operand : int {
   H,       // h_{t-1}
   ResetH,  // r * h_{t-1} (the reset-before GRU; not implemented by the loops yet)
-  M,       // o * tanh(c) (the LSTM projection; not implemented yet)
+  M,       // m = o * tanh(c) (the projected LSTM: h_t = m W_hr^T)
 };
 enum class Weight : int {
-  Hh,  // W_hh [G*H, H]
-  Hr,  // W_hr [P, H] (the LSTM projection; not implemented yet)
+  Hh,  // W_hh [G*H, H] (the projected LSTM: [G*H, P])
+  Hr,  // W_hr [P, H] (the projected LSTM)
 };
 
 // gh = In W^T (+ b_hh), all gates of the thread's units. SeparateGrad: dL/d(gh) differs from
@@ -279,6 +285,11 @@ template <class P0, class... P, class F> inline void for_each_phase_reversed(Pha
 }
 
 template <class Phase> constexpr bool is_phase(PhaseKind k) { return Phase::kKind == k; }
+// A RecurrentProduct of operand `in` (false for the other phase kinds, which have no operand).
+template <class Phase> constexpr bool is_product_of(Operand in) {
+  if constexpr (Phase::kKind == PhaseKind::RecurrentProduct) return Phase::kInput == in;
+  else return false;
+}
 template <class> constexpr bool kUnsupportedPhase = false;  // for static_assert in a loop's `else` branch
 
 namespace spec_detail {
@@ -287,6 +298,7 @@ template <class P> constexpr bool separate_grad_of() {
   else return false;
 }
 template <class... P> constexpr bool any_separate_grad(Phases<P...>) { return (false || ... || separate_grad_of<P>()); }
+template <class... P> constexpr bool any_projection(Phases<P...>) { return (false || ... || is_product_of<P>(Operand::M)); }
 }  // namespace spec_detail
 
 // What the loops ask of a spec, derived from its declarations.
@@ -299,10 +311,14 @@ template <class Cell> struct SpecTraits {
   static constexpr bool kSeparateHiddenGrad = spec_detail::any_separate_grad(typename Cell::Step{});
   // rows of per-unit parameters [kUnitRows, H] (LSTM peepholes); 0 for the base cells
   static constexpr int kUnitRows = Cell::kUnitRows;
+  // h is P wide (CellOptions::proj_size), the output of a second product m W_hr^T on m = o*tanh(c)
+  static constexpr bool kProjected = spec_detail::any_projection(typename Cell::Step{});
   static_assert(Cell::kStates >= 1 && Cell::kStates <= 2, "the stacks pass h and at most one carried state (c)");
-  static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0),
-                "LayerWeights holds the four kGateParams and w_ch (the per-unit matrix, kUnitRows > 0); another "
-                "parameter needs its field there (see above)");
+  static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0) + (kProjected ? 1 : 0),
+                "LayerWeights holds the four kGateParams, w_ch (the per-unit matrix, kUnitRows > 0) and w_hr (the "
+                "projection); another parameter needs its field there (see above)");
+  static_assert(kProjected == (Cell::kStateDecls[0].width == Width::Projection),
+                "a projected h (Width::Projection) is what the Operand::M product makes");
   static_assert(Cell::kStateDecls[0].name[0] == 'h', "state 0 is h");
 };
 

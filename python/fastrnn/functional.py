@@ -9,6 +9,9 @@ Shapes (PyTorch's conventions): x [T, B, I] ([B, T, I] if batch_first); weights 
 L*D entries, index l*D + d (d = 1 is the reverse direction), each (w_ih [G*H, I_l], w_hh [G*H, H])
 or (w_ih, w_hh, b_ih [G*H], b_hh [G*H]) with I_0 = I, I_l = D*H, G = 4 (LSTM), 3 (GRU), 1 (RNN);
 h0, c0 [L*D, B, H]; lengths [B] integers in [1, T]. float32 or float64 throughout.
+The projected LSTM (``proj_size=P``, torch.nn.LSTM's): each entry is (w_ih, w_hh [4*H, P][, b_ih,
+b_hh], w_hr [P, H]) in torch's order, I_l = D*P, h0/h_n [L*D, B, P], c0/c_n [L*D, B, H], output
+[T, B, D*P].
 """
 from __future__ import annotations
 
@@ -78,12 +81,19 @@ def _check_x(x) -> np.ndarray:
     return x
 
 
-def _check_options(cell: str, peephole, coupled, cell_clip) -> dict:
+def _check_options(cell: str, peephole, coupled, cell_clip, proj_size=0) -> dict:
     """The cell options of issue 14 (LSTM only): peephole, coupled (bools), cell_clip (None or a
-    number > 0; inf allowed). Returns them as the kernels take them (cell_clip 0.0 = no clipping)."""
+    number > 0; inf allowed), proj_size (an int >= 0; 0: no projection). Returns them as the kernels
+    take them (cell_clip 0.0 = no clipping)."""
     for name, v in (("peephole", peephole), ("coupled", coupled)):
         if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, (int, np.integer)):
+        raise TypeError(f"proj_size must be an int >= 0 (0: no projection), got {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size must be >= 0 (0: no projection), got {proj_size}")
+    if not cell_info(cell).lstm_variants and proj_size:
+        raise ValueError(f"proj_size is an LSTM option, got proj_size={proj_size} for cell {cell!r}")
     if cell_clip is not None:
         if isinstance(cell_clip, (bool, np.bool_)) or not isinstance(cell_clip, (int, float, np.integer, np.floating)):
             raise TypeError(f"cell_clip must be None or a number > 0, got {type(cell_clip).__name__}")
@@ -91,8 +101,11 @@ def _check_options(cell: str, peephole, coupled, cell_clip) -> dict:
             raise ValueError(f"cell_clip must be > 0 (None: no clipping), got {cell_clip}")
     if not cell_info(cell).lstm_variants and (peephole or coupled or cell_clip is not None):
         raise ValueError(f"peephole, coupled and cell_clip are LSTM options, got them for cell {cell!r}")
-    return dict(peephole=bool(peephole), coupled=bool(coupled),
-                cell_clip=0.0 if cell_clip is None else float(cell_clip))
+    options = dict(peephole=bool(peephole), coupled=bool(coupled),
+                   cell_clip=0.0 if cell_clip is None else float(cell_clip))
+    if proj_size:  # only when set: the base cells' calls pass exactly what they did before
+        options["proj_size"] = int(proj_size)
+    return options
 
 
 def _gates(cell: str, options: dict) -> int:
@@ -103,9 +116,12 @@ def _gates(cell: str, options: dict) -> int:
 def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype, options=None) -> tuple:
     """Returns (weights as tuples of arrays, hidden_size, num_layers, bias). Nothing is copied here:
     the caller checks the sizes first (a broadcast view may be far too large to copy). With
-    peepholes every entry ends with w_ch [U, H] (U = 3, coupled 2)."""
+    peepholes every entry continues with w_ch [U, H] (U = 3, coupled 2); with proj_size = P it ends
+    with w_hr [P, H], w_hh is [G*H, P] and layers above the first read D*P inputs."""
     options = options or {}
+    P = options.get("proj_size", 0)
     peep = 1 if options.get("peephole") else 0
+    extra = peep + (1 if P else 0)  # arrays after the four (two without bias) of every cell
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
     if len(weights) == 0 or len(weights) % num_directions:
@@ -113,29 +129,37 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
                          f"(bidirectional={num_directions == 2}), got {len(weights)}")
     G = _gates(cell, options)
     first = weights[0]
-    if not isinstance(first, (list, tuple)) or len(first) not in (2 + peep, 4 + peep):
-        if peep:
-            raise ValueError("weights[0] must be a tuple (w_ih, w_hh, w_ch) or (w_ih, w_hh, b_ih, b_hh, w_ch) "
-                             "(peephole=True)")
+    if not isinstance(first, (list, tuple)) or len(first) not in (2 + extra, 4 + extra):
+        tail = (", w_ch" if peep else "") + (", w_hr" if P else "")
+        if extra:
+            raise ValueError(f"weights[0] must be a tuple (w_ih, w_hh{tail}) or (w_ih, w_hh, b_ih, b_hh{tail}) "
+                             f"({'peephole=True' if peep else ''}{', ' if peep and P else ''}"
+                             f"{f'proj_size={P}' if P else ''})")
         raise ValueError("weights[0] must be a tuple (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh)")
     w_hh0 = _array("weights[0][1] (w_hh)", first[1])
-    if w_hh0.ndim != 2 or w_hh0.shape[1] < 1:
-        raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
-    H = int(w_hh0.shape[1])
-    bias = len(first) == 4 + peep
+    if P:  # w_hh [G*H, P]: H from its rows
+        if w_hh0.ndim != 2 or w_hh0.shape[0] < G or w_hh0.shape[0] % G:
+            raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, P={P}) with H >= 1 (proj_size={P}), got "
+                             f"shape {w_hh0.shape}")
+        H = int(w_hh0.shape[0]) // G
+    else:
+        if w_hh0.ndim != 2 or w_hh0.shape[1] < 1:
+            raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
+        H = int(w_hh0.shape[1])
+    bias = len(first) == 4 + extra
     peephole, coupled = bool(peep), bool(options.get("coupled"))
-    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape)
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape); w_hr [P, H] last
     expected = param_shapes(cell, input_size, H, len(weights) // num_directions, num_directions == 2, bias, peephole,
-                            coupled)
-    names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else [])
+                            coupled, P)
+    names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else []) + (["w_hr"] if P else [])
     out = []
     for k, entry in enumerate(weights):
         layer, d = divmod(k, num_directions)
         where = f"layer {layer}, {_DIRECTION[d]}"
         if not isinstance(entry, (list, tuple)) or len(entry) != len(first):
             raise ValueError(f"weights[{k}] ({where}) must be a tuple of {len(first)} arrays like weights[0]")
-        shapes = expected[k]
-        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled)
+        shapes = expected[k] + (((P, H),) if P else ())
+        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled, P)
         arrays = []
         for i, a in enumerate(entry):
             name = f"weights[{k}][{i}] ({names[i]}, {where})"
@@ -150,13 +174,20 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
     return out, H, len(weights) // num_directions, bias
 
 
-def _check_state(name: str, s, shape: tuple, dtype) -> Optional[np.ndarray]:
+def _check_state(name: str, s, shape: tuple, dtype, width: str = "H") -> Optional[np.ndarray]:
+    """A state [L*D, B, width] (width "P": the projected LSTM's h) as a contiguous array, or None."""
     if s is None:
         return None
     s = _array(name, s)
     _check_dtype(name, s, dtype)
-    _check_shape(name, s, shape, "(num_layers*num_directions, B, H) = ")
+    _check_shape(name, s, shape, f"(num_layers*num_directions, B, {width}) = ")
     return np.ascontiguousarray(s)
+
+
+def _h_width(options: dict, H: int) -> tuple:
+    """The width of h and its letter: (P, "P") for the projected LSTM, else (H, "H")."""
+    P = options.get("proj_size", 0)
+    return (P, "P") if P else (H, "H")
 
 
 def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
@@ -180,7 +211,7 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int, D: int) -> None:
 
 def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, bidirectional: bool = False,
             batch_first: bool = False, training: bool = False, peephole: bool = False, coupled: bool = False,
-            cell_clip: Optional[float] = None, reset_after: bool = True, layer_norm: bool = False,
+            cell_clip: Optional[float] = None, proj_size: int = 0, reset_after: bool = True, layer_norm: bool = False,
             recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, grad_clip: Optional[float] = None,
             dilation=1, zoneout: float = 0.0, zoneout_cell: float = 0.0, recurrent_mask=None, weight_mask=None,
             zoneout_mask=None, zoneout_cell_mask=None, rng=None) -> RNNResult:
@@ -198,6 +229,12 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         weights entry ends with w_ch [3, H] (rows i, f, o; coupled: [2, H], rows f, o), i and f see
         c_{t-1}, o sees c_t. coupled=True: gate blocks (f, g, o), G = 3, i = 1 - f. cell_clip=C > 0:
         c_t = clamp(f*c_{t-1} + i*g, -C, C) is carried and used for h.
+    proj_size: P > 0, the projected LSTM exactly as torch.nn.LSTM(proj_size=P):
+        h_t = W_hr (o * tanh(c_t)), h is P wide, c is H wide. Each weights entry is then
+        (w_ih [4*H, I_l], w_hh [4*H, P][, b_ih, b_hh][, w_ch], w_hr [P, H]) (torch's order; layers
+        above the first read I_l = D*P), h0 and h_n are [L*D, B, P], c0 and c_n [L*D, B, H], the
+        output [T, B, D*P]. Combines with peephole, coupled and cell_clip; not with the training
+        modifiers yet (NotImplementedError; fastrnn.reference and fastrnn.nn.LSTM compute them).
     reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014)
         is not implemented by the kernels yet: NotImplementedError (fastrnn.reference and
         fastrnn.nn.GRU(reset_after=False) compute it).
@@ -229,10 +266,11 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     whose i and f peepholes read it, is the zoned-out c_t = d_c c_{t-1} + (1 - d_c) c~_t (Krueger
     et al. 2017: h_t = d_h h_{t-1} + (1 - d_h) o_t tanh(c~_t)).
 
-    Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
+    Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved)
+    (with proj_size: output [T, B, D*P], h_n [L*D, B, P]).
     """
     cell = _check_cell(cell)
-    options = _check_options(cell, peephole, coupled, cell_clip)
+    options = _check_options(cell, peephole, coupled, cell_clip, proj_size)
     if reset_after is not True:
         if not cell_info(cell).reset_after_option or not isinstance(reset_after, bool):
             raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
@@ -254,7 +292,8 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     _check_sizes(T, B, I, H, _gates(cell, options), D)
     weights = [tuple(np.ascontiguousarray(a) for a in entry) for entry in weights]
     state_shape = (L * D, B, H)
-    h0 = _check_state("h0", h0, state_shape, x.dtype)
+    HW, hw = _h_width(options, H)
+    h0 = _check_state("h0", h0, (L * D, B, HW), x.dtype, hw)
     if not carries_cell_state(cell) and c0 is not None:
         raise ValueError(f"c0 is only for the LSTM, got one for cell {cell!r}")
     c0 = _check_state("c0", c0, state_shape, x.dtype) if carries_cell_state(cell) else None
@@ -268,6 +307,13 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     _check_probability("weight_dropout", weight_dropout)
     grad_clip = _check_grad_clip(grad_clip)
     dilations = _check_dilation(dilation, L)
+    if options.get("proj_size") and (recurrent_dropout or weight_dropout or grad_clip or any(d != 1 for d in dilations)
+                                     or zoneout or zoneout_cell or recurrent_mask is not None
+                                     or weight_mask is not None or zoneout_mask is not None
+                                     or zoneout_cell_mask is not None):
+        raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
+                                  "zoneout, zoneout_cell) are not fused with proj_size yet: fastrnn.reference.forward"
+                                  "(..., proj_size=P) and fastrnn.nn.LSTM(proj_size=P) (composed torch ops) run them")
     draws = training and (recurrent_dropout > 0 and recurrent_mask is None
                           or weight_dropout > 0 and weight_mask is None
                           or zoneout > 0 and zoneout_mask is None or zoneout_cell > 0 and zoneout_cell_mask is None)
@@ -364,8 +410,9 @@ def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, trai
     T, B, I = xt.shape
     D = 2 if bidirectional else 1
     state_shape = (L * D, B, H)
-    y = np.empty((T, B, D * H), xt.dtype)
-    hn = np.empty(state_shape, xt.dtype)
+    HW, _ = _h_width(options, H)
+    y = np.empty((T, B, D * HW), xt.dtype)
+    hn = np.empty((L * D, B, HW), xt.dtype)
     cn = np.empty(state_shape, xt.dtype) if carries_cell_state(cell) else None
     reserve = None
     if training:
@@ -492,10 +539,10 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
     """Backpropagation through time for a ``forward(..., training=True)`` call.
 
     dy: gradient of ``output``, same shape and layout. dhn, dcn: gradients of h_n and c_n
-    ([L*D, B, H]; None = zero; dcn for the LSTM only).
+    ([L*D, B, H]; None = zero; dcn for the LSTM only; with proj_size dhn is [L*D, B, P]).
 
     Returns RNNGrads(dx (layout of x), dh0, dc0 (LSTM) or None, dweights) where dweights mirrors
-    ``weights``: one tuple (dW_ih, dW_hh[, db_ih, db_hh][, dW_ch]) per layer and direction.
+    ``weights``: one tuple (dW_ih, dW_hh[, db_ih, db_hh][, dW_ch][, dW_hr]) per layer and direction.
 
     It reads x, the weights and the states through ``saved``'s references: they must not have been
     changed in place since the forward (see :func:`forward`).
@@ -506,12 +553,13 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
     x = saved.x
     T, B, I = x.shape
     H, L, D = saved.hidden_size, saved.num_layers, 2 if saved.bidirectional else 1
+    HW, hw = _h_width(saved.options, H)
     dy = _array("dy", dy)
     _check_dtype("dy", dy, x.dtype)
-    _check_shape("dy", dy, (B, T, D * H) if saved.batch_first else (T, B, D * H), "the output's shape ")
+    _check_shape("dy", dy, (B, T, D * HW) if saved.batch_first else (T, B, D * HW), "the output's shape ")
     dyt = np.ascontiguousarray(dy.transpose(1, 0, 2) if saved.batch_first else dy)
     state_shape = (L * D, B, H)
-    dhn = _check_state("dhn", dhn, state_shape, x.dtype)
+    dhn = _check_state("dhn", dhn, (L * D, B, HW), x.dtype, hw)
     lstm = carries_cell_state(saved.cell)
     if not lstm and dcn is not None:
         raise ValueError(f"dcn is only for the LSTM, got one for cell {saved.cell!r}")
@@ -535,7 +583,7 @@ def _plain_backward(saved: Saved, dyt, dhn, dcn):
     state_shape = (L * D, x.shape[1], saved.hidden_size)
     lstm = carries_cell_state(saved.cell)
     dx = np.empty_like(x)
-    dh0 = np.empty(state_shape, x.dtype)
+    dh0 = np.empty((L * D, x.shape[1], _h_width(saved.options, saved.hidden_size)[0]), x.dtype)
     dc0 = np.empty(state_shape, x.dtype) if lstm else None
     dweights = [tuple(np.empty_like(w) for w in entry) for entry in saved.weights]
     zone, pre = saved.zoneout or ((None, None), (None, None))  # the masks d and the kept h~, c~
@@ -585,25 +633,30 @@ def rnn_backward(saved, dy, dhn=None) -> RNNGrads:
 
 def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, bidirectional: bool = False,
                  bias: bool = True, dtype=np.float32, seed=None, peephole: bool = False, coupled: bool = False,
-                 init: str = "uniform") -> list:
+                 init: str = "uniform", proj_size: int = 0) -> list:
     """Weights initialised as torch.nn does, U(-1/sqrt(H), 1/sqrt(H)), in the layout ``forward`` takes
-    (with ``peephole``: w_ch [U, H] last in each entry, initialised like the other weights; with
-    ``coupled``: G = 3 gate blocks). ``init="identity"`` (IRNN, Le, Jaitly & Hinton 2015): every
-    H x H gate block of w_hh is the identity, biases zero, w_ih ~ N(0, 0.001^2); the LSTM's peepholes,
-    if any, stay uniform."""
+    (with ``peephole``: w_ch [U, H] after the biases, initialised like the other weights; with
+    ``coupled``: G = 3 gate blocks; with ``proj_size=P`` (LSTM): w_hh [G*H, P], layers above the
+    first read D*P inputs, and w_hr [P, H] last, uniform like the others, as torch.nn.LSTM).
+    ``init="identity"`` (IRNN, Le, Jaitly & Hinton 2015): every H x H gate block of w_hh is the
+    identity, biases zero, w_ih ~ N(0, 0.001^2); the LSTM's peepholes, if any, stay uniform; with
+    proj_size it raises ValueError (w_hh's blocks are H x P, not square)."""
     cell = _check_cell(cell)
-    options = _check_options(cell, peephole, coupled, None)
+    options = _check_options(cell, peephole, coupled, None, proj_size)
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if init not in ("uniform", "identity"):
         raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
+    if init == "identity" and proj_size:
+        raise ValueError(f"init='identity' needs square H x H blocks of w_hh; with proj_size={proj_size} they are "
+                         f"H x P")
     rng = np.random.default_rng(seed)
     D, G, H = (2 if bidirectional else 1), _gates(cell, options), hidden_size
     k = 1.0 / np.sqrt(H)
     # (w_ih, w_hh[, b_ih, b_hh][, w_ch]) of every entry, by the cell table's rule
     all_shapes = param_shapes(cell, input_size, H, num_layers, bool(bidirectional), bool(bias), bool(peephole),
-                              bool(coupled))
+                              bool(coupled), int(proj_size))
     weights = []
     for layer in range(num_layers):
         for d in range(D):
@@ -615,6 +668,8 @@ def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int =
                 entry[2:] = [np.zeros(s, dtype) for s in shapes[2:]]
             if peephole:
                 entry.append(rng.uniform(-k, k, all_shapes[layer * D + d][-1]).astype(dtype))
+            if proj_size:
+                entry.append(rng.uniform(-k, k, (proj_size, H)).astype(dtype))
             weights.append(tuple(entry))
     return weights
 

@@ -17,9 +17,13 @@ modules never pay outside ``torch.compile``.
                                                        num_layers, bidirectional, training)
 
 ``cell`` is a cell name or, for issue 14's LSTM variants, the name with its options:
-``"lstm+peephole+coupled+cell_clip=0.5"`` (``variant_cell`` builds it; order free). With
-``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
-has G = 3 gate blocks. The variants run on the CPU and on CUDA.
+``"lstm+peephole+coupled+cell_clip=0.5+proj_size=P"`` (``variant_cell`` builds it; order free). With
+``peephole`` each layer and direction's tensors continue with w_ch [U, H] (U = 3, coupled 2);
+``coupled`` has G = 3 gate blocks; ``proj_size=P`` (torch.nn.LSTM's projection) ends each with
+w_hr [P, H], w_hh is [G*H, P], h (h0, hn, y's D*P columns, layer inputs above the first) P wide, c
+H wide. peephole, coupled and cell_clip run on the CPU and on CUDA; proj_size on the CPU only, and
+without the training modifiers (NotImplementedError otherwise; fastrnn.nn runs composed torch ops
+for those calls).
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -35,7 +39,8 @@ Training modifiers the kernels run (issue 15; fastrnn.nn documents them): ``recu
 none), arguments of ``torch.ops.fastrnn.rnn_forward_modified`` (rnn_forward's arguments and these
 four) and of rnn_backward. With zoneout the training reserve holds h~ (and c~) after the kernels'
 own part: R grows by L*D*H per zoned state. Both back ends run them (CPU and CUDA kernels); on the
-CPU they combine with the LSTM variants' cell strings, on CUDA not yet (NotImplementedError).
+CPU they combine with the LSTM variants' cell strings except proj_size, on CUDA not yet
+(NotImplementedError).
 """
 from __future__ import annotations
 
@@ -80,25 +85,29 @@ _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Te
 _KERNEL_KEY = "CompositeExplicitAutograd"
 
 
-_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0))
+_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0), ("proj_size", 0))
 
 
-def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None) -> str:
+def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
+                 proj_size: int = 0) -> str:
     """The op's ``cell`` string of a cell with issue 14's options ("lstm+peephole+cell_clip=0.5")."""
     parts = [cell] + (["peephole"] if peephole else []) + (["coupled"] if coupled else [])
     if cell_clip is not None:
         parts.append(f"cell_clip={float(cell_clip)!r}")
+    if proj_size:
+        parts.append(f"proj_size={int(proj_size)}")
     return "+".join(parts)
 
 
 @functools.lru_cache(maxsize=64)
 def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
-    ("coupled", bool), ("cell_clip", float, 0.0 = none))). ValueError for anything else."""
+    ("coupled", bool), ("cell_clip", float, 0.0 = none), ("proj_size", int, 0 = none))). ValueError
+    for anything else."""
     base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
     if base not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM), "
-                         f"got {cell!r}")
+        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C, +proj_size=P for "
+                         f"the LSTM), got {cell!r}")
     opts = dict(_NO_OPTIONS)
     for part in parts:
         if part in ("peephole", "coupled"):
@@ -110,10 +119,15 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
                 raise ValueError(f"cell {cell!r}: cell_clip must be a number") from None
             if not opts["cell_clip"] > 0:
                 raise ValueError(f"cell {cell!r}: cell_clip must be > 0")
+        elif part.startswith("proj_size="):
+            value = part[len("proj_size="):]
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"cell {cell!r}: proj_size must be an int >= 1")
+            opts["proj_size"] = int(value)
         else:
-            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C)")
+            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, proj_size=P)")
     if parts and not cell_info(base).lstm_variants:
-        raise ValueError(f"cell {cell!r}: peephole, coupled and cell_clip are LSTM options")
+        raise ValueError(f"cell {cell!r}: peephole, coupled, cell_clip and proj_size are LSTM options")
     return base, tuple(opts.items())
 
 
@@ -124,11 +138,22 @@ def _peephole_rows(cell: str) -> int:
     return cell_info(base).peephole_rows(opts["coupled"]) if opts["peephole"] else 0
 
 
+def _proj_size(cell: str) -> int:
+    """P of the projected LSTM's cell string (0: none)."""
+    return dict(split_cell(cell)[1])["proj_size"]
+
+
+def _h_size(cell: str, hidden_size: int) -> int:
+    """The width of h (and of each direction's output): P for the projected LSTM, else H."""
+    return _proj_size(cell) or hidden_size
+
+
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
     """What the fake implementations check too (the cell, the dtypes, the devices, the weights'
-    count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes)."""
+    count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes,
+    one more with a projection)."""
     base, _ = split_cell(cell)
-    extra = 1 if _peephole_rows(cell) else 0
+    extra = (1 if _peephole_rows(cell) else 0) + (1 if _proj_size(cell) else 0)
     if x.dtype not in _dtypes_of(x.device):
         raise TypeError(f"fastrnn supports float32 and float64 only (CUDA tensors also bfloat16 and float16), got "
                         f"input of dtype {x.dtype} on {x.device}")
@@ -152,7 +177,9 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
                   bidirectional: bool, cell: str, **state: Optional[Tensor]) -> None:
     """The kernels take raw pointers, so every size they rely on is checked here, on real tensors:
     the weights' shapes ([G*H, I_l], [G*H, H], [G*H], [G*H]) and each named state tensor's
-    ([L*D, B, H]; ``dy``: [T, B, D*H]) with its dtype and device (None: absent)."""
+    ([L*D, B, H]; ``dy``: [T, B, D*H]) with its dtype and device (None: absent). Projected (P): h's
+    tensors (h0, dhn, dh0, dy's columns, I_l above the first layer, w_hh's columns) are P wide,
+    the c ones H wide, and w_hr [P, H] ends each entry."""
     T, B, I = x.shape
     if min(T, B, I) < 1:
         raise ValueError(f"input must not be empty (every size >= 1), got shape {tuple(x.shape)}")
@@ -161,12 +188,16 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     D = 2 if bidirectional else 1
     base, opts = split_cell(cell)
     opts = dict(opts)
-    bias = per_entry - (1 if opts["peephole"] else 0) == 4
-    names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else [])
-    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape)
-    all_shapes = param_shapes(base, I, hidden_size, num_layers, bidirectional, bias, opts["peephole"], opts["coupled"])
+    P = opts["proj_size"]
+    HW = P or hidden_size
+    bias = per_entry - (1 if opts["peephole"] else 0) - (1 if P else 0) == 4
+    names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else []) \
+        + (["w_hr"] if P else [])
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape), w_hr [P, H] last
+    all_shapes = param_shapes(base, I, hidden_size, num_layers, bidirectional, bias, opts["peephole"], opts["coupled"],
+                              P)
     for k in range(num_layers * D):
-        shapes = all_shapes[k]
+        shapes = all_shapes[k] + (((P, hidden_size),) if P else ())
         for j in range(per_entry):
             w = weights[k * per_entry + j]
             if w.shape != shapes[j]:
@@ -177,8 +208,9 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     for name, t in state.items():
         if t is None:
             continue
-        expected = (T, B, D * hidden_size) if name == "dy" else \
-            (num_layers * D, T, B, hidden_size) if name.startswith("zoneout") else hidden
+        expected = (T, B, D * HW) if name == "dy" else \
+            (num_layers * D, T, B, hidden_size) if name.startswith("zoneout") else \
+            (num_layers * D, B, HW) if name in ("h0", "dhn") else hidden
         if t.shape != expected:
             raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
         if t.dtype != x.dtype:
@@ -334,10 +366,19 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
 
 
 def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c) -> None:
-    """The CUDA kernels run the modifiers with the base cells only: an LSTM variant's cell string with
-    one on a CUDA tensor is an error (the CPU kernels run every combination)."""
-    if x.device.type != "cpu" and cell != split_cell(cell)[0] and (
-            recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None):
+    """What the kernels do not run, refused before they are called (fastrnn.nn routes these calls to
+    its composed torch ops): the projected LSTM (proj_size) with a training modifier or off the CPU,
+    and on CUDA an LSTM variant's cell string with a modifier (the CPU kernels run those)."""
+    modified = recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
+    if _proj_size(cell):
+        if modified:
+            raise NotImplementedError(f"the kernels do not run the training modifiers (recurrent_dropout, grad_clip, "
+                                      f"zoneout) with proj_size (cell {cell!r}); fastrnn.nn.LSTM(proj_size=P) runs "
+                                      f"them as composed torch ops")
+        if x.device.type != "cpu":
+            raise NotImplementedError(f"proj_size (cell {cell!r}) runs in the CPU kernels only, got a tensor on "
+                                      f"{x.device}; fastrnn.nn.LSTM(proj_size=P) runs composed torch ops there")
+    if x.device.type != "cpu" and cell != split_cell(cell)[0] and modified:
         raise NotImplementedError(f"the CUDA kernels run the training modifiers (recurrent_dropout, grad_clip, "
                                   f"zoneout) with the base cells only, not the LSTM variant {cell!r} (peephole, "
                                   f"coupled, cell_clip); the CPU kernels run it")
@@ -368,8 +409,9 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     state = (num_layers * D, B, hidden_size)
-    y = x.new_empty((T, B, D * hidden_size))
-    hn = x.new_empty(state)
+    HW = _h_size(cell, hidden_size)
+    y = x.new_empty((T, B, D * HW))
+    hn = x.new_empty((num_layers * D, B, HW))
     cn = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, zoned)
     reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
@@ -438,9 +480,10 @@ def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
     B = x.shape[1]
     state = (num_layers * (2 if bidirectional else 1), B, hidden_size)
     dc0 = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
+    dh0 = x.new_empty(state[:2] + (_h_size(cell, hidden_size),))
     # new_empty, not empty_like: empty_like keeps a transposed input's strides, and the kernels
     # write outputs in place, so every output must be contiguous.
-    return x.new_empty(x.shape), x.new_empty(state), dc0, [w.new_empty(w.shape) for w in weights]
+    return x.new_empty(x.shape), dh0, dc0, [w.new_empty(w.shape) for w in weights]
 
 
 torch.library.impl("fastrnn::rnn_backward", _KERNEL_KEY, _rnn_backward_kernel, lib=_LIB)

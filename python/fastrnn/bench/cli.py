@@ -13,7 +13,8 @@ from .impls import VerificationError
 from .report import format_header, format_markdown, format_summary, results_basename, write_plot
 from .suite import run
 from .timing import GEMM_N
-from .variants import format_variant_row, run_variants, VARIANT_SIZES, VARIANT_TABLE_HEAD
+from .variants import (PROJECTION_TABLE_HEAD, format_projection_row, format_variant_row, run_variants, VARIANT_SIZES,
+                       VARIANT_TABLE_HEAD)
 
 
 def _csv(name: str, allowed: Sequence[str]):
@@ -69,7 +70,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"n of the n^3 sgemm that measures the peak (default {GEMM_N})")
     parser.add_argument("--variants", action="store_true",
                         help="the cell variants' suite (issue 14): each variant vs fastrnn's base cell and a "
-                             "plain-PyTorch loop; --sizes HxBxT sets its sizes, --save writes <name>-variants.*")
+                             "plain-PyTorch loop, and LSTM(proj_size) vs torch.nn and fastrnn's old pure-torch "
+                             "path (H=512 P=128, H=1024 P=256, B=32, T=100); --sizes HxBxT sets the sizes (the "
+                             "projection's P = H/4), --save writes <name>-variants.*")
     parser.add_argument("--min-sample-ms", type=float, default=None,
                         help="shortest timed sample; short calls are repeated to fill it (default 50, --quick 20)")
     parser.add_argument("--suite", choices=("default", "decode", "cells"), default="default",
@@ -124,7 +127,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 json.dump(result, f, indent=1)
             with open(base + ".md", "w") as f:
                 f.write(format_header(result) + "\n\n" + VARIANT_TABLE_HEAD + "\n"
-                        + "\n".join(format_variant_row(r) for r in result["variant_cases"]) + "\n")
+                        + "\n".join(format_variant_row(r) for r in result["variant_cases"]) + "\n\n"
+                        + PROJECTION_TABLE_HEAD + "\n"
+                        + "\n".join(format_projection_row(r) for r in result["projection_cases"]) + "\n")
             print(f"saved {base}.json and {base}.md", file=sys.stderr)
         return 0
     try:

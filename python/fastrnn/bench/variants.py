@@ -1,4 +1,5 @@
-"""--variants: issue 14's cell variants against fastrnn's base cell and a plain-PyTorch loop."""
+"""--variants: issue 14's cell variants against fastrnn's base cell and a plain-PyTorch loop, and
+the projected LSTM (proj_size) against torch.nn.LSTM(proj_size) and fastrnn's old pure-torch path."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -132,7 +133,72 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
                 result["variant_cases"].append(row)
                 if emit:
                     emit(format_variant_row(row))
+    projection_sizes = PROJECTION_SIZES if sizes is VARIANT_SIZES else [(H, max(1, H // 4), B, T) for H, B, T in sizes]
+    result["projection_cases"] = run_projection(torch, projection_sizes, reps, min_sample_s, emit)
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# the projected LSTM: fused (fastrnn.nn.LSTM(proj_size)) vs torch.nn.LSTM(proj_size) (ATen's
+# unfused path on the CPU: oneDNN has no projection) vs fastrnn's pure-torch path of before (the
+# composed torch ops fastrnn.nn still runs where the op cannot)
+# ------------------------------------------------------------------------------------------------
+PROJECTION_SIZES = ((512, 128, 32, 100), (1024, 256, 32, 100))  # (H, P, B, T), I = H
+
+
+def run_projection(torch, sizes, reps: int, min_sample_s: float, emit: Optional[Callable[[str], None]] = None) -> list:
+    """Each (H, P, B, T): one layer, float32, inference and training (forward + backward of
+    y.sum()), the three implementations interleaved; rows with the times and the ratios."""
+    import fastrnn.nn as fnn
+    from fastrnn.nn import _recurrence
+    if emit:
+        emit("\n" + PROJECTION_TABLE_HEAD)
+    rows = []
+    for (H, P, B, T) in sizes:
+        torch.manual_seed(0)
+        ref = torch.nn.LSTM(H, H, proj_size=P)
+        fast = fnn.LSTM(H, H, proj_size=P)
+        fast.load_state_dict(ref.state_dict())
+        x = torch.randn(T, B, H)
+
+        def composed():  # what fastrnn.nn.LSTM(proj_size) ran before the projection was fused
+            return _recurrence._composed_recurrence("LSTM", x, fast._weights(), None, None, None, H, 1, False,
+                                                    fast._cell)
+        with torch.no_grad():
+            y = fast(x)[0]
+            err = max(float((y - ref(x)[0]).abs().max()), float((y - composed()[0]).abs().max()))
+        if not err < GROSS_MISMATCH:
+            raise VerificationError(f"lstm proj_size={P} H={H} B={B} T={T}: |fastrnn - torch.nn| = {err:.3g}")
+        for mode in ("inference", "training"):
+            def call(fn, train=mode == "training"):
+                if not train:
+                    def go():
+                        with torch.no_grad():
+                            fn()
+                    return go
+
+                def go_train():
+                    fn()[0].sum().backward()
+                return go_train
+            fns = {"fastrnn": call(lambda: fast(x)), "torch": call(lambda: ref(x)), "old": call(composed)}
+            t = time_interleaved(fns, reps, min_sample_s)
+            row = {"name": f"lstm proj_size={P}", "mode": mode, "H": H, "P": P, "B": B, "T": T, "times": t,
+                   "torch_over_fastrnn": t["torch"]["median_ms"] / t["fastrnn"]["median_ms"],
+                   "old_over_fastrnn": t["old"]["median_ms"] / t["fastrnn"]["median_ms"]}
+            rows.append(row)
+            if emit:
+                emit(format_projection_row(row))
+    return rows
+
+
+PROJECTION_TABLE_HEAD = ("| projected LSTM | mode | H | P | B | T | fastrnn ms | torch.nn ms | old pure-torch ms "
+                         "| torch.nn / fastrnn | old / fastrnn |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def format_projection_row(r: dict) -> str:
+    t = r["times"]
+    return (f"| {r['name']} | {r['mode']} | {r['H']} | {r['P']} | {r['B']} | {r['T']} | {_ms(t['fastrnn'])} "
+            f"| {_ms(t['torch'])} | {_ms(t['old'])} | {r['torch_over_fastrnn']:.2f}x | {r['old_over_fastrnn']:.1f}x |")
 
 
 VARIANT_TABLE_HEAD = ("| variant | mode | H | B | T | variant ms | base cell ms | torch loop ms | variant / base "

@@ -23,18 +23,29 @@ def _needs_grad(*tensors) -> bool:
     return False
 
 
+def _projected(cell: Optional[str]) -> bool:
+    """Whether the op's cell string is a projected LSTM's (proj_size > 0)."""
+    return bool(cell) and dict(ops.split_cell(cell)[1])["proj_size"] > 0
+
+
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
             bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False, layer_norm: bool = False,
             recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None, proj_size: int = 0):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
     the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell.
     ``reset_before``: the GRU with reset_after=False, and ``layer_norm``: the layer-normalised
-    LSTM/GRU (weights entries end with the norm's vectors) and ``proj_size`` (the LSTM's projection,
-    weight_hr [P, H] ending each entry), which the kernels do not implement: composed torch ops
-    (correct, not fast).
+    LSTM/GRU (weights entries end with the norm's vectors), which the kernels do not implement:
+    composed torch ops (correct, not fast).
     recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
-    are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant."""
-    if reset_before or layer_norm or proj_size > 0 or _kernels_cannot_serve(x, h0, c0, weights):
+    are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant.
+    ``proj_size`` (the LSTM's projection, weight_hr [P, H] ending each entry; ``cell`` carries it
+    too) runs in the CPU kernels, but as composed torch ops on other devices and with
+    recurrent_mask, grad_clip or zoneout, which the kernels refuse with a projection (weight
+    dropout and dilation act on the op's inputs, so they keep the fused op)."""
+    fused_projection = (_projected(cell) and x.device.type == "cpu" and recurrent_mask is None and not grad_clip
+                        and zoneout is None)
+    if (reset_before or layer_norm or _kernels_cannot_serve(x, h0, c0, weights)
+            or (proj_size > 0 or _projected(cell)) and not fused_projection):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
                                     reset_before, layer_norm, recurrent_mask, grad_clip, zoneout, proj_size)
     zoneout_h = zoneout_c = None
