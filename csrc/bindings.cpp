@@ -17,6 +17,7 @@
 
 #include "cell_step.h"
 #include "cpu/prepared.h"
+#include "cpu/storage16.h"
 #include "pointer_args.h"
 #include "rnn.h"
 
@@ -38,6 +39,18 @@ std::string shape_str(const std::vector<int64>& s) {
   return r + (s.size() == 1 ? ",)" : ")");
 }
 
+// The NumPy name of T's dtype (bfloat16: ml_dtypes' dtype, whose kind is 'V').
+template <class T> std::string dtype_name() {
+  if constexpr (std::is_same<T, fastrnn::bf16>::value) return "bfloat16";
+  else if constexpr (std::is_same<T, fastrnn::fp16>::value) return "float16";
+  else return std::string(py::str(py::dtype::of<T>()));
+}
+template <class T> bool has_dtype(const py::array& arr) {
+  if (arr.itemsize() != static_cast<py::ssize_t>(sizeof(T))) return false;
+  if constexpr (std::is_same<T, fastrnn::bf16>::value) return std::string(py::str(arr.dtype())) == "bfloat16";
+  else return arr.dtype().kind() == (std::is_integral<T>::value ? 'i' : 'f');
+}
+
 // Returns the data pointer of `obj` after checking it is a C-contiguous array of T with `shape`.
 // None gives nullptr when `optional`.
 template <class T> T* checked(py::handle obj, const char* name, const std::vector<int64>& shape, bool optional,
@@ -49,11 +62,9 @@ template <class T> T* checked(py::handle obj, const char* name, const std::vecto
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + " must be a numpy array, got " + std::string(py::str(py::type::of(obj))));
   auto arr = py::reinterpret_borrow<py::array>(obj);
-  const bool is_int = std::is_integral<T>::value;
-  const char kind = arr.dtype().kind();
-  if ((is_int ? kind != 'i' : kind != 'f') || arr.itemsize() != static_cast<py::ssize_t>(sizeof(T)))
-    throw py::type_error(std::string(name) + " must have dtype " + std::string(py::str(py::dtype::of<T>())) +
-                         ", got " + std::string(py::str(arr.dtype())));
+  if (!has_dtype<T>(arr))
+    throw py::type_error(std::string(name) + " must have dtype " + dtype_name<T>() + ", got " +
+                         std::string(py::str(arr.dtype())));
   std::vector<int64> actual(arr.shape(), arr.shape() + arr.ndim());
   if (actual != shape)
     throw py::value_error(std::string(name) + " must have shape " + shape_str(shape) + ", got " + shape_str(actual));
@@ -90,7 +101,7 @@ fastrnn::RnnConfig make_config(int cell, py::array x, int64 H, int64 L, bool bid
   return fastrnn::pointer_args::make_config(cell, x.shape(0), x.shape(1), x.shape(2), H, L, bidirectional, options);
 }
 
-using fastrnn::pointer_args::cell_options;  // issue 14's options (keywords, defaults: the base cells)
+using fastrnn::pointer_args::cell_options;  // the cell options as keywords (defaults: the base cells)
 using fastrnn::pointer_args::checked_grad_clip;
 
 const int64* checked_lengths(py::handle obj, const fastrnn::RnnConfig& c) {
@@ -122,13 +133,13 @@ std::vector<fastrnn::LayerWeights<T>> checked_weights(py::list weights, const fa
                             " or " + std::to_string(counts.with_bias) + " arrays");
     const std::string p = "weights[" + std::to_string(k) + "]";
     const int64 in = c.input_size(k / c.D);
-    const T* given[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};  // the spec's kParams order
+    const T* given[8] = {};  // the spec's kParams order (fastrnn::layer_weights)
     for (int64 k = 0; k < n; ++k) {
       const int i = fastrnn::param_index(c.cell, int(k), n == counts.with_bias, c.options);
       const std::string name = p + "." + fastrnn::param_decl(c.cell, i, c.options).name;
       given[i] = checked<T>(t[k], name.c_str(), fastrnn::param_shape(c.cell, in, c.H, i, c.options), false, false);
     }
-    out.push_back(fastrnn::layer_weights<T>(c.cell, c.options, given));
+    out.push_back(fastrnn::layer_weights<T>(given, int(counts.with_bias), c.cell, c.options));
   }
   return out;
 }
@@ -203,11 +214,22 @@ void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::
 }
 
 // The raw-pointer entry points (csrc/pointer_args.h; what fastrnn.ops calls with torch tensors):
-// dtype "float32" | "float64" -> f(T{}).
+// dtype "float32" | "float64" | "bfloat16" | "float16" -> f(T{}) (16-bit: csrc/cpu/storage16.h).
 template <class F> void dispatch_dtype(const std::string& dtype, F&& f) {
   if (dtype == "float32") return f(float{});
   if (dtype == "float64") return f(double{});
-  throw fastrnn::ArgumentError("dtype must be 'float32' or 'float64', got '" + dtype + "'");
+  if (dtype == "bfloat16") return f(fastrnn::bf16{});
+  if (dtype == "float16") return f(fastrnn::fp16{});
+  throw fastrnn::ArgumentError("dtype must be 'float32', 'float64', 'bfloat16' or 'float16', got '" + dtype + "'");
+}
+
+// The NumPy entry points: x's dtype -> f(T{}).
+template <class F> void dispatch_array_dtype(py::array x, F&& f) {
+  if (has_dtype<float>(x)) return f(float{});
+  if (has_dtype<double>(x)) return f(double{});
+  if (has_dtype<fastrnn::bf16>(x)) return f(fastrnn::bf16{});
+  if (has_dtype<fastrnn::fp16>(x)) return f(fastrnn::fp16{});
+  throw py::type_error("x must have dtype float32, float64, bfloat16 or float16, got " + std::string(py::str(x.dtype())));
 }
 
 bool is_float64(py::array x) {
@@ -220,10 +242,14 @@ bool is_float64(py::array x) {
 // checks its arrays and runs with the GIL released. One Python class for every dtype/storage.
 class PreparedCellBinding {
  public:
-  PreparedCellBinding(int cell, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, bool half) {
+  PreparedCellBinding(int cell, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, bool half,
+                      bool peephole, bool coupled, double cell_clip, py::object w_ch)
+      : options_(cell_options(peephole, coupled, cell_clip, true, false)) {
     if (!fastrnn::valid_cell_id(cell))
       throw py::value_error("cell must be 0.." + std::to_string(fastrnn::kNumCells - 1) + ", got " + std::to_string(cell));
     const auto kind = static_cast<fastrnn::CellKind>(cell);
+    if (!(cell_clip >= 0)) throw py::value_error("cell_clip must be > 0 (0: no clipping)");
+    (void)fastrnn::param_counts(kind, options_);  // options the cell does not have: ArgumentError
     if (w_hh.ndim() != 2 || w_ih.ndim() != 2)
       throw py::value_error("w_ih and w_hh must be 2-D, got " + std::to_string(w_ih.ndim()) + "-D and " +
                             std::to_string(w_hh.ndim()) + "-D");
@@ -232,11 +258,11 @@ class PreparedCellBinding {
     if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
     if (is_float64(w_ih)) {
       if (half) throw py::value_error("float16 weight storage is for float32 weights only");
-      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, f64_);
+      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f64_);
     } else if (half) {
-      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, f16_);
+      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f16_);
     } else {
-      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, f32_);
+      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f32_);
     }
     lstm_ = fastrnn::dispatch_cell(kind, [](auto c) { return fastrnn::SpecTraits<decltype(c)>::kCarriesState; });
   }
@@ -251,16 +277,18 @@ class PreparedCellBinding {
 
  private:
   template <class T, class W>
-  void make(fastrnn::CellKind kind, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh,
+  void make(fastrnn::CellKind kind, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, py::object w_ch,
             std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
     using fastrnn::param_shape;
-    const T* wi = checked<T>(w_ih, "w_ih", param_shape(kind, I_, H_, 0), false, false);
-    const T* wh = checked<T>(w_hh, "w_hh", param_shape(kind, I_, H_, 1), false, false);
-    const T* bi = checked<T>(b_ih, "b_ih", param_shape(kind, I_, H_, 2), true, false);
-    const T* bh = checked<T>(b_hh, "b_hh", param_shape(kind, I_, H_, 3), true, false);
+    const auto& o = options_;
+    const T* wi = checked<T>(w_ih, "w_ih", param_shape(kind, I_, H_, 0, o), false, false);
+    const T* wh = checked<T>(w_hh, "w_hh", param_shape(kind, I_, H_, 1, o), false, false);
+    const T* bi = checked<T>(b_ih, "b_ih", param_shape(kind, I_, H_, 2, o), true, false);
+    const T* bh = checked<T>(b_hh, "b_hh", param_shape(kind, I_, H_, 3, o), true, false);
+    const T* ch = o.peephole ? checked<T>(w_ch, "w_ch", param_shape(kind, I_, H_, 4, o), false, false) : nullptr;
     if ((bi == nullptr) != (bh == nullptr)) throw py::value_error("give both b_ih and b_hh, or neither");
     py::gil_scoped_release release;
-    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh);
+    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh, o, ch);
   }
 
   template <class T, class P>
@@ -277,6 +305,7 @@ class PreparedCellBinding {
     cell.step(B, xp, hp, cp, hop, cop);
   }
 
+  fastrnn::CellOptions options_;
   int64 I_ = 0, H_ = 0;
   bool lstm_ = false;
   std::unique_ptr<fastrnn::cpu::PreparedCell<float, float>> f32_;
@@ -452,9 +481,10 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("param_shapes",
         [](int cell, int64 input_size, int64 hidden_size, int64 num_layers, bool bidirectional, bool bias,
-           bool peephole, bool coupled, double cell_clip, int64 proj_size) {
+           bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
           const auto c = fastrnn::pointer_args::make_config(cell, 1, 1, input_size, hidden_size, num_layers, bidirectional,
-                                                            cell_options(peephole, coupled, cell_clip, proj_size));
+                                                            cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           const auto counts = fastrnn::param_counts(c.cell, c.options);
           py::list out;
           for (int64 k = 0; k < c.L * c.D; ++k) {
@@ -469,69 +499,71 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
         py::arg("bidirectional"), py::arg("bias"), py::arg("peephole") = false, py::arg("coupled") = false,
-        py::arg("cell_clip") = 0.0, py::arg("proj_size") = 0,
+        py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0,
         "The shapes of the weight tuples (index l*D + d) the entry points expect: the weight rule, once.");
 
   m.def("reserve_size",
         [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, bool peephole, bool coupled,
-           double cell_clip, int64 proj_size) {
-          return fastrnn::ReserveLayout(fastrnn::pointer_args::make_config(
-                                            cell, T, B, I, H, L, bidirectional,
-                                            cell_options(peephole, coupled, cell_clip, proj_size)))
+           double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
+          return fastrnn::ReserveLayout(fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
+                                                                           cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size)))
               .total;
         },
         py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"), py::arg("bidirectional"),
-        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("proj_size") = 0,
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0,
         "Number of elements the reserve of a training forward holds.");
 
   m.def("forward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths, py::object y,
            py::object hn, py::object cn, py::object reserve, int64 H, int64 L, bool bidirectional,
            py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole, bool coupled,
-           double cell_clip, int64 proj_size) {
-          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, proj_size));
-          if (is_float64(x))
-            forward_t<double>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h, zoneout_c,
-                              pre_h, pre_c);
-          else
-            forward_t<float>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h, zoneout_c,
-                             pre_h, pre_c);
+           double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
+          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
+          dispatch_array_dtype(x, [&](auto tag) {
+            forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h,
+                                     zoneout_c, pre_h, pre_c);
+          });
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("y"), py::arg("hn"), py::arg("cn"), py::arg("reserve"), py::arg("hidden_size"), py::arg("num_layers"),
         py::arg("bidirectional"), py::arg("recurrent_mask") = py::none(), py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
-        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("proj_size") = 0);
+        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0);
 
   m.def("backward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths,
            py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx, py::object dh0,
            py::object dc0, py::list grads, int64 H, int64 L, bool bidirectional, py::object recurrent_mask,
            double grad_clip, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole,
-           bool coupled, double cell_clip, int64 proj_size) {
-          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, proj_size));
-          if (is_float64(x))
-            backward_t<double>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, recurrent_mask,
-                               grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
-          else
-            backward_t<float>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, recurrent_mask,
-                              grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
+           bool coupled, double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
+          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
+          dispatch_array_dtype(x, [&](auto tag) {
+            backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads,
+                                      recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
+          });
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("reserve"), py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("dx"), py::arg("dh0"),
         py::arg("dc0"), py::arg("grads"), py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"),
         py::arg("recurrent_mask") = py::none(), py::arg("grad_clip") = 0.0, py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
-        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("proj_size") = 0);
+        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0);
 
   using fastrnn::pointer_args::Ptr;
   m.def("forward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve,
-           Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip,
+           Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
            int64 proj_size) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
-                                                            cell_options(peephole, coupled, cell_clip, proj_size));
+                                                            cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
             using T_ = decltype(tag);
             fastrnn::pointer_args::Pointers ptrs;
@@ -547,7 +579,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("lengths_ptr"), py::arg("y_ptr"), py::arg("hn_ptr"), py::arg("cn_ptr"), py::arg("reserve_ptr"),
         py::arg("recurrent_mask_ptr") = 0, py::arg("zoneout_h_ptr") = 0, py::arg("zoneout_c_ptr") = 0,
         py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
-        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("proj_size") = 0,
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0,
         "forward on host pointers (ints; 0 = absent): the CUDA entry point's arguments without the stream. "
         "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h).");
 
@@ -555,9 +588,10 @@ PYBIND11_MODULE(_core, m) {
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
            Ptr dc0, const py::list& grads, Ptr recurrent_mask, double grad_clip, Ptr zoneout_h, Ptr zoneout_c,
-           Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, int64 proj_size) {
+           Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
-                                                            cell_options(peephole, coupled, cell_clip, proj_size));
+                                                            cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
             using T_ = decltype(tag);
             fastrnn::pointer_args::Pointers ptrs;
@@ -575,12 +609,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("dx_ptr"), py::arg("dh0_ptr"), py::arg("dc0_ptr"), py::arg("grad_ptrs"),
         py::arg("recurrent_mask_ptr") = 0, py::arg("grad_clip") = 0.0, py::arg("zoneout_h_ptr") = 0,
         py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
-        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("proj_size") = 0,
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0,
         "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream).");
 
   py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")
-      .def(py::init<int, py::array, py::array, py::object, py::object, bool>(), py::arg("cell"), py::arg("w_ih"),
-           py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("half"))
+      .def(py::init<int, py::array, py::array, py::object, py::object, bool, bool, bool, double, py::object>(),
+           py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("half"),
+           py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
+           py::arg("w_ch") = py::none())
       .def("step", &PreparedCellBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"));
 
@@ -595,10 +632,8 @@ PYBIND11_MODULE(_core, m) {
 
   fastrnn::cell_step::register_cell_step(m);
 
-  m.def("cpu_isa", [] {
-    static const char* names[] = {"baseline", "avx2", "avx512"};
-    return std::string(names[static_cast<int>(fastrnn::cpu::cpu_isa())]);
-  }, "The instruction set the CPU kernels use (see FASTRNN_CPU_ISA).");
+  m.def("cpu_isa", [] { return std::string(fastrnn::cpu::cpu_isa_name()); },
+        "The instruction set the CPU kernels use: avx512_bf16, avx512, avx2 or baseline (see FASTRNN_CPU_ISA).");
 
   m.def("set_num_threads", &fastrnn::cpu::set_num_threads, py::arg("n"));
   m.def("empty_cache", &fastrnn::cpu::empty_cache, "Free the scratch blocks every thread keeps for its next call (fastrnn.empty_cache).");

@@ -81,7 +81,7 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
     if (t.size() != expected_len)
       throw ArgumentError(p + " must hold " + std::to_string(expected_len) + " pointers like " + what +
                           "[0], got " + std::to_string(t.size()));
-    Ptr v[6] = {0, 0, 0, 0, 0, 0};
+    Ptr v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (size_t i = 0; i < t.size(); ++i) {
       try {
         v[i] = py::cast<Ptr>(t[i]);
@@ -91,12 +91,12 @@ std::vector<LayerWeights<T>> weight_pointers(const py::list& list, const RnnConf
       }
     }
     const bool bias = static_cast<int64>(expected_len) == param_counts(c.cell, c.options).with_bias;
-    const T* given[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};  // the spec's kParams order
+    const T* given[8] = {};  // the spec's kParams order (layer_weights, rnn.h)
     for (size_t k = 0; k < t.size(); ++k) {
       const int i = param_index(c.cell, int(k), bias, c.options);
       given[i] = ptrs.add<const T>(v[k], (p + "." + param_decl(c.cell, i, c.options).name).c_str(), true);
     }
-    out.push_back(layer_weights<T>(c.cell, c.options, given));
+    out.push_back(layer_weights<T>(given, int(param_counts(c.cell, c.options).with_bias), c.cell, c.options));
   }
   return out;
 }
@@ -117,24 +117,27 @@ ForwardArgs<T> forward_args(const RnnConfig& c, Ptr x, const py::list& weights, 
           ptrs.add<T>(reserve, "reserve_ptr", false)};
 }
 
-// issue 14's cell options as the entry points take them (keywords; defaults: the base cells;
-// proj_size: the LSTM's projection, 0 for none).
-inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip, int64 proj_size = 0) {
+// The cell options as the entry points take them (keywords; defaults: the base cells; proj_size:
+// the LSTM's projection, 0 for none).
+inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip, bool reset_after = true,
+                                bool layer_norm = false, int64 proj_size = 0) {
   CellOptions o;
   o.peephole = peephole;
   o.coupled = coupled;
   o.cell_clip = cell_clip;
+  o.reset_after = reset_after;
+  o.layer_norm = layer_norm;
   o.proj_size = proj_size;
   return o;
 }
 
-// The grad_clip modifier (issue 15): C > 0, or 0 for off.
+// The grad_clip modifier: C > 0, or 0 for off.
 inline double checked_grad_clip(double c) {
   if (!(c >= 0)) throw ArgumentError("grad_clip must be > 0 (or 0 for off), got " + std::to_string(c));
   return c;
 }
 
-// The training modifiers' pointers of a forward call (issue 15; rnn.h's Modifiers): recurrent_mask
+// The training modifiers' pointers of a forward call (rnn.h's Modifiers): recurrent_mask
 // [L*D, B, H], zoneout_h/_c [L*D, T, B, H] and, in training with zoneout, pre_h/_c [L*D, T, B, H]
 // (written); c's only for cells with a carried state.
 template <class T>
@@ -183,7 +186,8 @@ BackwardArgs<T> backward_args(const RnnConfig& c, Ptr x, const py::list& weights
                     ptrs.add<T>(dh0, "dh0_ptr", true),
                     ptrs.add<T>(dc0, "dc0_ptr", lstm, lstm),
                     {}};
-  for (const auto& g : weight_pointers<T>(grads, c, "grad_ptrs", len, ptrs)) a.grads.push_back(layer_grads(g));
+  for (const auto& g : weight_pointers<T>(grads, c, "grad_ptrs", len, ptrs))
+    a.grads.push_back(layer_grads(g));
   return a;
 }
 

@@ -20,7 +20,7 @@ struct RnnConfig {
   CellKind cell;
   int64 T, B, I, H;  // steps, batch, input size, hidden size
   int64 L, D;        // layers, directions (1 or 2)
-  CellOptions options = {};  // issue 14's variants (csrc/cells/spec.h); defaults: the base cell
+  CellOptions options = {};  // the cell variants (csrc/cells/spec.h); defaults: the base cell
 
   // What the cell's spec declares (csrc/cells/).
   int64 gates() const { return dispatch_cell(cell, options, [](auto c) { return int64(decltype(c)::kGates); }); }
@@ -101,7 +101,7 @@ struct ReserveLayout {
   int64 projection(int64 l, int64 d) const { return cells(l, d) + cells_size; }
 };
 
-// ---- training modifiers of every cell (issue 15; not cells: no spec declares them) --------------
+// ---- training modifiers of every cell (not cells: no spec declares them) --------------
 // What the Python layers pass for the modifiers the kernels run themselves (weight dropout and
 // dilation are done around the kernels, in fastrnn.functional / fastrnn.nn):
 //   recurrent dropout: h_{t-1} enters the recurrent product as m * h_{t-1}, m [B, H] the same at every
@@ -126,30 +126,26 @@ template <bool RecurrentMask, bool Zoneout> struct ModifierFlags {
   static constexpr bool kZoneout = Zoneout;  // zoneout of h and/or c
 };
 
+// How a layer's float32 weights are stored by the caller: as float32, or as 16-bit values (widened
+// exactly into the float32 arrays by the 16-bit entry points, csrc/cpu/storage16.h). With a 16-bit
+// storage the CPU product objects pack 16-bit panels and run the 16-bit product kernels
+// (csrc/cpu/packed_gemm16.h); nothing else in the loops changes.
+enum class Storage : int { Native, Bfloat16, Float16 };
+
 template <class T> struct LayerWeights {
   const T* w_ih;  // [G*H, I_l]
   const T* w_hh;  // [G*H, H]
   const T* b_ih;  // [G*H] or nullptr
   const T* b_hh;  // [G*H] or nullptr
   const T* w_ch = nullptr;  // [U, H] per-unit parameters (LSTM peepholes; SpecTraits::kUnitRows = U) or nullptr
+  // layer_norm: the norm's gains [G*H] and, for the LSTM, the cell norm's gain and bias [H]
+  const T* ln_ih = nullptr;
+  const T* ln_hh = nullptr;
+  const T* ln_c_w = nullptr;
+  const T* ln_c_b = nullptr;
+  Storage storage = Storage::Native;  // 16-bit values held in float32 (T = float only)
   const T* w_hr = nullptr;  // [P, H] the projection (SpecTraits::kProjected) or nullptr
 };
-
-// A tuple's parameters, given in the spec's kParams order (by_decl[i] for declaration i), as a
-// LayerWeights: the four kGateParams first, then the optional ones by name (w_ch, w_hr).
-template <class T> LayerWeights<T> layer_weights(CellKind cell, const CellOptions& o, const T* const* by_decl) {
-  return dispatch_cell(cell, o, [&](auto c) {
-    using Cell = decltype(c);
-    LayerWeights<T> w{by_decl[0], by_decl[1], by_decl[2], by_decl[3]};
-    for (int i = 4; i < Cell::kNumParams; ++i) {
-      const std::string name = Cell::kParams[i].name;
-      if (name == "w_ch") w.w_ch = by_decl[i];
-      else if (name == "w_hr") w.w_hr = by_decl[i];
-      else throw ArgumentError("LayerWeights has no field for parameter " + name);
-    }
-    return w;
-  });
-}
 
 template <class T> struct LayerGrads {
   T* dw_ih;  // [G*H, I_l]
@@ -157,12 +153,36 @@ template <class T> struct LayerGrads {
   T* db_ih;  // [G*H] or nullptr (no bias)
   T* db_hh;  // [G*H] or nullptr
   T* dw_ch = nullptr;  // [U, H] (LSTM peepholes) or nullptr
+  T* dln_ih = nullptr;  // [G*H] (layer_norm) or nullptr
+  T* dln_hh = nullptr;
+  T* dln_c_w = nullptr;  // [H] (layer-normalised LSTM) or nullptr
+  T* dln_c_b = nullptr;
   T* dw_hr = nullptr;  // [P, H] (the projection) or nullptr
 };
-// The gradients' pointers laid out like the weights they mirror (the bindings check both alike).
+
+// A layer's weights from its arrays in the spec's kParams order (given[i]: parameter i, nullptr
+// where absent): the four kGateParams, then each further parameter by its declared name.
+template <class T> LayerWeights<T> layer_weights(const T* const* given, int count, CellKind cell, const CellOptions& o) {
+  LayerWeights<T> w{given[0], given[1], given[2], given[3]};
+  for (int i = 4; i < count; ++i) {
+    const std::string name = param_decl(cell, i, o).name;
+    if (name == "w_ch") w.w_ch = given[i];
+    else if (name == "ln_weight_ih") w.ln_ih = given[i];
+    else if (name == "ln_weight_hh") w.ln_hh = given[i];
+    else if (name == "ln_weight_c") w.ln_c_w = given[i];
+    else if (name == "ln_bias_c") w.ln_c_b = given[i];
+    else if (name == "w_hr") w.w_hr = given[i];
+    else throw ArgumentError("LayerWeights has no field for parameter " + name);
+  }
+  return w;
+}
+// The gradients' pointers of a weight-shaped list of (writeable) arrays.
 template <class T> LayerGrads<T> layer_grads(const LayerWeights<T>& g) {
-  return {const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh),
-          const_cast<T*>(g.w_ch), const_cast<T*>(g.w_hr)};
+  LayerGrads<T> d{const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh),
+                  const_cast<T*>(g.w_ch), const_cast<T*>(g.ln_ih), const_cast<T*>(g.ln_hh), const_cast<T*>(g.ln_c_w),
+                  const_cast<T*>(g.ln_c_b)};
+  d.dw_hr = const_cast<T*>(g.w_hr);
+  return d;
 }
 
 // One layer and direction, as the stack hands it to a back end's phase loop. H-wide rows of h
@@ -227,7 +247,7 @@ template <class T> struct ForwardArgs {
   T* hn;                   // [L*D, B, H]
   T* cn;                   // [L*D, B, H] (LSTM) or nullptr
   T* reserve;              // [ReserveLayout.total], or nullptr for inference
-  Modifiers<T> mods{};     // training modifiers (issue 15); default: the plain cells
+  Modifiers<T> mods{};     // training modifiers; default: the plain cells
 };
 
 template <class T> struct BackwardArgs {

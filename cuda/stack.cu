@@ -58,16 +58,19 @@ struct CudaBackend {
   template <class T, class Body> void accumulate_directions(const RnnConfig& c, T* din, int64, Body body) const {
     for (int64 d = 0; d < c.D; ++d) body(d, din, stream);
   }
-  // The projected LSTM (LstmProjection) has no CUDA step kernels: check_sizes refuses it before
-  // the stack runs, and these never instantiate the CUDA layers for it.
   template <class Cell, class T>
   void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
-    if constexpr (SpecTraits<Cell>::kProjected) throw ArgumentError("proj_size is not in the CUDA kernels");
+    // The specs whose step is more than one product and one pointwise phase (the reset-before GRU,
+    // layer norm, the projected LSTM) run on the CPU only (check_sizes refuses proj_size first, fastrnn.ops
+    // raises NotImplementedError for the others).
+    if constexpr (!cuda::fused_step_phases(typename Cell::Step{}))
+      throw ArgumentError("the reset-before GRU, layer norm and proj_size are not implemented on CUDA");
     else cuda::layer_forward<Cell>(s, c, a);
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
-    if constexpr (SpecTraits<Cell>::kProjected) throw ArgumentError("proj_size is not in the CUDA kernels");
+    if constexpr (!cuda::fused_step_phases(typename Cell::Step{}))
+      throw ArgumentError("the reset-before GRU, layer norm and proj_size are not implemented on CUDA");
     else cuda::layer_backward<Cell>(s, c, a);
   }
 };

@@ -45,6 +45,17 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 GRAD_NAMES = ("dw_ih", "dw_hh", "db_ih", "db_hh")
 
 
+def ragged_lengths(rng: np.random.Generator, T: int, B: int) -> np.ndarray:
+    """Lengths [B] in [1, T] drawn from ``rng``, containing T and (for B > 1) 1, shuffled: every
+    problem's ragged case (the longest and the shortest sequence both present)."""
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    if B > 1:
+        lengths[-1] = 1
+    rng.shuffle(lengths)
+    return lengths
+
+
 def make_problem(cell, dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False,
                  batch_first=False, with_state=True, seed=0):
     """A complete, seeded problem: x [T, B, I] ([B, T, I] if batch_first), L*D weight tuples drawn
@@ -70,13 +81,7 @@ def make_problem(cell, dtype, num_layers, bidirectional, T, B, I, H, *, bias=Tru
     c0 = (0.5 * rng.standard_normal(state)).astype(dtype) if with_state and lstm else None
     dhn = rng.standard_normal(state).astype(dtype)
     dcn = rng.standard_normal(state).astype(dtype) if lstm else None
-    lengths = None
-    if ragged:
-        lengths = rng.integers(1, T + 1, B)
-        lengths[0] = T
-        if B > 1:
-            lengths[-1] = 1
-        rng.shuffle(lengths)
+    lengths = ragged_lengths(rng, T, B) if ragged else None
     return dict(cell=cell, dtype=np.dtype(dtype), x=x, weights=weights, h0=h0, c0=c0, lengths=lengths, dy=dy,
                 dhn=dhn, dcn=dcn, bidirectional=bidirectional, batch_first=batch_first)
 
@@ -147,13 +152,7 @@ def variant_problem(variant, dtype, num_layers, bidirectional, T, B, I, H, *, bi
                                    seed=seed, peephole=peephole, coupled=coupled)
     weights = [tuple((scale * w).astype(dtype) for w in entry) for entry in weights]
     state = (num_layers * D, B, H)
-    lengths = None
-    if ragged:
-        lengths = rng.integers(1, T + 1, B)
-        lengths[0] = T
-        if B > 1:
-            lengths[-1] = 1
-        rng.shuffle(lengths)
+    lengths = ragged_lengths(rng, T, B) if ragged else None
     return dict(x=rng.standard_normal((T, B, I)).astype(dtype), weights=weights,
                 h0=(0.5 * rng.standard_normal(state)).astype(dtype), c0=(0.5 * rng.standard_normal(state)).astype(dtype),
                 lengths=lengths, dy=rng.standard_normal((T, B, D * H)).astype(dtype),

@@ -43,14 +43,17 @@ def selected(pattern, suite=False):
     return [c for c in cases if pattern in c[0]] + ([(n,) for n in MODULE_CASES if pattern in n] if suite else [])
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (robust to other load at --threads 1)
+
+
 def _median_call(call, reps):
     for _ in range(3):
         call()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         call()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
@@ -68,6 +71,7 @@ def _module_call(name):
     import fastrnn.nn as fnn
 
     torch.manual_seed(0)
+    torch.set_num_threads(fastrnn.get_num_threads())  # the same threads as fastrnn's
     if name.startswith("nn.LSTMCell"):
         cell = fnn.LSTMCell(51, 51).double()
         x = torch.randn(97, 51, dtype=torch.float64)
@@ -122,8 +126,12 @@ def main():
     ap.add_argument("--cases", default="", help="only the cases whose name contains this")
     ap.add_argument("--suite", action="store_true",
                     help="the default suite of python -m fastrnn.bench (NumPy API) plus fastrnn.nn and decode cases")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: the process's CPU time (with --threads 1, robust to other processes' load)")
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # a child's job
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.measure:
         print(json.dumps(measure(args.reps, args.threads, args.cases, args.suite)))
         return 0
@@ -133,7 +141,8 @@ def main():
     for _ in range(args.rounds):
         for tag, python in (("base", args.base), ("new", args.new)):
             r = subprocess.run([python, os.path.abspath(__file__), "--measure", "--reps", str(args.reps),
-                                "--threads", str(args.threads), "--cases", args.cases] + ["--suite"] * args.suite,
+                                "--threads", str(args.threads), "--cases", args.cases, "--clock", args.clock]
+                               + ["--suite"] * args.suite,
                                capture_output=True, text=True, check=True, cwd="/")
             runs[tag].append(json.loads(r.stdout))
     print(f"| case | base ms | new ms | new/base |\n|---|---|---|---|")

@@ -28,23 +28,23 @@
 //   - coupled gates (CIFG): cells/lstm.h, Gate::{f, g, o}, kGates = 3; only the pointwise maths changes.
 //   - cell clip: cells/lstm.h, a clip value in a per-call cell-options struct passed to forward/
 //     backward next to the row (the loops pass it through untouched).
-//   - reset-before GRU: cells/gru.h, GruCell<ResetAfter = false> with
-//       Step = Phases<RecurrentProduct<Operand::H, Weight::Hh, true> (gates r, z),
-//                     Pointwise<0> (r, z and r*h into a per-row buffer), Barrier,
-//                     RecurrentProduct<Operand::ResetH, Weight::Hh, true> (gate n), Pointwise<1> (n, h)>;
-//     the loops gain the Operand::ResetH input (the r*h buffer), products restricted to a gate range,
-//     and Pointwise<N> for N > 0 (forward/backward overloads taking the phase tag); the CUDA forward
-//     splits its fused kernel at the Barrier into two launches.
-//   - layer norm: cells/<cell>.h with LayerNorm = true: RowReduction<N> phases (mean and variance of
-//     W_ih x, of W_hh h and of c over the row) between the product and the pointwise phase, gains and
-//     biases as Dim::GateRows / Dim::Units vectors with gradients, the row statistics as per-row saved
-//     slots; the loops gain RowReduction (CPU: each thread's partial sums, a barrier, a sum in a fixed
-//     order; CUDA: a block reduction over the row or its own kernel).
-//   - projection (proj_size = P), as built: cells/lstm.h, LstmProjection<Base> around the LSTM's spec
+//   - reset-before GRU (done): cells/gru.h, GruResetBefore with
+//       Step = Phases<RecurrentProduct<Operand::H, Weight::Hh, false, r, n> (gates r, z),
+//                     Pointwise<0> (r, z; r*h into the ResetH operand), Barrier,
+//                     RecurrentProduct<Operand::ResetH, Weight::Hh, false, n, G> (gate n), Pointwise<1> (n, h)>;
+//     the CPU loop runs the ResetH operand, products over a gate range and Pointwise<N> for N > 0
+//     (overloads taking the phase tag); CUDA refuses it (a split kernel at the Barrier is to come).
+//   - layer norm (done): cells/layer_norm.h, LstmLayerNorm / GruLayerNorm: RowReduction<N> phases
+//     (moments of W_ih x and W_hh h, and the LSTM's c, over the row) before the pointwise phases
+//     that normalise; gains and biases in NormParams with per-row gradient shares; the row
+//     statistics saved per unit. The CPU loop runs RowReduction (per-block partials, a barrier, a
+//     merge in block order); CUDA refuses it.
+//   - projection (proj_size = P, done): cells/lstm.h, LstmProjection<Base> around the LSTM's spec
 //     (variant or not): kStateDecls {h: Width::Projection, c: Width::Hidden}, w_hh [G*H, P] and w_hr
 //     [P, H] in kParams, Step = Phases<RecurrentProduct<H, Hh>, Pointwise<0> (writes m = o*tanh(c)
-//     where h goes), Barrier, RecurrentProduct<M, Hr>>; the loops run the product on m (CPU: each
-//     thread its share of P) and read h's width from RnnConfig::h_size(); the reserve keeps m.
+//     where h goes), Barrier, RecurrentProduct<M, Hr>>; the CPU loop runs the product on m (each
+//     thread its share of P, on the step's live rows) and reads h's width from RnnConfig::h_size();
+//     the reserve keeps m. CUDA refuses it.
 //   - identity-initialised RNN: Python only (initialisation), no spec change.
 //   issue 15, modifiers of every cell (not cells): zoneout, recurrent and weight dropout, gradient
 //     clipping, dilation are template switches of the loops (a Modifiers parameter next to Cell, set at
@@ -57,6 +57,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "common.h"
 
@@ -220,8 +221,10 @@ struct CellOptions {
   bool peephole = false;  // LSTM: weight_ch [3, H] (rows i, f, o), or [2, H] (f, o) when coupled
   bool coupled = false;   // LSTM: gate blocks (f, g, o), i = 1 - f (CIFG)
   double cell_clip = 0;   // LSTM: c_t clamped to [-cell_clip, cell_clip]; 0 = no clipping
-  int64 proj_size = 0;    // LSTM: h_t = W_hr (o*tanh(c_t)) is P = proj_size wide (torch.nn.LSTM's); 0 = none
-  bool any() const { return peephole || coupled || cell_clip > 0 || proj_size > 0; }
+  bool reset_after = true;  // GRU: false applies r to h_{t-1} before the n product (GruResetBefore)
+  bool layer_norm = false;  // LSTM, GRU: haste's layer-normalised cell (LstmLayerNorm, GruLayerNorm)
+  int64 proj_size = 0;      // LSTM: h_t = W_hr (o*tanh(c_t)) is P = proj_size wide (torch.nn.LSTM's); 0 = none
+  bool any() const { return peephole || coupled || cell_clip > 0 || !reset_after || layer_norm || proj_size > 0; }
 };
 
 // ---- phases: the time step as a compile-time list ---------------------------------------------
@@ -235,7 +238,7 @@ enum class PhaseKind : int { RecurrentProduct, Pointwise, RowReduction, Barrier 
 // What a recurrent product multiplies.
 enum class Operand : int {
   H,       // h_{t-1}
-  ResetH,  // r * h_{t-1} (the reset-before GRU; not implemented by the loops yet)
+  ResetH,  // r * h_{t-1} (the reset-before GRU): a [B, H] buffer a Pointwise phase fills (ForwardRow::reset_h)
   M,       // m = o * tanh(c) (the projected LSTM: h_t = m W_hr^T)
 };
 enum class Weight : int {
@@ -243,29 +246,67 @@ enum class Weight : int {
   Hr,  // W_hr [P, H] (the projected LSTM)
 };
 
-// gh = In W^T (+ b_hh), all gates of the thread's units. SeparateGrad: dL/d(gh) differs from
-// dL/d(gi) (GRU: gh_n enters scaled by r), so backward keeps dG_h in its own buffer and dW_hh,
-// db_hh and dL/dh_prev read it; otherwise dG_h is dG_i.
-template <Operand In, Weight W, bool SeparateGrad> struct RecurrentProduct {
+// gh = In W^T (+ b_hh) for the gate blocks [GateBegin, GateEnd) (GateEnd = -1: all G) of the
+// thread's units. SeparateGrad: dL/d(gh) differs from dL/d(gi) (GRU: gh_n enters scaled by r), so
+// backward keeps dG_h in its own buffer and dW_hh, db_hh and dL/dh_prev read it; otherwise dG_h is
+// dG_i. A product over some gates only reads and writes those gates' blocks of gh / dG_h, and
+// dW_hh's rows of those gates read its own operand (h_{t-1}, or r*h_{t-1} for ResetH).
+template <Operand In, Weight W, bool SeparateGrad, int GateBegin = 0, int GateEnd = -1> struct RecurrentProduct {
   static constexpr PhaseKind kKind = PhaseKind::RecurrentProduct;
   static constexpr Operand kInput = In;
   static constexpr Weight kWeight = W;
   static constexpr bool kSeparateGrad = SeparateGrad;
+  static constexpr int kGateBegin = GateBegin;
+  static constexpr int kGateEnd = GateEnd;  // -1: up to Cell::kGates
 };
 
-// The cell's pointwise forward / backward over the thread's units (Cell::forward / Cell::backward).
-// N numbers the pointwise phases of a step; the loops run N = 0, the one every cell has today.
+// The cell's pointwise forward / backward over the thread's units. N numbers the pointwise phases
+// of a step: N = 0 calls Cell::forward(row, j, ld, H) / Cell::backward(row, j, H), N > 0 the
+// overloads with a trailing Pointwise<N>{} tag. The last one of a step (the largest N) writes the
+// new states; an earlier one leaves its values for a later one in ForwardRow::between (and may fill
+// a product's operand, ForwardRow::reset_h). Backward runs them from the largest N down.
 template <int N = 0> struct Pointwise {
   static constexpr PhaseKind kKind = PhaseKind::Pointwise;
   static constexpr int kIndex = N;
 };
 
-// Room for layer norm: a reduction of a per-unit quantity over a whole row (CPU: each thread's
-// partial sums then a barrier; CUDA: a block reduction). No loop implements it yet: a spec that
-// lists one fails to compile with a message saying so.
+// A reduction over a whole row across the threads that own its slices of units (layer norm).
+// Forward: the spec gives, per block of kReduceBlock units, the moments (count, mean, M2) of its
+// kReduced<N> quantities (Cell::row_moments(row, j_begin, j_end, ld, H, RowReduction<N>, Moments*));
+// the loop combines the blocks in block order (Chan's formula; independent of the thread count)
+// into the row's (mean, 1/sqrt(var + eps)) per quantity, ForwardRow::stats of the next Pointwise
+// phase. Backward: after the later phases' backward, the spec gives per block the sums of its
+// kReducedGrad<N> quantities (Cell::row_sums(row, j_begin, j_end, H, RowReduction<N>, double*)), the
+// loop adds the blocks in block order into BackwardRow::stats and runs Cell::backward(row, j, H,
+// RowReduction<N>{}) on the thread's units (the norm's backward). CPU: per-block partials in a shared
+// buffer, one barrier; deterministic.
 template <int N = 0> struct RowReduction {
   static constexpr PhaseKind kKind = PhaseKind::RowReduction;
   static constexpr int kIndex = N;
+};
+inline constexpr int kReduceBlock = 16;  // units per partial of a RowReduction (the loops' kUnitAlign)
+inline constexpr double kLayerNormEps = 1e-5;
+
+// Moments of a set of values: count, mean and the sum of squared deviations from it.
+struct Moments {
+  double n, mean, m2;
+};
+// The moments of a and b together (Chan et al.'s pairwise update).
+FASTRNN_HD Moments merge_moments(Moments a, Moments b) {
+  if (b.n == 0) return a;
+  const double n = a.n + b.n, delta = b.mean - a.mean;
+  return {n, a.mean + delta * (b.n / n), a.m2 + b.m2 + delta * delta * (a.n * b.n / n)};
+}
+
+// The layer norm's vectors of one layer and direction (fastrnn.nn's ln_weight_ih/hh, ln_weight_c,
+// ln_bias_c) and the biases it adds after the norm; nullptr where absent (no biases; GRU: no c).
+template <class T> struct NormParams {
+  const T* g_ih;  // [G*H] gain of LN(W_ih x)
+  const T* g_hh;  // [G*H] gain of LN(W_hh h)
+  const T* b_ih;  // [G*H] or nullptr
+  const T* b_hh;  // [G*H] or nullptr
+  const T* g_c;   // [H] gain of LN(c) (LSTM)
+  const T* b_c;   // [H] bias of LN(c) (LSTM)
 };
 
 struct Barrier {
@@ -290,6 +331,11 @@ template <class Phase> constexpr bool is_product_of(Operand in) {
   if constexpr (Phase::kKind == PhaseKind::RecurrentProduct) return Phase::kInput == in;
   else return false;
 }
+// A Pointwise phase other than the step's last (index `last`): one that leaves values for a later one.
+template <class Phase> constexpr bool is_earlier_pointwise(int last) {
+  if constexpr (Phase::kKind == PhaseKind::Pointwise) return Phase::kIndex != last;
+  else return false;
+}
 template <class> constexpr bool kUnsupportedPhase = false;  // for static_assert in a loop's `else` branch
 
 namespace spec_detail {
@@ -299,7 +345,66 @@ template <class P> constexpr bool separate_grad_of() {
 }
 template <class... P> constexpr bool any_separate_grad(Phases<P...>) { return (false || ... || separate_grad_of<P>()); }
 template <class... P> constexpr bool any_projection(Phases<P...>) { return (false || ... || is_product_of<P>(Operand::M)); }
+template <class P> constexpr int pointwise_index_of() {
+  if constexpr (P::kKind == PhaseKind::Pointwise) return P::kIndex;
+  else return -1;
+}
+template <class... P> constexpr int last_pointwise(Phases<P...>) {
+  int n = -1;
+  ((n = pointwise_index_of<P>() > n ? pointwise_index_of<P>() : n), ...);
+  return n;
+}
+template <class P> constexpr bool reads_reset_h() {
+  if constexpr (P::kKind == PhaseKind::RecurrentProduct) return P::kInput == Operand::ResetH;
+  else return false;
+}
+template <class... P> constexpr bool any_reset_h(Phases<P...>) { return (false || ... || reads_reset_h<P>()); }
+// the first gate of the ResetH product, or G when there is none
+template <class P> constexpr int reset_h_begin_of(int G) {
+  if constexpr (P::kKind == PhaseKind::RecurrentProduct) return P::kInput == Operand::ResetH ? P::kGateBegin : G;
+  else return G;
+}
+template <class... P> constexpr int reset_h_begin(Phases<P...>, int G) {
+  int n = G;
+  ((n = reset_h_begin_of<P>(G) < n ? reset_h_begin_of<P>(G) : n), ...);
+  return n;
+}
+// every product on h_{t-1} covers exactly the gates below the ResetH product's, which covers the rest
+// (the product on m, W_hr's, has no gates: its output is h)
+template <class P> constexpr bool product_split_ok(int G, int split) {
+  if constexpr (P::kKind == PhaseKind::RecurrentProduct) {
+    const int end = P::kGateEnd < 0 ? G : P::kGateEnd;
+    if (P::kInput == Operand::M) return true;
+    return P::kInput == Operand::ResetH ? (P::kGateBegin == split && end == G) : (P::kGateBegin == 0 && end == split);
+  } else {
+    return true;
+  }
+}
+template <class... P> constexpr bool products_split_ok(Phases<P...>, int G, int split) {
+  return (true && ... && product_split_ok<P>(G, split));
+}
+// Cell::kBetween where the spec declares it, else 0 (the single-phase cells need no such values).
+template <class Cell, class = void> struct between_of { static constexpr int value = 0; };
+template <class Cell> struct between_of<Cell, std::void_t<decltype(Cell::kBetween)>> {
+  static constexpr int value = Cell::kBetween;
+};
+template <class Cell, class = void> struct between_grad_of { static constexpr int value = 0; };
+template <class Cell> struct between_grad_of<Cell, std::void_t<decltype(Cell::kBetweenGrad)>> {
+  static constexpr int value = Cell::kBetweenGrad;
+};
+template <class Cell, class = void> struct layer_norm_of {
+  static constexpr bool value = false;
+  static constexpr int rows = 0, params = 0;
+};
+template <class Cell> struct layer_norm_of<Cell, std::void_t<decltype(Cell::kLayerNorm)>> {
+  static constexpr bool value = Cell::kLayerNorm;
+  static constexpr int rows = Cell::kNormRows, params = Cell::kNormParams;
+};
 }  // namespace spec_detail
+
+// The gate blocks [begin, end) a RecurrentProduct phase P of a cell with G gates covers.
+template <class P> constexpr int product_gate_begin() { return P::kGateBegin; }
+template <class P> constexpr int product_gate_end(int G) { return P::kGateEnd < 0 ? G : P::kGateEnd; }
 
 // What the loops ask of a spec, derived from its declarations.
 template <class Cell> struct SpecTraits {
@@ -311,14 +416,36 @@ template <class Cell> struct SpecTraits {
   static constexpr bool kSeparateHiddenGrad = spec_detail::any_separate_grad(typename Cell::Step{});
   // rows of per-unit parameters [kUnitRows, H] (LSTM peepholes); 0 for the base cells
   static constexpr int kUnitRows = Cell::kUnitRows;
+  // the largest Pointwise index of Step (the phase that writes the new states)
+  static constexpr int kLastPointwise = spec_detail::last_pointwise(typename Cell::Step{});
+  // a product reads r*h_{t-1} (Operand::ResetH): the loops keep that [B, H] operand per step
+  static constexpr bool kResetH = spec_detail::any_reset_h(typename Cell::Step{});
+  // values per unit and row that an earlier Pointwise phase leaves for a later one (ForwardRow::between)
+  static constexpr int kBetween = spec_detail::between_of<Cell>::value;
+  // the same in backward (BackwardRow::between, kBetweenGrad*H per row)
+  static constexpr int kBetweenGrad = spec_detail::between_grad_of<Cell>::value;
+  // a layer-normalised cell: its products start without biases, rows carry NormParams
+  static constexpr bool kLayerNorm = spec_detail::layer_norm_of<Cell>::value;
+  // per-row shares of the norm's parameter gradients [kNormRows, H], summed over rows after the loop
+  static constexpr int kNormRows = spec_detail::layer_norm_of<Cell>::rows;
+  // W_hh's gate blocks [0, kResetHSplit) are the h_{t-1} product's, [kResetHSplit, G) the ResetH one's
+  static constexpr int kResetHSplit = spec_detail::reset_h_begin(typename Cell::Step{}, Cell::kGates);
   // h is P wide (CellOptions::proj_size), the output of a second product m W_hr^T on m = o*tanh(c)
   static constexpr bool kProjected = spec_detail::any_projection(typename Cell::Step{});
+  static_assert(spec_detail::products_split_ok(typename Cell::Step{}, Cell::kGates, kResetHSplit),
+                "the loops run a product of h_{t-1} over the first gate blocks and at most one ResetH product over "
+                "the rest");
+  static_assert(kLastPointwise >= 0, "a step has a Pointwise phase");
   static_assert(Cell::kStates >= 1 && Cell::kStates <= 2, "the stacks pass h and at most one carried state (c)");
-  static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0) + (kProjected ? 1 : 0),
-                "LayerWeights holds the four kGateParams, w_ch (the per-unit matrix, kUnitRows > 0) and w_hr (the "
-                "projection); another parameter needs its field there (see above)");
+  static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0) + spec_detail::layer_norm_of<Cell>::params +
+                                        (kProjected ? 1 : 0),
+                "LayerWeights holds the four kGateParams, w_ch (the per-unit matrix, kUnitRows > 0), the layer "
+                "norm's vectors (2, LSTM 4) and w_hr (the projection); another parameter needs its field there (see "
+                "above)");
   static_assert(kProjected == (Cell::kStateDecls[0].width == Width::Projection),
                 "a projected h (Width::Projection) is what the Operand::M product makes");
+  static_assert(!kProjected || (!kResetH && !kLayerNorm && kLastPointwise == 0),
+                "the loops run the product on m after the one pointwise phase of a cell without ResetH or norm");
   static_assert(Cell::kStateDecls[0].name[0] == 'h', "state 0 is h");
 };
 
@@ -337,6 +464,13 @@ template <class T> struct ForwardRow {
   // issue 14's variants (trailing, so that the base cells' rows stay as they were):
   const T* unit_params = nullptr;  // [U*H] per-unit parameters (LSTM peepholes [U, H]), absolute unit index
   double cell_clip = 0;            // CellOptions::cell_clip (read by cells that clip)
+  // cells of several Pointwise phases (the reset-before GRU):
+  T* between = nullptr;  // [kBetween*ld] values for a later Pointwise phase of this step (gate(between, k, ld, j))
+  T* reset_h = nullptr;  // [H] the ResetH product's operand r*h_{t-1} (absolute unit index)
+  // layer-normalised cells: the norm's parameters, and the preceding RowReduction's (mean, inv_std)
+  // per quantity (the products then start without their biases: the cell adds them after the norm)
+  const NormParams<T>* norm = nullptr;
+  const double* stats = nullptr;
 };
 
 template <class T> struct BackwardRow {
@@ -357,6 +491,14 @@ template <class T> struct BackwardRow {
   double cell_clip = 0;
   T dc_clip = T(0); // grad_clip modifier (issue 15): > 0 clamps the total dL/dc of this step to
                     // [-dc_clip, dc_clip] (cells with a carried state); 0: off
+  // cells with a ResetH product (the reset-before GRU):
+  const T* dreset_h = nullptr;  // [H] dL/d(r*h_{t-1}) = dG_h(its gates) W_hh(its gates), all units' sum
+  T* reset_h = nullptr;         // [H] r*h_{t-1} again, for dW_hh's rows of that product
+  // layer-normalised cells: the norm's parameters, a RowReduction's row sums, and per-row values
+  // the backward phases of a step pass on ([kBetweenGrad*H], slot k of unit j at k*H + j)
+  const NormParams<T>* norm = nullptr;
+  const double* stats = nullptr;
+  T* between = nullptr;
 };
 
 // x clamped to [-c, c] (c > 0), NaN kept; the grad_clip modifier's clamp, written once.

@@ -10,7 +10,10 @@
 // Variable lengths: row b is live at time t iff t < len[b], in both directions. A dead row keeps
 // its state (so the forward direction's final state is the one at its own last step, and the
 // reverse direction starts from h0 at its own last step) and outputs zeros; in backward a dead
-// row passes dh/dc through unchanged and contributes no gate gradient.
+// row passes dh/dc through unchanged and contributes no gate gradient. Step t runs the rows
+// [0, rows(t)) only (LiveRows below; the live ones when lengths are sorted in decreasing order, as
+// the CPU stack arranges), and the hoisted GEMMs the N rows that run: no work for dead rows beyond
+// writing their zeros.
 #pragma once
 
 #include <algorithm>
@@ -28,6 +31,7 @@
 
 #include "cpu/blas.h"
 #include "cpu/packed_gemm.h"
+#include "cpu/packed_gemm16.h"
 #include "cpu/rows_gemm.h"
 #include "rnn.h"
 
@@ -269,6 +273,74 @@ inline ProductPath product_path(int64 TB, int64 GH, int64 in_size, int64 H, size
   if (TB >= kPackMinRows) return ProductPath::Packed;
   return few_rows_kernels(GH, in_size, H, elem) ? ProductPath::FewRowsOwn : ProductPath::FewRowsBlas;
 }
+
+// Which rows of the [T, B] problem a call runs at each step, and where they sit in the loops'
+// packed per-row buffers (gi, dG, h_prev: [N, ...] instead of [T, B, ...]). Step t runs rows
+// [0, rows(t)): every live row (t < len[b]) lies below rows(t) = 1 + the last live row. With
+// lengths sorted in decreasing order (the packed layout: rows(t) = batch_sizes[t]) that is exactly
+// the live rows; with unsorted lengths the dead rows among them run too and are masked as before.
+// Packed row of (t, b) = offset(t) + b, so N = sum_t rows(t) (= sum of lengths when sorted, T*B
+// without lengths, where the packed buffers are the [T, B, ...] ones). Liveness is monotone in
+// processing order for each row (forward: live, then dead; reverse: dead, then live), which is why
+// the loops need not carry a dead row's state: they save it at the row's last live step.
+class LiveRows {
+ public:
+  LiveRows(int64 T, int64 B, const int64* lengths) : T_(T), B_(B), lengths_(lengths), rows_(T, B), offset_(T + 1) {
+    if (lengths) {
+      std::fill(rows_.begin(), rows_.end(), 0);
+      for (int64 b = 0; b < B; ++b) rows_[lengths[b] - 1] = std::max(rows_[lengths[b] - 1], b + 1);
+      for (int64 t = T - 2; t >= 0; --t) rows_[t] = std::max(rows_[t], rows_[t + 1]);
+    }
+    offset_[0] = 0;
+    for (int64 t = 0; t < T; ++t) offset_[t + 1] = offset_[t] + rows_[t];
+  }
+  int64 rows(int64 t) const { return rows_[t]; }
+  int64 offset(int64 t) const { return offset_[t]; }
+  int64 packed_rows() const { return offset_[T_]; }  // N
+  bool live(int64 t, int64 b) const { return !lengths_ || t < lengths_[b]; }
+  // Row b's last live step in processing order (forward: t = len - 1; reverse: t = 0), where the
+  // loops save its final state; its first one is where backward saves dL/d(initial state).
+  int64 last_step(int64 b, bool reverse) const { return reverse ? 0 : lengths_ ? lengths_[b] - 1 : T_ - 1; }
+  int64 first_step(int64 b, bool reverse) const { return last_step(b, !reverse); }
+  // f(padded_row, packed_row, count) for the rows run in steps [t_begin, t_end), in maximal runs
+  // contiguous in both [T, B] (padded_row = t*B + b) and the packed layout (consecutive steps merge
+  // while the earlier ones run all B rows).
+  template <class F> void for_each_run(int64 t_begin, int64 t_end, F&& f) const {
+    for (int64 t = t_begin; t < t_end;) {
+      int64 u = t;
+      while (u + 1 < t_end && rows_[u] == B_) ++u;  // steps t..u form one run
+      const int64 count = offset_[u + 1] - offset_[t];
+      if (count > 0) f(t * B_, offset_[t], count);
+      t = u + 1;
+    }
+  }
+  // The packed rows [p_begin, p_end) of dst [N, W] from src [T*B, W]: each run's share (a thread's
+  // block of packed rows), zeros for the dead rows among them (0 * NaN padding is NaN).
+  template <class T> void gather(const T* src, int64 W, T* dst, int64 p_begin, int64 p_end) const {
+    for_each_run(0, T_, [&](int64 x_row, int64 p_row, int64 count) {
+      for (int64 p = std::max(p_row, p_begin); p < std::min(p_row + count, p_end); ++p) {
+        const int64 tb = x_row + p - p_row;
+        if (live(tb / B_, tb % B_)) std::memcpy(dst + p * W, src + tb * W, sizeof(T) * W);
+        else std::memset(dst + p * W, 0, sizeof(T) * W);
+      }
+    });
+  }
+  // dst [T*B, W] += src [N, W] on the packed rows [p_begin, p_end).
+  template <class T> void scatter_add(const T* src, int64 W, T* dst, int64 p_begin, int64 p_end) const {
+    for_each_run(0, T_, [&](int64 x_row, int64 p_row, int64 count) {
+      for (int64 p = std::max(p_row, p_begin); p < std::min(p_row + count, p_end); ++p) {
+        T* d = dst + (x_row + p - p_row) * W;
+        const T* s = src + p * W;
+        for (int64 i = 0; i < W; ++i) d[i] += s[i];
+      }
+    });
+  }
+
+ private:
+  int64 T_, B_;
+  const int64* lengths_;  // [B] or nullptr
+  std::vector<int64> rows_, offset_;  // [T], [T + 1]
+};
 
 // The kernels, compiled twice: for AVX2+FMA (also taken on AVX-512 CPUs) and for baseline x86-64.
 #pragma GCC push_options

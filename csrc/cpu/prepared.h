@@ -31,6 +31,13 @@ namespace fastrnn::cpu {
 
 namespace prepared_detail {
 
+// What a variant's cell reads besides the gates (issue 14): the block-packed peepholes and cell_clip.
+template <class T> struct Extras {
+  const T* w_ch;  // [block][U][PW]
+  int64 U;
+  double cell_clip;
+};
+
 template <class T> constexpr int64 kWidth = 64 / sizeof(T);  // units per block (one 64-byte panel)
 
 // A vector loaded from memory that is only T-aligned. V arrives here as a template argument, which
@@ -90,11 +97,22 @@ template <class V, class W> inline V load_weights(const W* p) {
 
 // A cell's weights prepared for repeated single steps. T: the compute (and state) type; W: how the
 // weights are stored (T, or _Float16 for float).
+// The options (issue 14): the LSTM variants' peepholes w_ch [U, H] (packed per block, [block][U][PW])
+// and cell_clip; a spec of several phases or with layer norm (its row statistics need every unit
+// before any block's cell) is refused here (ArgumentError).
 template <class T, class W> class PreparedCell {
  public:
-  PreparedCell(CellKind cell, int64 I, int64 H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh)
-      : cell_(cell), I_(I), H_(H) {
-    G_ = dispatch_cell(cell, [](auto c) { return int64(decltype(c)::kGates); });
+  PreparedCell(CellKind cell, int64 I, int64 H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
+               const CellOptions& options = {}, const T* w_ch = nullptr)
+      : cell_(cell), options_(options), I_(I), H_(H) {
+    G_ = dispatch_cell(cell, options, [](auto c) { return int64(decltype(c)::kGates); });
+    U_ = dispatch_cell(cell, options, [](auto c) {
+      using S = SpecTraits<decltype(c)>;
+      if (S::kLastPointwise > 0 || S::kLayerNorm)
+        throw ArgumentError("the prepared step runs cells of one pointwise phase without layer norm");
+      return int64(S::kUnitRows);
+    });
+    if (U_ > 0 && !w_ch) throw ArgumentError("w_ch is required (peephole)");
     const int64 PW = prepared_detail::kWidth<T>;
     blocks_ = (H + PW - 1) / PW;
     const int64 per_k = checked_mul(checked_mul(blocks_, G_, "prepared weights"), PW, "prepared weights");
@@ -106,6 +124,10 @@ template <class T, class W> class PreparedCell {
     pack(w_hh, H, ph_);
     pack_bias(b_ih, bx_);
     pack_bias(b_hh, bh_);
+    pch_.assign(checked_mul(checked_mul(blocks_, U_, "prepared weights"), PW, "prepared weights"), T(0));
+    for (int64 blk = 0; blk < blocks_; ++blk)  // w_ch [U, H] -> [block][U][PW], zero past H
+      for (int64 u = 0; u < U_; ++u)
+        for (int64 i = 0, j = blk * PW; i < PW && j < H_; ++i, ++j) pch_[(blk * U_ + u) * PW + i] = w_ch[u * H_ + j];
   }
 
   int64 input_size() const { return I_; }
@@ -114,16 +136,26 @@ template <class T, class W> class PreparedCell {
 
   // h_out[B, H] (and c_out for the LSTM) from x[B, I], h[B, H], c[B, H]. Outputs must not alias inputs.
   void step(int64 B, const T* x, const T* h, const T* c, T* h_out, T* c_out) const {
-    dispatch_cell(cell_, [&](auto cell) {
+    dispatch_cell(cell_, options_, [&](auto cell) {
       using Cell = decltype(cell);
+      if constexpr (SpecTraits<Cell>::kLastPointwise == 0 && !SpecTraits<Cell>::kLayerNorm) step_as<Cell>(B, x, h, c, h_out, c_out);
+    });
+  }
+
+ private:
+  template <class Cell> void step_as(int64 B, const T* x, const T* h, const T* c, T* h_out, T* c_out) const {
+    {
+      const prepared_detail::Extras<T> extras{pch_.data(), U_, options_.cell_clip};
       auto run = [&](int64 b0, int64 b1) {
         using namespace prepared_detail;
         const W *px = px_.data(), *ph = ph_.data();
         const T *bx = bx_.data(), *bh = bh_.data();
         const Isa isa = cpu_isa();
-        if (isa == Isa::Avx512) avx512::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
-        else if (isa == Isa::Avx2) avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
-        else baseline::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out);
+        if (isa == Isa::Avx512)
+          avx512::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
+        else if (isa == Isa::Avx2)
+          avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
+        else baseline::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
       };
       const double flops = 2.0 * double(G_) * double(H_) * double(I_ + H_) * double(B);
       const int64 by_work = min_step_flops() ? int64(std::max(1.0, std::min(1e9, flops / double(min_step_flops()))))
@@ -139,10 +171,9 @@ template <class T, class W> class PreparedCell {
 #endif
         run(blocks_ * tid / nt, blocks_ * (tid + 1) / nt);
       }
-    });
+    }
   }
 
- private:
   // w [G*H, K] (row g*H + j) -> P[block][k][g][PW], zero past H.
   void pack(const T* w, int64 K, std::vector<W>& P) const {
     const int64 PW = prepared_detail::kWidth<T>;
@@ -161,9 +192,11 @@ template <class T, class W> class PreparedCell {
   }
 
   CellKind cell_;
-  int64 I_, H_, G_, blocks_;
+  CellOptions options_;
+  int64 I_, H_, G_, U_, blocks_;
   std::vector<W> px_, ph_;  // packed W_ih, W_hh
   std::vector<T> bx_, bh_;  // packed b_ih, b_hh (zeros without bias)
+  std::vector<T> pch_;      // packed w_ch [block][U][PW] (peepholes; empty without)
 };
 
 // L cells of one kind stacked (unidirectional): one step of the whole stack in one call, layer l

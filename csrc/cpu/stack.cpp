@@ -1,12 +1,16 @@
 // The CPU back end of the shared stack (csrc/stack.h): how it runs a layer (layer.h), allocates,
 // clears and copies, and runs two directions at once, each on half the threads; and the
-// thread-count setting.
+// thread-count setting; and the 16-bit entry points, which widen their arrays, run the float32
+// stack on weights marked 16-bit and narrow the results (csrc/cpu/storage16.h).
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -18,6 +22,7 @@
 #endif
 
 #include "cpu/layer.h"
+#include "cpu/storage16.h"
 #include "rnn.h"
 #include "stack.h"
 
@@ -154,8 +159,14 @@ struct CpuBackend {
       for (int64 i = 0; i < n; ++i) din[i] += rev[i];
     }
   }
+  // With 16-bit weights the layer's output is rounded to their type once the layer is done, so the
+  // next layer reads what a 16-bit output holds (the recurrence inside the layer kept float32 h).
   template <class Cell, class T> void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, int threads) const {
     cpu::layer_forward<Cell>(c, a, threads);
+    if constexpr (std::is_same<T, float>::value) {
+      if (a.w.storage != Storage::Native)
+        for (int64 tb = 0; tb < c.T * c.B; ++tb) round_to_storage(a.w.storage, a.y + tb * a.ldy, c.h_size());
+    }
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, int threads) const {
@@ -163,19 +174,225 @@ struct CpuBackend {
   }
 };
 
+// Unsorted lengths. The loops run the rows [0, rows(t)) of step t (LiveRows, layer.h), which with
+// unsorted lengths include dead rows below the last live one (all B of them while the last row is
+// live). The batch is therefore sorted once by decreasing length (stable, so that equal lengths
+// keep their order), the sorted problem run, and the rows put back: a copy of x, y and the states
+// (dy, dx in backward) for every step running its live rows only. Backward derives the same order
+// from the same lengths, so the reserve (kept in sorted order, the zoneout h~/c~ included) matches.
+// The modifiers' per-row masks are sorted with the rows.
+struct BatchOrder {
+  std::vector<int64> order;    // [B] sorted row i is the caller's row order[i]
+  std::vector<int64> lengths;  // [B] the sorted lengths
+};
+inline std::optional<BatchOrder> sorting_order(const RnnConfig& c, const int64* lengths) {
+  if (!lengths) return std::nullopt;
+  if (std::is_sorted(lengths, lengths + c.B, std::greater<int64>())) return std::nullopt;
+  BatchOrder o{std::vector<int64>(c.B), std::vector<int64>(c.B)};
+  for (int64 b = 0; b < c.B; ++b) o.order[b] = b;
+  std::stable_sort(o.order.begin(), o.order.end(), [&](int64 i, int64 j) { return lengths[i] > lengths[j]; });
+  for (int64 b = 0; b < c.B; ++b) o.lengths[b] = lengths[o.order[b]];
+  return o;
+}
+
+// Rows of a [R, B, W] array (nullptr: none) between the caller's order and the sorted one:
+// to_sorted: dst[r, i] = src[r, order[i]]; else dst[r, order[i]] = src[r, i].
+template <class T>
+void permute_rows(const T* src, T* dst, int64 R, int64 B, int64 W, const std::vector<int64>& order, bool to_sorted) {
+  if (!src) return;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64 ri = 0; ri < R * B; ++ri) {
+    const int64 r = ri / B, i = ri % B, b = order[i];
+    const int64 from = r * B + (to_sorted ? b : i), to = r * B + (to_sorted ? i : b);
+    std::memcpy(dst + to * W, src + from * W, sizeof(T) * W);
+  }
+}
+
+// A [R, B, W] array in the sorted order: scratch (empty for nullptr) filled from the caller's.
+template <class T> struct SortedCopy {
+  Scratch<T> rows;
+  T* p;
+  SortedCopy(const T* src, int64 R, int64 B, int64 W, const BatchOrder& o, const char* what)
+      : rows(src ? checked_mul(checked_mul(R, B, what), W, what) : 0, what), p(src ? rows.data() : nullptr) {
+    permute_rows(src, p, R, B, W, o.order, true);
+  }
+};
+
+// A 16-bit call's float32 copies: inputs widened when taken, outputs narrowed into the caller's
+// arrays by finish(). Allocated before any parallel region.
+template <class S> class Widened {
+ public:
+  const float* in(const S* p, int64 n, const char* what) {
+    if (!p) return nullptr;
+    float* d = alloc(n, what);
+    widen16(p, d, n, num_threads());
+    return d;
+  }
+  float* out(S* p, int64 n, const char* what) {
+    if (!p) return nullptr;
+    float* d = alloc(n, what);
+    outputs_.push_back({d, p, n});
+    return d;
+  }
+  // float32 copies of a layer's weights, marked as 16-bit
+  LayerWeights<float> weights(const LayerWeights<S>& w, const RnnConfig& c, int64 in_size) {
+    const S* src[5] = {w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_ch};  // the spec's kParams order
+    const float* dst[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    for (int i = 0; i < 5; ++i) dst[i] = in(src[i], param_numel(c, in_size, i), "the float32 copy of the weights");
+    LayerWeights<float> f{dst[0], dst[1], dst[2], dst[3], dst[4]};
+    f.storage = storage_of<S>();
+    return f;
+  }
+  // float32 weight gradients, narrowed into g's arrays by finish()
+  LayerGrads<float> grads(const LayerGrads<S>& g, const RnnConfig& c, int64 in_size) {
+    S* src[5] = {g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, g.dw_ch};
+    float* dst[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    for (int i = 0; i < 5; ++i) dst[i] = out(src[i], param_numel(c, in_size, i), "the float32 weight gradients");
+    return {dst[0], dst[1], dst[2], dst[3], dst[4]};
+  }
+  void finish() {
+    for (const auto& o : outputs_) narrow16(o.f, o.s, o.n, num_threads());
+  }
+
+ private:
+  static int64 param_numel(const RnnConfig& c, int64 in_size, int i) {
+    if (i >= param_counts(c.cell, c.options).with_bias) return 0;
+    int64 n = 1;
+    for (int64 d : param_shape(c.cell, in_size, c.H, i, c.options)) n = checked_mul(n, d, "weights");
+    return n;
+  }
+  float* alloc(int64 n, const char* what) {
+    buffers_.push_back(std::make_unique<Scratch<float>>(n, what));
+    return buffers_.back()->data();
+  }
+  struct Output {
+    const float* f;
+    S* s;
+    int64 n;
+  };
+  std::vector<std::unique_ptr<Scratch<float>>> buffers_;
+  std::vector<Output> outputs_;
+};
+
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   check_blas_dims(c);
-  stack_forward(CpuBackend{}, c, a);
+  if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
+    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors or w_hr.
+    if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
+    if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
+    Widened<T> w;
+    const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
+    const bool carry = c.has_cell_state();
+    ForwardArgs<float> f{w.in(a.x, TB * c.I, "the float32 copy of x"),
+                         w.in(a.h0, state, "the float32 copy of h0"),
+                         carry ? w.in(a.c0, state, "the float32 copy of c0") : nullptr,
+                         a.lengths,
+                         {},
+                         w.out(a.y, TB * c.D * c.H, "the float32 output"),
+                         w.out(a.hn, state, "the float32 h_n"),
+                         carry ? w.out(a.cn, state, "the float32 c_n") : nullptr,
+                         w.out(a.reserve, ReserveLayout(c).total, "the float32 reserve")};
+    for (int64 k = 0; k < c.L * c.D; ++k) f.weights.push_back(w.weights(a.weights[k], c, c.input_size(k / c.D)));
+    f.mods.recurrent_mask = w.in(a.mods.recurrent_mask, state, "the float32 recurrent mask");
+    f.mods.zoneout_h = w.in(a.mods.zoneout_h, steps, "the float32 zoneout mask");
+    f.mods.zoneout_c = w.in(a.mods.zoneout_c, steps, "the float32 zoneout mask");
+    f.mods.pre_h = w.out(a.mods.pre_h, steps, "the float32 h~");
+    f.mods.pre_c = w.out(a.mods.pre_c, steps, "the float32 c~");
+    forward<float>(c, f);  // the float32 path, the batch sorted there
+    w.finish();
+  } else {
+    const auto order = sorting_order(c, a.lengths);
+    if (!order) return stack_forward(CpuBackend{}, c, a);
+    // h's width HW: H, or P for the projected LSTM (h0, hn, y's columns); c and the masks are H wide
+    const int64 LD = c.L * c.D, HW = c.h_size(), DH = c.D * HW;
+    SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
+        h0(a.h0, LD, c.B, HW, *order, "h0 in the batch sorted by length"),
+        c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
+        mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
+        zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
+        zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
+    Scratch<T> y(checked_mul(c.T * c.B, DH, "y"), "y in the batch sorted by length"),
+        hn(LD * c.B * HW, "hn in the batch sorted by length"), cn(a.cn ? LD * c.B * c.H : 0, "cn in the batch sorted by length");
+    ForwardArgs<T> s = a;
+    s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.lengths = order->lengths.data();
+    s.y = y.data(), s.hn = hn.data(), s.cn = a.cn ? cn.data() : nullptr;
+    s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    stack_forward(CpuBackend{}, c, s);
+    permute_rows<T>(s.y, a.y, c.T, c.B, DH, order->order, false);
+    permute_rows<T>(s.hn, a.hn, LD, c.B, HW, order->order, false);
+    permute_rows<T>(s.cn, a.cn, LD, c.B, c.H, order->order, false);
+  }
 }
 
 template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   check_blas_dims(c);
-  stack_backward(CpuBackend{}, c, a);
+  if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
+    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors or w_hr.
+    if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
+    if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
+    Widened<T> w;
+    const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
+    const bool carry = c.has_cell_state();
+    BackwardArgs<float> f{w.in(a.x, TB * c.I, "the float32 copy of x"),
+                          w.in(a.h0, state, "the float32 copy of h0"),
+                          carry ? w.in(a.c0, state, "the float32 copy of c0") : nullptr,
+                          a.lengths,
+                          {},
+                          w.in(a.reserve, ReserveLayout(c).total, "the float32 reserve"),
+                          w.in(a.dy, TB * c.D * c.H, "the float32 copy of dy"),
+                          w.in(a.dhn, state, "the float32 copy of dhn"),
+                          carry ? w.in(a.dcn, state, "the float32 copy of dcn") : nullptr,
+                          w.out(a.dx, TB * c.I, "the float32 dx"),
+                          w.out(a.dh0, state, "the float32 dh0"),
+                          carry ? w.out(a.dc0, state, "the float32 dc0") : nullptr,
+                          {}};
+    for (int64 k = 0; k < c.L * c.D; ++k) {
+      f.weights.push_back(w.weights(a.weights[k], c, c.input_size(k / c.D)));
+      f.grads.push_back(w.grads(a.grads[k], c, c.input_size(k / c.D)));
+    }
+    f.mods.recurrent_mask = w.in(a.mods.recurrent_mask, state, "the float32 recurrent mask");
+    f.mods.grad_clip = a.mods.grad_clip;
+    f.mods.zoneout_h = w.in(a.mods.zoneout_h, steps, "the float32 zoneout mask");
+    f.mods.zoneout_c = w.in(a.mods.zoneout_c, steps, "the float32 zoneout mask");
+    f.mods.pre_h = const_cast<float*>(w.in(a.mods.pre_h, steps, "the float32 h~"));
+    f.mods.pre_c = const_cast<float*>(w.in(a.mods.pre_c, steps, "the float32 c~"));
+    backward<float>(c, f);  // the float32 path, the batch sorted there
+    w.finish();
+  } else {
+    const auto order = sorting_order(c, a.lengths);
+    if (!order) return stack_backward(CpuBackend{}, c, a);
+    // h's width HW: H, or P for the projected LSTM (h0, hn, y's columns); c and the masks are H wide
+    const int64 LD = c.L * c.D, HW = c.h_size(), DH = c.D * HW;
+    SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
+        h0(a.h0, LD, c.B, HW, *order, "h0 in the batch sorted by length"),
+        c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
+        dy(a.dy, c.T, c.B, DH, *order, "dy in the batch sorted by length"),
+        dhn(a.dhn, LD, c.B, HW, *order, "dhn in the batch sorted by length"),
+        dcn(a.dcn, LD, c.B, c.H, *order, "dcn in the batch sorted by length"),
+        mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
+        zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
+        zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
+    Scratch<T> dx(checked_mul(c.T * c.B, c.I, "dx"), "dx in the batch sorted by length"),
+        dh0(LD * c.B * HW, "dh0 in the batch sorted by length"),
+        dc0(a.dc0 ? LD * c.B * c.H : 0, "dc0 in the batch sorted by length");
+    BackwardArgs<T> s = a;
+    s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.dy = dy.p, s.dhn = dhn.p, s.dcn = dcn.p, s.lengths = order->lengths.data();
+    s.dx = dx.data(), s.dh0 = dh0.data(), s.dc0 = a.dc0 ? dc0.data() : nullptr;
+    s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    stack_backward(CpuBackend{}, c, s);
+    permute_rows<T>(s.dx, a.dx, c.T, c.B, c.I, order->order, false);
+    permute_rows<T>(s.dh0, a.dh0, LD, c.B, HW, order->order, false);
+    permute_rows<T>(s.dc0, a.dc0, LD, c.B, c.H, order->order, false);
+  }
 }
 
 template void forward<float>(const RnnConfig&, const ForwardArgs<float>&);
 template void forward<double>(const RnnConfig&, const ForwardArgs<double>&);
 template void backward<float>(const RnnConfig&, const BackwardArgs<float>&);
 template void backward<double>(const RnnConfig&, const BackwardArgs<double>&);
+template void forward<bf16>(const RnnConfig&, const ForwardArgs<bf16>&);
+template void forward<fp16>(const RnnConfig&, const ForwardArgs<fp16>&);
+template void backward<bf16>(const RnnConfig&, const BackwardArgs<bf16>&);
+template void backward<fp16>(const RnnConfig&, const BackwardArgs<fp16>&);
 
 }  // namespace fastrnn::cpu

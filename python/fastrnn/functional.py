@@ -8,10 +8,13 @@ compiled kernels. No PyTorch needed.
 Shapes (PyTorch's conventions): x [T, B, I] ([B, T, I] if batch_first); weights is a list of
 L*D entries, index l*D + d (d = 1 is the reverse direction), each (w_ih [G*H, I_l], w_hh [G*H, H])
 or (w_ih, w_hh, b_ih [G*H], b_hh [G*H]) with I_0 = I, I_l = D*H, G = 4 (LSTM), 3 (GRU), 1 (RNN);
-h0, c0 [L*D, B, H]; lengths [B] integers in [1, T]. float32 or float64 throughout.
-The projected LSTM (``proj_size=P``, torch.nn.LSTM's): each entry is (w_ih, w_hh [4*H, P][, b_ih,
-b_hh], w_hr [P, H]) in torch's order, I_l = D*P, h0/h_n [L*D, B, P], c0/c_n [L*D, B, H], output
-[T, B, D*P].
+h0, c0 [L*D, B, H]; lengths [B] integers in [1, T]. One dtype throughout: float32, float64, float16,
+or bfloat16 (``ml_dtypes.bfloat16``, when ml_dtypes is installed). 16-bit arrays run the 16-bit
+kernels: float32 accumulation and state inside, results rounded to the 16-bit type (README, "16-bit
+types").
+The projected LSTM (``proj_size=P``, torch.nn.LSTM's; float32/float64): each entry is (w_ih, w_hh
+[4*H, P][, b_ih, b_hh], w_hr [P, H]) in torch's order, I_l = D*P, h0/h_n [L*D, B, P], c0/c_n
+[L*D, B, H], output [T, B, D*P].
 """
 from __future__ import annotations
 
@@ -26,6 +29,16 @@ from .types import CELLS, GATES, RNNGrads, RNNResult
 
 _CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+try:  # bfloat16 arrays come from ml_dtypes (optional)
+    import ml_dtypes as _ml_dtypes
+
+    BFLOAT16: Optional[np.dtype] = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - depends on the environment
+    BFLOAT16 = None
+# The dtypes forward/backward take: float32, float64 and the 16-bit storage types.
+_SEQUENCE_DTYPES = _DTYPES + (np.dtype(np.float16),) + ((BFLOAT16,) if BFLOAT16 is not None else ())
+_SEQUENCE_DTYPE_NAMES = "float32, float64, float16" + (" or bfloat16" if BFLOAT16 is not None else
+                                                       " (bfloat16 needs ml_dtypes)")
 _BLAS_MAX = 2**31 - 1  # the BLAS's 32-bit dimension limit
 _DIRECTION = ("forward", "reverse")
 
@@ -72,8 +85,8 @@ def _check_cell(cell) -> str:
 
 def _check_x(x) -> np.ndarray:
     x = _array("x", x)
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"x must have dtype float32 or float64, got {x.dtype}")
+    if x.dtype not in _SEQUENCE_DTYPES:
+        raise TypeError(f"x must have dtype {_SEQUENCE_DTYPE_NAMES}, got {x.dtype}")
     if x.ndim != 3:
         raise ValueError(f"x must be 3-D (T, B, I) or (B, T, I) with batch_first, got shape {x.shape}")
     if 0 in x.shape:
@@ -81,10 +94,12 @@ def _check_x(x) -> np.ndarray:
     return x
 
 
-def _check_options(cell: str, peephole, coupled, cell_clip, proj_size=0) -> dict:
-    """The cell options of issue 14 (LSTM only): peephole, coupled (bools), cell_clip (None or a
-    number > 0; inf allowed), proj_size (an int >= 0; 0: no projection). Returns them as the kernels
-    take them (cell_clip 0.0 = no clipping)."""
+def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True, layer_norm=False, proj_size=0) -> dict:
+    """The cell variants' options: peephole, coupled (bools), cell_clip (None or a number > 0; inf
+    allowed), proj_size (an int >= 0; 0: no projection), all LSTM; reset_after (a bool, GRU);
+    layer_norm (a bool, LSTM and GRU, not with the others). Returns them as the kernels take them
+    (cell_clip 0.0 = no clipping; proj_size only when set); ``_is_variant`` tells whether any differs
+    from the base cell."""
     for name, v in (("peephole", peephole), ("coupled", coupled)):
         if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
@@ -101,11 +116,28 @@ def _check_options(cell: str, peephole, coupled, cell_clip, proj_size=0) -> dict
             raise ValueError(f"cell_clip must be > 0 (None: no clipping), got {cell_clip}")
     if not cell_info(cell).lstm_variants and (peephole or coupled or cell_clip is not None):
         raise ValueError(f"peephole, coupled and cell_clip are LSTM options, got them for cell {cell!r}")
+    if reset_after is not True and (not cell_info(cell).reset_after_option
+                                    or not isinstance(reset_after, (bool, np.bool_))):
+        raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
+    if layer_norm is not False:
+        if not cell_info(cell).layer_norm_option or not isinstance(layer_norm, (bool, np.bool_)):
+            raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
+        if layer_norm and (peephole or coupled or cell_clip is not None or not reset_after):
+            raise ValueError("layer_norm=True does not combine with peephole, coupled, cell_clip or reset_after=False")
+        if layer_norm and proj_size:
+            raise ValueError(f"layer_norm=True does not combine with proj_size (got proj_size={proj_size})")
     options = dict(peephole=bool(peephole), coupled=bool(coupled),
-                   cell_clip=0.0 if cell_clip is None else float(cell_clip))
-    if proj_size:  # only when set: the base cells' calls pass exactly what they did before
+                   cell_clip=0.0 if cell_clip is None else float(cell_clip), reset_after=bool(reset_after),
+                   layer_norm=bool(layer_norm))
+    if proj_size:  # only when set: the other cells' calls pass exactly what they did before
         options["proj_size"] = int(proj_size)
     return options
+
+
+def _is_variant(options: dict) -> bool:
+    """Whether the options (``_check_options``) select a variant rather than the base cell."""
+    return bool(options.get("peephole") or options.get("coupled") or options.get("cell_clip")
+                or not options.get("reset_after", True) or options.get("layer_norm") or options.get("proj_size"))
 
 
 def _gates(cell: str, options: dict) -> int:
@@ -116,12 +148,14 @@ def _gates(cell: str, options: dict) -> int:
 def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype, options=None) -> tuple:
     """Returns (weights as tuples of arrays, hidden_size, num_layers, bias). Nothing is copied here:
     the caller checks the sizes first (a broadcast view may be far too large to copy). With
-    peepholes every entry continues with w_ch [U, H] (U = 3, coupled 2); with proj_size = P it ends
-    with w_hr [P, H], w_hh is [G*H, P] and layers above the first read D*P inputs."""
+    peepholes every entry continues with w_ch [U, H] (U = 3, coupled 2); with layer_norm with
+    ln_weight_ih, ln_weight_hh [G*H] and, for the LSTM, ln_weight_c, ln_bias_c [H]; with proj_size = P
+    it ends with w_hr [P, H], w_hh is [G*H, P] and layers above the first read D*P inputs."""
     options = options or {}
+    n_ln = (4 if carries_cell_state(cell) else 2) if options.get("layer_norm") else 0  # the layer norm's vectors
     P = options.get("proj_size", 0)
     peep = 1 if options.get("peephole") else 0
-    extra = peep + (1 if P else 0)  # arrays after the four (two without bias) of every cell
+    extra = peep + n_ln + (1 if P else 0)  # arrays after w_ih, w_hh[, b_ih, b_hh]
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
     if len(weights) == 0 or len(weights) % num_directions:
@@ -130,8 +164,12 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
     G = _gates(cell, options)
     first = weights[0]
     if not isinstance(first, (list, tuple)) or len(first) not in (2 + extra, 4 + extra):
-        tail = (", w_ch" if peep else "") + (", w_hr" if P else "")
+        if n_ln:
+            ln_names = ", ln_weight_ih, ln_weight_hh" + (", ln_weight_c, ln_bias_c" if n_ln == 4 else "")
+            raise ValueError(f"weights[0] must be a tuple (w_ih, w_hh{ln_names}) or (w_ih, w_hh, b_ih, b_hh{ln_names}) "
+                             "(layer_norm=True)")
         if extra:
+            tail = (", w_ch" if peep else "") + (", w_hr" if P else "")
             raise ValueError(f"weights[0] must be a tuple (w_ih, w_hh{tail}) or (w_ih, w_hh, b_ih, b_hh{tail}) "
                              f"({'peephole=True' if peep else ''}{', ' if peep and P else ''}"
                              f"{f'proj_size={P}' if P else ''})")
@@ -151,15 +189,19 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
     # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape); w_hr [P, H] last
     expected = param_shapes(cell, input_size, H, len(weights) // num_directions, num_directions == 2, bias, peephole,
                             coupled, P)
-    names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else []) + (["w_hr"] if P else [])
+    names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else [])
+    names += ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln] + (["w_hr"] if P else [])
+    G = _gates(cell, options)
+    ln_shapes = ((G * H,), (G * H,), (H,), (H,))[:n_ln]
+    ln_formulas = (f"({G}*H,) = ", f"({G}*H,) = ", "(H,) = ", "(H,) = ")[:n_ln]
     out = []
     for k, entry in enumerate(weights):
         layer, d = divmod(k, num_directions)
         where = f"layer {layer}, {_DIRECTION[d]}"
         if not isinstance(entry, (list, tuple)) or len(entry) != len(first):
             raise ValueError(f"weights[{k}] ({where}) must be a tuple of {len(first)} arrays like weights[0]")
-        shapes = expected[k] + (((P, H),) if P else ())
-        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled, P)
+        shapes = expected[k] + ln_shapes + (((P, H),) if P else ())
+        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled, P) + ln_formulas
         arrays = []
         for i, a in enumerate(entry):
             name = f"weights[{k}][{i}] ({names[i]}, {where})"
@@ -218,7 +260,8 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     """Run a stack of recurrent layers over a whole sequence.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
-    x: [T, B, I] ([B, T, I] if batch_first), float32 or float64.
+    x: [T, B, I] ([B, T, I] if batch_first), float32, float64, float16 or bfloat16 (ml_dtypes); the
+       weights and states in the same dtype.
     weights: list of num_layers * num_directions tuples (w_ih, w_hh[, b_ih, b_hh]) in PyTorch's
         layout and gate order (see the module docstring).
     h0, c0: [L*D, B, H] initial states (zeros when None); c0 for the LSTM only.
@@ -233,14 +276,15 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         h_t = W_hr (o * tanh(c_t)), h is P wide, c is H wide. Each weights entry is then
         (w_ih [4*H, I_l], w_hh [4*H, P][, b_ih, b_hh][, w_ch], w_hr [P, H]) (torch's order; layers
         above the first read I_l = D*P), h0 and h_n are [L*D, B, P], c0 and c_n [L*D, B, H], the
-        output [T, B, D*P]. Combines with peephole, coupled and cell_clip; not with the training
-        modifiers yet (NotImplementedError; fastrnn.reference and fastrnn.nn.LSTM compute them).
-    reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014)
-        is not implemented by the kernels yet: NotImplementedError (fastrnn.reference and
-        fastrnn.nn.GRU(reset_after=False) compute it).
-    layer_norm: the layer-normalised LSTM/GRU (README "Cell variants") is not fused in the kernels
-        yet: NotImplementedError (fastrnn.reference.forward(..., layer_norm=True) and
-        fastrnn.nn.LSTM/GRU(layer_norm=True), composed torch ops, compute it).
+        output [T, B, D*P]. Combines with peephole, coupled and cell_clip; float32/float64 only; not
+        with layer_norm (ValueError) nor with the training modifiers (NotImplementedError;
+        fastrnn.reference and fastrnn.nn.LSTM compute them).
+    reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014):
+        n = tanh(W_in x + b_in + W_hn (r*h_{t-1}) + b_hn), same weights (README "Cell variants").
+    layer_norm: the layer-normalised LSTM/GRU (haste's form; README "Cell variants"): each weights
+        entry ends with ln_weight_ih, ln_weight_hh [G*H] and, for the LSTM, ln_weight_c, ln_bias_c
+        [H] (after the biases, if any); not with peephole, coupled, cell_clip, reset_after=False or
+        proj_size.
 
     ``saved`` keeps references to ``x`` (when already time-major and C-contiguous), the weights,
     h0, c0 and lengths, not copies: changing any of them in place before ``backward`` silently
@@ -270,18 +314,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     (with proj_size: output [T, B, D*P], h_n [L*D, B, P]).
     """
     cell = _check_cell(cell)
-    options = _check_options(cell, peephole, coupled, cell_clip, proj_size)
-    if reset_after is not True:
-        if not cell_info(cell).reset_after_option or not isinstance(reset_after, bool):
-            raise ValueError(f"reset_after is a GRU option and a bool, got {reset_after!r} for cell {cell!r}")
-        raise NotImplementedError("reset_after=False (the GRU of Cho et al. 2014) is not implemented by the kernels "
-                                  "yet: fastrnn.reference.forward and fastrnn.nn.GRU(reset_after=False) compute it")
-    if layer_norm is not False:
-        if not cell_info(cell).layer_norm_option or not isinstance(layer_norm, bool):
-            raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
-        raise NotImplementedError("layer_norm=True is not fused in the kernels yet: fastrnn.reference.forward(..., "
-                                  "layer_norm=True) and fastrnn.nn.LSTM/GRU(layer_norm=True) (composed torch ops, "
-                                  "autograd backward) compute it")
+    options = _check_options(cell, peephole, coupled, cell_clip, reset_after, layer_norm, proj_size)
     x = _check_x(x)
     D = 2 if bidirectional else 1
     if batch_first:
@@ -300,6 +333,14 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     lengths = _check_lengths(lengths, T, B)
     G = _gates(cell, options)  # the weight masks' [G*H, H]: 3 gate blocks for the coupled LSTM
     _check_probability("zoneout", zoneout)
+    if (not options["reset_after"] or options["layer_norm"]) and (
+            recurrent_dropout or weight_dropout or grad_clip is not None or dilation != 1 or zoneout or zoneout_cell
+            or recurrent_mask is not None or weight_mask is not None or zoneout_mask is not None
+            or zoneout_cell_mask is not None):
+        raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
+                                  "zoneout, zoneout_cell) run with the base cells and the LSTM variants (peephole, "
+                                  "coupled, cell_clip), not yet with reset_after=False or layer_norm in the NumPy API "
+                                  "(fastrnn.nn runs those combinations as composed torch ops)")
     _check_probability("zoneout_cell", zoneout_cell)
     if not carries_cell_state(cell) and (zoneout_cell > 0 or zoneout_cell_mask is not None):
         raise ValueError(f"zoneout_cell is the LSTM's (its cell state c), got one for cell {cell!r}")
@@ -605,7 +646,8 @@ def lstm_forward(x, weights, h0=None, c0=None, **kwargs) -> RNNResult:
 
 
 def gru_forward(x, weights, h0=None, **kwargs) -> RNNResult:
-    """``forward("gru", ...)``: gates r, z, n, reset applied after the hidden product (PyTorch's GRU)."""
+    """``forward("gru", ...)``: gates r, z, n, reset applied after the hidden product (PyTorch's GRU), or
+    before it with ``reset_after=False`` (Cho et al. 2014); see :func:`forward`."""
     return forward(GRU, x, weights, h0, **kwargs)
 
 
@@ -642,7 +684,7 @@ def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int =
     identity, biases zero, w_ih ~ N(0, 0.001^2); the LSTM's peepholes, if any, stay uniform; with
     proj_size it raises ValueError (w_hh's blocks are H x P, not square)."""
     cell = _check_cell(cell)
-    options = _check_options(cell, peephole, coupled, None, proj_size)
+    options = _check_options(cell, peephole, coupled, None, proj_size=proj_size)
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -757,26 +799,41 @@ class PreparedCell(_PreparedStep):
     ``out=(h_out[, c_out])`` writes the results into given arrays (they must not overlap x, h, c or
     each other in memory: ValueError).
     Later changes to the weight arrays are not seen: prepare again.
+
+    The LSTM variants (README "Cell variants"): ``peephole=True`` with ``w_ch`` [3, H] (rows i, f, o;
+    coupled: [2, H], rows f, o), ``coupled=True`` (G = 3 gate blocks f, g, o), ``cell_clip=C``: the
+    same step as ``forward``'s. ``reset_after=False`` (the GRU's n product needs r of every unit
+    first, a second pass the prepared step does not make) and ``layer_norm=True`` (a row's
+    statistics need every unit before any block's cell) raise NotImplementedError: step them with
+    ``forward`` on a one-step sequence.
     """
 
     def __init__(self, cell: str, w_ih, w_hh, b_ih=None, b_hh=None, *, weight_dtype=None, peephole: bool = False,
-                 coupled: bool = False, cell_clip=None):
+                 coupled: bool = False, cell_clip=None, w_ch=None, reset_after: bool = True, layer_norm: bool = False):
         self.cell = _check_cell(cell)
-        if any(_check_options(self.cell, peephole, coupled, cell_clip).values()):
-            raise NotImplementedError("PreparedCell runs the base cells only: for the LSTM variants (peephole, "
-                                      "coupled, cell_clip) call fastrnn.forward on a one-step sequence")
+        options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm)
+        if not options["reset_after"] or options["layer_norm"]:
+            raise NotImplementedError("PreparedCell does not run reset_after=False or layer_norm=True (both need every "
+                                      "unit of a step's row before a block's cell: a second pass over the units): "
+                                      "call fastrnn.forward on a one-step sequence")
+        if options["peephole"] != (w_ch is not None):
+            raise ValueError("w_ch (the peepholes [U, H]) is required with peephole=True and only then, got "
+                             f"peephole={peephole} and w_ch {'given' if w_ch is not None else 'None'}")
         w_ih, w_hh = _array("w_ih", w_ih), _array("w_hh", w_hh)
         if w_ih.dtype not in _DTYPES:
             raise TypeError(f"w_ih must have dtype float32 or float64, got {w_ih.dtype}")
         self.dtype = w_ih.dtype
         _check_dtype("w_hh", w_hh, self.dtype)
+        G = _gates(self.cell, options)
         if w_hh.ndim != 2 or w_hh.shape[1] < 1:
-            raise ValueError(f"w_hh must be 2-D ({GATES[self.cell]}*H, H) with H >= 1, got shape {w_hh.shape}")
-        G, H = GATES[self.cell], int(w_hh.shape[1])
+            raise ValueError(f"w_hh must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh.shape}")
+        H = int(w_hh.shape[1])
         if w_ih.ndim != 2 or w_ih.shape[1] < 1:
             raise ValueError(f"w_ih must be 2-D ({G}*H, I) with I >= 1, got shape {w_ih.shape}")
-        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True)[0]  # (w_ih, w_hh, b_ih, b_hh)
-        formulas = param_formulas(self.cell, 0, 1, True)
+        # (w_ih, w_hh, b_ih, b_hh[, w_ch]) by the one rule, with the options (coupled: 3 gate blocks)
+        peephole, coupled = options["peephole"], options["coupled"]
+        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True, peephole, coupled)[0]
+        formulas = param_formulas(self.cell, 0, 1, True, peephole, coupled)
         _check_shape("w_hh", w_hh, shapes[1], formulas[1])
         _check_shape("w_ih", w_ih, shapes[0], formulas[0])
         if (b_ih is None) != (b_hh is None):
@@ -789,16 +846,23 @@ class PreparedCell(_PreparedStep):
                 _check_shape(name, b, shape, formula)
                 b = np.ascontiguousarray(b)
             biases.append(b)
+        if w_ch is not None:
+            w_ch = _array("w_ch", w_ch)
+            _check_dtype("w_ch", w_ch, self.dtype)
+            _check_shape("w_ch", w_ch, shapes[4], formulas[4])
+            w_ch = np.ascontiguousarray(w_ch)
         half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))
         _check_sizes(1, 1, int(w_ih.shape[1]), H, G, 1)
         self.input_size, self.hidden_size, self.weight_dtype = int(w_ih.shape[1]), H, "float16" if half else None
+        self.options = {k: v for k, v in options.items() if k in ("peephole", "coupled", "cell_clip")}
         self._step = _core.PreparedCell(_CELL_ID[self.cell], np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
-                                        biases[0], biases[1], half)
+                                        biases[0], biases[1], half, w_ch=w_ch, **self.options)
 
     def __repr__(self) -> str:
         wd = f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype else ""
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items() if v)
         return f"PreparedCell({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
-               f"dtype={self.dtype}{wd})"
+               f"dtype={self.dtype}{wd}{opts})"
 
     _STATE_FORMULA = "(B, H) = "
 

@@ -16,12 +16,15 @@ modules never pay outside ``torch.compile``.
     y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
                                                        num_layers, bidirectional, training)
 
-``cell`` is a cell name or, for issue 14's LSTM variants, the name with its options:
-``"lstm+peephole+coupled+cell_clip=0.5+proj_size=P"`` (``variant_cell`` builds it; order free). With
-``peephole`` each layer and direction's tensors continue with w_ch [U, H] (U = 3, coupled 2);
-``coupled`` has G = 3 gate blocks; ``proj_size=P`` (torch.nn.LSTM's projection) ends each with
+``cell`` is a cell name or, for the variants, the name with its options:
+``"lstm+peephole+coupled+cell_clip=0.5+proj_size=P"``, ``"gru+reset_before"`` (GRU(reset_after=False)),
+``"lstm+layer_norm"`` / ``"gru+layer_norm"`` (``variant_cell`` builds it; order free). With
+``peephole`` each layer and direction's tensors continue with w_ch [U, H] (U = 3, coupled 2); ``coupled``
+has G = 3 gate blocks; with ``layer_norm`` they end with ln_weight_ih, ln_weight_hh [G*H] and, for
+the LSTM, ln_weight_c, ln_bias_c [H]; ``proj_size=P`` (torch.nn.LSTM's projection) ends each with
 w_hr [P, H], w_hh is [G*H, P], h (h0, hn, y's D*P columns, layer inputs above the first) P wide, c
-H wide. peephole, coupled and cell_clip run on the CPU and on CUDA; proj_size on the CPU only, and
+H wide. The LSTM variants run on the CPU and on CUDA, except proj_size; the reset-before GRU, layer
+norm and proj_size on the CPU only (CUDA: NotImplementedError), proj_size in float32/float64 and
 without the training modifiers (NotImplementedError otherwise; fastrnn.nn runs composed torch ops
 for those calls).
 
@@ -55,15 +58,9 @@ from .cell_table import CELL_ID, TABLE, carries_cell_state, cell_info, param_sha
 from .types import CELLS
 
 _CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
-_DTYPES = (torch.float32, torch.float64)
-# CUDA tensors may also be 16-bit (issue 18): float16 / bfloat16 storage with float32 accumulation and
-# a float32 recurrent state inside the kernels (cuda/dtypes.h).
-_CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _dtypes_of(device: torch.device) -> tuple:
-    """The dtypes the kernels of ``device`` run."""
-    return _CUDA_DTYPES if device.type == "cuda" else _DTYPES
+# float16 / bfloat16: 16-bit storage with float32 accumulation and state, on the CPU (README, "16-bit
+# types") and on CUDA (cuda/dtypes.h).
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 __all__ = ["rnn_forward", "rnn_backward", "run_forward"]
 
@@ -85,15 +82,21 @@ _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Te
 _KERNEL_KEY = "CompositeExplicitAutograd"
 
 
-_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0), ("proj_size", 0))
+_NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0), ("reset_after", True),
+               ("layer_norm", False), ("proj_size", 0))
 
 
 def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
-                 proj_size: int = 0) -> str:
-    """The op's ``cell`` string of a cell with issue 14's options ("lstm+peephole+cell_clip=0.5")."""
+                 reset_after: bool = True, layer_norm: bool = False, proj_size: int = 0) -> str:
+    """The op's ``cell`` string of a cell with its variant options ("lstm+peephole+cell_clip=0.5",
+    "gru+reset_before", "lstm+layer_norm", "lstm+proj_size=16")."""
     parts = [cell] + (["peephole"] if peephole else []) + (["coupled"] if coupled else [])
     if cell_clip is not None:
         parts.append(f"cell_clip={float(cell_clip)!r}")
+    if not reset_after:
+        parts.append("reset_before")
+    if layer_norm:
+        parts.append("layer_norm")
     if proj_size:
         parts.append(f"proj_size={int(proj_size)}")
     return "+".join(parts)
@@ -102,12 +105,12 @@ def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_
 @functools.lru_cache(maxsize=64)
 def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
-    ("coupled", bool), ("cell_clip", float, 0.0 = none), ("proj_size", int, 0 = none))). ValueError
-    for anything else."""
+    ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool), ("layer_norm", bool),
+    ("proj_size", int, 0 = none))). ValueError for anything else."""
     base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
     if base not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C, +proj_size=P for "
-                         f"the LSTM), got {cell!r}")
+        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C, +proj_size=P for the "
+                         f"LSTM, +reset_before for the GRU, +layer_norm for both), got {cell!r}")
     opts = dict(_NO_OPTIONS)
     for part in parts:
         if part in ("peephole", "coupled"):
@@ -119,15 +122,27 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
                 raise ValueError(f"cell {cell!r}: cell_clip must be a number") from None
             if not opts["cell_clip"] > 0:
                 raise ValueError(f"cell {cell!r}: cell_clip must be > 0")
+        elif part == "reset_before":
+            opts["reset_after"] = False
+        elif part == "layer_norm":
+            opts["layer_norm"] = True
         elif part.startswith("proj_size="):
             value = part[len("proj_size="):]
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"cell {cell!r}: proj_size must be an int >= 1")
             opts["proj_size"] = int(value)
         else:
-            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, proj_size=P)")
-    if parts and not cell_info(base).lstm_variants:
-        raise ValueError(f"cell {cell!r}: peephole, coupled, cell_clip and proj_size are LSTM options")
+            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, proj_size=P, "
+                             "reset_before, layer_norm)")
+    lstm_parts = [p for p in parts if p not in ("reset_before", "layer_norm")]
+    if lstm_parts and not cell_info(base).lstm_variants:
+        only_proj = all(p.startswith("proj_size=") for p in lstm_parts)
+        raise ValueError(f"cell {cell!r}: " + ("proj_size is an LSTM option" if only_proj
+                                               else "peephole, coupled and cell_clip are LSTM options"))
+    if not opts["reset_after"] and (not cell_info(base).reset_after_option or lstm_parts):
+        raise ValueError(f"cell {cell!r}: reset_before is a GRU option")
+    if opts["layer_norm"] and (not cell_info(base).layer_norm_option or lstm_parts or not opts["reset_after"]):
+        raise ValueError(f"cell {cell!r}: layer_norm is an LSTM/GRU option, not combined with the others")
     return base, tuple(opts.items())
 
 
@@ -146,6 +161,10 @@ def _proj_size(cell: str) -> int:
 def _h_size(cell: str, hidden_size: int) -> int:
     """The width of h (and of each direction's output): P for the projected LSTM, else H."""
     return _proj_size(cell) or hidden_size
+def _norm_vectors(cell: str) -> int:
+    """The layer norm's vectors per layer and direction: 4 (LSTM), 2 (GRU), 0 without layer_norm."""
+    base, opts = split_cell(cell)
+    return (4 if cell_info(base).carries_cell_state else 2) if dict(opts)["layer_norm"] else 0
 
 
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
@@ -153,10 +172,9 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
     count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes,
     one more with a projection)."""
     base, _ = split_cell(cell)
-    extra = (1 if _peephole_rows(cell) else 0) + (1 if _proj_size(cell) else 0)
-    if x.dtype not in _dtypes_of(x.device):
-        raise TypeError(f"fastrnn supports float32 and float64 only (CUDA tensors also bfloat16 and float16), got "
-                        f"input of dtype {x.dtype} on {x.device}")
+    extra = (1 if _peephole_rows(cell) else 0) + _norm_vectors(cell) + (1 if _proj_size(cell) else 0)
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"fastrnn supports float32, float64, bfloat16 and float16, got input of dtype {x.dtype}")
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D [T, B, I] (time-major), got shape {tuple(x.shape)}")
     if num_layers < 1:
@@ -190,14 +208,17 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     opts = dict(opts)
     P = opts["proj_size"]
     HW = P or hidden_size
-    bias = per_entry - (1 if opts["peephole"] else 0) - (1 if P else 0) == 4
-    names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else []) \
-        + (["w_hr"] if P else [])
-    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape), w_hr [P, H] last
+    n_ln = _norm_vectors(cell)
+    bias = per_entry - (1 if opts["peephole"] else 0) - n_ln - (1 if P else 0) == 4
+    names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else []) + \
+        ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln] + (["w_hr"] if P else [])
+    GH = cell_info(base).gates_with(opts["coupled"]) * hidden_size
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape; w_hh [G*H, P] and
+    # w_hr [P, H] last when projected), then the norm's
     all_shapes = param_shapes(base, I, hidden_size, num_layers, bidirectional, bias, opts["peephole"], opts["coupled"],
-                              P)
+                              proj_size=P)
     for k in range(num_layers * D):
-        shapes = all_shapes[k] + (((P, hidden_size),) if P else ())
+        shapes = all_shapes[k] + ((GH,), (GH,), (hidden_size,), (hidden_size,))[:n_ln] + (((P, hidden_size),) if P else ())
         for j in range(per_entry):
             w = weights[k * per_entry + j]
             if w.shape != shapes[j]:
@@ -366,19 +387,32 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
 
 
 def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c) -> None:
-    """What the kernels do not run, refused before they are called (fastrnn.nn routes these calls to
-    its composed torch ops): the projected LSTM (proj_size) with a training modifier or off the CPU,
-    and on CUDA an LSTM variant's cell string with a modifier (the CPU kernels run those)."""
+    """What runs where: the reset-before GRU, layer norm and the projected LSTM (proj_size) run on the
+    CPU only and without the kernels' modifiers (fastrnn.nn runs those combinations as composed torch
+    ops), proj_size in float32/float64 only; on CUDA the LSTM variants run without the modifiers only
+    (the CPU kernels run the other LSTM variants with every one)."""
+    opts = dict(split_cell(cell)[1])
     modified = recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
-    if _proj_size(cell):
+    if opts["proj_size"]:
+        if x.device.type != "cpu":
+            raise NotImplementedError(f"proj_size (cell {cell!r}) runs in the CPU kernels only, got a tensor on "
+                                      f"{x.device}; fastrnn.nn.LSTM(proj_size=P) runs composed torch ops there")
         if modified:
             raise NotImplementedError(f"the kernels do not run the training modifiers (recurrent_dropout, grad_clip, "
                                       f"zoneout) with proj_size (cell {cell!r}); fastrnn.nn.LSTM(proj_size=P) runs "
                                       f"them as composed torch ops")
-        if x.device.type != "cpu":
-            raise NotImplementedError(f"proj_size (cell {cell!r}) runs in the CPU kernels only, got a tensor on "
-                                      f"{x.device}; fastrnn.nn.LSTM(proj_size=P) runs composed torch ops there")
-    if x.device.type != "cpu" and cell != split_cell(cell)[0] and modified:
+        if x.dtype not in (torch.float32, torch.float64):
+            raise NotImplementedError(f"proj_size (cell {cell!r}) runs in float32 and float64 only, got {x.dtype}; "
+                                      f"fastrnn.nn.LSTM(proj_size=P) runs composed torch ops for 16-bit types")
+    cpu_only = not opts["reset_after"] or opts["layer_norm"]
+    if cpu_only and x.device.type != "cpu":
+        raise NotImplementedError(f"the reset-before GRU and layer norm (cell {cell!r}) run on the CPU only; the CUDA "
+                                  "kernels implement the base cells and the LSTM variants")
+    if modified and cpu_only:
+        raise NotImplementedError(f"the kernels run the training modifiers (recurrent_dropout, grad_clip, zoneout) "
+                                  f"with the base cells and the LSTM variants, not with {cell!r} (fastrnn.nn runs "
+                                  "that combination as composed torch ops)")
+    if modified and x.device.type != "cpu" and cell != split_cell(cell)[0]:
         raise NotImplementedError(f"the CUDA kernels run the training modifiers (recurrent_dropout, grad_clip, "
                                   f"zoneout) with the base cells only, not the LSTM variant {cell!r} (peephole, "
                                   f"coupled, cell_clip); the CPU kernels run it")
@@ -550,6 +584,29 @@ def _refuse_transform(*args, **kwargs):
 for _name in ("rnn_forward", "rnn_forward_modified", "rnn_backward"):
     _LIB.impl(_name, _refuse_transform, "FuncTorchDynamicLayerFrontMode")
 
+
+# ---- autocast -------------------------------------------------------------------------------------
+# Under torch.autocast("cpu", dtype=...) the forward ops run in the autocast dtype (bfloat16 or
+# float16): their floating-point tensors are cast to it on entry, as torch's autocast does for its
+# lower-precision ops (torch.nn.LSTM's oneDNN layer among them), and the op runs with the autocast
+# key excluded. The casts are ordinary differentiable ops, so float32 parameters get float32
+# gradients. A kernel at the AutocastCPU key (what torch.library.register_autocast installs, but
+# with the autocast dtype read at the call instead of fixed), so torch.compile traces it too.
+def _autocast_cpu(op):
+    def kernel(x, weights, h0, c0, lengths, *rest):
+        dtype = torch.get_autocast_dtype("cpu")
+
+        def cast(t):
+            return t.to(dtype) if t is not None and t.is_floating_point() and t.device.type == "cpu" else t
+        rest = tuple(cast(r) if isinstance(r, Tensor) else r for r in rest)
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)):
+            return op(cast(x), [cast(w) for w in weights], cast(h0), cast(c0), lengths, *rest)
+    return kernel
+
+
+for _name in ("rnn_forward", "rnn_forward_modified"):
+    _LIB.impl(_name, _autocast_cpu(getattr(torch.ops.fastrnn, _name)), "AutocastCPU")
+
 rnn_forward = torch.ops.fastrnn.rnn_forward
 rnn_backward = torch.ops.fastrnn.rnn_backward
 
@@ -566,8 +623,10 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 def _plain_eager(*tensors) -> bool:
     # torch.jit.trace records the op (serialisable, re-run by the trace check), never the Function.
+    # Under CPU autocast the op's AutocastCPU kernel (above) casts the inputs.
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state() is not None):
+            or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state() is not None
+            or torch.is_autocast_enabled("cpu")):
         return False
     for t in tensors:  # a loop, not all(<generator>): this runs on every cell step
         if t is not None and type(t) not in _PLAIN_TYPES:

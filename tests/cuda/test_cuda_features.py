@@ -281,10 +281,8 @@ def cuda_ops(monkeypatch):
         def __call__(self, t):
             return t if DEVICE.emulated else t.cuda()
 
-        def route(self, cpu_tensors_as_cuda_dtypes=False):
+        def route(self, cpu_tensors_as_cuda_dtypes=False):  # the op takes 16-bit CPU tensors too now
             if DEVICE.emulated:
-                if cpu_tensors_as_cuda_dtypes:  # the op's dtype rule for CUDA tensors (16-bit) on CPU ones
-                    monkeypatch.setattr(ops, "_dtypes_of", lambda device: ops._CUDA_DTYPES)
                 monkeypatch.setattr(ops, "_entry_points", lambda x: ops._cuda_entry_points(DEVICE.module, x.device))
                 monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
                 monkeypatch.setattr(torch.cuda, "current_stream", lambda: types.SimpleNamespace(cuda_stream=0))

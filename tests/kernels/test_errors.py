@@ -58,7 +58,9 @@ BAD = [
     ("x empty B", lambda: fwd(x=x_((T, 0, I))), ValueError, r"x must not be empty"),
     ("x empty I", lambda: fwd(x=x_((T, B, 0))), ValueError, r"x must not be empty"),
     ("x int", lambda: fwd(x=np.ones((T, B, I), np.int64)), TypeError, r"x must have dtype"),
-    ("x float16", lambda: fwd(x=x_(dtype=np.float16)), TypeError, r"x must have dtype"),
+    # float16 is a dtype of its own (16-bit storage): with float32 weights the weights are named
+    ("x float16, weights float32", lambda: fwd(x=x_(dtype=np.float16)), TypeError,
+     r"w_ih.*must have dtype float16 \(the dtype of x\), got float32"),
     ("x object", lambda: fwd(x=x_().astype(object)), TypeError, r"x must have dtype"),
     ("x complex", lambda: fwd(x=x_().astype(np.complex64)), TypeError, r"x must have dtype"),
     # --- weights: container and count ---
@@ -259,7 +261,7 @@ CORE_BAD = [
     ("h0 non-contiguous", dict(h0=np.zeros((1, B, 2 * H), F32)[..., ::2]), ValueError, r"h0 must be C-contiguous"),
     ("x non-contiguous", dict(x=x_((T, B, 2 * I))[:, :, ::2]), ValueError, r"x must be C-contiguous"),
     ("x 2-D", dict(x=x_((T, B))), ValueError, r"x must be 3-D"),
-    ("x float16", dict(x=x_(dtype=np.float16)), TypeError, r"x must have dtype"),
+    ("x float16, weights float32", dict(x=x_(dtype=np.float16)), TypeError, r"must have dtype float16, got float32"),
     ("x empty", dict(x=x_((0, B, I))), ValueError, r"sizes must be >= 1"),
     ("lengths int32", dict(lengths=np.array([5, 2, 1], np.int32)), TypeError, r"lengths must have dtype int64"),
     ("lengths > T", dict(lengths=np.array([5, 6, 1])), ValueError, r"lengths\[1\] = 6 is outside \[1, T=5\]"),

@@ -14,7 +14,7 @@ import pytest
 from fastrnn import _core
 from helpers import TESTS_DIR
 
-ORDER = ("baseline", "avx2", "avx512")
+ORDER = ("baseline", "avx2", "avx512", "avx512_bf16")  # avx512_bf16: avx512 + the bfloat16 dot product
 SUPPORTED = ORDER[:ORDER.index(_core.cpu_isa()) + 1]  # the paths this CPU can run (the others can't be)
 
 CHECK = r"""

@@ -1,6 +1,6 @@
 """Issue 14's cell variants in the NumPy API and the reference: the LSTM with peepholes, with the
 coupled input-forget gate (CIFG), with cell clipping, and their combinations; init="identity";
-the reset-before GRU and layer norm (reference only, the kernels refuse them).
+the reset-before GRU and layer norm in the reference (their kernels: test_fused_variants.py).
 (1) The reference's hand-written BPTT of every variant against central finite differences of its
 own forward (float64); (2) the kernels (fastrnn.forward / backward) against the reference over the
 matrix of layers x directions x lengths x dtypes, with awkward sizes on both sides of the 16-row
@@ -216,11 +216,11 @@ def test_option_errors():
         fastrnn.forward("lstm", x, fastrnn.init_weights("lstm", 3, 4), cell_clip="1")
     with pytest.raises(ValueError, match=r"\(3\*H, I\)"):  # coupled: 3 gate blocks
         fastrnn.forward("lstm", x, fastrnn.init_weights("lstm", 3, 4), coupled=True)
-    with pytest.raises(NotImplementedError, match="PreparedCell"):
+    with pytest.raises(ValueError, match="w_ch"):  # PreparedCell's peepholes: tests/kernels/test_fused_variants.py
         fastrnn.PreparedCell("lstm", *fastrnn.init_weights("lstm", 3, 4)[0], peephole=True)
 
 
-# ---- the GRU with reset_after=False (reference; the kernels refuse it for now) ----------------------
+# ---- the GRU with reset_after=False (reference; the kernels: tests/kernels/test_fused_variants.py) ----
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("bidirectional,ragged", [(False, False), (True, True)], ids=["uni", "bi-ragged"])
 def test_reference_gru_reset_before_matches_finite_differences(bidirectional, ragged, bias):
@@ -261,15 +261,13 @@ def test_reference_gru_reset_before_differs_from_reset_after():
                                reference.forward("gru", x, [tuple(w)], h0).output, rtol=1e-12, atol=1e-14)
 
 
-def test_gru_reset_before_not_in_the_kernels_yet():
+def test_gru_reset_before_is_a_gru_option():
     x = np.zeros((2, 1, 3), np.float32)
-    with pytest.raises(NotImplementedError, match="reset_after=False"):
-        fastrnn.forward("gru", x, fastrnn.init_weights("gru", 3, 4), reset_after=False)
     with pytest.raises(ValueError, match="reset_after is a GRU option"):
         fastrnn.forward("lstm", x, fastrnn.init_weights("lstm", 3, 4), reset_after=False)
 
 
-# ---- layer norm (reference; the kernels refuse it for now) -----------------------------------------
+# ---- layer norm (reference; the kernels: tests/kernels/test_fused_variants.py) ---------------------
 def layer_norm_problem(cell, bias, bidirectional, seed):
     """Weights as fastrnn.nn orders them with layer_norm=True: (w_ih, w_hh[, b_ih, b_hh], γ_ih, γ_hh
     [, γ_c, β_c]), the layer norm's vectors drawn away from their init (ones, zeros) so that their

@@ -127,8 +127,8 @@ def test_reserve_shape_is_linear_in_time_and_batch():
 def test_op_argument_errors():
     x, weights, h0, c0, lens, H, L, bidir = problem("lstm", requires_grad=False)
     op = torch.ops.fastrnn.rnn_forward
-    with pytest.raises(TypeError, match="float16"):
-        op(x.half(), [w.half() for w in weights], None, None, None, "lstm", H, L, bidir, False)
+    with pytest.raises(TypeError, match=r"weights\[0\] must have the input's dtype torch.float16, got torch.float64"):
+        op(x.half(), weights, None, None, None, "lstm", H, L, bidir, False)  # 16-bit x, float64 weights
     with pytest.raises(TypeError, match=r"weights\[1\]"):
         op(x, weights[:1] + [weights[1].float()] + weights[2:], None, None, None, "lstm", H, L, bidir, False)
     with pytest.raises(ValueError, match="3-D"):

@@ -1,8 +1,9 @@
 """fastrnn.nn.LSTM(proj_size=P) on the fused CPU op (the layer's parity with torch.nn in every
 input form is tests/nn/test_nn.py's check_parity; torch.compile is in test_nn_compile.py, DDP in
 test_nn_ddp.py): here, that the CPU path really is the op and never the composed torch ops, with
-the cell variants too; that the composed path the op cannot serve (forward-mode AD) agrees with the
-op; gradcheck in float64; dropout between projected layers; convert() of a torch.nn.LSTM(proj_size).
+the cell variants too, and PackedSequence inputs (sorted and unsorted); that the composed path the op
+cannot serve (forward-mode AD, 16-bit types) agrees with the op or with torch.nn; gradcheck in
+float64; dropout between projected layers; convert() of a torch.nn.LSTM(proj_size).
 """
 import pytest
 
@@ -11,6 +12,7 @@ torch = pytest.importorskip("torch")
 import fastrnn.nn as fnn  # noqa: E402
 import fastrnn.nn._recurrence as recurrence  # noqa: E402
 from helpers import assert_torch_close, to_numpy  # noqa: E402
+import tolerances  # noqa: E402
 
 T, B, I, H, P = 6, 3, 4, 7, 3
 
@@ -140,3 +142,50 @@ def test_convert_keeps_the_projection(no_composed):
     assert isinstance(fast, fnn.LSTM) and fast.proj_size == P
     x = torch.randn(B, T, I, dtype=torch.float64)
     torch.testing.assert_close(fast(x)[0], ref(x)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_packed_sequence_runs_the_fused_op(no_composed, enforce_sorted):
+    """A PackedSequence (sorted: the kernels run each step's live rows only; unsorted: the stack
+    sorts the batch) through a stacked bidirectional projected LSTM on the fused op, against
+    torch.nn.LSTM(proj_size) on the same packed input: data, h_n, c_n and every gradient (float64)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+    torch.manual_seed(7)
+    ref = torch.nn.LSTM(I, H, 2, bidirectional=True, proj_size=P, dtype=torch.float64)
+    fast = fnn.LSTM(I, H, 2, bidirectional=True, proj_size=P, dtype=torch.float64)
+    fast.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([T, T - 2, 1]) if enforce_sorted else torch.tensor([2, T, 1])
+    x, h0, c0 = _inputs()
+    x64, h064, c064 = (t.detach().clone().requires_grad_() for t in (x, h0, c0))
+    out, (hn, cn) = fast(pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted), (h0, c0))
+    out_ref, (hn_ref, cn_ref) = ref(pack_padded_sequence(x64, lengths, enforce_sorted=enforce_sorted), (h064, c064))
+    (out.data.sum() + hn.pow(2).sum() + cn.pow(3).sum()).backward()
+    (out_ref.data.sum() + hn_ref.pow(2).sum() + cn_ref.pow(3).sum()).backward()
+    assert out.data.shape == (int(lengths.sum()), 2 * P)
+    for name, a, e in (("output", out.data, out_ref.data), ("h_n", hn, hn_ref), ("c_n", cn, cn_ref),
+                       ("dx", x.grad, x64.grad), ("dh0", h0.grad, h064.grad), ("dc0", c0.grad, c064.grad)):
+        assert_torch_close(to_numpy(a), to_numpy(e), torch.float64, name)
+    ref_params = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        assert_torch_close(to_numpy(p.grad), to_numpy(ref_params[name].grad), torch.float64, "d" + name)
+
+
+def test_bfloat16_runs_the_composed_path(monkeypatch):
+    """The 16-bit kernels have no projection: a bfloat16 LSTM(proj_size) runs the composed torch ops
+    (the fused op is refused here), close to torch.nn.LSTM(proj_size) in float64 on the same
+    bfloat16-valued weights and input (tests/tolerances.py's NN16_COMPOSED_BF16_OUTPUT)."""
+    import fastrnn.ops as ops
+    torch.manual_seed(8)
+    fast = fnn.LSTM(I, H, 1, proj_size=P).to(torch.bfloat16)
+    ref = torch.nn.LSTM(I, H, 1, proj_size=P, dtype=torch.float64)
+    ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fused op ran a 16-bit projected LSTM")
+    monkeypatch.setattr(ops, "run_forward", refuse)
+    x = _inputs(L=1, D=1)[0].detach().to(torch.bfloat16)
+    y, (hn, cn) = fast(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (T, B, P) and hn.shape == (1, B, P) and cn.shape == (1, B, H)
+    with torch.no_grad():
+        y_ref = ref(x.double())[0]
+    assert tolerances.relative_error(y.detach().double().numpy(), y_ref.numpy()) <= tolerances.NN16_COMPOSED_BF16_OUTPUT

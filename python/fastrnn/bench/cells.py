@@ -20,8 +20,6 @@ gradients) so that no wrong kernel is timed.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence as Seq
@@ -33,7 +31,7 @@ import fastrnn
 from ..cell_table import TABLE
 from .impls import GROSS_MISMATCH, VerificationError
 from .machine import _import_torch, make_header
-from .report import format_header, results_basename
+from .report import format_header, results_basename, save_results, write_json
 from .suite import _Progress, geomean
 from .timing import time_interleaved
 
@@ -306,14 +304,7 @@ def main(args) -> int:
             + "\n")
     print("\n" + format_summary(result["summary"]))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(result, args.json)
     if args.save:
-        os.makedirs(args.save, exist_ok=True)
-        base = os.path.join(args.save, results_basename(result) + "-cells")
-        with open(base + ".json", "w") as f:
-            json.dump(result, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(text)
-        print(f"saved {base}.json and {base}.md", file=sys.stderr)
+        save_results(result, text, args.save, results_basename(result) + "-cells")
     return 0

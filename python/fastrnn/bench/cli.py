@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import List, Optional, Sequence
 
 from .cases import BENCH_CELLS, DEFAULT_CELLS, MODES, parse_sizes
 from .decode import decode_suite_main
 from .impls import VerificationError
-from .report import format_header, format_markdown, format_summary, results_basename, write_plot
+from .report import (format_header, format_markdown, format_summary, results_basename, save_results, write_json,
+                     write_plot)
 from .suite import run
 from .timing import GEMM_N
 from .variants import (PROJECTION_TABLE_HEAD, format_projection_row, format_variant_row, run_variants, VARIANT_SIZES,
@@ -69,8 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--gemm-size", type=_positive, default=GEMM_N,
                         help=f"n of the n^3 sgemm that measures the peak (default {GEMM_N})")
     parser.add_argument("--variants", action="store_true",
-                        help="the cell variants' suite (issue 14): each variant vs fastrnn's base cell and a "
-                             "plain-PyTorch loop, and LSTM(proj_size) vs torch.nn and fastrnn's old pure-torch "
+                        help="the cell variants' suite: each variant vs fastrnn's base cell and a "
+                             "plain-PyTorch loop, and LSTM(proj_size) vs torch.nn, fastrnn's base LSTM and its old pure-torch "
                              "path (H=512 P=128, H=1024 P=256, B=32, T=100); --sizes HxBxT sets the sizes (the "
                              "projection's P = H/4), --save writes <name>-variants.*")
     parser.add_argument("--min-sample-ms", type=float, default=None,
@@ -84,9 +83,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="--suite cells: time this thread's CPU time (default; both libraries run on the calling "
                              "thread at --threads 1) or wall time")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="bfloat16 / float16: the 16-bit kernels vs fastrnn float32 and torch.nn under the same "
+                             "CPU autocast (and torch.nn float32, labelled), fastrnn/bench/dtype16.py; --save writes "
+                             "<name>-<dtype>.*")
     parser.add_argument("--modifiers", action="store_true",
                         help="the training modifiers' suite (zoneout, recurrent/weight dropout, grad_clip, dilation "
                              "on LSTM and GRU vs the plain cell and a plain-PyTorch loop; fastrnn/bench/modifiers.py)")
+    parser.add_argument("--ragged", action="store_true",
+                        help="the ragged-lengths suite: uniform, SST-2 and EWT batches as PackedSequences, fastrnn.nn "
+                             "against its dense time, the ideal (live fraction x dense) and torch.nn's packed path, "
+                             "LSTM and GRU, inference and training; fastrnn/bench/ragged.py")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="--ragged: time samples in the process's CPU time (readable at --threads 1 on a "
+                             "loaded machine)")
+    parser.add_argument("--data", metavar="DIR", default=None,
+                        help="--ragged: the datasets' folder (default: ../shared/data from the checkout or cwd)")
     args = parser.parse_args(argv)
     if args.modifiers:
         from .modifiers import main_variants
@@ -96,6 +108,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("--suite cells runs on the CPU")
         from .cells import main as cells_main
         return cells_main(args)
+    if args.ragged:
+        from .ragged import main_ragged
+        return main_ragged(args)
     if args.suite == "decode":
         if args.device == "cuda":
             parser.error("--suite decode runs on the CPU (the stepper has no CUDA step kernel yet)")
@@ -111,6 +126,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("--plot needs matplotlib, which is not installed (pip install matplotlib, "
                          "or pip install 'fastrnn[bench]')")
     reps = args.reps or (3 if args.quick else 7)
+    if args.dtype != "float32":
+        from .dtype16 import format_markdown16, run_dtype
+        try:
+            result = run_dtype(args.dtype, args.cells, args.modes, args.sizes, args.threads, reps, args.quick,
+                               args.no_torch, None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
+                               emit=lambda text: print(text, flush=True))
+        except VerificationError as e:
+            print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
+            return 1
+        text = format_markdown16(result)
+        print("\n" + text.rsplit("\n\n", 1)[-1])
+        if args.save:
+            save_results(result, text, args.save, results_basename(result) + "-" + args.dtype)
+        return 0
     if args.variants:
         sizes = VARIANT_SIZES if args.sizes is None else [(h, b, t) for h, b, t, _ in args.sizes]
         try:
@@ -121,16 +150,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
             return 1
         if args.save:
-            os.makedirs(args.save, exist_ok=True)
-            base = os.path.join(args.save, results_basename(result) + "-variants")
-            with open(base + ".json", "w") as f:
-                json.dump(result, f, indent=1)
-            with open(base + ".md", "w") as f:
-                f.write(format_header(result) + "\n\n" + VARIANT_TABLE_HEAD + "\n"
-                        + "\n".join(format_variant_row(r) for r in result["variant_cases"]) + "\n\n"
-                        + PROJECTION_TABLE_HEAD + "\n"
-                        + "\n".join(format_projection_row(r) for r in result["projection_cases"]) + "\n")
-            print(f"saved {base}.json and {base}.md", file=sys.stderr)
+            table = "\n".join(format_variant_row(r) for r in result["variant_cases"])
+            projection = "\n".join(format_projection_row(r) for r in result["projection_cases"])
+            save_results(result, format_header(result) + "\n\n" + VARIANT_TABLE_HEAD + "\n" + table + "\n\n"
+                         + PROJECTION_TABLE_HEAD + "\n" + projection + "\n", args.save,
+                         results_basename(result) + "-variants")
         return 0
     try:
         result = run(cells=args.cells, modes=args.modes, sizes=args.sizes, threads=args.threads, reps=reps,
@@ -144,16 +168,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = format_markdown(result)  # what was printed above, plus the summary
     print(f"\n{format_summary(result)}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(result, args.json)
     if args.save:
-        os.makedirs(args.save, exist_ok=True)
-        base = os.path.join(args.save, results_basename(result))
-        with open(base + ".json", "w") as f:
-            json.dump(result, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(text)
-        print(f"saved {base}.json and {base}.md", file=sys.stderr)
+        save_results(result, text, args.save, results_basename(result))
     if args.plot:
         write_plot(result, args.plot)
     return 0

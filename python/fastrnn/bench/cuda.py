@@ -44,7 +44,7 @@ from fastrnn.cell_table import LSTM, cell_info
 from .cases import Case, case_flops, DEFAULT_CELLS, Inputs, make_inputs
 from .impls import compare, _grads_dict, VerificationError
 from .machine import _git_commit
-from .report import _num
+from .report import _num, save_results, write_json
 from .suite import _Progress, summarize
 from .timing import GEMM_N as CPU_GEMM_N
 
@@ -590,14 +590,7 @@ def main(args, parser) -> int:
     print(f"\n{format_summary(result)}")
     text = format_markdown(result)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(result, args.json)
     if args.save:
-        os.makedirs(args.save, exist_ok=True)
-        base = os.path.join(args.save, results_basename(result, args.quick and args.sizes is None))
-        with open(base + ".json", "w") as f:
-            json.dump(result, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(text)
-        print(f"saved {base}.json and {base}.md", file=sys.stderr)
+        save_results(result, text, args.save, results_basename(result, args.quick and args.sizes is None))
     return 1 if any("error" in r for r in result["cases"] + result.get("extras", [])) else 0

@@ -2,8 +2,6 @@
 the fastrnn.nn module at T = 1, torch.nn's cells and modules at T = 1), its table and its CLI."""
 from __future__ import annotations
 
-import json
-import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -13,7 +11,7 @@ from fastrnn.cell_table import GRU, LSTM, cell_info
 from .cases import Case
 from .impls import compare, VerificationError
 from .machine import _import_torch, make_header
-from .report import format_header, _num, results_basename
+from .report import _num, format_header, results_basename, save_results, write_json
 from .suite import geomean, _Progress
 from .timing import GEMM_N, limit_numpy_blas, measure_peak, time_interleaved
 
@@ -175,14 +173,7 @@ def decode_suite_main(args) -> int:
     text = format_decode_markdown(result)
     print("\n" + text.rsplit("\n\n", 1)[-1], end="")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(result, args.json)
     if args.save:
-        os.makedirs(args.save, exist_ok=True)
-        base = os.path.join(args.save, results_basename(result) + "-decode")
-        with open(base + ".json", "w") as f:
-            json.dump(result, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(text)
-        print(f"saved {base}.json and {base}.md", file=sys.stderr)
+        save_results(result, text, args.save, results_basename(result) + "-decode")
     return 0

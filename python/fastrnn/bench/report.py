@@ -2,6 +2,8 @@
 file names."""
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
 from typing import Optional
@@ -103,6 +105,23 @@ def write_plot(result: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def save_results(result: dict, markdown: str, directory: str, name: str) -> None:
+    """``--save``: <directory>/<name>.json (the full results) and <name>.md (the report), and a line
+    on stderr naming them."""
+    os.makedirs(directory, exist_ok=True)
+    base = os.path.join(directory, name)
+    write_json(result, base + ".json")
+    with open(base + ".md", "w") as f:
+        f.write(markdown)
+    print(f"saved {base}.json and {base}.md", file=sys.stderr)
+
+
+def write_json(result: dict, path: str) -> None:
+    """``--json``: the full results."""
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
 
 
 def results_basename(result: dict) -> str:

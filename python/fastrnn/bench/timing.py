@@ -28,7 +28,9 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int, min_sample
                      warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> Dict[str, dict]:
     """Warm each up, then take ``reps`` samples of each, interleaved and rotating the order every
     round. Returns per name: median/min/max ms per call, the samples and calls per sample.
-    ``clock``: seconds (wall time; time.thread_time counts this thread's CPU time only)."""
+    ``clock`` times the samples: wall time by default; time.thread_time counts this thread's CPU
+    time only, time.process_time the process's (keeps a single-threaded comparison readable on a
+    machine shared with other loads)."""
     names = list(fns)
     for name in names:  # at least `warmup` calls and WARMUP_S: caches, page faults, clock ramp-up
         t0 = time.perf_counter()

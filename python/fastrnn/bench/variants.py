@@ -1,5 +1,7 @@
-"""--variants: issue 14's cell variants against fastrnn's base cell and a plain-PyTorch loop, and
-the projected LSTM (proj_size) against torch.nn.LSTM(proj_size) and fastrnn's old pure-torch path."""
+"""--variants: the cell variants against fastrnn's base cell, a plain-PyTorch loop and, for those
+fastrnn.nn also runs as composed torch ops (reset_after=False, layer_norm), that path; and the
+projected LSTM (proj_size) against torch.nn.LSTM(proj_size), fastrnn's base LSTM of the same H and
+the composed torch ops fastrnn.nn runs where the kernels do not."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -86,11 +88,25 @@ def _torch_loop(torch, m, x):
     return torch.stack(ys)
 
 
+def _has_composed_path(m) -> bool:
+    """The variants fastrnn.nn ran as composed torch ops before the fused kernels (and still does off
+    the CPU): GRU(reset_after=False), layer_norm=True."""
+    return not getattr(m, "reset_after", True) or getattr(m, "layer_norm", False)
+
+
+def _composed(m, x):
+    """fastrnn.nn's composed-torch-ops path for the module (its Python loop, autograd backward)."""
+    from fastrnn.nn._composed import _composed_recurrence
+    return _composed_recurrence(m.mode, x, m._weights(), None, None, None, m.hidden_size, m.num_layers,
+                                m.bidirectional, None, not m.reset_after, m.layer_norm)
+
+
 def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int = 5, min_sample_s: float = 0.05,
                  emit: Optional[Callable[[str], None]] = None) -> dict:
     """Times each variant (fastrnn.nn, float32, one layer) against fastrnn's base cell of the same
     size and against ``_torch_loop``, interleaved in one process, in inference and training
-    (forward + backward of y.sum()). Returns the JSON-able result with per-case ratios."""
+    (forward + backward of y.sum()); the variants that also have a composed-torch-ops path
+    (``_has_composed_path``) against that too. Returns the JSON-able result with per-case ratios."""
     torch, torch_note = _import_torch(False)
     if torch is None:
         raise RuntimeError(f"--variants needs torch ({torch_note})")
@@ -126,10 +142,14 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
                     return go_train
                 fns = {"variant": call(lambda: variant(x)), "base": call(lambda: base(x)),
                        "torch_loop": call(lambda: _torch_loop(torch, variant, x))}
+                if _has_composed_path(variant):
+                    fns["composed"] = call(lambda: _composed(variant, x))
                 t = time_interleaved(fns, reps, min_sample_s)
                 row = {"name": name, "mode": mode, "H": H, "B": B, "T": T, "times": t,
                        "variant_over_base": t["variant"]["median_ms"] / t["base"]["median_ms"],
                        "loop_over_variant": t["torch_loop"]["median_ms"] / t["variant"]["median_ms"]}
+                if "composed" in t:
+                    row["composed_over_variant"] = t["composed"]["median_ms"] / t["variant"]["median_ms"]
                 result["variant_cases"].append(row)
                 if emit:
                     emit(format_variant_row(row))
@@ -140,15 +160,16 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
 
 # ------------------------------------------------------------------------------------------------
 # the projected LSTM: fused (fastrnn.nn.LSTM(proj_size)) vs torch.nn.LSTM(proj_size) (ATen's
-# unfused path on the CPU: oneDNN has no projection) vs fastrnn's pure-torch path of before (the
-# composed torch ops fastrnn.nn still runs where the op cannot)
+# unfused path on the CPU: oneDNN has no projection), vs fastrnn's base LSTM of the same H (what the
+# projection costs on top), and vs fastrnn's pure-torch path of before (the composed torch ops
+# fastrnn.nn still runs where the op cannot)
 # ------------------------------------------------------------------------------------------------
 PROJECTION_SIZES = ((512, 128, 32, 100), (1024, 256, 32, 100))  # (H, P, B, T), I = H
 
 
 def run_projection(torch, sizes, reps: int, min_sample_s: float, emit: Optional[Callable[[str], None]] = None) -> list:
     """Each (H, P, B, T): one layer, float32, inference and training (forward + backward of
-    y.sum()), the three implementations interleaved; rows with the times and the ratios."""
+    y.sum()), the four implementations interleaved; rows with the times and the ratios."""
     import fastrnn.nn as fnn
     from fastrnn.nn import _recurrence
     if emit:
@@ -159,6 +180,7 @@ def run_projection(torch, sizes, reps: int, min_sample_s: float, emit: Optional[
         ref = torch.nn.LSTM(H, H, proj_size=P)
         fast = fnn.LSTM(H, H, proj_size=P)
         fast.load_state_dict(ref.state_dict())
+        base = fnn.LSTM(H, H)  # the base cell, unprojected
         x = torch.randn(T, B, H)
 
         def composed():  # what fastrnn.nn.LSTM(proj_size) ran before the projection was fused
@@ -180,10 +202,12 @@ def run_projection(torch, sizes, reps: int, min_sample_s: float, emit: Optional[
                 def go_train():
                     fn()[0].sum().backward()
                 return go_train
-            fns = {"fastrnn": call(lambda: fast(x)), "torch": call(lambda: ref(x)), "old": call(composed)}
+            fns = {"fastrnn": call(lambda: fast(x)), "torch": call(lambda: ref(x)), "base": call(lambda: base(x)),
+                   "old": call(composed)}
             t = time_interleaved(fns, reps, min_sample_s)
             row = {"name": f"lstm proj_size={P}", "mode": mode, "H": H, "P": P, "B": B, "T": T, "times": t,
                    "torch_over_fastrnn": t["torch"]["median_ms"] / t["fastrnn"]["median_ms"],
+                   "fastrnn_over_base": t["fastrnn"]["median_ms"] / t["base"]["median_ms"],
                    "old_over_fastrnn": t["old"]["median_ms"] / t["fastrnn"]["median_ms"]}
             rows.append(row)
             if emit:
@@ -191,21 +215,28 @@ def run_projection(torch, sizes, reps: int, min_sample_s: float, emit: Optional[
     return rows
 
 
-PROJECTION_TABLE_HEAD = ("| projected LSTM | mode | H | P | B | T | fastrnn ms | torch.nn ms | old pure-torch ms "
-                         "| torch.nn / fastrnn | old / fastrnn |\n|---|---|---|---|---|---|---|---|---|---|---|")
+PROJECTION_TABLE_HEAD = ("| projected LSTM | mode | H | P | B | T | fastrnn ms | torch.nn ms | base cell ms "
+                         "| old pure-torch ms | torch.nn / fastrnn | fastrnn / base | old / fastrnn |\n"
+                         "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_projection_row(r: dict) -> str:
     t = r["times"]
     return (f"| {r['name']} | {r['mode']} | {r['H']} | {r['P']} | {r['B']} | {r['T']} | {_ms(t['fastrnn'])} "
-            f"| {_ms(t['torch'])} | {_ms(t['old'])} | {r['torch_over_fastrnn']:.2f}x | {r['old_over_fastrnn']:.1f}x |")
+            f"| {_ms(t['torch'])} | {_ms(t['base'])} | {_ms(t['old'])} | {r['torch_over_fastrnn']:.2f}x "
+            f"| {r['fastrnn_over_base']:.2f}x | {r['old_over_fastrnn']:.1f}x |")
 
 
-VARIANT_TABLE_HEAD = ("| variant | mode | H | B | T | variant ms | base cell ms | torch loop ms | variant / base "
-                      "| loop / variant |\n|---|---|---|---|---|---|---|---|---|---|")
+VARIANT_TABLE_HEAD = ("| variant | mode | H | B | T | variant ms | base cell ms | torch loop ms | composed ms "
+                      "| variant / base | loop / variant | composed / variant |\n"
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_variant_row(r: dict) -> str:
+    """A table row; "composed" (fastrnn.nn's composed torch ops) only where the variant has that path."""
     t = r["times"]
+    composed = _ms(t["composed"]) if "composed" in t else "-"
+    ratio = f"{r['composed_over_variant']:.1f}x" if "composed_over_variant" in r else "-"
     return (f"| {r['name']} | {r['mode']} | {r['H']} | {r['B']} | {r['T']} | {_ms(t['variant'])} | {_ms(t['base'])} "
-            f"| {_ms(t['torch_loop'])} | {r['variant_over_base']:.2f}x | {r['loop_over_variant']:.1f}x |")
+            f"| {_ms(t['torch_loop'])} | {composed} | {r['variant_over_base']:.2f}x | {r['loop_over_variant']:.1f}x "
+            f"| {ratio} |")

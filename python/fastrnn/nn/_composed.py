@@ -1,8 +1,9 @@
 """The recurrence in composed torch ops (a Python loop over time; autograd does the backward):
 for the calls the fused kernels do not serve (meta tensors, an empty batch, forward-mode AD,
-torch.func's transforms), the variants they do not implement yet (GRU(reset_after=False),
-layer_norm=True) and LSTM(proj_size > 0), each with the training modifiers (the same masks, applied
-where the kernels and the reference apply them). Correct rather than fast."""
+torch.func's transforms), GRU(reset_after=False) and layer_norm=True on devices other than the CPU
+(whose kernels run them fused) or with the training modifiers, and LSTM(proj_size > 0), each with the
+training modifiers (the same masks, applied where the kernels and the reference apply them). Correct
+rather than fast."""
 from __future__ import annotations
 
 from typing import List, Optional

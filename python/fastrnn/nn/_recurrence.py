@@ -34,20 +34,26 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
     the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell.
     ``reset_before``: the GRU with reset_after=False, and ``layer_norm``: the layer-normalised
-    LSTM/GRU (weights entries end with the norm's vectors), which the kernels do not implement:
-    composed torch ops (correct, not fast).
+    LSTM/GRU (weights entries end with the norm's vectors): the fused CPU kernels (op cell strings
+    "gru+reset_before", "lstm+layer_norm", ...); on other devices, which have no such kernels, with the
+    training modifiers, and for the calls the kernels do not serve, composed torch ops (correct, not
+    fast). ``proj_size`` (the LSTM's projection, weight_hr [P, H] ending each entry; ``cell`` carries it
+    too) runs in the CPU kernels in float32/float64, as composed torch ops on other devices, in 16-bit
+    types and with recurrent_mask, grad_clip or zoneout, which the kernels refuse with a projection
+    (weight dropout and dilation act on the op's inputs, so they keep the fused op).
     recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
-    are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant.
-    ``proj_size`` (the LSTM's projection, weight_hr [P, H] ending each entry; ``cell`` carries it
-    too) runs in the CPU kernels, but as composed torch ops on other devices and with
-    recurrent_mask, grad_clip or zoneout, which the kernels refuse with a projection (weight
-    dropout and dilation act on the op's inputs, so they keep the fused op)."""
-    fused_projection = (_projected(cell) and x.device.type == "cpu" and recurrent_mask is None and not grad_clip
-                        and zoneout is None)
-    if (reset_before or layer_norm or _kernels_cannot_serve(x, h0, c0, weights)
-            or (proj_size > 0 or _projected(cell)) and not fused_projection):
+    are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant."""
+    modified = recurrent_mask is not None or bool(grad_clip) or zoneout is not None
+    # the 16-bit kernels have no layer norm or projection yet (CPU autocast would hand them 16-bit tensors)
+    half = x.dtype in (torch.bfloat16, torch.float16) or (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
+    projected = proj_size > 0 or _projected(cell)
+    if (((reset_before or layer_norm or projected) and (x.device.type != "cpu" or modified))
+            or ((layer_norm or projected) and half)
+            or _kernels_cannot_serve(x, h0, c0, weights)):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
                                     reset_before, layer_norm, recurrent_mask, grad_clip, zoneout, proj_size)
+    if reset_before or layer_norm:  # not combined with the LSTM variants (the modules refuse that)
+        cell = ops.variant_cell(BY_TORCH_MODE[mode].name, reset_after=not reset_before, layer_norm=layer_norm)
     zoneout_h = zoneout_c = None
     if zoneout is not None:  # the kernels take d as a tensor [L*D, T, B, H]: eval's p filled in
         D = 2 if bidirectional else 1

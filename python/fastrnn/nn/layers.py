@@ -92,7 +92,7 @@ class _RNNBase(torch.nn.Module):
         self.reset_after = True  # GRU sets it after
         # the op's cell string (ops.variant_cell): the base cell's name unless an option is set
         info = BY_TORCH_MODE[mode]
-        self._cell = ops.variant_cell(info.name, peephole, coupled, cell_clip, proj_size)
+        self._cell = ops.variant_cell(info.name, peephole, coupled, cell_clip, proj_size=proj_size)
         self._set_modifiers(mode, zoneout, zoneout_cell, recurrent_dropout, weight_dropout, grad_clip, dilation)
 
         D = 2 if bidirectional else 1
@@ -458,7 +458,7 @@ class LSTM(_RNNBase):
     (CIFG: gate blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
     [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` (a = LN(W_ih x) γ_ih + LN(W_hh h) γ_hh
     + b_ih + b_hh, h_t = o tanh(LN(c_t) γ_c + β_c); parameters ``ln_weight_ih/hh_l{k}{suffix}`` [4H],
-    ``ln_weight_c/ln_bias_c_l{k}{suffix}`` [H]; composed torch ops, not fused)."""
+    ``ln_weight_c/ln_bias_c_l{k}{suffix}`` [H]; fused on the CPU, composed torch ops elsewhere)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
@@ -476,10 +476,9 @@ class LSTM(_RNNBase):
 class GRU(_RNNBase):
     """GRU (gates r, z, n, reset applied after the hidden product); torch.nn.GRU's API. Keyword-only
     ``init="identity"`` (W_hh blocks = I); ``reset_after=False``: the reset gate multiplies h before
-    the hidden product (Cho et al. 2014; same parameters), run by composed torch ops (not fused
-    yet: correct, not fast); ``layer_norm``: a_ih = LN(W_ih x) γ_ih + b_ih, a_hh = LN(W_hh h) γ_hh + b_hh
-    as the cell's two products (parameters ``ln_weight_ih/hh_l{k}{suffix}`` [3H]; composed torch ops,
-    not fused; not with reset_after=False)."""
+    the hidden product (Cho et al. 2014; same parameters); ``layer_norm``: a_ih = LN(W_ih x) γ_ih + b_ih,
+    a_hh = LN(W_hh h) γ_hh + b_hh as the cell's two products (parameters ``ln_weight_ih/hh_l{k}{suffix}``
+    [3H]; not with reset_after=False). Both run fused on the CPU, as composed torch ops elsewhere."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,

@@ -54,6 +54,61 @@ assert set(_CELL_FNS) == set(CELLS)
 # ---------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------
+# Low-precision mode (``storage="bfloat16" | "float16"``): the float64 maths with the values rounded
+# (to nearest even) to the 16-bit type exactly where the 16-bit kernels store or round them:
+#   - the inputs: x, h0, c0, every weight, bias and mask (a 16-bit call passes 16-bit arrays);
+#   - each layer's output (what the next layer reads, and the output), h_n and c_n;
+#   - what backward reads from forward's storage: h_{t-1} (the saved outputs) and the cell's saved
+#     values (every array of its cache: the gates, c);
+#   - bfloat16 only, the products' left operands, as the AVX512_BF16 dot-product kernels round them:
+#     h_{t-1} before W_hh in forward; dG_i and dG_h before dX, dW_ih, dW_hh and dL/dh_{t-1} in
+#     backward (x and the layer inputs are 16-bit already). float16 (and bfloat16 without that
+#     instruction) keep these float32 in the kernels: the reference then rounds more than they do;
+#   - backward's results dx, dh0, dc0 and every weight gradient, once, at the end.
+# Everything else stays float64: the recurrent h and c inside a layer (float32 in the kernels),
+# the products' sums, the cells' maths, the gradients flowing between steps and layers.
+# ---------------------------------------------------------------------------------------------
+STORAGE_DTYPES = ("bfloat16", "float16")
+
+
+def _rounding(storage: Optional[str]):
+    """x -> x rounded to ``storage`` (float64 in, float64 out), or None for float64 (no rounding)."""
+    if storage is None:
+        return None
+    assert storage in STORAGE_DTYPES, f"storage must be None, 'bfloat16' or 'float16', got {storage!r}"
+    if storage == "float16":
+        dtype = np.float16
+    else:
+        try:
+            import ml_dtypes
+            dtype = ml_dtypes.bfloat16
+        except ImportError:  # round to nearest even on float32's bits: the upper half
+            def to_bf16(a):
+                u = np.asarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+                r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16).astype(np.uint32).view(np.float32)
+                return np.where(np.isnan(a), a, r).astype(np.float64)
+            return lambda a: None if a is None else to_bf16(a)
+    return lambda a: None if a is None else np.asarray(a, dtype=np.float64).astype(dtype).astype(np.float64)
+
+
+def _round_cache(q, cache):
+    """The cell's saved values rounded (float arrays in a tuple, nested tuples, dicts); the rest as is."""
+    if isinstance(cache, np.ndarray):
+        return q(cache) if cache.dtype.kind == "f" else cache
+    if isinstance(cache, tuple):
+        return tuple(_round_cache(q, c) for c in cache)
+    if isinstance(cache, list):
+        return [_round_cache(q, c) for c in cache]
+    if isinstance(cache, dict):
+        return {k: _round_cache(q, v) for k, v in cache.items()}
+    return cache
+
+
+def _keep(a):
+    return a
+
+
 class _Modifiers:
     """One layer and direction's modifiers (all off by default: the plain cell)."""
 
@@ -105,7 +160,7 @@ def _is_variant(options):
     return options["peephole"] or options["coupled"] or options["cell_clip"] is not None
 
 
-def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None):
+def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None, q=None, qp=None):
     """x [T, B, I]; lengths [B]; w = (w_ih [G*H, I], w_hh [G*H, H], b_ih [G*H], b_hh [G*H], w_ch [U, H]
     or None, ln: the layer norm's (γ_ih [G*H], γ_hh [G*H][, γ_c [H], β_c [H]]) or None, w_hr [P, H]
     or None); h0, c0 [B, H] (c0 None unless LSTM); mods: ``_Modifiers`` or None.
@@ -113,8 +168,10 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None)
     h_t = m W_hrᵀ [B, P], so h (h0, h_n, out, w_hh's columns) is P wide and c H wide; the cache
     becomes (cell cache, m).
     Returns out [T, B, H], h_n [B, H], c_n [B, H] or None, steps (per time step, in time order:
-    (h_prev [B, H], prev [B] (the step read, -1: initial), cell cache))."""
+    (h_prev [B, H], prev [B] (the step read, -1: initial), cell cache)). q, qp: the low-precision
+    mode's roundings of what is stored and of the products' operands (None: none)."""
     mods = mods or _Modifiers()
+    q, qp = q or _keep, qp or _keep
     if mods.weight_mask is not None:  # DropConnect: every use of W_hh, the cells' own included, reads W_hh * M
         w = (w[0], w[1] * mods.weight_mask) + tuple(w[2:])
     w_ih, w_hh, b_ih, b_hh, w_ch, _, w_hr = w
@@ -135,7 +192,7 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None)
         c = None if c0 is None else np.where((prev >= 0)[:, None], cs[np.maximum(prev, 0), rows], c0)
         gi = x[t] @ w_ih.T + b_ih  # [B, G*H]
         h_in = h if mods.recurrent_mask is None else mods.recurrent_mask * h
-        gh = h_in @ w_hh.T + b_hh  # [B, G*H]
+        gh = qp(h_in) @ w_hh.T + b_hh  # [B, G*H]
         h_new, c_new, cache = cell_forward(gi, gh, h, c)
         if w_hr is not None:  # the projection: h_t = m W_hrᵀ, m = the cell's o*tanh(c_t)
             cache = (cache, h_new)
@@ -144,7 +201,7 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None)
             h_new = mods.zoneout[t] * h + (1.0 - mods.zoneout[t]) * h_new
         if c is not None and mods.zoneout_cell is not None:
             c_new = mods.zoneout_cell[t] * c + (1.0 - mods.zoneout_cell[t]) * c_new
-        steps[t] = (h, prev, cache)
+        steps[t] = (q(h), prev, cache if q is _keep else _round_cache(q, cache))
         out[t] = np.where(live, h_new, 0.0)
         hs[t] = h_new
         if c is not None:
@@ -153,13 +210,15 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None)
     return out, hs[last, rows], (None if c0 is None else cs[last, rows]), steps
 
 
-def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, options, mods=None):
+def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, options, mods=None, qp=None):
     """Inverse of ``_direction_forward``: walks the steps in the opposite order.
     x [T, B, I]; dout [T, B, H]; dh_n, dc_n [B, H] (dc_n None unless LSTM).
     Projected (w_hr given): dL/dW_hr += dh_tᵀ m_t, and the cell's backward gets dL/dm = dh_t W_hr.
     Returns dx [T, B, I], dh0 [B, H], dc0 [B, H] or None, (dW_ih, dW_hh, db_ih, db_hh, dW_ch or None,
-    the layer norm's gradients (as ln) or None, dW_hr or None)."""
+    the layer norm's gradients (as ln) or None, dW_hr or None). qp: the low-precision mode's rounding
+    of the products' left operands (None: none)."""
     mods = mods or _Modifiers()
+    qp = qp or _keep
     cell_backward = _cell_backward_fn(cell, options)
     w_ih, w_hh, b_ih, b_hh, w_ch, ln, w_hr = w
     dw_ch = None if w_ch is None else np.zeros_like(w_ch)
@@ -208,10 +267,11 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
         if "w_hh" in extra:
             dw_hh += extra["w_hh"]
             db_hh += extra["b_hh"]
-        dx[t] = dgi @ w_ih  # [B, I]
-        dw_ih += dgi.T @ x[t]
+        dgi_p, dgh_p = qp(dgi), qp(dgh)  # as the products read them
+        dx[t] = dgi_p @ w_ih  # [B, I]
+        dw_ih += dgi_p.T @ x[t]
         h_in = h_prev if mods.recurrent_mask is None else mods.recurrent_mask * h_prev
-        dw_hh += dgh.T @ h_in
+        dw_hh += dgh_p.T @ h_in
         if ln is not None:  # layer norm: dgi, dgh are the products' gradients, the biases' come as extras
             db_ih += extra["b_ih"]
             db_hh += extra["b_hh"]
@@ -220,7 +280,7 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
         else:
             db_ih += dgi.sum(axis=0)
             db_hh += dgh.sum(axis=0)
-        dh_in = dgh @ w_hh_used
+        dh_in = dgh_p @ w_hh_used
         if mods.recurrent_mask is not None:
             dh_in = mods.recurrent_mask * dh_in
         if w_hr is not None:  # the LSTM's h_{t-1} enters through W_hh only (its dh_direct is zero, H wide)
@@ -266,6 +326,7 @@ def forward(
     zoneout_cell_mask: Optional[np.ndarray] = None,
     grad_clip: Optional[float] = None,
     proj_size: int = 0,
+    storage: Optional[str] = None,
 ) -> RNNResult:
     """Run an L-layer, D-direction recurrent stack.
 
@@ -296,7 +357,10 @@ def forward(
               layer), c stays H wide; every weights entry ends with w_hr [P, H] (after w_ch). With
               peephole, coupled, cell_clip and every training modifier (recurrent_mask [L*D, B, P],
               weight_mask [G*H, P], zoneout_mask [L*D, T, B, P], zoneout_cell_mask [.., H]: h's are
-              P wide); not with layer_norm.
+              P wide); not with layer_norm, nor with ``storage`` (the 16-bit kernels do not run it).
+    storage:  None (float64 throughout), or "bfloat16" / "float16": the low-precision mode, float64
+              maths rounded to that type where the 16-bit kernels store or round (listed above
+              ``_rounding``); results are float64 arrays holding 16-bit values. backward follows.
     """
     assert cell in TABLE, f"cell must be one of {CELLS}, got {cell!r}"
     info = cell_info(cell)
@@ -307,7 +371,15 @@ def forward(
     assert info.lstm_variants or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
     assert info.reset_after_option or reset_after, "reset_after is a GRU option"
     assert proj_size == 0 or (info.lstm_variants and not layer_norm), "proj_size is an LSTM option, not with layer_norm"
+    assert proj_size == 0 or storage is None, "the low-precision mode models the 16-bit kernels, which do not run proj_size"
     has_c = info.carries_cell_state
+    q = _rounding(storage)
+    qp = q if storage == "bfloat16" else None
+    if q is not None:  # the 16-bit inputs
+        x, h0, c0 = q(x), q(h0), q(c0)
+        weights = [tuple(q(a) for a in w) for w in weights]
+        recurrent_mask, zoneout_mask, zoneout_cell_mask = q(recurrent_mask), q(zoneout_mask), q(zoneout_cell_mask)
+        weight_mask = None if weight_mask is None else [q(m) for m in weight_mask]
     x = np.asarray(x, dtype=np.float64)
     assert x.ndim == 3, f"x must be 3-D, got shape {x.shape}"
     if batch_first:
@@ -384,7 +456,7 @@ def forward(
         for d in range(D):
             k = l * D + d
             out, h_n[k], ck, steps = _direction_forward(
-                cell, layer_in, lengths, ws[k], h0[k], c0[k] if has_c else None, d == 1, options, mods[k]
+                cell, layer_in, lengths, ws[k], h0[k], c0[k] if has_c else None, d == 1, options, mods[k], q, qp
             )
             if has_c:
                 c_n[k] = ck
@@ -392,7 +464,11 @@ def forward(
             all_steps.append(steps)
         layer_inputs.append(layer_in)
         layer_in = np.concatenate(outs, axis=2)  # [T, B, D*H]
+        if q is not None:  # the layer's output as stored
+            layer_in = q(layer_in)
     output = layer_in
+    if q is not None:
+        h_n, c_n = q(h_n), q(c_n)
     if batch_first:
         output = np.ascontiguousarray(output.transpose(1, 0, 2))
 
@@ -401,6 +477,7 @@ def forward(
         saved = dict(
             cell=cell, D=D, L=L, H=H, HW=HW, has_bias=has_bias, batch_first=batch_first,
             lengths=lengths, weights=ws, layer_inputs=layer_inputs, steps=all_steps, options=options, mods=mods,
+            storage=storage,
         )
     return RNNResult(output, h_n, c_n, saved)
 
@@ -425,6 +502,10 @@ def backward(
     lengths, ws = saved["lengths"], saved["weights"]
     T, B, _ = saved["layer_inputs"][0].shape
 
+    q = _rounding(saved.get("storage"))
+    qp = q if saved.get("storage") == "bfloat16" else None
+    if q is not None:  # the 16-bit incoming gradients
+        dy, dhn, dcn = q(dy), q(dhn), q(dcn)
     dy = np.asarray(dy, dtype=np.float64)
     if saved["batch_first"]:
         dy = dy.transpose(1, 0, 2)  # -> [T, B, D*H]
@@ -447,7 +528,7 @@ def backward(
             dx_d, dh0[k], dck, dw = _direction_backward(
                 cell, x_l, lengths, ws[k], saved["steps"][k],
                 d_layer_out[:, :, d * HW:(d + 1) * HW],
-                dhn[k], dcn[k] if has_c else None, d == 1, saved["options"], saved["mods"][k],
+                dhn[k], dcn[k] if has_c else None, d == 1, saved["options"], saved["mods"][k], qp,
             )
             if has_c:
                 dc0[k] = dck
@@ -458,6 +539,9 @@ def backward(
             dweights[k] = (dw[:4] if saved["has_bias"] else dw[:2]) + dw_ch + dw_hr + d_ln
         d_layer_out = d_layer_in
     dx = d_layer_out
+    if q is not None:  # the results as stored
+        dx, dh0, dc0 = q(dx), q(dh0), q(dc0)
+        dweights = [tuple(q(g) for g in entry) for entry in dweights]
     if saved["batch_first"]:
         dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
     return RNNGrads(dx, dh0, dc0, dweights)

@@ -1,0 +1,149 @@
+"""fastrnn.nn with 16-bit types on the CPU: modules converted with ``.bfloat16()`` / ``.half()``
+(outputs, states and every gradient in that dtype), and float32 modules under
+``torch.autocast("cpu", dtype=torch.bfloat16 | torch.float16)`` (the op's AutocastCPU kernel casts
+its inputs, so outputs are 16-bit and the float32 parameters get float32 gradients), eager and
+under ``torch.compile(fullgraph=True)``. The truth is torch.nn in float64 on the same (16-bit
+rounded) weights and inputs; each result must be within tests/tolerances.py's NN16 of it (relative
+error of the whole array), and under autocast also close to torch.nn run under the same autocast
+(torch's CPU autocast runs torch.nn.LSTM's oneDNN layer in the 16-bit type, GRU and RNN in float32;
+oneDNN has no float16 LSTM on this CPU, where that comparison is left out).
+"""
+import copy
+
+import pytest
+import torch
+
+import fastrnn.nn as fnn
+from tolerances import NN16, relative_error
+
+MODULES = {"lstm": (torch.nn.LSTM, fnn.LSTM, {}), "gru": (torch.nn.GRU, fnn.GRU, {}),
+           "rnn_tanh": (torch.nn.RNN, fnn.RNN, {}), "rnn_relu": (torch.nn.RNN, fnn.RNN, {"nonlinearity": "relu"})}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def modules(cell, dtype, I=12, H=20, L=2, bidirectional=True):
+    """(fastrnn.nn module, torch.nn float64 module with the same dtype-rounded weights, torch.nn in float32)."""
+    torch_cls, fast_cls, extra = MODULES[cell]
+    torch.manual_seed(0)
+    fast = fast_cls(I, H, num_layers=L, bidirectional=bidirectional, **extra)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.copy_(p.to(dtype).float())  # values every dtype holds exactly
+    ref = torch_cls(I, H, num_layers=L, bidirectional=bidirectional, **extra).double()
+    ref32 = torch_cls(I, H, num_layers=L, bidirectional=bidirectional, **extra)
+    ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
+    ref32.load_state_dict(fast.state_dict())
+    return fast, ref, ref32
+
+
+def inputs(dtype, T=9, B=5, I=12):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, B, I, generator=g).to(dtype)
+    dy = torch.randn(T, B, 2 * 20, generator=g).to(dtype)
+    return x, dy
+
+
+def run(module, x, dy, cast=None):
+    """Output, final h and every parameter's gradient of a loss <y, dy>."""
+    module.zero_grad()
+    x = x.clone().requires_grad_(True)
+    y, h = module(x)
+    h = h[0] if isinstance(h, tuple) else h
+    (y.to(dy.dtype) * dy).sum().backward()
+    return [("output", y), ("h_n", h), ("dx", x.grad)] + [("d" + n, p.grad) for n, p in module.named_parameters()]
+
+
+def row(dtype_name, cell):
+    return dtype_name + ("-relu" if cell == "rnn_relu" else "")
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("cell", MODULES)
+def test_module_in_16bit_dtype(cell, dtype_name):
+    dtype = DTYPES[dtype_name]
+    fast, ref, _ = modules(cell, dtype)
+    fast = fast.to(dtype)
+    x, dy = inputs(dtype)
+    got = run(fast, x, dy)
+    want = run(ref, x.double(), dy.double())
+    for (name, a), (_, e) in zip(got, want):
+        assert a.dtype == dtype, f"{name}: {a.dtype}"
+        kind = "grad" if name.startswith("d") else "output"
+        err = relative_error(a.detach().float().numpy(), e.detach().numpy())
+        assert err <= NN16[row(dtype_name, cell)][kind], f"{cell} {dtype_name} {name}: {err:.3g}"
+
+
+# torch.compile costs ~40 s a case here: compiled for one cell per dtype
+AUTOCAST_CASES = [(cell, dtype, False) for cell in ("lstm", "gru") for dtype in DTYPES] + \
+    [("lstm", "bfloat16", True), ("gru", "float16", True)]
+
+
+@pytest.mark.parametrize("cell, dtype_name, compiled", AUTOCAST_CASES)
+def test_module_under_cpu_autocast(cell, dtype_name, compiled):
+    dtype = DTYPES[dtype_name]
+    fast, ref, ref32 = modules(cell, dtype)
+    x, dy = inputs(torch.float32)
+    x = x.to(dtype).float()  # values autocast's casts keep exactly
+    dy = dy.to(dtype)
+    module = torch.compile(fast, fullgraph=True, dynamic=False) if compiled else fast
+    with torch.autocast("cpu", dtype=dtype):
+        got = run(module, x, dy)
+        try:
+            with_torch = run(ref32, x, dy)
+        except RuntimeError:  # oneDNN has no float16 LSTM on CPUs without AVX512-FP16 (Zen 4 among them)
+            assert cell == "lstm" and dtype == torch.float16
+            with_torch = None
+    want = run(ref, x.double(), dy.double())
+    for (name, a), (_, t), (_, e) in zip(got, with_torch or got, want):
+        # outputs in the autocast dtype, gradients in the float32 parameters' (and input's) dtype
+        assert a.dtype == (dtype if name in ("output", "h_n") else torch.float32), f"{name}: {a.dtype}"
+        kind = "grad" if name.startswith("d") else "output"
+        tol = NN16[row(dtype_name, cell)][kind]
+        assert relative_error(a.detach().float().numpy(), e.detach().numpy()) <= tol, name
+        if with_torch is not None:
+            assert relative_error(a.detach().float().numpy(), t.detach().float().numpy()) <= 2 * tol, name
+
+
+def test_autocast_leaves_float32_outside_and_float64_alone():
+    fast, _, _ = modules("lstm", torch.bfloat16)
+    x, _ = inputs(torch.float32)
+    assert fast(x)[0].dtype == torch.float32  # no autocast: the float32 kernels
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(x)[0].dtype == torch.bfloat16
+        # a CUDA-only autocast leaves CPU calls alone
+    with torch.autocast("cuda", dtype=torch.float16, enabled=False):
+        assert fast(x)[0].dtype == torch.float32
+
+
+def test_other_dtypes_name_the_input():
+    fast = fnn.GRU(3, 4)
+    with pytest.raises(TypeError, match="got input of dtype torch.int32"):
+        torch.ops.fastrnn.rnn_forward(torch.zeros(2, 1, 3, dtype=torch.int32), list(fast._flat_weights), None, None,
+                                      None, "gru", 4, 1, False, False)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_layer_norm_in_16_bits_runs_the_composed_path(cls):
+    """The 16-bit kernels have no layer norm: a bfloat16 module, and a float32 one under CPU autocast,
+    run the composed torch ops and stay close to the float32 module."""
+    torch.manual_seed(0)
+    m = getattr(fnn, cls)(8, 16, layer_norm=True)
+    x = torch.randn(5, 3, 8)
+    y32, _ = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_auto, _ = m(x)
+    y16, _ = copy.deepcopy(m).bfloat16()(x.bfloat16())
+    y16.float().sum().backward()
+    for y in (y_auto, y16):
+        torch.testing.assert_close(y.float(), y32, atol=5e-2, rtol=5e-2)
+
+
+def test_layer_norm_in_16_bits_is_refused_by_the_kernels():
+    import numpy as np
+
+    import fastrnn
+
+    w = fastrnn.init_weights("gru", 4, 6, dtype=np.float16)
+    w = [tuple(e) + (np.ones(18, np.float16), np.ones(18, np.float16)) for e in w]
+    with pytest.raises(ValueError, match="layer_norm is not implemented for 16-bit"):
+        fastrnn.forward("gru", np.zeros((3, 2, 4), np.float16), w, layer_norm=True)
