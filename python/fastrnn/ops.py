@@ -35,7 +35,7 @@ lengths int64 [B] in [1, T] or None. Returns y [T, B, D*H], hn [L*D, B, H], cn [
 an empty tensor otherwise) and reserve [T, B, R] (what backward needs; empty unless ``training``).
 The reserve's size is T*B*R with R independent of T and B, so its fake shape follows a dynamic T.
 
-Training modifiers the kernels run (issue 15; fastrnn.nn documents them): ``recurrent_mask``
+Training modifiers the kernels run (fastrnn.nn documents them): ``recurrent_mask``
 [L*D, B, H] multiplies h_{t-1} where it enters W_hh (recurrent dropout; None: none), and
 ``grad_clip`` C > 0 clamps the total gradient reaching each h_t (and c_t) to [-C, C] in backward
 (0: off), and ``zoneout_h``, ``zoneout_c`` [L*D, T, B, H] (d: h_t = d h_{t-1} + (1 - d) h~_t; None:
@@ -68,7 +68,7 @@ _LIB = torch.library.Library("fastrnn", "DEF")
 _FORWARD_ARGS = ("Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, str cell, SymInt hidden_size, "
                  "SymInt num_layers, bool bidirectional, bool training")
 _LIB.define(f"rnn_forward({_FORWARD_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)")
-# The same with the training modifiers the kernels run (issue 15), an op of its own: an op's autograd
+# The same with the training modifiers the kernels run, an op of its own: an op's autograd
 # wrapper wants backward to return one gradient per argument the caller passed, and setup_context
 # cannot tell defaulted arguments from given ones.
 _LIB.define(f"rnn_forward_modified({_FORWARD_ARGS}, Tensor? recurrent_mask, float grad_clip, Tensor? zoneout_h, "
@@ -102,11 +102,18 @@ def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_
     return "+".join(parts)
 
 
-@functools.lru_cache(maxsize=64)
 def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
     ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool), ("layer_norm", bool),
     ("proj_size", int, 0 = none))). ValueError for anything else."""
+    # Eager calls parse each string once; dynamo traces the parse itself (it would warn about, and
+    # bypass, the cache wrapper anyway), so compiled graphs see plain constants.
+    if torch.compiler.is_compiling():
+        return _parse_cell(cell)
+    return _parse_cell_cached(cell)
+
+
+def _parse_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
     if base not in CELLS:
         raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C, +proj_size=P for the "
@@ -146,6 +153,9 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     return base, tuple(opts.items())
 
 
+_parse_cell_cached = functools.lru_cache(maxsize=64)(_parse_cell)
+
+
 def _peephole_rows(cell: str) -> int:
     """Rows U of w_ch (0 without peepholes)."""
     base, opts = split_cell(cell)
@@ -161,6 +171,8 @@ def _proj_size(cell: str) -> int:
 def _h_size(cell: str, hidden_size: int) -> int:
     """The width of h (and of each direction's output): P for the projected LSTM, else H."""
     return _proj_size(cell) or hidden_size
+
+
 def _norm_vectors(cell: str) -> int:
     """The layer norm's vectors per layer and direction: 4 (LSTM), 2 (GRU), 0 without layer_norm."""
     base, opts = split_cell(cell)
@@ -276,7 +288,7 @@ def _pre_state_ptrs(reserve: Tensor, T: int, B: int, R: int, size: int, zoneout_
 # ---- the kernels' entry points ---------------------------------------------------------------------
 # Both back ends take data pointers (csrc/pointer_args.h), checked above: a NumPy view per tensor cost
 # about a microsecond, ~30 per small training step. CUDA: NOT YET RUN ON A GPU (no GPU was lent to
-# the sessions that wrote it; issue 5): the CUDA tests in tests/cuda/test_cuda.py exercise the kernels
+# the sessions that wrote it): the CUDA tests in tests/cuda/test_cuda.py exercise the kernels
 # through _core.cuda directly.
 _PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
                torch.float16: "float16"}

@@ -47,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"comma-separated cells (default {','.join(DEFAULT_CELLS)})")
     parser.add_argument("--sizes", type=_sizes_arg, default=None,
                         help="comma-separated HxBxT[xI] (I = H unless given), or default/quick/tiny; "
-                             "default: the suite of issue 3")
+                             "default: the default suite")
     parser.add_argument("--modes", type=_csv("--modes", MODES), default=list(MODES),
                         help="comma-separated of inference,training,decode (default all)")
     parser.add_argument("--threads", type=_positive, default=None,
