@@ -27,6 +27,7 @@ void check_grid(int64 x, int64 y, const char* what) {
 }  // namespace
 
 void check_sizes(const RnnConfig& c) {
+  if (c.projected()) throw ArgumentError("proj_size is not in the CUDA kernels (fastrnn.nn runs composed torch ops)");
   if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1 || (c.D != 1 && c.D != 2))
     throw ArgumentError("sizes must be >= 1 (and directions 1 or 2), got T=" + std::to_string(c.T) + " B=" +
                         std::to_string(c.B) + " I=" + std::to_string(c.I) + " H=" + std::to_string(c.H) + " L=" +
@@ -63,16 +64,17 @@ struct CudaBackend {
   }
   template <class Cell, class T>
   void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
-    // Layer norm's step (RowReduction phases over the whole gate row) runs on the CPU only
-    // (fastrnn.ops raises NotImplementedError first).
+    // Layer norm's step (RowReduction phases over the whole gate row) and the projected LSTM's (the
+    // product on m after a barrier) run on the CPU only (check_sizes refuses proj_size first,
+    // fastrnn.ops raises NotImplementedError for layer norm).
     if constexpr (!cuda::cuda_runs_step<Cell>())
-      throw ArgumentError("layer norm is not implemented on CUDA");
+      throw ArgumentError("layer norm and proj_size are not implemented on CUDA");
     else cuda::layer_forward<Cell>(s, c, a);
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
     if constexpr (!cuda::cuda_runs_step<Cell>())
-      throw ArgumentError("layer norm is not implemented on CUDA");
+      throw ArgumentError("layer norm and proj_size are not implemented on CUDA");
     else cuda::layer_backward<Cell>(s, c, a);
   }
 };
