@@ -149,15 +149,17 @@ void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::o
                py::object lengths, py::object y, py::object hn, py::object cn, py::object reserve,
                py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h,
                py::object pre_c) {
+  // h is h_size() wide (P for the projected LSTM), c and the modifiers' arrays H wide
   const std::vector<int64> state{c.L * c.D, c.B, c.H}, steps{c.L * c.D, c.T, c.B, c.H};
+  const std::vector<int64> hstate{c.L * c.D, c.B, c.h_size()};
   const bool lstm = c.has_cell_state();
   fastrnn::ForwardArgs<T> a{checked<T>(x, "x", {c.T, c.B, c.I}, false, false),
-                            checked<T>(h0, "h0", state, true, false),
+                            checked<T>(h0, "h0", hstate, true, false),
                             lstm ? checked<T>(c0, "c0", state, true, false) : nullptr,
                             checked_lengths(lengths, c),
                             checked_weights<T>(weights, c),
-                            checked<T>(y, "y", {c.T, c.B, c.D * c.H}, false, true),
-                            checked<T>(hn, "hn", state, false, true),
+                            checked<T>(y, "y", {c.T, c.B, c.D * c.h_size()}, false, true),
+                            checked<T>(hn, "hn", hstate, false, true),
                             lstm ? checked<T>(cn, "cn", state, false, true) : nullptr,
                             checked<T>(reserve, "reserve", {fastrnn::ReserveLayout(c).total}, true, true)};
   a.mods.recurrent_mask = checked<T>(recurrent_mask, "recurrent_mask", state, true, false);
@@ -175,18 +177,19 @@ void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::
                 py::object dh0, py::object dc0, py::list grads, py::object recurrent_mask, double grad_clip,
                 py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c) {
   const std::vector<int64> state{c.L * c.D, c.B, c.H}, steps{c.L * c.D, c.T, c.B, c.H};
+  const std::vector<int64> hstate{c.L * c.D, c.B, c.h_size()};
   const bool lstm = c.has_cell_state();
   fastrnn::BackwardArgs<T> a{checked<T>(x, "x", {c.T, c.B, c.I}, false, false),
-                             checked<T>(h0, "h0", state, true, false),
+                             checked<T>(h0, "h0", hstate, true, false),
                              lstm ? checked<T>(c0, "c0", state, true, false) : nullptr,
                              checked_lengths(lengths, c),
                              checked_weights<T>(weights, c),
                              checked<T>(reserve, "reserve", {fastrnn::ReserveLayout(c).total}, false, false),
-                             checked<T>(dy, "dy", {c.T, c.B, c.D * c.H}, false, false),
-                             checked<T>(dhn, "dhn", state, true, false),
+                             checked<T>(dy, "dy", {c.T, c.B, c.D * c.h_size()}, false, false),
+                             checked<T>(dhn, "dhn", hstate, true, false),
                              lstm ? checked<T>(dcn, "dcn", state, true, false) : nullptr,
                              checked<T>(dx, "dx", {c.T, c.B, c.I}, false, true),
-                             checked<T>(dh0, "dh0", state, false, true),
+                             checked<T>(dh0, "dh0", hstate, false, true),
                              lstm ? checked<T>(dc0, "dc0", state, false, true) : nullptr,
                              {}};
   a.mods.recurrent_mask = checked<T>(recurrent_mask, "recurrent_mask", state, true, false);
@@ -432,6 +435,7 @@ py::dict cell_table() {
           case fastrnn::Dim::Units: return py::str("H");
           case fastrnn::Dim::UnitRows: return py::str("U");
           case fastrnn::Dim::One: return py::none();
+          case fastrnn::Dim::Projection: return py::str("P");
         }
         return py::none();
       };
@@ -477,9 +481,10 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("param_shapes",
         [](int cell, int64 input_size, int64 hidden_size, int64 num_layers, bool bidirectional, bool bias,
-           bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
+           bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
           const auto c = fastrnn::pointer_args::make_config(cell, 1, 1, input_size, hidden_size, num_layers, bidirectional,
-                                                            cell_options(peephole, coupled, cell_clip, reset_after, layer_norm));
+                                                            cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           const auto counts = fastrnn::param_counts(c.cell, c.options);
           py::list out;
           for (int64 k = 0; k < c.L * c.D; ++k) {
@@ -495,25 +500,29 @@ PYBIND11_MODULE(_core, m) {
         py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
         py::arg("bidirectional"), py::arg("bias"), py::arg("peephole") = false, py::arg("coupled") = false,
         py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0,
         "The shapes of the weight tuples (index l*D + d) the entry points expect: the weight rule, once.");
 
   m.def("reserve_size",
         [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, bool peephole, bool coupled,
-           double cell_clip, bool reset_after, bool layer_norm) {
+           double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
           return fastrnn::ReserveLayout(fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
-                                                                           cell_options(peephole, coupled, cell_clip, reset_after, layer_norm)))
+                                                                           cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size)))
               .total;
         },
         py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"), py::arg("bidirectional"),
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0,
         "Number of elements the reserve of a training forward holds.");
 
   m.def("forward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths, py::object y,
            py::object hn, py::object cn, py::object reserve, int64 H, int64 L, bool bidirectional,
            py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole, bool coupled,
-           double cell_clip, bool reset_after, bool layer_norm) {
-          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm));
+           double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
+          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_array_dtype(x, [&](auto tag) {
             forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h,
                                      zoneout_c, pre_h, pre_c);
@@ -523,15 +532,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("y"), py::arg("hn"), py::arg("cn"), py::arg("reserve"), py::arg("hidden_size"), py::arg("num_layers"),
         py::arg("bidirectional"), py::arg("recurrent_mask") = py::none(), py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
-        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false);
+        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0);
 
   m.def("backward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths,
            py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx, py::object dh0,
            py::object dc0, py::list grads, int64 H, int64 L, bool bidirectional, py::object recurrent_mask,
            double grad_clip, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole,
-           bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
-          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm));
+           bool coupled, double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
+          const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_array_dtype(x, [&](auto tag) {
             backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads,
                                       recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
@@ -542,15 +553,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("dc0"), py::arg("grads"), py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"),
         py::arg("recurrent_mask") = py::none(), py::arg("grad_clip") = 0.0, py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
-        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false);
+        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0);
 
   using fastrnn::pointer_args::Ptr;
   m.def("forward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve,
-           Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
+           Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
-                                                            cell_options(peephole, coupled, cell_clip, reset_after, layer_norm));
+                                                            cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
             using T_ = decltype(tag);
             fastrnn::pointer_args::Pointers ptrs;
@@ -567,6 +580,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("recurrent_mask_ptr") = 0, py::arg("zoneout_h_ptr") = 0, py::arg("zoneout_c_ptr") = 0,
         py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0,
         "forward on host pointers (ints; 0 = absent): the CUDA entry point's arguments without the stream. "
         "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h).");
 
@@ -574,9 +588,10 @@ PYBIND11_MODULE(_core, m) {
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
            Ptr dc0, const py::list& grads, Ptr recurrent_mask, double grad_clip, Ptr zoneout_h, Ptr zoneout_c,
-           Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
+           Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
+           int64 proj_size) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
-                                                            cell_options(peephole, coupled, cell_clip, reset_after, layer_norm));
+                                                            cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
             using T_ = decltype(tag);
             fastrnn::pointer_args::Pointers ptrs;
@@ -595,6 +610,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("recurrent_mask_ptr") = 0, py::arg("grad_clip") = 0.0, py::arg("zoneout_h_ptr") = 0,
         py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("proj_size") = 0,
         "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream).");
 
   py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")

@@ -26,6 +26,7 @@ inline RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64
   if (!valid_cell_id(cell))
     throw ArgumentError("cell must be 0.." + std::to_string(kNumCells - 1) + ", got " + std::to_string(cell));
   if (!(options.cell_clip >= 0)) throw ArgumentError("cell_clip must be > 0 (0: no clipping), got " + std::to_string(options.cell_clip));
+  if (options.proj_size < 0) throw ArgumentError("proj_size must be >= 0 (0: no projection), got " + std::to_string(options.proj_size));
   const RnnConfig c{static_cast<CellKind>(cell), T, B, I, H, L, bidirectional ? 2 : 1, options};
   (void)c.gates();  // options the cell does not have: ArgumentError
   if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1)
@@ -116,15 +117,17 @@ ForwardArgs<T> forward_args(const RnnConfig& c, Ptr x, const py::list& weights, 
           ptrs.add<T>(reserve, "reserve_ptr", false)};
 }
 
-// The cell options as the entry points take them (keywords; defaults: the base cells).
+// The cell options as the entry points take them (keywords; defaults: the base cells; proj_size:
+// the LSTM's projection, 0 for none).
 inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip, bool reset_after = true,
-                                bool layer_norm = false) {
+                                bool layer_norm = false, int64 proj_size = 0) {
   CellOptions o;
   o.peephole = peephole;
   o.coupled = coupled;
   o.cell_clip = cell_clip;
   o.reset_after = reset_after;
   o.layer_norm = layer_norm;
+  o.proj_size = proj_size;
   return o;
 }
 

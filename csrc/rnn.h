@@ -4,6 +4,8 @@
 //
 // All tensors are time-major and C-contiguous. Per layer l and direction d (index l*D + d):
 //   w_ih [G*H, I_l] (I_0 = I, I_l = D*H), w_hh [G*H, H], b_ih, b_hh [G*H] (nullptr = no bias).
+// The projected LSTM (CellOptions::proj_size = P > 0): h is P wide wherever h appears (h0, hn, the
+// layer outputs [T, B, D*P], so I_l = D*P), w_hh [G*H, P], w_hr [P, H]; c stays H wide.
 #pragma once
 
 #include <string>
@@ -28,7 +30,10 @@ struct RnnConfig {
   int64 states() const { return dispatch_cell(cell, options, [](auto c) { return int64(decltype(c)::kStates); }); }
   // A carried state beyond h (the LSTM's c): passed as c0/cn, kept in the reserve.
   bool has_cell_state() const { return states() > 1; }
-  int64 input_size(int64 layer) const { return layer == 0 ? I : D * H; }
+  // The width of h (and of each direction's share of a layer's output): P when projected, else H.
+  int64 h_size() const { return options.proj_size > 0 ? options.proj_size : H; }
+  bool projected() const { return options.proj_size > 0; }
+  int64 input_size(int64 layer) const { return layer == 0 ? I : D * h_size(); }
 };
 
 // The parameters of one layer and direction, from the cell's spec (its ParamDecls, csrc/cells/):
@@ -65,31 +70,35 @@ inline std::vector<int64> param_shape(CellKind cell, int64 in, int64 H, int inde
   const ParamDecl& p = param_decl(cell, index, o);
   const int64 G = dispatch_cell(cell, o, [](auto c) { return int64(decltype(c)::kGates); });
   const int64 U = dispatch_cell(cell, o, [](auto c) { return int64(decltype(c)::kUnitRows); });
+  const int64 P = o.proj_size;
   const int64 rows = p.rows == Dim::GateRows   ? checked_mul(G, H, "G*H")
                      : p.rows == Dim::UnitRows ? U
-                                               : dim_size(p.rows, G, in, H);
+                                               : dim_size(p.rows, G, in, H, P);
   if (p.cols == Dim::One) return {rows};
-  return {rows, dim_size(p.cols, G, in, H)};
+  return {rows, dim_size(p.cols, G, in, H, P)};
 }
 
 // Offsets (in elements) into the reserve of a training forward. Per layer l: its output
-// Y_l [T, B, D*H] (zeros past each length), the next layer's input; per layer and direction:
-// the cell's saved values [T, B, S*H] and, for the LSTM, the cell states [T, B, H].
+// Y_l [T, B, D*H] (D*P projected; zeros past each length), the next layer's input; per layer and
+// direction: the cell's saved values [T, B, S*H], for the LSTM the cell states [T, B, H], and for
+// the projected LSTM m = o*tanh(c) [T, B, H] (the projection's input, for dW_hr).
 struct ReserveLayout {
-  int64 outputs_size, gates_size, cells_size, per_layer, total;
+  int64 outputs_size, gates_size, cells_size, projection_size, per_dir, per_layer, total;
 
   explicit ReserveLayout(const RnnConfig& c) {
     const int64 TB = checked_mul(c.T, c.B, "T*B");
-    outputs_size = checked_mul(TB, checked_mul(c.D, c.H, "D*H"), "reserve");
+    outputs_size = checked_mul(TB, checked_mul(c.D, c.h_size(), "D*H"), "reserve");
     gates_size = checked_mul(TB, checked_mul(c.saved_per_unit(), c.H, "S*H"), "reserve");
     cells_size = c.has_cell_state() ? checked_mul(TB, c.H, "reserve") : 0;
-    const int64 per_dir = checked_add(gates_size, cells_size, "reserve");
+    projection_size = c.projected() ? checked_mul(TB, c.H, "reserve") : 0;
+    per_dir = checked_add(checked_add(gates_size, cells_size, "reserve"), projection_size, "reserve");
     per_layer = checked_add(outputs_size, checked_mul(c.D, per_dir, "reserve"), "reserve");
     total = checked_mul(c.L, per_layer, "reserve");
   }
   int64 layer_output(int64 l) const { return l * per_layer; }
-  int64 gates(int64 l, int64 d) const { return l * per_layer + outputs_size + d * (gates_size + cells_size); }
+  int64 gates(int64 l, int64 d) const { return l * per_layer + outputs_size + d * per_dir; }
   int64 cells(int64 l, int64 d) const { return gates(l, d) + gates_size; }
+  int64 projection(int64 l, int64 d) const { return cells(l, d) + cells_size; }
 };
 
 // ---- training modifiers of every cell (not cells: no spec declares them) --------------
@@ -135,6 +144,7 @@ template <class T> struct LayerWeights {
   const T* ln_c_w = nullptr;
   const T* ln_c_b = nullptr;
   Storage storage = Storage::Native;  // 16-bit values held in float32 (T = float only)
+  const T* w_hr = nullptr;  // [P, H] the projection (SpecTraits::kProjected) or nullptr
 };
 
 template <class T> struct LayerGrads {
@@ -147,6 +157,7 @@ template <class T> struct LayerGrads {
   T* dln_hh = nullptr;
   T* dln_c_w = nullptr;  // [H] (layer-normalised LSTM) or nullptr
   T* dln_c_b = nullptr;
+  T* dw_hr = nullptr;  // [P, H] (the projection) or nullptr
 };
 
 // A layer's weights from its arrays in the spec's kParams order (given[i]: parameter i, nullptr
@@ -160,18 +171,22 @@ template <class T> LayerWeights<T> layer_weights(const T* const* given, int coun
     else if (name == "ln_weight_hh") w.ln_hh = given[i];
     else if (name == "ln_weight_c") w.ln_c_w = given[i];
     else if (name == "ln_bias_c") w.ln_c_b = given[i];
+    else if (name == "w_hr") w.w_hr = given[i];
     else throw ArgumentError("LayerWeights has no field for parameter " + name);
   }
   return w;
 }
 // The gradients' pointers of a weight-shaped list of (writeable) arrays.
 template <class T> LayerGrads<T> layer_grads(const LayerWeights<T>& g) {
-  return {const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh),
-          const_cast<T*>(g.w_ch), const_cast<T*>(g.ln_ih), const_cast<T*>(g.ln_hh), const_cast<T*>(g.ln_c_w),
-          const_cast<T*>(g.ln_c_b)};
+  LayerGrads<T> d{const_cast<T*>(g.w_ih), const_cast<T*>(g.w_hh), const_cast<T*>(g.b_ih), const_cast<T*>(g.b_hh),
+                  const_cast<T*>(g.w_ch), const_cast<T*>(g.ln_ih), const_cast<T*>(g.ln_hh), const_cast<T*>(g.ln_c_w),
+                  const_cast<T*>(g.ln_c_b)};
+  d.dw_hr = const_cast<T*>(g.w_hr);
+  return d;
 }
 
-// One layer and direction, as the stack hands it to a back end's phase loop.
+// One layer and direction, as the stack hands it to a back end's phase loop. H-wide rows of h
+// (h0, hn, y's columns, dy) are P wide for the projected LSTM (RnnConfig::h_size()).
 template <class T> struct LayerForwardArgs {
   int64 in_size;           // I_l
   LayerWeights<T> w;
@@ -191,6 +206,7 @@ template <class T> struct LayerForwardArgs {
   const T* zone_c = nullptr;  // [T, B, H] zoneout d_c, or nullptr
   T* pre_h = nullptr;         // [T, B, H] h~ kept for backward (training with zone_h), or nullptr
   T* pre_c = nullptr;         // [T, B, H] c~ (training with zone_c), or nullptr
+  T* projection_in = nullptr;  // [T, B, H] m = o*tanh(c) kept for backward (projected LSTM, training), or nullptr
 };
 
 template <class T> struct LayerBackwardArgs {
@@ -218,6 +234,7 @@ template <class T> struct LayerBackwardArgs {
   const T* zone_c = nullptr;  // [T, B, H] d_c, or nullptr
   const T* pre_h = nullptr;   // [T, B, H] h~ (with zone_h)
   const T* pre_c = nullptr;   // [T, B, H] c~ (with zone_c)
+  const T* projection_in = nullptr;  // [T, B, H] the forward's m (projected LSTM)
 };
 
 template <class T> struct ForwardArgs {

@@ -1,6 +1,7 @@
 // THE stack, shared by the CPU and CUDA back ends: layers x directions x lengths x h0/c0 around a
 // back end's phase loop, and the reserve layout (rnn.h) that a training forward fills. Layer l
-// reads layer l-1's output [T, B, D*H]; direction d writes its H columns of it. A training forward
+// reads layer l-1's output [T, B, D*H]; direction d writes its H columns of it (the projected LSTM:
+// D*P and P, RnnConfig::h_size(); its c stays H wide). A training forward
 // keeps every layer's output and the cells' saved values in the reserve; backward walks the layers
 // top-down, each direction adding its share of dL/d(layer input). No cell maths and no memory
 // space here: the back end (Backend) says how to run a layer, allocate, clear, copy, and run the
@@ -27,10 +28,18 @@ template <class T> const T* slice(const T* base, int64 index, int64 size) { retu
 template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 }  // namespace stack_detail
 
+// The training modifiers run with the unprojected cells only.
+template <class T> void refuse_projected_modifiers(const RnnConfig& c, const Modifiers<T>& m) {
+  if (c.projected() && (m.recurrent_mask || m.zoneout_h || m.zoneout_c || m.grad_clip > 0))
+    throw ArgumentError("the training modifiers (recurrent dropout, zoneout, grad_clip) do not run with proj_size");
+}
+
 template <class Backend, class T> void stack_forward(const Backend& be, const RnnConfig& c, const ForwardArgs<T>& a) {
   using stack_detail::slice;
+  refuse_projected_modifiers(c, a.mods);
   const ReserveLayout lay(c);
-  const int64 BH = c.B * c.H, DH = c.D * c.H, TBDH = c.T * c.B * DH;
+  // h's width HW: H, or P for the projected LSTM (h0, hn, the outputs); c is H wide (BH)
+  const int64 HW = c.h_size(), BH = c.B * c.H, BHW = c.B * HW, DH = c.D * HW, TBDH = c.T * c.B * DH;
   dispatch_cell(c.cell, c.options, [&](auto cell) {
     using Cell = decltype(cell);
     // Inference: the outputs of the layers below the last, ping-pong (one slot suffices for L = 2;
@@ -42,8 +51,8 @@ template <class Backend, class T> void stack_forward(const Backend& be, const Rn
       T* out = a.reserve ? a.reserve + lay.layer_output(l) : l == c.L - 1 ? a.y : between.data() + (l % slots) * TBDH;
       be.for_each_direction(c, [&](int64 d, auto ctx) {
         const int64 k = l * c.D + d;
-        LayerForwardArgs<T> layer{c.input_size(l), a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH),
-                                        a.lengths, d == 1, out + d * c.H, DH, a.hn + k * BH, slice(a.cn, k, BH),
+        LayerForwardArgs<T> layer{c.input_size(l), a.weights[k], in, slice(a.h0, k, BHW), slice(a.c0, k, BH),
+                                        a.lengths, d == 1, out + d * HW, DH, a.hn + k * BHW, slice(a.cn, k, BH),
                                         a.reserve ? a.reserve + lay.gates(l, d) : nullptr,
                                         a.reserve && c.has_cell_state() ? a.reserve + lay.cells(l, d) : nullptr};
         layer.h_mask = slice(a.mods.recurrent_mask, k, BH);
@@ -51,6 +60,7 @@ template <class Backend, class T> void stack_forward(const Backend& be, const Rn
         layer.zone_c = slice(a.mods.zoneout_c, k, c.T * BH);
         layer.pre_h = a.reserve ? slice(a.mods.pre_h, k, c.T * BH) : nullptr;
         layer.pre_c = a.reserve ? slice(a.mods.pre_c, k, c.T * BH) : nullptr;
+        layer.projection_in = a.reserve && lay.projection_size ? a.reserve + lay.projection(l, d) : nullptr;
         be.template layer_forward<Cell>(c, layer, ctx);
       });
       in = out;
@@ -61,8 +71,9 @@ template <class Backend, class T> void stack_forward(const Backend& be, const Rn
 
 template <class Backend, class T> void stack_backward(const Backend& be, const RnnConfig& c, const BackwardArgs<T>& a) {
   using stack_detail::slice;
+  refuse_projected_modifiers(c, a.mods);
   const ReserveLayout lay(c);
-  const int64 BH = c.B * c.H, DH = c.D * c.H, TBDH = c.T * c.B * DH;
+  const int64 HW = c.h_size(), BH = c.B * c.H, BHW = c.B * HW, DH = c.D * HW, TBDH = c.T * c.B * DH;
   dispatch_cell(c.cell, c.options, [&](auto cell) {
     using Cell = decltype(cell);
     // dL/d(output of layer l-1) for l >= 1, ping-pong (one slot suffices for L = 2).
@@ -77,10 +88,10 @@ template <class Backend, class T> void stack_backward(const Backend& be, const R
       const T* out = a.reserve + lay.layer_output(l);
       be.accumulate_directions(c, din, in_count, [&](int64 d, T* din_d, auto ctx) {
         const int64 k = l * c.D + d;
-        LayerBackwardArgs<T> layer{in_size, a.weights[k], in, slice(a.h0, k, BH), slice(a.c0, k, BH), a.lengths,
-                                         d == 1, out + d * c.H, DH, a.reserve + lay.gates(l, d),
-                                         c.has_cell_state() ? a.reserve + lay.cells(l, d) : nullptr, dout + d * c.H,
-                                         slice(a.dhn, k, BH), slice(a.dcn, k, BH), din_d, a.dh0 + k * BH,
+        LayerBackwardArgs<T> layer{in_size, a.weights[k], in, slice(a.h0, k, BHW), slice(a.c0, k, BH), a.lengths,
+                                         d == 1, out + d * HW, DH, a.reserve + lay.gates(l, d),
+                                         c.has_cell_state() ? a.reserve + lay.cells(l, d) : nullptr, dout + d * HW,
+                                         slice(a.dhn, k, BHW), slice(a.dcn, k, BH), din_d, a.dh0 + k * BHW,
                                          slice(a.dc0, k, BH), a.grads[k]};
         layer.h_mask = slice(a.mods.recurrent_mask, k, BH);
         layer.grad_clip = a.mods.grad_clip;
@@ -88,6 +99,7 @@ template <class Backend, class T> void stack_backward(const Backend& be, const R
         layer.zone_c = slice(a.mods.zoneout_c, k, c.T * BH);
         layer.pre_h = slice(static_cast<const T*>(a.mods.pre_h), k, c.T * BH);
         layer.pre_c = slice(static_cast<const T*>(a.mods.pre_c), k, c.T * BH);
+        layer.projection_in = lay.projection_size ? a.reserve + lay.projection(l, d) : nullptr;
         be.template layer_backward<Cell>(c, layer, ctx);
       });
       dout = din;

@@ -8,18 +8,18 @@
 // here (buffer sizes, lengths values in [1, T]) is the caller's contract, as for any raw-pointer API.
 //
 //   reserve_size(cell, T, B, I, H, L, bidirectional, peephole=False, coupled=False, cell_clip=0.0,
-//                reset_after=True, layer_norm=False) -> int
+//                reset_after=True, layer_norm=False, proj_size=0) -> int
 //                                                          (elements; the CPU layout, rnn.h)
 //   forward(cell, dtype, T, B, I, H, L, bidirectional,
 //           x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr,
 //           y_ptr, hn_ptr, cn_ptr, reserve_ptr, stream, allow_tf32=False,
 //           recurrent_mask_ptr=0, zoneout_h_ptr=0, zoneout_c_ptr=0, pre_h_ptr=0, pre_c_ptr=0,
-//           peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False) -> None
+//           peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False, proj_size=0) -> None
 //   backward(cell, dtype, T, B, I, H, L, bidirectional,
 //            x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr, reserve_ptr,
 //            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream, allow_tf32=False,
 //            recurrent_mask_ptr=0, grad_clip=0.0, zoneout_h_ptr=0, zoneout_c_ptr=0, pre_h_ptr=0, pre_c_ptr=0,
-//            peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False) -> None
+//            peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False, proj_size=0) -> None
 //   device_count() -> int;  runtime_version() -> int;  driver_version() -> int   (e.g. 13000 = 13.0)
 //   cublas_status() -> str      ("cuBLAS <version> (<library>)", or why the own GEMM runs instead)
 //
@@ -37,8 +37,10 @@
 // zoneout_h/_c [L*D, T, B, H], pre_h/_c [L*D, T, B, H] the zoned-out states' h~, c~ a training forward
 // writes and backward reads, grad_clip C > 0 or 0 = off) and the LSTM variants (peephole: each
 // weight tuple ends with w_ch [U, H]; coupled: G = 3; cell_clip C > 0 or 0 = none), and the GRU's
-// reset_after=False (the reset-before GRU; without recurrent_mask). layer_norm=True is refused
-// (ValueError: not implemented on CUDA).
+// reset_after=False (the reset-before GRU; without recurrent_mask), and layer_norm=True (each weight
+// tuple ends with ln_weight_ih, ln_weight_hh [G*H][, ln_weight_c, ln_bias_c [H]]; float32/float64,
+// without the modifiers: ValueError otherwise). proj_size (the CPU entry points' keyword, which
+// fastrnn.ops passes to both back ends) must be 0: the projected LSTM is not in these kernels (ValueError).
 // forward: reserve_ptr 0 = inference (nothing saved). backward: reserve_ptr from a training forward
 // with the same arguments; dhn/dcn 0 = zero; dx is overwritten.
 #include <pybind11/pybind11.h>
@@ -66,8 +68,9 @@ using pointer_args::Ptr;
 using pointer_args::Pointers;
 
 RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, bool peephole,
-                      bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
-  const CellOptions options = pointer_args::cell_options(peephole, coupled, cell_clip, reset_after, layer_norm);
+                      bool coupled, double cell_clip, bool reset_after, bool layer_norm, int64 proj_size) {
+  const CellOptions options =
+      pointer_args::cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size);
   const RnnConfig c = pointer_args::make_config(cell, T, B, I, H, L, bidirectional, options);
   check_sizes(c);  // and the kernels' launch limits
   return c;
@@ -152,23 +155,23 @@ void register_bindings(py::module_& m) {
 
   m.def("reserve_size",
         [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, bool peephole, bool coupled,
-           double cell_clip, bool reset_after, bool layer_norm) {
-          return ReserveLayout(
-                     make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after, layer_norm))
+           double cell_clip, bool reset_after, bool layer_norm, int64 proj_size) {
+          return ReserveLayout(make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after,
+                                           layer_norm, proj_size))
               .total;
         },
         py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"), py::arg("bidirectional"),
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
-        py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("reset_after") = true, py::arg("layer_norm") = false, py::arg("proj_size") = 0,
         "Number of elements the reserve of a training forward holds (the same as the CPU back end's).");
 
   m.def("forward",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve, Ptr stream,
            bool allow_tf32, Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole,
-           bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
-          const auto c =
-              make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after, layer_norm);
+           bool coupled, double cell_clip, bool reset_after, bool layer_norm, int64 proj_size) {
+          const auto c = make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after,
+                                     layer_norm, proj_size);
           dispatch_dtype(dtype, [&](auto tag) {
             forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream, allow_tf32,
                                      recurrent_mask, zoneout_h, zoneout_c, pre_h, pre_c);
@@ -180,16 +183,17 @@ void register_bindings(py::module_& m) {
         py::arg("stream"), py::arg("allow_tf32") = false, py::arg("recurrent_mask_ptr") = 0, py::arg("zoneout_h_ptr") = 0,
         py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0, py::arg("peephole") = false,
         py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true,
-        py::arg("layer_norm") = false, "Forward of a stack of recurrent layers on the GPU (see the top of cuda/bindings_cuda.cpp).");
+        py::arg("layer_norm") = false, py::arg("proj_size") = 0,
+        "Forward of a stack of recurrent layers on the GPU (see the top of cuda/bindings_cuda.cpp).");
 
   m.def("backward",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
            Ptr dc0, const py::list& grads, Ptr stream, bool allow_tf32, Ptr recurrent_mask, double grad_clip,
            Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip,
-           bool reset_after, bool layer_norm) {
-          const auto c =
-              make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after, layer_norm);
+           bool reset_after, bool layer_norm, int64 proj_size) {
+          const auto c = make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after,
+                                     layer_norm, proj_size);
           dispatch_dtype(dtype, [&](auto tag) {
             backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, stream,
                                       allow_tf32, recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
@@ -202,7 +206,7 @@ void register_bindings(py::module_& m) {
         py::arg("allow_tf32") = false, py::arg("recurrent_mask_ptr") = 0, py::arg("grad_clip") = 0.0,
         py::arg("zoneout_h_ptr") = 0, py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
-        py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        py::arg("reset_after") = true, py::arg("layer_norm") = false, py::arg("proj_size") = 0,
         "Backpropagation through time on the GPU for a training forward (see the top of cuda/bindings_cuda.cpp).");
 }
 

@@ -4,8 +4,10 @@
 // step without a Barrier runs as one fused kernel (RecurrentProduct of h with W_hh, then Pointwise:
 // the block that computes a tile of gh applies the pointwise cell to it); a step with one Barrier
 // between two products (the reset-before GRU) as two kernels, the launch boundary being the
-// barrier; fused_step_phases / split_step_phases say which phase lists the kernels implement, and
-// the stack refuses the others (layer norm's RowReduction) before anything is queued.
+// barrier; a layer-normalised step (RowReduction phases) as a GEMM and one kernel whose blocks own
+// whole batch rows (layer_norm.cuh). fused_step_phases / split_step_phases / layer_norm_step_phases
+// say which phase lists the kernels implement, and the stack refuses the others (the projected
+// LSTM's) before anything is queued.
 //
 // Forward: one GEMM for the input projection of all steps (bias b_ih fused), then one fused kernel
 // per step. A block owns a tile of hidden units (all G gates of them) for a tile of batch rows: it

@@ -28,6 +28,7 @@ void check_grid(int64 x, int64 y, const char* what) {
 }  // namespace
 
 void check_sizes(const RnnConfig& c) {
+  if (c.projected()) throw ArgumentError("proj_size is not in the CUDA kernels (fastrnn.nn runs composed torch ops)");
   if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1 || (c.D != 1 && c.D != 2))
     throw ArgumentError("sizes must be >= 1 (and directions 1 or 2), got T=" + std::to_string(c.T) + " B=" +
                         std::to_string(c.B) + " I=" + std::to_string(c.I) + " H=" + std::to_string(c.H) + " L=" +
@@ -67,12 +68,18 @@ struct CudaBackend {
   template <class Cell, class T> static constexpr bool kRuns = !SpecTraits<Cell>::kLayerNorm || std::is_same_v<Acc<T>, T>;
   template <class Cell, class T>
   void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
-    if constexpr (!kRuns<Cell, T>) throw ArgumentError("layer norm on CUDA runs float32/float64 storage, not float16/bfloat16");
+    // The projected LSTM's step (the product on m after a barrier) runs on the CPU only (check_sizes
+    // refuses proj_size first); layer norm runs float32/float64 storage.
+    if constexpr (!cuda::cuda_runs_step<Cell>()) throw ArgumentError("proj_size is not implemented on CUDA");
+    else if constexpr (!kRuns<Cell, T>)
+      throw ArgumentError("layer norm on CUDA runs float32/float64 storage, not float16/bfloat16");
     else cuda::layer_forward<Cell>(s, c, a);
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
-    if constexpr (!kRuns<Cell, T>) throw ArgumentError("layer norm on CUDA runs float32/float64 storage, not float16/bfloat16");
+    if constexpr (!cuda::cuda_runs_step<Cell>()) throw ArgumentError("proj_size is not implemented on CUDA");
+    else if constexpr (!kRuns<Cell, T>)
+      throw ArgumentError("layer norm on CUDA runs float32/float64 storage, not float16/bfloat16");
     else cuda::layer_backward<Cell>(s, c, a);
   }
 };

@@ -28,29 +28,39 @@ template <class F> decltype(auto) dispatch_cell(CellKind kind, F&& f) {
   throw ArgumentError("unknown cell kind");
 }
 
-// The same with a call's CellOptions: the base spec when no option is set, else the
-// variant's spec (the LSTM's LstmVariant<peephole, coupled> with cell_clip a runtime value, the
-// GRU's GruResetBefore).
-// Options on a cell that has none are refused (ArgumentError), so no option is silently ignored.
+// The LSTM's spec for peephole, coupled and cell_clip: LstmVariant<peephole, coupled> when one is
+// set (cell_clip a runtime value), else LstmCell.
+template <class F> decltype(auto) dispatch_lstm(const CellOptions& o, F&& f) {
+  if (o.peephole && o.coupled) return f(LstmVariant<true, true>{});
+  if (o.peephole) return f(LstmVariant<true, false>{});
+  if (o.coupled) return f(LstmVariant<false, true>{});
+  if (o.cell_clip > 0) return f(LstmVariant<false, false>{});
+  return f(LstmCell{});
+}
+
+// The same with a call's CellOptions: the base spec when no option is set, else the variant's spec
+// (the LSTM's dispatch_lstm, wrapped in LstmProjection<...> when proj_size > 0; the layer-normalised
+// cells; the GRU's GruResetBefore). Options on a cell that has none, or that do not combine, are
+// refused (ArgumentError), so no option is silently ignored.
 template <class F> decltype(auto) dispatch_cell(CellKind kind, const CellOptions& o, F&& f) {
   if (!o.any()) return dispatch_cell(kind, f);
   const bool lstm_options = o.peephole || o.coupled || o.cell_clip > 0;
   if (o.layer_norm) {
     if (lstm_options || !o.reset_after)
       throw ArgumentError("layer_norm does not combine with peephole, coupled, cell_clip or reset_after=False");
+    if (o.proj_size > 0) throw ArgumentError("layer_norm does not combine with proj_size");
     if (kind == CellKind::Lstm) return f(LstmLayerNorm{});
     if (kind == CellKind::Gru) return f(GruLayerNorm{});
     throw ArgumentError("layer_norm is an LSTM/GRU option");
   }
   if (!o.reset_after) {
-    if (kind != CellKind::Gru || lstm_options) throw ArgumentError("reset_after=False is a GRU option");
+    if (kind != CellKind::Gru || lstm_options || o.proj_size > 0) throw ArgumentError("reset_after=False is a GRU option");
     return f(GruResetBefore{});
   }
-  if (kind != CellKind::Lstm) throw ArgumentError("peephole, coupled and cell_clip are LSTM options");
-  if (o.peephole && o.coupled) return f(LstmVariant<true, true>{});
-  if (o.peephole) return f(LstmVariant<true, false>{});
-  if (o.coupled) return f(LstmVariant<false, true>{});
-  return f(LstmVariant<false, false>{});
+  if (kind != CellKind::Lstm)
+    throw ArgumentError(lstm_options ? "peephole, coupled and cell_clip are LSTM options" : "proj_size is an LSTM option");
+  if (o.proj_size > 0) return dispatch_lstm(o, [&](auto cell) { return f(LstmProjection<decltype(cell)>{}); });
+  return dispatch_lstm(o, f);
 }
 
 }  // namespace fastrnn

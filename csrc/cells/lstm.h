@@ -193,3 +193,38 @@ template <bool Peephole, bool Coupled> struct LstmVariant {
 };
 
 }  // namespace fastrnn
+
+namespace fastrnn {
+
+// ---- the projected LSTM (torch.nn.LSTM's proj_size = P) ------------------------------------------
+// Base's cell (LstmCell, or an LstmVariant: peepholes, coupled gates, cell clip) on a P-wide h:
+//   a = W_ih x + b_ih + W_hh h_{t-1} + b_hh      (W_hh [G*H, P]: the recurrent product reads h, P wide)
+//   c_t, m = Base's pointwise maths, m = o*tanh(c_t) written where Base writes its h
+//   h_t = m W_hr^T                               (W_hr [P, H]; no bias, as torch's weight_hr_l{k})
+// c is H wide and carried as before. The step has a second product: h_t's P units each need all H
+// units of m, while a thread (CPU) owns a slice of the H units, so a Barrier separates the pointwise
+// phase (m) from the product on m. Backward in reverse: dL/dm = dL/dh_t W_hr, Base's pointwise
+// backward on it, dL/dh_{t-1} = dG W_hh; dW_hr = sum_t dh_t^T m_t after the loop, like dW_hh. The
+// loops keep m of every step (the reserve's projection slab, [T, B, H]) for dW_hr.
+template <class Base> struct LstmProjection : Base {
+  static constexpr bool kIsVariant = true;  // not on CUDA (cuda/stack.cu refuses the variants)
+
+  static constexpr StateDecl kStateDecls[2] = {{"h", Width::Projection}, {"c", Width::Hidden}};
+
+  // Base's parameters (w_hh's columns now P), then w_hr [P, H] (fastrnn.nn's weight_hr_l{k}{suffix}),
+  // in torch.nn.LSTM's order; with peepholes w_ch stays before w_hr.
+  static constexpr ParamDecl kHr = {"w_hr", Dim::Projection, Dim::Hidden, false};
+  static constexpr ParamDecl kParamList[6] = {Base::kParams[0],
+                                             {"w_hh", Dim::GateRows, Dim::Projection, false},
+                                             Base::kParams[2],
+                                             Base::kParams[3],
+                                             Base::kNumParams > 4 ? Base::kParams[4] : kHr,
+                                             kHr};
+  static constexpr const ParamDecl* kParams = kParamList;
+  static constexpr int kNumParams = Base::kNumParams + 1;
+
+  using Step = Phases<RecurrentProduct<Operand::H, Weight::Hh, false>, Pointwise<0>, Barrier,
+                      RecurrentProduct<Operand::M, Weight::Hr, false>>;
+};
+
+}  // namespace fastrnn

@@ -39,9 +39,12 @@
 //     that normalise; gains and biases in NormParams with per-row gradient shares; the row
 //     statistics saved per unit. The CPU loop runs RowReduction (per-block partials, a barrier, a
 //     merge in block order); CUDA refuses it.
-//   - projection (proj_size = P): cells/lstm.h, kStateDecls {h: Width::Projection, c: Width::Hidden},
-//     a second RecurrentProduct<Operand::M, Weight::Hr, ...> on m = o*tanh(c) (saved), w_hr [P, H] in
-//     kParams; the loops and the stack read the state widths from kStateDecls instead of assuming H.
+//   - projection (proj_size = P, done): cells/lstm.h, LstmProjection<Base> around the LSTM's spec
+//     (variant or not): kStateDecls {h: Width::Projection, c: Width::Hidden}, w_hh [G*H, P] and w_hr
+//     [P, H] in kParams, Step = Phases<RecurrentProduct<H, Hh>, Pointwise<0> (writes m = o*tanh(c)
+//     where h goes), Barrier, RecurrentProduct<M, Hr>>; the CPU loop runs the product on m (each
+//     thread its share of P, on the step's live rows) and reads h's width from RnnConfig::h_size();
+//     the reserve keeps m. CUDA refuses it.
 //   - identity-initialised RNN: Python only (initialisation), no spec change.
 //   modifiers of every cell (not cells): zoneout, recurrent and weight dropout, gradient
 //     clipping, dilation are template switches of the loops (a Modifiers parameter next to Cell, set at
@@ -171,8 +174,9 @@ enum class Dim : int {
   Units,     // H, a per-unit vector (peepholes, LN gains)
   UnitRows,  // Cell::kUnitRows: the rows of a per-unit parameter matrix (the LSTM's peepholes: 3 or 2)
   One,       // 1: the second dimension of a vector
+  Projection,  // P: the LSTM's projected h (CellOptions::proj_size); w_hh's columns, w_hr's rows
 };
-using Width = Dim;  // a state's width: Dim::Hidden (a projected h would be P wide)
+using Width = Dim;  // a state's width: Dim::Hidden, or Dim::Projection (the projected LSTM's h)
 
 struct StateDecl {
   const char* name;  // "h", "c"
@@ -194,8 +198,9 @@ inline constexpr ParamDecl kGateParams[] = {{"w_ih", Dim::GateRows, Dim::Input, 
                                             {"b_hh", Dim::GateRows, Dim::One, true}};
 
 // THE weight-shape rule: a dimension of a parameter for gates G, input size `in` and hidden size H.
-// Both the NumPy-array bindings (shapes) and the pointer bindings (counts) read it.
-constexpr int64 dim_size(Dim d, int64 G, int64 in, int64 H) {
+// Both the NumPy-array bindings (shapes) and the pointer bindings (counts) read it. P: the
+// projection's width (CellOptions::proj_size), read by Dim::Projection only.
+constexpr int64 dim_size(Dim d, int64 G, int64 in, int64 H, int64 P = 0) {
   switch (d) {
     case Dim::GateRows: return G * H;
     case Dim::Input: return in;
@@ -203,6 +208,7 @@ constexpr int64 dim_size(Dim d, int64 G, int64 in, int64 H) {
     case Dim::Units: return H;
     case Dim::UnitRows: return 0;  // the cell's kUnitRows: param_shape (rnn.h) reads it from the spec
     case Dim::One: return 1;
+    case Dim::Projection: return P;
   }
   return 0;
 }
@@ -217,7 +223,8 @@ struct CellOptions {
   double cell_clip = 0;   // LSTM: c_t clamped to [-cell_clip, cell_clip]; 0 = no clipping
   bool reset_after = true;  // GRU: false applies r to h_{t-1} before the n product (GruResetBefore)
   bool layer_norm = false;  // LSTM, GRU: haste's layer-normalised cell (LstmLayerNorm, GruLayerNorm)
-  bool any() const { return peephole || coupled || cell_clip > 0 || !reset_after || layer_norm; }
+  int64 proj_size = 0;      // LSTM: h_t = W_hr (o*tanh(c_t)) is P = proj_size wide (torch.nn.LSTM's); 0 = none
+  bool any() const { return peephole || coupled || cell_clip > 0 || !reset_after || layer_norm || proj_size > 0; }
 };
 
 // ---- phases: the time step as a compile-time list ---------------------------------------------
@@ -232,11 +239,11 @@ enum class PhaseKind : int { RecurrentProduct, Pointwise, RowReduction, Barrier 
 enum class Operand : int {
   H,       // h_{t-1}
   ResetH,  // r * h_{t-1} (the reset-before GRU): a [B, H] buffer a Pointwise phase fills (ForwardRow::reset_h)
-  M,       // o * tanh(c) (the LSTM projection; not implemented yet)
+  M,       // m = o * tanh(c) (the projected LSTM: h_t = m W_hr^T)
 };
 enum class Weight : int {
-  Hh,  // W_hh [G*H, H]
-  Hr,  // W_hr [P, H] (the LSTM projection; not implemented yet)
+  Hh,  // W_hh [G*H, H] (the projected LSTM: [G*H, P])
+  Hr,  // W_hr [P, H] (the projected LSTM)
 };
 
 // gh = In W^T (+ b_hh) for the gate blocks [GateBegin, GateEnd) (GateEnd = -1: all G) of the
@@ -319,6 +326,11 @@ template <class P0, class... P, class F> inline void for_each_phase_reversed(Pha
 }
 
 template <class Phase> constexpr bool is_phase(PhaseKind k) { return Phase::kKind == k; }
+// A RecurrentProduct of operand `in` (false for the other phase kinds, which have no operand).
+template <class Phase> constexpr bool is_product_of(Operand in) {
+  if constexpr (Phase::kKind == PhaseKind::RecurrentProduct) return Phase::kInput == in;
+  else return false;
+}
 // A Pointwise phase other than the step's last (index `last`): one that leaves values for a later one.
 template <class Phase> constexpr bool is_earlier_pointwise(int last) {
   if constexpr (Phase::kKind == PhaseKind::Pointwise) return Phase::kIndex != last;
@@ -332,6 +344,7 @@ template <class P> constexpr bool separate_grad_of() {
   else return false;
 }
 template <class... P> constexpr bool any_separate_grad(Phases<P...>) { return (false || ... || separate_grad_of<P>()); }
+template <class... P> constexpr bool any_projection(Phases<P...>) { return (false || ... || is_product_of<P>(Operand::M)); }
 template <class P> constexpr int pointwise_index_of() {
   if constexpr (P::kKind == PhaseKind::Pointwise) return P::kIndex;
   else return -1;
@@ -357,9 +370,11 @@ template <class... P> constexpr int reset_h_begin(Phases<P...>, int G) {
   return n;
 }
 // every product on h_{t-1} covers exactly the gates below the ResetH product's, which covers the rest
+// (the product on m, W_hr's, has no gates: its output is h)
 template <class P> constexpr bool product_split_ok(int G, int split) {
   if constexpr (P::kKind == PhaseKind::RecurrentProduct) {
     const int end = P::kGateEnd < 0 ? G : P::kGateEnd;
+    if (P::kInput == Operand::M) return true;
     return P::kInput == Operand::ResetH ? (P::kGateBegin == split && end == G) : (P::kGateBegin == 0 && end == split);
   } else {
     return true;
@@ -415,14 +430,22 @@ template <class Cell> struct SpecTraits {
   static constexpr int kNormRows = spec_detail::layer_norm_of<Cell>::rows;
   // W_hh's gate blocks [0, kResetHSplit) are the h_{t-1} product's, [kResetHSplit, G) the ResetH one's
   static constexpr int kResetHSplit = spec_detail::reset_h_begin(typename Cell::Step{}, Cell::kGates);
+  // h is P wide (CellOptions::proj_size), the output of a second product m W_hr^T on m = o*tanh(c)
+  static constexpr bool kProjected = spec_detail::any_projection(typename Cell::Step{});
   static_assert(spec_detail::products_split_ok(typename Cell::Step{}, Cell::kGates, kResetHSplit),
                 "the loops run a product of h_{t-1} over the first gate blocks and at most one ResetH product over "
                 "the rest");
   static_assert(kLastPointwise >= 0, "a step has a Pointwise phase");
   static_assert(Cell::kStates >= 1 && Cell::kStates <= 2, "the stacks pass h and at most one carried state (c)");
-  static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0) + spec_detail::layer_norm_of<Cell>::params,
-                "LayerWeights holds the four kGateParams, w_ch (the per-unit matrix, kUnitRows > 0) and the layer "
-                "norm's vectors (2, LSTM 4); another parameter needs its field there (see above)");
+  static_assert(Cell::kNumParams == 4 + (Cell::kUnitRows > 0 ? 1 : 0) + spec_detail::layer_norm_of<Cell>::params +
+                                        (kProjected ? 1 : 0),
+                "LayerWeights holds the four kGateParams, w_ch (the per-unit matrix, kUnitRows > 0), the layer "
+                "norm's vectors (2, LSTM 4) and w_hr (the projection); another parameter needs its field there (see "
+                "above)");
+  static_assert(kProjected == (Cell::kStateDecls[0].width == Width::Projection),
+                "a projected h (Width::Projection) is what the Operand::M product makes");
+  static_assert(!kProjected || (!kResetH && !kLayerNorm && kLastPointwise == 0),
+                "the loops run the product on m after the one pointwise phase of a cell without ResetH or norm");
   static_assert(Cell::kStateDecls[0].name[0] == 'h', "state 0 is h");
 };
 

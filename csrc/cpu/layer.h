@@ -367,15 +367,20 @@ template <class F> void with_modifier_flags(bool recurrent_mask, bool zoneout, F
     else f(ModifierFlags<false, false>{});
   }
 }
+// The projected LSTM runs without modifiers (csrc/stack.h refuses them): one instantiation.
+template <class Cell, class F> void with_modifier_flags_of(bool recurrent_mask, bool zoneout, F&& f) {
+  if constexpr (SpecTraits<Cell>::kProjected) f(ModifierFlags<false, false>{});
+  else with_modifier_flags(recurrent_mask, zoneout, f);
+}
 template <class Cell, class T> void layer_forward(const RnnConfig& cfg, const LayerForwardArgs<T>& a, int threads) {
-  with_modifier_flags(a.h_mask != nullptr, a.zone_h || a.zone_c, [&](auto mods) {
+  with_modifier_flags_of<Cell>(a.h_mask != nullptr, a.zone_h || a.zone_c, [&](auto mods) {
     using Mods = decltype(mods);
     if (cpu_isa() == Isa::Baseline) baseline::layer_forward<Cell, Mods>(cfg, a, threads);
     else avx2::layer_forward<Cell, Mods>(cfg, a, threads);
   });
 }
 template <class Cell, class T> void layer_backward(const RnnConfig& cfg, const LayerBackwardArgs<T>& a, int threads) {
-  with_modifier_flags(a.h_mask != nullptr, a.zone_h || a.zone_c, [&](auto mods) {
+  with_modifier_flags_of<Cell>(a.h_mask != nullptr, a.zone_h || a.zone_c, [&](auto mods) {
     using Mods = decltype(mods);
     if (cpu_isa() == Isa::Baseline) baseline::layer_backward<Cell, Mods>(cfg, a, threads);
     else avx2::layer_backward<Cell, Mods>(cfg, a, threads);

@@ -165,7 +165,7 @@ struct CpuBackend {
     cpu::layer_forward<Cell>(c, a, threads);
     if constexpr (std::is_same<T, float>::value) {
       if (a.w.storage != Storage::Native)
-        for (int64 tb = 0; tb < c.T * c.B; ++tb) round_to_storage(a.w.storage, a.y + tb * a.ldy, c.H);
+        for (int64 tb = 0; tb < c.T * c.B; ++tb) round_to_storage(a.w.storage, a.y + tb * a.ldy, c.h_size());
     }
   }
   template <class Cell, class T>
@@ -277,8 +277,9 @@ template <class S> class Widened {
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
-    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors.
+    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors or w_hr.
     if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
+    if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
     const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
     const bool carry = c.has_cell_state();
@@ -302,22 +303,23 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   } else {
     const auto order = sorting_order(c, a.lengths);
     if (!order) return stack_forward(CpuBackend{}, c, a);
-    const int64 LD = c.L * c.D, DH = c.D * c.H;
+    // h's width HW: H, or P for the projected LSTM (h0, hn, y's columns); c and the masks are H wide
+    const int64 LD = c.L * c.D, HW = c.h_size(), DH = c.D * HW;
     SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
-        h0(a.h0, LD, c.B, c.H, *order, "h0 in the batch sorted by length"),
+        h0(a.h0, LD, c.B, HW, *order, "h0 in the batch sorted by length"),
         c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
         mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
         zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
         zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
     Scratch<T> y(checked_mul(c.T * c.B, DH, "y"), "y in the batch sorted by length"),
-        hn(LD * c.B * c.H, "hn in the batch sorted by length"), cn(a.cn ? LD * c.B * c.H : 0, "cn in the batch sorted by length");
+        hn(LD * c.B * HW, "hn in the batch sorted by length"), cn(a.cn ? LD * c.B * c.H : 0, "cn in the batch sorted by length");
     ForwardArgs<T> s = a;
     s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.lengths = order->lengths.data();
     s.y = y.data(), s.hn = hn.data(), s.cn = a.cn ? cn.data() : nullptr;
     s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
     stack_forward(CpuBackend{}, c, s);
     permute_rows<T>(s.y, a.y, c.T, c.B, DH, order->order, false);
-    permute_rows<T>(s.hn, a.hn, LD, c.B, c.H, order->order, false);
+    permute_rows<T>(s.hn, a.hn, LD, c.B, HW, order->order, false);
     permute_rows<T>(s.cn, a.cn, LD, c.B, c.H, order->order, false);
   }
 }
@@ -325,8 +327,9 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
 template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
-    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors.
+    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors or w_hr.
     if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
+    if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
     const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
     const bool carry = c.has_cell_state();
@@ -358,18 +361,19 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   } else {
     const auto order = sorting_order(c, a.lengths);
     if (!order) return stack_backward(CpuBackend{}, c, a);
-    const int64 LD = c.L * c.D, DH = c.D * c.H;
+    // h's width HW: H, or P for the projected LSTM (h0, hn, y's columns); c and the masks are H wide
+    const int64 LD = c.L * c.D, HW = c.h_size(), DH = c.D * HW;
     SortedCopy<T> x(a.x, c.T, c.B, c.I, *order, "x in the batch sorted by length"),
-        h0(a.h0, LD, c.B, c.H, *order, "h0 in the batch sorted by length"),
+        h0(a.h0, LD, c.B, HW, *order, "h0 in the batch sorted by length"),
         c0(a.c0, LD, c.B, c.H, *order, "c0 in the batch sorted by length"),
         dy(a.dy, c.T, c.B, DH, *order, "dy in the batch sorted by length"),
-        dhn(a.dhn, LD, c.B, c.H, *order, "dhn in the batch sorted by length"),
+        dhn(a.dhn, LD, c.B, HW, *order, "dhn in the batch sorted by length"),
         dcn(a.dcn, LD, c.B, c.H, *order, "dcn in the batch sorted by length"),
         mask(a.mods.recurrent_mask, LD, c.B, c.H, *order, "the recurrent mask in the batch sorted by length"),
         zone_h(a.mods.zoneout_h, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length"),
         zone_c(a.mods.zoneout_c, LD * c.T, c.B, c.H, *order, "the zoneout mask in the batch sorted by length");
     Scratch<T> dx(checked_mul(c.T * c.B, c.I, "dx"), "dx in the batch sorted by length"),
-        dh0(LD * c.B * c.H, "dh0 in the batch sorted by length"),
+        dh0(LD * c.B * HW, "dh0 in the batch sorted by length"),
         dc0(a.dc0 ? LD * c.B * c.H : 0, "dc0 in the batch sorted by length");
     BackwardArgs<T> s = a;
     s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.dy = dy.p, s.dhn = dhn.p, s.dcn = dcn.p, s.lengths = order->lengths.data();
@@ -377,7 +381,7 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
     s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
     stack_backward(CpuBackend{}, c, s);
     permute_rows<T>(s.dx, a.dx, c.T, c.B, c.I, order->order, false);
-    permute_rows<T>(s.dh0, a.dh0, LD, c.B, c.H, order->order, false);
+    permute_rows<T>(s.dh0, a.dh0, LD, c.B, HW, order->order, false);
     permute_rows<T>(s.dc0, a.dc0, LD, c.B, c.H, order->order, false);
   }
 }

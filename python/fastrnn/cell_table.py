@@ -116,16 +116,19 @@ def carries_cell_state(cell: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def param_formulas(cell: str, layer: int, num_directions: int, bias: bool, peephole: bool = False,
-                   coupled: bool = False) -> Tuple[str, ...]:
+                   coupled: bool = False, proj_size: int = 0) -> Tuple[str, ...]:
     """The rules of param_shapes as the error messages show them, e.g. ``"(4*H, I) = "``, ``"(4*H, 2*H) = "``
-    (a later layer's input), ``"(4*H,) = "``, ``"(3, H) = "`` (peepholes)."""
+    (a later layer's input), ``"(4*H,) = "``, ``"(3, H) = "`` (peepholes); with ``proj_size`` h is P
+    wide (``"(4*H, P) = "``, ``"(4*H, 2*P) = "``) and w_hr's ``"(P, H) = "`` ends the entry."""
     info = TABLE[cell]
     G = info.gates_with(coupled)
-    size = {"G*H": f"{G}*H", "I": "I" if layer == 0 else f"{num_directions}*H", "H": "H"}
+    width = "P" if proj_size else "H"  # of h
+    size = {"G*H": f"{G}*H", "I": "I" if layer == 0 else f"{num_directions}*{width}", "H": width}
     rules = [rule for rule, is_bias in info.param_rules if bias or not is_bias]
-    rules += [(str(info.peephole_rows(coupled)), "H")] if peephole else []
-    return tuple("(" + ", ".join(size.get(d, d) for d in rule) + ("," if len(rule) == 1 else "") + ") = "
-                 for rule in rules)
+    out = tuple("(" + ", ".join(size.get(d, d) for d in rule) + ("," if len(rule) == 1 else "") + ") = "
+                for rule in rules)
+    out += (f"({info.peephole_rows(coupled)}, H) = ",) if peephole else ()
+    return out + (("(P, H) = ",) if proj_size else ())
 
 
 @functools.lru_cache(maxsize=1024)
@@ -136,8 +139,8 @@ def param_shapes(cell: str, input_size: int, hidden_size: int, num_layers: int, 
     read from the C++ specs' rules (``_core.cells()[cell]["params"]``: 'G*H', 'I' the layer's input,
     'H' the width of h; rnn.h param_shape is the one copy, and ``_core.param_shapes`` agrees: see
     tests/kernels/test_cell_table.py). Sizes are not checked here (torch.nn accepts 0). ``proj_size``
-    (torch.nn.LSTM's, not in the kernels): h and so w_hh's columns and the later layers' inputs are
-    P wide."""
+    (torch.nn.LSTM's projection): h and so w_hh's columns and the later layers' inputs are P wide;
+    w_hr [P, H], which follows these in a weights tuple, is not included."""
     info = TABLE[cell]
     G, D = info.gates_with(coupled), 2 if bidirectional else 1
     width = proj_size or hidden_size  # of h

@@ -12,6 +12,9 @@ h0, c0 [L*D, B, H]; lengths [B] integers in [1, T]. One dtype throughout: float3
 or bfloat16 (``ml_dtypes.bfloat16``, when ml_dtypes is installed). 16-bit arrays run the 16-bit
 kernels: float32 accumulation and state inside, results rounded to the 16-bit type (README, "16-bit
 types").
+The projected LSTM (``proj_size=P``, torch.nn.LSTM's; float32/float64): each entry is (w_ih, w_hh
+[4*H, P][, b_ih, b_hh], w_hr [P, H]) in torch's order, I_l = D*P, h0/h_n [L*D, B, P], c0/c_n
+[L*D, B, H], output [T, B, D*P].
 """
 from __future__ import annotations
 
@@ -91,14 +94,21 @@ def _check_x(x) -> np.ndarray:
     return x
 
 
-def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True, layer_norm=False) -> dict:
-    """The cell options: peephole, coupled (bools), cell_clip (None or a number > 0; inf
-    allowed), all LSTM; reset_after (a bool, GRU); layer_norm (a bool, LSTM and GRU, not with the
-    others). Returns them as the kernels take them (cell_clip 0.0 = no clipping); ``_is_variant``
-    tells whether any differs from the base cell."""
+def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True, layer_norm=False, proj_size=0) -> dict:
+    """The cell variants' options: peephole, coupled (bools), cell_clip (None or a number > 0; inf
+    allowed), proj_size (an int >= 0; 0: no projection), all LSTM; reset_after (a bool, GRU);
+    layer_norm (a bool, LSTM and GRU, not with the others). Returns them as the kernels take them
+    (cell_clip 0.0 = no clipping; proj_size only when set); ``_is_variant`` tells whether any differs
+    from the base cell."""
     for name, v in (("peephole", peephole), ("coupled", coupled)):
         if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, (int, np.integer)):
+        raise TypeError(f"proj_size must be an int >= 0 (0: no projection), got {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size must be >= 0 (0: no projection), got {proj_size}")
+    if not cell_info(cell).lstm_variants and proj_size:
+        raise ValueError(f"proj_size is an LSTM option, got proj_size={proj_size} for cell {cell!r}")
     if cell_clip is not None:
         if isinstance(cell_clip, (bool, np.bool_)) or not isinstance(cell_clip, (int, float, np.integer, np.floating)):
             raise TypeError(f"cell_clip must be None or a number > 0, got {type(cell_clip).__name__}")
@@ -114,15 +124,20 @@ def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True, la
             raise ValueError(f"layer_norm is an LSTM/GRU option and a bool, got {layer_norm!r} for cell {cell!r}")
         if layer_norm and (peephole or coupled or cell_clip is not None or not reset_after):
             raise ValueError("layer_norm=True does not combine with peephole, coupled, cell_clip or reset_after=False")
-    return dict(peephole=bool(peephole), coupled=bool(coupled),
-                cell_clip=0.0 if cell_clip is None else float(cell_clip), reset_after=bool(reset_after),
-                layer_norm=bool(layer_norm))
+        if layer_norm and proj_size:
+            raise ValueError(f"layer_norm=True does not combine with proj_size (got proj_size={proj_size})")
+    options = dict(peephole=bool(peephole), coupled=bool(coupled),
+                   cell_clip=0.0 if cell_clip is None else float(cell_clip), reset_after=bool(reset_after),
+                   layer_norm=bool(layer_norm))
+    if proj_size:  # only when set: the other cells' calls pass exactly what they did before
+        options["proj_size"] = int(proj_size)
+    return options
 
 
 def _is_variant(options: dict) -> bool:
     """Whether the options (``_check_options``) select a variant rather than the base cell."""
     return bool(options.get("peephole") or options.get("coupled") or options.get("cell_clip")
-                or not options.get("reset_after", True) or options.get("layer_norm"))
+                or not options.get("reset_after", True) or options.get("layer_norm") or options.get("proj_size"))
 
 
 def _gates(cell: str, options: dict) -> int:
@@ -133,12 +148,14 @@ def _gates(cell: str, options: dict) -> int:
 def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype, options=None) -> tuple:
     """Returns (weights as tuples of arrays, hidden_size, num_layers, bias). Nothing is copied here:
     the caller checks the sizes first (a broadcast view may be far too large to copy). With
-    peepholes every entry ends with w_ch [U, H] (U = 3, coupled 2); with layer_norm with
-    ln_weight_ih, ln_weight_hh [G*H] and, for the LSTM, ln_weight_c, ln_bias_c [H]."""
+    peepholes every entry continues with w_ch [U, H] (U = 3, coupled 2); with layer_norm with
+    ln_weight_ih, ln_weight_hh [G*H] and, for the LSTM, ln_weight_c, ln_bias_c [H]; with proj_size = P
+    it ends with w_hr [P, H], w_hh is [G*H, P] and layers above the first read D*P inputs."""
     options = options or {}
     n_ln = (4 if carries_cell_state(cell) else 2) if options.get("layer_norm") else 0  # the layer norm's vectors
+    P = options.get("proj_size", 0)
     peep = 1 if options.get("peephole") else 0
-    extra = peep + n_ln  # arrays after w_ih, w_hh[, b_ih, b_hh]
+    extra = peep + n_ln + (1 if P else 0)  # arrays after w_ih, w_hh[, b_ih, b_hh]
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights must be a list of (w_ih, w_hh[, b_ih, b_hh]) tuples, got {type(weights).__name__}")
     if len(weights) == 0 or len(weights) % num_directions:
@@ -151,21 +168,29 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
             ln_names = ", ln_weight_ih, ln_weight_hh" + (", ln_weight_c, ln_bias_c" if n_ln == 4 else "")
             raise ValueError(f"weights[0] must be a tuple (w_ih, w_hh{ln_names}) or (w_ih, w_hh, b_ih, b_hh{ln_names}) "
                              "(layer_norm=True)")
-        if peep:
-            raise ValueError("weights[0] must be a tuple (w_ih, w_hh, w_ch) or (w_ih, w_hh, b_ih, b_hh, w_ch) "
-                             "(peephole=True)")
+        if extra:
+            tail = (", w_ch" if peep else "") + (", w_hr" if P else "")
+            raise ValueError(f"weights[0] must be a tuple (w_ih, w_hh{tail}) or (w_ih, w_hh, b_ih, b_hh{tail}) "
+                             f"({'peephole=True' if peep else ''}{', ' if peep and P else ''}"
+                             f"{f'proj_size={P}' if P else ''})")
         raise ValueError("weights[0] must be a tuple (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh)")
     w_hh0 = _array("weights[0][1] (w_hh)", first[1])
-    if w_hh0.ndim != 2 or w_hh0.shape[1] < 1:
-        raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
-    H = int(w_hh0.shape[1])
+    if P:  # w_hh [G*H, P]: H from its rows
+        if w_hh0.ndim != 2 or w_hh0.shape[0] < G or w_hh0.shape[0] % G:
+            raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, P={P}) with H >= 1 (proj_size={P}), got "
+                             f"shape {w_hh0.shape}")
+        H = int(w_hh0.shape[0]) // G
+    else:
+        if w_hh0.ndim != 2 or w_hh0.shape[1] < 1:
+            raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
+        H = int(w_hh0.shape[1])
     bias = len(first) == 4 + extra
     peephole, coupled = bool(peep), bool(options.get("coupled"))
-    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape)
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape); w_hr [P, H] last
     expected = param_shapes(cell, input_size, H, len(weights) // num_directions, num_directions == 2, bias, peephole,
-                            coupled)
+                            coupled, P)
     names = list(cell_info(cell).param_names[:4 if bias else 2]) + (["w_ch"] if peep else [])
-    names += ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln]
+    names += ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln] + (["w_hr"] if P else [])
     G = _gates(cell, options)
     ln_shapes = ((G * H,), (G * H,), (H,), (H,))[:n_ln]
     ln_formulas = (f"({G}*H,) = ", f"({G}*H,) = ", "(H,) = ", "(H,) = ")[:n_ln]
@@ -175,8 +200,8 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
         where = f"layer {layer}, {_DIRECTION[d]}"
         if not isinstance(entry, (list, tuple)) or len(entry) != len(first):
             raise ValueError(f"weights[{k}] ({where}) must be a tuple of {len(first)} arrays like weights[0]")
-        shapes = expected[k] + ln_shapes
-        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled) + ln_formulas
+        shapes = expected[k] + ln_shapes + (((P, H),) if P else ())
+        formulas = param_formulas(cell, layer, num_directions, bias, peephole, coupled, P) + ln_formulas
         arrays = []
         for i, a in enumerate(entry):
             name = f"weights[{k}][{i}] ({names[i]}, {where})"
@@ -191,13 +216,20 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
     return out, H, len(weights) // num_directions, bias
 
 
-def _check_state(name: str, s, shape: tuple, dtype) -> Optional[np.ndarray]:
+def _check_state(name: str, s, shape: tuple, dtype, width: str = "H") -> Optional[np.ndarray]:
+    """A state [L*D, B, width] (width "P": the projected LSTM's h) as a contiguous array, or None."""
     if s is None:
         return None
     s = _array(name, s)
     _check_dtype(name, s, dtype)
-    _check_shape(name, s, shape, "(num_layers*num_directions, B, H) = ")
+    _check_shape(name, s, shape, f"(num_layers*num_directions, B, {width}) = ")
     return np.ascontiguousarray(s)
+
+
+def _h_width(options: dict, H: int) -> tuple:
+    """The width of h and its letter: (P, "P") for the projected LSTM, else (H, "H")."""
+    P = options.get("proj_size", 0)
+    return (P, "P") if P else (H, "H")
 
 
 def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
@@ -221,7 +253,7 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int, D: int) -> None:
 
 def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, bidirectional: bool = False,
             batch_first: bool = False, training: bool = False, peephole: bool = False, coupled: bool = False,
-            cell_clip: Optional[float] = None, reset_after: bool = True, layer_norm: bool = False,
+            cell_clip: Optional[float] = None, proj_size: int = 0, reset_after: bool = True, layer_norm: bool = False,
             recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, grad_clip: Optional[float] = None,
             dilation=1, zoneout: float = 0.0, zoneout_cell: float = 0.0, recurrent_mask=None, weight_mask=None,
             zoneout_mask=None, zoneout_cell_mask=None, rng=None) -> RNNResult:
@@ -240,11 +272,19 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         weights entry ends with w_ch [3, H] (rows i, f, o; coupled: [2, H], rows f, o), i and f see
         c_{t-1}, o sees c_t. coupled=True: gate blocks (f, g, o), G = 3, i = 1 - f. cell_clip=C > 0:
         c_t = clamp(f*c_{t-1} + i*g, -C, C) is carried and used for h.
+    proj_size: P > 0, the projected LSTM exactly as torch.nn.LSTM(proj_size=P):
+        h_t = W_hr (o * tanh(c_t)), h is P wide, c is H wide. Each weights entry is then
+        (w_ih [4*H, I_l], w_hh [4*H, P][, b_ih, b_hh][, w_ch], w_hr [P, H]) (torch's order; layers
+        above the first read I_l = D*P), h0 and h_n are [L*D, B, P], c0 and c_n [L*D, B, H], the
+        output [T, B, D*P]. Combines with peephole, coupled and cell_clip; float32/float64 only; not
+        with layer_norm (ValueError) nor with the training modifiers (NotImplementedError;
+        fastrnn.reference and fastrnn.nn.LSTM compute them).
     reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014):
         n = tanh(W_in x + b_in + W_hn (r*h_{t-1}) + b_hn), same weights (README "Cell variants").
     layer_norm: the layer-normalised LSTM/GRU (haste's form; README "Cell variants"): each weights
         entry ends with ln_weight_ih, ln_weight_hh [G*H] and, for the LSTM, ln_weight_c, ln_bias_c
-        [H] (after the biases, if any); not with peephole, coupled, cell_clip or reset_after=False.
+        [H] (after the biases, if any); not with peephole, coupled, cell_clip, reset_after=False or
+        proj_size.
 
     ``saved`` keeps references to ``x`` (when already time-major and C-contiguous), the weights,
     h0, c0 and lengths, not copies: changing any of them in place before ``backward`` silently
@@ -270,10 +310,11 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     whose i and f peepholes read it, is the zoned-out c_t = d_c c_{t-1} + (1 - d_c) c~_t (Krueger
     et al. 2017: h_t = d_h h_{t-1} + (1 - d_h) o_t tanh(c~_t)).
 
-    Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved).
+    Returns RNNResult(output [T, B, D*H] (or batch-first), h_n [L*D, B, H], c_n (LSTM) or None, saved)
+    (with proj_size: output [T, B, D*P], h_n [L*D, B, P]).
     """
     cell = _check_cell(cell)
-    options = _check_options(cell, peephole, coupled, cell_clip, reset_after, layer_norm)
+    options = _check_options(cell, peephole, coupled, cell_clip, reset_after, layer_norm, proj_size)
     x = _check_x(x)
     D = 2 if bidirectional else 1
     if batch_first:
@@ -284,7 +325,8 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     _check_sizes(T, B, I, H, _gates(cell, options), D)
     weights = [tuple(np.ascontiguousarray(a) for a in entry) for entry in weights]
     state_shape = (L * D, B, H)
-    h0 = _check_state("h0", h0, state_shape, x.dtype)
+    HW, hw = _h_width(options, H)
+    h0 = _check_state("h0", h0, (L * D, B, HW), x.dtype, hw)
     if not carries_cell_state(cell) and c0 is not None:
         raise ValueError(f"c0 is only for the LSTM, got one for cell {cell!r}")
     c0 = _check_state("c0", c0, state_shape, x.dtype) if carries_cell_state(cell) else None
@@ -306,6 +348,13 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     _check_probability("weight_dropout", weight_dropout)
     grad_clip = _check_grad_clip(grad_clip)
     dilations = _check_dilation(dilation, L)
+    if options.get("proj_size") and (recurrent_dropout or weight_dropout or grad_clip or any(d != 1 for d in dilations)
+                                     or zoneout or zoneout_cell or recurrent_mask is not None
+                                     or weight_mask is not None or zoneout_mask is not None
+                                     or zoneout_cell_mask is not None):
+        raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
+                                  "zoneout, zoneout_cell) are not fused with proj_size yet: fastrnn.reference.forward"
+                                  "(..., proj_size=P) and fastrnn.nn.LSTM(proj_size=P) (composed torch ops) run them")
     draws = training and (recurrent_dropout > 0 and recurrent_mask is None
                           or weight_dropout > 0 and weight_mask is None
                           or zoneout > 0 and zoneout_mask is None or zoneout_cell > 0 and zoneout_cell_mask is None)
@@ -402,8 +451,9 @@ def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, trai
     T, B, I = xt.shape
     D = 2 if bidirectional else 1
     state_shape = (L * D, B, H)
-    y = np.empty((T, B, D * H), xt.dtype)
-    hn = np.empty(state_shape, xt.dtype)
+    HW, _ = _h_width(options, H)
+    y = np.empty((T, B, D * HW), xt.dtype)
+    hn = np.empty((L * D, B, HW), xt.dtype)
     cn = np.empty(state_shape, xt.dtype) if carries_cell_state(cell) else None
     reserve = None
     if training:
@@ -530,10 +580,10 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
     """Backpropagation through time for a ``forward(..., training=True)`` call.
 
     dy: gradient of ``output``, same shape and layout. dhn, dcn: gradients of h_n and c_n
-    ([L*D, B, H]; None = zero; dcn for the LSTM only).
+    ([L*D, B, H]; None = zero; dcn for the LSTM only; with proj_size dhn is [L*D, B, P]).
 
     Returns RNNGrads(dx (layout of x), dh0, dc0 (LSTM) or None, dweights) where dweights mirrors
-    ``weights``: one tuple (dW_ih, dW_hh[, db_ih, db_hh][, dW_ch]) per layer and direction.
+    ``weights``: one tuple (dW_ih, dW_hh[, db_ih, db_hh][, dW_ch][, dW_hr]) per layer and direction.
 
     It reads x, the weights and the states through ``saved``'s references: they must not have been
     changed in place since the forward (see :func:`forward`).
@@ -544,12 +594,13 @@ def backward(saved: Saved, dy, dhn=None, dcn=None) -> RNNGrads:
     x = saved.x
     T, B, I = x.shape
     H, L, D = saved.hidden_size, saved.num_layers, 2 if saved.bidirectional else 1
+    HW, hw = _h_width(saved.options, H)
     dy = _array("dy", dy)
     _check_dtype("dy", dy, x.dtype)
-    _check_shape("dy", dy, (B, T, D * H) if saved.batch_first else (T, B, D * H), "the output's shape ")
+    _check_shape("dy", dy, (B, T, D * HW) if saved.batch_first else (T, B, D * HW), "the output's shape ")
     dyt = np.ascontiguousarray(dy.transpose(1, 0, 2) if saved.batch_first else dy)
     state_shape = (L * D, B, H)
-    dhn = _check_state("dhn", dhn, state_shape, x.dtype)
+    dhn = _check_state("dhn", dhn, (L * D, B, HW), x.dtype, hw)
     lstm = carries_cell_state(saved.cell)
     if not lstm and dcn is not None:
         raise ValueError(f"dcn is only for the LSTM, got one for cell {saved.cell!r}")
@@ -573,7 +624,7 @@ def _plain_backward(saved: Saved, dyt, dhn, dcn):
     state_shape = (L * D, x.shape[1], saved.hidden_size)
     lstm = carries_cell_state(saved.cell)
     dx = np.empty_like(x)
-    dh0 = np.empty(state_shape, x.dtype)
+    dh0 = np.empty((L * D, x.shape[1], _h_width(saved.options, saved.hidden_size)[0]), x.dtype)
     dc0 = np.empty(state_shape, x.dtype) if lstm else None
     dweights = [tuple(np.empty_like(w) for w in entry) for entry in saved.weights]
     zone, pre = saved.zoneout or ((None, None), (None, None))  # the masks d and the kept h~, c~
@@ -624,25 +675,30 @@ def rnn_backward(saved, dy, dhn=None) -> RNNGrads:
 
 def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, bidirectional: bool = False,
                  bias: bool = True, dtype=np.float32, seed=None, peephole: bool = False, coupled: bool = False,
-                 init: str = "uniform") -> list:
+                 init: str = "uniform", proj_size: int = 0) -> list:
     """Weights initialised as torch.nn does, U(-1/sqrt(H), 1/sqrt(H)), in the layout ``forward`` takes
-    (with ``peephole``: w_ch [U, H] last in each entry, initialised like the other weights; with
-    ``coupled``: G = 3 gate blocks). ``init="identity"`` (IRNN, Le, Jaitly & Hinton 2015): every
-    H x H gate block of w_hh is the identity, biases zero, w_ih ~ N(0, 0.001^2); the LSTM's peepholes,
-    if any, stay uniform."""
+    (with ``peephole``: w_ch [U, H] after the biases, initialised like the other weights; with
+    ``coupled``: G = 3 gate blocks; with ``proj_size=P`` (LSTM): w_hh [G*H, P], layers above the
+    first read D*P inputs, and w_hr [P, H] last, uniform like the others, as torch.nn.LSTM).
+    ``init="identity"`` (IRNN, Le, Jaitly & Hinton 2015): every H x H gate block of w_hh is the
+    identity, biases zero, w_ih ~ N(0, 0.001^2); the LSTM's peepholes, if any, stay uniform; with
+    proj_size it raises ValueError (w_hh's blocks are H x P, not square)."""
     cell = _check_cell(cell)
-    options = _check_options(cell, peephole, coupled, None)
+    options = _check_options(cell, peephole, coupled, None, proj_size=proj_size)
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if init not in ("uniform", "identity"):
         raise ValueError(f"init must be 'uniform' or 'identity', got {init!r}")
+    if init == "identity" and proj_size:
+        raise ValueError(f"init='identity' needs square H x H blocks of w_hh; with proj_size={proj_size} they are "
+                         f"H x P")
     rng = np.random.default_rng(seed)
     D, G, H = (2 if bidirectional else 1), _gates(cell, options), hidden_size
     k = 1.0 / np.sqrt(H)
     # (w_ih, w_hh[, b_ih, b_hh][, w_ch]) of every entry, by the cell table's rule
     all_shapes = param_shapes(cell, input_size, H, num_layers, bool(bidirectional), bool(bias), bool(peephole),
-                              bool(coupled))
+                              bool(coupled), int(proj_size))
     weights = []
     for layer in range(num_layers):
         for d in range(D):
@@ -654,6 +710,8 @@ def init_weights(cell: str, input_size: int, hidden_size: int, num_layers: int =
                 entry[2:] = [np.zeros(s, dtype) for s in shapes[2:]]
             if peephole:
                 entry.append(rng.uniform(-k, k, all_shapes[layer * D + d][-1]).astype(dtype))
+            if proj_size:
+                entry.append(rng.uniform(-k, k, (proj_size, H)).astype(dtype))
             weights.append(tuple(entry))
     return weights
 

@@ -16,13 +16,18 @@ modules never pay outside ``torch.compile``.
     y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
                                                        num_layers, bidirectional, training)
 
-``cell`` is a cell name or, for the cell variants, the name with its options:
-``"lstm+peephole+coupled+cell_clip=0.5"``, ``"gru+reset_before"`` (GRU(reset_after=False)),
+``cell`` is a cell name or, for the variants, the name with its options:
+``"lstm+peephole+coupled+cell_clip=0.5+proj_size=P"``, ``"gru+reset_before"`` (GRU(reset_after=False)),
 ``"lstm+layer_norm"`` / ``"gru+layer_norm"`` (``variant_cell`` builds it; order free). With
-``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
+``peephole`` each layer and direction's tensors continue with w_ch [U, H] (U = 3, coupled 2); ``coupled``
 has G = 3 gate blocks; with ``layer_norm`` they end with ln_weight_ih, ln_weight_hh [G*H] and, for
-the LSTM, ln_weight_c, ln_bias_c [H]. The LSTM variants, the reset-before GRU and layer norm run on the
-CPU and on CUDA (layer norm on CUDA in float32/float64: 16-bit storage is a ValueError there).
+the LSTM, ln_weight_c, ln_bias_c [H]; ``proj_size=P`` (torch.nn.LSTM's projection) ends each with
+w_hr [P, H], w_hh is [G*H, P], h (h0, hn, y's D*P columns, layer inputs above the first) P wide, c
+H wide. The LSTM variants, the reset-before GRU and layer norm run on the CPU and on CUDA
+(layer norm on CUDA in float32/float64: 16-bit storage is a ValueError there); proj_size on the CPU
+only (CUDA: NotImplementedError), in float32/float64 and without the
+training modifiers (NotImplementedError otherwise; fastrnn.nn runs composed torch ops for those
+calls).
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -38,8 +43,8 @@ Training modifiers the kernels run (fastrnn.nn documents them): ``recurrent_mask
 none), arguments of ``torch.ops.fastrnn.rnn_forward_modified`` (rnn_forward's arguments and these
 four) and of rnn_backward. With zoneout the training reserve holds h~ (and c~) after the kernels'
 own part: R grows by L*D*H per zoned state. Both back ends run them (CPU and CUDA kernels), with the
-base cells and the LSTM variants' cell strings; not with the reset-before GRU or layer norm
-(NotImplementedError: fastrnn.nn runs those combinations as composed torch ops).
+base cells and the LSTM variants' cell strings except proj_size; not with the reset-before GRU or
+layer norm (NotImplementedError: fastrnn.nn runs those combinations as composed torch ops).
 """
 from __future__ import annotations
 
@@ -79,13 +84,13 @@ _KERNEL_KEY = "CompositeExplicitAutograd"
 
 
 _NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0), ("reset_after", True),
-               ("layer_norm", False))
+               ("layer_norm", False), ("proj_size", 0))
 
 
 def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
-                 reset_after: bool = True, layer_norm: bool = False) -> str:
-    """The op's ``cell`` string of a cell with the cell options ("lstm+peephole+cell_clip=0.5",
-    "gru+reset_before", "lstm+layer_norm")."""
+                 reset_after: bool = True, layer_norm: bool = False, proj_size: int = 0) -> str:
+    """The op's ``cell`` string of a cell with its variant options ("lstm+peephole+cell_clip=0.5",
+    "gru+reset_before", "lstm+layer_norm", "lstm+proj_size=16")."""
     parts = [cell] + (["peephole"] if peephole else []) + (["coupled"] if coupled else [])
     if cell_clip is not None:
         parts.append(f"cell_clip={float(cell_clip)!r}")
@@ -93,13 +98,15 @@ def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_
         parts.append("reset_before")
     if layer_norm:
         parts.append("layer_norm")
+    if proj_size:
+        parts.append(f"proj_size={int(proj_size)}")
     return "+".join(parts)
 
 
 def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
-    ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool), ("layer_norm", bool))).
-    ValueError for anything else."""
+    ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool), ("layer_norm", bool),
+    ("proj_size", int, 0 = none))). ValueError for anything else."""
     # Eager calls parse each string once; dynamo traces the parse itself (it would warn about, and
     # bypass, the cache wrapper anyway), so compiled graphs see plain constants.
     if torch.compiler.is_compiling():
@@ -110,8 +117,8 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
 def _parse_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
     if base not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM, "
-                         f"+reset_before for the GRU, +layer_norm for both), got {cell!r}")
+        raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C, +proj_size=P for the "
+                         f"LSTM, +reset_before for the GRU, +layer_norm for both), got {cell!r}")
     opts = dict(_NO_OPTIONS)
     for part in parts:
         if part in ("peephole", "coupled"):
@@ -127,12 +134,19 @@ def _parse_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
             opts["reset_after"] = False
         elif part == "layer_norm":
             opts["layer_norm"] = True
+        elif part.startswith("proj_size="):
+            value = part[len("proj_size="):]
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"cell {cell!r}: proj_size must be an int >= 1")
+            opts["proj_size"] = int(value)
         else:
-            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, reset_before, "
-                             "layer_norm)")
+            raise ValueError(f"cell {cell!r}: unknown option {part!r} (peephole, coupled, cell_clip=C, proj_size=P, "
+                             "reset_before, layer_norm)")
     lstm_parts = [p for p in parts if p not in ("reset_before", "layer_norm")]
     if lstm_parts and not cell_info(base).lstm_variants:
-        raise ValueError(f"cell {cell!r}: peephole, coupled and cell_clip are LSTM options")
+        only_proj = all(p.startswith("proj_size=") for p in lstm_parts)
+        raise ValueError(f"cell {cell!r}: " + ("proj_size is an LSTM option" if only_proj
+                                               else "peephole, coupled and cell_clip are LSTM options"))
     if not opts["reset_after"] and (not cell_info(base).reset_after_option or lstm_parts):
         raise ValueError(f"cell {cell!r}: reset_before is a GRU option")
     if opts["layer_norm"] and (not cell_info(base).layer_norm_option or lstm_parts or not opts["reset_after"]):
@@ -150,6 +164,16 @@ def _peephole_rows(cell: str) -> int:
     return cell_info(base).peephole_rows(opts["coupled"]) if opts["peephole"] else 0
 
 
+def _proj_size(cell: str) -> int:
+    """P of the projected LSTM's cell string (0: none)."""
+    return dict(split_cell(cell)[1])["proj_size"]
+
+
+def _h_size(cell: str, hidden_size: int) -> int:
+    """The width of h (and of each direction's output): P for the projected LSTM, else H."""
+    return _proj_size(cell) or hidden_size
+
+
 def _norm_vectors(cell: str) -> int:
     """The layer norm's vectors per layer and direction: 4 (LSTM), 2 (GRU), 0 without layer_norm."""
     base, opts = split_cell(cell)
@@ -158,9 +182,10 @@ def _norm_vectors(cell: str) -> int:
 
 def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
     """What the fake implementations check too (the cell, the dtypes, the devices, the weights'
-    count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes)."""
+    count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes,
+    one more with a projection)."""
     base, _ = split_cell(cell)
-    extra = (1 if _peephole_rows(cell) else 0) + _norm_vectors(cell)
+    extra = (1 if _peephole_rows(cell) else 0) + _norm_vectors(cell) + (1 if _proj_size(cell) else 0)
     if x.dtype not in _DTYPES:
         raise TypeError(f"fastrnn supports float32, float64, bfloat16 and float16, got input of dtype {x.dtype}")
     if x.dim() != 3:
@@ -183,7 +208,9 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
                   bidirectional: bool, cell: str, **state: Optional[Tensor]) -> None:
     """The kernels take raw pointers, so every size they rely on is checked here, on real tensors:
     the weights' shapes ([G*H, I_l], [G*H, H], [G*H], [G*H]) and each named state tensor's
-    ([L*D, B, H]; ``dy``: [T, B, D*H]) with its dtype and device (None: absent)."""
+    ([L*D, B, H]; ``dy``: [T, B, D*H]) with its dtype and device (None: absent). Projected (P): h's
+    tensors (h0, dhn, dh0, dy's columns, I_l above the first layer, w_hh's columns) are P wide,
+    the c ones H wide, and w_hr [P, H] ends each entry."""
     T, B, I = x.shape
     if min(T, B, I) < 1:
         raise ValueError(f"input must not be empty (every size >= 1), got shape {tuple(x.shape)}")
@@ -192,15 +219,19 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     D = 2 if bidirectional else 1
     base, opts = split_cell(cell)
     opts = dict(opts)
+    P = opts["proj_size"]
+    HW = P or hidden_size
     n_ln = _norm_vectors(cell)
-    bias = per_entry - (1 if opts["peephole"] else 0) - n_ln == 4
+    bias = per_entry - (1 if opts["peephole"] else 0) - n_ln - (1 if P else 0) == 4
     names = list(cell_info(base).param_names[:4 if bias else 2]) + (["w_ch"] if opts["peephole"] else []) + \
-        ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln]
+        ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"][:n_ln] + (["w_hr"] if P else [])
     GH = cell_info(base).gates_with(opts["coupled"]) * hidden_size
-    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape), then the norm's
-    all_shapes = param_shapes(base, I, hidden_size, num_layers, bidirectional, bias, opts["peephole"], opts["coupled"])
+    # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape; w_hh [G*H, P] and
+    # w_hr [P, H] last when projected), then the norm's
+    all_shapes = param_shapes(base, I, hidden_size, num_layers, bidirectional, bias, opts["peephole"], opts["coupled"],
+                              proj_size=P)
     for k in range(num_layers * D):
-        shapes = all_shapes[k] + ((GH,), (GH,), (hidden_size,), (hidden_size,))[:n_ln]
+        shapes = all_shapes[k] + ((GH,), (GH,), (hidden_size,), (hidden_size,))[:n_ln] + (((P, hidden_size),) if P else ())
         for j in range(per_entry):
             w = weights[k * per_entry + j]
             if w.shape != shapes[j]:
@@ -211,8 +242,9 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     for name, t in state.items():
         if t is None:
             continue
-        expected = (T, B, D * hidden_size) if name == "dy" else \
-            (num_layers * D, T, B, hidden_size) if name.startswith("zoneout") else hidden
+        expected = (T, B, D * HW) if name == "dy" else \
+            (num_layers * D, T, B, hidden_size) if name.startswith("zoneout") else \
+            (num_layers * D, B, HW) if name in ("h0", "dhn") else hidden
         if t.shape != expected:
             raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
         if t.dtype != x.dtype:
@@ -368,11 +400,22 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
 
 
 def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c) -> None:
-    """What runs where: the reset-before GRU and layer norm run without the kernels' modifiers
-    (fastrnn.nn runs those combinations as composed torch ops); the base cells and the LSTM variants
-    run with every modifier on both back ends."""
+    """What runs where: the projected LSTM (proj_size) runs on the CPU only; the reset-before GRU, layer norm and proj_size run without the kernels' modifiers (fastrnn.nn runs
+    those combinations as composed torch ops), proj_size in float32/float64 only; the base cells and
+    the LSTM variants run with every modifier on both back ends."""
     opts = dict(split_cell(cell)[1])
     modified = recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
+    if opts["proj_size"]:
+        if x.device.type != "cpu":
+            raise NotImplementedError(f"proj_size (cell {cell!r}) runs in the CPU kernels only, got a tensor on "
+                                      f"{x.device}; fastrnn.nn.LSTM(proj_size=P) runs composed torch ops there")
+        if modified:
+            raise NotImplementedError(f"the kernels do not run the training modifiers (recurrent_dropout, grad_clip, "
+                                      f"zoneout) with proj_size (cell {cell!r}); fastrnn.nn.LSTM(proj_size=P) runs "
+                                      f"them as composed torch ops")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise NotImplementedError(f"proj_size (cell {cell!r}) runs in float32 and float64 only, got {x.dtype}; "
+                                      f"fastrnn.nn.LSTM(proj_size=P) runs composed torch ops for 16-bit types")
     if modified and (not opts["reset_after"] or opts["layer_norm"]):
         raise NotImplementedError(f"the kernels run the training modifiers (recurrent_dropout, grad_clip, zoneout) "
                                   f"with the base cells and the LSTM variants, not with {cell!r} (fastrnn.nn runs "
@@ -404,8 +447,9 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     state = (num_layers * D, B, hidden_size)
-    y = x.new_empty((T, B, D * hidden_size))
-    hn = x.new_empty(state)
+    HW = _h_size(cell, hidden_size)
+    y = x.new_empty((T, B, D * HW))
+    hn = x.new_empty((num_layers * D, B, HW))
     cn = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, zoned)
     reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
@@ -474,9 +518,10 @@ def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
     B = x.shape[1]
     state = (num_layers * (2 if bidirectional else 1), B, hidden_size)
     dc0 = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
+    dh0 = x.new_empty(state[:2] + (_h_size(cell, hidden_size),))
     # new_empty, not empty_like: empty_like keeps a transposed input's strides, and the kernels
     # write outputs in place, so every output must be contiguous.
-    return x.new_empty(x.shape), x.new_empty(state), dc0, [w.new_empty(w.shape) for w in weights]
+    return x.new_empty(x.shape), dh0, dc0, [w.new_empty(w.shape) for w in weights]
 
 
 torch.library.impl("fastrnn::rnn_backward", _KERNEL_KEY, _rnn_backward_kernel, lib=_LIB)

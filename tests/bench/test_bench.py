@@ -264,6 +264,25 @@ def test_variants_suite_runs_and_saves(tmp_path):
     # the variants fastrnn.nn also runs as composed torch ops are timed against that path too
     composed = {r["name"] for r in rows if "composed_over_variant" in r}
     assert composed == {"gru reset_after=False", "lstm layer_norm", "gru layer_norm"}
+    # the projected LSTM (P = H/4 with --sizes), inference and training, verified against torch.nn
+    proj = result["projection_cases"]
+    assert [(r["H"], r["P"], r["mode"]) for r in proj] == [(8, 2, "inference"), (8, 2, "training")]
+    assert all(r["torch_over_fastrnn"] > 0 and r["fastrnn_over_base"] > 0 and r["old_over_fastrnn"] > 0 for r in proj)
+    assert result["clock"] == "wall"
+
+
+def test_variants_projection_only_in_cpu_time(tmp_path):
+    """--variants --projection-only --cpu-time: the projected LSTM's rows alone, timed in the
+    process's CPU time, which the saved table says."""
+    pytest.importorskip("torch")
+    from fastrnn import bench
+    rc = bench.main(["--variants", "--projection-only", "--cpu-time", "--sizes", "8x2x3", "--reps", "1",
+                     "--min-sample-ms", "1", "--threads", "1", "--save", str(tmp_path)])
+    assert rc == 0
+    result = json.loads(next(tmp_path.glob("*-variants.json")).read_text())
+    assert result["variant_cases"] == [] and result["clock"] == "process CPU time"
+    assert [(r["H"], r["P"], r["mode"]) for r in result["projection_cases"]] == [(8, 2, "inference"), (8, 2, "training")]
+    assert "process CPU time" in next(tmp_path.glob("*-variants.md")).read_text()
 
 
 def test_modifiers_flag_runs_the_modifiers_suite(monkeypatch):

@@ -1,7 +1,9 @@
 """The training modifiers combined with the cell variants, in the reference
 and the NumPy API: zoneout / zoneout_cell, recurrent dropout, weight dropout, grad_clip and
-dilation with the peephole / coupled / cell_clip LSTM, the layer-normalised LSTM and GRU and the
-reset-before GRU ("valid for every cell and combinable with the cell variants").
+dilation with the peephole / coupled / cell_clip LSTM, the layer-normalised LSTM and GRU, the
+reset-before GRU and the projected LSTM (proj_size, also with peephole and cell_clip; the NumPy API
+refuses the modifiers with it: tests/kernels/test_projection.py) ("valid for every cell and
+combinable with the cell variants").
 
 - The reference (one loop that composes every modifier with every cell step) against central
   finite differences for the deterministic cases (given masks, eval-mode zoneout, dilation), and
@@ -32,8 +34,11 @@ RAGGED = np.array([4, 1, 3])
 # (cell, options) of every variant: the LSTM's fused in the kernels, the rest reference / fastrnn.nn only
 LSTM_VARIANTS = [dict(peephole=True), dict(coupled=True), dict(cell_clip=0.4), dict(peephole=True, coupled=True),
                  dict(peephole=True, coupled=True, cell_clip=0.4)]
+# proj_size = 3 > H = 2: h (P wide) and c (H wide) differ, so a mask of the wrong width fails
 ALL_VARIANTS = [("lstm", v) for v in LSTM_VARIANTS] + [("lstm", dict(layer_norm=True)),
-                                                       ("gru", dict(layer_norm=True)), ("gru", dict(reset_after=False))]
+                                                       ("gru", dict(layer_norm=True)), ("gru", dict(reset_after=False)),
+                                                       ("lstm", dict(proj_size=3)),
+                                                       ("lstm", dict(proj_size=3, peephole=True, cell_clip=0.4))]
 
 
 def _ids(cases):
@@ -51,7 +56,8 @@ def make_problem(cell, opts, num_layers, bidirectional, t=T, b=B, i=I, h=H, seed
     rng = np.random.default_rng(seed)
     D = 2 if bidirectional else 1
     weights = fastrnn.init_weights(cell, i, h, num_layers, bidirectional=bidirectional, dtype=np.float64, seed=seed,
-                                   peephole=opts.get("peephole", False), coupled=opts.get("coupled", False))
+                                   peephole=opts.get("peephole", False), coupled=opts.get("coupled", False),
+                                   proj_size=opts.get("proj_size", 0))
     weights = [tuple(scale * w for w in entry) for entry in weights]
     if opts.get("layer_norm"):
         G = gates(cell, opts)
@@ -59,19 +65,21 @@ def make_problem(cell, opts, num_layers, bidirectional, t=T, b=B, i=I, h=H, seed
             ([1 + 0.3 * rng.standard_normal(h), 0.3 * rng.standard_normal(h)] if cell == "lstm" else [])
         weights = [entry + tuple(vectors()) for entry in weights]
     x = rng.standard_normal((t, b, i))
-    h0 = 0.5 * rng.standard_normal((num_layers * D, b, h))
+    h0 = 0.5 * rng.standard_normal((num_layers * D, b, opts.get("proj_size") or h))  # h: P wide when projected
     c0 = 0.5 * rng.standard_normal((num_layers * D, b, h)) if cell == "lstm" else None
     return x, weights, h0, c0
 
 
 def make_masks(cell, opts, L, D, seed, t=T, b=B, h=H, p=0.4):
     """Explicit masks of every modifier: recurrent m [L*D, B, H] and weight M (L*D of [G*H, H]), both
-    Bernoulli(1-p)/(1-p); zoneout d [L*D, T, B, H] of 0/1 (zoneout_cell for the LSTM)."""
+    Bernoulli(1-p)/(1-p); zoneout d [L*D, T, B, H] of 0/1 (zoneout_cell for the LSTM). With
+    proj_size = P, h's masks are P wide ([L*D, B, P], [G*H, P], [L*D, T, B, P]), c's H wide."""
     rng = np.random.default_rng(seed)
     G = gates(cell, opts)
-    return dict(recurrent_mask=(rng.random((L * D, b, h)) >= p) / (1 - p),
-                weight_mask=[(rng.random((G * h, h)) >= p) / (1 - p) for _ in range(L * D)],
-                zoneout_mask=(rng.random((L * D, t, b, h)) < p).astype(np.float64),
+    hw = opts.get("proj_size") or h
+    return dict(recurrent_mask=(rng.random((L * D, b, hw)) >= p) / (1 - p),
+                weight_mask=[(rng.random((G * h, hw)) >= p) / (1 - p) for _ in range(L * D)],
+                zoneout_mask=(rng.random((L * D, t, b, hw)) < p).astype(np.float64),
                 zoneout_cell_mask=(rng.random((L * D, t, b, h)) < p).astype(np.float64) if cell == "lstm" else None)
 
 
@@ -85,7 +93,7 @@ def modifier_cases(cell, opts, L, D, seed=3, t=T, b=B, h=H, p=0.4):
         "weight": dict(weight_mask=m["weight_mask"]),
         "zoneout": zone,
         # eval-mode zoneout: d = p everywhere
-        "zoneout_eval": dict(zoneout_mask=np.full((L * D, t, b, h), 0.3),
+        "zoneout_eval": dict(zoneout_mask=np.full((L * D, t, b, opts.get("proj_size") or h), 0.3),
                              zoneout_cell_mask=np.full((L * D, t, b, h), 0.6) if lstm else None),
         "dilation": dict(dilation=[2, 3][:L]),
         "all": dict(dilation=[3, 2][:L], recurrent_mask=m["recurrent_mask"], weight_mask=m["weight_mask"], **zone),
@@ -167,7 +175,7 @@ def numpy_entries(torch, cell, opts, weights, weight_mask=None):
     """NumPy weights entries (the reference's layout) -> torch leaf tensors (float64, requires_grad)
     and torch_modified_loop's dicts (W_hh times the weight mask where one is given)."""
     names = ["w_ih", "w_hh", "b_ih", "b_hh"] + (["w_ch"] if opts.get("peephole") else []) + \
-        ((["ln_ih", "ln_hh"] + (["ln_c_w", "ln_c_b"] if cell == "lstm" else [])) if opts.get("layer_norm") else [])
+        (["w_hr"] if opts.get("proj_size") else []) + ((["ln_ih", "ln_hh"] + (["ln_c_w", "ln_c_b"] if cell == "lstm" else [])) if opts.get("layer_norm") else [])
     leaves, dicts = [], []
     for k, entry in enumerate(weights):
         ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in entry]

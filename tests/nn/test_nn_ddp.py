@@ -1,7 +1,8 @@
 """fastrnn.nn under torch.nn.parallel.DistributedDataParallel: two CPU processes (gloo backend,
 torch.multiprocessing.spawn), each running half of the batch through an LSTM (2 layers,
-bidirectional, variable lengths) and a linear head; after one backward, every rank's gradients equal
-the single-process gradients on the full batch, and one SGD step leaves the ranks' weights equal.
+bidirectional, variable lengths; also with proj_size) and a linear head; after one backward, every
+rank's gradients equal the single-process gradients on the full batch, and one SGD step leaves the
+ranks' weights equal.
 """
 import os
 import socket
@@ -20,10 +21,11 @@ WORLD = 2
 T, B, I, H = 6, 4, 5, 7  # B splits evenly over the ranks
 
 
-def make_model():
+def make_model(proj_size=0):
     torch.manual_seed(0)
-    return torch.nn.ModuleDict({"rnn": fnn.LSTM(I, H, 2, bidirectional=True, dtype=torch.float64),
-                                "head": torch.nn.Linear(2 * H, 1, dtype=torch.float64)})
+    return torch.nn.ModuleDict({"rnn": fnn.LSTM(I, H, 2, bidirectional=True, proj_size=proj_size,
+                                                dtype=torch.float64),
+                                "head": torch.nn.Linear(2 * (proj_size or H), 1, dtype=torch.float64)})
 
 
 def make_data():
@@ -53,14 +55,14 @@ class _DDPModel(torch.nn.Module):
         return loss_fn(self.inner, x, lengths, target)
 
 
-def _worker(rank, port, out_dir):
+def _worker(rank, port, out_dir, proj_size):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     fastrnn.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        ddp = torch.nn.parallel.DistributedDataParallel(_DDPModel(make_model()))
+        ddp = torch.nn.parallel.DistributedDataParallel(_DDPModel(make_model(proj_size)))
         x, lengths, target = make_data()
         shard = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
         ddp(x[:, shard], lengths[shard], target[:, shard]).backward()
@@ -78,12 +80,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_gradients_equal_single_process(tmp_path):
-    model = make_model()
+@pytest.mark.parametrize("proj_size", [0, 3], ids=["plain", "proj"])
+def test_ddp_gradients_equal_single_process(tmp_path, proj_size):
+    model = make_model(proj_size)
     loss_fn(model, *make_data()).backward()
     expected = {n: p.grad for n, p in model.named_parameters()}
 
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), proj_size), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for r, res in enumerate(results):
         assert set(res["grads"]) == set(expected)

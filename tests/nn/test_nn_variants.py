@@ -198,7 +198,7 @@ def test_cell_step_by_step_equals_the_sequence(variant):
 
 
 def test_projection_with_peepholes_matches_plain_torch():
-    """proj_size runs the torch fallback, now with the variants' step: h = W_hr (o * tanh(c))."""
+    """proj_size with the variants' step (the fused op on the CPU): h = W_hr (o * tanh(c))."""
     torch.manual_seed(4)
     m = fnn.LSTM(3, 6, proj_size=2, peephole=True, cell_clip=0.4, dtype=torch.float64)
     _widen(m)

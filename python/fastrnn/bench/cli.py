@@ -12,7 +12,8 @@ from .report import (format_header, format_markdown, format_summary, results_bas
                      write_plot)
 from .suite import run
 from .timing import GEMM_N
-from .variants import format_variant_row, run_variants, VARIANT_SIZES, VARIANT_TABLE_HEAD
+from .variants import (PROJECTION_TABLE_HEAD, format_projection_row, format_variant_row, run_variants, VARIANT_SIZES,
+                       VARIANT_TABLE_HEAD)
 
 
 def _csv(name: str, allowed: Sequence[str]):
@@ -68,7 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"n of the n^3 sgemm that measures the peak (default {GEMM_N})")
     parser.add_argument("--variants", action="store_true",
                         help="the cell variants' suite: each variant vs fastrnn's base cell and a "
-                             "plain-PyTorch loop; --sizes HxBxT sets its sizes, --save writes <name>-variants.*")
+                             "plain-PyTorch loop, and LSTM(proj_size) vs torch.nn, fastrnn's base LSTM and its old pure-torch "
+                             "path (H=512 P=128, H=1024 P=256, B=32, T=100); --sizes HxBxT sets the sizes (the "
+                             "projection's P = H/4), --save writes <name>-variants.*")
     parser.add_argument("--min-sample-ms", type=float, default=None,
                         help="shortest timed sample; short calls are repeated to fill it (default 50, --quick 20)")
     parser.add_argument("--suite", choices=("default", "decode", "cells"), default="default",
@@ -92,8 +95,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "against its dense time, the ideal (live fraction x dense) and torch.nn's packed path, "
                              "LSTM and GRU, inference and training; fastrnn/bench/ragged.py")
     parser.add_argument("--cpu-time", action="store_true",
-                        help="--ragged: time samples in the process's CPU time (readable at --threads 1 on a "
-                             "loaded machine)")
+                        help="--ragged, --variants: time samples in the process's CPU time (readable at --threads 1 "
+                             "on a loaded machine)")
+    parser.add_argument("--projection-only", action="store_true",
+                        help="--variants: the projected LSTM's rows only (LSTM(proj_size) vs torch.nn, the base LSTM "
+                             "and the composed torch ops)")
     parser.add_argument("--data", metavar="DIR", default=None,
                         help="--ragged: the datasets' folder (default: ../shared/data from the checkout or cwd)")
     args = parser.parse_args(argv)
@@ -142,14 +148,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             result = run_variants(sizes, threads=args.threads, reps=args.reps or 5,
                                   min_sample_s=0.05 if args.min_sample_ms is None else args.min_sample_ms / 1e3,
-                                  emit=lambda text: print(text, flush=True))
+                                  emit=lambda text: print(text, flush=True), cpu_time=args.cpu_time,
+                                  projection_only=args.projection_only)
         except VerificationError as e:
             print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
             return 1
         if args.save:
             table = "\n".join(format_variant_row(r) for r in result["variant_cases"])
-            save_results(result, format_header(result) + "\n\n" + VARIANT_TABLE_HEAD + "\n" + table + "\n", args.save,
-                         results_basename(result) + "-variants")
+            projection = "\n".join(format_projection_row(r) for r in result["projection_cases"])
+            clock = (f"Samples timed in {result['clock']}; load average at the start "
+                     f"{' / '.join(f'{v:.1f}' for v in result['load_average'])} (1 / 5 / 15 min).")
+            text = (format_header(result) + "\n\n" + clock + "\n\n" + VARIANT_TABLE_HEAD + "\n" + table + "\n\n"
+                    + PROJECTION_TABLE_HEAD + "\n" + projection + "\n")
+            save_results(result, text, args.save, results_basename(result) + "-variants")
         return 0
     try:
         result = run(cells=args.cells, modes=args.modes, sizes=args.sizes, threads=args.threads, reps=reps,

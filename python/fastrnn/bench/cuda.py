@@ -303,9 +303,9 @@ def run_extra(torch, name: str, cell: str, options: dict, dtype: str, baseline: 
     record = {"name": name, "cell": cell, "options": options, "dtype": dtype, "baseline": baseline, "H": H, "B": B,
               "T": T, "mode": "training"}
     torch.manual_seed(seed)
-    cls = {"lstm": fnn.LSTM, "gru": fnn.GRU}[cell]
+    cls = getattr(fnn, cell_info(cell).torch_module)  # fastrnn.nn.LSTM / GRU
     fast_cpu = cls(H, H, **options).double()
-    ref_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    ref_cls = getattr(torch.nn, cell_info(cell).torch_module)
     tdtype = getattr(torch, dtype)
     fast = copy.deepcopy(fast_cpu).to(device=device, dtype=tdtype)
     if baseline == "cudnn":

@@ -126,7 +126,7 @@ def run_variants(cells=(LSTM, GRU), sizes=((50, 8, 256, 256), (50, 32, 256, 256)
                     layer.zero_grad(set_to_none=True)
                     _torch_loop_step(torch, mode, option, kw, cell, layer, x)
                 fns["loop:" + option] = loop
-            for name, (variant, kw) in COMBINATIONS.items() if mode == "lstm" else ():
+            for name, (variant, kw) in COMBINATIONS.items() if cell_info(mode).lstm_variants else ():
                 alone = cls(I, H, **variant)
                 both = cls(I, H, **variant, **kw)
                 both.load_state_dict(alone.state_dict())
@@ -140,7 +140,7 @@ def run_variants(cells=(LSTM, GRU), sizes=((50, 8, 256, 256), (50, 32, 256, 256)
                 rows.append(row)
                 emit(f"| {mode} | {T}, {B}, {I}, {H} | {option} | {base:.2f} | {ms:.2f} | {ms / base:.2f}x | "
                      f"{loop_ms:.2f} | {loop_ms / ms:.1f}x |")
-            for name in COMBINATIONS if mode == "lstm" else ():
+            for name in COMBINATIONS if cell_info(mode).lstm_variants else ():
                 alone_ms, ms = t["variant:" + name]["median_ms"], t[name]["median_ms"]
                 rows.append(dict(cell=mode, T=T, B=B, I=I, H=H, option=name, plain_ms=alone_ms, option_ms=ms,
                                  ratio=ms / alone_ms, loop_ms=None, speedup_vs_loop=None))

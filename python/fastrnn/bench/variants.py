@@ -1,7 +1,11 @@
 """--variants: the cell variants against fastrnn's base cell, a plain-PyTorch loop and, for those
-fastrnn.nn also runs as composed torch ops (reset_after=False, layer_norm), that path."""
+fastrnn.nn also runs as composed torch ops (reset_after=False, layer_norm), that path; and the
+projected LSTM (proj_size) against torch.nn.LSTM(proj_size), fastrnn's base LSTM of the same H and
+the composed torch ops fastrnn.nn runs where the kernels do not."""
 from __future__ import annotations
 
+import os
+import time
 from typing import Callable, Optional
 
 import fastrnn
@@ -100,11 +104,16 @@ def _composed(m, x):
 
 
 def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int = 5, min_sample_s: float = 0.05,
-                 emit: Optional[Callable[[str], None]] = None) -> dict:
+                 emit: Optional[Callable[[str], None]] = None, cpu_time: bool = False,
+                 projection_only: bool = False) -> dict:
     """Times each variant (fastrnn.nn, float32, one layer) against fastrnn's base cell of the same
     size and against ``_torch_loop``, interleaved in one process, in inference and training
     (forward + backward of y.sum()); the variants that also have a composed-torch-ops path
-    (``_has_composed_path``) against that too. Returns the JSON-able result with per-case ratios."""
+    (``_has_composed_path``) against that too; then the projected LSTM (``run_projection``).
+    cpu_time: samples in the process's CPU time (readable at one thread on a loaded machine);
+    projection_only: the projected LSTM's rows only. Returns the JSON-able result with per-case
+    ratios."""
+    clock = time.process_time if cpu_time else time.perf_counter
     torch, torch_note = _import_torch(False)
     if torch is None:
         raise RuntimeError(f"--variants needs torch ({torch_note})")
@@ -113,11 +122,12 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
     fastrnn.set_num_threads(threads)
     torch.set_num_threads(threads)
     result = {"header": make_header(threads, torch, torch_note), "reps": reps, "min_sample_s": min_sample_s,
+              "clock": "process CPU time" if cpu_time else "wall", "load_average": os.getloadavg(),
               "variant_cases": []}
     if emit:
         emit(format_header(result) + "\n\n" + VARIANT_TABLE_HEAD)
     for (H, B, T) in sizes:
-        for name, module, opts in VARIANT_CASES:
+        for name, module, opts in () if projection_only else VARIANT_CASES:
             torch.manual_seed(0)
             variant = getattr(fnn, module)(H, H, **opts)
             base = getattr(fnn, module)(H, H)
@@ -142,7 +152,7 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
                        "torch_loop": call(lambda: _torch_loop(torch, variant, x))}
                 if _has_composed_path(variant):
                     fns["composed"] = call(lambda: _composed(variant, x))
-                t = time_interleaved(fns, reps, min_sample_s)
+                t = time_interleaved(fns, reps, min_sample_s, clock=clock)
                 row = {"name": name, "mode": mode, "H": H, "B": B, "T": T, "times": t,
                        "variant_over_base": t["variant"]["median_ms"] / t["base"]["median_ms"],
                        "loop_over_variant": t["torch_loop"]["median_ms"] / t["variant"]["median_ms"]}
@@ -151,7 +161,79 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
                 result["variant_cases"].append(row)
                 if emit:
                     emit(format_variant_row(row))
+    projection_sizes = PROJECTION_SIZES if sizes is VARIANT_SIZES else [(H, max(1, H // 4), B, T) for H, B, T in sizes]
+    result["projection_cases"] = run_projection(torch, projection_sizes, reps, min_sample_s, emit, clock)
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# the projected LSTM: fused (fastrnn.nn.LSTM(proj_size)) vs torch.nn.LSTM(proj_size) (ATen's
+# unfused path on the CPU: oneDNN has no projection), vs fastrnn's base LSTM of the same H (what the
+# projection costs on top), and vs fastrnn's pure-torch path of before (the composed torch ops
+# fastrnn.nn still runs where the op cannot)
+# ------------------------------------------------------------------------------------------------
+PROJECTION_SIZES = ((512, 128, 32, 100), (1024, 256, 32, 100))  # (H, P, B, T), I = H
+
+
+def run_projection(torch, sizes, reps: int, min_sample_s: float, emit: Optional[Callable[[str], None]] = None,
+                   clock: Callable[[], float] = time.perf_counter) -> list:
+    """Each (H, P, B, T): one layer, float32, inference and training (forward + backward of
+    y.sum()), the four implementations interleaved; rows with the times and the ratios."""
+    import fastrnn.nn as fnn
+    from fastrnn.nn import _recurrence
+    if emit:
+        emit("\n" + PROJECTION_TABLE_HEAD)
+    rows = []
+    for (H, P, B, T) in sizes:
+        torch.manual_seed(0)
+        ref = torch.nn.LSTM(H, H, proj_size=P)
+        fast = fnn.LSTM(H, H, proj_size=P)
+        fast.load_state_dict(ref.state_dict())
+        base = fnn.LSTM(H, H)  # the base cell, unprojected
+        x = torch.randn(T, B, H)
+
+        def composed():  # what fastrnn.nn.LSTM(proj_size) ran before the projection was fused
+            return _recurrence._composed_recurrence("LSTM", x, fast._weights(), None, None, None, H, 1, False,
+                                                    fast._cell)
+        with torch.no_grad():
+            y = fast(x)[0]
+            err = max(float((y - ref(x)[0]).abs().max()), float((y - composed()[0]).abs().max()))
+        if not err < GROSS_MISMATCH:
+            raise VerificationError(f"lstm proj_size={P} H={H} B={B} T={T}: |fastrnn - torch.nn| = {err:.3g}")
+        for mode in ("inference", "training"):
+            def call(fn, train=mode == "training"):
+                if not train:
+                    def go():
+                        with torch.no_grad():
+                            fn()
+                    return go
+
+                def go_train():
+                    fn()[0].sum().backward()
+                return go_train
+            fns = {"fastrnn": call(lambda: fast(x)), "torch": call(lambda: ref(x)), "base": call(lambda: base(x)),
+                   "old": call(composed)}
+            t = time_interleaved(fns, reps, min_sample_s, clock=clock)
+            row = {"name": f"lstm proj_size={P}", "mode": mode, "H": H, "P": P, "B": B, "T": T, "times": t,
+                   "torch_over_fastrnn": t["torch"]["median_ms"] / t["fastrnn"]["median_ms"],
+                   "fastrnn_over_base": t["fastrnn"]["median_ms"] / t["base"]["median_ms"],
+                   "old_over_fastrnn": t["old"]["median_ms"] / t["fastrnn"]["median_ms"]}
+            rows.append(row)
+            if emit:
+                emit(format_projection_row(row))
+    return rows
+
+
+PROJECTION_TABLE_HEAD = ("| projected LSTM | mode | H | P | B | T | fastrnn ms | torch.nn ms | base cell ms "
+                         "| old pure-torch ms | torch.nn / fastrnn | fastrnn / base | old / fastrnn |\n"
+                         "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def format_projection_row(r: dict) -> str:
+    t = r["times"]
+    return (f"| {r['name']} | {r['mode']} | {r['H']} | {r['P']} | {r['B']} | {r['T']} | {_ms(t['fastrnn'])} "
+            f"| {_ms(t['torch'])} | {_ms(t['base'])} | {_ms(t['old'])} | {r['torch_over_fastrnn']:.2f}x "
+            f"| {r['fastrnn_over_base']:.2f}x | {r['old_over_fastrnn']:.1f}x |")
 
 
 VARIANT_TABLE_HEAD = ("| variant | mode | H | B | T | variant ms | base cell ms | torch loop ms | composed ms "

@@ -10,10 +10,11 @@ the same output shapes and the same exception types for bad input. They subclass
 graph). ``convert(model)`` swaps the torch.nn modules inside a model for these ones.
 
 Differences from torch.nn: float32 and float64 only (other dtypes raise TypeError), and no double
-backward. ``LSTM(proj_size > 0)`` is not covered by the kernels: it runs a pure-torch fallback
-(composed torch ops, autograd does the backward) that matches torch.nn.LSTM but is not fast. So do
-``GRU(reset_after=False)`` and ``LSTM/GRU(layer_norm=True)`` on devices other than the CPU and CUDA
-(whose kernels run them fused; layer norm in float16/bfloat16 too), and the calls the kernels have no rule for: meta tensors (shapes only), an empty batch (B = 0),
+backward. ``LSTM(proj_size > 0)`` runs in the CPU kernels (float32/float64); on CUDA tensors and in
+16-bit types it runs a pure-torch fallback (composed torch ops, autograd does the backward) that
+matches torch.nn.LSTM but is not fast. So do ``GRU(reset_after=False)`` and
+``LSTM/GRU(layer_norm=True)`` on devices other than the CPU and CUDA (whose kernels run them fused;
+layer norm in float16/bfloat16 too), and the calls the kernels have no rule for: meta tensors (shapes only), an empty batch (B = 0),
 forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp`` / ``jacfwd``) and torch.func's
 transforms (``grad``, ``jacrev``, ``vmap``, ...): ``_composed_recurrence``.
 

@@ -114,11 +114,11 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
     """The op's forward (x [T, B, I] -> (y [T, B, D*H], hn [L*D, B, H], cn or None)) in composed torch
     ops, for the calls the kernels cannot serve (_kernels_cannot_serve): autograd, forward-mode AD and
     torch.func differentiate it like any torch code. Correct rather than fast (a Python loop over T).
+    A projected LSTM (``proj_size`` or ``cell`` with proj_size = P, torch.nn.LSTM's): each weights entry ends with
+    w_hr [P, H], h_t = W_hr (o * tanh(c_t)) is P wide (y [T, B, D*P], hn [L*D, B, P]), c H wide.
     ``layer_norm`` (Ba et al. 2016, haste's LayerNormLSTM): each weights entry ends with γ_ih, γ_hh
     [G*H] (LSTM: and γ_c, β_c [H]); the products are normalised without their biases, which follow
     the gains; the GRU's reset gate multiplies LN(W_hn h) γ_hh,n + b_hn, its base cell's gh_n.
-    ``proj_size`` = P > 0 (the LSTM, torch.nn.LSTM's projection): each entry ends with W_hr [P, H]
-    and h_t = W_hr (o * tanh(c_t)) is P wide (x -> y [T, B, D*P], hn [L*D, B, P], cn [L*D, B, H]).
     Modifiers, for every cell and variant (the same equations as the kernels' and the reference's):
     recurrent_mask [L*D, B, H (P)] multiplies h_{t-1} wherever it enters a recurrent product (the
     reset-before GRU's W_hn (r*m*h) too), not z*h_{t-1}; grad_clip > 0 clamps the gradient
@@ -130,9 +130,11 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
     D = 2 if bidirectional else 1
     per_entry = len(weights) // (num_layers * D)
     lstm = BY_TORCH_MODE[mode].carries_cell_state
-    peephole = not layer_norm and bool(cell) and dict(ops.split_cell(cell)[1])["peephole"]  # LN: no peepholes
+    opts = dict(ops.split_cell(cell)[1]) if cell else {}
+    peephole = not layer_norm and opts.get("peephole", False)  # LN: no peepholes
+    P = proj_size or opts.get("proj_size", 0)  # the projected LSTM's h width (the argument or the cell string)
     state = (num_layers * D, B, hidden_size)
-    h0 = x.new_zeros(state[:2] + (proj_size or hidden_size,)) if h0 is None else h0
+    h0 = x.new_zeros(state[:2] + (P or hidden_size,)) if h0 is None else h0
     c0 = (x.new_zeros(state) if c0 is None else c0) if lstm else None
     live = None if lengths is None else torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)  # [T, B]
     hns, cns = [], []
@@ -145,7 +147,7 @@ def _composed_recurrence(mode: str, x: Tensor, weights: List[Tensor], h0, c0, le
             if layer_norm:  # (γ_ih, γ_hh[, γ_c, β_c]) end the entry
                 n_ln = 4 if lstm else 2
                 ln, entry = entry[-n_ln:], entry[:-n_ln]
-            w_hr = entry.pop() if proj_size > 0 else None  # after the peepholes (fastrnn.nn's parameter order)
+            w_hr = entry.pop() if P else None  # after the peepholes (fastrnn.nn's parameter order)
             w_ch = entry.pop() if peephole else None
             w_ih, w_hh = entry[0], entry[1]
             b_ih, b_hh = (entry[2], entry[3]) if len(entry) == 4 else (None, None)

@@ -23,6 +23,11 @@ def _needs_grad(*tensors) -> bool:
     return False
 
 
+def _projected(cell: Optional[str]) -> bool:
+    """Whether the op's cell string is a projected LSTM's (proj_size > 0)."""
+    return bool(cell) and dict(ops.split_cell(cell)[1])["proj_size"] > 0
+
+
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
             bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False, layer_norm: bool = False,
             recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None, proj_size: int = 0):
@@ -32,15 +37,20 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
     ``layer_norm``: the layer-normalised LSTM/GRU (weights entries end with the norm's vectors; fused
     on the CPU and on CUDA, float32/float64): op cell strings "gru+reset_before", "lstm+layer_norm", ...; on devices without such
     kernels, with the training modifiers, and for the calls the kernels do not serve, composed torch
-    ops (correct, not fast). ``proj_size`` (the LSTM's projection, weight_hr [P, H] ending each entry): composed torch ops.
+    ops (correct, not fast). ``proj_size`` (the LSTM's projection, weight_hr [P, H] ending each entry;
+    ``cell`` carries it too) runs in the CPU kernels in float32/float64, as composed torch ops on other
+    devices, in 16-bit types and with recurrent_mask, grad_clip or zoneout, which the kernels refuse
+    with a projection (weight dropout and dilation act on the op's inputs, so they keep the fused op).
     recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
     are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant."""
     modified = recurrent_mask is not None or bool(grad_clip) or zoneout is not None
-    # the 16-bit kernels have no layer norm (CPU autocast would hand them 16-bit tensors)
+    # the 16-bit kernels have no layer norm or projection (CPU autocast would hand them 16-bit tensors)
     half = x.dtype in (torch.bfloat16, torch.float16) or (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
     fused_devices = ("cpu", "cuda")
-    if (((reset_before or layer_norm) and (x.device.type not in fused_devices or modified)) or (layer_norm and half)
-            or proj_size > 0
+    projected = proj_size > 0 or _projected(cell)
+    if (((reset_before or layer_norm) and (x.device.type not in fused_devices or modified))
+            or (projected and (x.device.type != "cpu" or modified))
+            or ((layer_norm or projected) and half)
             or _kernels_cannot_serve(x, h0, c0, weights)):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
                                     reset_before, layer_norm, recurrent_mask, grad_clip, zoneout, proj_size)

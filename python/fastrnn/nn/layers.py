@@ -92,7 +92,7 @@ class _RNNBase(torch.nn.Module):
         self.reset_after = True  # GRU sets it after
         # the op's cell string (ops.variant_cell): the base cell's name unless an option is set
         info = BY_TORCH_MODE[mode]
-        self._cell = ops.variant_cell(info.name, peephole, coupled, cell_clip)
+        self._cell = ops.variant_cell(info.name, peephole, coupled, cell_clip, proj_size=proj_size)
         self._set_modifiers(mode, zoneout, zoneout_cell, recurrent_dropout, weight_dropout, grad_clip, dilation)
 
         D = 2 if bidirectional else 1
@@ -344,7 +344,8 @@ class _RNNBase(torch.nn.Module):
         (With proj_size = P, h is P wide: the recurrent and h's zoneout masks are [.., P], c's [.., H].)
         Every cell variant runs with them: the fused op where the kernels serve it (the LSTM's
         peephole / coupled / cell_clip), else the composed torch ops (_composed_recurrence: the
-        reset-before GRU, layer_norm, proj_size), which apply the same masks in the same places."""
+        reset-before GRU, layer_norm, proj_size with recurrent dropout, zoneout or grad_clip), which
+        apply the same masks in the same places."""
         T, B, H, L = x.size(0), x.size(1), self.hidden_size, self.num_layers
         P = self.proj_size if self.proj_size > 0 else H  # the width of h
         D = 2 if self.bidirectional else 1
@@ -449,10 +450,12 @@ class RNN(_RNNBase):
 
 
 class LSTM(_RNNBase):
-    """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size > 0 runs the
-    pure-torch fallback (composed torch ops, ``_composed_recurrence``). Keyword-only cell options (README "Cell
-    variants"): ``peephole`` (parameters ``weight_ch_l{k}{suffix}`` [3, H], rows i, f, o), ``coupled``
-    (CIFG: gate blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
+    """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size = P > 0: torch's
+    projection h_t = W_hr (o * tanh(c_t)) (``weight_hr_l{k}{suffix}`` [P, H]), fused in the CPU
+    kernels (CUDA tensors, 16-bit types, and with zoneout / recurrent_dropout / grad_clip: composed
+    torch ops), also with the options below. Keyword-only cell options (README "Cell variants"):
+    ``peephole`` (parameters ``weight_ch_l{k}{suffix}`` [3, H], rows i, f, o), ``coupled`` (CIFG: gate
+    blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
     [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` (a = LN(W_ih x) γ_ih + LN(W_hh h) γ_hh
     + b_ih + b_hh, h_t = o tanh(LN(c_t) γ_c + β_c); parameters ``ln_weight_ih/hh_l{k}{suffix}`` [4H],
     ``ln_weight_c/ln_bias_c_l{k}{suffix}`` [H]; fused on the CPU, composed torch ops elsewhere)."""

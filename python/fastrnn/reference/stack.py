@@ -162,8 +162,11 @@ def _is_variant(options):
 
 def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None, q=None, qp=None):
     """x [T, B, I]; lengths [B]; w = (w_ih [G*H, I], w_hh [G*H, H], b_ih [G*H], b_hh [G*H], w_ch [U, H]
-    or None, ln: the layer norm's (γ_ih [G*H], γ_hh [G*H][, γ_c [H], β_c [H]]) or None); h0, c0 [B, H]
-    (c0 None unless LSTM); mods: ``_Modifiers`` or None.
+    or None, ln: the layer norm's (γ_ih [G*H], γ_hh [G*H][, γ_c [H], β_c [H]]) or None, w_hr [P, H]
+    or None); h0, c0 [B, H] (c0 None unless LSTM); mods: ``_Modifiers`` or None.
+    The projected LSTM (w_hr given; torch.nn.LSTM's proj_size): the cell's h_new is m = o*tanh(c),
+    h_t = m W_hrᵀ [B, P], so h (h0, h_n, out, w_hh's columns) is P wide and c H wide; the cache
+    becomes (cell cache, m).
     Returns out [T, B, H], h_n [B, H], c_n [B, H] or None, steps (per time step, in time order:
     (h_prev [B, H], prev [B] (the step read, -1: initial), cell cache)). q, qp: the low-precision
     mode's roundings of what is stored and of the products' operands (None: none)."""
@@ -171,14 +174,15 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None,
     q, qp = q or _keep, qp or _keep
     if mods.weight_mask is not None:  # DropConnect: every use of W_hh, the cells' own included, reads W_hh * M
         w = (w[0], w[1] * mods.weight_mask) + tuple(w[2:])
-    w_ih, w_hh, b_ih, b_hh, w_ch, _ = w
+    w_ih, w_hh, b_ih, b_hh, w_ch, _, w_hr = w
     cell_forward = _cell_forward_fn(cell, options, w, mods.recurrent_mask)
     if options["layer_norm"]:  # the biases come after the norm, added by the cell
         b_ih, b_hh = 0.0, 0.0
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H = w_hh.shape[1]  # the width of h (P when projected)
+    HC = H if c0 is None else c0.shape[1]  # the width of c
     rows = np.arange(B)
-    hs, cs = np.zeros((T, B, H)), np.zeros((T, B, H))  # each step's state
+    hs, cs = np.zeros((T, B, H)), np.zeros((T, B, HC))  # each step's state
     out = np.zeros((T, B, H))
     steps: List[Any] = [None] * T
     for t in reversed(range(T)) if reverse else range(T):
@@ -190,6 +194,9 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None,
         h_in = h if mods.recurrent_mask is None else mods.recurrent_mask * h
         gh = qp(h_in) @ w_hh.T + b_hh  # [B, G*H]
         h_new, c_new, cache = cell_forward(gi, gh, h, c)
+        if w_hr is not None:  # the projection: h_t = m W_hrᵀ, m = the cell's o*tanh(c_t)
+            cache = (cache, h_new)
+            h_new = h_new @ w_hr.T  # [B, P]
         if mods.zoneout is not None:
             h_new = mods.zoneout[t] * h + (1.0 - mods.zoneout[t]) * h_new
         if c is not None and mods.zoneout_cell is not None:
@@ -206,38 +213,45 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None,
 def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, options, mods=None, qp=None):
     """Inverse of ``_direction_forward``: walks the steps in the opposite order.
     x [T, B, I]; dout [T, B, H]; dh_n, dc_n [B, H] (dc_n None unless LSTM).
+    Projected (w_hr given): dL/dW_hr += dh_tᵀ m_t, and the cell's backward gets dL/dm = dh_t W_hr.
     Returns dx [T, B, I], dh0 [B, H], dc0 [B, H] or None, (dW_ih, dW_hh, db_ih, db_hh, dW_ch or None,
-    the layer norm's gradients (as ln) or None). qp: the low-precision mode's rounding of the
-    products' left operands (None: none)."""
+    the layer norm's gradients (as ln) or None, dW_hr or None). qp: the low-precision mode's rounding
+    of the products' left operands (None: none)."""
     mods = mods or _Modifiers()
     qp = qp or _keep
     cell_backward = _cell_backward_fn(cell, options)
-    w_ih, w_hh, b_ih, b_hh, w_ch, ln = w
+    w_ih, w_hh, b_ih, b_hh, w_ch, ln, w_hr = w
     dw_ch = None if w_ch is None else np.zeros_like(w_ch)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     d_ln = None if ln is None else [np.zeros_like(v) for v in ln]
     w_hh_used = w_hh if mods.weight_mask is None else w_hh * mods.weight_mask
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H = w_hh.shape[1]  # the width of h (P when projected)
+    HC = H if dc_n is None else dc_n.shape[1]  # the width of c
     rows = np.arange(B)
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db_ih, db_hh = np.zeros_like(b_ih), np.zeros_like(b_hh)
     lstm = dc_n is not None
     # dL/d(state of step t) from the later steps (and from h_n, c_n at each sequence's last step)
-    dhs, dcs = np.zeros((T, B, H)), np.zeros((T, B, H))
+    dhs, dcs = np.zeros((T, B, H)), np.zeros((T, B, HC))
     last = np.zeros(B, dtype=np.int64) if reverse else lengths - 1
     dhs[last, rows] += dh_n
     if lstm:
         dcs[last, rows] += dc_n
-    dh0, dc0 = np.zeros((B, H)), (np.zeros((B, H)) if lstm else None)
+    dh0, dc0 = np.zeros((B, H)), (np.zeros((B, HC)) if lstm else None)
     for t in range(T) if reverse else reversed(range(T)):
         live = (t < lengths)[:, None]  # [B, 1]
         h_prev, prev, cache = steps[t]
-        dh_new = np.where(live, _clip(dhs[t] + dout[t], mods.grad_clip), 0.0)  # [B, H]
+        dh_new = np.where(live, _clip(dhs[t] + dout[t], mods.grad_clip), 0.0)  # [B, H (P)]
         dc_new = None if not lstm else np.where(live, dcs[t], 0.0)
         dh_keep = dc_keep = 0.0  # the zoneout paths straight to the previous state
-        if mods.zoneout is not None:
+        if mods.zoneout is not None:  # h_t = d_h h_{t-1} + (1 - d_h) h~_t, h~_t the projected one
             dh_keep, dh_new = mods.zoneout[t] * dh_new, (1.0 - mods.zoneout[t]) * dh_new
+        if w_hr is not None:  # through h~_t = m W_hrᵀ to m (dead rows: dh_new is 0)
+            cache, m = cache
+            dw_hr += dh_new.T @ m
+            dh_new = dh_new @ w_hr  # [B, H]: dL/dm
         cell_clip = mods.grad_clip
         if lstm and mods.zoneout_cell is not None:
             # c_t = d_c c_{t-1} + (1 - d_c) c~_t: what reaches c_t comes from the later steps only (h~_t
@@ -269,6 +283,8 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
         dh_in = dgh_p @ w_hh_used
         if mods.recurrent_mask is not None:
             dh_in = mods.recurrent_mask * dh_in
+        if w_hr is not None:  # the LSTM's h_{t-1} enters through W_hh only (its dh_direct is zero, H wide)
+            dh_direct = 0.0
         dh_p = np.where(live, dh_direct + dh_in + dh_keep, 0.0)
         has_prev = (prev >= 0)[:, None]
         np.add.at(dhs, (np.maximum(prev, 0), rows), np.where(has_prev, dh_p, 0.0))
@@ -279,7 +295,7 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
             dc0 += np.where(has_prev, 0.0, dc_p)
     if mods.weight_mask is not None:
         dw_hh = dw_hh * mods.weight_mask
-    return dx, dh0, dc0, (dw_ih, dw_hh, db_ih, db_hh, dw_ch, d_ln)
+    return dx, dh0, dc0, (dw_ih, dw_hh, db_ih, db_hh, dw_ch, d_ln, dw_hr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +325,7 @@ def forward(
     zoneout_mask: Optional[np.ndarray] = None,
     zoneout_cell_mask: Optional[np.ndarray] = None,
     grad_clip: Optional[float] = None,
+    proj_size: int = 0,
     storage: Optional[str] = None,
 ) -> RNNResult:
     """Run an L-layer, D-direction recurrent stack.
@@ -335,6 +352,12 @@ def forward(
     layer_norm:   LSTM and GRU (``_layer_norm_forward``): every weights entry ends with γ_ih [G*H],
               γ_hh [G*H] and, for the LSTM, γ_c [H], β_c [H] (after the biases: fastrnn.nn's
               parameter order). Not with peephole, coupled, cell_clip or reset_after=False.
+    proj_size:    P > 0, the LSTM only (torch.nn.LSTM's): h_t = W_hr (o*tanh(c_t)) is P wide
+              (h0, h_n [L*D, B, P], output [T, B, D*P], w_hh [G*H, P], I_l = D*P above the first
+              layer), c stays H wide; every weights entry ends with w_hr [P, H] (after w_ch). With
+              peephole, coupled, cell_clip and every training modifier (recurrent_mask [L*D, B, P],
+              weight_mask [G*H, P], zoneout_mask [L*D, T, B, P], zoneout_cell_mask [.., H]: h's are
+              P wide); not with layer_norm, nor with ``storage`` (the 16-bit kernels do not run it).
     storage:  None (float64 throughout), or "bfloat16" / "float16": the low-precision mode, float64
               maths rounded to that type where the 16-bit kernels store or round (listed above
               ``_rounding``); results are float64 arrays holding 16-bit values. backward follows.
@@ -347,6 +370,8 @@ def forward(
         "layer_norm is an LSTM/GRU option, not combined with peephole, coupled, cell_clip or reset_after=False"
     assert info.lstm_variants or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
     assert info.reset_after_option or reset_after, "reset_after is a GRU option"
+    assert proj_size == 0 or (info.lstm_variants and not layer_norm), "proj_size is an LSTM option, not with layer_norm"
+    assert proj_size == 0 or storage is None, "the low-precision mode models the 16-bit kernels, which do not run proj_size"
     has_c = info.carries_cell_state
     q = _rounding(storage)
     qp = q if storage == "bfloat16" else None
@@ -365,13 +390,14 @@ def forward(
     L = len(weights) // D
     G = info.gates_with(coupled)
     n_ln = (4 if has_c else 2) if layer_norm else 0  # the layer norm's vectors at the end of an entry
-    extra = (1 if peephole else 0) + n_ln
+    extra = (1 if peephole else 0) + n_ln + (1 if proj_size else 0)
     has_bias = len(weights[0]) == 4 + extra
-    H = np.shape(weights[0][1])[1]
-    # (w_ih, w_hh[, b_ih, b_hh][, w_ch]) of every entry, by the C++ rule (the cell table)
-    shapes = param_shapes(cell, I, H, L, bool(bidirectional), has_bias, bool(peephole), bool(coupled))
+    H = np.shape(weights[0][1])[0] // G if proj_size else np.shape(weights[0][1])[1]
+    HW = proj_size or H  # the width of h
+    # (w_ih, w_hh[, b_ih, b_hh][, w_ch]) of every entry, by the C++ rule (the cell table); then w_hr
+    shapes = param_shapes(cell, I, H, L, bool(bidirectional), has_bias, bool(peephole), bool(coupled), proj_size)
 
-    ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh, w_ch or None, ln or None); zero biases when none
+    ws = []  # L*D tuples of float64 (w_ih, w_hh, b_ih, b_hh, w_ch or None, ln or None, w_hr or None); zero biases when none
     for k, w in enumerate(weights):
         assert len(w) == (4 if has_bias else 2) + extra, "every weights entry must have the same length"
         ln = None
@@ -380,6 +406,11 @@ def forward(
             sizes = (G * H, G * H, H, H)[:n_ln]
             assert all(v.shape == (n,) for v, n in zip(ln, sizes)), f"weights[{k}] layer norm shapes"
             w = w[:len(w) - n_ln]
+        w_hr = None
+        if proj_size:
+            w_hr = np.asarray(w[-1], dtype=np.float64)
+            assert w_hr.shape == (proj_size, H), f"weights[{k}][-1] (w_hr) shape {w_hr.shape}"
+            w = w[:-1]
         got = tuple(np.shape(a) for a in w)
         assert got == shapes[k], f"weights[{k}] shapes {got}, expected {shapes[k]}"
         w_ch = np.asarray(w[-1], dtype=np.float64) if peephole else None
@@ -390,7 +421,7 @@ def forward(
             b_hh = np.asarray(w[3], dtype=np.float64)
         else:
             b_ih, b_hh = np.zeros(G * H), np.zeros(G * H)
-        ws.append((w_ih, w_hh, b_ih, b_hh, w_ch, ln))
+        ws.append((w_ih, w_hh, b_ih, b_hh, w_ch, ln, w_hr))
 
     if lengths is None:
         lengths = np.full(B, T, dtype=np.int64)
@@ -398,8 +429,8 @@ def forward(
     assert lengths.shape == (B,), f"lengths must have shape ({B},), got {lengths.shape}"
     assert np.all((lengths >= 1) & (lengths <= T)), "lengths must lie in [1, T]"
 
-    h0 = np.zeros((L * D, B, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
-    assert h0.shape == (L * D, B, H), f"h0 must have shape {(L * D, B, H)}, got {h0.shape}"
+    h0 = np.zeros((L * D, B, HW)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    assert h0.shape == (L * D, B, HW), f"h0 must have shape {(L * D, B, HW)}, got {h0.shape}"
     if has_c:
         c0 = np.zeros((L * D, B, H)) if c0 is None else np.asarray(c0, dtype=np.float64)
         assert c0.shape == (L * D, B, H), f"c0 must have shape {(L * D, B, H)}, got {c0.shape}"
@@ -415,7 +446,7 @@ def forward(
                        None if zoneout_cell_mask is None else np.asarray(zoneout_cell_mask, dtype=np.float64)[k],
                        grad_clip) for k in range(L * D)]
 
-    h_n = np.zeros((L * D, B, H))
+    h_n = np.zeros((L * D, B, HW))
     c_n = np.zeros((L * D, B, H)) if has_c else None
     layer_inputs = []  # L arrays [T, B, I_l]
     all_steps = []  # L*D lists of per-step caches
@@ -444,7 +475,7 @@ def forward(
     saved = None
     if training:
         saved = dict(
-            cell=cell, D=D, L=L, H=H, has_bias=has_bias, batch_first=batch_first,
+            cell=cell, D=D, L=L, H=H, HW=HW, has_bias=has_bias, batch_first=batch_first,
             lengths=lengths, weights=ws, layer_inputs=layer_inputs, steps=all_steps, options=options, mods=mods,
             storage=storage,
         )
@@ -460,11 +491,13 @@ def backward(
     """Backpropagation through time for a ``forward(..., training=True)`` call.
 
     dy:       same layout as output: [T, B, D*H] ([B, T, D*H] if batch_first).
-    dhn, dcn: [L*D, B, H] or None (zeros); dcn only for LSTM.
-    Returns ``RNNGrads(dx (layout of x), dh0 [L*D, B, H], dc0 [L*D, B, H] or None, dweights)``.
+    dhn, dcn: [L*D, B, H] or None (zeros); dcn only for LSTM (proj_size: dy, dhn and dh0 P wide).
+    Returns ``RNNGrads(dx (layout of x), dh0 [L*D, B, H], dc0 [L*D, B, H] or None, dweights)``;
+    dweights mirrors the weights (dW_hr last when projected).
     """
     assert saved is not None, "backward needs the saved state of forward(..., training=True)"
     cell, D, L, H = saved["cell"], saved["D"], saved["L"], saved["H"]
+    HW = saved["HW"]  # the width of h
     has_c = cell_info(cell).carries_cell_state
     lengths, ws = saved["lengths"], saved["weights"]
     T, B, _ = saved["layer_inputs"][0].shape
@@ -476,14 +509,14 @@ def backward(
     dy = np.asarray(dy, dtype=np.float64)
     if saved["batch_first"]:
         dy = dy.transpose(1, 0, 2)  # -> [T, B, D*H]
-    assert dy.shape == (T, B, D * H), f"dy must have shape {(T, B, D * H)} (time-major), got {dy.shape}"
-    dhn = np.zeros((L * D, B, H)) if dhn is None else np.asarray(dhn, dtype=np.float64)
-    assert dhn.shape == (L * D, B, H), f"dhn must have shape {(L * D, B, H)}, got {dhn.shape}"
+    assert dy.shape == (T, B, D * HW), f"dy must have shape {(T, B, D * HW)} (time-major), got {dy.shape}"
+    dhn = np.zeros((L * D, B, HW)) if dhn is None else np.asarray(dhn, dtype=np.float64)
+    assert dhn.shape == (L * D, B, HW), f"dhn must have shape {(L * D, B, HW)}, got {dhn.shape}"
     if has_c:
         dcn = np.zeros((L * D, B, H)) if dcn is None else np.asarray(dcn, dtype=np.float64)
         assert dcn.shape == (L * D, B, H), f"dcn must have shape {(L * D, B, H)}, got {dcn.shape}"
 
-    dh0 = np.zeros((L * D, B, H))
+    dh0 = np.zeros((L * D, B, HW))
     dc0 = np.zeros((L * D, B, H)) if has_c else None
     dweights: List[Tuple[np.ndarray, ...]] = [()] * (L * D)
     d_layer_out = dy  # [T, B, D*H] gradient of the current layer's output
@@ -494,7 +527,7 @@ def backward(
             k = l * D + d
             dx_d, dh0[k], dck, dw = _direction_backward(
                 cell, x_l, lengths, ws[k], saved["steps"][k],
-                d_layer_out[:, :, d * H:(d + 1) * H],
+                d_layer_out[:, :, d * HW:(d + 1) * HW],
                 dhn[k], dcn[k] if has_c else None, d == 1, saved["options"], saved["mods"][k], qp,
             )
             if has_c:
@@ -502,7 +535,8 @@ def backward(
             d_layer_in += dx_d
             dw_ch = (dw[4],) if dw[4] is not None else ()  # the peepholes' gradient, then the layer norm's
             d_ln = tuple(dw[5]) if dw[5] is not None else ()
-            dweights[k] = (dw[:4] if saved["has_bias"] else dw[:2]) + dw_ch + d_ln
+            dw_hr = (dw[6],) if dw[6] is not None else ()  # the projection's, last
+            dweights[k] = (dw[:4] if saved["has_bias"] else dw[:2]) + dw_ch + dw_hr + d_ln
         d_layer_out = d_layer_in
     dx = d_layer_out
     if q is not None:  # the results as stored
