@@ -309,14 +309,14 @@ def test_no_device_is_a_runtime_error():
 
 
 def test_op_device_rules():
-    """fastrnn.ops' rule of what runs where, on any device: layer norm only on the CPU; the kernels'
-    training modifiers not with the reset-before GRU or layer norm (fastrnn.nn runs those as composed
-    torch ops); the reset-before GRU, and the LSTM variants with every modifier, pass on any device."""
+    """fastrnn.ops' rule of what runs where, on any device: the kernels' training modifiers not with
+    the reset-before GRU or layer norm (fastrnn.nn runs those as composed torch ops); layer norm, the
+    reset-before GRU, and the LSTM variants with every modifier, pass on any device (the CUDA kernels
+    run layer norm too)."""
     torch = pytest.importorskip("torch")
     from fastrnn import ops
     meta, cpu = torch.empty(3, 2, 4, device="meta"), torch.empty(3, 2, 4)
-    with pytest.raises(NotImplementedError, match="layer norm .* runs on the CPU only"):
-        ops._check_modifiers_cell(meta, "gru+layer_norm", None, 0.0, None, None)
+    ops._check_modifiers_cell(meta, "gru+layer_norm", None, 0.0, None, None)
     ops._check_modifiers_cell(cpu, "gru+layer_norm", None, 0.0, None, None)
     ops._check_modifiers_cell(meta, "gru+reset_before", None, 0.0, None, None)
     ops._check_modifiers_cell(meta, "lstm+peephole+coupled+cell_clip=0.5", meta, 0.5, meta, meta)
