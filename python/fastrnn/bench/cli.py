@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 import sys
 from typing import List, Optional, Sequence
 
@@ -12,7 +13,7 @@ from .report import (format_header, format_markdown, format_summary, results_bas
                      write_plot)
 from .suite import run
 from .timing import GEMM_N
-from .variants import format_variant_row, run_variants, VARIANT_SIZES, VARIANT_TABLE_HEAD
+from .variants import format_variant_row, run_variants, VARIANT_CASES, VARIANT_SIZES, VARIANT_TABLE_HEAD
 
 
 def _csv(name: str, allowed: Sequence[str]):
@@ -69,6 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--variants", action="store_true",
                         help="the cell variants' suite: each variant vs fastrnn's base cell and a "
                              "plain-PyTorch loop; --sizes HxBxT sets its sizes, --save writes <name>-variants.*")
+    parser.add_argument("--variant-cases", type=_csv("--variant-cases", [c[0] for c in VARIANT_CASES]), default=None,
+                        help="--variants: only these cases (comma-separated names, e.g. 'lstm layer_norm,gru layer_norm')")
     parser.add_argument("--min-sample-ms", type=float, default=None,
                         help="shortest timed sample; short calls are repeated to fill it (default 50, --quick 20)")
     parser.add_argument("--suite", choices=("default", "decode", "cells"), default="default",
@@ -92,8 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "against its dense time, the ideal (live fraction x dense) and torch.nn's packed path, "
                              "LSTM and GRU, inference and training; fastrnn/bench/ragged.py")
     parser.add_argument("--cpu-time", action="store_true",
-                        help="--ragged: time samples in the process's CPU time (readable at --threads 1 on a "
-                             "loaded machine)")
+                        help="--ragged, --variants: time samples in the process's CPU time (readable at --threads 1 "
+                             "on a loaded machine)")
     parser.add_argument("--data", metavar="DIR", default=None,
                         help="--ragged: the datasets' folder (default: ../shared/data from the checkout or cwd)")
     args = parser.parse_args(argv)
@@ -142,7 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             result = run_variants(sizes, threads=args.threads, reps=args.reps or 5,
                                   min_sample_s=0.05 if args.min_sample_ms is None else args.min_sample_ms / 1e3,
-                                  emit=lambda text: print(text, flush=True))
+                                  emit=lambda text: print(text, flush=True), cases=args.variant_cases,
+                                  clock=time.process_time if args.cpu_time else time.perf_counter)
         except VerificationError as e:
             print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
             return 1

@@ -2,7 +2,8 @@
 fastrnn.nn also runs as composed torch ops (reset_after=False, layer_norm), that path."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+import time
+from typing import Callable, Optional, Sequence
 
 import fastrnn
 from fastrnn.cell_table import BY_TORCH_MODE, GRU, LSTM, cell_info
@@ -100,11 +101,14 @@ def _composed(m, x):
 
 
 def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int = 5, min_sample_s: float = 0.05,
-                 emit: Optional[Callable[[str], None]] = None) -> dict:
+                 emit: Optional[Callable[[str], None]] = None, cases: Optional[Sequence[str]] = None,
+                 clock: Callable[[], float] = time.perf_counter) -> dict:
     """Times each variant (fastrnn.nn, float32, one layer) against fastrnn's base cell of the same
     size and against ``_torch_loop``, interleaved in one process, in inference and training
     (forward + backward of y.sum()); the variants that also have a composed-torch-ops path
-    (``_has_composed_path``) against that too. Returns the JSON-able result with per-case ratios."""
+    (``_has_composed_path``) against that too. ``cases``: the VARIANT_CASES names to run (default
+    all); ``clock``: the samples' clock (time.process_time: CPU time, for a loaded machine at one
+    thread). Returns the JSON-able result with per-case ratios."""
     torch, torch_note = _import_torch(False)
     if torch is None:
         raise RuntimeError(f"--variants needs torch ({torch_note})")
@@ -113,11 +117,13 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
     fastrnn.set_num_threads(threads)
     torch.set_num_threads(threads)
     result = {"header": make_header(threads, torch, torch_note), "reps": reps, "min_sample_s": min_sample_s,
-              "variant_cases": []}
+              "clock": "cpu" if clock is time.process_time else "wall", "variant_cases": []}
     if emit:
         emit(format_header(result) + "\n\n" + VARIANT_TABLE_HEAD)
     for (H, B, T) in sizes:
         for name, module, opts in VARIANT_CASES:
+            if cases is not None and name not in cases:
+                continue
             torch.manual_seed(0)
             variant = getattr(fnn, module)(H, H, **opts)
             base = getattr(fnn, module)(H, H)
@@ -142,7 +148,7 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
                        "torch_loop": call(lambda: _torch_loop(torch, variant, x))}
                 if _has_composed_path(variant):
                     fns["composed"] = call(lambda: _composed(variant, x))
-                t = time_interleaved(fns, reps, min_sample_s)
+                t = time_interleaved(fns, reps, min_sample_s, clock=clock)
                 row = {"name": name, "mode": mode, "H": H, "B": B, "T": T, "times": t,
                        "variant_over_base": t["variant"]["median_ms"] / t["base"]["median_ms"],
                        "loop_over_variant": t["torch_loop"]["median_ms"] / t["variant"]["median_ms"]}
