@@ -218,53 +218,72 @@ template <class T> struct SortedCopy {
   }
 };
 
-// A 16-bit call's float32 copies: inputs widened when taken, outputs narrowed into the caller's
-// arrays by finish(). Allocated before any parallel region.
+// The arrays of a layer's weights (LayerWeights) and gradients (LayerGrads) by the cell specs'
+// parameter names (ParamDecl::name): what the 16-bit entry points copy, parameter by parameter.
+template <class T> struct ParamField {
+  const char* name;
+  const T* LayerWeights<T>::*weight;
+  T* LayerGrads<T>::*grad;
+};
+template <class T> const ParamField<T>& param_field(const char* name) {
+  using W = LayerWeights<T>;
+  using G = LayerGrads<T>;
+  static const ParamField<T> fields[] = {
+      {"w_ih", &W::w_ih, &G::dw_ih},           {"w_hh", &W::w_hh, &G::dw_hh},
+      {"b_ih", &W::b_ih, &G::db_ih},           {"b_hh", &W::b_hh, &G::db_hh},
+      {"w_ch", &W::w_ch, &G::dw_ch},           {"ln_weight_ih", &W::ln_ih, &G::dln_ih},
+      {"ln_weight_hh", &W::ln_hh, &G::dln_hh}, {"ln_weight_c", &W::ln_c_w, &G::dln_c_w},
+      {"ln_bias_c", &W::ln_c_b, &G::dln_c_b}};
+  for (const auto& f : fields)
+    if (std::strcmp(f.name, name) == 0) return f;
+  throw ArgumentError(std::string("the 16-bit entry points have no field for parameter ") + name);
+}
+
+// A 16-bit call's float32 copies, allocated before any parallel region: take() gives one argument
+// (the caller's array, the float32 call's field, its size, whether the call reads or writes it) its
+// copy, widened now if read, narrowed into the caller's array by finish() if written.
+enum class Access { Read, Write };
 template <class S> class Widened {
  public:
-  const float* in(const S* p, int64 n, const char* what) {
-    if (!p) return nullptr;
-    float* d = alloc(n, what);
-    widen16(p, d, n, num_threads());
-    return d;
+  template <class F> void take(const S* src, F*& dst, int64 n, Access access, const char* what) {
+    dst = nullptr;
+    if (!src || n == 0) return;
+    buffers_.push_back(std::make_unique<Scratch<float>>(n, what));
+    float* d = buffers_.back()->data();
+    if (access == Access::Read) widen16(src, d, n, num_threads());
+    else outputs_.push_back({d, const_cast<S*>(src), n});
+    dst = d;
   }
-  float* out(S* p, int64 n, const char* what) {
-    if (!p) return nullptr;
-    float* d = alloc(n, what);
-    outputs_.push_back({d, p, n});
-    return d;
+  // Every parameter of a layer: its weights (read; the copies marked as 16-bit) and, with grads, its
+  // gradients (written).
+  void layer(const RnnConfig& c, int64 in_size, const LayerWeights<S>& w, LayerWeights<float>& fw,
+             const LayerGrads<S>* g = nullptr, LayerGrads<float>* fg = nullptr) {
+    for (int i = 0; i < param_counts(c.cell, c.options).with_bias; ++i) {
+      const char* name = param_decl(c.cell, i, c.options).name;
+      int64 n = 1;
+      for (int64 d : param_shape(c.cell, in_size, c.H, i, c.options)) n = checked_mul(n, d, "weights");
+      take(w.*param_field<S>(name).weight, fw.*param_field<float>(name).weight, n, Access::Read,
+           "the float32 copy of the weights");
+      if (g) take(g->*param_field<S>(name).grad, fg->*param_field<float>(name).grad, n, Access::Write,
+                  "the float32 weight gradients");
+    }
+    fw.storage = storage_of<S>();
   }
-  // float32 copies of a layer's weights, marked as 16-bit
-  LayerWeights<float> weights(const LayerWeights<S>& w, const RnnConfig& c, int64 in_size) {
-    const S* src[5] = {w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_ch};  // the spec's kParams order
-    const float* dst[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-    for (int i = 0; i < 5; ++i) dst[i] = in(src[i], param_numel(c, in_size, i), "the float32 copy of the weights");
-    LayerWeights<float> f{dst[0], dst[1], dst[2], dst[3], dst[4]};
-    f.storage = storage_of<S>();
-    return f;
-  }
-  // float32 weight gradients, narrowed into g's arrays by finish()
-  LayerGrads<float> grads(const LayerGrads<S>& g, const RnnConfig& c, int64 in_size) {
-    S* src[5] = {g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, g.dw_ch};
-    float* dst[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-    for (int i = 0; i < 5; ++i) dst[i] = out(src[i], param_numel(c, in_size, i), "the float32 weight gradients");
-    return {dst[0], dst[1], dst[2], dst[3], dst[4]};
+  // The modifiers' arrays; h~ and c~ are written by forward (`pre`: Write) and read by backward.
+  void modifiers(const RnnConfig& c, const Modifiers<S>& m, Modifiers<float>& f, Access pre) {
+    const int64 state = c.L * c.D * c.B * c.H, steps = c.T * state;
+    take(m.recurrent_mask, f.recurrent_mask, state, Access::Read, "the float32 recurrent mask");
+    take(m.zoneout_h, f.zoneout_h, steps, Access::Read, "the float32 zoneout mask");
+    take(m.zoneout_c, f.zoneout_c, steps, Access::Read, "the float32 zoneout mask");
+    take(m.pre_h, f.pre_h, steps, pre, "the float32 h~");
+    take(m.pre_c, f.pre_c, steps, pre, "the float32 c~");
+    f.grad_clip = m.grad_clip;
   }
   void finish() {
     for (const auto& o : outputs_) narrow16(o.f, o.s, o.n, num_threads());
   }
 
  private:
-  static int64 param_numel(const RnnConfig& c, int64 in_size, int i) {
-    if (i >= param_counts(c.cell, c.options).with_bias) return 0;
-    int64 n = 1;
-    for (int64 d : param_shape(c.cell, in_size, c.H, i, c.options)) n = checked_mul(n, d, "weights");
-    return n;
-  }
-  float* alloc(int64 n, const char* what) {
-    buffers_.push_back(std::make_unique<Scratch<float>>(n, what));
-    return buffers_.back()->data();
-  }
   struct Output {
     const float* f;
     S* s;
@@ -274,31 +293,52 @@ template <class S> class Widened {
   std::vector<Output> outputs_;
 };
 
+// The float32 call of a 16-bit forward / backward: every array argument, one row each.
+template <class S> ForwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const ForwardArgs<S>& a) {
+  const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
+  ForwardArgs<float> f{};
+  f.lengths = a.lengths;
+  w.take(a.x, f.x, TB * c.I, Access::Read, "the float32 copy of x");
+  w.take(a.h0, f.h0, state, Access::Read, "the float32 copy of h0");
+  w.take(a.c0, f.c0, carried, Access::Read, "the float32 copy of c0");
+  w.take(a.y, f.y, TB * c.D * c.H, Access::Write, "the float32 output");
+  w.take(a.hn, f.hn, state, Access::Write, "the float32 h_n");
+  w.take(a.cn, f.cn, carried, Access::Write, "the float32 c_n");
+  w.take(a.reserve, f.reserve, ReserveLayout(c).total, Access::Write, "the float32 reserve");
+  w.modifiers(c, a.mods, f.mods, Access::Write);
+  f.weights.resize(a.weights.size());
+  for (size_t k = 0; k < a.weights.size(); ++k) w.layer(c, c.input_size(int64(k) / c.D), a.weights[k], f.weights[k]);
+  return f;
+}
+template <class S> BackwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const BackwardArgs<S>& a) {
+  const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
+  BackwardArgs<float> f{};
+  f.lengths = a.lengths;
+  w.take(a.x, f.x, TB * c.I, Access::Read, "the float32 copy of x");
+  w.take(a.h0, f.h0, state, Access::Read, "the float32 copy of h0");
+  w.take(a.c0, f.c0, carried, Access::Read, "the float32 copy of c0");
+  w.take(a.reserve, f.reserve, ReserveLayout(c).total, Access::Read, "the float32 reserve");
+  w.take(a.dy, f.dy, TB * c.D * c.H, Access::Read, "the float32 copy of dy");
+  w.take(a.dhn, f.dhn, state, Access::Read, "the float32 copy of dhn");
+  w.take(a.dcn, f.dcn, carried, Access::Read, "the float32 copy of dcn");
+  w.take(a.dx, f.dx, TB * c.I, Access::Write, "the float32 dx");
+  w.take(a.dh0, f.dh0, state, Access::Write, "the float32 dh0");
+  w.take(a.dc0, f.dc0, carried, Access::Write, "the float32 dc0");
+  w.modifiers(c, a.mods, f.mods, Access::Read);
+  f.weights.resize(a.weights.size());
+  f.grads.resize(a.grads.size());
+  for (size_t k = 0; k < a.weights.size(); ++k)
+    w.layer(c, c.input_size(int64(k) / c.D), a.weights[k], f.weights[k], &a.grads[k], &f.grads[k]);
+  return f;
+}
+
 template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
-    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors or w_hr.
-    if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
+    // Widened copies every parameter the spec names except the projection's w_hr.
     if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
-    const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
-    const bool carry = c.has_cell_state();
-    ForwardArgs<float> f{w.in(a.x, TB * c.I, "the float32 copy of x"),
-                         w.in(a.h0, state, "the float32 copy of h0"),
-                         carry ? w.in(a.c0, state, "the float32 copy of c0") : nullptr,
-                         a.lengths,
-                         {},
-                         w.out(a.y, TB * c.D * c.H, "the float32 output"),
-                         w.out(a.hn, state, "the float32 h_n"),
-                         carry ? w.out(a.cn, state, "the float32 c_n") : nullptr,
-                         w.out(a.reserve, ReserveLayout(c).total, "the float32 reserve")};
-    for (int64 k = 0; k < c.L * c.D; ++k) f.weights.push_back(w.weights(a.weights[k], c, c.input_size(k / c.D)));
-    f.mods.recurrent_mask = w.in(a.mods.recurrent_mask, state, "the float32 recurrent mask");
-    f.mods.zoneout_h = w.in(a.mods.zoneout_h, steps, "the float32 zoneout mask");
-    f.mods.zoneout_c = w.in(a.mods.zoneout_c, steps, "the float32 zoneout mask");
-    f.mods.pre_h = w.out(a.mods.pre_h, steps, "the float32 h~");
-    f.mods.pre_c = w.out(a.mods.pre_c, steps, "the float32 c~");
-    forward<float>(c, f);  // the float32 path, the batch sorted there
+    forward<float>(c, widened_call(w, c, a));  // the float32 path, the batch sorted there
     w.finish();
   } else {
     const auto order = sorting_order(c, a.lengths);
@@ -327,36 +367,10 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
 template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
-    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors or w_hr.
-    if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
+    // Widened copies every parameter the spec names except the projection's w_hr.
     if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
-    const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
-    const bool carry = c.has_cell_state();
-    BackwardArgs<float> f{w.in(a.x, TB * c.I, "the float32 copy of x"),
-                          w.in(a.h0, state, "the float32 copy of h0"),
-                          carry ? w.in(a.c0, state, "the float32 copy of c0") : nullptr,
-                          a.lengths,
-                          {},
-                          w.in(a.reserve, ReserveLayout(c).total, "the float32 reserve"),
-                          w.in(a.dy, TB * c.D * c.H, "the float32 copy of dy"),
-                          w.in(a.dhn, state, "the float32 copy of dhn"),
-                          carry ? w.in(a.dcn, state, "the float32 copy of dcn") : nullptr,
-                          w.out(a.dx, TB * c.I, "the float32 dx"),
-                          w.out(a.dh0, state, "the float32 dh0"),
-                          carry ? w.out(a.dc0, state, "the float32 dc0") : nullptr,
-                          {}};
-    for (int64 k = 0; k < c.L * c.D; ++k) {
-      f.weights.push_back(w.weights(a.weights[k], c, c.input_size(k / c.D)));
-      f.grads.push_back(w.grads(a.grads[k], c, c.input_size(k / c.D)));
-    }
-    f.mods.recurrent_mask = w.in(a.mods.recurrent_mask, state, "the float32 recurrent mask");
-    f.mods.grad_clip = a.mods.grad_clip;
-    f.mods.zoneout_h = w.in(a.mods.zoneout_h, steps, "the float32 zoneout mask");
-    f.mods.zoneout_c = w.in(a.mods.zoneout_c, steps, "the float32 zoneout mask");
-    f.mods.pre_h = const_cast<float*>(w.in(a.mods.pre_h, steps, "the float32 h~"));
-    f.mods.pre_c = const_cast<float*>(w.in(a.mods.pre_c, steps, "the float32 c~"));
-    backward<float>(c, f);  // the float32 path, the batch sorted there
+    backward<float>(c, widened_call(w, c, a));  // the float32 path, the batch sorted there
     w.finish();
   } else {
     const auto order = sorting_order(c, a.lengths);

@@ -651,9 +651,15 @@ class _EagerForward(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, h0, c0, lengths, mods, config, *weights = inputs
         _setup_context(ctx, (x, list(weights), h0, c0, lengths, *config[:5], mods[0], config[5], *mods[1:]), output)
+        # The outputs no loss reached get None, not zeros: autograd would fill a zero gradient of the
+        # reserve ([T, B, R], the largest output) on every backward, which nothing reads.
+        ctx.set_materialize_grads(False)
+        ctx.y_shape = output[0].shape
 
     @staticmethod
     def backward(ctx, dy, dhn, dcn, dreserve):
+        if dy is None:  # the loss reached h_n / c_n only (dhn, dcn: None is zero to the backward op)
+            dy = torch.zeros(ctx.y_shape, dtype=ctx.saved_tensors[0].dtype, device=ctx.saved_tensors[0].device)
         dx, dweights, dh0, dc0, *_ = _forward_backward(ctx, dy, dhn, dcn, dreserve)
         return (dx, dh0, dc0, None, None, None, *dweights)
 

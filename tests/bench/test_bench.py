@@ -285,6 +285,23 @@ def test_variants_projection_only_in_cpu_time(tmp_path):
     assert "process CPU time" in next(tmp_path.glob("*-variants.md")).read_text()
 
 
+def test_variants_suite_runs_the_named_cases_on_the_cpu_clock(tmp_path):
+    """--variant-cases keeps the named cases only, --cpu-time times them in CPU time (recorded in the
+    result), and an unknown name is refused by the argument parser."""
+    pytest.importorskip("torch")
+    from fastrnn import bench
+    rc = bench.main(["--variants", "--variant-cases", "gru layer_norm,lstm layer_norm", "--cpu-time", "--sizes",
+                     "8x2x3", "--reps", "1", "--min-sample-ms", "1", "--threads", "1", "--save", str(tmp_path)])
+    assert rc == 0
+    result = json.loads(next(tmp_path.glob("*-variants.json")).read_text())
+    assert [(r["name"], r["mode"]) for r in result["variant_cases"]] == [
+        ("lstm layer_norm", "inference"), ("lstm layer_norm", "training"),
+        ("gru layer_norm", "inference"), ("gru layer_norm", "training")]
+    assert result["clock"] == "process CPU time"
+    with pytest.raises(SystemExit):
+        bench.main(["--variants", "--variant-cases", "lstm layernorm"])
+
+
 def test_modifiers_flag_runs_the_modifiers_suite(monkeypatch):
     """--modifiers runs fastrnn.bench.modifiers' suite; --variants stays the cell variants'."""
     pytest.importorskip("torch")

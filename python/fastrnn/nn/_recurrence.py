@@ -44,13 +44,12 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
     recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
     are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant."""
     modified = recurrent_mask is not None or bool(grad_clip) or zoneout is not None
-    # the 16-bit kernels have no layer norm or projection yet (CPU autocast would hand them 16-bit tensors)
+    # the 16-bit kernels have no projection yet (CPU autocast would hand them 16-bit tensors)
     half = x.dtype in (torch.bfloat16, torch.float16) or (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
     fused_devices = ("cpu", "cuda") if reset_before else ("cpu",)
     projected = proj_size > 0 or _projected(cell)
     if (((reset_before or layer_norm) and (x.device.type not in fused_devices or modified))
-            or (projected and (x.device.type != "cpu" or modified))
-            or ((layer_norm or projected) and half)
+            or (projected and (x.device.type != "cpu" or modified or half))
             or _kernels_cannot_serve(x, h0, c0, weights)):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
                                     reset_before, layer_norm, recurrent_mask, grad_clip, zoneout, proj_size)
