@@ -561,7 +561,7 @@ PYBIND11_MODULE(_core, m) {
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve,
            Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size) {
+           int64 proj_size, Ptr batch_sizes, int64 packed_rows) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
                                                             cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
@@ -571,7 +571,8 @@ PYBIND11_MODULE(_core, m) {
             a.mods = fastrnn::pointer_args::forward_modifiers<T_>(c, recurrent_mask, zoneout_h, zoneout_c, pre_h, pre_c,
                                                                   ptrs);
             py::gil_scoped_release release;
-            fastrnn::cpu::forward<T_>(c, a);
+            if (batch_sizes) fastrnn::cpu::forward_packed<T_>(c, a, reinterpret_cast<const int64*>(batch_sizes), packed_rows);
+            else fastrnn::cpu::forward<T_>(c, a);
           });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
@@ -580,16 +581,18 @@ PYBIND11_MODULE(_core, m) {
         py::arg("recurrent_mask_ptr") = 0, py::arg("zoneout_h_ptr") = 0, py::arg("zoneout_c_ptr") = 0,
         py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
-        py::arg("proj_size") = 0,
+        py::arg("proj_size") = 0, py::arg("batch_sizes_ptr") = 0, py::arg("packed_rows") = 0,
         "forward on host pointers (ints; 0 = absent): the CUDA entry point's arguments without the stream. "
-        "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h).");
+        "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h). With "
+        "batch_sizes_ptr (int64 [T], a PackedSequence's) x and y are packed [packed_rows, .] arrays and "
+        "lengths_ptr is 0 (rnn.h: forward_packed).");
 
   m.def("backward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
            Ptr dc0, const py::list& grads, Ptr recurrent_mask, double grad_clip, Ptr zoneout_h, Ptr zoneout_c,
            Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size) {
+           int64 proj_size, Ptr batch_sizes, int64 packed_rows) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
                                                             cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
@@ -600,7 +603,8 @@ PYBIND11_MODULE(_core, m) {
             a.mods = fastrnn::pointer_args::backward_modifiers<T_>(c, recurrent_mask, grad_clip, zoneout_h, zoneout_c,
                                                                    pre_h, pre_c, ptrs);
             py::gil_scoped_release release;
-            fastrnn::cpu::backward<T_>(c, a);
+            if (batch_sizes) fastrnn::cpu::backward_packed<T_>(c, a, reinterpret_cast<const int64*>(batch_sizes), packed_rows);
+            else fastrnn::cpu::backward<T_>(c, a);
           });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
@@ -610,8 +614,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("recurrent_mask_ptr") = 0, py::arg("grad_clip") = 0.0, py::arg("zoneout_h_ptr") = 0,
         py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
-        py::arg("proj_size") = 0,
-        "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream).");
+        py::arg("proj_size") = 0, py::arg("batch_sizes_ptr") = 0, py::arg("packed_rows") = 0,
+        "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream; "
+        "batch_sizes_ptr: x, dy and dx packed).");
 
   py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")
       .def(py::init<int, py::array, py::array, py::object, py::object, bool, bool, bool, double, py::object>(),

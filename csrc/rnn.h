@@ -273,6 +273,12 @@ template <class T> struct BackwardArgs {
 namespace cpu {
 template <class T> void forward(const RnnConfig& cfg, const ForwardArgs<T>& a);
 template <class T> void backward(const RnnConfig& cfg, const BackwardArgs<T>& a);
+// The same with x and y (dy, dx) in torch's PackedSequence layout: [rows, ·] arrays holding step t's
+// batch_sizes[t] live rows (batch_sizes [T], non-increasing, batch_sizes[0] = B, summing to rows),
+// the batch sorted by decreasing length; a.lengths must be nullptr (batch_sizes implies them). The
+// states and the reserve are as in a call with those lengths (csrc/cpu/stack.cpp).
+template <class T> void forward_packed(const RnnConfig& cfg, const ForwardArgs<T>& a, const int64* batch_sizes, int64 rows);
+template <class T> void backward_packed(const RnnConfig& cfg, const BackwardArgs<T>& a, const int64* batch_sizes, int64 rows);
 void set_num_threads(int n);
 int get_num_threads();
 // fastrnn.empty_cache(): frees every thread's kept scratch blocks; and the bytes they keep now.

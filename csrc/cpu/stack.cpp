@@ -293,9 +293,50 @@ template <class S> class Widened {
   std::vector<Output> outputs_;
 };
 
-// The float32 call of a 16-bit forward / backward: every array argument, one row each.
-template <class S> ForwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const ForwardArgs<S>& a) {
-  const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
+// The packed layout of x and y (dy, dx): torch's PackedSequence, time-major with the batch sorted by
+// decreasing length, step t's batch_sizes[t] live rows at rows offset(t) = sum_{u<t} batch_sizes[u]
+// of an [N, W] array (N = the sum of the lengths). The CPU loops keep their per-row buffers in
+// exactly this order (LiveRows, layer.h), so a packed call runs the sorted-lengths problem: x's live
+// rows are put at their [T, B] places, the stack runs, and y's live rows are taken from theirs (the
+// dead rows are neither read nor copied). PackedRows holds the lengths that batch_sizes implies.
+struct PackedRows {
+  std::vector<int64> lengths;  // [B], non-increasing
+  int64 rows;                  // N
+};
+inline PackedRows packed_rows(const RnnConfig& c, const int64* batch_sizes, int64 rows) {
+  if (!batch_sizes) throw ArgumentError("the packed layout needs batch_sizes, got a null pointer");
+  if (batch_sizes[0] != c.B)
+    throw ArgumentError("batch_sizes[0] must be the batch size B=" + std::to_string(c.B) + ", got " +
+                        std::to_string(batch_sizes[0]));
+  PackedRows p{std::vector<int64>(c.B, 0), 0};
+  for (int64 t = 0; t < c.T; ++t) {
+    const int64 n = batch_sizes[t], next = t + 1 < c.T ? batch_sizes[t + 1] : 0;
+    if (n < 1 || n < next)
+      throw ArgumentError("batch_sizes must be non-increasing and >= 1, got " + std::to_string(n) + " at step " +
+                          std::to_string(t) + (next > n ? " before " + std::to_string(next) : ""));
+    for (int64 b = next; b < n; ++b) p.lengths[b] = t + 1;  // rows [next, n) end at step t
+    p.rows = checked_add(p.rows, n, "the packed rows");
+  }
+  if (p.rows != rows)
+    throw ArgumentError("the packed data must have sum(batch_sizes) = " + std::to_string(p.rows) + " rows, got " +
+                        std::to_string(rows));
+  return p;
+}
+// Rows of a [T, B, W] array to or from the packed [N, W] one (live rows only).
+template <class T> void packed_copy(const LiveRows& live, int64 T_, int64 B, int64 W, const T* src, T* dst, bool to_packed) {
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64 t = 0; t < T_; ++t) {
+    const int64 padded = t * B * W, packed = live.offset(t) * W, n = live.rows(t) * W;
+    if (to_packed) std::memcpy(dst + packed, src + padded, sizeof(T) * n);
+    else std::memcpy(dst + padded, src + packed, sizeof(T) * n);
+  }
+}
+
+// The float32 call of a 16-bit forward / backward: every array argument, one row each (x, y, dy, dx
+// packed [N, .] when `packed` is given).
+template <class S>
+ForwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const ForwardArgs<S>& a, const PackedRows* packed) {
+  const int64 TB = packed ? packed->rows : c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
   ForwardArgs<float> f{};
   f.lengths = a.lengths;
   w.take(a.x, f.x, TB * c.I, Access::Read, "the float32 copy of x");
@@ -310,8 +351,9 @@ template <class S> ForwardArgs<float> widened_call(Widened<S>& w, const RnnConfi
   for (size_t k = 0; k < a.weights.size(); ++k) w.layer(c, c.input_size(int64(k) / c.D), a.weights[k], f.weights[k]);
   return f;
 }
-template <class S> BackwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const BackwardArgs<S>& a) {
-  const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
+template <class S>
+BackwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const BackwardArgs<S>& a, const PackedRows* packed) {
+  const int64 TB = packed ? packed->rows : c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
   BackwardArgs<float> f{};
   f.lengths = a.lengths;
   w.take(a.x, f.x, TB * c.I, Access::Read, "the float32 copy of x");
@@ -332,14 +374,24 @@ template <class S> BackwardArgs<float> widened_call(Widened<S>& w, const RnnConf
   return f;
 }
 
-template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
+// forward and forward_packed: `packed` nullptr for x, y [T, B, ·], else their packed layout.
+template <class T> void forward_in(const RnnConfig& c, const ForwardArgs<T>& a, const PackedRows* packed) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
     // Widened copies every parameter the spec names except the projection's w_hr.
     if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
-    forward<float>(c, widened_call(w, c, a));  // the float32 path, the batch sorted there
+    forward_in<float>(c, widened_call(w, c, a, packed), packed);  // the float32 path, the batch sorted there
     w.finish();
+  } else if (packed) {
+    const LiveRows live(c.T, c.B, packed->lengths.data());
+    const int64 TB = c.T * c.B, DH = c.D * c.h_size();
+    Scratch<T> x(checked_mul(TB, c.I, "x"), "x at its [T, B] rows"), y(checked_mul(TB, DH, "y"), "y at its [T, B] rows");
+    packed_copy(live, c.T, c.B, c.I, a.x, x.data(), false);
+    ForwardArgs<T> s = a;
+    s.x = x.data(), s.y = y.data(), s.lengths = packed->lengths.data();
+    stack_forward(CpuBackend{}, c, s);
+    packed_copy(live, c.T, c.B, DH, s.y, a.y, true);
   } else {
     const auto order = sorting_order(c, a.lengths);
     if (!order) return stack_forward(CpuBackend{}, c, a);
@@ -364,14 +416,25 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   }
 }
 
-template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
+template <class T> void backward_in(const RnnConfig& c, const BackwardArgs<T>& a, const PackedRows* packed) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
     // Widened copies every parameter the spec names except the projection's w_hr.
     if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
-    backward<float>(c, widened_call(w, c, a));  // the float32 path, the batch sorted there
+    backward_in<float>(c, widened_call(w, c, a, packed), packed);  // the float32 path, the batch sorted there
     w.finish();
+  } else if (packed) {
+    const LiveRows live(c.T, c.B, packed->lengths.data());
+    const int64 TB = c.T * c.B, DH = c.D * c.h_size();
+    Scratch<T> x(checked_mul(TB, c.I, "x"), "x at its [T, B] rows"), dy(checked_mul(TB, DH, "dy"), "dy at its [T, B] rows"),
+        dx(checked_mul(TB, c.I, "dx"), "dx at its [T, B] rows");
+    packed_copy(live, c.T, c.B, c.I, a.x, x.data(), false);
+    packed_copy(live, c.T, c.B, DH, a.dy, dy.data(), false);
+    BackwardArgs<T> s = a;
+    s.x = x.data(), s.dy = dy.data(), s.dx = dx.data(), s.lengths = packed->lengths.data();
+    stack_backward(CpuBackend{}, c, s);
+    packed_copy(live, c.T, c.B, c.I, s.dx, a.dx, true);
   } else {
     const auto order = sorting_order(c, a.lengths);
     if (!order) return stack_backward(CpuBackend{}, c, a);
@@ -400,6 +463,21 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
   }
 }
 
+template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) { forward_in(c, a, nullptr); }
+template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) { backward_in(c, a, nullptr); }
+template <class T>
+void forward_packed(const RnnConfig& c, const ForwardArgs<T>& a, const int64* batch_sizes, int64 rows) {
+  if (a.lengths) throw ArgumentError("a packed call takes batch_sizes, not lengths");
+  const PackedRows packed = packed_rows(c, batch_sizes, rows);
+  forward_in(c, a, &packed);
+}
+template <class T>
+void backward_packed(const RnnConfig& c, const BackwardArgs<T>& a, const int64* batch_sizes, int64 rows) {
+  if (a.lengths) throw ArgumentError("a packed call takes batch_sizes, not lengths");
+  const PackedRows packed = packed_rows(c, batch_sizes, rows);
+  backward_in(c, a, &packed);
+}
+
 template void forward<float>(const RnnConfig&, const ForwardArgs<float>&);
 template void forward<double>(const RnnConfig&, const ForwardArgs<double>&);
 template void backward<float>(const RnnConfig&, const BackwardArgs<float>&);
@@ -408,5 +486,13 @@ template void forward<bf16>(const RnnConfig&, const ForwardArgs<bf16>&);
 template void forward<fp16>(const RnnConfig&, const ForwardArgs<fp16>&);
 template void backward<bf16>(const RnnConfig&, const BackwardArgs<bf16>&);
 template void backward<fp16>(const RnnConfig&, const BackwardArgs<fp16>&);
+#define FASTRNN_PACKED(T)                                                                                  \
+  template void forward_packed<T>(const RnnConfig&, const ForwardArgs<T>&, const int64*, int64);          \
+  template void backward_packed<T>(const RnnConfig&, const BackwardArgs<T>&, const int64*, int64);
+FASTRNN_PACKED(float)
+FASTRNN_PACKED(double)
+FASTRNN_PACKED(bf16)
+FASTRNN_PACKED(fp16)
+#undef FASTRNN_PACKED
 
 }  // namespace fastrnn::cpu

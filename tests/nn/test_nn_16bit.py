@@ -157,3 +157,38 @@ def test_layer_norm_in_16_bits_takes_the_fused_op(cls, dtype_name, how, monkeypa
         kind = "grad" if name.startswith("d") else "output"
         err = relative_error(a.detach().float().numpy(), e.detach().numpy())
         assert err <= NN16[dtype_name][kind], f"{cls} {dtype_name} {how} {name}: {err:.3g}"
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["module", "autocast"])
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("cell", ("lstm", "gru"))
+def test_packed_sequence_in_16bit(cell, dtype_name, autocast):
+    """A PackedSequence through the packed op in 16-bit (a converted module, or a float32 one under CPU
+    autocast, whose kernel casts the packed data): outputs, h_n and gradients within NN16 of torch.nn
+    in float64 on the same packed batch."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+    dtype = DTYPES[dtype_name]
+    fast, ref, _ = modules(cell, dtype)
+    if not autocast:
+        fast = fast.to(dtype)
+    x, _ = inputs(dtype)
+    lengths = torch.tensor([3, 9, 1, 6, 6])
+
+    def run_packed(module, x, cast):
+        module.zero_grad()
+        x = x.clone().requires_grad_(True)
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        with torch.autocast("cpu", dtype=dtype, enabled=cast):
+            y, h = module(packed)
+        h = h[0] if isinstance(h, tuple) else h
+        g = torch.Generator().manual_seed(2)
+        (y.data.to(torch.float64) * torch.randn(y.data.shape, generator=g, dtype=torch.float64)).sum().backward()
+        return [("output", y.data), ("h_n", h), ("dx", x.grad)] + \
+            [("d" + n, p.grad) for n, p in module.named_parameters()]
+
+    got = run_packed(fast, x if not autocast else x.float(), autocast)
+    want = run_packed(ref, x.double(), False)
+    for (name, a), (_, e) in zip(got, want):
+        kind = "grad" if name.startswith("d") else "output"
+        err = relative_error(a.detach().float().numpy(), e.detach().numpy())
+        assert err <= NN16[row(dtype_name, cell)][kind], f"{cell} {dtype_name} {name}: {err:.3g}"

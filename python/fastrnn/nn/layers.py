@@ -20,7 +20,7 @@ from ..functional import _check_options
 from ._composed import _permute
 from ._options import (_check_layer_norm, _check_reset_and_layer_norm, _identity_init, _layer_norm_init,
                        _variant_repr)
-from ._recurrence import _run_op
+from ._recurrence import _run_op, _run_packed_op, packed_op_serves
 
 
 def _torch_param_names(info, bias: bool, peephole: bool) -> List[str]:
@@ -243,9 +243,9 @@ class _RNNBase(torch.nn.Module):
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data, True)
-            # Padded [T, B, I] in the packed (length-sorted) order, with the lengths.
-            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            batch = int(batch_sizes[0])
+            x, lengths = data, None  # [N, I], rows in the packed (length-sorted) order
+            # (sorted_indices' size, where it has one, is a shape that torch.compile need not read from data)
+            batch = sorted_indices.size(0) if sorted_indices is not None else int(batch_sizes[0])
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D "
@@ -294,13 +294,13 @@ class _RNNBase(torch.nn.Module):
                     raise RuntimeError(f"{name}: hx{f'[{i}]' if lstm else ''} dtype ({state.dtype}) does not match "
                                        f"input dtype ({x.dtype})")
 
-        y, hn, cn = self._recurrence(x, h0, c0, lengths)
-
         if packed:
-            out = PackedSequence(pack_padded_sequence(y, lengths).data, batch_sizes, sorted_indices, unsorted_indices)
+            y, hn, cn = self._packed_recurrence(data, batch_sizes, batch, h0, c0)
+            out = PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices)
             hn = _permute(hn, unsorted_indices)
             cn = _permute(cn, unsorted_indices) if lstm else None
             return out, ((hn, cn) if lstm else hn)
+        y, hn, cn = self._recurrence(x, h0, c0, lengths)
         if self.batch_first:
             y = y.transpose(0, 1)
         if not is_batched:
@@ -309,27 +309,51 @@ class _RNNBase(torch.nn.Module):
             cn = cn.squeeze(1) if lstm else None
         return y, ((hn, cn) if lstm else hn)
 
+    def _packed_recurrence(self, data: Tensor, batch_sizes: Tensor, batch: int, h0, c0):
+        """A PackedSequence's data [N, I] (batch_sizes [T], batch = batch_sizes[0]; h0, c0 in its sorted
+        order) -> (y [N, D*H] packed alike, hn, cn or None): the kernels on the packed rows where they
+        serve the call (packed_op_serves), else the padded recurrence between pad_packed_sequence and
+        pack_padded_sequence (the training modifiers, the composed torch ops' calls, other devices)."""
+        weights = self._weights()
+        if not self._has_modifiers() and packed_op_serves(data, h0, c0, weights, not self.reset_after,
+                                                          self.layer_norm, self._cell, self.proj_size):
+            def packed_op(x, layer_weights, h0_rows, c0_rows, num_layers):
+                return _run_packed_op(self.mode, x, batch_sizes, batch, layer_weights, h0_rows, c0_rows,
+                                      self.hidden_size, num_layers, self.bidirectional, self._cell,
+                                      not self.reset_after, self.layer_norm)
+            return self._layers(packed_op, data, weights, h0, c0)
+        x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))  # [T, B, I], the sorted order
+        y, hn, cn = self._recurrence(x, h0, c0, lengths)
+        return pack_padded_sequence(y, lengths).data, hn, cn
+
     def _recurrence(self, x: Tensor, h0, c0, lengths):
         """x [T, B, I] -> (y [T, B, D*H], hn, cn or None) by the fastrnn op: one call for the whole
         stack, or (dropout in training mode) one call per layer with dropout between them."""
         weights = self._weights()
-        L, H = self.num_layers, self.hidden_size
         if lengths is not None:
             lengths = lengths.to(device=x.device, dtype=torch.int64)
-        reset_before, layer_norm, proj = not self.reset_after, self.layer_norm, self.proj_size
         if self._has_modifiers():
             return self._modified_recurrence(x, weights, h0, c0, lengths)
+
+        def op(x, layer_weights, h0_rows, c0_rows, num_layers):
+            return _run_op(self.mode, x, layer_weights, h0_rows, c0_rows, lengths, self.hidden_size, num_layers,
+                           self.bidirectional, self._cell, not self.reset_after, self.layer_norm,
+                           proj_size=self.proj_size)
+        return self._layers(op, x, weights, h0, c0)
+
+    def _layers(self, op, x: Tensor, weights: List[Tensor], h0, c0):
+        """op(x, weights, h0, c0, num_layers) -> (y, hn, cn) for the whole stack in one call, or (dropout
+        in training mode) once per layer with dropout on the outputs between them."""
+        L = self.num_layers
         if not (self.dropout > 0 and self.training and L > 1):
-            return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional, self._cell, reset_before,
-                           layer_norm, proj_size=proj)
+            return op(x, weights, h0, c0, L)
         D = 2 if self.bidirectional else 1
         per_layer = len(weights) // L
         hns, cns = [], []
         for layer in range(L):
             rows = slice(layer * D, (layer + 1) * D)
-            x, hn, cn = _run_op(self.mode, x, weights[layer * per_layer:(layer + 1) * per_layer],
-                                None if h0 is None else h0[rows], None if c0 is None else c0[rows], lengths, H, 1,
-                                self.bidirectional, self._cell, reset_before, layer_norm, proj_size=proj)
+            x, hn, cn = op(x, weights[layer * per_layer:(layer + 1) * per_layer],
+                           None if h0 is None else h0[rows], None if c0 is None else c0[rows], 1)
             hns.append(hn)
             cns.append(cn)
             if layer < L - 1:
