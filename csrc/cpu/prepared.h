@@ -31,7 +31,7 @@ namespace fastrnn::cpu {
 
 namespace prepared_detail {
 
-// What a variant's cell reads besides the gates (issue 14): the block-packed peepholes and cell_clip.
+// What a variant's cell reads besides the gates: the block-packed peepholes and cell_clip.
 template <class T> struct Extras {
   const T* w_ch;  // [block][U][PW]
   int64 U;

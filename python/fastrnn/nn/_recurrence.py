@@ -27,7 +27,7 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
             bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False, layer_norm: bool = False,
             recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None, proj_size: int = 0):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
-    the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell.
+    the op's cell string with the cell options (ops.variant_cell), default the mode's base cell.
     ``reset_before``: the GRU with reset_after=False, and ``layer_norm``: the layer-normalised
     LSTM/GRU (weights entries end with the norm's vectors): the fused CPU kernels (op cell strings
     "gru+reset_before", "lstm+layer_norm", ...); on other devices, which have no such kernels, with the
