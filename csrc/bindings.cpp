@@ -238,13 +238,40 @@ bool is_float64(py::array x) {
   return x.itemsize() == 8;
 }
 
+// The layer norm's vectors (ln_weight_ih, ln_weight_hh[, ln_weight_c, ln_bias_c]) of a prepared cell
+// with these options, checked against the cell's parameter shapes; all null without layer_norm.
+template <class T>
+fastrnn::NormParams<T> norm_params(fastrnn::CellKind kind, const fastrnn::CellOptions& o, int64 in, int64 H,
+                                   py::tuple norm, const std::string& where) {
+  fastrnn::NormParams<T> np{};
+  if (!o.layer_norm) {
+    if (norm.size()) throw py::value_error(where + "the layer norm's vectors are for layer_norm=True only");
+    return np;
+  }
+  const bool lstm = kind == fastrnn::CellKind::Lstm;
+  const size_t n = lstm ? 4 : 2;
+  static const char* names[] = {"ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"};
+  if (norm.size() != n)
+    throw py::value_error(where + "layer_norm=True needs " + std::to_string(n) + " vectors (ln_weight_ih, ln_weight_hh" +
+                          (lstm ? ", ln_weight_c, ln_bias_c" : "") + "), got " + std::to_string(norm.size()));
+  const T* p[4] = {nullptr, nullptr, nullptr, nullptr};
+  for (size_t i = 0; i < n; ++i)
+    p[i] = checked<T>(norm[i], (where + names[i]).c_str(), fastrnn::param_shape(kind, in, H, int(4 + i), o), false, false);
+  np.g_ih = p[0];
+  np.g_hh = p[1];
+  np.g_c = p[2];
+  np.b_c = p[3];
+  return np;
+}
+
 // _core.PreparedCell: one cell's weights packed once (see csrc/cpu/prepared.h) and a step() that
 // checks its arrays and runs with the GIL released. One Python class for every dtype/storage.
 class PreparedCellBinding {
  public:
   PreparedCellBinding(int cell, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, bool half,
-                      bool peephole, bool coupled, double cell_clip, py::object w_ch)
-      : options_(cell_options(peephole, coupled, cell_clip, true, false)) {
+                      bool peephole, bool coupled, double cell_clip, py::object w_ch, bool reset_after,
+                      bool layer_norm, py::tuple norm)
+      : options_(cell_options(peephole, coupled, cell_clip, reset_after, layer_norm)) {
     if (!fastrnn::valid_cell_id(cell))
       throw py::value_error("cell must be 0.." + std::to_string(fastrnn::kNumCells - 1) + ", got " + std::to_string(cell));
     const auto kind = static_cast<fastrnn::CellKind>(cell);
@@ -258,11 +285,11 @@ class PreparedCellBinding {
     if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
     if (is_float64(w_ih)) {
       if (half) throw py::value_error("float16 weight storage is for float32 weights only");
-      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f64_);
+      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, f64_);
     } else if (half) {
-      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f16_);
+      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, f16_);
     } else {
-      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f32_);
+      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, f32_);
     }
     lstm_ = fastrnn::dispatch_cell(kind, [](auto c) { return fastrnn::SpecTraits<decltype(c)>::kCarriesState; });
   }
@@ -278,7 +305,7 @@ class PreparedCellBinding {
  private:
   template <class T, class W>
   void make(fastrnn::CellKind kind, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, py::object w_ch,
-            std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
+            py::tuple norm, std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
     using fastrnn::param_shape;
     const auto& o = options_;
     const T* wi = checked<T>(w_ih, "w_ih", param_shape(kind, I_, H_, 0, o), false, false);
@@ -287,8 +314,9 @@ class PreparedCellBinding {
     const T* bh = checked<T>(b_hh, "b_hh", param_shape(kind, I_, H_, 3, o), true, false);
     const T* ch = o.peephole ? checked<T>(w_ch, "w_ch", param_shape(kind, I_, H_, 4, o), false, false) : nullptr;
     if ((bi == nullptr) != (bh == nullptr)) throw py::value_error("give both b_ih and b_hh, or neither");
+    const fastrnn::NormParams<T> np = norm_params<T>(kind, o, I_, H_, norm, "");
     py::gil_scoped_release release;
-    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh, o, ch);
+    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh, o, ch, &np);
   }
 
   template <class T, class P>
@@ -321,20 +349,28 @@ class PreparedStackBinding {
   using Ptr = fastrnn::pointer_args::Ptr;
 
  public:
-  PreparedStackBinding(int cell, py::list weights, bool half) {
+  PreparedStackBinding(int cell, py::list weights, bool half, bool peephole, bool coupled, double cell_clip,
+                       bool reset_after, bool layer_norm)
+      : options_(cell_options(peephole, coupled, cell_clip, reset_after, layer_norm)) {
     if (cell < 0 || cell > 3) throw py::value_error("cell must be 0..3, got " + std::to_string(cell));
     const auto kind = static_cast<fastrnn::CellKind>(cell);
+    if (!(cell_clip >= 0)) throw py::value_error("cell_clip must be > 0 (0: no clipping)");
+    (void)fastrnn::param_counts(kind, options_);  // options the cell does not have: ArgumentError
     lstm_ = kind == fastrnn::CellKind::Lstm;
     L_ = static_cast<int64>(weights.size());
     if (L_ < 1) throw py::value_error("weights must hold at least one layer");
+    // arrays after (w_ih, w_hh[, b_ih, b_hh]): w_ch, then the layer norm's vectors
+    extra_ = (options_.peephole ? 1 : 0) + (options_.layer_norm ? (lstm_ ? 4 : 2) : 0);
     auto first = py::cast<py::sequence>(weights[0]);
-    if (first.size() != 2 && first.size() != 4) throw py::value_error("weights[0] must hold 2 or 4 arrays");
+    if (first.size() != size_t(2 + extra_) && first.size() != size_t(4 + extra_))
+      throw py::value_error("weights[0] must hold " + std::to_string(2 + extra_) + " or " + std::to_string(4 + extra_) +
+                            " arrays");
     auto w_ih = py::cast<py::array>(first[0]), w_hh = py::cast<py::array>(first[1]);
     if (w_ih.ndim() != 2 || w_hh.ndim() != 2) throw py::value_error("weights[0]'s w_ih and w_hh must be 2-D");
     I_ = w_ih.shape(1);
     H_ = w_hh.shape(1);
     if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
-    const int64 G = fastrnn::dispatch_cell(kind, [](auto c) { return int64(decltype(c)::kGates); });
+    const int64 G = fastrnn::dispatch_cell(kind, options_, [](auto c) { return int64(decltype(c)::kGates); });
     if (is_float64(w_ih)) {
       if (half) throw py::value_error("float16 weight storage is for float32 weights only");
       make<double, double>(kind, G, weights, f64_);
@@ -378,18 +414,30 @@ class PreparedStackBinding {
       if (!py::isinstance<py::sequence>(weights[l]))
         throw py::type_error("weights[" + std::to_string(l) + "] must be a tuple (w_ih, w_hh[, b_ih, b_hh])");
       auto t = py::reinterpret_borrow<py::sequence>(weights[l]);
-      if (t.size() != 2 && t.size() != 4) throw py::value_error("weights[" + std::to_string(l) + "] must hold 2 or 4 arrays");
+      const size_t n = t.size();
+      if (n != size_t(2 + extra_) && n != size_t(4 + extra_))
+        throw py::value_error("weights[" + std::to_string(l) + "] must hold " + std::to_string(2 + extra_) + " or " +
+                              std::to_string(4 + extra_) + " arrays");
       const std::string p = "weights[" + std::to_string(l) + "]";
-      Layer w{checked<T>(t[0], (p + ".w_ih").c_str(), {GH, l ? H_ : I_}, false, false),
+      const int64 in = l ? H_ : I_;
+      Layer w{checked<T>(t[0], (p + ".w_ih").c_str(), {GH, in}, false, false),
               checked<T>(t[1], (p + ".w_hh").c_str(), {GH, H_}, false, false), nullptr, nullptr};
-      if (t.size() == 4) {
+      size_t next = 2;
+      if (n == size_t(4 + extra_)) {
         w.b_ih = checked<T>(t[2], (p + ".b_ih").c_str(), {GH}, false, false);
         w.b_hh = checked<T>(t[3], (p + ".b_hh").c_str(), {GH}, false, false);
+        next = 4;
       }
+      if (options_.peephole)
+        w.w_ch = checked<T>(t[next++], (p + ".w_ch").c_str(), fastrnn::param_shape(kind, in, H_, 4, options_), false,
+                            false);
+      py::tuple norm(n - next);
+      for (size_t i = next; i < n; ++i) norm[i - next] = t[i];
+      w.norm = norm_params<T>(kind, options_, in, H_, norm, p + ".");
       layers.push_back(w);
     }
     py::gil_scoped_release release;
-    out = std::make_unique<fastrnn::cpu::PreparedStack<T, W>>(kind, I_, H_, layers);
+    out = std::make_unique<fastrnn::cpu::PreparedStack<T, W>>(kind, I_, H_, layers, options_);
   }
 
   template <class T, class P>
@@ -408,7 +456,8 @@ class PreparedStackBinding {
     stack.step(B, xp, hp, cp, hop, cop);
   }
 
-  int64 I_ = 0, H_ = 0, L_ = 0;
+  fastrnn::CellOptions options_;
+  int64 I_ = 0, H_ = 0, L_ = 0, extra_ = 0;
   bool lstm_ = false;
   std::unique_ptr<fastrnn::cpu::PreparedStack<float, float>> f32_;
   std::unique_ptr<fastrnn::cpu::PreparedStack<float, _Float16>> f16_;
@@ -619,16 +668,20 @@ PYBIND11_MODULE(_core, m) {
         "batch_sizes_ptr: x, dy and dx packed).");
 
   py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")
-      .def(py::init<int, py::array, py::array, py::object, py::object, bool, bool, bool, double, py::object>(),
+      .def(py::init<int, py::array, py::array, py::object, py::object, bool, bool, bool, double, py::object, bool, bool,
+                    py::tuple>(),
            py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("half"),
            py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
-           py::arg("w_ch") = py::none())
+           py::arg("w_ch") = py::none(), py::arg("reset_after") = true, py::arg("layer_norm") = false,
+           py::arg("norm") = py::tuple())
       .def("step", &PreparedCellBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"));
 
   py::class_<PreparedStackBinding>(m, "PreparedStack",
                                    "L unidirectional layers' weights packed once, stepped together in one call.")
-      .def(py::init<int, py::list, bool>(), py::arg("cell"), py::arg("weights"), py::arg("half"))
+      .def(py::init<int, py::list, bool, bool, bool, double, bool, bool>(), py::arg("cell"), py::arg("weights"),
+           py::arg("half"), py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
+           py::arg("reset_after") = true, py::arg("layer_norm") = false)
       .def("step", &PreparedStackBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"))
       .def("step_ptrs", &PreparedStackBinding::step_ptrs, py::arg("B"), py::arg("x_ptr"), py::arg("h_ptr"),

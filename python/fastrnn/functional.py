@@ -783,6 +783,12 @@ class _PreparedStep:
         return np.ascontiguousarray(x), h, c, out
 
 
+def _options_repr(options: dict) -> str:
+    """The cell options that differ from the base cell's, as ``, name=value`` for a repr."""
+    defaults = dict(peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False)
+    return "".join(f", {k}={v!r}" for k, v in options.items() if v != defaults[k])
+
+
 class PreparedCell(_PreparedStep):
     """One cell's weights prepared once for many single steps: step-by-step generation (decoding).
 
@@ -800,22 +806,28 @@ class PreparedCell(_PreparedStep):
     each other in memory: ValueError).
     Later changes to the weight arrays are not seen: prepare again.
 
-    The LSTM variants (README "Cell variants"): ``peephole=True`` with ``w_ch`` [3, H] (rows i, f, o;
-    coupled: [2, H], rows f, o), ``coupled=True`` (G = 3 gate blocks f, g, o), ``cell_clip=C``: the
-    same step as ``forward``'s. ``reset_after=False`` (the GRU's n product needs r of every unit
-    first, a second pass the prepared step does not make) and ``layer_norm=True`` (a row's
-    statistics need every unit before any block's cell) raise NotImplementedError: step them with
-    ``forward`` on a one-step sequence.
+    The cell options (README "Cell variants"), the same step as ``forward``'s: ``peephole=True``
+    with ``w_ch`` [3, H] (rows i, f, o; coupled: [2, H], rows f, o), ``coupled=True`` (G = 3 gate
+    blocks f, g, o), ``cell_clip=C``; the GRU's ``reset_after=False`` (the n product on r*h_{t-1}:
+    the step makes a second pass over the units for it) and ``layer_norm=True`` with the norm's
+    vectors ``ln_weight_ih``, ``ln_weight_hh`` [G*H] and, for the LSTM, ``ln_weight_c``,
+    ``ln_bias_c`` [H] (the row statistics over all units come between the passes).
     """
 
     def __init__(self, cell: str, w_ih, w_hh, b_ih=None, b_hh=None, *, weight_dtype=None, peephole: bool = False,
-                 coupled: bool = False, cell_clip=None, w_ch=None, reset_after: bool = True, layer_norm: bool = False):
+                 coupled: bool = False, cell_clip=None, w_ch=None, reset_after: bool = True, layer_norm: bool = False,
+                 ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None):
         self.cell = _check_cell(cell)
         options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm)
-        if not options["reset_after"] or options["layer_norm"]:
-            raise NotImplementedError("PreparedCell does not run reset_after=False or layer_norm=True (both need every "
-                                      "unit of a step's row before a block's cell: a second pass over the units): "
-                                      "call fastrnn.forward on a one-step sequence")
+        norm_names = ("ln_weight_ih", "ln_weight_hh") + (("ln_weight_c", "ln_bias_c") if carries_cell_state(self.cell)
+                                                         else ())
+        given = dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c, ln_bias_c=ln_bias_c)
+        for name, v in given.items():
+            if v is not None and (not options["layer_norm"] or name not in norm_names):
+                raise ValueError(f"{name} is a vector of the layer norm ({', '.join(norm_names)} with "
+                                 f"layer_norm=True, cell {self.cell!r}); got it with layer_norm={layer_norm!r}")
+            if v is None and options["layer_norm"] and name in norm_names:
+                raise ValueError(f"layer_norm=True needs {', '.join(norm_names)}; {name} is missing")
         if options["peephole"] != (w_ch is not None):
             raise ValueError("w_ch (the peepholes [U, H]) is required with peephole=True and only then, got "
                              f"peephole={peephole} and w_ch {'given' if w_ch is not None else 'None'}")
@@ -851,16 +863,24 @@ class PreparedCell(_PreparedStep):
             _check_dtype("w_ch", w_ch, self.dtype)
             _check_shape("w_ch", w_ch, shapes[4], formulas[4])
             w_ch = np.ascontiguousarray(w_ch)
+        norm = []
+        if options["layer_norm"]:
+            for name, shape, formula in zip(norm_names, ((G * H,), (G * H,), (H,), (H,)),
+                                            (f"({G}*H,) = ", f"({G}*H,) = ", "(H,) = ", "(H,) = ")):
+                v = _array(name, given[name])
+                _check_dtype(name, v, self.dtype)
+                _check_shape(name, v, shape, formula)
+                norm.append(np.ascontiguousarray(v))
         half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))
         _check_sizes(1, 1, int(w_ih.shape[1]), H, G, 1)
         self.input_size, self.hidden_size, self.weight_dtype = int(w_ih.shape[1]), H, "float16" if half else None
-        self.options = {k: v for k, v in options.items() if k in ("peephole", "coupled", "cell_clip")}
+        self.options = options
         self._step = _core.PreparedCell(_CELL_ID[self.cell], np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
-                                        biases[0], biases[1], half, w_ch=w_ch, **self.options)
+                                        biases[0], biases[1], half, w_ch=w_ch, norm=tuple(norm), **options)
 
     def __repr__(self) -> str:
         wd = f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype else ""
-        opts = "".join(f", {k}={v!r}" for k, v in self.options.items() if v)
+        opts = _options_repr(self.options)
         return f"PreparedCell({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
                f"dtype={self.dtype}{wd}{opts})"
 
@@ -892,11 +912,15 @@ class PreparedStack(_PreparedStep):
     c_out])`` writes the new states into given [L, B, H] arrays (they must not overlap x, h, c or
     each other in memory: ValueError). It equals
     ``forward`` on a one-step sequence. Later changes to the weight arrays are not seen: prepare
-    again.
+    again. The cell options are ``forward``'s (``peephole``, ``coupled``, ``cell_clip``,
+    ``reset_after``, ``layer_norm``), with each entry holding the arrays ``forward`` takes for them
+    (w_ch, the layer norm's vectors), stepped as by :class:`PreparedCell`.
     """
 
-    def __init__(self, cell: str, weights, weight_dtype=None):
+    def __init__(self, cell: str, weights, weight_dtype=None, *, peephole: bool = False, coupled: bool = False,
+                 cell_clip=None, reset_after: bool = True, layer_norm: bool = False):
         self.cell = _check_cell(cell)
+        options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm)
         if isinstance(weights, (list, tuple)) and weights and isinstance(weights[0], (list, tuple)) and weights[0]:
             w_ih0 = _array("weights[0][0] (w_ih)", weights[0][0])
         else:
@@ -907,18 +931,20 @@ class PreparedStack(_PreparedStep):
         if w_ih0.ndim != 2 or w_ih0.shape[1] < 1:
             raise ValueError(f"weights[0][0] (w_ih) must be 2-D (G*H, I) with I >= 1, got shape {w_ih0.shape}")
         self.dtype, self.input_size = w_ih0.dtype, int(w_ih0.shape[1])
-        checked, H, L, _ = _check_weights(self.cell, weights, self.input_size, 1, self.dtype)
+        checked, H, L, _ = _check_weights(self.cell, weights, self.input_size, 1, self.dtype, options)
         half = _half_weights(weight_dtype, self.dtype,
                              [(f"weights[{k}][{i}]", entry[i]) for k, entry in enumerate(checked) for i in (0, 1)])
-        _check_sizes(1, 1, self.input_size, H, GATES[self.cell], 1)
+        _check_sizes(1, 1, self.input_size, H, _gates(self.cell, options), 1)
         self.hidden_size, self.num_layers, self.weight_dtype = H, L, "float16" if half else None
+        self.options = options
         self._stack = _core.PreparedStack(_CELL_ID[self.cell],
-                                          [tuple(np.ascontiguousarray(a) for a in entry) for entry in checked], half)
+                                          [tuple(np.ascontiguousarray(a) for a in entry) for entry in checked], half,
+                                          **options)
 
     def __repr__(self) -> str:
         wd = f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype else ""
         return f"PreparedStack({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
-               f"num_layers={self.num_layers}, dtype={self.dtype}{wd})"
+               f"num_layers={self.num_layers}, dtype={self.dtype}{wd}{_options_repr(self.options)})"
 
     _STATE_FORMULA = "(L, B, H) = "
 
