@@ -51,6 +51,8 @@ template <class Backend, class T> void stack_forward(const Backend& be, const Rn
         layer.zone_c = slice(a.mods.zoneout_c, k, c.T * BH);
         layer.pre_h = a.reserve ? slice(a.mods.pre_h, k, c.T * BH) : nullptr;
         layer.pre_c = a.reserve ? slice(a.mods.pre_c, k, c.T * BH) : nullptr;
+        layer.seeded = a.mods.seeded;
+        layer.seeded.stream += k;
         be.template layer_forward<Cell>(c, layer, ctx);
       });
       in = out;
@@ -88,6 +90,8 @@ template <class Backend, class T> void stack_backward(const Backend& be, const R
         layer.zone_c = slice(a.mods.zoneout_c, k, c.T * BH);
         layer.pre_h = slice(static_cast<const T*>(a.mods.pre_h), k, c.T * BH);
         layer.pre_c = slice(static_cast<const T*>(a.mods.pre_c), k, c.T * BH);
+        layer.seeded = a.mods.seeded;
+        layer.seeded.stream += k;
         be.template layer_backward<Cell>(c, layer, ctx);
       });
       dout = din;

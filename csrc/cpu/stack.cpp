@@ -297,6 +297,7 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
     f.mods.zoneout_c = w.in(a.mods.zoneout_c, steps, "the float32 zoneout mask");
     f.mods.pre_h = w.out(a.mods.pre_h, steps, "the float32 h~");
     f.mods.pre_c = w.out(a.mods.pre_c, steps, "the float32 c~");
+    f.mods.seeded = a.mods.seeded;
     forward<float>(c, f);  // the float32 path, the batch sorted there
     w.finish();
   } else {
@@ -315,6 +316,7 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
     s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.lengths = order->lengths.data();
     s.y = y.data(), s.hn = hn.data(), s.cn = a.cn ? cn.data() : nullptr;
     s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    s.mods.seeded.batch_row = order->order.data();  // seeded masks are keyed on the caller's rows
     stack_forward(CpuBackend{}, c, s);
     permute_rows<T>(s.y, a.y, c.T, c.B, DH, order->order, false);
     permute_rows<T>(s.hn, a.hn, LD, c.B, c.H, order->order, false);
@@ -353,6 +355,7 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
     f.mods.zoneout_c = w.in(a.mods.zoneout_c, steps, "the float32 zoneout mask");
     f.mods.pre_h = const_cast<float*>(w.in(a.mods.pre_h, steps, "the float32 h~"));
     f.mods.pre_c = const_cast<float*>(w.in(a.mods.pre_c, steps, "the float32 c~"));
+    f.mods.seeded = a.mods.seeded;
     backward<float>(c, f);  // the float32 path, the batch sorted there
     w.finish();
   } else {
@@ -375,6 +378,7 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
     s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.dy = dy.p, s.dhn = dhn.p, s.dcn = dcn.p, s.lengths = order->lengths.data();
     s.dx = dx.data(), s.dh0 = dh0.data(), s.dc0 = a.dc0 ? dc0.data() : nullptr;
     s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    s.mods.seeded.batch_row = order->order.data();  // seeded masks are keyed on the caller's rows
     stack_backward(CpuBackend{}, c, s);
     permute_rows<T>(s.dx, a.dx, c.T, c.B, c.I, order->order, false);
     permute_rows<T>(s.dh0, a.dh0, LD, c.B, c.H, order->order, false);

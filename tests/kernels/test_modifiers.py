@@ -23,7 +23,7 @@ from fastrnn import reference
 from fastrnn.types import CELLS, GATES
 from tolerances import assert_close
 
-from helpers import reference_problem as make_problem, numeric_grad, FD_ATOL, FD_RTOL
+from helpers import reference_problem as make_problem, nn_drawn_masks, numeric_grad, FD_ATOL, FD_RTOL
 
 T, B, I, H = 5, 3, 3, 2
 RAGGED = np.array([5, 2, 4])
@@ -340,26 +340,6 @@ def fastrnn_nn():
     return fastrnn.nn
 
 
-def _redraw_masks(torch, m, T_, B_):
-    """The masks fastrnn.nn draws, in its documented order (weights, recurrent, zoneout h, zoneout c)."""
-    L, D, Hh = m.num_layers, 2 if m.bidirectional else 1, m.hidden_size
-    G = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
-    out = {}
-    if m.weight_dropout:
-        keep = 1 - m.weight_dropout
-        # F.dropout's mask: bernoulli(keep) / keep of W_hh's shape
-        out["weight_mask"] = [torch.empty(G * Hh, Hh, dtype=torch.float64).bernoulli_(keep) / keep
-                              for _ in range(L * D)]
-    if m.recurrent_dropout:
-        keep = 1 - m.recurrent_dropout
-        out["recurrent_mask"] = torch.empty(L * D, B_, Hh, dtype=torch.float64).bernoulli_(keep).div_(keep)
-    if m.zoneout:
-        out["zoneout"] = torch.empty(L * D, T_, B_, Hh, dtype=torch.float64).bernoulli_(m.zoneout)
-    if getattr(m, "zoneout_cell", 0):
-        out["zoneout_cell"] = torch.empty(L * D, T_, B_, Hh, dtype=torch.float64).bernoulli_(m.zoneout_cell)
-    return out
-
-
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("kw", [dict(grad_clip=0.05), dict(recurrent_dropout=0.4), dict(weight_dropout=0.4),
                                 dict(zoneout=0.3), dict(dilation=[2, 3]),
@@ -382,10 +362,10 @@ def test_nn_matches_plain_torch_given_the_same_masks(cls, kw, ragged):
     torch.manual_seed(99)
     # packed input: fastrnn.nn draws its masks for the sorted batch
     perm = None if lengths is None else torch.sort(lengths, descending=True)[1]
-    masks = _redraw_masks(torch, m, T_, B_)
+    masks = nn_drawn_masks(torch, m, T_, B_)
     D = 2
     w = [tuple(getattr(m, n) for n in names) for names in m._all_weights]
-    weight_masks = masks.pop("weight_mask", None)
+    weight_masks = masks.pop("weight_masks", None)
     if weight_masks is not None:
         w = [(e[0], e[1] * wm) + tuple(e[2:]) for e, wm in zip(w, weight_masks)]
     xs = x if perm is None else x[:, perm]
