@@ -116,7 +116,7 @@ ForwardArgs<T> forward_args(const RnnConfig& c, Ptr x, const py::list& weights, 
           ptrs.add<T>(reserve, "reserve_ptr", false)};
 }
 
-// issue 14's cell options as the entry points take them (keywords; defaults: the base cells).
+// The cell options as the entry points take them (keywords; defaults: the base cells).
 inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip, bool reset_after = true,
                                 bool layer_norm = false) {
   CellOptions o;
@@ -128,13 +128,13 @@ inline CellOptions cell_options(bool peephole, bool coupled, double cell_clip, b
   return o;
 }
 
-// The grad_clip modifier (issue 15): C > 0, or 0 for off.
+// The grad_clip modifier: C > 0, or 0 for off.
 inline double checked_grad_clip(double c) {
   if (!(c >= 0)) throw ArgumentError("grad_clip must be > 0 (or 0 for off), got " + std::to_string(c));
   return c;
 }
 
-// The training modifiers' pointers of a forward call (issue 15; rnn.h's Modifiers): recurrent_mask
+// The training modifiers' pointers of a forward call (rnn.h's Modifiers): recurrent_mask
 // [L*D, B, H], zoneout_h/_c [L*D, T, B, H] and, in training with zoneout, pre_h/_c [L*D, T, B, H]
 // (written); c's only for cells with a carried state.
 template <class T>

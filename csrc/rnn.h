@@ -18,7 +18,7 @@ struct RnnConfig {
   CellKind cell;
   int64 T, B, I, H;  // steps, batch, input size, hidden size
   int64 L, D;        // layers, directions (1 or 2)
-  CellOptions options = {};  // issue 14's variants (csrc/cells/spec.h); defaults: the base cell
+  CellOptions options = {};  // the cell variants (csrc/cells/spec.h); defaults: the base cell
 
   // What the cell's spec declares (csrc/cells/).
   int64 gates() const { return dispatch_cell(cell, options, [](auto c) { return int64(decltype(c)::kGates); }); }
@@ -92,7 +92,7 @@ struct ReserveLayout {
   int64 cells(int64 l, int64 d) const { return gates(l, d) + gates_size; }
 };
 
-// ---- training modifiers of every cell (issue 15; not cells: no spec declares them) --------------
+// ---- training modifiers of every cell (not cells: no spec declares them) --------------
 // What the Python layers pass for the modifiers the kernels run themselves (weight dropout and
 // dilation are done around the kernels, in fastrnn.functional / fastrnn.nn):
 //   recurrent dropout: h_{t-1} enters the recurrent product as m * h_{t-1}, m [B, H] the same at every
@@ -147,7 +147,7 @@ template <class T> struct LayerWeights {
   const T* b_ih;  // [G*H] or nullptr
   const T* b_hh;  // [G*H] or nullptr
   const T* w_ch = nullptr;  // [U, H] per-unit parameters (LSTM peepholes; SpecTraits::kUnitRows = U) or nullptr
-  // layer_norm (issue 14): the norm's gains [G*H] and, for the LSTM, the cell norm's gain and bias [H]
+  // layer_norm: the norm's gains [G*H] and, for the LSTM, the cell norm's gain and bias [H]
   const T* ln_ih = nullptr;
   const T* ln_hh = nullptr;
   const T* ln_c_w = nullptr;
@@ -250,7 +250,7 @@ template <class T> struct ForwardArgs {
   T* hn;                   // [L*D, B, H]
   T* cn;                   // [L*D, B, H] (LSTM) or nullptr
   T* reserve;              // [ReserveLayout.total], or nullptr for inference
-  Modifiers<T> mods{};     // training modifiers (issue 15); default: the plain cells
+  Modifiers<T> mods{};     // training modifiers; default: the plain cells
 };
 
 template <class T> struct BackwardArgs {

@@ -32,9 +32,9 @@
 // index l*D + d, all with or all without bias; grad_ptrs mirrors weight_ptrs (fully overwritten).
 // c0, cn, dcn, dc0 are the LSTM's cell states: 0 for the other cells; cn and dc0 required for the LSTM.
 // The keywords after allow_tf32 are the CPU pointer entry points' (_core.forward_ptrs/backward_ptrs,
-// csrc/pointer_args.h): the training modifiers (issue 15; rnn.h's Modifiers: recurrent_mask [L*D, B, H],
+// csrc/pointer_args.h): the training modifiers (rnn.h's Modifiers: recurrent_mask [L*D, B, H],
 // zoneout_h/_c [L*D, T, B, H], pre_h/_c [L*D, T, B, H] the zoned-out states' h~, c~ a training forward
-// writes and backward reads, grad_clip C > 0 or 0 = off) and issue 14's LSTM variants (peephole: each
+// writes and backward reads, grad_clip C > 0 or 0 = off) and the LSTM variants (peephole: each
 // weight tuple ends with w_ch [U, H]; coupled: G = 3; cell_clip C > 0 or 0 = none).
 // forward: reserve_ptr 0 = inference (nothing saved). backward: reserve_ptr from a training forward
 // with the same arguments; dhn/dcn 0 = zero; dx is overwritten.

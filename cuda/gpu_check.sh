@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first thing to run on a lent GPU machine (issue 19): on a bare machine with its own python3
+# The first thing to run on a lent GPU machine: on a bare machine with its own python3
 # (torch with CUDA), nvcc and no network, it builds the extension for sm_90 only, runs the CUDA
 # kernel tests (tests/cuda/test_cuda.py; the LSTM variants, training modifiers and float16/bfloat16 in
 # tests/cuda/test_cuda_features.py), the torch layers on CUDA tensors (tests/cuda/test_nn_cuda.py) and

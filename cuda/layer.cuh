@@ -27,12 +27,12 @@
 // contributes zero gate gradients. Lengths outside [1, T] are the caller's to reject (they are read
 // on the device only, never used as an index, so they cannot fault).
 //
-// Issue 14's LSTM variants are specs like the others (LstmVariant, csrc/cells/lstm.h): a thread gathers
+// The LSTM variants are specs like the others (LstmVariant, csrc/cells/lstm.h): a thread gathers
 // its unit's peephole column w_ch[:, j] into registers like the gates, and backward writes each row's
 // share of dL/dw_ch into a [T, B, U*H] buffer that is summed over the rows after the loop in a fixed
 // order (column_sums, as db), so the peepholes' gradient is deterministic.
 //
-// Issue 15's training modifiers (rnn.h, Modifiers; the same semantics as csrc/cpu/layer_kernels.inc):
+// The training modifiers (rnn.h, Modifiers; the same semantics as csrc/cpu/layer_kernels.inc):
 // the recurrent-dropout mask m multiplies h_{t-1} where the product loads it (and dL/dh_{t-1}'s share
 // from the product in backward; dW_hh reads m*h_{t-1}), zoneout mixes the states right after the cell
 // (h~ and c~ kept for backward), grad_clip clamps the state gradients before the cell's backward.

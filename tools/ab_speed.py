@@ -1,5 +1,5 @@
 """A short alternated A/B timing of two builds of fastrnn (each its own Python, e.g. its own
-virtualenv) on a few representative cases, for a refactoring that must not cost speed (issue 12).
+virtualenv) on a few representative cases, for a refactoring that must not cost speed.
 
     python tools/ab_speed.py --base /work/venv-base/bin/python --new /work/venv-new/bin/python --rounds 6
 

@@ -1,6 +1,6 @@
 """Bit-for-bit comparison of two builds of fastrnn on the kernel test matrix.
 
-A refactoring of the kernels that must not change behaviour (issue 12) is checked by running the old
+A refactoring of the kernels that must not change behaviour is checked by running the old
 and the new build, each in its own process (each its own Python, e.g. its own virtualenv), on the
 SAME saved inputs and comparing every output byte for byte: forward outputs (training and
 inference), final states, the reserve, every gradient, and PreparedCell steps. The matrix follows

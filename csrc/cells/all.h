@@ -28,7 +28,7 @@ template <class F> decltype(auto) dispatch_cell(CellKind kind, F&& f) {
   throw ArgumentError("unknown cell kind");
 }
 
-// The same with a call's CellOptions (issue 14): the base spec when no option is set, else the
+// The same with a call's CellOptions: the base spec when no option is set, else the
 // variant's spec (the LSTM's LstmVariant<peephole, coupled> with cell_clip a runtime value, the
 // GRU's GruResetBefore).
 // Options on a cell that has none are refused (ArgumentError), so no option is silently ignored.

@@ -71,7 +71,7 @@ struct GruCell {
 
 namespace fastrnn {
 
-// ---- issue 14: the reset-before GRU (reset_after=False; Cho et al. 2014, Keras reset_after=False,
+// ---- the reset-before GRU (reset_after=False; Cho et al. 2014, Keras reset_after=False,
 // ONNX linear_before_reset=0, oneDNN's vanilla GRU). Gate blocks r, z, n and parameters as PyTorch's:
 //   r = sigmoid(gi_r + gh_r),  z = sigmoid(gi_z + gh_z)          gh_{r,z} = W_h{r,z} h_{t-1} + b_h{r,z}
 //   n = tanh(gi_n + W_hn (r*h_{t-1}) + b_hn),  h' = (1-z)*n + z*h_{t-1}

@@ -1,4 +1,4 @@
-// The layer-normalised LSTM and GRU (issue 14; Ba et al. 2016 in haste's LayerNormLSTM form), as
+// The layer-normalised LSTM and GRU (Ba et al. 2016 in haste's LayerNormLSTM form), as
 // specs of the phase loops. LN(v) = (v - mean) / sqrt(var + 1e-5) over a whole row (biased variance,
 // no bias inside the norm); the input and the recurrent product are normalised separately over all
 // G*H gate values, then gained, then biased:

@@ -72,7 +72,7 @@ struct LstmCell {
 
 namespace fastrnn {
 
-// ---- issue 14: the LSTM variants (peephole, coupled input-forget gate, cell clipping) ----------
+// ---- the LSTM variants (peephole, coupled input-forget gate, cell clipping) ----------
 // One spec for the combinations, chosen by dispatch_cell (cells/all.h) from CellOptions; the
 // defaults run LstmCell above, untouched. With a = gi + gh (W_ih x + b_ih + W_hh h_prev + b_hh):
 //   i = sigmoid(a_i + p_i*c_prev)   (coupled: i = 1 - f, no a_i block)

@@ -19,7 +19,7 @@
 //
 // How the coming variants plug in, file by file (docs/ARCHITECTURE.md has the longer version; none
 // of them touches csrc/stack.h, the reserve layout code or the bindings beyond the cell table):
-//   issue 14, cell variants (each a spec, or a template parameter of one):
+//   cell variants (each a spec, or a template parameter of one):
 //   - peepholes: cells/lstm.h, LstmCell<Peephole>: a per-unit parameter weight_ch [3, H] declared as
 //     ParamDecl{"w_ch", Dim::Units, ...} in kParams; ForwardRow/BackwardRow gain `unit_params`
 //     (const T*) and `dunit_params` (T*, per-row partial gradients) that the pointwise phase reads and
@@ -43,12 +43,12 @@
 //     a second RecurrentProduct<Operand::M, Weight::Hr, ...> on m = o*tanh(c) (saved), w_hr [P, H] in
 //     kParams; the loops and the stack read the state widths from kStateDecls instead of assuming H.
 //   - identity-initialised RNN: Python only (initialisation), no spec change.
-//   issue 15, modifiers of every cell (not cells): zoneout, recurrent and weight dropout, gradient
+//   modifiers of every cell (not cells): zoneout, recurrent and weight dropout, gradient
 //     clipping, dilation are template switches of the loops (a Modifiers parameter next to Cell, set at
 //     one switch point in the stack): zoneout and recurrent dropout mask the state between Pointwise
 //     and the next product, clipping clamps the state gradient before the product's backward, weight
 //     dropout masks W_hh once per call, dilation changes which step's state a product reads.
-//   issue 18, 16-bit types: AccType (common.h, cuda/dtypes.h) already makes every spec compute in
+//   16-bit types: AccType (common.h, cuda/dtypes.h) already makes every spec compute in
 //     float; the CPU loops gain bf16/f16 storage instantiations, no spec changes.
 #pragma once
 
@@ -207,7 +207,7 @@ constexpr int64 dim_size(Dim d, int64 G, int64 in, int64 H) {
   return 0;
 }
 
-// The per-call options of a cell (issue 14's variants), chosen at the one switch point
+// The per-call options of a cell (the cell variants), chosen at the one switch point
 // dispatch_cell (cells/all.h): the flags select a spec type, cell_clip is a runtime value the
 // loops hand to the pointwise phase in the rows (ForwardRow / BackwardRow::cell_clip). The
 // defaults are today's cells, run by their untouched specs.
@@ -438,7 +438,7 @@ template <class T> struct ForwardRow {
   T* h;             // [H] new hidden state
   T* c;             // [H] new carried state (kStates == 2)
   T* saved;         // [S*H] what backward needs, or nullptr in inference
-  // issue 14's variants (trailing, so that the base cells' rows stay as they were):
+  // the cell variants (trailing, so that the base cells' rows stay as they were):
   const T* unit_params = nullptr;  // [U*H] per-unit parameters (LSTM peepholes [U, H]), absolute unit index
   double cell_clip = 0;            // CellOptions::cell_clip (read by cells that clip)
   // cells of several Pointwise phases (the reset-before GRU):
@@ -462,11 +462,11 @@ template <class T> struct BackwardRow {
   T* dgh;           // [G*H] dL/d(gh); the same buffer as dgi unless the product's kSeparateGrad
   T* dh_prev;       // [H] the part of dL/dh_prev that bypasses W_hh (GRU's z*dh, else 0)
   T* dc_prev;       // [H] dL/dc_prev (kStates == 2)
-  // issue 14's variants:
+  // the cell variants:
   const T* unit_params = nullptr;  // [U*H] as in ForwardRow
   T* dunit_params = nullptr;       // [U*H] this row's share of dL/d(unit_params); the loop sums the rows
   double cell_clip = 0;
-  T dc_clip = T(0); // grad_clip modifier (issue 15): > 0 clamps the total dL/dc of this step to
+  T dc_clip = T(0); // grad_clip modifier: > 0 clamps the total dL/dc of this step to
                     // [-dc_clip, dc_clip] (cells with a carried state); 0: off
   // cells with a ResetH product (the reset-before GRU):
   const T* dreset_h = nullptr;  // [H] dL/d(r*h_{t-1}) = dG_h(its gates) W_hh(its gates), all units' sum

@@ -357,7 +357,7 @@ namespace baseline {
 
 // One layer and direction (layer_kernels.inc) on `threads` threads, run with the code compiled for
 // this CPU (cpu_isa()).
-// THE switch point of the training modifiers (issue 15): the runtime ones become the loops'
+// THE switch point of the training modifiers: the runtime ones become the loops'
 // ModifierFlags (rnn.h) here, once per call.
 template <class F> void with_modifier_flags(bool recurrent_mask, bool zoneout, F&& f) {
   if (recurrent_mask) {

@@ -31,7 +31,7 @@ namespace fastrnn::cpu {
 
 namespace prepared_detail {
 
-// What a variant's cell reads besides the gates (issue 14): the block-packed peepholes and cell_clip.
+// What a variant's cell reads besides the gates: the block-packed peepholes and cell_clip.
 template <class T> struct Extras {
   const T* w_ch;  // [block][U][PW]
   int64 U;
@@ -97,7 +97,7 @@ template <class V, class W> inline V load_weights(const W* p) {
 
 // A cell's weights prepared for repeated single steps. T: the compute (and state) type; W: how the
 // weights are stored (T, or _Float16 for float).
-// The options (issue 14): the LSTM variants' peepholes w_ch [U, H] (packed per block, [block][U][PW])
+// The options: the LSTM variants' peepholes w_ch [U, H] (packed per block, [block][U][PW])
 // and cell_clip; a spec of several phases or with layer norm (its row statistics need every unit
 // before any block's cell) is refused here (ArgumentError).
 template <class T, class W> class PreparedCell {

@@ -25,9 +25,9 @@ class _Facts:
     torch_mode: str  # torch.nn.RNNBase's mode string ("LSTM", "RNN_TANH", ...)
     torch_module: str  # the torch.nn class: "RNN", "LSTM", "GRU" (and "<it>Cell")
     nonlinearity: Optional[str]  # torch.nn.RNN's nonlinearity keyword, None for the others
-    lstm_variants: bool  # takes peephole, coupled, cell_clip (issue 14)
-    reset_after_option: bool  # takes reset_after=False, the reset-before variant (issue 14)
-    layer_norm_option: bool  # takes layer_norm=True (issue 14)
+    lstm_variants: bool  # takes peephole, coupled, cell_clip
+    reset_after_option: bool  # takes reset_after=False, the reset-before variant
+    layer_norm_option: bool  # takes layer_norm=True
 
 
 _PYTHON_FACTS = {
@@ -62,7 +62,7 @@ class CellInfo:
     layer_norm_option: bool
 
     def gates_with(self, coupled: bool = False) -> int:
-        """Gate blocks with issue 14's options (the coupled LSTM drops its input gate, i = 1 - f)."""
+        """Gate blocks with the cell options (the coupled LSTM drops its input gate, i = 1 - f)."""
         return self.unit_shapes[1 if coupled else 0][0]
 
     def peephole_rows(self, coupled: bool = False) -> int:

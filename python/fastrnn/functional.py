@@ -49,7 +49,7 @@ class Saved:
                  "options", "mask_seed")
 
     def __init__(self, **kw):
-        # the modifiers' fields (issue 15) are off unless given
+        # the modifiers' fields are off unless given
         for k, v in {"recurrent_mask": None, "grad_clip": 0.0, "weight_mask": None, "dilated": None,
                      "zoneout": None, "options": {}, "mask_seed": None, **kw}.items():
             setattr(self, k, v)
@@ -92,7 +92,7 @@ def _check_x(x) -> np.ndarray:
 
 
 def _check_options(cell: str, peephole, coupled, cell_clip, reset_after=True, layer_norm=False) -> dict:
-    """The cell options of issue 14: peephole, coupled (bools), cell_clip (None or a number > 0; inf
+    """The cell options: peephole, coupled (bools), cell_clip (None or a number > 0; inf
     allowed), all LSTM; reset_after (a bool, GRU); layer_norm (a bool, LSTM and GRU, not with the
     others). Returns them as the kernels take them (cell_clip 0.0 = no clipping); ``_is_variant``
     tells whether any differs from the base cell."""
@@ -251,7 +251,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     gives gradients of the changed values (NumPy has no version counter to detect it; torch.nn and
     fastrnn.nn raise). Keep them unchanged until ``backward``, or pass copies.
 
-    Training modifiers (issue 15; README "Training modifiers" has the equations). Masks are drawn
+    Training modifiers (README "Training modifiers" has the equations). Masks are drawn
     only when ``training`` is True, from ``rng`` (a seed or a ``numpy.random.Generator``; None: fresh
     entropy), unless given; a given mask is used as it is, also with ``training=False``:
     recurrent_dropout: p; one mask m = Bernoulli(1-p)/(1-p) [L*D, B, H] (or ``recurrent_mask``)

@@ -16,7 +16,7 @@ modules never pay outside ``torch.compile``.
     y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size,
                                                        num_layers, bidirectional, training)
 
-``cell`` is a cell name or, for issue 14's variants, the name with its options:
+``cell`` is a cell name or, for the cell variants, the name with its options:
 ``"lstm+peephole+coupled+cell_clip=0.5"``, ``"gru+reset_before"`` (GRU(reset_after=False)),
 ``"lstm+layer_norm"`` / ``"gru+layer_norm"`` (``variant_cell`` builds it; order free). With
 ``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
@@ -31,7 +31,7 @@ lengths int64 [B] in [1, T] or None. Returns y [T, B, D*H], hn [L*D, B, H], cn [
 an empty tensor otherwise) and reserve [T, B, R] (what backward needs; empty unless ``training``).
 The reserve's size is T*B*R with R independent of T and B, so its fake shape follows a dynamic T.
 
-Training modifiers the kernels run (issue 15; fastrnn.nn documents them): ``recurrent_mask``
+Training modifiers the kernels run (fastrnn.nn documents them): ``recurrent_mask``
 [L*D, B, H] multiplies h_{t-1} where it enters W_hh (recurrent dropout; None: none), and
 ``grad_clip`` C > 0 clamps the total gradient reaching each h_t (and c_t) to [-C, C] in backward
 (0: off), and ``zoneout_h``, ``zoneout_c`` [L*D, T, B, H] (d: h_t = d h_{t-1} + (1 - d) h~_t; None:
@@ -70,7 +70,7 @@ _LIB = torch.library.Library("fastrnn", "DEF")
 _FORWARD_ARGS = ("Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, str cell, SymInt hidden_size, "
                  "SymInt num_layers, bool bidirectional, bool training")
 _LIB.define(f"rnn_forward({_FORWARD_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)")
-# The same with the training modifiers the kernels run (issue 15), an op of its own: an op's autograd
+# The same with the training modifiers the kernels run, an op of its own: an op's autograd
 # wrapper wants backward to return one gradient per argument the caller passed, and setup_context
 # cannot tell defaulted arguments from given ones.
 _LIB.define(f"rnn_forward_modified({_FORWARD_ARGS}, Tensor? recurrent_mask, float grad_clip, Tensor? zoneout_h, "
@@ -96,7 +96,7 @@ _NO_OPTIONS = (("peephole", False), ("coupled", False), ("cell_clip", 0.0), ("re
 
 def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_clip: Optional[float] = None,
                  reset_after: bool = True, layer_norm: bool = False) -> str:
-    """The op's ``cell`` string of a cell with issue 14's options ("lstm+peephole+cell_clip=0.5",
+    """The op's ``cell`` string of a cell with the cell options ("lstm+peephole+cell_clip=0.5",
     "gru+reset_before", "lstm+layer_norm")."""
     parts = [cell] + (["peephole"] if peephole else []) + (["coupled"] if coupled else [])
     if cell_clip is not None:
@@ -108,11 +108,18 @@ def variant_cell(cell: str, peephole: bool = False, coupled: bool = False, cell_
     return "+".join(parts)
 
 
-@functools.lru_cache(maxsize=64)
 def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     """``cell`` string -> (base cell name, options as the kernels take them: (("peephole", bool),
     ("coupled", bool), ("cell_clip", float, 0.0 = none), ("reset_after", bool), ("layer_norm", bool))).
     ValueError for anything else."""
+    # Eager calls parse each string once; dynamo traces the parse itself (it would warn about, and
+    # bypass, the cache wrapper anyway), so compiled graphs see plain constants.
+    if torch.compiler.is_compiling():
+        return _parse_cell(cell)
+    return _parse_cell_cached(cell)
+
+
+def _parse_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     base, *parts = cell.split("+") if isinstance(cell, str) else [cell]
     if base not in CELLS:
         raise ValueError(f"cell must be one of {CELLS} (with +peephole, +coupled, +cell_clip=C for the LSTM, "
@@ -143,6 +150,9 @@ def split_cell(cell: str) -> Tuple[str, Tuple[Tuple[str, object], ...]]:
     if opts["layer_norm"] and (not cell_info(base).layer_norm_option or lstm_parts or not opts["reset_after"]):
         raise ValueError(f"cell {cell!r}: layer_norm is an LSTM/GRU option, not combined with the others")
     return base, tuple(opts.items())
+
+
+_parse_cell_cached = functools.lru_cache(maxsize=64)(_parse_cell)
 
 
 def _peephole_rows(cell: str) -> int:
@@ -280,7 +290,7 @@ def _zoned(zoneout_h, zoneout_c, mask_seed) -> Tuple[bool, bool]:
 # ---- the kernels' entry points ---------------------------------------------------------------------
 # Both back ends take data pointers (csrc/pointer_args.h), checked above: a NumPy view per tensor cost
 # about a microsecond, ~30 per small training step. CUDA: NOT YET RUN ON A GPU (no GPU was lent to
-# the sessions that wrote it; issue 5): the CUDA tests in tests/cuda/test_cuda.py exercise the kernels
+# the sessions that wrote it): the CUDA tests in tests/cuda/test_cuda.py exercise the kernels
 # through _core.cuda directly.
 _PTR_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
                torch.float16: "float16"}

@@ -248,7 +248,7 @@ def test_decode_suite(tmp_path, monkeypatch, capsys):
     assert "VERIFICATION FAILED" in capsys.readouterr().err
 
 def test_variants_suite_runs_and_saves(tmp_path):
-    """--variants (issue 14): every variant is verified against the plain-torch loop and timed
+    """--variants: every variant is verified against the plain-torch loop and timed
     against the base cell and the loop; --save writes <name>-variants.json/.md."""
     pytest.importorskip("torch")
     from fastrnn import bench
@@ -267,7 +267,7 @@ def test_variants_suite_runs_and_saves(tmp_path):
 
 
 def test_modifiers_flag_runs_the_modifiers_suite(monkeypatch):
-    """--modifiers (issue 15) runs fastrnn.bench.modifiers' suite; --variants stays issue 14's."""
+    """--modifiers runs fastrnn.bench.modifiers' suite; --variants stays the cell variants'."""
     pytest.importorskip("torch")
     from fastrnn import bench
     from fastrnn.bench import modifiers as bench_modifiers

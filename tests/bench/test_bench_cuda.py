@@ -1,5 +1,5 @@
 """Tests of the GPU benchmark harness (``python -m fastrnn.bench --device cuda``, fastrnn/bench_cuda.py),
-not of the kernels' speed: the suite's shape (issue 19's sizes), the refusal without a GPU (exit 2
+not of the kernels' speed: the suite's shape (the GPU suite's sizes), the refusal without a GPU (exit 2
 with the reason, no traceback), and — on the CPU, with CUDA events replaced by a host clock — the
 very code that builds the two modules, checks fastrnn against torch.nn, times and formats a case,
 so that the first run on a GPU cannot fail on a slip in it. On a GPU, a tiny end-to-end run.

@@ -1,5 +1,5 @@
-"""The CUDA back end's LSTM variants (issue 14: peephole, coupled, cell_clip) and training modifiers
-(issue 15: recurrent dropout, zoneout of h and c, grad_clip in BPTT) through ``fastrnn._core.cuda``,
+"""The CUDA back end's LSTM variants (peephole, coupled, cell_clip) and training modifiers
+(recurrent dropout, zoneout of h and c, grad_clip in BPTT) through ``fastrnn._core.cuda``,
 against the float64 reference (``fastrnn.reference``, with the same explicit masks): forward and
 every gradient, the peepholes' dL/dw_ch included, stacked, bidirectional, ragged lengths, float32
 and float64, sizes across the step kernels' tile edges; dW_ch bitwise the same from run to run.
@@ -146,7 +146,7 @@ def check_against_reference(p):
     return got
 
 
-# ---- issue 14: the LSTM variants ---------------------------------------------------------------
+# ---- the LSTM variants ---------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["L1-uni", "L2-bi-ragged"])
 @pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=["f32", "f64"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -196,7 +196,7 @@ def test_zero_peepholes_and_infinite_clip_are_the_plain_lstm():
     assert np.abs(got["dweights[0].dw_ch"]).max() > 0  # the peepholes' gradient is there, w_ch = 0 or not
 
 
-# ---- issue 15: the training modifiers ----------------------------------------------------------
+# ---- the training modifiers ----------------------------------------------------------
 def _modifier_problem(cell, dtype, which, layout, T=6, B=3, I=4, H=17):
     L, bi, ragged = (1, False, False) if layout == "L1-uni" else (2, True, True)
     D = 2 if bi else 1
@@ -375,7 +375,7 @@ def test_nn_variant_module_on_cuda_matches_cpu(dtype, cuda_ops):
                      "cuda-bfloat16", "output" if i < 3 else "d")
 
 
-# ---- issue 18: float16 / bfloat16 storage ------------------------------------------------------
+# ---- float16 / bfloat16 storage ------------------------------------------------------
 def rounding_reference_forward(p):
     """The float64 reference rounded to p's 16-bit dtype exactly where the CUDA kernels store: each
     layer's input projection gi = x W_ih^T + b_ih (one GEMM before the steps, stored), and the

@@ -70,7 +70,7 @@ def test_python_table_reads_core():
             (e["gates"], e["gate_names"], e["has_cell_state"], e["saved_per_unit"])
         assert info.param_names == tuple(p["name"] for p in e["params"])
         assert cell_table.BY_TORCH_MODE[info.torch_mode] is info
-    # the Python facts as torch.nn and issue 14 define them
+    # the Python facts as torch.nn and the cell variants define them
     assert {n: i.torch_module for n, i in cell_table.TABLE.items()} == \
         {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
     assert {k: v.name for k, v in cell_table.BY_NONLINEARITY.items()} == {"tanh": "rnn_tanh", "relu": "rnn_relu"}

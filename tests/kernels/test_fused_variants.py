@@ -1,4 +1,4 @@
-"""The fused CPU kernels of issue 14's GRU(reset_after=False) (Cho et al. 2014: the reset gate applied
+"""The fused CPU kernels of the GRU(reset_after=False) (Cho et al. 2014: the reset gate applied
 to h_{t-1} before the n product) against the float64 NumPy reference (fastrnn.reference, whose
 hand-written BPTT tests/test_variants.py checks against central differences): outputs, final states
 and every gradient over the kernel matrix (layers x directions x equal/ragged lengths x h0 or not x

@@ -1,4 +1,4 @@
-"""The training modifiers (issue 15) combined with the cell variants (issue 14), in the reference
+"""The training modifiers combined with the cell variants, in the reference
 and the NumPy API: zoneout / zoneout_cell, recurrent dropout, weight dropout, grad_clip and
 dilation with the peephole / coupled / cell_clip LSTM, the layer-normalised LSTM and GRU and the
 reset-before GRU ("valid for every cell and combinable with the cell variants").

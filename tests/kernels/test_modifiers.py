@@ -1,4 +1,4 @@
-"""Tests of the training modifiers of every cell (issue 15): zoneout / zoneout_cell, recurrent
+"""Tests of the training modifiers of every cell: zoneout / zoneout_cell, recurrent
 dropout, weight dropout (DropConnect on W_hh), gradient clipping in BPTT and dilation.
 
 - The reference (``fastrnn.reference``, explicit masks) against finite differences for the
@@ -555,7 +555,7 @@ def test_numpy_api_zoneout_draws_and_eval_formula():
 
 
 def test_modifiers_combine_with_the_cell_variants():
-    """Every modifier is accepted with every cell variant (issue 15: "combinable with the cell
+    """Every modifier is accepted with every cell variant ("combinable with the cell
     variants"); what they compute together: tests/kernels/test_modifier_variants.py (reference,
     kernels) and tests/nn/test_nn_modifier_variants.py (fastrnn.nn)."""
     torch = pytest.importorskip("torch")

@@ -1,4 +1,4 @@
-"""Regression tests for issue 13, the reliability audit: results under an OpenMP team smaller than
+"""Regression tests of the kernels' reliability: results under an OpenMP team smaller than
 requested, NaN through ReLU, NaN in the padding past `lengths`, tanh's relative accuracy near zero
 for every cell (forward and backward, against the float64 reference and next to torch's own error),
 PreparedCell outputs overlapping inputs, saved arrays changed between forward and backward, fork

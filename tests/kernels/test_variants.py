@@ -1,4 +1,4 @@
-"""Issue 14's cell variants in the NumPy API and the reference: the LSTM with peepholes, with the
+"""The cell variants in the NumPy API and the reference: the LSTM with peepholes, with the
 coupled input-forget gate (CIFG), with cell clipping, and their combinations; init="identity";
 the reset-before GRU and layer norm in the reference (their kernels: test_fused_variants.py).
 (1) The reference's hand-written BPTT of every variant against central finite differences of its

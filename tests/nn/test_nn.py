@@ -87,13 +87,13 @@ def test_constructor_signature(name):
     else:
         expected = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
                     for p in list(torch_sig.parameters.values())[1:]]
-    # torch.nn's parameters, in its order; fastrnn's own options (issue 14's cell variants, issue 15's
+    # torch.nn's parameters, in its order; fastrnn's own options (the cell variants, the
     # training modifiers) follow them, keyword-only, so no positional call changes meaning
     params = list(fast_sig.parameters.values())[1:]
     got = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
            for p in params if p.kind != inspect.Parameter.KEYWORD_ONLY]
     assert got == expected
-    # beyond torch.nn's: the training modifiers (issue 15), keyword-only, off by default
+    # beyond torch.nn's: the training modifiers, keyword-only, off by default
     modifier_names = ("zoneout", "zoneout_cell", "recurrent_dropout", "weight_dropout", "grad_clip", "dilation")
     extra = {p.name: p.default for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name in modifier_names}
     if name in ("RNN", "LSTM", "GRU"):

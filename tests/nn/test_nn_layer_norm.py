@@ -1,4 +1,4 @@
-"""fastrnn.nn's layer-normalised LSTM and GRU (issue 14, ``layer_norm=True``; Ba et al. 2016 in
+"""fastrnn.nn's layer-normalised LSTM and GRU (``layer_norm=True``; Ba et al. 2016 in
 haste's LayerNormLSTM form), which run as composed torch ops: against a plain-torch implementation of
 the issue's equations written here (LN with its mean and biased variance spelt out; outputs, final
 states, every gradient) over cells x layers x directions x packed lengths x bias x dtypes, with

@@ -1,4 +1,4 @@
-"""fastrnn.nn's training modifiers (issue 15) combined with the cell variants (issue 14): LSTM with
+"""fastrnn.nn's training modifiers combined with the cell variants: LSTM with
 peephole / coupled / cell_clip (the fused op), GRU(reset_after=False), LSTM/GRU(layer_norm=True)
 and LSTM(proj_size) (composed torch ops), each with zoneout, zoneout_cell, recurrent_dropout,
 weight_dropout, grad_clip and dilation.

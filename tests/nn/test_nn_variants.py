@@ -1,4 +1,4 @@
-"""fastrnn.nn's LSTM variants (issue 14: peephole, coupled, cell_clip; init="identity") against a
+"""fastrnn.nn's LSTM variants (peephole, coupled, cell_clip; init="identity") against a
 plain-torch autograd implementation of the issue's equations written here (outputs, final states,
 every gradient), over layers x directions x packed lengths x h0/c0; gradcheck in float64;
 torch.compile(fullgraph=True); state_dict names and shapes, loading back, repr; the cells step by

@@ -25,7 +25,7 @@ DEFAULT_CELLS = (LSTM, GRU, RNN_TANH)
 DEFAULT_SIZES = ((256, 1, 100), (256, 32, 100), (512, 16, 50), (512, 64, 50), (1024, 32, 25), (128, 128, 200))
 
 
-INFERENCE_ONLY_SIZES = ((1536, 4, 50),)  # issue 3's suite times this one in inference only
+INFERENCE_ONLY_SIZES = ((1536, 4, 50),)  # the default suite times this one in inference only
 
 
 QUICK_SIZES = ((256, 1, 100), (256, 32, 100), (512, 16, 50))

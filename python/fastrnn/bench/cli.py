@@ -46,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"comma-separated cells (default {','.join(DEFAULT_CELLS)})")
     parser.add_argument("--sizes", type=_sizes_arg, default=None,
                         help="comma-separated HxBxT[xI] (I = H unless given), or default/quick/tiny; "
-                             "default: the suite of issue 3")
+                             "default: the default suite")
     parser.add_argument("--modes", type=_csv("--modes", MODES), default=list(MODES),
                         help="comma-separated of inference,training,decode (default all)")
     parser.add_argument("--threads", type=_positive, default=None,
@@ -67,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--gemm-size", type=_positive, default=GEMM_N,
                         help=f"n of the n^3 sgemm that measures the peak (default {GEMM_N})")
     parser.add_argument("--variants", action="store_true",
-                        help="the cell variants' suite (issue 14): each variant vs fastrnn's base cell and a "
+                        help="the cell variants' suite: each variant vs fastrnn's base cell and a "
                              "plain-PyTorch loop; --sizes HxBxT sets its sizes, --save writes <name>-variants.*")
     parser.add_argument("--min-sample-ms", type=float, default=None,
                         help="shortest timed sample; short calls are repeated to fill it (default 50, --quick 20)")

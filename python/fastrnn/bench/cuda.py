@@ -14,7 +14,7 @@ each; the median and min-max are reported. Both then run with torch's TF32 setti
 header records them): cuDNN follows ``torch.backends.cudnn.allow_tf32``, fastrnn's products on
 cuBLAS follow ``torch.backends.cuda.matmul.allow_tf32`` (its step kernels are always fp32).
 
-The suite (issue 19): DeepBench-style training and inference sizes for LSTM, GRU and RNN (H in
+The suite: DeepBench-style training and inference sizes for LSTM, GRU and RNN (H in
 {512, 1024, 2048}, B in {16, 32, 64, 128}, T = 50 at H = 512 and 25 above), small batches (B in
 {1, 4, 8} at H = 512 and 1024, T = 50) and a long sequence (B = 16, T = 1024, H = 768). ``--quick``
 is a few of each, and ``--max-seconds`` stops starting new cases after that long (the JSON then

@@ -1,12 +1,12 @@
-"""The training modifiers' benchmark (issue 15; ``python -m fastrnn.bench --modifiers``): a training
+"""The training modifiers' benchmark (``python -m fastrnn.bench --modifiers``): a training
 step (forward + backward of ``y.sum()``) of ``fastrnn.nn.LSTM`` / ``GRU`` with each modifier, against
 the same module without it (the target is <= 1.1x) and against the plain-PyTorch loop a user writes
 today for it (torch.nn.LSTMCell / GRUCell stepped in Python with the modifier's few lines: the
 zoneout and recurrent-dropout loops, hooks for clipping, a state list for dilation; weight dropout
 is torch.nn.LSTM / GRU on a masked W_hh, AWD-LSTM's WeightDrop, which stays fused). Median of
 interleaved samples (timing.time_interleaved). Kept apart from the CPU suite so that the cell
-variants' benchmark (issue 14) can live next to it. The COMBINATIONS rows time a modifier on one of
-issue 14's fused LSTM variants against that variant alone (their "plain" column; no loop column:
+variants' benchmark can live next to it. The COMBINATIONS rows time a modifier on one of
+the fused LSTM variants against that variant alone (their "plain" column; no loop column:
 the variants' plain-PyTorch loops are --variants' rows).
 """
 from __future__ import annotations

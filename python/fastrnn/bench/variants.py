@@ -1,4 +1,4 @@
-"""--variants: issue 14's cell variants against fastrnn's base cell, a plain-PyTorch loop and, for those
+"""--variants: the cell variants against fastrnn's base cell, a plain-PyTorch loop and, for those
 fastrnn.nn also runs as composed torch ops (reset_after=False, layer_norm), that path."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .timing import time_interleaved
 
 
 # ------------------------------------------------------------------------------------------------
-# --variants: issue 14's cell variants against fastrnn's base cell and a plain-PyTorch loop
+# --variants: the cell variants against fastrnn's base cell and a plain-PyTorch loop
 # ------------------------------------------------------------------------------------------------
 VARIANT_SIZES = ((256, 8, 50), (256, 64, 50))  # (H, B, T), I = H: B <= 16 and B = 64
 

@@ -19,7 +19,7 @@ transforms (``grad``, ``jacrev``, ``vmap``, ...): ``_composed_recurrence``.
 
 Where things are: ``layers.py`` (RNN, LSTM, GRU), ``cells.py`` (the *Cell modules),
 ``_recurrence.py`` (the fused op or the composed path), ``_composed.py`` (the composed torch ops),
-``_options.py`` (issue 14's options shared by both), ``conversion.py`` (``convert``); this file
+``_options.py`` (the cell options shared by both), ``conversion.py`` (``convert``); this file
 re-exports the public names.
 """
 from .cells import GRUCell, LSTMCell, RNNCell

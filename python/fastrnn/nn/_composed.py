@@ -37,7 +37,7 @@ def _layer_norm(v: Tensor, gain: Tensor, bias: Optional[Tensor]) -> Tensor:
 def _composed_step(mode: str, gi: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor], cell: Optional[str] = None,
                    w_ch: Optional[Tensor] = None):
     """One step of the cell in torch ops: gi = W_ih x + b_ih, gh = W_hh h + b_hh [B, G*H] -> (h', c').
-    ``cell``/``w_ch``: issue 14's LSTM variants (ops.variant_cell's string, the peepholes [U, H])."""
+    ``cell``/``w_ch``: the LSTM variants (ops.variant_cell's string, the peepholes [U, H])."""
     opts = dict(ops.split_cell(cell)[1]) if cell else {}
     if opts and (opts["peephole"] or opts["coupled"] or opts["cell_clip"]):  # the LSTM variants (split_cell: LSTM only)
         a = gi + gh

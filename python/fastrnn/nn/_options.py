@@ -1,4 +1,4 @@
-"""What fastrnn.nn's layers and cells share about issue 14's options: their checks,
+"""What fastrnn.nn's layers and cells share about the cell options: their checks,
 init="identity", the layer norm's initialisation and the options' part of ``extra_repr``."""
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
             recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None, proj_size: int = 0,
             seeded: Optional[tuple] = None):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
-    the op's cell string with issue 14's options (ops.variant_cell), default the mode's base cell.
+    the op's cell string with the cell options (ops.variant_cell), default the mode's base cell.
     ``reset_before``: the GRU with reset_after=False, and ``layer_norm``: the layer-normalised
     LSTM/GRU (weights entries end with the norm's vectors): the fused CPU kernels (op cell strings
     "gru+reset_before", "lstm+layer_norm", ...); on other devices, which have no such kernels, with the

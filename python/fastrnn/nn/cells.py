@@ -37,7 +37,7 @@ class _CellBase(torch.nn.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        # issue 14's options (LSTMCell: peephole, coupled, cell_clip; all: init)
+        # the cell options (LSTMCell: peephole, coupled, cell_clip; all: init)
         self.peephole, self.coupled, self.cell_clip, self.init = bool(peephole), bool(coupled), cell_clip, init
         self.reset_after = True  # GRUCell sets it after
         # (w_ih, w_hh, b_ih, b_hh[, w_ch]) by the cell table's rule; torch.nn's names weight_ih, ..., weight_ch
@@ -129,7 +129,7 @@ class _CellBase(torch.nn.Module):
                 return out if is_batched else tuple(s.squeeze(0) for s in out)
         weights = [w_ih, w_hh, self.bias_ih, self.bias_hh] if self.bias else [w_ih, w_hh]
         variant = None
-        if self.peephole or self.coupled or self.cell_clip is not None:  # issue 14's LSTM variants
+        if self.peephole or self.coupled or self.cell_clip is not None:  # the LSTM variants
             weights += [self.weight_ch] if self.peephole else []
             variant = ops.variant_cell(cell, self.peephole, self.coupled, self.cell_clip)
         if self.layer_norm:

@@ -49,7 +49,7 @@ class _RNNBase(torch.nn.Module):
                  weight_dropout: float = 0.0, grad_clip: Optional[float] = None, dilation=1) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
-        if mode in BY_TORCH_MODE:  # issue 14's options: LSTM-only ones refused elsewhere, clear errors for bad values
+        if mode in BY_TORCH_MODE:  # the cell options: LSTM-only ones refused elsewhere, clear errors for bad values
             _check_options(BY_TORCH_MODE[mode].name, peephole, coupled, cell_clip)
         _check_layer_norm(layer_norm, peephole, coupled, cell_clip)
         if layer_norm and proj_size > 0:
@@ -129,7 +129,7 @@ class _RNNBase(torch.nn.Module):
         self.reset_parameters()
 
     def _set_modifiers(self, mode, zoneout, zoneout_cell, recurrent_dropout, weight_dropout, grad_clip, dilation):
-        """The training modifiers (issue 15), checked and kept under the option names."""
+        """The training modifiers, checked and kept under the option names."""
         for name, p in (("zoneout", zoneout), ("zoneout_cell", zoneout_cell), ("recurrent_dropout", recurrent_dropout),
                         ("weight_dropout", weight_dropout)):
             if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
@@ -475,7 +475,7 @@ class RNN(_RNNBase):
 
 class LSTM(_RNNBase):
     """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size > 0 runs the
-    pure-torch fallback (composed torch ops, ``_composed_recurrence``). Keyword-only cell options (issue 14; README "Cell
+    pure-torch fallback (composed torch ops, ``_composed_recurrence``). Keyword-only cell options (README "Cell
     variants"): ``peephole`` (parameters ``weight_ch_l{k}{suffix}`` [3, H], rows i, f, o), ``coupled``
     (CIFG: gate blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
     [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` (a = LN(W_ih x) γ_ih + LN(W_hh h) γ_hh

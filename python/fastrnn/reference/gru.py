@@ -1,5 +1,5 @@
 """The reference GRU cell (PyTorch's gate order r, z, n, the reset gate applied after the hidden
-product) and issue 14's reset-before variant, forward and backward side by side (the interface:
+product) and the reset-before variant, forward and backward side by side (the interface:
 :mod:`fastrnn.reference._common`)."""
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _gru_backward(dh_new, dc_new, cache, clip=None):
 # Keras reset_after=False, ONNX linear_before_reset=0), gate blocks r, z, n:
 #   r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + W_hn (r*h) + b_hn), h' = (1-z)*n + z*h
 # The layer's gh_n (W_hn h + b_hn) is not used: the cell computes its own n product from r*h.
-# With the recurrent-dropout mask m [B, H] (issue 15) h enters that product as m*h too:
+# With the recurrent-dropout mask m [B, H] h enters that product as m*h too:
 # n = tanh(gi_n + W_hn (r*m*h) + b_hn) (Keras' reset_after=False), while z*h uses h itself.
 def _gru_reset_before_forward(gi, gh, h, c, w_hn, b_hn, m=None):
     gi_r, gi_z, gi_n = np.split(gi, 3, axis=1)  # each [B, H]

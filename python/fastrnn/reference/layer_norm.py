@@ -1,4 +1,4 @@
-"""The reference layer-normalised LSTM and GRU (issue 14): the row norm with its hand-written
+"""The reference layer-normalised LSTM and GRU: the row norm with its hand-written
 backward, the LSTM's normalised-cell step, and the two products' normalisation around either
 cell's step."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from ..cell_table import cell_info
 from .gru import _gru_backward, _gru_forward
 
 
-# Layer norm (issue 14; Ba et al. 2016, in haste's LayerNormLSTM form). LN(v) = (v - mean) /
+# Layer norm (Ba et al. 2016, in haste's LayerNormLSTM form). LN(v) = (v - mean) /
 # sqrt(var + 1e-5) over a whole row (biased variance), no bias inside the norm. The input and
 # recurrent products are normalised separately over all G*H gate values, then gains, then biases:
 #   a_ih = LN(x W_ihᵀ) ⊙ γ_ih + b_ih,   a_hh = LN(h W_hhᵀ) ⊙ γ_hh + b_hh            [B, G*H]

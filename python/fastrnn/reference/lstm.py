@@ -1,4 +1,4 @@
-"""The reference LSTM cell (PyTorch's gate order i, f, g, o) and issue 14's variants (peepholes,
+"""The reference LSTM cell (PyTorch's gate order i, f, g, o) and the cell variants (peepholes,
 coupled input-forget gate, cell clipping), forward and backward side by side (the interface:
 :mod:`fastrnn.reference._common`). The layer-normalised LSTM cell is in :mod:`.layer_norm`."""
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _lstm_backward(dh_new, dc_new, cache, clip=None):
     return da, da, np.zeros_like(dh_new), dc_total * f
 
 
-# LSTM variants (issue 14), with a = gi + gh in blocks (i, f, g, o), coupled (f, g, o):
+# LSTM variants, with a = gi + gh in blocks (i, f, g, o), coupled (f, g, o):
 #   peephole (p = weight_ch [3, H] rows (i, f, o), coupled [2, H] rows (f, o); Gers & Schmidhuber 2000):
 #     i = σ(a_i + p_i*c), f = σ(a_f + p_f*c) (c = c_{t-1}), g = tanh(a_g)
 #   coupled (CIFG, Greff et al. 2017): i = 1 - f

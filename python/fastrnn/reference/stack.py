@@ -1,6 +1,6 @@
 """The reference's layer and stack driver: ``forward`` / ``backward`` over layers, directions and
 variable lengths, running any cell's pointwise step (the cells: rnn.py, lstm.py, gru.py,
-layer_norm.py; the training modifiers of issue 15 are explicit here). See :mod:`fastrnn.reference`."""
+layer_norm.py; the training modifiers are explicit here). See :mod:`fastrnn.reference`."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -35,7 +35,7 @@ assert set(_CELL_FNS) == set(CELLS)
 # outputs zero, so the forward direction ends on the state after t = len-1 and the reverse
 # direction (t = T-1 .. 0) starts from h0 at t = len-1 and ends on the state after t = 0.
 #
-# The training modifiers (issue 15), all explicit here (``mods``, see ``_Modifiers``):
+# The training modifiers, all explicit here (``mods``, see ``_Modifiers``):
 #   dilation d: step t reads the state of step t - d (reverse: t + d), the initial state where
 #     that step does not exist in its sequence; d = 1 is the plain recurrence.
 #   recurrent_mask m [B, H]: gh = (m * h_prev) W_hh^T + b_hh; the carried state, the outputs and
@@ -130,7 +130,7 @@ def _prev_step(t, d, reverse, lengths):
 
 
 def _cell_forward_fn(cell, options, w, recurrent_mask=None):
-    """The cell's pointwise forward for these options (issue 14's variants) and the layer's weights w
+    """The cell's pointwise forward for these options (the cell variants) and the layer's weights w
     (W_hh already multiplied by the weight-dropout mask); recurrent_mask: the cells that run a
     recurrent product of their own (the reset-before GRU's n) apply it there too."""
     if options["layer_norm"]:
