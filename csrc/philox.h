@@ -53,18 +53,22 @@ inline std::uint32_t bernoulli_threshold(double p) {
   return std::uint32_t(std::ceil(std::fmin(std::fmax(p, 0.0), 1.0) * 16777216.0));
 }
 
-// One word of the mask stream's element (stream, kind, t, b, j) under `seed`.
+// Word `Word` of the mask stream's element (stream, kind, t, b, j) under `seed` (a compile-time
+// word: a loop over j that picks its word at run time does not vectorise).
+template <int Word>
 FASTRNN_HD std::uint32_t mask_word(std::uint64_t seed, std::int64_t stream, int kind, std::int64_t t, std::int64_t b,
-                                   std::int64_t j, int word) {
+                                   std::int64_t j) {
+  static_assert(Word >= 0 && Word < 4, "Philox4x32 has four words");
   const Word4 w = philox4x32_10(std::uint32_t(j), std::uint32_t(b), std::uint32_t(t),
                                 std::uint32_t(2 * stream + kind), std::uint32_t(seed), std::uint32_t(seed >> 32));
-  return w.v[word];
+  return w.v[Word];
 }
 
 // Bernoulli draw of that element: 1 with probability ceil(p * 2^24) / 2^24 (threshold above).
+template <int Word>
 FASTRNN_HD bool mask_bit(std::uint64_t seed, std::int64_t stream, int kind, std::int64_t t, std::int64_t b,
-                         std::int64_t j, int word, std::uint32_t threshold) {
-  return (mask_word(seed, stream, kind, t, b, j, word) >> 8) < threshold;
+                         std::int64_t j, std::uint32_t threshold) {
+  return (mask_word<Word>(seed, stream, kind, t, b, j) >> 8) < threshold;
 }
 
 }  // namespace fastrnn::philox
