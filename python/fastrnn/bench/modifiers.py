@@ -92,7 +92,7 @@ def _torch_loop_step(torch, mode: str, option: str, kw: dict, cell, layer, x):
     torch.stack(ys).sum().backward()
 
 
-# (T, B, I, H): the batch sizes the targets name (B <= 32) and one above
+# (T, B, I, H): small and mid batches (the speed targets are for B <= 32) and one above
 DEFAULT_SIZES = tuple((50, B, 256, 256) for B in (1, 8, 32, 64))
 
 

@@ -2,10 +2,12 @@
 zoneout and recurrent-dropout masks from (csrc/philox.h), so that a seeded kernel call can be
 compared with the explicit-mask path (the reference, the kernels given arrays) bit for bit.
 
-The stream: counter (j, b, t, 2*stream + kind), key (seed mod 2^32, seed // 2^32 mod 2^32), stream
-= l*D + d (layer, direction) plus the call's first stream; kind 0 is zoneout at step t (word 0 is
-d of h, word 1 d of c), kind 1 recurrent dropout (t = 0, word 0); b is the batch row as the caller
-passes it. u = (word >> 8) / 2^24, and Bernoulli(p) is u < p (exactly: word >> 8 < ceil(p * 2^24)).
+The stream: element j of batch row b at step t of stream s (s = l*D + d, layer and direction, plus
+the call's first stream) is word j % 4 of Philox4x32-10 at counter (j // 4, b, t, 4*s + kind) under
+key (seed mod 2^32, seed // 2^32 mod 2^32): one evaluation gives four neighbouring units. kind 0 is
+zoneout's d of h at step t, kind 1 its d of c, kind 2 recurrent dropout's m (t = 0); b is the batch
+row as the caller passes it. u = (word >> 8) / 2^24, and Bernoulli(p) is u < p (exactly: word >> 8
+< ceil(p * 2^24)); m is 0 where that draw is 1, else 1/(1-p).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ __all__ = ["philox4x32_10", "seeded_masks"]
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _LOW = np.uint64(0xFFFFFFFF)
-_ZONEOUT, _RECURRENT = 0, 1
+_ZONEOUT_H, _ZONEOUT_C, _RECURRENT = 0, 1, 2  # the kinds of mask
 
 
 def philox4x32_10(counter: np.ndarray, key: Tuple[int, int]) -> np.ndarray:
@@ -39,12 +41,15 @@ def _threshold(p: float) -> int:
     return int(math.ceil(min(max(float(p), 0.0), 1.0) * 16777216.0))
 
 
-def _words(seed: int, stream: np.ndarray, kind: int, T: int, B: int, H: int) -> np.ndarray:
-    """The words of every (stream, t, b, j): [S, T, B, H, 4] uint32."""
-    s, t, b, j = np.meshgrid(np.asarray(stream, np.int64), np.arange(T), np.arange(B), np.arange(H), indexing="ij")
-    counter = np.stack([j, b, t, 2 * s + kind], axis=-1).astype(np.uint64) & _LOW
+def _draws(seed: int, stream: np.ndarray, kind: int, T: int, B: int, H: int, p: float) -> np.ndarray:
+    """Bernoulli(p) of every (stream, t, b, j) of one kind of mask: [S, T, B, H] bool."""
+    Q = -(-H // 4)
+    s, t, b, q = np.meshgrid(np.asarray(stream, np.int64), np.arange(T), np.arange(B), np.arange(Q), indexing="ij")
+    counter = np.stack([q, b, t, 4 * s + kind], axis=-1).astype(np.uint64) & _LOW
     seed = int(seed) % 2**64
-    return philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32))
+    words = philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32))  # [S, T, B, Q, 4]: unit 4q + w
+    units = words.reshape(words.shape[:3] + (4 * Q,))[..., :H]
+    return (units >> 8) < _threshold(p)
 
 
 def seeded_masks(seed: int, num_streams: int, T: int, B: int, H: int, *, zoneout: float = 0.0,
@@ -58,12 +63,10 @@ def seeded_masks(seed: int, num_streams: int, T: int, B: int, H: int, *, zoneout
     streams = stream + np.arange(num_streams)
     recurrent = zone_h = zone_c = None
     if recurrent_dropout > 0:
-        dropped = (_words(seed, streams, _RECURRENT, 1, B, H)[:, 0, :, :, 0] >> 8) < _threshold(recurrent_dropout)
+        dropped = _draws(seed, streams, _RECURRENT, 1, B, H, recurrent_dropout)[:, 0]
         recurrent = np.where(dropped, dtype.type(0), dtype.type(1.0 / (1.0 - recurrent_dropout))).astype(dtype)
-    if zoneout > 0 or zoneout_cell > 0:
-        words = _words(seed, streams, _ZONEOUT, T, B, H) >> 8
-        if zoneout > 0:
-            zone_h = (words[..., 0] < _threshold(zoneout)).astype(dtype)
-        if zoneout_cell > 0:
-            zone_c = (words[..., 1] < _threshold(zoneout_cell)).astype(dtype)
+    if zoneout > 0:
+        zone_h = _draws(seed, streams, _ZONEOUT_H, T, B, H, zoneout).astype(dtype)
+    if zoneout_cell > 0:
+        zone_c = _draws(seed, streams, _ZONEOUT_C, T, B, H, zoneout_cell).astype(dtype)
     return recurrent, zone_h, zone_c
