@@ -7,18 +7,19 @@
 // legacy default stream) with the GIL released and no device synchronisation. What cannot be checked
 // here (buffer sizes, lengths values in [1, T]) is the caller's contract, as for any raw-pointer API.
 //
-//   reserve_size(cell, T, B, I, H, L, bidirectional, peephole=False, coupled=False, cell_clip=0.0) -> int
+//   reserve_size(cell, T, B, I, H, L, bidirectional, peephole=False, coupled=False, cell_clip=0.0,
+//                reset_after=True, layer_norm=False) -> int
 //                                                          (elements; the CPU layout, rnn.h)
 //   forward(cell, dtype, T, B, I, H, L, bidirectional,
 //           x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr,
 //           y_ptr, hn_ptr, cn_ptr, reserve_ptr, stream, allow_tf32=False,
 //           recurrent_mask_ptr=0, zoneout_h_ptr=0, zoneout_c_ptr=0, pre_h_ptr=0, pre_c_ptr=0,
-//           peephole=False, coupled=False, cell_clip=0.0) -> None
+//           peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False) -> None
 //   backward(cell, dtype, T, B, I, H, L, bidirectional,
 //            x_ptr, weight_ptrs, h0_ptr, c0_ptr, lengths_ptr, reserve_ptr,
 //            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream, allow_tf32=False,
 //            recurrent_mask_ptr=0, grad_clip=0.0, zoneout_h_ptr=0, zoneout_c_ptr=0, pre_h_ptr=0, pre_c_ptr=0,
-//            peephole=False, coupled=False, cell_clip=0.0) -> None
+//            peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False) -> None
 //   device_count() -> int;  runtime_version() -> int;  driver_version() -> int   (e.g. 13000 = 13.0)
 //   cublas_status() -> str      ("cuBLAS <version> (<library>)", or why the own GEMM runs instead)
 //
@@ -35,7 +36,9 @@
 // csrc/pointer_args.h): the training modifiers (rnn.h's Modifiers: recurrent_mask [L*D, B, H],
 // zoneout_h/_c [L*D, T, B, H], pre_h/_c [L*D, T, B, H] the zoned-out states' h~, c~ a training forward
 // writes and backward reads, grad_clip C > 0 or 0 = off) and the LSTM variants (peephole: each
-// weight tuple ends with w_ch [U, H]; coupled: G = 3; cell_clip C > 0 or 0 = none).
+// weight tuple ends with w_ch [U, H]; coupled: G = 3; cell_clip C > 0 or 0 = none), and the GRU's
+// reset_after=False (the reset-before GRU; without recurrent_mask). layer_norm=True is refused
+// (ValueError: not implemented on CUDA).
 // forward: reserve_ptr 0 = inference (nothing saved). backward: reserve_ptr from a training forward
 // with the same arguments; dhn/dcn 0 = zero; dx is overwritten.
 #include <pybind11/pybind11.h>
@@ -62,10 +65,10 @@ namespace {
 using pointer_args::Ptr;
 using pointer_args::Pointers;
 
-RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional,
-                      bool peephole = false, bool coupled = false, double cell_clip = 0) {
-  const RnnConfig c =
-      pointer_args::make_config(cell, T, B, I, H, L, bidirectional, pointer_args::cell_options(peephole, coupled, cell_clip));
+RnnConfig make_config(int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, bool peephole,
+                      bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
+  const CellOptions options = pointer_args::cell_options(peephole, coupled, cell_clip, reset_after, layer_norm);
+  const RnnConfig c = pointer_args::make_config(cell, T, B, I, H, L, bidirectional, options);
   check_sizes(c);  // and the kernels' launch limits
   return c;
 }
@@ -149,19 +152,23 @@ void register_bindings(py::module_& m) {
 
   m.def("reserve_size",
         [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, bool peephole, bool coupled,
-           double cell_clip) {
-          return ReserveLayout(make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip)).total;
+           double cell_clip, bool reset_after, bool layer_norm) {
+          return ReserveLayout(
+                     make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after, layer_norm))
+              .total;
         },
         py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"), py::arg("bidirectional"),
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
+        py::arg("reset_after") = true, py::arg("layer_norm") = false,
         "Number of elements the reserve of a training forward holds (the same as the CPU back end's).");
 
   m.def("forward",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve, Ptr stream,
            bool allow_tf32, Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole,
-           bool coupled, double cell_clip) {
-          const auto c = make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip);
+           bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
+          const auto c =
+              make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after, layer_norm);
           dispatch_dtype(dtype, [&](auto tag) {
             forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, stream, allow_tf32,
                                      recurrent_mask, zoneout_h, zoneout_c, pre_h, pre_c);
@@ -172,14 +179,17 @@ void register_bindings(py::module_& m) {
         py::arg("lengths_ptr"), py::arg("y_ptr"), py::arg("hn_ptr"), py::arg("cn_ptr"), py::arg("reserve_ptr"),
         py::arg("stream"), py::arg("allow_tf32") = false, py::arg("recurrent_mask_ptr") = 0, py::arg("zoneout_h_ptr") = 0,
         py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0, py::arg("peephole") = false,
-        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, "Forward of a stack of recurrent layers on the GPU (see the top of cuda/bindings_cuda.cpp).");
+        py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true,
+        py::arg("layer_norm") = false, "Forward of a stack of recurrent layers on the GPU (see the top of cuda/bindings_cuda.cpp).");
 
   m.def("backward",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
            Ptr dc0, const py::list& grads, Ptr stream, bool allow_tf32, Ptr recurrent_mask, double grad_clip,
-           Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip) {
-          const auto c = make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip);
+           Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip,
+           bool reset_after, bool layer_norm) {
+          const auto c =
+              make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after, layer_norm);
           dispatch_dtype(dtype, [&](auto tag) {
             backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads, stream,
                                       allow_tf32, recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
@@ -191,7 +201,9 @@ void register_bindings(py::module_& m) {
         py::arg("dx_ptr"), py::arg("dh0_ptr"), py::arg("dc0_ptr"), py::arg("grad_ptrs"), py::arg("stream"),
         py::arg("allow_tf32") = false, py::arg("recurrent_mask_ptr") = 0, py::arg("grad_clip") = 0.0,
         py::arg("zoneout_h_ptr") = 0, py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
-        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, "Backpropagation through time on the GPU for a training forward (see the top of cuda/bindings_cuda.cpp).");
+        py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
+        py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        "Backpropagation through time on the GPU for a training forward (see the top of cuda/bindings_cuda.cpp).");
 }
 
 }  // namespace fastrnn::cuda

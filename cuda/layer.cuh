@@ -1,10 +1,11 @@
 // One layer in one direction on the GPU: the phase loop around the cell specs (csrc/cells/), the
 // CUDA twin of csrc/cpu/layer_kernels.inc with the same semantics and the same reserve layout.
 // Nothing here knows which cell it runs: it reads the spec's declarations (csrc/cells/spec.h). A
-// step's phases run as one fused kernel, since none of today's specs has a phase that needs a
-// grid-wide dependency inside a step (RecurrentProduct of h with W_hh, then Pointwise: the block
-// that computes a tile of gh applies the pointwise cell to it); fused_step_phases says which
-// phase lists the kernels implement; a spec outside them fails to compile.
+// step without a Barrier runs as one fused kernel (RecurrentProduct of h with W_hh, then Pointwise:
+// the block that computes a tile of gh applies the pointwise cell to it); a step with one Barrier
+// between two products (the reset-before GRU) as two kernels, the launch boundary being the
+// barrier; fused_step_phases / split_step_phases say which phase lists the kernels implement, and
+// the stack refuses the others (layer norm's RowReduction) before anything is queued.
 //
 // Forward: one GEMM for the input projection of all steps (bias b_ih fused), then one fused kernel
 // per step. A block owns a tile of hidden units (all G gates of them) for a tile of batch rows: it
@@ -38,7 +39,7 @@
 // (h~ and c~ kept for backward), grad_clip clamps the state gradients before the cell's backward.
 // They are runtime switches (a null pointer, or grad_clip 0, is "off"), uniform over the grid, not
 // template flags as on the CPU: each flag would double the step kernels' instantiations (cells x
-// dtypes x forward/backward), and with them nvcc's time on the one translation unit in CI.
+// dtypes x forward/backward), and with them nvcc's time in CI.
 //
 // Every launch goes on the caller's stream; no step synchronises the device. One kernel launch per
 // step is the "large batch" path; the persistent small-batch kernel is planned (cuda/README.md).
@@ -65,8 +66,9 @@ static_assert(ForwardStepShape<4>::kThreads == kStepThreads && BackwardStepShape
 template <class T> struct GateRowsOfWhh {
   const T* w;  // [G*H, H]
   int64 H, j0;
+  int64 g0 = 0;  // the product's first gate block (the reset-before GRU's n product: 2)
   __device__ Acc<T> operator()(int64 n, int64 k) const {
-    const int64 g = n / kUnits, j = j0 + n % kUnits;
+    const int64 g = g0 + n / kUnits, j = j0 + n % kUnits;
     if (j >= H || k >= H) return Acc<T>(0);
     return Acc<T>(w[(g * H + j) * H + k]);
   }
@@ -109,27 +111,50 @@ template <class T> struct ForwardStep {
   const T* zone_c;        // [T, B, H] zoneout d_c, or nullptr
   T* pre_h;               // [T, B, H] h~ for backward (training with zone_h), or nullptr
   T* pre_c;               // [T, B, H] c~ (training with zone_c), or nullptr
+  // the split step (a ResetH product, SpecTraits::kResetH): what its first kernel leaves for the second
+  A* reset_h = nullptr;   // [B, H] the second product's operand r*h_{t-1}
+  A* between = nullptr;   // [B, kBetween, H] the first Pointwise phase's values for the last (r, z)
 };
 
-// The phase lists the fused step kernels implement: one RecurrentProduct of h_{t-1} with W_hh, then
-// Pointwise<0>. (The reset-before GRU's Barrier would split the forward kernel into two launches.)
+// The phase lists the step kernels implement. Fused: one RecurrentProduct of h_{t-1} with W_hh, then
+// Pointwise<0>, one kernel per step. Split (the reset-before GRU): a product of h_{t-1} over the first
+// gate blocks [0, S), Pointwise<0> (which fills the ResetH operand r*h_{t-1}), the Barrier, a product
+// of r*h_{t-1} over the other blocks [S, G), Pointwise<1>: two kernels per step, the kernel boundary
+// being the Barrier (every block's units of r*h are written before any block's second product reads
+// them). Backward runs two kernels per step too, in reverse (backward_step_kernel, backward_reset_kernel).
 template <class Other> constexpr bool fused_step_phases(Other) { return false; }
 template <Operand In, Weight W, bool Split, int N>
 constexpr bool fused_step_phases(Phases<RecurrentProduct<In, W, Split>, Pointwise<N>>) {
   return In == Operand::H && W == Weight::Hh && N == 0;
 }
+template <class Other> constexpr bool split_step_phases(Other) { return false; }
+template <Operand In1, bool Sep1, int B1, int E1, Operand In2, bool Sep2, int B2, int E2, int N1, int N2>
+constexpr bool split_step_phases(Phases<RecurrentProduct<In1, Weight::Hh, Sep1, B1, E1>, Pointwise<N1>, Barrier,
+                                        RecurrentProduct<In2, Weight::Hh, Sep2, B2, E2>, Pointwise<N2>>) {
+  return In1 == Operand::H && In2 == Operand::ResetH && !Sep1 && !Sep2 && B1 == 0 && E1 == B2 && N1 == 0 && N2 == 1;
+}
+// Whether the CUDA kernels run a spec's step (the stack refuses the others before anything is queued).
+template <class Cell> constexpr bool cuda_runs_step() {
+  return fused_step_phases(typename Cell::Step{}) || split_step_phases(typename Cell::Step{});
+}
 
+// The fused step (all G gate blocks on h_{t-1}), or the split step's second kernel (gate blocks
+// [S, G) on the first kernel's r*h_{t-1}, then the last Pointwise phase): the cell's new states.
 template <class Cell, class T>
 __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const ForwardStep<T> p) {
   constexpr int G = Cell::kGates, S = Cell::kSaved, U = SpecTraits<Cell>::kUnitRows;
-  constexpr bool kCarry = SpecTraits<Cell>::kCarriesState;
-  using Shape = ForwardStepShape<G>;
+  constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplitStep = SpecTraits<Cell>::kResetH;
+  constexpr int G0 = kSplitStep ? SpecTraits<Cell>::kResetHSplit : 0;  // the product's first gate block
+  constexpr int NB = kSplitStep ? SpecTraits<Cell>::kBetween : 0;
+  using Shape = ForwardStepShape<G - G0>;
   using A = Acc<T>;
   __shared__ TileSmem<Shape, A> smem;
   const int64 H = p.H, GH = G * H;
   const int64 j0 = int64(blockIdx.x) * kUnits, b0 = int64(blockIdx.y) * kRows;
-  A acc[1][G] = {};  // acc[0][g]: gate g of unit j0 + tx for row b0 + ty (columns n = tx + g*kUnits)
-  tile_product<Shape>(StateRows<T>{p.h_cur, p.h_mask, p.B, H}, GateRowsOfWhh<T>{p.w_hh, H, j0}, b0, 0, H, smem, acc);
+  A acc[1][G - G0] = {};  // acc[0][g]: gate G0 + g of unit j0 + tx for row b0 + ty (columns n = tx + g*kUnits)
+  const StateRows<T> operand =
+      kSplitStep ? StateRows<T>{p.reset_h, nullptr, p.B, H} : StateRows<T>{p.h_cur, p.h_mask, p.B, H};
+  tile_product<Shape>(operand, GateRowsOfWhh<T>{p.w_hh, H, j0, G0}, b0, 0, H, smem, acc);
 
   const int tx = threadIdx.x % Shape::kThreadsN, ty = threadIdx.x / Shape::kThreadsN;
   const int64 b = b0 + ty, j = j0 + tx, bj = b * H + j;
@@ -142,21 +167,33 @@ __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const Forwar
     *yv = T(0);
     return;
   }
-  A gi[G], gh[G], saved[S > 0 ? S : 1], unit[U > 0 ? U : 1];
+  A gi[G], gh[G] = {}, saved[S > 0 ? S : 1], unit[U > 0 ? U : 1], between[NB > 0 ? NB : 1];
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    gi[g] = A(p.gi[tb * GH + g * H + j]);
-    gh[g] = acc[0][g] + (p.b_hh ? A(p.b_hh[g * H + j]) : A(0));
-  }
+  for (int g = 0; g < G; ++g) gi[g] = A(p.gi[tb * GH + g * H + j]);
+#pragma unroll
+  for (int g = G0; g < G; ++g) gh[g] = acc[0][g - G0] + (p.b_hh ? A(p.b_hh[g * H + j]) : A(0));
 #pragma unroll
   for (int u = 0; u < U; ++u) unit[u] = A(p.w_ch[u * H + j]);
   const A* unit_params = U > 0 ? unit : nullptr;
   const A hp = p.h_cur[bj];
   const A cp = kCarry ? p.c_cur[bj] : A(0);
   A h, c = A(0);
-  // Two calls so that the cell's `if (saved)` folds away in each and `saved` stays in registers.
-  if (p.saved) Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, saved, unit_params, p.cell_clip}, 0, 1, 1);
-  else Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, nullptr, unit_params, p.cell_clip}, 0, 1, 1);
+  if constexpr (kSplitStep) {
+    // the first kernel's values: r and z, and (training) the saved slots it filled
+#pragma unroll
+    for (int k = 0; k < NB; ++k) between[k] = p.between[(b * NB + k) * H + j];
+    if (p.saved)
+#pragma unroll
+      for (int s = 0; s < S; ++s) saved[s] = A(p.saved[tb * S * H + s * H + j]);
+    ForwardRow<A> row{gi, gh, &hp, &cp, &h, &c, p.saved ? saved : nullptr, unit_params, p.cell_clip};
+    row.between = between;
+    Cell::forward(row, 0, 1, 1, Pointwise<SpecTraits<Cell>::kLastPointwise>{});
+  } else if (p.saved) {
+    // Two calls so that the cell's `if (saved)` folds away in each and `saved` stays in registers.
+    Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, saved, unit_params, p.cell_clip}, 0, 1, 1);
+  } else {
+    Cell::forward(ForwardRow<A>{gi, gh, &hp, &cp, &h, &c, nullptr, unit_params, p.cell_clip}, 0, 1, 1);
+  }
   // zoneout: the cell's new states are h~ (and c~); keep them for backward, then mix in the old ones
   if (p.zone_h) {
     if (p.pre_h) p.pre_h[tb * H + j] = T(h);
@@ -175,6 +212,52 @@ __global__ void __launch_bounds__(kStepThreads) forward_step_kernel(const Forwar
     if (p.cells) p.cells[tb * H + j] = T(c);
   }
   if (p.saved)
+#pragma unroll
+    for (int s = 0; s < S; ++s) p.saved[tb * S * H + s * H + j] = T(saved[s]);
+}
+
+// The split step's first kernel: the product of h_{t-1} over the gate blocks [0, S) (r, z) and
+// Pointwise<0>, which leaves r, z in p.between and r*h_{t-1} in p.reset_h (the second kernel's
+// product operand), and fills its saved slots (r, z). Dead rows: r*h = 0 (their second product's
+// result is never used).
+template <class Cell, class T>
+__global__ void __launch_bounds__(kStepThreads) forward_reset_kernel(const ForwardStep<T> p) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved, U = SpecTraits<Cell>::kUnitRows;
+  constexpr int G1 = SpecTraits<Cell>::kResetHSplit, NB = SpecTraits<Cell>::kBetween;
+  static_assert(SpecTraits<Cell>::kResetH && NB > 0, "a split step (csrc/cells/gru.h, GruResetBefore)");
+  using Shape = ForwardStepShape<G1>;
+  using A = Acc<T>;
+  __shared__ TileSmem<Shape, A> smem;
+  const int64 H = p.H, GH = G * H;
+  const int64 j0 = int64(blockIdx.x) * kUnits, b0 = int64(blockIdx.y) * kRows;
+  A acc[1][G1] = {};
+  tile_product<Shape>(StateRows<T>{p.h_cur, p.h_mask, p.B, H}, GateRowsOfWhh<T>{p.w_hh, H, j0}, b0, 0, H, smem, acc);
+
+  const int tx = threadIdx.x % Shape::kThreadsN, ty = threadIdx.x / Shape::kThreadsN;
+  const int64 b = b0 + ty, j = j0 + tx, bj = b * H + j;
+  if (b >= p.B || j >= H) return;
+  const int64 tb = p.t * p.B + b;
+  if (p.lengths && p.t >= p.lengths[b]) {
+    p.reset_h[bj] = A(0);
+    return;
+  }
+  A gi[G], gh[G] = {}, saved[S] = {}, unit[U > 0 ? U : 1], between[NB], reset_h = A(0);
+#pragma unroll
+  for (int g = 0; g < G; ++g) gi[g] = A(p.gi[tb * GH + g * H + j]);
+#pragma unroll
+  for (int g = 0; g < G1; ++g) gh[g] = acc[0][g] + (p.b_hh ? A(p.b_hh[g * H + j]) : A(0));
+#pragma unroll
+  for (int u = 0; u < U; ++u) unit[u] = A(p.w_ch[u * H + j]);
+  const A hp = p.h_cur[bj], cp = A(0);
+  A h = A(0), c = A(0);
+  ForwardRow<A> row{gi, gh, &hp, &cp, &h, &c, p.saved ? saved : nullptr, U > 0 ? unit : nullptr, p.cell_clip};
+  row.between = between;
+  row.reset_h = &reset_h;
+  Cell::forward(row, 0, 1, 1);
+  p.reset_h[bj] = reset_h;
+#pragma unroll
+  for (int k = 0; k < NB; ++k) p.between[(b * NB + k) * H + j] = between[k];
+  if (p.saved)  // all slots: those of the last phase are rewritten by the second kernel
 #pragma unroll
     for (int s = 0; s < S; ++s) p.saved[tb * S * H + s * H + j] = T(saved[s]);
 }
@@ -210,23 +293,29 @@ template <class T> struct BackwardStep {
   const T* zone_c;        // [T, B, H] d_c, or nullptr
   const T* pre_h;         // [T, B, H] h~ (with zone_h)
   const T* pre_c;         // [T, B, H] c~ (with zone_c)
+  T* reset_h = nullptr;   // [T, B, H] out (split step): r*h_{t-1} per step, what dW_hh's ResetH rows read
 };
 
+// The fused step's backward, or the split step's first backward kernel (its last Pointwise phase:
+// for the reset-before GRU dz, dn and the z*dh bypass; backward_reset_kernel then runs the rest).
 template <class Cell, class T>
 __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const BackwardStep<T> p) {
   constexpr int G = Cell::kGates, S = Cell::kSaved, U = SpecTraits<Cell>::kUnitRows;
   constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplit = SpecTraits<Cell>::kSeparateHiddenGrad;
+  constexpr bool kSplitStep = SpecTraits<Cell>::kResetH;
+  // the gate blocks whose product reads h_{t-1}: all, or [0, S) of a split step (the others read r*h)
+  constexpr int GK = kSplitStep ? SpecTraits<Cell>::kResetHSplit : G;
   using Shape = BackwardStepShape;
   using A = Acc<T>;
   __shared__ TileSmem<Shape, A> smem;
   const int64 B = p.B, H = p.H, GH = G * H;
   const int64 j0 = int64(blockIdx.x) * kUnits, b0 = int64(blockIdx.y) * kRows;
   A acc[1][1] = {};
-  // dL/dh_{t} += dG_h(t_prev) [B, G*H] . W_hh [G*H, H], for this block's rows and units. The branch
+  // dL/dh_{t} += dG_h(t_prev) [B, GK*H] . W_hh [GK*H, H], for this block's rows and units. The branch
   // is uniform over the grid, so every thread of a block reaches the same barriers.
   if (p.t_prev >= 0)
-    tile_product<Shape>(MatOp<T>{p.dgh + p.t_prev * B * GH, GH, B, GH, false}, MatOp<T>{p.w_hh, H, H, GH, true}, b0,
-                        j0, GH, smem, acc);
+    tile_product<Shape>(MatOp<T>{p.dgh + p.t_prev * B * GH, GH, B, GK * H, false},
+                        MatOp<T>{p.w_hh, H, H, GK * H, true}, b0, j0, GK * H, smem, acc);
 
   const int tx = threadIdx.x % Shape::kThreadsN, ty = threadIdx.x / Shape::kThreadsN;
   const int64 b = b0 + ty, j = j0 + tx;
@@ -248,6 +337,7 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
       if (kSplit) p.dgh[tb * GH + g * H + j] = T(0);
     }
     p.h_prev[tb * H + j] = T(0);
+    if (kSplitStep) p.reset_h[tb * H + j] = T(0);
 #pragma unroll
     for (int u = 0; u < U; ++u) p.dunit[(tb * U + u) * H + j] = T(0);
     p.dh_carry[bj] = dh_in;
@@ -276,11 +366,12 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
   const A dc_later = kCarry ? p.dc_carry[bj] : A(0);  // dL/dc_t from step t+1
   // with zoneout of c the clamp acts on what comes from the later steps (the cell's dc_clip is off)
   const A dc = zone_c ? (A(1) - d_c) * clamp_if(dc_later, clip) : dc_later;
-  A dgi[G], dgh_split[G], dh_prev = A(0), dc_prev = A(0);
+  A dgi[G] = {}, dgh_split[G], dh_prev = A(0), dc_prev = A(0);
   A* dgh = kSplit ? dgh_split : dgi;
-  Cell::backward(BackwardRow<A>{saved, &hp, &cp, &h, &c, &dh, &dc, dgi, dgh, &dh_prev, &dc_prev,
-                                U > 0 ? unit : nullptr, U > 0 ? dunit : nullptr, p.cell_clip, zone_c ? A(0) : clip},
-                 0, 1);
+  const BackwardRow<A> row{saved, &hp, &cp, &h, &c, &dh, &dc, dgi, dgh, &dh_prev, &dc_prev,
+                           U > 0 ? unit : nullptr, U > 0 ? dunit : nullptr, p.cell_clip, zone_c ? A(0) : clip};
+  if constexpr (kSplitStep) Cell::backward(row, 0, 1, Pointwise<SpecTraits<Cell>::kLastPointwise>{});
+  else Cell::backward(row, 0, 1);
   if (zone_h) dh_prev += d_h * dh_total;
   if (zone_c) dc_prev += d_c * clamp_if(dc_later, clip);
 #pragma unroll
@@ -294,6 +385,55 @@ __global__ void __launch_bounds__(kStepThreads) backward_step_kernel(const Backw
   p.h_prev[tb * H + j] = p.h_mask ? T(A(p.h_mask[bj]) * hp) : hp_stored;
   p.dh_carry[bj] = dh_prev;
   if (kCarry) p.dc_carry[bj] = dc_prev;
+}
+
+// The split step's second backward kernel, after backward_step_kernel of the same step: dL/d(r*h_{t-1})
+// = dG(t)[gate blocks S..G) . W_hh[those rows] (every unit's dG of the row: the kernel boundary is the
+// Barrier), then Pointwise<0>'s backward: dG of the blocks [0, S) (dr; dz from the first kernel is
+// read back and kept), r's share of dL/dh_{t-1} added to the bypass in dh_carry, and r*h_{t-1} again
+// (the forward's arithmetic) for dW_hh's ResetH rows. Dead rows were finished by the first kernel.
+template <class Cell, class T>
+__global__ void __launch_bounds__(kStepThreads) backward_reset_kernel(const BackwardStep<T> p) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved, U = SpecTraits<Cell>::kUnitRows;
+  constexpr int G1 = SpecTraits<Cell>::kResetHSplit;
+  static_assert(SpecTraits<Cell>::kResetH && !SpecTraits<Cell>::kCarriesState && !SpecTraits<Cell>::kSeparateHiddenGrad,
+                "a split step (csrc/cells/gru.h, GruResetBefore)");
+  using Shape = BackwardStepShape;
+  using A = Acc<T>;
+  __shared__ TileSmem<Shape, A> smem;
+  const int64 B = p.B, H = p.H, GH = G * H, t = p.t;
+  const int64 j0 = int64(blockIdx.x) * kUnits, b0 = int64(blockIdx.y) * kRows;
+  A acc[1][1] = {};
+  tile_product<Shape>(MatOp<T>{p.dgi + t * B * GH + G1 * H, GH, B, (G - G1) * H, false},
+                      MatOp<T>{p.w_hh + G1 * H * H, H, H, (G - G1) * H, true}, b0, j0, (G - G1) * H, smem, acc);
+
+  const int tx = threadIdx.x % Shape::kThreadsN, ty = threadIdx.x / Shape::kThreadsN;
+  const int64 b = b0 + ty, j = j0 + tx;
+  if (b >= B || j >= H) return;
+  const int64 bj = b * H + j, tb = t * B + b;
+  const int64 len = p.lengths ? p.lengths[b] : p.T_;
+  if (t >= len) return;
+  const bool has_prev = p.reverse ? t + 1 < len : t > 0;
+  const int64 tb_prev = (p.reverse ? t + 1 : t - 1) * B + b;
+  const A hp = A(has_prev ? p.y[tb_prev * p.ldy + j] : (p.h0 ? p.h0[bj] : T(0)));
+  A saved[S], dgi[G] = {}, unit[U > 0 ? U : 1], dunit[U > 0 ? U : 1];
+#pragma unroll
+  for (int s = 0; s < S; ++s) saved[s] = A(p.saved[tb * S * H + s * H + j]);
+#pragma unroll
+  for (int g = 0; g < G1; ++g) dgi[g] = A(p.dgi[tb * GH + g * H + j]);
+#pragma unroll
+  for (int u = 0; u < U; ++u) unit[u] = A(p.w_ch[u * H + j]);
+  const A cp = A(0), h = A(0), c = A(0), dh = A(0), dc = A(0), dreset_h = acc[0][0];
+  A dh_prev = p.dh_carry[bj], dc_prev = A(0), reset_h = A(0);
+  BackwardRow<A> row{saved, &hp, &cp, &h, &c, &dh, &dc, dgi, dgi, &dh_prev, &dc_prev,
+                     U > 0 ? unit : nullptr, U > 0 ? dunit : nullptr, p.cell_clip, A(0)};
+  row.dreset_h = &dreset_h;
+  row.reset_h = &reset_h;
+  Cell::backward(row, 0, 1);
+#pragma unroll
+  for (int g = 0; g < G1; ++g) p.dgi[tb * GH + g * H + j] = T(dgi[g]);
+  p.reset_h[tb * H + j] = T(reset_h);
+  p.dh_carry[bj] = dh_prev;
 }
 
 // dst[i] = To(src[i]) for i < n, or zeros when src is nullptr: states in and out of the A-typed scratch.
@@ -323,9 +463,9 @@ inline dim3 step_grid(int64 B, int64 H) {
 
 template <class Cell, class T>
 void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a) {
-  static_assert(fused_step_phases(typename Cell::Step{}),
-                "the CUDA step kernels run a product of h_{t-1} with W_hh, then Pointwise<0>");
-  constexpr bool kCarry = SpecTraits<Cell>::kCarriesState;
+  static_assert(cuda_runs_step<Cell>(), "the CUDA step kernels run the fused or the split step (fused_step_phases)");
+  constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplitStep = SpecTraits<Cell>::kResetH;
+  if (kSplitStep && a.h_mask) throw ArgumentError("recurrent dropout is not implemented for the reset-before GRU");
   const int64 in_size = a.in_size, ldy = a.ldy;
   const auto& w = a.w;
   const T *x = a.x, *h0 = a.h0, *c0 = a.c0;
@@ -338,6 +478,8 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForward
   Scratch<T> gi(TB * GH, stream);                              // [T, B, G*H]
   Scratch<A> hstate(2 * BH, stream);                           // ping-pong [2, B, H]
   Scratch<A> cstate(kCarry ? 2 * BH : 0, stream);
+  Scratch<A> reset_h(kSplitStep ? BH : 0, stream);                                   // [B, H] r*h_{t-1}
+  Scratch<A> between(kSplitStep ? B * SpecTraits<Cell>::kBetween * H : 0, stream);  // [B, kBetween, H]
   gemm<T>(stream, false, true, TB, GH, in_size, A(1), x, in_size, w.w_ih, in_size, A(0), gi.get(), GH, w.b_ih);
   convert(stream, BH, h0, hstate.get());
   if (kCarry) convert(stream, BH, c0, cstate.get());
@@ -345,7 +487,7 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForward
   A *h_cur = hstate.get(), *h_next = h_cur + BH;
   A *c_cur = cstate.get(), *c_next = kCarry ? c_cur + BH : nullptr;
   for (int64 s = 0; s < T_; ++s) {
-    const ForwardStep<T> p{B,          H,        reverse ? T_ - 1 - s : s,
+    ForwardStep<T> p{B,          H,        reverse ? T_ - 1 - s : s,
                            w.w_hh,     w.b_hh,   gi.get(),
                            h_cur,      c_cur,    h_next,
                            c_next,     lengths,  y,
@@ -353,6 +495,11 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForward
                            w.w_ch,     cfg.options.cell_clip,
                            a.h_mask,   a.zone_h, kCarry ? a.zone_c : nullptr,
                            saved ? a.pre_h : nullptr, saved && kCarry ? a.pre_c : nullptr};
+    if constexpr (kSplitStep) {  // the first products and Pointwise<0>, then (the Barrier) the rest
+      p.reset_h = reset_h.get();
+      p.between = between.get();
+      launch(forward_reset_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
+    }
     launch(forward_step_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
     std::swap(h_cur, h_next);
     std::swap(c_cur, c_next);
@@ -363,9 +510,10 @@ void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForward
 
 template <class Cell, class T>
 void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a) {
-  static_assert(fused_step_phases(typename Cell::Step{}),
-                "the CUDA step kernels run a product of h_{t-1} with W_hh, then Pointwise<0>");
+  static_assert(cuda_runs_step<Cell>(), "the CUDA step kernels run the fused or the split step (fused_step_phases)");
   constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplit = SpecTraits<Cell>::kSeparateHiddenGrad;
+  constexpr bool kSplitStep = SpecTraits<Cell>::kResetH;
+  if (kSplitStep && a.h_mask) throw ArgumentError("recurrent dropout is not implemented for the reset-before GRU");
   const int64 in_size = a.in_size, ldy = a.ldy;
   const auto& w = a.w;
   const auto& g = a.g;
@@ -381,6 +529,7 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwa
   Scratch<T> dgh_split(kSplit ? TB * GH : 0, stream);
   T* dgh = kSplit ? dgh_split.get() : dgi.get();
   Scratch<T> h_prev(TB * H, stream);                                      // [T, B, H]
+  Scratch<T> reset_h(kSplitStep ? TB * H : 0, stream);                    // [T, B, H] r*h_{t-1} (split step)
   Scratch<A> dh_carry(BH, stream), dc_carry(kCarry ? BH : 0, stream);
   constexpr int64 U = SpecTraits<Cell>::kUnitRows;
   Scratch<T> dunit(TB * U * H, stream);  // [T, B, U*H] each row's share of dL/dw_ch (LSTM peepholes)
@@ -394,9 +543,12 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwa
                     w.w_ch,    dunit.get(), cfg.options.cell_clip,           a.h_mask,
                     a.grad_clip, a.zone_h,  kCarry ? a.zone_c : nullptr,     a.pre_h,
                     kCarry ? a.pre_c : nullptr};
+  p.reset_h = reset_h.get();
   for (int64 s = 0; s <= T_; ++s) {  // s == T_: finish dh0 from the last step processed
     p.t = s == T_ ? -1 : reverse ? s : T_ - 1 - s;
     launch(backward_step_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
+    if constexpr (kSplitStep)
+      if (p.t >= 0) launch(backward_reset_kernel<Cell, T>, step_grid(B, H), kStepThreads, stream, p);
     p.t_prev = p.t;
   }
 
@@ -410,7 +562,13 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwa
     x_gemm = x_live.get();
   }
   gemm<T>(stream, true, false, GH, in_size, TB, A(1), dgi.get(), GH, x_gemm, in_size, A(0), g.dw_ih, in_size);
-  gemm<T>(stream, true, false, GH, H, TB, A(1), dgh, GH, h_prev.get(), H, A(0), g.dw_hh, H);
+  if constexpr (kSplitStep) {  // W_hh's first gate blocks saw h_{t-1}, the others r*h_{t-1}
+    const int64 G1H = SpecTraits<Cell>::kResetHSplit * H;
+    gemm<T>(stream, true, false, G1H, H, TB, A(1), dgh, GH, h_prev.get(), H, A(0), g.dw_hh, H);
+    gemm<T>(stream, true, false, GH - G1H, H, TB, A(1), dgh + G1H, GH, reset_h.get(), H, A(0), g.dw_hh + G1H * H, H);
+  } else {
+    gemm<T>(stream, true, false, GH, H, TB, A(1), dgh, GH, h_prev.get(), H, A(0), g.dw_hh, H);
+  }
   if (g.db_ih) column_sums<T>(stream, dgi.get(), TB, GH, GH, g.db_ih);
   if (g.db_hh) column_sums<T>(stream, dgh, TB, GH, GH, g.db_hh);
   if (U > 0) column_sums<T>(stream, dunit.get(), TB, U * H, U * H, g.dw_ch);

@@ -8,10 +8,14 @@
 
 #include "check.cuh"
 #include "layer.cuh"
+#include "layer_instances.h"
 #include "rnn_cuda.h"
 #include "stack.h"
 
 namespace fastrnn::cuda {
+
+// The layers' kernels are compiled in the units generated from layer_instances.cu, not here.
+FASTRNN_CUDA_ALL_INSTANCES(FASTRNN_CUDA_LAYER_EXTERN)
 
 namespace {
 
@@ -59,16 +63,16 @@ struct CudaBackend {
   }
   template <class Cell, class T>
   void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
-    // The specs whose step is more than one product and one pointwise phase (the reset-before GRU,
-    // layer norm) run on the CPU only (fastrnn.ops raises NotImplementedError first).
-    if constexpr (!cuda::fused_step_phases(typename Cell::Step{}))
-      throw ArgumentError("the reset-before GRU and layer norm are not implemented on CUDA");
+    // Layer norm's step (RowReduction phases over the whole gate row) runs on the CPU only
+    // (fastrnn.ops raises NotImplementedError first).
+    if constexpr (!cuda::cuda_runs_step<Cell>())
+      throw ArgumentError("layer norm is not implemented on CUDA");
     else cuda::layer_forward<Cell>(s, c, a);
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
-    if constexpr (!cuda::fused_step_phases(typename Cell::Step{}))
-      throw ArgumentError("the reset-before GRU and layer norm are not implemented on CUDA");
+    if constexpr (!cuda::cuda_runs_step<Cell>())
+      throw ArgumentError("layer norm is not implemented on CUDA");
     else cuda::layer_backward<Cell>(s, c, a);
   }
 };

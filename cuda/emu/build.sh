@@ -22,6 +22,6 @@ if [ "${FASTRNN_EMU_CUBLAS:-0}" = 1 ]; then
 fi
 g++ -std=c++20 -O1 -g -shared -fPIC -pthread -DFASTRNN_CUDA_EMULATION -Wall -Wno-unknown-pragmas \
   -I"$here" -I"$root/csrc" $("$PY" -m pybind11 --includes) \
-  -x c++ "$root/cuda/stack.cu" -x c++ "$root/cuda/device.cu" $blas -x none "$root/cuda/bindings_cuda.cpp" "$here/module.cpp" \
+  -x c++ "$root/cuda/stack.cu" -x c++ "$root/cuda/layer_instances.cu" -x c++ "$root/cuda/device.cu" $blas -x none "$root/cuda/bindings_cuda.cpp" "$here/module.cpp" \
   -ldl -o "$out/_cuda_emu$ext"
 echo "built $out/_cuda_emu$ext"

@@ -21,8 +21,8 @@ modules never pay outside ``torch.compile``.
 ``"lstm+layer_norm"`` / ``"gru+layer_norm"`` (``variant_cell`` builds it; order free). With
 ``peephole`` each layer and direction's tensors end with w_ch [U, H] (U = 3, coupled 2); ``coupled``
 has G = 3 gate blocks; with ``layer_norm`` they end with ln_weight_ih, ln_weight_hh [G*H] and, for
-the LSTM, ln_weight_c, ln_bias_c [H]. The LSTM variants run on the CPU and on CUDA; the reset-before
-GRU and layer norm on the CPU only (CUDA: NotImplementedError).
+the LSTM, ln_weight_c, ln_bias_c [H]. The LSTM variants and the reset-before GRU run on the CPU and
+on CUDA; layer norm on the CPU only (CUDA: NotImplementedError).
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -37,8 +37,9 @@ Training modifiers the kernels run (fastrnn.nn documents them): ``recurrent_mask
 (0: off), and ``zoneout_h``, ``zoneout_c`` [L*D, T, B, H] (d: h_t = d h_{t-1} + (1 - d) h~_t; None:
 none), arguments of ``torch.ops.fastrnn.rnn_forward_modified`` (rnn_forward's arguments and these
 four) and of rnn_backward. With zoneout the training reserve holds h~ (and c~) after the kernels'
-own part: R grows by L*D*H per zoned state. Both back ends run them (CPU and CUDA kernels); on the
-CPU they combine with the LSTM variants' cell strings, on CUDA not yet (NotImplementedError).
+own part: R grows by L*D*H per zoned state. Both back ends run them (CPU and CUDA kernels), with the
+base cells and the LSTM variants' cell strings; not with the reset-before GRU or layer norm
+(NotImplementedError: fastrnn.nn runs those combinations as composed torch ops).
 
 Seeded masks (CPU): ``torch.ops.fastrnn.rnn_forward_seeded`` takes rnn_forward_modified's arguments
 and ``seed`` (an int64 tensor of one element), ``stream`` (the generator stream of layer 0,
@@ -407,24 +408,20 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
 
 def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c,
                           mask_seed=None) -> None:
-    """What runs where: the reset-before GRU and layer norm run on the CPU only and without the
-    kernels' modifiers (fastrnn.nn runs those combinations as composed torch ops); on CUDA the LSTM
-    variants run without the modifiers only (the CPU kernels run every LSTM variant with every one)."""
+    """What runs where: layer norm runs on the CPU only; the reset-before GRU and layer norm run
+    without the kernels' modifiers (fastrnn.nn runs those combinations as composed torch ops); the
+    base cells and the LSTM variants run with every modifier on both back ends (seeded masks: the
+    CPU's only, _mask_seed)."""
     opts = dict(split_cell(cell)[1])
     modified = (recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
                 or mask_seed is not None)
-    cpu_only = not opts["reset_after"] or opts["layer_norm"]
-    if cpu_only and x.device.type != "cpu":
-        raise NotImplementedError(f"the reset-before GRU and layer norm (cell {cell!r}) run on the CPU only; the CUDA "
-                                  "kernels implement the base cells and the LSTM variants")
-    if modified and cpu_only:
+    if opts["layer_norm"] and x.device.type != "cpu":
+        raise NotImplementedError(f"layer norm (cell {cell!r}) runs on the CPU only; the CUDA kernels implement the "
+                                  "base cells, the LSTM variants and the reset-before GRU")
+    if modified and (not opts["reset_after"] or opts["layer_norm"]):
         raise NotImplementedError(f"the kernels run the training modifiers (recurrent_dropout, grad_clip, zoneout) "
                                   f"with the base cells and the LSTM variants, not with {cell!r} (fastrnn.nn runs "
                                   "that combination as composed torch ops)")
-    if modified and x.device.type != "cpu" and cell != split_cell(cell)[0]:
-        raise NotImplementedError(f"the CUDA kernels run the training modifiers (recurrent_dropout, grad_clip, "
-                                  f"zoneout) with the base cells only, not the LSTM variant {cell!r} (peephole, "
-                                  f"coupled, cell_clip); the CPU kernels run it")
 
 
 def _check_grad_clip(grad_clip: float) -> None:

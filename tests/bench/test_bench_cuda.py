@@ -152,7 +152,8 @@ def test_tiny_run_on_gpu(tmp_path, capsys):
     assert "| fastrnn µs (min–max) |" in out and "Geometric-mean speed-up over cuDNN" in out
 
 
-@pytest.mark.parametrize("name", ["lstm peephole", "lstm zoneout", "gru zoneout"])
+@pytest.mark.parametrize("name", ["lstm peephole", "lstm zoneout", "gru zoneout", "gru reset_after=False",
+                                  "lstm peephole + zoneout + grad_clip"])
 def test_extra_case_on_cpu_checks_times_and_formats(name, host_events):
     """The quick run's EXTRAS rows (variants and modifiers against fastrnn's base cell) run on the
     CPU too: checked against the CPU kernels in float64, timed, formatted."""
@@ -172,5 +173,5 @@ def test_extra_case_on_cpu_checks_times_and_formats(name, host_events):
 def test_extras_cover_the_cuda_features():
     """Every LSTM variant option, every in-kernel modifier and both 16-bit dtypes have a row."""
     options = {k for _, _, kw, _, _ in bench_cuda.EXTRAS for k in kw}
-    assert {"peephole", "coupled", "cell_clip", "recurrent_dropout", "zoneout", "grad_clip"} <= options
+    assert {"peephole", "coupled", "cell_clip", "reset_after", "recurrent_dropout", "zoneout", "grad_clip"} <= options
     assert {d for _, _, _, d, b in bench_cuda.EXTRAS if b == "cudnn"} == {"bfloat16", "float16"}

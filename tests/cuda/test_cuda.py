@@ -253,6 +253,8 @@ def test_imports_without_gpu():
         n = _core.cuda.device_count()
         assert isinstance(n, int) and n >= 0
         assert _core.cuda.reserve_size(2, 5, 3, 4, 6, 2, True) == _core.reserve_size(2, 5, 3, 4, 6, 2, True)
+        assert (_core.cuda.reserve_size(3, 5, 3, 4, 6, 2, True, reset_after=False)
+                == _core.reserve_size(3, 5, 3, 4, 6, 2, True, reset_after=False))
         assert _core.cuda.runtime_version() >= 11000  # what nvcc built it with
         assert _core.cuda.driver_version() >= 0
         status = _core.cuda.cublas_status()  # loads cuBLAS if it can, and never needs a GPU for that
@@ -278,6 +280,7 @@ BAD = [  # (overrides, exception, message)
     (dict(weight_ptrs=[(8, 8, 0, 8)]), ValueError, "weight_ptrs\\[0\\].b_ih is required"),
     (dict(weight_ptrs=[(8, 8, "a", 8)]), TypeError, "must hold non-negative ints"),
     (dict(weight_ptrs=[8]), TypeError, "must be a tuple of ints"),
+    (dict(reset_after=False), ValueError, "reset_after=False is a GRU option"),
 ]
 
 
@@ -303,3 +306,20 @@ def test_backward_requires_reserve_and_matching_grads():
 def test_no_device_is_a_runtime_error():
     with pytest.raises(RuntimeError, match="no CUDA device"):
         _core.cuda.forward(**_ARGS)
+
+
+def test_op_device_rules():
+    """fastrnn.ops' rule of what runs where, on any device: layer norm only on the CPU; the kernels'
+    training modifiers not with the reset-before GRU or layer norm (fastrnn.nn runs those as composed
+    torch ops); the reset-before GRU, and the LSTM variants with every modifier, pass on any device."""
+    torch = pytest.importorskip("torch")
+    from fastrnn import ops
+    meta, cpu = torch.empty(3, 2, 4, device="meta"), torch.empty(3, 2, 4)
+    with pytest.raises(NotImplementedError, match="layer norm .* runs on the CPU only"):
+        ops._check_modifiers_cell(meta, "gru+layer_norm", None, 0.0, None, None)
+    ops._check_modifiers_cell(cpu, "gru+layer_norm", None, 0.0, None, None)
+    ops._check_modifiers_cell(meta, "gru+reset_before", None, 0.0, None, None)
+    ops._check_modifiers_cell(meta, "lstm+peephole+coupled+cell_clip=0.5", meta, 0.5, meta, meta)
+    for x in (meta, cpu):
+        with pytest.raises(NotImplementedError, match="training modifiers"):
+            ops._check_modifiers_cell(x, "gru+reset_before", None, 0.5, None, None)

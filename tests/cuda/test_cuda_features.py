@@ -196,6 +196,71 @@ def test_zero_peepholes_and_infinite_clip_are_the_plain_lstm():
     assert np.abs(got["dweights[0].dw_ch"]).max() > 0  # the peepholes' gradient is there, w_ch = 0 or not
 
 
+# ---- the reset-before GRU (reset_after=False): two kernels per step ------------------------------
+def _reset_before_problem(dtype, L, bi, ragged, T=5, B=3, I=4, H=5, **kw):
+    p = make_problem("gru", dtype, L, bi, T, B, I, H, ragged=ragged, **kw)
+    p["opts"] = {"reset_after": False}
+    return p
+
+
+@pytest.mark.parametrize("ragged", (False, True), ids=["equal", "ragged"])
+@pytest.mark.parametrize("bidirectional", (False, True), ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", (1, 2))
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=["f32", "f64"])
+def test_gru_reset_before_matches_reference(dtype, num_layers, bidirectional, ragged):
+    p = _reset_before_problem(dtype, num_layers, bidirectional, ragged,
+                              seed=seed_of("reset-before", np.dtype(dtype).name, num_layers, bidirectional, ragged))
+    got = check_against_reference(p)
+    # it is not the reset-after GRU: the same weights give other outputs there
+    plain = run_reference({**p, "opts": None})
+    assert np.abs(got["output"] - plain["output"]).max() > 1e-3
+
+
+def test_gru_reset_before_tile_edges():
+    """B > 16 rows, H = 33 (not a multiple of the 16-unit tiles), I > 64: the second product reads
+    r*h of units in other blocks, and its backward dG_n of units in other blocks."""
+    check_against_reference(_reset_before_problem(np.float32, 2, True, True, T=3, B=17, I=70, H=33,
+                                                  seed=seed_of("reset-before-edges")))
+
+
+def test_gru_reset_before_no_bias_no_state_deterministic():
+    """Without biases or h0; two runs bitwise equal; inference == the training forward."""
+    p = _reset_before_problem(np.float32, 2, True, True, T=4, B=5, I=3, H=6, bias=False, seed=7)
+    p["h0"] = None
+    first = check_against_reference(p)
+    assert "dweights[0].db_ih" not in first
+    second = run_cuda(DEVICE, p)
+    for name, v in first.items():
+        assert (v is None and second[name] is None) or np.array_equal(v, second[name]), f"{name} differs between runs"
+    inference = run_cuda(DEVICE, p, training=False)
+    for name in ("output", "h_n"):
+        assert np.array_equal(inference[name], first[name]), f"{name}: inference differs from the training forward"
+
+
+@pytest.mark.parametrize("which", ["zoneout", "zoneout_eval", "grad_clip", "zoneout_clip"])
+def test_gru_reset_before_kernel_modifiers(which):
+    """The kernels' zoneout and grad_clip with the reset-before GRU (as on the CPU kernels; fastrnn.ops
+    still routes modified reset-before calls to composed torch ops), and recurrent dropout refused."""
+    p = _modifier_problem("gru", np.float64, which, "L2-bi-ragged")
+    p["opts"] = {"reset_after": False}
+    check_against_reference(p)
+
+
+def test_gru_reset_before_refuses_recurrent_dropout():
+    p = _modifier_problem("gru", np.float32, "recurrent", "L1-uni")
+    p["opts"] = {"reset_after": False}
+    with pytest.raises(ValueError, match="recurrent dropout is not implemented for the reset-before GRU"):
+        run_cuda(DEVICE, p)
+
+
+def test_layer_norm_is_refused_on_cuda():
+    """Layer norm has no CUDA kernels: the entry points say so (ValueError), before anything runs."""
+    p = make_problem("lstm", np.float32, 1, False, 3, 2, 3, 4, seed=1)
+    with pytest.raises(ValueError, match="layer norm is not implemented on CUDA"):
+        run_cuda(DEVICE, {**p, "opts": {"layer_norm": True},
+                          "weights": [e + (np.ones(16), np.ones(16), np.ones(4), np.zeros(4)) for e in p["weights"]]})
+
+
 # ---- the training modifiers ----------------------------------------------------------
 def _modifier_problem(cell, dtype, which, layout, T=6, B=3, I=4, H=17):
     L, bi, ragged = (1, False, False) if layout == "L1-uni" else (2, True, True)
@@ -225,6 +290,18 @@ MODIFIERS = ["recurrent", "zoneout", "zoneout_eval", "grad_clip", "zoneout_clip"
 def test_modifiers_match_reference(cell, which, layout):
     dtype = np.float64 if layout == "L1-uni" else np.float32
     check_against_reference(_modifier_problem(cell, dtype, which, layout))
+
+
+@pytest.mark.parametrize("which", ["recurrent", "zoneout", "zoneout_clip", "all"])
+@pytest.mark.parametrize("variant", [(True, False, None), (False, True, 0.4), (True, True, 0.4)],
+                         ids=["peep", "cifg-clip", "peep-cifg-clip"])
+def test_modifiers_with_lstm_variants_match_reference(variant, which):
+    """The modifiers on top of the LSTM variants (peepholes read c_{t-1} and c_t, which zoneout of c
+    mixes; the clip acts on c~ before zoneout) against the reference with the same masks."""
+    p = _modifier_problem("lstm", np.float64, which, "L2-bi-ragged", H=6)
+    v = variant_problem(variant, np.float64, 2, True, T=6, B=3, I=4, H=6, ragged=True, scale=2.0,
+                        seed=seed_of("mods-variant", variant, which))
+    check_against_reference({**v, "mods": p["mods"]})
 
 
 @pytest.mark.parametrize("which", ["all", "zoneout_eval"])
@@ -375,6 +452,40 @@ def test_nn_variant_module_on_cuda_matches_cpu(dtype, cuda_ops):
                      "cuda-bfloat16", "output" if i < 3 else "d")
 
 
+@pytest.mark.parametrize("case", ["gru-reset-before", "lstm-variant-modifiers"])
+def test_nn_module_on_cuda_matches_cpu(case, cuda_ops):
+    """fastrnn.nn.GRU(reset_after=False), and an LSTM variant with the kernels' modifiers (eval mode:
+    zoneout's deterministic mix and grad_clip, no masks drawn, so that CPU and GPU see the same
+    numbers), on the CUDA back end == the same module on the CPU kernels in float64: outputs, final
+    states, the input's and every parameter's gradient."""
+    torch = pytest.importorskip("torch")
+    import fastrnn.nn as fnn
+    torch.manual_seed(0)
+    if case == "gru-reset-before":
+        cpu = fnn.GRU(4, 6, num_layers=2, bidirectional=True, reset_after=False).double()
+    else:
+        cpu = fnn.LSTM(4, 6, num_layers=2, bidirectional=True, peephole=True, cell_clip=0.5, zoneout=0.2,
+                       zoneout_cell=0.1, grad_clip=0.05).double().eval()
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+
+    def run(module, x):
+        x = x.clone().requires_grad_(True)
+        y, state = module(x)
+        states = list(state) if isinstance(state, tuple) else [state]
+        (y.sum() + sum((s * s).sum() for s in states)).backward()
+        return [y, *states, x.grad] + [q.grad for q in module.parameters()]
+
+    expected = run(cpu, x)
+    module = copy.deepcopy(cpu)
+    module = module if DEVICE.emulated else module.cuda()
+    module.zero_grad(set_to_none=True)
+    cuda_ops.route()
+    got = run(module, cuda_ops(x))
+    assert len(got) == len(expected)
+    for i, (a, e) in enumerate(zip(got, expected)):
+        assert_close(a.detach().cpu().numpy(), e.detach().numpy(), np.float64, f"quantity {i}")
+
+
 # ---- float16 / bfloat16 storage ------------------------------------------------------
 def rounding_reference_forward(p):
     """The float64 reference rounded to p's 16-bit dtype exactly where the CUDA kernels store: each
@@ -465,6 +576,13 @@ def test_16bit_variant_modifiers_and_tile_edges(name):
     got, expected = run_cuda(DEVICE, p), run_reference(p)
     for key, v in got.items():
         assert_close(v, expected[key], f"cuda-{name}", key)
+
+
+@pytest.mark.parametrize("name", STORAGE16)
+def test_16bit_gru_reset_before(name):
+    p = problem16(name, "gru", "L2-bi-ragged", seed=seed_of("16rb", name))
+    p["opts"] = {"reset_after": False}
+    check16(p)
 
 
 def test_16bit_op_cuda_branch(cuda_ops):

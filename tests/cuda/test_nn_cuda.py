@@ -102,6 +102,34 @@ def test_larger_sizes_ragged_two_layers_bidirectional(cell, dtype):
         assert_close(grad.cpu().numpy(), expected[3][name].numpy(), dtype, "d" + name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gru_reset_before_on_cuda_matches_cpu(dtype):
+    """fastrnn.nn.GRU(reset_after=False) on CUDA tensors runs the CUDA kernels (torch.nn has no such
+    GRU: the truth is the same module on the CPU kernels in float64), at the tile-crossing sizes,
+    packed with ragged lengths, two layers, bidirectional; and two runs bitwise equal."""
+    T, B, I, H = LARGER["T"], LARGER["B"], LARGER["I"], LARGER["H"]
+    torch.manual_seed(6)
+    ref = fnn.GRU(I, H, 2, bidirectional=True, reset_after=False, dtype=dtype)
+    fast = fnn.GRU(I, H, 2, bidirectional=True, reset_after=False, dtype=dtype)
+    fast.load_state_dict(ref.state_dict())
+    ref, fast = ref.double(), fast.cuda()
+    lengths = torch.tensor([T, 1] + list(np.random.default_rng(7).integers(1, T + 1, B - 2)))
+    x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(8), dtype=torch.float64).to(dtype)
+    x_ref, x_gpu = x.clone().double().requires_grad_(), x.clone().cuda().requires_grad_()
+    expected, got = _train(ref, x_ref, lengths, 9), _train(fast, x_gpu, lengths, 9)
+    assert_close(got[0].detach().cpu().numpy(), expected[0].detach().numpy(), dtype, "output")
+    assert_close(got[1][0].detach().cpu().numpy(), expected[1][0].detach().numpy(), dtype, "h_n")
+    assert_close(got[2].cpu().numpy(), expected[2].numpy(), dtype, "dx")
+    for name, grad in got[3].items():
+        assert_close(grad.cpu().numpy(), expected[3][name].numpy(), dtype, "d" + name)
+    first = [got[2].clone()] + [g.clone() for g in got[3].values()]
+    x_gpu.grad = None
+    fast.zero_grad(set_to_none=True)
+    again = _train(fast, x_gpu, lengths, 9)
+    for a, b in zip(first, [again[2]] + list(again[3].values())):
+        assert torch.equal(a, b), "two runs differ"
+
+
 def test_deterministic_and_on_a_side_stream():
     """Two runs are bitwise equal, also when the module runs on a stream other than the default
     (the kernels are queued on torch's current stream)."""

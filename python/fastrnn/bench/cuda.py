@@ -19,8 +19,8 @@ The suite: DeepBench-style training and inference sizes for LSTM, GRU and RNN (H
 {1, 4, 8} at H = 512 and 1024, T = 50) and a long sequence (B = 16, T = 1024, H = 768). ``--quick``
 is a few of each, and ``--max-seconds`` stops starting new cases after that long (the JSON then
 says how many were left), so a fixed device-time window is never overrun. A quick run adds a second
-table (``EXTRAS``, one training size): the LSTM variants and the training modifiers against
-fastrnn's fp32 base cell (what the option costs), and bfloat16/float16 layers against cuDNN in the
+table (``EXTRAS``, one training size): the LSTM variants, the reset-before GRU and the training
+modifiers (alone, and on an LSTM variant) against fastrnn's fp32 base cell (what the option costs), and bfloat16/float16 layers against cuDNN in the
 same dtype, each checked first in eval mode against fastrnn's CPU kernels in float64.
 """
 from __future__ import annotations
@@ -284,6 +284,9 @@ EXTRAS = (  # (name, cell, fastrnn.nn keywords, dtype, baseline: "base" or "cudn
     ("lstm zoneout", "lstm", dict(zoneout=0.1, zoneout_cell=0.05), "float32", "base"),
     ("lstm grad_clip", "lstm", dict(grad_clip=1.0), "float32", "base"),
     ("gru zoneout", "gru", dict(zoneout=0.1), "float32", "base"),
+    ("gru reset_after=False", "gru", dict(reset_after=False), "float32", "base"),
+    ("lstm peephole + zoneout + grad_clip", "lstm", dict(peephole=True, zoneout=0.1, zoneout_cell=0.05, grad_clip=1.0),
+     "float32", "base"),
 )
 
 

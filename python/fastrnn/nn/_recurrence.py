@@ -29,11 +29,11 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
             seeded: Optional[tuple] = None):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
     the op's cell string with the cell options (ops.variant_cell), default the mode's base cell.
-    ``reset_before``: the GRU with reset_after=False, and ``layer_norm``: the layer-normalised
-    LSTM/GRU (weights entries end with the norm's vectors): the fused CPU kernels (op cell strings
-    "gru+reset_before", "lstm+layer_norm", ...); on other devices, which have no such kernels, with the
-    training modifiers, and for the calls the kernels do not serve, composed torch ops (correct, not
-    fast). ``proj_size`` (the LSTM's projection, weight_hr [P, H] ending each entry): composed torch ops.
+    ``reset_before``: the GRU with reset_after=False (fused on the CPU and on CUDA), and
+    ``layer_norm``: the layer-normalised LSTM/GRU (weights entries end with the norm's vectors; fused
+    on the CPU): op cell strings "gru+reset_before", "lstm+layer_norm", ...; on devices without such
+    kernels, with the training modifiers, and for the calls the kernels do not serve, composed torch
+    ops (correct, not fast). ``proj_size`` (the LSTM's projection, weight_hr [P, H] ending each entry): composed torch ops.
     recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
     are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant. seeded:
     (seed [1] int64, stream, zoneout, zoneout_cell, recurrent_dropout), the masks the CPU kernels draw
@@ -41,7 +41,8 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
     modified = recurrent_mask is not None or bool(grad_clip) or zoneout is not None or seeded is not None
     # the 16-bit kernels have no layer norm yet (CPU autocast would hand them 16-bit tensors)
     half = x.dtype in (torch.bfloat16, torch.float16) or (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
-    if (((reset_before or layer_norm) and (x.device.type != "cpu" or modified)) or (layer_norm and half)
+    fused_devices = ("cpu", "cuda") if reset_before else ("cpu",)
+    if (((reset_before or layer_norm) and (x.device.type not in fused_devices or modified)) or (layer_norm and half)
             or proj_size > 0
             or _kernels_cannot_serve(x, h0, c0, weights)):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,

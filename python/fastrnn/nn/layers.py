@@ -500,7 +500,8 @@ class GRU(_RNNBase):
     ``init="identity"`` (W_hh blocks = I); ``reset_after=False``: the reset gate multiplies h before
     the hidden product (Cho et al. 2014; same parameters); ``layer_norm``: a_ih = LN(W_ih x) γ_ih + b_ih,
     a_hh = LN(W_hh h) γ_hh + b_hh as the cell's two products (parameters ``ln_weight_ih/hh_l{k}{suffix}``
-    [3H]; not with reset_after=False). Both run fused on the CPU, as composed torch ops elsewhere."""
+    [3H]; not with reset_after=False). Both run fused on the CPU, reset_after=False on CUDA too, and
+    otherwise as composed torch ops."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
