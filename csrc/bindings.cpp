@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -104,6 +105,35 @@ fastrnn::RnnConfig make_config(int cell, py::array x, int64 H, int64 L, bool bid
 using fastrnn::pointer_args::cell_options;  // the cell options as keywords (defaults: the base cells)
 using fastrnn::pointer_args::checked_grad_clip;
 
+// mask_seed: None, or (seed, stream, zoneout, zoneout_cell, recurrent_dropout): the masks the CPU
+// kernels draw themselves (rnn.h SeededMasks, csrc/philox.h) for the modifiers whose p > 0. seed:
+// an int, taken modulo 2^64; stream >= 0: the generator's stream of layer 0, direction 0.
+fastrnn::SeededMasks checked_mask_seed(py::handle mask_seed, const fastrnn::RnnConfig& c) {
+  fastrnn::SeededMasks s;
+  if (mask_seed.is_none()) return s;
+  if (!py::isinstance<py::tuple>(mask_seed) || py::len(mask_seed) != 5)
+    throw py::type_error("mask_seed must be None or a tuple (seed, stream, zoneout, zoneout_cell, recurrent_dropout)");
+  const auto t = py::reinterpret_borrow<py::tuple>(mask_seed);
+  if (!py::isinstance<py::int_>(t[0]) || py::isinstance<py::bool_>(t[0]))
+    throw py::type_error("mask_seed's seed must be an int, got " + std::string(py::str(py::type::of(t[0]))));
+  s.on = true;
+  const py::object seed = py::reinterpret_borrow<py::object>(t[0]);
+  s.seed = py::cast<std::uint64_t>(seed & py::int_(std::numeric_limits<std::uint64_t>::max()));
+  s.stream = py::cast<int64>(t[1]);
+  if (s.stream < 0) throw py::value_error("mask_seed's stream must be >= 0, got " + std::to_string(s.stream));
+  const char* names[3] = {"zoneout", "zoneout_cell", "recurrent_dropout"};
+  double* ps[3] = {&s.zoneout_h, &s.zoneout_c, &s.recurrent};
+  for (int i = 0; i < 3; ++i) {
+    *ps[i] = py::cast<double>(t[2 + i]);
+    if (!(*ps[i] >= 0 && *ps[i] < 1))
+      throw py::value_error(std::string("mask_seed's ") + names[i] + " must be a probability in [0, 1), got " +
+                            std::to_string(*ps[i]));
+  }
+  if (s.zoneout_c > 0 && !c.has_cell_state())
+    throw py::value_error("mask_seed's zoneout_cell is for cells with a cell state (the LSTM)");
+  return s;
+}
+
 const int64* checked_lengths(py::handle obj, const fastrnn::RnnConfig& c) {
   const int64* p = checked<int64>(obj, "lengths", {c.B}, true, false);
   if (p)
@@ -148,7 +178,7 @@ template <class T>
 void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::object h0, py::object c0,
                py::object lengths, py::object y, py::object hn, py::object cn, py::object reserve,
                py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h,
-               py::object pre_c) {
+               py::object pre_c, py::object mask_seed) {
   // h is h_size() wide (P for the projected LSTM), c and the modifiers' arrays H wide
   const std::vector<int64> state{c.L * c.D, c.B, c.H}, steps{c.L * c.D, c.T, c.B, c.H};
   const std::vector<int64> hstate{c.L * c.D, c.B, c.h_size()};
@@ -167,6 +197,7 @@ void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::o
   a.mods.zoneout_c = lstm ? checked<T>(zoneout_c, "zoneout_c", steps, true, false) : nullptr;
   a.mods.pre_h = checked<T>(pre_h, "pre_h", steps, true, true);
   a.mods.pre_c = lstm ? checked<T>(pre_c, "pre_c", steps, true, true) : nullptr;
+  a.mods.seeded = checked_mask_seed(mask_seed, c);
   py::gil_scoped_release release;
   fastrnn::cpu::forward<T>(c, a);
 }
@@ -175,7 +206,7 @@ template <class T>
 void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::object h0, py::object c0,
                 py::object lengths, py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx,
                 py::object dh0, py::object dc0, py::list grads, py::object recurrent_mask, double grad_clip,
-                py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c) {
+                py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, py::object mask_seed) {
   const std::vector<int64> state{c.L * c.D, c.B, c.H}, steps{c.L * c.D, c.T, c.B, c.H};
   const std::vector<int64> hstate{c.L * c.D, c.B, c.h_size()};
   const bool lstm = c.has_cell_state();
@@ -196,8 +227,12 @@ void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::
   a.mods.grad_clip = checked_grad_clip(grad_clip);
   a.mods.zoneout_h = checked<T>(zoneout_h, "zoneout_h", steps, true, false);
   a.mods.zoneout_c = lstm ? checked<T>(zoneout_c, "zoneout_c", steps, true, false) : nullptr;
-  a.mods.pre_h = checked<T>(pre_h, "pre_h", steps, a.mods.zoneout_h == nullptr, false);
-  a.mods.pre_c = lstm ? checked<T>(pre_c, "pre_c", steps, a.mods.zoneout_c == nullptr, false) : nullptr;
+  a.mods.seeded = checked_mask_seed(mask_seed, c);
+  // h~ (c~) are required with zoneout of h (c), given or seeded
+  const bool zoned_h = a.mods.zoneout_h || a.mods.seeded.zoneout_h > 0;
+  const bool zoned_c = a.mods.zoneout_c || a.mods.seeded.zoneout_c > 0;
+  a.mods.pre_h = checked<T>(pre_h, "pre_h", steps, !zoned_h, false);
+  a.mods.pre_c = lstm ? checked<T>(pre_c, "pre_c", steps, !zoned_c, false) : nullptr;
   // grads mirrors weights: same count, same shapes, writeable.
   auto gw = checked_weights<T>(grads, c);
   for (int64 k = 0; k < c.L * c.D; ++k) {
@@ -570,11 +605,11 @@ PYBIND11_MODULE(_core, m) {
            py::object hn, py::object cn, py::object reserve, int64 H, int64 L, bool bidirectional,
            py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole, bool coupled,
            double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size) {
+           int64 proj_size, py::object mask_seed) {
           const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_array_dtype(x, [&](auto tag) {
             forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h,
-                                     zoneout_c, pre_h, pre_c);
+                                     zoneout_c, pre_h, pre_c, mask_seed);
           });
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
@@ -582,7 +617,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bidirectional"), py::arg("recurrent_mask") = py::none(), py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
         py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
-        py::arg("proj_size") = 0);
+        py::arg("proj_size") = 0, py::arg("mask_seed") = py::none());
 
   m.def("backward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths,
@@ -590,11 +625,11 @@ PYBIND11_MODULE(_core, m) {
            py::object dc0, py::list grads, int64 H, int64 L, bool bidirectional, py::object recurrent_mask,
            double grad_clip, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole,
            bool coupled, double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size) {
+           int64 proj_size, py::object mask_seed) {
           const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_array_dtype(x, [&](auto tag) {
             backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads,
-                                      recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
+                                      recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c, mask_seed);
           });
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
@@ -603,14 +638,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("recurrent_mask") = py::none(), py::arg("grad_clip") = 0.0, py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
         py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
-        py::arg("proj_size") = 0);
+        py::arg("proj_size") = 0, py::arg("mask_seed") = py::none());
 
   using fastrnn::pointer_args::Ptr;
   m.def("forward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve,
            Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size, Ptr batch_sizes, int64 packed_rows) {
+           int64 proj_size, Ptr batch_sizes, int64 packed_rows, py::object mask_seed) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
                                                             cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
@@ -619,6 +654,7 @@ PYBIND11_MODULE(_core, m) {
             auto a = fastrnn::pointer_args::forward_args<T_>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, ptrs);
             a.mods = fastrnn::pointer_args::forward_modifiers<T_>(c, recurrent_mask, zoneout_h, zoneout_c, pre_h, pre_c,
                                                                   ptrs);
+            a.mods.seeded = checked_mask_seed(mask_seed, c);
             py::gil_scoped_release release;
             if (batch_sizes) fastrnn::cpu::forward_packed<T_>(c, a, reinterpret_cast<const int64*>(batch_sizes), packed_rows);
             else fastrnn::cpu::forward<T_>(c, a);
@@ -631,6 +667,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
         py::arg("proj_size") = 0, py::arg("batch_sizes_ptr") = 0, py::arg("packed_rows") = 0,
+        py::arg("mask_seed") = py::none(),
         "forward on host pointers (ints; 0 = absent): the CUDA entry point's arguments without the stream. "
         "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h). With "
         "batch_sizes_ptr (int64 [T], a PackedSequence's) x and y are packed [packed_rows, .] arrays and "
@@ -641,7 +678,7 @@ PYBIND11_MODULE(_core, m) {
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
            Ptr dc0, const py::list& grads, Ptr recurrent_mask, double grad_clip, Ptr zoneout_h, Ptr zoneout_c,
            Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size, Ptr batch_sizes, int64 packed_rows) {
+           int64 proj_size, Ptr batch_sizes, int64 packed_rows, py::object mask_seed) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
                                                             cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
@@ -651,6 +688,9 @@ PYBIND11_MODULE(_core, m) {
                                                               dh0, dc0, grads, ptrs);
             a.mods = fastrnn::pointer_args::backward_modifiers<T_>(c, recurrent_mask, grad_clip, zoneout_h, zoneout_c,
                                                                    pre_h, pre_c, ptrs);
+            a.mods.seeded = checked_mask_seed(mask_seed, c);
+            if ((a.mods.seeded.zoneout_h > 0 && !a.mods.pre_h) || (a.mods.seeded.zoneout_c > 0 && !a.mods.pre_c))
+              throw fastrnn::ArgumentError("pre_h_ptr / pre_c_ptr (the forward's h~, c~) are required with seeded zoneout");
             py::gil_scoped_release release;
             if (batch_sizes) fastrnn::cpu::backward_packed<T_>(c, a, reinterpret_cast<const int64*>(batch_sizes), packed_rows);
             else fastrnn::cpu::backward<T_>(c, a);
@@ -664,6 +704,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
         py::arg("proj_size") = 0, py::arg("batch_sizes_ptr") = 0, py::arg("packed_rows") = 0,
+        py::arg("mask_seed") = py::none(),
         "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream; "
         "batch_sizes_ptr: x, dy and dx packed).");
 

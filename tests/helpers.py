@@ -649,6 +649,44 @@ def torch_modified_loop(torch, cell, x, entries, h0, c0, lengths, bidirectional,
     return layer_in, torch.stack(hns), (torch.stack(cns) if lstm else None)
 
 
+def nn_drawn_masks(torch, m, T_, B_, dtype=None) -> dict:
+    """The masks fastrnn.nn's module ``m`` draws in a training call on a CPU input [T, B, I], in its
+    documented order, from torch's default generator (seed it as before the call): the weight-dropout
+    masks (F.dropout's bernoulli(keep) / keep of each W_hh's shape), then either one seed from which
+    the kernels draw the others (where ``m._kernels_draw_masks``; materialised here by
+    fastrnn.reference.philox.seeded_masks) or the recurrent [L*D, B, P] and zoneout [L*D, T, B, P]
+    (h), [L*D, T, B, H] (c) tensors. Keys (those drawn): weight_masks (a list of L*D), recurrent_mask,
+    zoneout, zoneout_cell, as torch_modified_loop takes them (weight_masks: the caller's)."""
+    from fastrnn.nn.layers import _draw_mask_seed
+    from fastrnn.reference.philox import seeded_masks
+    L, D, Hh = m.num_layers, 2 if m.bidirectional else 1, m.hidden_size
+    P = m.proj_size or Hh
+    dtype = dtype or torch.float64
+    lstm = m.mode == "LSTM"
+    out = {}
+    if m.weight_dropout:
+        keep = 1 - m.weight_dropout
+        out["weight_masks"] = [torch.empty(getattr(m, names[1]).shape, dtype=dtype).bernoulli_(keep) / keep
+                               for names in m._all_weights]
+    probe = torch.empty(T_, B_, m.input_size, dtype=dtype)
+    if m._kernels_draw_masks(probe, None, None, list(m._weights())):
+        seed = int(_draw_mask_seed())
+        masks = seeded_masks(seed, L * D, T_, B_, Hh, zoneout=m.zoneout, zoneout_cell=m.zoneout_cell if lstm else 0.0,
+                             recurrent_dropout=m.recurrent_dropout)
+        for key, mask in zip(("recurrent_mask", "zoneout", "zoneout_cell"), masks):
+            if mask is not None:
+                out[key] = torch.from_numpy(mask).to(dtype)
+        return out
+    if m.recurrent_dropout:
+        keep = 1 - m.recurrent_dropout
+        out["recurrent_mask"] = torch.empty(L * D, B_, P, dtype=dtype).bernoulli_(keep).div_(keep)
+    if m.zoneout:
+        out["zoneout"] = torch.empty(L * D, T_, B_, P, dtype=dtype).bernoulli_(m.zoneout)
+    if lstm and m.zoneout_cell:
+        out["zoneout_cell"] = torch.empty(L * D, T_, B_, Hh, dtype=dtype).bernoulli_(m.zoneout_cell)
+    return out
+
+
 # ---- the NLP examples ----------------------------------------------------------------------------
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 EXAMPLES = os.path.join(REPO, "examples")

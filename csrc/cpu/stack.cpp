@@ -347,6 +347,7 @@ ForwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const Forward
   w.take(a.cn, f.cn, carried, Access::Write, "the float32 c_n");
   w.take(a.reserve, f.reserve, ReserveLayout(c).total, Access::Write, "the float32 reserve");
   w.modifiers(c, a.mods, f.mods, Access::Write);
+  f.mods.seeded = a.mods.seeded;
   f.weights.resize(a.weights.size());
   for (size_t k = 0; k < a.weights.size(); ++k) w.layer(c, c.input_size(int64(k) / c.D), a.weights[k], f.weights[k]);
   return f;
@@ -367,6 +368,7 @@ BackwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const Backwa
   w.take(a.dh0, f.dh0, state, Access::Write, "the float32 dh0");
   w.take(a.dc0, f.dc0, carried, Access::Write, "the float32 dc0");
   w.modifiers(c, a.mods, f.mods, Access::Read);
+  f.mods.seeded = a.mods.seeded;
   f.weights.resize(a.weights.size());
   f.grads.resize(a.grads.size());
   for (size_t k = 0; k < a.weights.size(); ++k)
@@ -409,6 +411,7 @@ template <class T> void forward_in(const RnnConfig& c, const ForwardArgs<T>& a, 
     s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.lengths = order->lengths.data();
     s.y = y.data(), s.hn = hn.data(), s.cn = a.cn ? cn.data() : nullptr;
     s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    s.mods.seeded.batch_row = order->order.data();  // seeded masks are keyed on the caller's rows
     stack_forward(CpuBackend{}, c, s);
     permute_rows<T>(s.y, a.y, c.T, c.B, DH, order->order, false);
     permute_rows<T>(s.hn, a.hn, LD, c.B, HW, order->order, false);
@@ -456,6 +459,7 @@ template <class T> void backward_in(const RnnConfig& c, const BackwardArgs<T>& a
     s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.dy = dy.p, s.dhn = dhn.p, s.dcn = dcn.p, s.lengths = order->lengths.data();
     s.dx = dx.data(), s.dh0 = dh0.data(), s.dc0 = a.dc0 ? dc0.data() : nullptr;
     s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    s.mods.seeded.batch_row = order->order.data();  // seeded masks are keyed on the caller's rows
     stack_backward(CpuBackend{}, c, s);
     permute_rows<T>(s.dx, a.dx, c.T, c.B, c.I, order->order, false);
     permute_rows<T>(s.dh0, a.dh0, LD, c.B, HW, order->order, false);

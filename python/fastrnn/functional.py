@@ -49,12 +49,12 @@ class Saved:
 
     __slots__ = ("cell", "x", "weights", "h0", "c0", "lengths", "reserve", "hidden_size", "num_layers",
                  "bidirectional", "batch_first", "recurrent_mask", "grad_clip", "weight_mask", "dilated", "zoneout",
-                 "options")
+                 "options", "mask_seed")
 
     def __init__(self, **kw):
         # the modifiers' fields are off unless given
         for k, v in {"recurrent_mask": None, "grad_clip": 0.0, "weight_mask": None, "dilated": None,
-                     "zoneout": None, "options": {}, **kw}.items():
+                     "zoneout": None, "options": {}, "mask_seed": None, **kw}.items():
             setattr(self, k, v)
 
 
@@ -256,7 +256,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
             cell_clip: Optional[float] = None, proj_size: int = 0, reset_after: bool = True, layer_norm: bool = False,
             recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, grad_clip: Optional[float] = None,
             dilation=1, zoneout: float = 0.0, zoneout_cell: float = 0.0, recurrent_mask=None, weight_mask=None,
-            zoneout_mask=None, zoneout_cell_mask=None, rng=None) -> RNNResult:
+            zoneout_mask=None, zoneout_cell_mask=None, rng=None, seed=None) -> RNNResult:
     """Run a stack of recurrent layers over a whole sequence.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
@@ -304,6 +304,13 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     zoneout, zoneout_cell: p (zoneout_cell: the LSTM's c); h_t = d h_{t-1} + (1 - d) h~_t with
         d ~ Bernoulli(p) per element and step when training (or ``zoneout_mask`` [L*D, T, B, H]; for
         c ``zoneout_cell_mask``), d = p when not (the eval formula).
+    seed: instead of masks drawn here, the kernels draw the recurrent-dropout and zoneout masks
+        themselves (inside the fused step, again in backward; nothing [T, B, H] is stored) from a
+        Philox4x32-10 stream keyed on (seed, layer and direction, t, b, j); an int, or a
+        ``numpy.random.Generator`` that one 64-bit seed is drawn from. The same seed gives the same
+        masks: ``fastrnn.reference.philox.seeded_masks`` materialises them (README "Training
+        modifiers"). With dilation the masks are materialised so and passed as arrays; the weight
+        mask comes from ``numpy.random.default_rng(seed)``. Not with ``rng`` or any mask argument.
     The modifiers combine with peephole, coupled and cell_clip (the kernels run the variant's cell
     with each). Zoneout blends the cell's new state as a whole: within step t, h~_t and o's
     peephole see c~_t (the cell's new c, clipped by cell_clip); the state carried to step t + 1,
@@ -355,13 +362,28 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
                                   "zoneout, zoneout_cell) are not fused with proj_size yet: fastrnn.reference.forward"
                                   "(..., proj_size=P) and fastrnn.nn.LSTM(proj_size=P) (composed torch ops) run them")
-    draws = training and (recurrent_dropout > 0 and recurrent_mask is None
+    given_masks = [n for n, m in (("recurrent_mask", recurrent_mask), ("weight_mask", weight_mask),
+                                  ("zoneout_mask", zoneout_mask), ("zoneout_cell_mask", zoneout_cell_mask))
+                   if m is not None]
+    seed = _check_seed(seed, rng, given_masks)
+    mask_seed = None  # (seed, stream, zoneout, zoneout_cell, recurrent_dropout): the kernels draw the masks
+    if seed is not None and training:
+        rng = seed  # the weight masks' generator
+        if any(d != 1 for d in dilations):  # the folded calls' rows are not the caller's: materialised here
+            from .reference.philox import seeded_masks
+            recurrent_mask, zoneout_mask, zoneout_cell_mask = seeded_masks(
+                seed, L * D, T, B, H, zoneout=zoneout, zoneout_cell=zoneout_cell if carries_cell_state(cell) else 0.0,
+                recurrent_dropout=recurrent_dropout, dtype=x.dtype)
+        elif recurrent_dropout > 0 or zoneout > 0 or zoneout_cell > 0:
+            mask_seed = (seed, 0, float(zoneout), float(zoneout_cell), float(recurrent_dropout))
+    draws = training and (recurrent_dropout > 0 and recurrent_mask is None and mask_seed is None
                           or weight_dropout > 0 and weight_mask is None
-                          or zoneout > 0 and zoneout_mask is None or zoneout_cell > 0 and zoneout_cell_mask is None)
+                          or mask_seed is None and (zoneout > 0 and zoneout_mask is None
+                                                    or zoneout_cell > 0 and zoneout_cell_mask is None))
     generator = np.random.default_rng(rng) if draws else None
     if recurrent_mask is not None:
         recurrent_mask = _check_state("recurrent_mask", recurrent_mask, state_shape, x.dtype)
-    elif training and recurrent_dropout > 0:
+    elif training and recurrent_dropout > 0 and mask_seed is None:
         recurrent_mask = _bernoulli_mask(generator, state_shape, recurrent_dropout, x.dtype)
     if weight_mask is not None:
         weight_mask = _check_weight_mask(weight_mask, L * D, (G * H, H), x.dtype)
@@ -376,6 +398,8 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
             _check_dtype(name, given, x.dtype)
             _check_shape(name, given, steps_shape, "(num_layers*num_directions, T, B, H) = ")
             zone.append(np.ascontiguousarray(given))
+        elif p > 0 and training and mask_seed is not None:  # the kernels draw d
+            zone.append(None)
         elif p > 0:  # training: keep the previous state where d = 1; eval: d = p
             zone.append((generator.random(steps_shape) < p).astype(x.dtype) if training
                         else np.full(steps_shape, p, x.dtype))
@@ -390,12 +414,28 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
                                             recurrent_mask, grad_clip, dilations, zone, options)
     else:
         y, hn, cn, saved = _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training,
-                                          recurrent_mask, grad_clip, zone, options)
+                                          recurrent_mask, grad_clip, zone, options, mask_seed)
     if saved is not None:
         saved.batch_first, saved.weight_mask = batch_first, weight_mask
     if batch_first:
         y = np.ascontiguousarray(y.transpose(1, 0, 2))
     return RNNResult(y, hn, cn, saved)
+
+
+def _check_seed(seed, rng, given_masks: list) -> Optional[int]:
+    """seed= as the kernels take it: None, or an int in [0, 2^64) (an int taken mod 2^64, or one
+    drawn from a numpy.random.Generator). Not together with rng= or a mask argument."""
+    if seed is None:
+        return None
+    if rng is not None:
+        raise ValueError("give seed= (the kernels draw the masks) or rng= (the masks drawn in NumPy), not both")
+    if given_masks:
+        raise ValueError(f"give seed= or the masks, not both: got seed= and {', '.join(given_masks)}")
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**64, dtype=np.uint64))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int or a numpy.random.Generator, got {type(seed).__name__}")
+    return int(seed) % 2**64
 
 
 def _check_probability(name: str, p) -> None:
@@ -443,10 +483,11 @@ def _bernoulli_mask(generator: np.random.Generator, shape: tuple, p: float, dtyp
 
 
 def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training, recurrent_mask, grad_clip,
-                   zone=(None, None), options=None):
+                   zone=(None, None), options=None, mask_seed=None):
     """One kernel call for the whole stack: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None).
     zone: the zoneout masks (d_h, d_c), each [L*D, T, B, H] or None; options: the LSTM variants'
-    (``_check_options``), which the kernels combine with every modifier."""
+    (``_check_options``), which the kernels combine with every modifier; mask_seed: the masks the
+    kernels draw, (seed, stream, zoneout, zoneout_cell, recurrent_dropout), or None."""
     options = options or {}
     T, B, I = xt.shape
     D = 2 if bidirectional else 1
@@ -459,14 +500,17 @@ def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, trai
     if training:
         reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional, **options), xt.dtype)
     # a training forward keeps h~ / c~ of every zoned-out step for the cell's backward
-    pre = [np.empty(z.shape, xt.dtype) if (training and z is not None) else None for z in zone]
+    seeded_p = (0.0, 0.0) if mask_seed is None else (mask_seed[2], mask_seed[3] if cn is not None else 0.0)
+    pre = [np.empty((L * D, T, B, H), xt.dtype) if (training and (z is not None or p > 0)) else None
+           for z, p in zip(zone, seeded_p)]
     _core.forward(_CELL_ID[cell], xt, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional,
-                  recurrent_mask, zone[0], zone[1], pre[0], pre[1], **options)
+                  recurrent_mask, zone[0], zone[1], pre[0], pre[1], **options, mask_seed=mask_seed)
     saved = None
     if training:
         saved = Saved(cell=cell, x=xt, weights=weights, h0=h0, c0=c0, lengths=lengths, reserve=reserve,
                       hidden_size=H, num_layers=L, bidirectional=bidirectional, batch_first=False,
-                      recurrent_mask=recurrent_mask, grad_clip=grad_clip, zoneout=(zone, pre), options=options)
+                      recurrent_mask=recurrent_mask, grad_clip=grad_clip, zoneout=(zone, pre), options=options,
+                      mask_seed=mask_seed)
     return y, hn, cn, saved
 
 
@@ -630,7 +674,7 @@ def _plain_backward(saved: Saved, dyt, dhn, dcn):
     zone, pre = saved.zoneout or ((None, None), (None, None))  # the masks d and the kept h~, c~
     _core.backward(_CELL_ID[saved.cell], x, saved.weights, saved.h0, saved.c0, saved.lengths, saved.reserve, dyt,
                    dhn, dcn, dx, dh0, dc0, dweights, saved.hidden_size, L, saved.bidirectional,
-                   saved.recurrent_mask, saved.grad_clip, *zone, *pre, **saved.options)
+                   saved.recurrent_mask, saved.grad_clip, *zone, *pre, **saved.options, mask_seed=saved.mask_seed)
     return dx, dh0, dc0, dweights
 
 

@@ -30,7 +30,8 @@ def _projected(cell: Optional[str]) -> bool:
 
 def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden_size: int, num_layers: int,
             bidirectional: bool, cell: Optional[str] = None, reset_before: bool = False, layer_norm: bool = False,
-            recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None, proj_size: int = 0):
+            recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0, zoneout=None, proj_size: int = 0,
+            seeded: Optional[tuple] = None):
     """One fused call over num_layers layers: x [T, B, I] time-major -> (y, hn, cn or None). ``cell``:
     the op's cell string with the cell options (ops.variant_cell), default the mode's base cell.
     ``reset_before``: the GRU with reset_after=False (fused on the CPU and on CUDA), and
@@ -42,8 +43,10 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
     devices, in 16-bit types and with recurrent_mask, grad_clip or zoneout, which the kernels refuse
     with a projection (weight dropout and dilation act on the op's inputs, so they keep the fused op).
     recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
-    are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant."""
-    modified = recurrent_mask is not None or bool(grad_clip) or zoneout is not None
+    are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant. seeded:
+    (seed [1] int64, stream, zoneout, zoneout_cell, recurrent_dropout), the masks the CPU kernels draw
+    (ops.run_forward); the caller passes it only where the fused CPU kernels run the call."""
+    modified = recurrent_mask is not None or bool(grad_clip) or zoneout is not None or seeded is not None
     if _composed_needed(x, h0, c0, weights, reset_before, layer_norm, modified, cell, proj_size):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
                                     reset_before, layer_norm, recurrent_mask, grad_clip, zoneout, proj_size)
@@ -57,7 +60,7 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
     # again without grad: it always keeps the reserve, so that the graph is the same and can train.
     training = _needs_grad(x, h0, c0, *weights) or torch._C._get_tracing_state() is not None
     y, hn, cn, _ = ops.run_forward(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
-                                   bidirectional, training, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+                                   bidirectional, training, recurrent_mask, grad_clip, zoneout_h, zoneout_c, seeded)
     return y, hn, (cn if BY_TORCH_MODE[mode].carries_cell_state else None)
 
 

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import ops
 from ..cell_table import BY_NONLINEARITY, BY_TORCH_MODE, GRU as _GRU, LSTM as _LSTM, cell_info, param_shapes
 from ..functional import _check_options
-from ._composed import _permute
+from ._composed import _kernels_cannot_serve, _permute
 from ._options import (_check_layer_norm, _check_reset_and_layer_norm, _identity_init, _layer_norm_init,
                        _variant_repr)
 from ._recurrence import _run_op, _run_packed_op, packed_op_serves
@@ -29,6 +29,12 @@ def _torch_param_names(info, bias: bool, peephole: bool) -> List[str]:
     names = [n for n, (_, is_bias) in zip(info.param_names, info.param_rules) if bias or not is_bias]
     names += ["w_ch"] if peephole else []
     return [("weight" if n.startswith("w_") else "bias") + n[1:] for n in names]
+
+
+def _draw_mask_seed() -> Tensor:
+    """One 64-bit seed [1] int64 from torch's default generator: the kernels draw a training call's
+    recurrent-dropout and zoneout masks from it (so torch.manual_seed reproduces a run)."""
+    return torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64)
 
 
 class _RNNBase(torch.nn.Module):
@@ -360,11 +366,25 @@ class _RNNBase(torch.nn.Module):
                 x = F.dropout(x, self.dropout, True)
         return x, torch.cat(hns), (torch.cat(cns) if BY_TORCH_MODE[self.mode].carries_cell_state else None)
 
+    def _kernels_draw_masks(self, x: Tensor, h0, c0, weights: List[Tensor]) -> bool:
+        """Whether the CPU kernels draw this training call's recurrent-dropout and zoneout masks from
+        a seed: there are such masks, the fused CPU kernels run every layer (not the composed ops of
+        the reset-before GRU, layer_norm, proj_size) and no layer is dilated (its folded rows are
+        not the caller's). Elsewhere (CUDA among them) the masks are drawn as tensors."""
+        lstm = BY_TORCH_MODE[self.mode].carries_cell_state
+        return (self.training and x.device.type == "cpu"
+                and bool(self.recurrent_dropout or self.zoneout or (lstm and self.zoneout_cell))
+                and self.reset_after and not self.layer_norm and self.proj_size == 0
+                and all(d == 1 for d in self._dilations) and not _kernels_cannot_serve(x, h0, c0, weights))
+
     def _modified_recurrence(self, x: Tensor, weights: List[Tensor], h0, c0, lengths):
         """The recurrence with the training modifiers, one op call per layer: x [T, B, I] ->
         (y [T, B, D*H], hn, cn or None). Masks come from torch's default generator, in this order:
-        the weight-dropout masks (layer by layer, direction by direction), the recurrent-dropout mask
-        [L*D, B, H], the zoneout masks [L*D, T, B, H] of h, then of c; in eval mode none is drawn.
+        the weight-dropout masks (layer by layer, direction by direction), then, where the CPU kernels
+        run the call (_kernels_draw_masks), one 64-bit seed from which they draw the recurrent-dropout
+        and zoneout masks themselves (Philox4x32-10, stream l*D + d; fastrnn.reference.philox), else
+        the recurrent-dropout mask [L*D, B, H] and the zoneout masks [L*D, T, B, H] of h, then of c,
+        as tensors; in eval mode none is drawn.
         (With proj_size = P, h is P wide: the recurrent and h's zoneout masks are [.., P], c's [.., H].)
         Every cell variant runs with them: the fused op where the kernels serve it (the LSTM's
         peephole / coupled / cell_clip), else the composed torch ops (_composed_recurrence: the
@@ -380,13 +400,17 @@ class _RNNBase(torch.nn.Module):
             for k in range(L * D):
                 weights[k * per_entry + 1] = F.dropout(weights[k * per_entry + 1], self.weight_dropout, True)
         recurrent_mask = None
-        if self.training and self.recurrent_dropout > 0:
+        seeded = None  # (seed, stream, zoneout, zoneout_cell, recurrent_dropout) of layer 0
+        if self._kernels_draw_masks(x, h0, c0, weights):
+            seeded = (_draw_mask_seed(), 0, self.zoneout, self.zoneout_cell if lstm else 0.0, self.recurrent_dropout)
+        elif self.training and self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout
             recurrent_mask = x.new_empty((L * D, B, P)).bernoulli_(keep).div_(keep)
         zone = []
         for p, width in ((self.zoneout, P), (self.zoneout_cell if lstm else 0.0, H)):
             # training: d ~ Bernoulli(p) per element and step; eval: d = p (h = p h_prev + (1 - p) h~)
-            zone.append(None if not p else x.new_empty((L * D, T, B, width)).bernoulli_(p) if self.training else p)
+            zone.append(None if not p or seeded is not None else
+                        x.new_empty((L * D, T, B, width)).bernoulli_(p) if self.training else p)
         grad_clip = 0.0 if self.grad_clip is None else self.grad_clip
         hns, cns = [], []
         for layer, d in enumerate(self._dilations):
@@ -402,7 +426,8 @@ class _RNNBase(torch.nn.Module):
             y, hn, cn = _run_op(self.mode, _fold(x, d), w, fold_rows(h0), fold_rows(c0), lengths_f, H, 1,
                                 self.bidirectional, self._cell, not self.reset_after, self.layer_norm,
                                 recurrent_mask=fold_rows(recurrent_mask), grad_clip=grad_clip, zoneout=zoneout,
-                                proj_size=self.proj_size)
+                                proj_size=self.proj_size,
+                                seeded=None if seeded is None else (seeded[0], layer * D) + seeded[2:])
             x = _unfold(y, d, T)
             if d > 1:
                 if lengths is not None:  # a folded sequence with no live step output its padding step
