@@ -39,43 +39,8 @@ def run(module, packed, hx, weights):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_packed_matches_torch(cell, dtype, num_layers, bidirectional, enforce_sorted):
-    torch_cls, fast_cls, extra = LAYER_PAIRS[cell]
-    torch.manual_seed(0)
-    kwargs = dict(input_size=I, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional, **extra)
-    fast = fast_cls(**kwargs, dtype=dtype)
-    ref = torch_cls(**kwargs, dtype=dtype)
-    ref.load_state_dict(fast.state_dict())
-    ref = ref.double()
     lengths = sorted(LENGTHS, reverse=True) if enforce_sorted else LENGTHS
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(T, B, I, generator=g, dtype=torch.float64).to(dtype)
-    D = 2 if bidirectional else 1
-    lstm = cell == "lstm"
-    hx = [torch.randn(num_layers * D, B, H, generator=g, dtype=torch.float64).to(dtype) for _ in range(1 + lstm)]
-    weights = [torch.randn(sum(lengths), D * H, generator=g, dtype=torch.float64)] + \
-        [torch.randn(num_layers * D, B, H, generator=g, dtype=torch.float64) for _ in range(1 + lstm)]
-    results = {}
-    for name, module, cast in (("fast", fast, lambda t: t), ("ref", ref, lambda t: t.double())):
-        xi = cast(x).detach().requires_grad_()
-        hi = [cast(h).detach().requires_grad_() for h in hx]
-        packed = pack_padded_sequence(xi, torch.tensor(lengths), enforce_sorted=enforce_sorted)
-        y, states, loss = run(module, packed, tuple(hi) if lstm else hi[0], weights)
-        loss.backward()
-        results[name] = dict(y=y, states=states, dx=xi.grad, dh=[h.grad for h in hi],
-                             dparams={k: p.grad for k, p in module.named_parameters()})
-    f, r = results["fast"], results["ref"]
-    assert torch.equal(f["y"].batch_sizes, r["y"].batch_sizes)
-    for attr in ("sorted_indices", "unsorted_indices"):
-        a, b = getattr(f["y"], attr), getattr(r["y"], attr)
-        assert (a is None and b is None) or torch.equal(a, b), attr
-    assert_close(f["y"].data, r["y"].data, dtype, "output")
-    for k, (a, b) in enumerate(zip(f["states"], r["states"])):
-        assert_close(a, b, dtype, f"state {k}")
-    assert_close(f["dx"], r["dx"], dtype, "dx")
-    for k, (a, b) in enumerate(zip(f["dh"], r["dh"])):
-        assert_close(a, b, dtype, f"dstate {k}")
-    for name, grad in f["dparams"].items():
-        assert_close(grad, r["dparams"][name], dtype, "d" + name)
+    _compare_with_torch(cell, dtype, lengths, enforce_sorted, num_layers, bidirectional)
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -103,6 +103,21 @@ def _composed(m, x):
                                 m.bidirectional, None, not m.reset_after, m.layer_norm)
 
 
+def _timed(torch, fn: Callable, training: bool) -> Callable[[], None]:
+    """What a sample runs: fn() under no_grad (inference), or fn() and the backward of its output's
+    sum (training; a module's output is (y, state))."""
+    if not training:
+        def infer():
+            with torch.no_grad():
+                fn()
+        return infer
+
+    def train():
+        out = fn()
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+    return train
+
+
 def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int = 5, min_sample_s: float = 0.05,
                  emit: Optional[Callable[[str], None]] = None, cases: Optional[Sequence[str]] = None,
                  clock: Callable[[], float] = time.perf_counter, projection_only: bool = False) -> dict:
@@ -139,16 +154,7 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
                 raise VerificationError(f"{name} H={H} B={B} T={T}: |fastrnn - torch loop| = {err:.3g}")
             for mode in ("inference", "training"):
                 def call(fn, train=mode == "training"):
-                    if not train:
-                        def go():
-                            with torch.no_grad():
-                                fn()
-                        return go
-
-                    def go_train():
-                        out = fn()
-                        (out[0] if isinstance(out, tuple) else out).sum().backward()
-                    return go_train
+                    return _timed(torch, fn, train)
                 fns = {"variant": call(lambda: variant(x)), "base": call(lambda: base(x)),
                        "torch_loop": call(lambda: _torch_loop(torch, variant, x))}
                 if _has_composed_path(variant):
@@ -203,15 +209,7 @@ def run_projection(torch, sizes, reps: int, min_sample_s: float, emit: Optional[
             raise VerificationError(f"lstm proj_size={P} H={H} B={B} T={T}: |fastrnn - torch.nn| = {err:.3g}")
         for mode in ("inference", "training"):
             def call(fn, train=mode == "training"):
-                if not train:
-                    def go():
-                        with torch.no_grad():
-                            fn()
-                    return go
-
-                def go_train():
-                    fn()[0].sum().backward()
-                return go_train
+                return _timed(torch, fn, train)
             fns = {"fastrnn": call(lambda: fast(x)), "torch": call(lambda: ref(x)), "base": call(lambda: base(x)),
                    "old": call(composed)}
             t = time_interleaved(fns, reps, min_sample_s, clock=clock)
