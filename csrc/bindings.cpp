@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -104,6 +105,35 @@ fastrnn::RnnConfig make_config(int cell, py::array x, int64 H, int64 L, bool bid
 using fastrnn::pointer_args::cell_options;  // the cell options as keywords (defaults: the base cells)
 using fastrnn::pointer_args::checked_grad_clip;
 
+// mask_seed: None, or (seed, stream, zoneout, zoneout_cell, recurrent_dropout): the masks the CPU
+// kernels draw themselves (rnn.h SeededMasks, csrc/philox.h) for the modifiers whose p > 0. seed:
+// an int, taken modulo 2^64; stream >= 0: the generator's stream of layer 0, direction 0.
+fastrnn::SeededMasks checked_mask_seed(py::handle mask_seed, const fastrnn::RnnConfig& c) {
+  fastrnn::SeededMasks s;
+  if (mask_seed.is_none()) return s;
+  if (!py::isinstance<py::tuple>(mask_seed) || py::len(mask_seed) != 5)
+    throw py::type_error("mask_seed must be None or a tuple (seed, stream, zoneout, zoneout_cell, recurrent_dropout)");
+  const auto t = py::reinterpret_borrow<py::tuple>(mask_seed);
+  if (!py::isinstance<py::int_>(t[0]) || py::isinstance<py::bool_>(t[0]))
+    throw py::type_error("mask_seed's seed must be an int, got " + std::string(py::str(py::type::of(t[0]))));
+  s.on = true;
+  const py::object seed = py::reinterpret_borrow<py::object>(t[0]);
+  s.seed = py::cast<std::uint64_t>(seed & py::int_(std::numeric_limits<std::uint64_t>::max()));
+  s.stream = py::cast<int64>(t[1]);
+  if (s.stream < 0) throw py::value_error("mask_seed's stream must be >= 0, got " + std::to_string(s.stream));
+  const char* names[3] = {"zoneout", "zoneout_cell", "recurrent_dropout"};
+  double* ps[3] = {&s.zoneout_h, &s.zoneout_c, &s.recurrent};
+  for (int i = 0; i < 3; ++i) {
+    *ps[i] = py::cast<double>(t[2 + i]);
+    if (!(*ps[i] >= 0 && *ps[i] < 1))
+      throw py::value_error(std::string("mask_seed's ") + names[i] + " must be a probability in [0, 1), got " +
+                            std::to_string(*ps[i]));
+  }
+  if (s.zoneout_c > 0 && !c.has_cell_state())
+    throw py::value_error("mask_seed's zoneout_cell is for cells with a cell state (the LSTM)");
+  return s;
+}
+
 const int64* checked_lengths(py::handle obj, const fastrnn::RnnConfig& c) {
   const int64* p = checked<int64>(obj, "lengths", {c.B}, true, false);
   if (p)
@@ -148,7 +178,7 @@ template <class T>
 void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::object h0, py::object c0,
                py::object lengths, py::object y, py::object hn, py::object cn, py::object reserve,
                py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h,
-               py::object pre_c) {
+               py::object pre_c, py::object mask_seed) {
   // h is h_size() wide (P for the projected LSTM), c and the modifiers' arrays H wide
   const std::vector<int64> state{c.L * c.D, c.B, c.H}, steps{c.L * c.D, c.T, c.B, c.H};
   const std::vector<int64> hstate{c.L * c.D, c.B, c.h_size()};
@@ -167,6 +197,7 @@ void forward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::o
   a.mods.zoneout_c = lstm ? checked<T>(zoneout_c, "zoneout_c", steps, true, false) : nullptr;
   a.mods.pre_h = checked<T>(pre_h, "pre_h", steps, true, true);
   a.mods.pre_c = lstm ? checked<T>(pre_c, "pre_c", steps, true, true) : nullptr;
+  a.mods.seeded = checked_mask_seed(mask_seed, c);
   py::gil_scoped_release release;
   fastrnn::cpu::forward<T>(c, a);
 }
@@ -175,7 +206,7 @@ template <class T>
 void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::object h0, py::object c0,
                 py::object lengths, py::object reserve, py::object dy, py::object dhn, py::object dcn, py::object dx,
                 py::object dh0, py::object dc0, py::list grads, py::object recurrent_mask, double grad_clip,
-                py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c) {
+                py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, py::object mask_seed) {
   const std::vector<int64> state{c.L * c.D, c.B, c.H}, steps{c.L * c.D, c.T, c.B, c.H};
   const std::vector<int64> hstate{c.L * c.D, c.B, c.h_size()};
   const bool lstm = c.has_cell_state();
@@ -196,8 +227,12 @@ void backward_t(const fastrnn::RnnConfig& c, py::array x, py::list weights, py::
   a.mods.grad_clip = checked_grad_clip(grad_clip);
   a.mods.zoneout_h = checked<T>(zoneout_h, "zoneout_h", steps, true, false);
   a.mods.zoneout_c = lstm ? checked<T>(zoneout_c, "zoneout_c", steps, true, false) : nullptr;
-  a.mods.pre_h = checked<T>(pre_h, "pre_h", steps, a.mods.zoneout_h == nullptr, false);
-  a.mods.pre_c = lstm ? checked<T>(pre_c, "pre_c", steps, a.mods.zoneout_c == nullptr, false) : nullptr;
+  a.mods.seeded = checked_mask_seed(mask_seed, c);
+  // h~ (c~) are required with zoneout of h (c), given or seeded
+  const bool zoned_h = a.mods.zoneout_h || a.mods.seeded.zoneout_h > 0;
+  const bool zoned_c = a.mods.zoneout_c || a.mods.seeded.zoneout_c > 0;
+  a.mods.pre_h = checked<T>(pre_h, "pre_h", steps, !zoned_h, false);
+  a.mods.pre_c = lstm ? checked<T>(pre_c, "pre_c", steps, !zoned_c, false) : nullptr;
   // grads mirrors weights: same count, same shapes, writeable.
   auto gw = checked_weights<T>(grads, c);
   for (int64 k = 0; k < c.L * c.D; ++k) {
@@ -238,13 +273,40 @@ bool is_float64(py::array x) {
   return x.itemsize() == 8;
 }
 
+// The layer norm's vectors (ln_weight_ih, ln_weight_hh[, ln_weight_c, ln_bias_c]) of a prepared cell
+// with these options, checked against the cell's parameter shapes; all null without layer_norm.
+template <class T>
+fastrnn::NormParams<T> norm_params(fastrnn::CellKind kind, const fastrnn::CellOptions& o, int64 in, int64 H,
+                                   py::tuple norm, const std::string& where) {
+  fastrnn::NormParams<T> np{};
+  if (!o.layer_norm) {
+    if (norm.size()) throw py::value_error(where + "the layer norm's vectors are for layer_norm=True only");
+    return np;
+  }
+  const bool lstm = kind == fastrnn::CellKind::Lstm;
+  const size_t n = lstm ? 4 : 2;
+  static const char* names[] = {"ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"};
+  if (norm.size() != n)
+    throw py::value_error(where + "layer_norm=True needs " + std::to_string(n) + " vectors (ln_weight_ih, ln_weight_hh" +
+                          (lstm ? ", ln_weight_c, ln_bias_c" : "") + "), got " + std::to_string(norm.size()));
+  const T* p[4] = {nullptr, nullptr, nullptr, nullptr};
+  for (size_t i = 0; i < n; ++i)
+    p[i] = checked<T>(norm[i], (where + names[i]).c_str(), fastrnn::param_shape(kind, in, H, int(4 + i), o), false, false);
+  np.g_ih = p[0];
+  np.g_hh = p[1];
+  np.g_c = p[2];
+  np.b_c = p[3];
+  return np;
+}
+
 // _core.PreparedCell: one cell's weights packed once (see csrc/cpu/prepared.h) and a step() that
 // checks its arrays and runs with the GIL released. One Python class for every dtype/storage.
 class PreparedCellBinding {
  public:
   PreparedCellBinding(int cell, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, bool half,
-                      bool peephole, bool coupled, double cell_clip, py::object w_ch)
-      : options_(cell_options(peephole, coupled, cell_clip, true, false)) {
+                      bool peephole, bool coupled, double cell_clip, py::object w_ch, bool reset_after,
+                      bool layer_norm, py::tuple norm)
+      : options_(cell_options(peephole, coupled, cell_clip, reset_after, layer_norm)) {
     if (!fastrnn::valid_cell_id(cell))
       throw py::value_error("cell must be 0.." + std::to_string(fastrnn::kNumCells - 1) + ", got " + std::to_string(cell));
     const auto kind = static_cast<fastrnn::CellKind>(cell);
@@ -258,11 +320,11 @@ class PreparedCellBinding {
     if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
     if (is_float64(w_ih)) {
       if (half) throw py::value_error("float16 weight storage is for float32 weights only");
-      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f64_);
+      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, f64_);
     } else if (half) {
-      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f16_);
+      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, f16_);
     } else {
-      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, f32_);
+      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, f32_);
     }
     lstm_ = fastrnn::dispatch_cell(kind, [](auto c) { return fastrnn::SpecTraits<decltype(c)>::kCarriesState; });
   }
@@ -278,7 +340,7 @@ class PreparedCellBinding {
  private:
   template <class T, class W>
   void make(fastrnn::CellKind kind, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, py::object w_ch,
-            std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
+            py::tuple norm, std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
     using fastrnn::param_shape;
     const auto& o = options_;
     const T* wi = checked<T>(w_ih, "w_ih", param_shape(kind, I_, H_, 0, o), false, false);
@@ -287,8 +349,9 @@ class PreparedCellBinding {
     const T* bh = checked<T>(b_hh, "b_hh", param_shape(kind, I_, H_, 3, o), true, false);
     const T* ch = o.peephole ? checked<T>(w_ch, "w_ch", param_shape(kind, I_, H_, 4, o), false, false) : nullptr;
     if ((bi == nullptr) != (bh == nullptr)) throw py::value_error("give both b_ih and b_hh, or neither");
+    const fastrnn::NormParams<T> np = norm_params<T>(kind, o, I_, H_, norm, "");
     py::gil_scoped_release release;
-    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh, o, ch);
+    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh, o, ch, &np);
   }
 
   template <class T, class P>
@@ -321,20 +384,28 @@ class PreparedStackBinding {
   using Ptr = fastrnn::pointer_args::Ptr;
 
  public:
-  PreparedStackBinding(int cell, py::list weights, bool half) {
+  PreparedStackBinding(int cell, py::list weights, bool half, bool peephole, bool coupled, double cell_clip,
+                       bool reset_after, bool layer_norm)
+      : options_(cell_options(peephole, coupled, cell_clip, reset_after, layer_norm)) {
     if (cell < 0 || cell > 3) throw py::value_error("cell must be 0..3, got " + std::to_string(cell));
     const auto kind = static_cast<fastrnn::CellKind>(cell);
+    if (!(cell_clip >= 0)) throw py::value_error("cell_clip must be > 0 (0: no clipping)");
+    (void)fastrnn::param_counts(kind, options_);  // options the cell does not have: ArgumentError
     lstm_ = kind == fastrnn::CellKind::Lstm;
     L_ = static_cast<int64>(weights.size());
     if (L_ < 1) throw py::value_error("weights must hold at least one layer");
+    // arrays after (w_ih, w_hh[, b_ih, b_hh]): w_ch, then the layer norm's vectors
+    extra_ = (options_.peephole ? 1 : 0) + (options_.layer_norm ? (lstm_ ? 4 : 2) : 0);
     auto first = py::cast<py::sequence>(weights[0]);
-    if (first.size() != 2 && first.size() != 4) throw py::value_error("weights[0] must hold 2 or 4 arrays");
+    if (first.size() != size_t(2 + extra_) && first.size() != size_t(4 + extra_))
+      throw py::value_error("weights[0] must hold " + std::to_string(2 + extra_) + " or " + std::to_string(4 + extra_) +
+                            " arrays");
     auto w_ih = py::cast<py::array>(first[0]), w_hh = py::cast<py::array>(first[1]);
     if (w_ih.ndim() != 2 || w_hh.ndim() != 2) throw py::value_error("weights[0]'s w_ih and w_hh must be 2-D");
     I_ = w_ih.shape(1);
     H_ = w_hh.shape(1);
     if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
-    const int64 G = fastrnn::dispatch_cell(kind, [](auto c) { return int64(decltype(c)::kGates); });
+    const int64 G = fastrnn::dispatch_cell(kind, options_, [](auto c) { return int64(decltype(c)::kGates); });
     if (is_float64(w_ih)) {
       if (half) throw py::value_error("float16 weight storage is for float32 weights only");
       make<double, double>(kind, G, weights, f64_);
@@ -378,18 +449,30 @@ class PreparedStackBinding {
       if (!py::isinstance<py::sequence>(weights[l]))
         throw py::type_error("weights[" + std::to_string(l) + "] must be a tuple (w_ih, w_hh[, b_ih, b_hh])");
       auto t = py::reinterpret_borrow<py::sequence>(weights[l]);
-      if (t.size() != 2 && t.size() != 4) throw py::value_error("weights[" + std::to_string(l) + "] must hold 2 or 4 arrays");
+      const size_t n = t.size();
+      if (n != size_t(2 + extra_) && n != size_t(4 + extra_))
+        throw py::value_error("weights[" + std::to_string(l) + "] must hold " + std::to_string(2 + extra_) + " or " +
+                              std::to_string(4 + extra_) + " arrays");
       const std::string p = "weights[" + std::to_string(l) + "]";
-      Layer w{checked<T>(t[0], (p + ".w_ih").c_str(), {GH, l ? H_ : I_}, false, false),
+      const int64 in = l ? H_ : I_;
+      Layer w{checked<T>(t[0], (p + ".w_ih").c_str(), {GH, in}, false, false),
               checked<T>(t[1], (p + ".w_hh").c_str(), {GH, H_}, false, false), nullptr, nullptr};
-      if (t.size() == 4) {
+      size_t next = 2;
+      if (n == size_t(4 + extra_)) {
         w.b_ih = checked<T>(t[2], (p + ".b_ih").c_str(), {GH}, false, false);
         w.b_hh = checked<T>(t[3], (p + ".b_hh").c_str(), {GH}, false, false);
+        next = 4;
       }
+      if (options_.peephole)
+        w.w_ch = checked<T>(t[next++], (p + ".w_ch").c_str(), fastrnn::param_shape(kind, in, H_, 4, options_), false,
+                            false);
+      py::tuple norm(n - next);
+      for (size_t i = next; i < n; ++i) norm[i - next] = t[i];
+      w.norm = norm_params<T>(kind, options_, in, H_, norm, p + ".");
       layers.push_back(w);
     }
     py::gil_scoped_release release;
-    out = std::make_unique<fastrnn::cpu::PreparedStack<T, W>>(kind, I_, H_, layers);
+    out = std::make_unique<fastrnn::cpu::PreparedStack<T, W>>(kind, I_, H_, layers, options_);
   }
 
   template <class T, class P>
@@ -408,7 +491,8 @@ class PreparedStackBinding {
     stack.step(B, xp, hp, cp, hop, cop);
   }
 
-  int64 I_ = 0, H_ = 0, L_ = 0;
+  fastrnn::CellOptions options_;
+  int64 I_ = 0, H_ = 0, L_ = 0, extra_ = 0;
   bool lstm_ = false;
   std::unique_ptr<fastrnn::cpu::PreparedStack<float, float>> f32_;
   std::unique_ptr<fastrnn::cpu::PreparedStack<float, _Float16>> f16_;
@@ -521,11 +605,11 @@ PYBIND11_MODULE(_core, m) {
            py::object hn, py::object cn, py::object reserve, int64 H, int64 L, bool bidirectional,
            py::object recurrent_mask, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole, bool coupled,
            double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size) {
+           int64 proj_size, py::object mask_seed) {
           const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_array_dtype(x, [&](auto tag) {
             forward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, recurrent_mask, zoneout_h,
-                                     zoneout_c, pre_h, pre_c);
+                                     zoneout_c, pre_h, pre_c, mask_seed);
           });
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
@@ -533,7 +617,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bidirectional"), py::arg("recurrent_mask") = py::none(), py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
         py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
-        py::arg("proj_size") = 0);
+        py::arg("proj_size") = 0, py::arg("mask_seed") = py::none());
 
   m.def("backward",
         [](int cell, py::array x, py::list weights, py::object h0, py::object c0, py::object lengths,
@@ -541,11 +625,11 @@ PYBIND11_MODULE(_core, m) {
            py::object dc0, py::list grads, int64 H, int64 L, bool bidirectional, py::object recurrent_mask,
            double grad_clip, py::object zoneout_h, py::object zoneout_c, py::object pre_h, py::object pre_c, bool peephole,
            bool coupled, double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size) {
+           int64 proj_size, py::object mask_seed) {
           const auto c = make_config(cell, x, H, L, bidirectional, cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_array_dtype(x, [&](auto tag) {
             backward_t<decltype(tag)>(c, x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, dx, dh0, dc0, grads,
-                                      recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c);
+                                      recurrent_mask, grad_clip, zoneout_h, zoneout_c, pre_h, pre_c, mask_seed);
           });
         },
         py::arg("cell"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
@@ -554,14 +638,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("recurrent_mask") = py::none(), py::arg("grad_clip") = 0.0, py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("pre_h") = py::none(), py::arg("pre_c") = py::none(), py::arg("peephole") = false,
         py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
-        py::arg("proj_size") = 0);
+        py::arg("proj_size") = 0, py::arg("mask_seed") = py::none());
 
   using fastrnn::pointer_args::Ptr;
   m.def("forward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr hn, Ptr cn, Ptr reserve,
            Ptr recurrent_mask, Ptr zoneout_h, Ptr zoneout_c, Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size) {
+           int64 proj_size, Ptr batch_sizes, int64 packed_rows, py::object mask_seed) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
                                                             cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
@@ -570,8 +654,10 @@ PYBIND11_MODULE(_core, m) {
             auto a = fastrnn::pointer_args::forward_args<T_>(c, x, weights, h0, c0, lengths, y, hn, cn, reserve, ptrs);
             a.mods = fastrnn::pointer_args::forward_modifiers<T_>(c, recurrent_mask, zoneout_h, zoneout_c, pre_h, pre_c,
                                                                   ptrs);
+            a.mods.seeded = checked_mask_seed(mask_seed, c);
             py::gil_scoped_release release;
-            fastrnn::cpu::forward<T_>(c, a);
+            if (batch_sizes) fastrnn::cpu::forward_packed<T_>(c, a, reinterpret_cast<const int64*>(batch_sizes), packed_rows);
+            else fastrnn::cpu::forward<T_>(c, a);
           });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
@@ -580,16 +666,19 @@ PYBIND11_MODULE(_core, m) {
         py::arg("recurrent_mask_ptr") = 0, py::arg("zoneout_h_ptr") = 0, py::arg("zoneout_c_ptr") = 0,
         py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
-        py::arg("proj_size") = 0,
+        py::arg("proj_size") = 0, py::arg("batch_sizes_ptr") = 0, py::arg("packed_rows") = 0,
+        py::arg("mask_seed") = py::none(),
         "forward on host pointers (ints; 0 = absent): the CUDA entry point's arguments without the stream. "
-        "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h).");
+        "Buffer sizes, dtypes and lengths' values are the caller's contract (csrc/pointer_args.h). With "
+        "batch_sizes_ptr (int64 [T], a PackedSequence's) x and y are packed [packed_rows, .] arrays and "
+        "lengths_ptr is 0 (rnn.h: forward_packed).");
 
   m.def("backward_ptrs",
         [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, Ptr x,
            const py::list& weights, Ptr h0, Ptr c0, Ptr lengths, Ptr reserve, Ptr dy, Ptr dhn, Ptr dcn, Ptr dx, Ptr dh0,
            Ptr dc0, const py::list& grads, Ptr recurrent_mask, double grad_clip, Ptr zoneout_h, Ptr zoneout_c,
            Ptr pre_h, Ptr pre_c, bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm,
-           int64 proj_size) {
+           int64 proj_size, Ptr batch_sizes, int64 packed_rows, py::object mask_seed) {
           const auto c = fastrnn::pointer_args::make_config(cell, T, B, I, H, L, bidirectional,
                                                             cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size));
           dispatch_dtype(dtype, [&](auto tag) {
@@ -599,8 +688,12 @@ PYBIND11_MODULE(_core, m) {
                                                               dh0, dc0, grads, ptrs);
             a.mods = fastrnn::pointer_args::backward_modifiers<T_>(c, recurrent_mask, grad_clip, zoneout_h, zoneout_c,
                                                                    pre_h, pre_c, ptrs);
+            a.mods.seeded = checked_mask_seed(mask_seed, c);
+            if ((a.mods.seeded.zoneout_h > 0 && !a.mods.pre_h) || (a.mods.seeded.zoneout_c > 0 && !a.mods.pre_c))
+              throw fastrnn::ArgumentError("pre_h_ptr / pre_c_ptr (the forward's h~, c~) are required with seeded zoneout");
             py::gil_scoped_release release;
-            fastrnn::cpu::backward<T_>(c, a);
+            if (batch_sizes) fastrnn::cpu::backward_packed<T_>(c, a, reinterpret_cast<const int64*>(batch_sizes), packed_rows);
+            else fastrnn::cpu::backward<T_>(c, a);
           });
         },
         py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
@@ -610,20 +703,26 @@ PYBIND11_MODULE(_core, m) {
         py::arg("recurrent_mask_ptr") = 0, py::arg("grad_clip") = 0.0, py::arg("zoneout_h_ptr") = 0,
         py::arg("zoneout_c_ptr") = 0, py::arg("pre_h_ptr") = 0, py::arg("pre_c_ptr") = 0,
         py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0, py::arg("reset_after") = true, py::arg("layer_norm") = false,
-        py::arg("proj_size") = 0,
-        "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream).");
+        py::arg("proj_size") = 0, py::arg("batch_sizes_ptr") = 0, py::arg("packed_rows") = 0,
+        py::arg("mask_seed") = py::none(),
+        "backward on host pointers, as forward_ptrs (the CUDA entry point's arguments without the stream; "
+        "batch_sizes_ptr: x, dy and dx packed).");
 
   py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")
-      .def(py::init<int, py::array, py::array, py::object, py::object, bool, bool, bool, double, py::object>(),
+      .def(py::init<int, py::array, py::array, py::object, py::object, bool, bool, bool, double, py::object, bool, bool,
+                    py::tuple>(),
            py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("half"),
            py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
-           py::arg("w_ch") = py::none())
+           py::arg("w_ch") = py::none(), py::arg("reset_after") = true, py::arg("layer_norm") = false,
+           py::arg("norm") = py::tuple())
       .def("step", &PreparedCellBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"));
 
   py::class_<PreparedStackBinding>(m, "PreparedStack",
                                    "L unidirectional layers' weights packed once, stepped together in one call.")
-      .def(py::init<int, py::list, bool>(), py::arg("cell"), py::arg("weights"), py::arg("half"))
+      .def(py::init<int, py::list, bool, bool, bool, double, bool, bool>(), py::arg("cell"), py::arg("weights"),
+           py::arg("half"), py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
+           py::arg("reset_after") = true, py::arg("layer_norm") = false)
       .def("step", &PreparedStackBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"))
       .def("step_ptrs", &PreparedStackBinding::step_ptrs, py::arg("B"), py::arg("x_ptr"), py::arg("h_ptr"),

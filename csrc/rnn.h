@@ -113,6 +113,23 @@ struct ReserveLayout {
 //   gradient clipping: backward clamps the total dL/dh_t (from y_t and from step t+1), and the LSTM
 //     the total dL/dc_t, to [-C, C] before it flows into step t (+inf: off, bit-identical).
 // The loops take a Modifiers type (ModifierFlags below) chosen at one switch point (cpu/layer.h).
+//
+// Seeded masks (the CPU kernels; CUDA takes the arrays only): instead of the arrays, the training
+// forward draws d_h, d_c and m itself from a counter-based generator (csrc/philox.h: its stream,
+// keyed on (seed, stream, t, b, j)), and backward draws the same values again; nothing [T, B, H]
+// is stored or read for them. An array given for a mask wins over its seeded draw.
+struct SeededMasks {
+  bool on = false;
+  std::uint64_t seed = 0;
+  int64 stream = 0;         // the generator's stream of layer 0, direction 0; layer l, direction d: + l*D + d
+  double zoneout_h = 0;     // p of d_h ~ Bernoulli(p) per element and step; 0: not drawn
+  double zoneout_c = 0;     // p of d_c (LSTM)
+  double recurrent = 0;     // p of m = Bernoulli(1 - p) / (1 - p) [B, H]
+  const int64* batch_row = nullptr;  // [B] the caller's row of each row the loop runs (sorted batch), or nullptr
+  bool draws_zoneout() const { return on && (zoneout_h > 0 || zoneout_c > 0); }
+  bool draws_recurrent() const { return on && recurrent > 0; }
+};
+
 template <class T> struct Modifiers {
   const T* recurrent_mask = nullptr;  // [L*D, B, H] m, or nullptr (no recurrent dropout)
   double grad_clip = 0;               // C > 0 clamps the state gradients in backward; 0: off
@@ -120,6 +137,7 @@ template <class T> struct Modifiers {
   const T* zoneout_c = nullptr;       // [L*D, T, B, H] d_c (LSTM), or nullptr
   T* pre_h = nullptr;                 // [L*D, T, B, H] h~ (training forward with zoneout_h; backward reads)
   T* pre_c = nullptr;                 // [L*D, T, B, H] c~ (with zoneout_c)
+  SeededMasks seeded{};               // masks the kernels draw (arrays above take precedence)
 };
 template <bool RecurrentMask, bool Zoneout> struct ModifierFlags {
   static constexpr bool kRecurrentMask = RecurrentMask;
@@ -207,6 +225,7 @@ template <class T> struct LayerForwardArgs {
   T* pre_h = nullptr;         // [T, B, H] h~ kept for backward (training with zone_h), or nullptr
   T* pre_c = nullptr;         // [T, B, H] c~ (training with zone_c), or nullptr
   T* projection_in = nullptr;  // [T, B, H] m = o*tanh(c) kept for backward (projected LSTM, training), or nullptr
+  SeededMasks seeded{};       // the masks drawn in the loop (stream: this layer's and direction's)
 };
 
 template <class T> struct LayerBackwardArgs {
@@ -235,6 +254,7 @@ template <class T> struct LayerBackwardArgs {
   const T* pre_h = nullptr;   // [T, B, H] h~ (with zone_h)
   const T* pre_c = nullptr;   // [T, B, H] c~ (with zone_c)
   const T* projection_in = nullptr;  // [T, B, H] the forward's m (projected LSTM)
+  SeededMasks seeded{};       // the forward's seeded masks, drawn again
 };
 
 template <class T> struct ForwardArgs {
@@ -273,6 +293,12 @@ template <class T> struct BackwardArgs {
 namespace cpu {
 template <class T> void forward(const RnnConfig& cfg, const ForwardArgs<T>& a);
 template <class T> void backward(const RnnConfig& cfg, const BackwardArgs<T>& a);
+// The same with x and y (dy, dx) in torch's PackedSequence layout: [rows, ·] arrays holding step t's
+// batch_sizes[t] live rows (batch_sizes [T], non-increasing, batch_sizes[0] = B, summing to rows),
+// the batch sorted by decreasing length; a.lengths must be nullptr (batch_sizes implies them). The
+// states and the reserve are as in a call with those lengths (csrc/cpu/stack.cpp).
+template <class T> void forward_packed(const RnnConfig& cfg, const ForwardArgs<T>& a, const int64* batch_sizes, int64 rows);
+template <class T> void backward_packed(const RnnConfig& cfg, const BackwardArgs<T>& a, const int64* batch_sizes, int64 rows);
 void set_num_threads(int n);
 int get_num_threads();
 // fastrnn.empty_cache(): frees every thread's kept scratch blocks; and the bytes they keep now.

@@ -30,7 +30,8 @@ template <class T> T* slice(T* base, int64 index, int64 size) { return base ? ba
 
 // The training modifiers run with the unprojected cells only.
 template <class T> void refuse_projected_modifiers(const RnnConfig& c, const Modifiers<T>& m) {
-  if (c.projected() && (m.recurrent_mask || m.zoneout_h || m.zoneout_c || m.grad_clip > 0))
+  if (c.projected() && (m.recurrent_mask || m.zoneout_h || m.zoneout_c || m.grad_clip > 0 || m.seeded.draws_recurrent() ||
+                        m.seeded.draws_zoneout()))
     throw ArgumentError("the training modifiers (recurrent dropout, zoneout, grad_clip) do not run with proj_size");
 }
 
@@ -61,6 +62,8 @@ template <class Backend, class T> void stack_forward(const Backend& be, const Rn
         layer.pre_h = a.reserve ? slice(a.mods.pre_h, k, c.T * BH) : nullptr;
         layer.pre_c = a.reserve ? slice(a.mods.pre_c, k, c.T * BH) : nullptr;
         layer.projection_in = a.reserve && lay.projection_size ? a.reserve + lay.projection(l, d) : nullptr;
+        layer.seeded = a.mods.seeded;
+        layer.seeded.stream += k;
         be.template layer_forward<Cell>(c, layer, ctx);
       });
       in = out;
@@ -100,6 +103,8 @@ template <class Backend, class T> void stack_backward(const Backend& be, const R
         layer.pre_h = slice(static_cast<const T*>(a.mods.pre_h), k, c.T * BH);
         layer.pre_c = slice(static_cast<const T*>(a.mods.pre_c), k, c.T * BH);
         layer.projection_in = lay.projection_size ? a.reserve + lay.projection(l, d) : nullptr;
+        layer.seeded = a.mods.seeded;
+        layer.seeded.stream += k;
         be.template layer_backward<Cell>(c, layer, ctx);
       });
       dout = din;

@@ -3,7 +3,8 @@ rootdir conftest's folder there, and the fresh interpreters some tests start ins
 Tolerances are not here: they live in tolerances.py. Sections:
 
 - kernels against the reference (tests/kernels, tests/cuda): seeded problems, forward+backward
-  through either, every compared quantity by name; the LSTM variants' problems;
+  through either, every compared quantity by name; the LSTM variants' and the layer-normalised
+  cells' problems;
 - the CUDA back end (tests/cuda): its device (a GPU, or the CPU emulation of the kernels) and
   buffers on it;
 - finite differences (tests/reference, tests/kernels): the float64 central-difference gradient and
@@ -158,6 +159,52 @@ def variant_problem(variant, dtype, num_layers, bidirectional, T, B, I, H, *, bi
                 lengths=lengths, dy=rng.standard_normal((T, B, D * H)).astype(dtype),
                 dhn=rng.standard_normal(state).astype(dtype), dcn=rng.standard_normal(state).astype(dtype),
                 bidirectional=bidirectional, opts=variant_options(variant), dtype=np.dtype(dtype))
+
+
+def layer_norm_problem(cell, dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False, seed=0):
+    """A seeded layer-normalised problem, weights in fastrnn.nn's order (w_ih, w_hh[, b_ih, b_hh],
+    ln_weight_ih, ln_weight_hh[, ln_weight_c, ln_bias_c]) with the norm's vectors drawn away from
+    their init (ones, zeros) so that their gradients are tested in general position."""
+    rng = np.random.default_rng(seed)
+    D = 2 if bidirectional else 1
+    G = 4 if cell == "lstm" else 3
+    weights = fastrnn.init_weights(cell, I, H, num_layers, bidirectional=bidirectional, bias=bias, dtype=np.float64,
+                                   seed=seed)
+    lns = [(1.0 + 0.3 * rng.standard_normal(G * H), 1.0 + 0.3 * rng.standard_normal(G * H))
+           + ((1.0 + 0.3 * rng.standard_normal(H), 0.3 * rng.standard_normal(H)) if cell == "lstm" else ())
+           for _ in weights]
+    weights = [tuple(a.astype(dtype) for a in tuple(2.0 * w for w in entry) + ln) for entry, ln in zip(weights, lns)]
+    state = (num_layers * D, B, H)
+    lengths = ragged_lengths(rng, T, B) if ragged else None
+    lstm = cell == "lstm"
+    return dict(cell=cell, x=rng.standard_normal((T, B, I)).astype(dtype), weights=weights,
+                h0=(0.5 * rng.standard_normal(state)).astype(dtype),
+                c0=rng.standard_normal(state).astype(dtype) if lstm else None, lengths=lengths,
+                dy=rng.standard_normal((T, B, D * H)).astype(dtype), dhn=rng.standard_normal(state).astype(dtype),
+                dcn=rng.standard_normal(state).astype(dtype) if lstm else None,
+                bidirectional=bidirectional, dtype=np.dtype(dtype), bias=bias)
+
+
+def run_layer_norm(module, p, with_state=True, storage=None):
+    """forward + backward of the layer-normalised problem ``p`` through ``module`` (fastrnn, or
+    fastrnn.reference on float64 copies, in its low-precision mode with ``storage``) -> {name: array}."""
+    ref = module is reference
+    cast = (lambda a: None if a is None else np.asarray(a, np.float64)) if ref else (lambda a: a)
+    weights = [tuple(cast(w) for w in entry) for entry in p["weights"]]
+    res = module.forward(p["cell"], cast(p["x"]), weights, cast(p["h0"]) if with_state else None,
+                         cast(p["c0"]) if with_state else None, lengths=p["lengths"],
+                         bidirectional=p["bidirectional"], training=True, layer_norm=True,
+                         **({"storage": storage} if ref else {}))
+    grads = module.backward(res.saved, cast(p["dy"]), cast(p["dhn"]), cast(p["dcn"]))
+    out = {"output": res.output, "h_n": res.h_n, "c_n": res.c_n, "dx": grads.dx, "dh0": grads.dh0, "dc0": grads.dc0}
+    names = (["dw_ih", "dw_hh"] + (["db_ih", "db_hh"] if p["bias"] else []) + ["dln_weight_ih", "dln_weight_hh"]
+             + (["dln_weight_c", "dln_bias_c"] if p["cell"] == "lstm" else []))
+    for k, entry in enumerate(grads.dweights):
+        assert len(entry) == len(names)
+        for name, g in zip(names, entry):
+            out[f"dweights[{k}].{name}"] = g
+    return out
+
 
 
 # ---- the CUDA back end (tests/cuda) ------------------------------------------------------------------
@@ -600,6 +647,44 @@ def torch_modified_loop(torch, cell, x, entries, h0, c0, lengths, bidirectional,
                 cns.append(torch.stack([cs[int(last[b])][b] for b in range(B_)]))
         layer_in = torch.cat(outs, 2)
     return layer_in, torch.stack(hns), (torch.stack(cns) if lstm else None)
+
+
+def nn_drawn_masks(torch, m, T_, B_, dtype=None) -> dict:
+    """The masks fastrnn.nn's module ``m`` draws in a training call on a CPU input [T, B, I], in its
+    documented order, from torch's default generator (seed it as before the call): the weight-dropout
+    masks (F.dropout's bernoulli(keep) / keep of each W_hh's shape), then either one seed from which
+    the kernels draw the others (where ``m._kernels_draw_masks``; materialised here by
+    fastrnn.reference.philox.seeded_masks) or the recurrent [L*D, B, P] and zoneout [L*D, T, B, P]
+    (h), [L*D, T, B, H] (c) tensors. Keys (those drawn): weight_masks (a list of L*D), recurrent_mask,
+    zoneout, zoneout_cell, as torch_modified_loop takes them (weight_masks: the caller's)."""
+    from fastrnn.nn.layers import _draw_mask_seed
+    from fastrnn.reference.philox import seeded_masks
+    L, D, Hh = m.num_layers, 2 if m.bidirectional else 1, m.hidden_size
+    P = m.proj_size or Hh
+    dtype = dtype or torch.float64
+    lstm = m.mode == "LSTM"
+    out = {}
+    if m.weight_dropout:
+        keep = 1 - m.weight_dropout
+        out["weight_masks"] = [torch.empty(getattr(m, names[1]).shape, dtype=dtype).bernoulli_(keep) / keep
+                               for names in m._all_weights]
+    probe = torch.empty(T_, B_, m.input_size, dtype=dtype)
+    if m._kernels_draw_masks(probe, None, None, list(m._weights())):
+        seed = int(_draw_mask_seed())
+        masks = seeded_masks(seed, L * D, T_, B_, Hh, zoneout=m.zoneout, zoneout_cell=m.zoneout_cell if lstm else 0.0,
+                             recurrent_dropout=m.recurrent_dropout)
+        for key, mask in zip(("recurrent_mask", "zoneout", "zoneout_cell"), masks):
+            if mask is not None:
+                out[key] = torch.from_numpy(mask).to(dtype)
+        return out
+    if m.recurrent_dropout:
+        keep = 1 - m.recurrent_dropout
+        out["recurrent_mask"] = torch.empty(L * D, B_, P, dtype=dtype).bernoulli_(keep).div_(keep)
+    if m.zoneout:
+        out["zoneout"] = torch.empty(L * D, T_, B_, P, dtype=dtype).bernoulli_(m.zoneout)
+    if lstm and m.zoneout_cell:
+        out["zoneout_cell"] = torch.empty(L * D, T_, B_, Hh, dtype=dtype).bernoulli_(m.zoneout_cell)
+    return out
 
 
 # ---- the NLP examples ----------------------------------------------------------------------------

@@ -180,7 +180,8 @@ STORAGE16 = {
 # that floor, so that a quantity the low-precision reference happens to get almost exact does not
 # demand the impossible. Measured (2026-12-01, avx512_bf16 build, the test's cases): whole-array
 # ratios at most 1.27 (bfloat16: gru db_ih), 1.24 (rnn_tanh), 1.17 (lstm), 1.02 (rnn_relu); float16
-# at most 1.16 (lstm dW_hh); small values (median elementwise, 1e-3 and 1e-7) at most 1.01. The
+# at most 1.16 (lstm dW_hh); small values (median elementwise, 1e-3 and 1e-7) at most 1.01;
+# layer_norm=True (the LSTM and GRU, 2026-12-01) at most 1.32 (bfloat16 lstm dW_hh), 1.25 (float16). The
 # rule's 2.0 is STYLE.md's; the kernels sit well inside it because they round in fewer places than
 # the reference (float32 products of float32 A on the widening paths).
 LOW_PRECISION_RATIO = 2.0

@@ -15,10 +15,10 @@
 // RowReduction's backward sums dL/d(normalised) and its product with the normalised values over the
 // row and turns dL/da into the gradient of the un-normalised values, dv = inv_std * (dv^ -
 // mean(dv^) - v^ * mean(dv^ v^)), dv^ = dL/da * gain. The gains' and biases' gradients are per-row
-// shares (BackwardRow::dunit_params, rows NormRow::*) that the loop sums over rows after the time
-// loop in a fixed order. Saved per unit: the activations, the normalised products v^ (per gate) and
-// the rows' inverse standard deviations (per unit: each thread keeps its own copy, so the reserve
-// layout stays [T, B, S*H]).
+// shares (BackwardRow::dunit_params, rows NormRow::*) that the loop adds up over the rows, step
+// by step, in an order that does not depend on the thread count. Saved per unit: the activations,
+// the normalised products v^ (per gate) and the rows' inverse standard deviations (per unit: each
+// thread keeps its own copy, so the reserve layout stays [T, B, S*H]).
 #pragma once
 
 #include "cells/spec.h"

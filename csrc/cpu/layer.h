@@ -33,6 +33,7 @@
 #include "cpu/packed_gemm.h"
 #include "cpu/packed_gemm16.h"
 #include "cpu/rows_gemm.h"
+#include "philox.h"
 #include "rnn.h"
 
 namespace fastrnn::cpu {
@@ -373,14 +374,16 @@ template <class Cell, class F> void with_modifier_flags_of(bool recurrent_mask, 
   else with_modifier_flags(recurrent_mask, zoneout, f);
 }
 template <class Cell, class T> void layer_forward(const RnnConfig& cfg, const LayerForwardArgs<T>& a, int threads) {
-  with_modifier_flags_of<Cell>(a.h_mask != nullptr, a.zone_h || a.zone_c, [&](auto mods) {
+  with_modifier_flags_of<Cell>(a.h_mask || a.seeded.draws_recurrent(), a.zone_h || a.zone_c || a.seeded.draws_zoneout(),
+                               [&](auto mods) {
     using Mods = decltype(mods);
     if (cpu_isa() == Isa::Baseline) baseline::layer_forward<Cell, Mods>(cfg, a, threads);
     else avx2::layer_forward<Cell, Mods>(cfg, a, threads);
   });
 }
 template <class Cell, class T> void layer_backward(const RnnConfig& cfg, const LayerBackwardArgs<T>& a, int threads) {
-  with_modifier_flags_of<Cell>(a.h_mask != nullptr, a.zone_h || a.zone_c, [&](auto mods) {
+  with_modifier_flags_of<Cell>(a.h_mask || a.seeded.draws_recurrent(), a.zone_h || a.zone_c || a.seeded.draws_zoneout(),
+                               [&](auto mods) {
     using Mods = decltype(mods);
     if (cpu_isa() == Isa::Baseline) baseline::layer_backward<Cell, Mods>(cfg, a, threads);
     else avx2::layer_backward<Cell, Mods>(cfg, a, threads);

@@ -40,6 +40,30 @@ template <class T> struct Extras {
 
 template <class T> constexpr int64 kWidth = 64 / sizeof(T);  // units per block (one 64-byte panel)
 
+// The row reductions of a step of several phases: at most this many, of this many quantities each.
+constexpr int kPreparedReductions = 2, kPreparedReduced = 4;
+
+// What step_phases (a cell of several phases) reads: the packed weights and the call's scratch.
+// Block-packed arrays hold block blk's units j0 = blk*PW .. j0+PW-1, zero past H.
+template <class T, class W> struct StepArgs {
+  int64 B, I, H, blocks;
+  const W* px;   // [block][I][G][PW] W_ih
+  const W* ph;   // [block][H][split][PW] W_hh's gate blocks [0, split) (the product on h_{t-1})
+  const W* ph2;  // [block][H][G-split][PW] W_hh's gate blocks [split, G) (the product on r*h_{t-1})
+  const T *bx, *bh;  // [block][G][PW] b_ih, b_hh (zeros without biases)
+  bool has_bias;
+  const T* zeros;                     // [block][G][PW] zeros: where the products start under layer norm
+  const T *g_ih, *g_hh, *g_c, *b_c;   // the layer norm's vectors [block][G][PW], [block][PW] (or null)
+  const T *x, *h, *c;                 // [B, I], [B, H], [B, H]
+  T *h_out, *c_out;                   // [B, H]
+  Extras<T> extras;
+  // scratch of the call
+  T *gi, *gh;     // [block][B][G][PW] the products' gates
+  T* between;     // [block][B][kBetween][PW] values an earlier Pointwise phase leaves for a later one
+  T* reset_h;     // [B, H] r*h_{t-1}, the second product's operand
+  Moments* part;  // [kPreparedReductions][B][blocks][kPreparedReduced] the row reductions' block moments
+};
+
 // A vector loaded from memory that is only T-aligned. V arrives here as a template argument, which
 // drops the vector type's aligned(alignof(T)) attribute (it is not part of the type), so a plain
 // *reinterpret_cast<const V*> would let the compiler emit an aligned load (vmovaps) that faults on
@@ -97,33 +121,53 @@ template <class V, class W> inline V load_weights(const W* p) {
 
 // A cell's weights prepared for repeated single steps. T: the compute (and state) type; W: how the
 // weights are stored (T, or _Float16 for float).
-// The options: the LSTM variants' peepholes w_ch [U, H] (packed per block, [block][U][PW])
-// and cell_clip; a spec of several phases or with layer norm (its row statistics need every unit
-// before any block's cell) is refused here (ArgumentError).
+// The options: the LSTM variants' peepholes w_ch [U, H] (packed per block, [block][U][PW]) and
+// cell_clip run in the one-pass step; the cells of several phases (the reset-before GRU, whose n
+// product needs r*h_{t-1} of every unit; layer norm, whose row statistics need every unit before any
+// block's cell) run step_phases: each phase over all blocks, a barrier where the spec has one.
+// norm: the layer norm's vectors (g_ih, g_hh [G*H], g_c, b_c [H]; its bias fields unused: b_ih and
+// b_hh are the biases), required with layer_norm.
 template <class T, class W> class PreparedCell {
  public:
   PreparedCell(CellKind cell, int64 I, int64 H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
-               const CellOptions& options = {}, const T* w_ch = nullptr)
+               const CellOptions& options = {}, const T* w_ch = nullptr, const NormParams<T>* norm = nullptr)
       : cell_(cell), options_(options), I_(I), H_(H) {
     G_ = dispatch_cell(cell, options, [](auto c) { return int64(decltype(c)::kGates); });
-    U_ = dispatch_cell(cell, options, [](auto c) {
-      using S = SpecTraits<decltype(c)>;
-      if (S::kLastPointwise > 0 || S::kLayerNorm)
-        throw ArgumentError("the prepared step runs cells of one pointwise phase without layer norm");
-      return int64(S::kUnitRows);
-    });
+    U_ = dispatch_cell(cell, options, [](auto c) { return int64(SpecTraits<decltype(c)>::kUnitRows); });
+    split_ = dispatch_cell(cell, options, [](auto c) { return int64(SpecTraits<decltype(c)>::kResetHSplit); });
+    const bool layer_norm = dispatch_cell(cell, options, [](auto c) { return SpecTraits<decltype(c)>::kLayerNorm; });
+    const bool carries = dispatch_cell(cell, options, [](auto c) { return SpecTraits<decltype(c)>::kCarriesState; });
     if (U_ > 0 && !w_ch) throw ArgumentError("w_ch is required (peephole)");
+    if (layer_norm && (!norm || !norm->g_ih || !norm->g_hh || (carries && (!norm->g_c || !norm->b_c))))
+      throw ArgumentError("the layer norm's vectors are required (layer_norm)");
     const int64 PW = prepared_detail::kWidth<T>;
     blocks_ = (H + PW - 1) / PW;
-    const int64 per_k = checked_mul(checked_mul(blocks_, G_, "prepared weights"), PW, "prepared weights");
+    has_bias_ = b_ih != nullptr;
+    const int64 per_gate = checked_mul(blocks_, PW, "prepared weights");
+    const int64 per_k = checked_mul(per_gate, G_, "prepared weights");
     px_.assign(checked_mul(per_k, I, "prepared weights"), W(0));
-    ph_.assign(checked_mul(per_k, H, "prepared weights"), W(0));
+    ph_.assign(checked_mul(checked_mul(per_gate, split_, "prepared weights"), H, "prepared weights"), W(0));
+    ph2_.assign(checked_mul(checked_mul(per_gate, G_ - split_, "prepared weights"), H, "prepared weights"), W(0));
     bx_.assign(per_k, T(0));
     bh_.assign(per_k, T(0));
-    pack(w_ih, I, px_);
-    pack(w_hh, H, ph_);
+    pack(w_ih, I, px_, 0, G_);
+    pack(w_hh, H, ph_, 0, split_);
+    pack(w_hh, H, ph2_, split_, G_);
     pack_bias(b_ih, bx_);
     pack_bias(b_hh, bh_);
+    if (layer_norm) {
+      zeros_.assign(per_k, T(0));
+      g_ih_.assign(per_k, T(0));
+      g_hh_.assign(per_k, T(0));
+      pack_bias(norm->g_ih, g_ih_);
+      pack_bias(norm->g_hh, g_hh_);
+      if (carries) {
+        g_c_.assign(per_gate, T(0));
+        b_c_.assign(per_gate, T(0));
+        pack_units(norm->g_c, g_c_);
+        pack_units(norm->b_c, b_c_);
+      }
+    }
     pch_.assign(checked_mul(checked_mul(blocks_, U_, "prepared weights"), PW, "prepared weights"), T(0));
     for (int64 blk = 0; blk < blocks_; ++blk)  // w_ch [U, H] -> [block][U][PW], zero past H
       for (int64 u = 0; u < U_; ++u)
@@ -136,26 +180,48 @@ template <class T, class W> class PreparedCell {
 
   // h_out[B, H] (and c_out for the LSTM) from x[B, I], h[B, H], c[B, H]. Outputs must not alias inputs.
   void step(int64 B, const T* x, const T* h, const T* c, T* h_out, T* c_out) const {
-    dispatch_cell(cell_, options_, [&](auto cell) {
-      using Cell = decltype(cell);
-      if constexpr (SpecTraits<Cell>::kLastPointwise == 0 && !SpecTraits<Cell>::kLayerNorm) step_as<Cell>(B, x, h, c, h_out, c_out);
-    });
+    dispatch_cell(cell_, options_, [&](auto cell) { step_as<decltype(cell)>(B, x, h, c, h_out, c_out); });
   }
 
  private:
   template <class Cell> void step_as(int64 B, const T* x, const T* h, const T* c, T* h_out, T* c_out) const {
+    using Traits = SpecTraits<Cell>;
+    // a cell of one pointwise phase and no row reduction: every gate of a block in registers, one pass
+    constexpr bool kOnePass = Traits::kLastPointwise == 0 && !Traits::kLayerNorm;
+    const prepared_detail::Extras<T> extras{pch_.data(), U_, options_.cell_clip};
+    std::vector<T> gi, gh, between, reset_h;
+    std::vector<Moments> part;
+    prepared_detail::StepArgs<T, W> args{};
+    if constexpr (!kOnePass) {
+      using namespace prepared_detail;
+      const int64 PW = kWidth<T>, gates = blocks_ * B * G_ * PW;
+      gi.resize(gates);
+      gh.resize(gates);
+      between.resize(blocks_ * B * std::max(Traits::kBetween, 1) * PW);
+      if (Traits::kResetH) reset_h.resize(B * H_);
+      if (Traits::kLayerNorm) part.resize(kPreparedReductions * B * blocks_ * kPreparedReduced);
+      args = {B, I_, H_, blocks_, px_.data(), ph_.data(), ph2_.data(), bx_.data(), bh_.data(), has_bias_,
+              zeros_.data(), g_ih_.data(), g_hh_.data(), g_c_.empty() ? nullptr : g_c_.data(),
+              b_c_.empty() ? nullptr : b_c_.data(), x, h, c, h_out, c_out, extras, gi.data(), gh.data(),
+              between.data(), reset_h.data(), part.data()};
+    }
     {
-      const prepared_detail::Extras<T> extras{pch_.data(), U_, options_.cell_clip};
       auto run = [&](int64 b0, int64 b1) {
         using namespace prepared_detail;
         const W *px = px_.data(), *ph = ph_.data();
         const T *bx = bx_.data(), *bh = bh_.data();
         const Isa isa = cpu_isa();
-        if (isa == Isa::Avx512)
-          avx512::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
-        else if (isa == Isa::Avx2)
-          avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
-        else baseline::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
+        if constexpr (kOnePass) {
+          if (isa == Isa::Avx512)
+            avx512::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
+          else if (isa == Isa::Avx2)
+            avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
+          else baseline::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
+        } else {
+          if (isa == Isa::Avx512) avx512::step_phases<Cell, T, W>(b0, b1, args);
+          else if (isa == Isa::Avx2) avx2::step_phases<Cell, T, W>(b0, b1, args);
+          else baseline::step_phases<Cell, T, W>(b0, b1, args);
+        }
       };
       const double flops = 2.0 * double(G_) * double(H_) * double(I_ + H_) * double(B);
       const int64 by_work = min_step_flops() ? int64(std::max(1.0, std::min(1e9, flops / double(min_step_flops()))))
@@ -174,14 +240,20 @@ template <class T, class W> class PreparedCell {
     }
   }
 
-  // w [G*H, K] (row g*H + j) -> P[block][k][g][PW], zero past H.
-  void pack(const T* w, int64 K, std::vector<W>& P) const {
-    const int64 PW = prepared_detail::kWidth<T>;
+  // w [G*H, K]'s gate blocks [g0, g1) (row g*H + j) -> P[block][k][g - g0][PW], zero past H.
+  void pack(const T* w, int64 K, std::vector<W>& P, int64 g0, int64 g1) const {
+    const int64 PW = prepared_detail::kWidth<T>, n = g1 - g0;
     for (int64 blk = 0; blk < blocks_; ++blk)
       for (int64 k = 0; k < K; ++k)
-        for (int64 g = 0; g < G_; ++g)
+        for (int64 g = g0; g < g1; ++g)
           for (int64 i = 0, j = blk * PW; i < PW && j < H_; ++i, ++j)
-            P[((blk * K + k) * G_ + g) * PW + i] = W(w[(g * H_ + j) * K + k]);
+            P[((blk * K + k) * n + g - g0) * PW + i] = W(w[(g * H_ + j) * K + k]);
+  }
+  // v [H] -> P[block][PW], zero past H.
+  void pack_units(const T* v, std::vector<T>& P) const {
+    const int64 PW = prepared_detail::kWidth<T>;
+    for (int64 blk = 0; blk < blocks_; ++blk)
+      for (int64 i = 0, j = blk * PW; i < PW && j < H_; ++i, ++j) P[blk * PW + i] = v[j];
   }
   void pack_bias(const T* b, std::vector<T>& P) const {
     if (!b) return;
@@ -193,10 +265,12 @@ template <class T, class W> class PreparedCell {
 
   CellKind cell_;
   CellOptions options_;
-  int64 I_, H_, G_, U_, blocks_;
-  std::vector<W> px_, ph_;  // packed W_ih, W_hh
-  std::vector<T> bx_, bh_;  // packed b_ih, b_hh (zeros without bias)
-  std::vector<T> pch_;      // packed w_ch [block][U][PW] (peepholes; empty without)
+  int64 I_, H_, G_, U_, split_, blocks_;
+  bool has_bias_ = false;
+  std::vector<W> px_, ph_, ph2_;  // packed W_ih, W_hh's gate blocks [0, split_) and [split_, G) (empty for most)
+  std::vector<T> bx_, bh_;        // packed b_ih, b_hh (zeros without bias)
+  std::vector<T> pch_;            // packed w_ch [block][U][PW] (peepholes; empty without)
+  std::vector<T> zeros_, g_ih_, g_hh_, g_c_, b_c_;  // layer norm: zeros and its packed vectors (empty without)
 };
 
 // L cells of one kind stacked (unidirectional): one step of the whole stack in one call, layer l
@@ -206,13 +280,16 @@ template <class T, class W> class PreparedStack {
  public:
   struct Layer {
     const T *w_ih, *w_hh, *b_ih, *b_hh;  // [G*H, I_l], [G*H, H], [G*H] or null; I_0 = I, I_l = H
+    const T* w_ch = nullptr;             // [U, H] peepholes (options.peephole)
+    NormParams<T> norm{};                // the layer norm's vectors (options.layer_norm), as PreparedCell's
   };
 
-  PreparedStack(CellKind cell, int64 I, int64 H, const std::vector<Layer>& weights) : H_(H) {
+  PreparedStack(CellKind cell, int64 I, int64 H, const std::vector<Layer>& weights, const CellOptions& options = {})
+      : H_(H) {
     layers_.reserve(weights.size());
     for (size_t l = 0; l < weights.size(); ++l) {
       const Layer& w = weights[l];
-      layers_.emplace_back(cell, l ? H : I, H, w.w_ih, w.w_hh, w.b_ih, w.b_hh);
+      layers_.emplace_back(cell, l ? H : I, H, w.w_ih, w.w_hh, w.b_ih, w.b_hh, options, w.w_ch, &w.norm);
     }
   }
 

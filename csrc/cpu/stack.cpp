@@ -218,53 +218,72 @@ template <class T> struct SortedCopy {
   }
 };
 
-// A 16-bit call's float32 copies: inputs widened when taken, outputs narrowed into the caller's
-// arrays by finish(). Allocated before any parallel region.
+// The arrays of a layer's weights (LayerWeights) and gradients (LayerGrads) by the cell specs'
+// parameter names (ParamDecl::name): what the 16-bit entry points copy, parameter by parameter.
+template <class T> struct ParamField {
+  const char* name;
+  const T* LayerWeights<T>::*weight;
+  T* LayerGrads<T>::*grad;
+};
+template <class T> const ParamField<T>& param_field(const char* name) {
+  using W = LayerWeights<T>;
+  using G = LayerGrads<T>;
+  static const ParamField<T> fields[] = {
+      {"w_ih", &W::w_ih, &G::dw_ih},           {"w_hh", &W::w_hh, &G::dw_hh},
+      {"b_ih", &W::b_ih, &G::db_ih},           {"b_hh", &W::b_hh, &G::db_hh},
+      {"w_ch", &W::w_ch, &G::dw_ch},           {"ln_weight_ih", &W::ln_ih, &G::dln_ih},
+      {"ln_weight_hh", &W::ln_hh, &G::dln_hh}, {"ln_weight_c", &W::ln_c_w, &G::dln_c_w},
+      {"ln_bias_c", &W::ln_c_b, &G::dln_c_b}};
+  for (const auto& f : fields)
+    if (std::strcmp(f.name, name) == 0) return f;
+  throw ArgumentError(std::string("the 16-bit entry points have no field for parameter ") + name);
+}
+
+// A 16-bit call's float32 copies, allocated before any parallel region: take() gives one argument
+// (the caller's array, the float32 call's field, its size, whether the call reads or writes it) its
+// copy, widened now if read, narrowed into the caller's array by finish() if written.
+enum class Access { Read, Write };
 template <class S> class Widened {
  public:
-  const float* in(const S* p, int64 n, const char* what) {
-    if (!p) return nullptr;
-    float* d = alloc(n, what);
-    widen16(p, d, n, num_threads());
-    return d;
+  template <class F> void take(const S* src, F*& dst, int64 n, Access access, const char* what) {
+    dst = nullptr;
+    if (!src || n == 0) return;
+    buffers_.push_back(std::make_unique<Scratch<float>>(n, what));
+    float* d = buffers_.back()->data();
+    if (access == Access::Read) widen16(src, d, n, num_threads());
+    else outputs_.push_back({d, const_cast<S*>(src), n});
+    dst = d;
   }
-  float* out(S* p, int64 n, const char* what) {
-    if (!p) return nullptr;
-    float* d = alloc(n, what);
-    outputs_.push_back({d, p, n});
-    return d;
+  // Every parameter of a layer: its weights (read; the copies marked as 16-bit) and, with grads, its
+  // gradients (written).
+  void layer(const RnnConfig& c, int64 in_size, const LayerWeights<S>& w, LayerWeights<float>& fw,
+             const LayerGrads<S>* g = nullptr, LayerGrads<float>* fg = nullptr) {
+    for (int i = 0; i < param_counts(c.cell, c.options).with_bias; ++i) {
+      const char* name = param_decl(c.cell, i, c.options).name;
+      int64 n = 1;
+      for (int64 d : param_shape(c.cell, in_size, c.H, i, c.options)) n = checked_mul(n, d, "weights");
+      take(w.*param_field<S>(name).weight, fw.*param_field<float>(name).weight, n, Access::Read,
+           "the float32 copy of the weights");
+      if (g) take(g->*param_field<S>(name).grad, fg->*param_field<float>(name).grad, n, Access::Write,
+                  "the float32 weight gradients");
+    }
+    fw.storage = storage_of<S>();
   }
-  // float32 copies of a layer's weights, marked as 16-bit
-  LayerWeights<float> weights(const LayerWeights<S>& w, const RnnConfig& c, int64 in_size) {
-    const S* src[5] = {w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_ch};  // the spec's kParams order
-    const float* dst[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-    for (int i = 0; i < 5; ++i) dst[i] = in(src[i], param_numel(c, in_size, i), "the float32 copy of the weights");
-    LayerWeights<float> f{dst[0], dst[1], dst[2], dst[3], dst[4]};
-    f.storage = storage_of<S>();
-    return f;
-  }
-  // float32 weight gradients, narrowed into g's arrays by finish()
-  LayerGrads<float> grads(const LayerGrads<S>& g, const RnnConfig& c, int64 in_size) {
-    S* src[5] = {g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, g.dw_ch};
-    float* dst[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-    for (int i = 0; i < 5; ++i) dst[i] = out(src[i], param_numel(c, in_size, i), "the float32 weight gradients");
-    return {dst[0], dst[1], dst[2], dst[3], dst[4]};
+  // The modifiers' arrays; h~ and c~ are written by forward (`pre`: Write) and read by backward.
+  void modifiers(const RnnConfig& c, const Modifiers<S>& m, Modifiers<float>& f, Access pre) {
+    const int64 state = c.L * c.D * c.B * c.H, steps = c.T * state;
+    take(m.recurrent_mask, f.recurrent_mask, state, Access::Read, "the float32 recurrent mask");
+    take(m.zoneout_h, f.zoneout_h, steps, Access::Read, "the float32 zoneout mask");
+    take(m.zoneout_c, f.zoneout_c, steps, Access::Read, "the float32 zoneout mask");
+    take(m.pre_h, f.pre_h, steps, pre, "the float32 h~");
+    take(m.pre_c, f.pre_c, steps, pre, "the float32 c~");
+    f.grad_clip = m.grad_clip;
   }
   void finish() {
     for (const auto& o : outputs_) narrow16(o.f, o.s, o.n, num_threads());
   }
 
  private:
-  static int64 param_numel(const RnnConfig& c, int64 in_size, int i) {
-    if (i >= param_counts(c.cell, c.options).with_bias) return 0;
-    int64 n = 1;
-    for (int64 d : param_shape(c.cell, in_size, c.H, i, c.options)) n = checked_mul(n, d, "weights");
-    return n;
-  }
-  float* alloc(int64 n, const char* what) {
-    buffers_.push_back(std::make_unique<Scratch<float>>(n, what));
-    return buffers_.back()->data();
-  }
   struct Output {
     const float* f;
     S* s;
@@ -274,32 +293,107 @@ template <class S> class Widened {
   std::vector<Output> outputs_;
 };
 
-template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
+// The packed layout of x and y (dy, dx): torch's PackedSequence, time-major with the batch sorted by
+// decreasing length, step t's batch_sizes[t] live rows at rows offset(t) = sum_{u<t} batch_sizes[u]
+// of an [N, W] array (N = the sum of the lengths). The CPU loops keep their per-row buffers in
+// exactly this order (LiveRows, layer.h), so a packed call runs the sorted-lengths problem: x's live
+// rows are put at their [T, B] places, the stack runs, and y's live rows are taken from theirs (the
+// dead rows are neither read nor copied). PackedRows holds the lengths that batch_sizes implies.
+struct PackedRows {
+  std::vector<int64> lengths;  // [B], non-increasing
+  int64 rows;                  // N
+};
+inline PackedRows packed_rows(const RnnConfig& c, const int64* batch_sizes, int64 rows) {
+  if (!batch_sizes) throw ArgumentError("the packed layout needs batch_sizes, got a null pointer");
+  if (batch_sizes[0] != c.B)
+    throw ArgumentError("batch_sizes[0] must be the batch size B=" + std::to_string(c.B) + ", got " +
+                        std::to_string(batch_sizes[0]));
+  PackedRows p{std::vector<int64>(c.B, 0), 0};
+  for (int64 t = 0; t < c.T; ++t) {
+    const int64 n = batch_sizes[t], next = t + 1 < c.T ? batch_sizes[t + 1] : 0;
+    if (n < 1 || n < next)
+      throw ArgumentError("batch_sizes must be non-increasing and >= 1, got " + std::to_string(n) + " at step " +
+                          std::to_string(t) + (next > n ? " before " + std::to_string(next) : ""));
+    for (int64 b = next; b < n; ++b) p.lengths[b] = t + 1;  // rows [next, n) end at step t
+    p.rows = checked_add(p.rows, n, "the packed rows");
+  }
+  if (p.rows != rows)
+    throw ArgumentError("the packed data must have sum(batch_sizes) = " + std::to_string(p.rows) + " rows, got " +
+                        std::to_string(rows));
+  return p;
+}
+// Rows of a [T, B, W] array to or from the packed [N, W] one (live rows only).
+template <class T> void packed_copy(const LiveRows& live, int64 T_, int64 B, int64 W, const T* src, T* dst, bool to_packed) {
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64 t = 0; t < T_; ++t) {
+    const int64 padded = t * B * W, packed = live.offset(t) * W, n = live.rows(t) * W;
+    if (to_packed) std::memcpy(dst + packed, src + padded, sizeof(T) * n);
+    else std::memcpy(dst + padded, src + packed, sizeof(T) * n);
+  }
+}
+
+// The float32 call of a 16-bit forward / backward: every array argument, one row each (x, y, dy, dx
+// packed [N, .] when `packed` is given).
+template <class S>
+ForwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const ForwardArgs<S>& a, const PackedRows* packed) {
+  const int64 TB = packed ? packed->rows : c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
+  ForwardArgs<float> f{};
+  f.lengths = a.lengths;
+  w.take(a.x, f.x, TB * c.I, Access::Read, "the float32 copy of x");
+  w.take(a.h0, f.h0, state, Access::Read, "the float32 copy of h0");
+  w.take(a.c0, f.c0, carried, Access::Read, "the float32 copy of c0");
+  w.take(a.y, f.y, TB * c.D * c.H, Access::Write, "the float32 output");
+  w.take(a.hn, f.hn, state, Access::Write, "the float32 h_n");
+  w.take(a.cn, f.cn, carried, Access::Write, "the float32 c_n");
+  w.take(a.reserve, f.reserve, ReserveLayout(c).total, Access::Write, "the float32 reserve");
+  w.modifiers(c, a.mods, f.mods, Access::Write);
+  f.mods.seeded = a.mods.seeded;
+  f.weights.resize(a.weights.size());
+  for (size_t k = 0; k < a.weights.size(); ++k) w.layer(c, c.input_size(int64(k) / c.D), a.weights[k], f.weights[k]);
+  return f;
+}
+template <class S>
+BackwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const BackwardArgs<S>& a, const PackedRows* packed) {
+  const int64 TB = packed ? packed->rows : c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
+  BackwardArgs<float> f{};
+  f.lengths = a.lengths;
+  w.take(a.x, f.x, TB * c.I, Access::Read, "the float32 copy of x");
+  w.take(a.h0, f.h0, state, Access::Read, "the float32 copy of h0");
+  w.take(a.c0, f.c0, carried, Access::Read, "the float32 copy of c0");
+  w.take(a.reserve, f.reserve, ReserveLayout(c).total, Access::Read, "the float32 reserve");
+  w.take(a.dy, f.dy, TB * c.D * c.H, Access::Read, "the float32 copy of dy");
+  w.take(a.dhn, f.dhn, state, Access::Read, "the float32 copy of dhn");
+  w.take(a.dcn, f.dcn, carried, Access::Read, "the float32 copy of dcn");
+  w.take(a.dx, f.dx, TB * c.I, Access::Write, "the float32 dx");
+  w.take(a.dh0, f.dh0, state, Access::Write, "the float32 dh0");
+  w.take(a.dc0, f.dc0, carried, Access::Write, "the float32 dc0");
+  w.modifiers(c, a.mods, f.mods, Access::Read);
+  f.mods.seeded = a.mods.seeded;
+  f.weights.resize(a.weights.size());
+  f.grads.resize(a.grads.size());
+  for (size_t k = 0; k < a.weights.size(); ++k)
+    w.layer(c, c.input_size(int64(k) / c.D), a.weights[k], f.weights[k], &a.grads[k], &f.grads[k]);
+  return f;
+}
+
+// forward and forward_packed: `packed` nullptr for x, y [T, B, ·], else their packed layout.
+template <class T> void forward_in(const RnnConfig& c, const ForwardArgs<T>& a, const PackedRows* packed) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
-    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors or w_hr.
-    if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
+    // Widened copies every parameter the spec names except the projection's w_hr.
     if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
-    const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
-    const bool carry = c.has_cell_state();
-    ForwardArgs<float> f{w.in(a.x, TB * c.I, "the float32 copy of x"),
-                         w.in(a.h0, state, "the float32 copy of h0"),
-                         carry ? w.in(a.c0, state, "the float32 copy of c0") : nullptr,
-                         a.lengths,
-                         {},
-                         w.out(a.y, TB * c.D * c.H, "the float32 output"),
-                         w.out(a.hn, state, "the float32 h_n"),
-                         carry ? w.out(a.cn, state, "the float32 c_n") : nullptr,
-                         w.out(a.reserve, ReserveLayout(c).total, "the float32 reserve")};
-    for (int64 k = 0; k < c.L * c.D; ++k) f.weights.push_back(w.weights(a.weights[k], c, c.input_size(k / c.D)));
-    f.mods.recurrent_mask = w.in(a.mods.recurrent_mask, state, "the float32 recurrent mask");
-    f.mods.zoneout_h = w.in(a.mods.zoneout_h, steps, "the float32 zoneout mask");
-    f.mods.zoneout_c = w.in(a.mods.zoneout_c, steps, "the float32 zoneout mask");
-    f.mods.pre_h = w.out(a.mods.pre_h, steps, "the float32 h~");
-    f.mods.pre_c = w.out(a.mods.pre_c, steps, "the float32 c~");
-    forward<float>(c, f);  // the float32 path, the batch sorted there
+    forward_in<float>(c, widened_call(w, c, a, packed), packed);  // the float32 path, the batch sorted there
     w.finish();
+  } else if (packed) {
+    const LiveRows live(c.T, c.B, packed->lengths.data());
+    const int64 TB = c.T * c.B, DH = c.D * c.h_size();
+    Scratch<T> x(checked_mul(TB, c.I, "x"), "x at its [T, B] rows"), y(checked_mul(TB, DH, "y"), "y at its [T, B] rows");
+    packed_copy(live, c.T, c.B, c.I, a.x, x.data(), false);
+    ForwardArgs<T> s = a;
+    s.x = x.data(), s.y = y.data(), s.lengths = packed->lengths.data();
+    stack_forward(CpuBackend{}, c, s);
+    packed_copy(live, c.T, c.B, DH, s.y, a.y, true);
   } else {
     const auto order = sorting_order(c, a.lengths);
     if (!order) return stack_forward(CpuBackend{}, c, a);
@@ -317,6 +411,7 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
     s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.lengths = order->lengths.data();
     s.y = y.data(), s.hn = hn.data(), s.cn = a.cn ? cn.data() : nullptr;
     s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    s.mods.seeded.batch_row = order->order.data();  // seeded masks are keyed on the caller's rows
     stack_forward(CpuBackend{}, c, s);
     permute_rows<T>(s.y, a.y, c.T, c.B, DH, order->order, false);
     permute_rows<T>(s.hn, a.hn, LD, c.B, HW, order->order, false);
@@ -324,40 +419,25 @@ template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) {
   }
 }
 
-template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
+template <class T> void backward_in(const RnnConfig& c, const BackwardArgs<T>& a, const PackedRows* packed) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
-    // Widened copies the parameters PyTorch's four and the peepholes have, not the norm's vectors or w_hr.
-    if (c.options.layer_norm) throw ArgumentError("layer_norm is not implemented for 16-bit types (use float32)");
+    // Widened copies every parameter the spec names except the projection's w_hr.
     if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
-    const int64 TB = c.T * c.B, state = c.L * c.D * c.B * c.H, steps = c.T * state;
-    const bool carry = c.has_cell_state();
-    BackwardArgs<float> f{w.in(a.x, TB * c.I, "the float32 copy of x"),
-                          w.in(a.h0, state, "the float32 copy of h0"),
-                          carry ? w.in(a.c0, state, "the float32 copy of c0") : nullptr,
-                          a.lengths,
-                          {},
-                          w.in(a.reserve, ReserveLayout(c).total, "the float32 reserve"),
-                          w.in(a.dy, TB * c.D * c.H, "the float32 copy of dy"),
-                          w.in(a.dhn, state, "the float32 copy of dhn"),
-                          carry ? w.in(a.dcn, state, "the float32 copy of dcn") : nullptr,
-                          w.out(a.dx, TB * c.I, "the float32 dx"),
-                          w.out(a.dh0, state, "the float32 dh0"),
-                          carry ? w.out(a.dc0, state, "the float32 dc0") : nullptr,
-                          {}};
-    for (int64 k = 0; k < c.L * c.D; ++k) {
-      f.weights.push_back(w.weights(a.weights[k], c, c.input_size(k / c.D)));
-      f.grads.push_back(w.grads(a.grads[k], c, c.input_size(k / c.D)));
-    }
-    f.mods.recurrent_mask = w.in(a.mods.recurrent_mask, state, "the float32 recurrent mask");
-    f.mods.grad_clip = a.mods.grad_clip;
-    f.mods.zoneout_h = w.in(a.mods.zoneout_h, steps, "the float32 zoneout mask");
-    f.mods.zoneout_c = w.in(a.mods.zoneout_c, steps, "the float32 zoneout mask");
-    f.mods.pre_h = const_cast<float*>(w.in(a.mods.pre_h, steps, "the float32 h~"));
-    f.mods.pre_c = const_cast<float*>(w.in(a.mods.pre_c, steps, "the float32 c~"));
-    backward<float>(c, f);  // the float32 path, the batch sorted there
+    backward_in<float>(c, widened_call(w, c, a, packed), packed);  // the float32 path, the batch sorted there
     w.finish();
+  } else if (packed) {
+    const LiveRows live(c.T, c.B, packed->lengths.data());
+    const int64 TB = c.T * c.B, DH = c.D * c.h_size();
+    Scratch<T> x(checked_mul(TB, c.I, "x"), "x at its [T, B] rows"), dy(checked_mul(TB, DH, "dy"), "dy at its [T, B] rows"),
+        dx(checked_mul(TB, c.I, "dx"), "dx at its [T, B] rows");
+    packed_copy(live, c.T, c.B, c.I, a.x, x.data(), false);
+    packed_copy(live, c.T, c.B, DH, a.dy, dy.data(), false);
+    BackwardArgs<T> s = a;
+    s.x = x.data(), s.dy = dy.data(), s.dx = dx.data(), s.lengths = packed->lengths.data();
+    stack_backward(CpuBackend{}, c, s);
+    packed_copy(live, c.T, c.B, c.I, s.dx, a.dx, true);
   } else {
     const auto order = sorting_order(c, a.lengths);
     if (!order) return stack_backward(CpuBackend{}, c, a);
@@ -379,11 +459,27 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) {
     s.x = x.p, s.h0 = h0.p, s.c0 = c0.p, s.dy = dy.p, s.dhn = dhn.p, s.dcn = dcn.p, s.lengths = order->lengths.data();
     s.dx = dx.data(), s.dh0 = dh0.data(), s.dc0 = a.dc0 ? dc0.data() : nullptr;
     s.mods.recurrent_mask = mask.p, s.mods.zoneout_h = zone_h.p, s.mods.zoneout_c = zone_c.p;
+    s.mods.seeded.batch_row = order->order.data();  // seeded masks are keyed on the caller's rows
     stack_backward(CpuBackend{}, c, s);
     permute_rows<T>(s.dx, a.dx, c.T, c.B, c.I, order->order, false);
     permute_rows<T>(s.dh0, a.dh0, LD, c.B, HW, order->order, false);
     permute_rows<T>(s.dc0, a.dc0, LD, c.B, c.H, order->order, false);
   }
+}
+
+template <class T> void forward(const RnnConfig& c, const ForwardArgs<T>& a) { forward_in(c, a, nullptr); }
+template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a) { backward_in(c, a, nullptr); }
+template <class T>
+void forward_packed(const RnnConfig& c, const ForwardArgs<T>& a, const int64* batch_sizes, int64 rows) {
+  if (a.lengths) throw ArgumentError("a packed call takes batch_sizes, not lengths");
+  const PackedRows packed = packed_rows(c, batch_sizes, rows);
+  forward_in(c, a, &packed);
+}
+template <class T>
+void backward_packed(const RnnConfig& c, const BackwardArgs<T>& a, const int64* batch_sizes, int64 rows) {
+  if (a.lengths) throw ArgumentError("a packed call takes batch_sizes, not lengths");
+  const PackedRows packed = packed_rows(c, batch_sizes, rows);
+  backward_in(c, a, &packed);
 }
 
 template void forward<float>(const RnnConfig&, const ForwardArgs<float>&);
@@ -394,5 +490,13 @@ template void forward<bf16>(const RnnConfig&, const ForwardArgs<bf16>&);
 template void forward<fp16>(const RnnConfig&, const ForwardArgs<fp16>&);
 template void backward<bf16>(const RnnConfig&, const BackwardArgs<bf16>&);
 template void backward<fp16>(const RnnConfig&, const BackwardArgs<fp16>&);
+#define FASTRNN_PACKED(T)                                                                                  \
+  template void forward_packed<T>(const RnnConfig&, const ForwardArgs<T>&, const int64*, int64);          \
+  template void backward_packed<T>(const RnnConfig&, const BackwardArgs<T>&, const int64*, int64);
+FASTRNN_PACKED(float)
+FASTRNN_PACKED(double)
+FASTRNN_PACKED(bf16)
+FASTRNN_PACKED(fp16)
+#undef FASTRNN_PACKED
 
 }  // namespace fastrnn::cpu

@@ -58,6 +58,10 @@ class Stepper:
         self.cell = BY_TORCH_MODE[module.mode].name
         self.input_size, self.hidden_size, self.num_layers = module.input_size, module.hidden_size, module.num_layers
         self._has_c = BY_TORCH_MODE[module.mode].carries_cell_state  # (h, c) states
+        # the module's cell options (README "Cell variants"), as PreparedStack takes them
+        self._options = {name: getattr(module, name, default) for name, default in
+                         (("peephole", False), ("coupled", False), ("cell_clip", None), ("reset_after", True),
+                          ("layer_norm", False))}
         self.refresh()
 
     def __repr__(self) -> str:
@@ -79,7 +83,8 @@ class Stepper:
             with torch.no_grad():  # zero-copy NumPy views; PreparedStack packs its own copy
                 arrays = [p.detach().contiguous().numpy() for p in params]
             self._prepared = PreparedStack(self.cell, [tuple(arrays[l * per_layer:(l + 1) * per_layer])
-                                                       for l in range(self.num_layers)], self.weight_dtype)
+                                                       for l in range(self.num_layers)], self.weight_dtype,
+                                           **self._options)
             self._step_ptrs = self._prepared._stack.step_ptrs
         else:
             if self.weight_dtype is not None:
@@ -131,7 +136,8 @@ class Stepper:
         if self._step_ptrs is None:  # CUDA: the module's fused op on a one-step sequence
             with torch.no_grad():
                 _, h_out, c_out, _ = ops.run_forward(x.unsqueeze(0), [p for _, p, _, _ in self._record], h, c, None,
-                                                     self.cell, self.hidden_size, self.num_layers, False, False)
+                                                     ops.variant_cell(self.cell, **self._options), self.hidden_size,
+                                                     self.num_layers, False, False)
         else:
             shape = (self.num_layers, B, self.hidden_size)
             if h is None:

@@ -49,12 +49,12 @@ class Saved:
 
     __slots__ = ("cell", "x", "weights", "h0", "c0", "lengths", "reserve", "hidden_size", "num_layers",
                  "bidirectional", "batch_first", "recurrent_mask", "grad_clip", "weight_mask", "dilated", "zoneout",
-                 "options")
+                 "options", "mask_seed")
 
     def __init__(self, **kw):
         # the modifiers' fields are off unless given
         for k, v in {"recurrent_mask": None, "grad_clip": 0.0, "weight_mask": None, "dilated": None,
-                     "zoneout": None, "options": {}, **kw}.items():
+                     "zoneout": None, "options": {}, "mask_seed": None, **kw}.items():
             setattr(self, k, v)
 
 
@@ -256,7 +256,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
             cell_clip: Optional[float] = None, proj_size: int = 0, reset_after: bool = True, layer_norm: bool = False,
             recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, grad_clip: Optional[float] = None,
             dilation=1, zoneout: float = 0.0, zoneout_cell: float = 0.0, recurrent_mask=None, weight_mask=None,
-            zoneout_mask=None, zoneout_cell_mask=None, rng=None) -> RNNResult:
+            zoneout_mask=None, zoneout_cell_mask=None, rng=None, seed=None) -> RNNResult:
     """Run a stack of recurrent layers over a whole sequence.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
@@ -304,6 +304,13 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     zoneout, zoneout_cell: p (zoneout_cell: the LSTM's c); h_t = d h_{t-1} + (1 - d) h~_t with
         d ~ Bernoulli(p) per element and step when training (or ``zoneout_mask`` [L*D, T, B, H]; for
         c ``zoneout_cell_mask``), d = p when not (the eval formula).
+    seed: instead of masks drawn here, the kernels draw the recurrent-dropout and zoneout masks
+        themselves (inside the fused step, again in backward; nothing [T, B, H] is stored) from a
+        Philox4x32-10 stream keyed on (seed, layer and direction, t, b, j); an int, or a
+        ``numpy.random.Generator`` that one 64-bit seed is drawn from. The same seed gives the same
+        masks: ``fastrnn.reference.philox.seeded_masks`` materialises them (README "Training
+        modifiers"). With dilation the masks are materialised so and passed as arrays; the weight
+        mask comes from ``numpy.random.default_rng(seed)``. Not with ``rng`` or any mask argument.
     The modifiers combine with peephole, coupled and cell_clip (the kernels run the variant's cell
     with each). Zoneout blends the cell's new state as a whole: within step t, h~_t and o's
     peephole see c~_t (the cell's new c, clipped by cell_clip); the state carried to step t + 1,
@@ -355,13 +362,28 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
                                   "zoneout, zoneout_cell) are not fused with proj_size yet: fastrnn.reference.forward"
                                   "(..., proj_size=P) and fastrnn.nn.LSTM(proj_size=P) (composed torch ops) run them")
-    draws = training and (recurrent_dropout > 0 and recurrent_mask is None
+    given_masks = [n for n, m in (("recurrent_mask", recurrent_mask), ("weight_mask", weight_mask),
+                                  ("zoneout_mask", zoneout_mask), ("zoneout_cell_mask", zoneout_cell_mask))
+                   if m is not None]
+    seed = _check_seed(seed, rng, given_masks)
+    mask_seed = None  # (seed, stream, zoneout, zoneout_cell, recurrent_dropout): the kernels draw the masks
+    if seed is not None and training:
+        rng = seed  # the weight masks' generator
+        if any(d != 1 for d in dilations):  # the folded calls' rows are not the caller's: materialised here
+            from .reference.philox import seeded_masks
+            recurrent_mask, zoneout_mask, zoneout_cell_mask = seeded_masks(
+                seed, L * D, T, B, H, zoneout=zoneout, zoneout_cell=zoneout_cell if carries_cell_state(cell) else 0.0,
+                recurrent_dropout=recurrent_dropout, dtype=x.dtype)
+        elif recurrent_dropout > 0 or zoneout > 0 or zoneout_cell > 0:
+            mask_seed = (seed, 0, float(zoneout), float(zoneout_cell), float(recurrent_dropout))
+    draws = training and (recurrent_dropout > 0 and recurrent_mask is None and mask_seed is None
                           or weight_dropout > 0 and weight_mask is None
-                          or zoneout > 0 and zoneout_mask is None or zoneout_cell > 0 and zoneout_cell_mask is None)
+                          or mask_seed is None and (zoneout > 0 and zoneout_mask is None
+                                                    or zoneout_cell > 0 and zoneout_cell_mask is None))
     generator = np.random.default_rng(rng) if draws else None
     if recurrent_mask is not None:
         recurrent_mask = _check_state("recurrent_mask", recurrent_mask, state_shape, x.dtype)
-    elif training and recurrent_dropout > 0:
+    elif training and recurrent_dropout > 0 and mask_seed is None:
         recurrent_mask = _bernoulli_mask(generator, state_shape, recurrent_dropout, x.dtype)
     if weight_mask is not None:
         weight_mask = _check_weight_mask(weight_mask, L * D, (G * H, H), x.dtype)
@@ -376,6 +398,8 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
             _check_dtype(name, given, x.dtype)
             _check_shape(name, given, steps_shape, "(num_layers*num_directions, T, B, H) = ")
             zone.append(np.ascontiguousarray(given))
+        elif p > 0 and training and mask_seed is not None:  # the kernels draw d
+            zone.append(None)
         elif p > 0:  # training: keep the previous state where d = 1; eval: d = p
             zone.append((generator.random(steps_shape) < p).astype(x.dtype) if training
                         else np.full(steps_shape, p, x.dtype))
@@ -390,12 +414,28 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
                                             recurrent_mask, grad_clip, dilations, zone, options)
     else:
         y, hn, cn, saved = _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training,
-                                          recurrent_mask, grad_clip, zone, options)
+                                          recurrent_mask, grad_clip, zone, options, mask_seed)
     if saved is not None:
         saved.batch_first, saved.weight_mask = batch_first, weight_mask
     if batch_first:
         y = np.ascontiguousarray(y.transpose(1, 0, 2))
     return RNNResult(y, hn, cn, saved)
+
+
+def _check_seed(seed, rng, given_masks: list) -> Optional[int]:
+    """seed= as the kernels take it: None, or an int in [0, 2^64) (an int taken mod 2^64, or one
+    drawn from a numpy.random.Generator). Not together with rng= or a mask argument."""
+    if seed is None:
+        return None
+    if rng is not None:
+        raise ValueError("give seed= (the kernels draw the masks) or rng= (the masks drawn in NumPy), not both")
+    if given_masks:
+        raise ValueError(f"give seed= or the masks, not both: got seed= and {', '.join(given_masks)}")
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**64, dtype=np.uint64))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int or a numpy.random.Generator, got {type(seed).__name__}")
+    return int(seed) % 2**64
 
 
 def _check_probability(name: str, p) -> None:
@@ -443,10 +483,11 @@ def _bernoulli_mask(generator: np.random.Generator, shape: tuple, p: float, dtyp
 
 
 def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, training, recurrent_mask, grad_clip,
-                   zone=(None, None), options=None):
+                   zone=(None, None), options=None, mask_seed=None):
     """One kernel call for the whole stack: xt [T, B, I] -> (y [T, B, D*H], hn, cn, Saved or None).
     zone: the zoneout masks (d_h, d_c), each [L*D, T, B, H] or None; options: the LSTM variants'
-    (``_check_options``), which the kernels combine with every modifier."""
+    (``_check_options``), which the kernels combine with every modifier; mask_seed: the masks the
+    kernels draw, (seed, stream, zoneout, zoneout_cell, recurrent_dropout), or None."""
     options = options or {}
     T, B, I = xt.shape
     D = 2 if bidirectional else 1
@@ -459,14 +500,17 @@ def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, trai
     if training:
         reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional, **options), xt.dtype)
     # a training forward keeps h~ / c~ of every zoned-out step for the cell's backward
-    pre = [np.empty(z.shape, xt.dtype) if (training and z is not None) else None for z in zone]
+    seeded_p = (0.0, 0.0) if mask_seed is None else (mask_seed[2], mask_seed[3] if cn is not None else 0.0)
+    pre = [np.empty((L * D, T, B, H), xt.dtype) if (training and (z is not None or p > 0)) else None
+           for z, p in zip(zone, seeded_p)]
     _core.forward(_CELL_ID[cell], xt, weights, h0, c0, lengths, y, hn, cn, reserve, H, L, bidirectional,
-                  recurrent_mask, zone[0], zone[1], pre[0], pre[1], **options)
+                  recurrent_mask, zone[0], zone[1], pre[0], pre[1], **options, mask_seed=mask_seed)
     saved = None
     if training:
         saved = Saved(cell=cell, x=xt, weights=weights, h0=h0, c0=c0, lengths=lengths, reserve=reserve,
                       hidden_size=H, num_layers=L, bidirectional=bidirectional, batch_first=False,
-                      recurrent_mask=recurrent_mask, grad_clip=grad_clip, zoneout=(zone, pre), options=options)
+                      recurrent_mask=recurrent_mask, grad_clip=grad_clip, zoneout=(zone, pre), options=options,
+                      mask_seed=mask_seed)
     return y, hn, cn, saved
 
 
@@ -630,7 +674,7 @@ def _plain_backward(saved: Saved, dyt, dhn, dcn):
     zone, pre = saved.zoneout or ((None, None), (None, None))  # the masks d and the kept h~, c~
     _core.backward(_CELL_ID[saved.cell], x, saved.weights, saved.h0, saved.c0, saved.lengths, saved.reserve, dyt,
                    dhn, dcn, dx, dh0, dc0, dweights, saved.hidden_size, L, saved.bidirectional,
-                   saved.recurrent_mask, saved.grad_clip, *zone, *pre, **saved.options)
+                   saved.recurrent_mask, saved.grad_clip, *zone, *pre, **saved.options, mask_seed=saved.mask_seed)
     return dx, dh0, dc0, dweights
 
 
@@ -783,6 +827,12 @@ class _PreparedStep:
         return np.ascontiguousarray(x), h, c, out
 
 
+def _options_repr(options: dict) -> str:
+    """The cell options that differ from the base cell's, as ``, name=value`` for a repr."""
+    defaults = dict(peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False)
+    return "".join(f", {k}={v!r}" for k, v in options.items() if v != defaults[k])
+
+
 class PreparedCell(_PreparedStep):
     """One cell's weights prepared once for many single steps: step-by-step generation (decoding).
 
@@ -800,22 +850,28 @@ class PreparedCell(_PreparedStep):
     each other in memory: ValueError).
     Later changes to the weight arrays are not seen: prepare again.
 
-    The LSTM variants (README "Cell variants"): ``peephole=True`` with ``w_ch`` [3, H] (rows i, f, o;
-    coupled: [2, H], rows f, o), ``coupled=True`` (G = 3 gate blocks f, g, o), ``cell_clip=C``: the
-    same step as ``forward``'s. ``reset_after=False`` (the GRU's n product needs r of every unit
-    first, a second pass the prepared step does not make) and ``layer_norm=True`` (a row's
-    statistics need every unit before any block's cell) raise NotImplementedError: step them with
-    ``forward`` on a one-step sequence.
+    The cell options (README "Cell variants"), the same step as ``forward``'s: ``peephole=True``
+    with ``w_ch`` [3, H] (rows i, f, o; coupled: [2, H], rows f, o), ``coupled=True`` (G = 3 gate
+    blocks f, g, o), ``cell_clip=C``; the GRU's ``reset_after=False`` (the n product on r*h_{t-1}:
+    the step makes a second pass over the units for it) and ``layer_norm=True`` with the norm's
+    vectors ``ln_weight_ih``, ``ln_weight_hh`` [G*H] and, for the LSTM, ``ln_weight_c``,
+    ``ln_bias_c`` [H] (the row statistics over all units come between the passes).
     """
 
     def __init__(self, cell: str, w_ih, w_hh, b_ih=None, b_hh=None, *, weight_dtype=None, peephole: bool = False,
-                 coupled: bool = False, cell_clip=None, w_ch=None, reset_after: bool = True, layer_norm: bool = False):
+                 coupled: bool = False, cell_clip=None, w_ch=None, reset_after: bool = True, layer_norm: bool = False,
+                 ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None):
         self.cell = _check_cell(cell)
         options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm)
-        if not options["reset_after"] or options["layer_norm"]:
-            raise NotImplementedError("PreparedCell does not run reset_after=False or layer_norm=True (both need every "
-                                      "unit of a step's row before a block's cell: a second pass over the units): "
-                                      "call fastrnn.forward on a one-step sequence")
+        norm_names = ("ln_weight_ih", "ln_weight_hh") + (("ln_weight_c", "ln_bias_c") if carries_cell_state(self.cell)
+                                                         else ())
+        given = dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c, ln_bias_c=ln_bias_c)
+        for name, v in given.items():
+            if v is not None and (not options["layer_norm"] or name not in norm_names):
+                raise ValueError(f"{name} is a vector of the layer norm ({', '.join(norm_names)} with "
+                                 f"layer_norm=True, cell {self.cell!r}); got it with layer_norm={layer_norm!r}")
+            if v is None and options["layer_norm"] and name in norm_names:
+                raise ValueError(f"layer_norm=True needs {', '.join(norm_names)}; {name} is missing")
         if options["peephole"] != (w_ch is not None):
             raise ValueError("w_ch (the peepholes [U, H]) is required with peephole=True and only then, got "
                              f"peephole={peephole} and w_ch {'given' if w_ch is not None else 'None'}")
@@ -851,16 +907,24 @@ class PreparedCell(_PreparedStep):
             _check_dtype("w_ch", w_ch, self.dtype)
             _check_shape("w_ch", w_ch, shapes[4], formulas[4])
             w_ch = np.ascontiguousarray(w_ch)
+        norm = []
+        if options["layer_norm"]:
+            for name, shape, formula in zip(norm_names, ((G * H,), (G * H,), (H,), (H,)),
+                                            (f"({G}*H,) = ", f"({G}*H,) = ", "(H,) = ", "(H,) = ")):
+                v = _array(name, given[name])
+                _check_dtype(name, v, self.dtype)
+                _check_shape(name, v, shape, formula)
+                norm.append(np.ascontiguousarray(v))
         half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))
         _check_sizes(1, 1, int(w_ih.shape[1]), H, G, 1)
         self.input_size, self.hidden_size, self.weight_dtype = int(w_ih.shape[1]), H, "float16" if half else None
-        self.options = {k: v for k, v in options.items() if k in ("peephole", "coupled", "cell_clip")}
+        self.options = options
         self._step = _core.PreparedCell(_CELL_ID[self.cell], np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
-                                        biases[0], biases[1], half, w_ch=w_ch, **self.options)
+                                        biases[0], biases[1], half, w_ch=w_ch, norm=tuple(norm), **options)
 
     def __repr__(self) -> str:
         wd = f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype else ""
-        opts = "".join(f", {k}={v!r}" for k, v in self.options.items() if v)
+        opts = _options_repr(self.options)
         return f"PreparedCell({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
                f"dtype={self.dtype}{wd}{opts})"
 
@@ -892,11 +956,15 @@ class PreparedStack(_PreparedStep):
     c_out])`` writes the new states into given [L, B, H] arrays (they must not overlap x, h, c or
     each other in memory: ValueError). It equals
     ``forward`` on a one-step sequence. Later changes to the weight arrays are not seen: prepare
-    again.
+    again. The cell options are ``forward``'s (``peephole``, ``coupled``, ``cell_clip``,
+    ``reset_after``, ``layer_norm``), with each entry holding the arrays ``forward`` takes for them
+    (w_ch, the layer norm's vectors), stepped as by :class:`PreparedCell`.
     """
 
-    def __init__(self, cell: str, weights, weight_dtype=None):
+    def __init__(self, cell: str, weights, weight_dtype=None, *, peephole: bool = False, coupled: bool = False,
+                 cell_clip=None, reset_after: bool = True, layer_norm: bool = False):
         self.cell = _check_cell(cell)
+        options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm)
         if isinstance(weights, (list, tuple)) and weights and isinstance(weights[0], (list, tuple)) and weights[0]:
             w_ih0 = _array("weights[0][0] (w_ih)", weights[0][0])
         else:
@@ -907,18 +975,20 @@ class PreparedStack(_PreparedStep):
         if w_ih0.ndim != 2 or w_ih0.shape[1] < 1:
             raise ValueError(f"weights[0][0] (w_ih) must be 2-D (G*H, I) with I >= 1, got shape {w_ih0.shape}")
         self.dtype, self.input_size = w_ih0.dtype, int(w_ih0.shape[1])
-        checked, H, L, _ = _check_weights(self.cell, weights, self.input_size, 1, self.dtype)
+        checked, H, L, _ = _check_weights(self.cell, weights, self.input_size, 1, self.dtype, options)
         half = _half_weights(weight_dtype, self.dtype,
                              [(f"weights[{k}][{i}]", entry[i]) for k, entry in enumerate(checked) for i in (0, 1)])
-        _check_sizes(1, 1, self.input_size, H, GATES[self.cell], 1)
+        _check_sizes(1, 1, self.input_size, H, _gates(self.cell, options), 1)
         self.hidden_size, self.num_layers, self.weight_dtype = H, L, "float16" if half else None
+        self.options = options
         self._stack = _core.PreparedStack(_CELL_ID[self.cell],
-                                          [tuple(np.ascontiguousarray(a) for a in entry) for entry in checked], half)
+                                          [tuple(np.ascontiguousarray(a) for a in entry) for entry in checked], half,
+                                          **options)
 
     def __repr__(self) -> str:
         wd = f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype else ""
         return f"PreparedStack({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
-               f"num_layers={self.num_layers}, dtype={self.dtype}{wd})"
+               f"num_layers={self.num_layers}, dtype={self.dtype}{wd}{_options_repr(self.options)})"
 
     _STATE_FORMULA = "(L, B, H) = "
 

@@ -45,6 +45,13 @@ four) and of rnn_backward. With zoneout the training reserve holds h~ (and c~) a
 own part: R grows by L*D*H per zoned state. Both back ends run them (CPU and CUDA kernels), with the
 base cells and the LSTM variants' cell strings except proj_size; not with the reset-before GRU or
 layer norm (NotImplementedError: fastrnn.nn runs those combinations as composed torch ops).
+
+Seeded masks (CPU): ``torch.ops.fastrnn.rnn_forward_seeded`` takes rnn_forward_modified's arguments
+and ``seed`` (an int64 tensor of one element), ``stream`` (the generator stream of layer 0,
+direction 0; layer l, direction d uses stream + l*D + d), ``zoneout``, ``zoneout_cell`` and
+``recurrent_dropout`` (p; 0: off): the kernels draw those masks themselves from Philox4x32-10
+(csrc/philox.h; fastrnn.reference.philox.seeded_masks materialises them) in the fused step and
+again in backward, and rnn_backward takes the same five. A mask tensor given as well wins.
 """
 from __future__ import annotations
 
@@ -63,7 +70,7 @@ _CELL_ID = CELL_ID  # the entry points' cell ids (the cell table)
 # types") and on CUDA (cuda/dtypes.h).
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
-__all__ = ["rnn_forward", "rnn_backward", "run_forward"]
+__all__ = ["rnn_forward", "rnn_forward_packed", "rnn_backward", "run_forward", "run_forward_packed"]
 
 _LIB = torch.library.Library("fastrnn", "DEF")
 _FORWARD_ARGS = ("Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, str cell, SymInt hidden_size, "
@@ -74,10 +81,21 @@ _LIB.define(f"rnn_forward({_FORWARD_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)")
 # cannot tell defaulted arguments from given ones.
 _LIB.define(f"rnn_forward_modified({_FORWARD_ARGS}, Tensor? recurrent_mask, float grad_clip, Tensor? zoneout_h, "
             "Tensor? zoneout_c) -> (Tensor, Tensor, Tensor, Tensor)")
+# On a PackedSequence's layout (see rnn_forward_packed below): x [N, I] packed, batch_sizes [T] in the
+# lengths' place, and the batch size, which the data does not give the fake implementation.
+_LIB.define("rnn_forward_packed(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor batch_sizes, str cell, "
+            "SymInt hidden_size, SymInt num_layers, bool bidirectional, bool training, SymInt batch_size) "
+            "-> (Tensor, Tensor, Tensor, Tensor)")
+# ... and with masks the kernels draw from a seed (CPU): an op of its own for the same reason.
+_LIB.define(f"rnn_forward_seeded({_FORWARD_ARGS}, Tensor? recurrent_mask, float grad_clip, Tensor? zoneout_h, "
+            "Tensor? zoneout_c, Tensor seed, int stream, float zoneout, float zoneout_cell, float recurrent_dropout) "
+            "-> (Tensor, Tensor, Tensor, Tensor)")
 _LIB.define("rnn_backward(Tensor x, Tensor[] weights, Tensor? h0, Tensor? c0, Tensor? lengths, Tensor reserve, "
             "Tensor dy, Tensor? dhn, Tensor? dcn, str cell, SymInt hidden_size, SymInt num_layers, "
             "bool bidirectional, Tensor? recurrent_mask=None, float grad_clip=0.0, Tensor? zoneout_h=None, "
-            "Tensor? zoneout_c=None) -> (Tensor, Tensor, Tensor, Tensor[])")
+            "Tensor? zoneout_c=None, Tensor? batch_sizes=None, Tensor? seed=None, int stream=0, float zoneout=0.0, "
+            "float zoneout_cell=0.0, float recurrent_dropout=0.0) -> (Tensor, Tensor, Tensor, Tensor[])")
+_FORWARD_OPS = ("rnn_forward", "rnn_forward_modified", "rnn_forward_packed", "rnn_forward_seeded")
 # One kernel for every device, as custom_op registers it: it checks the device itself and names it
 # in its error (the fake implementations below serve meta and fake tensors).
 _KERNEL_KEY = "CompositeExplicitAutograd"
@@ -180,15 +198,18 @@ def _norm_vectors(cell: str) -> int:
     return (4 if cell_info(base).carries_cell_state else 2) if dict(opts)["layer_norm"] else 0
 
 
-def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool) -> int:
+def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirectional: bool,
+           packed: bool = False) -> int:
     """What the fake implementations check too (the cell, the dtypes, the devices, the weights'
     count); returns the number of tensors per layer and direction (2 or 4, one more with peepholes,
-    one more with a projection)."""
+    one more with a projection). ``packed``: x is a PackedSequence's data [N, I]."""
     base, _ = split_cell(cell)
     extra = (1 if _peephole_rows(cell) else 0) + _norm_vectors(cell) + (1 if _proj_size(cell) else 0)
     if x.dtype not in _DTYPES:
         raise TypeError(f"fastrnn supports float32, float64, bfloat16 and float16, got input of dtype {x.dtype}")
-    if x.dim() != 3:
+    if packed and x.dim() != 2:
+        raise ValueError(f"x must be 2-D [N, I] (a PackedSequence's data), got shape {tuple(x.shape)}")
+    if not packed and x.dim() != 3:
         raise ValueError(f"x must be 3-D [T, B, I] (time-major), got shape {tuple(x.shape)}")
     if num_layers < 1:
         raise ValueError(f"num_layers must be greater than zero, got {num_layers}")
@@ -205,13 +226,15 @@ def _check(x: Tensor, weights: List[Tensor], cell: str, num_layers: int, bidirec
 
 
 def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size: int, num_layers: int,
-                  bidirectional: bool, cell: str, **state: Optional[Tensor]) -> None:
+                  bidirectional: bool, cell: str, packed: Optional[Tuple[int, int]] = None,
+                  **state: Optional[Tensor]) -> None:
     """The kernels take raw pointers, so every size they rely on is checked here, on real tensors:
     the weights' shapes ([G*H, I_l], [G*H, H], [G*H], [G*H]) and each named state tensor's
-    ([L*D, B, H]; ``dy``: [T, B, D*H]) with its dtype and device (None: absent). Projected (P): h's
-    tensors (h0, dhn, dh0, dy's columns, I_l above the first layer, w_hh's columns) are P wide,
-    the c ones H wide, and w_hr [P, H] ends each entry."""
-    T, B, I = x.shape
+    ([L*D, B, H]; ``dy``: [T, B, D*H], packed [N, D*H]) with its dtype and device (None: absent).
+    ``packed``: (T, B) of a PackedSequence, whose data x is [N, I]. Projected (P): h's tensors (h0,
+    dhn, dh0, dy's columns, I_l above the first layer, w_hh's columns) are P wide, the c ones H
+    wide, and w_hr [P, H] ends each entry."""
+    T, B, I = x.shape if packed is None else (packed[0], packed[1], x.shape[1])
     if min(T, B, I) < 1:
         raise ValueError(f"input must not be empty (every size >= 1), got shape {tuple(x.shape)}")
     if hidden_size < 1 or num_layers < 1:
@@ -242,7 +265,8 @@ def _check_shapes(x: Tensor, weights: List[Tensor], per_entry: int, hidden_size:
     for name, t in state.items():
         if t is None:
             continue
-        expected = (T, B, D * HW) if name == "dy" else \
+        expected = (T, B, D * HW) if name == "dy" and packed is None else \
+            (x.shape[0], D * HW) if name == "dy" else \
             (num_layers * D, T, B, hidden_size) if name.startswith("zoneout") else \
             (num_layers * D, B, HW) if name in ("h0", "dhn") else hidden
         if t.shape != expected:
@@ -276,14 +300,35 @@ def _reserve_per_row(cell: str, hidden_size: int, num_layers: int, bidirectional
         zoned * num_layers * (2 if bidirectional else 1) * hidden_size
 
 
-def _pre_state_ptrs(reserve: Tensor, T: int, B: int, R: int, size: int, zoneout_h, zoneout_c) -> tuple:
-    """Where the zoned-out states h~, c~ ([L*D, T, B, H] each, `size` elements) lie in the reserve."""
-    if reserve.numel() == 0 or (zoneout_h is None and zoneout_c is None):
+def _pre_state_ptrs(reserve: Tensor, T: int, B: int, R: int, size: int, zoned_h: bool, zoned_c: bool) -> tuple:
+    """Where the zoned-out states h~, c~ ([L*D, T, B, H] each, `size` elements) lie in the reserve:
+    zoned_h, zoned_c say which are kept (zoneout of h, of c: given masks or seeded)."""
+    if reserve.numel() == 0 or not (zoned_h or zoned_c):
         return 0, 0
     base = reserve.data_ptr() + T * B * R * reserve.element_size()
-    pre_h = base if zoneout_h is not None else 0
-    pre_c = (base + (size * reserve.element_size() if zoneout_h is not None else 0)) if zoneout_c is not None else 0
+    pre_h = base if zoned_h else 0
+    pre_c = (base + (size * reserve.element_size() if zoned_h else 0)) if zoned_c else 0
     return pre_h, pre_c
+
+
+def _mask_seed(x: Tensor, seed: Optional[Tensor], stream: int, zoneout: float, zoneout_cell: float,
+               recurrent_dropout: float, lstm: bool):
+    """The kernels' mask_seed tuple (seed, stream, zoneout, zoneout_cell, recurrent_dropout), or None."""
+    if seed is None:
+        return None
+    if x.device.type != "cpu":
+        raise NotImplementedError("seeded masks are drawn by the CPU kernels only; on CUDA pass the mask tensors")
+    if seed.numel() != 1 or seed.dtype != torch.int64:
+        raise ValueError(f"seed must be an int64 tensor of one element, got {seed.dtype} of shape {tuple(seed.shape)}")
+    if zoneout_cell and not lstm:
+        raise ValueError("zoneout_cell is for the LSTM (its cell state c)")
+    return (int(seed.item()), int(stream), float(zoneout), float(zoneout_cell), float(recurrent_dropout))
+
+
+def _zoned(zoneout_h, zoneout_c, mask_seed) -> Tuple[bool, bool]:
+    """Whether the reserve keeps h~ and c~: zoneout of h / c by a given mask or a seeded one."""
+    return (zoneout_h is not None or (mask_seed is not None and mask_seed[2] > 0),
+            zoneout_c is not None or (mask_seed is not None and mask_seed[3] > 0))
 
 
 # ---- the kernels' entry points ---------------------------------------------------------------------
@@ -371,7 +416,9 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
                         lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
                         bidirectional: bool, training: bool, recurrent_mask: Optional[Tensor] = None,
                         grad_clip: float = 0.0, zoneout_h: Optional[Tensor] = None,
-                        zoneout_c: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                        zoneout_c: Optional[Tensor] = None, seed: Optional[Tensor] = None, stream: int = 0,
+                        zoneout: float = 0.0, zoneout_cell: float = 0.0,
+                        recurrent_dropout: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_no_transform(x, h0, c0, *weights)
     per_entry = _check(x, weights, cell, num_layers, bidirectional)
     base, opts = split_cell(cell)
@@ -381,30 +428,37 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
                   recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
     zoneout_c = zoneout_c if lstm else None
     _check_grad_clip(grad_clip)
-    _check_modifiers_cell(x, cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+    mask_seed = _mask_seed(x, seed, stream, zoneout, zoneout_cell, recurrent_dropout, lstm)
+    _check_modifiers_cell(x, cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c, mask_seed)
     lengths = _checked_lengths(lengths, x)
     x, h0, c0, recurrent_mask = x.contiguous(), _contiguous(h0), _contiguous(c0), _contiguous(recurrent_mask)
     zoneout_h, zoneout_c = _contiguous(zoneout_h), _contiguous(zoneout_c)
     weights = [w.contiguous() for w in weights]
-    zoned = (zoneout_h is not None) + (zoneout_c is not None)
-    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned)
+    zoned = _zoned(zoneout_h, zoneout_c, mask_seed)
+    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, sum(zoned))
     forward, _ = _entry_points(x)
     T, B, I = x.shape
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
-    pre = _pre_state_ptrs(reserve, T, B, R, hn.numel() * T, zoneout_h, zoneout_c)
+    pre = _pre_state_ptrs(reserve, T, B, R, hn.numel() * T, *zoned)
+    seeded = {} if mask_seed is None else {"mask_seed": mask_seed}
     forward(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
             _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), y.data_ptr(), hn.data_ptr(),
             cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0,
-            **_modifier_args(recurrent_mask, None, zoneout_h, zoneout_c, pre), **dict(opts))
+            **_modifier_args(recurrent_mask, None, zoneout_h, zoneout_c, pre, mask_seed is not None), **dict(opts),
+            **seeded)
     return y, hn, cn, reserve
 
 
-def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c) -> None:
-    """What runs where: the projected LSTM (proj_size) runs on the CPU only; the reset-before GRU, layer norm and proj_size run without the kernels' modifiers (fastrnn.nn runs
-    those combinations as composed torch ops), proj_size in float32/float64 only; the base cells and
-    the LSTM variants run with every modifier on both back ends."""
+def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c,
+                          mask_seed=None) -> None:
+    """What runs where: the projected LSTM (proj_size) runs on the CPU only; the reset-before GRU,
+    layer norm and proj_size run without the kernels' modifiers (fastrnn.nn runs those combinations
+    as composed torch ops), proj_size in float32/float64 only; the base cells and
+    the LSTM variants run with every modifier on both back ends (seeded masks: the CPU's only,
+    _mask_seed)."""
     opts = dict(split_cell(cell)[1])
-    modified = recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
+    modified = (recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
+                or mask_seed is not None)
     if opts["proj_size"]:
         if x.device.type != "cpu":
             raise NotImplementedError(f"proj_size (cell {cell!r}) runs in the CPU kernels only, got a tensor on "
@@ -428,11 +482,11 @@ def _check_grad_clip(grad_clip: float) -> None:
 
 
 def _modifier_args(recurrent_mask: Optional[Tensor], grad_clip: Optional[float], zoneout_h, zoneout_c,
-                   pre: tuple) -> dict:
+                   pre: tuple, seeded: bool = False) -> dict:
     """The modifier keywords of both back ends' entry points (recurrent_mask_ptr, [grad_clip,]
     zoneout_h_ptr, zoneout_c_ptr, pre_h_ptr, pre_c_ptr; grad_clip None: a forward call), none when
-    all are off."""
-    if recurrent_mask is None and not grad_clip and zoneout_h is None and zoneout_c is None:
+    all are off (and no mask is seeded)."""
+    if recurrent_mask is None and not grad_clip and zoneout_h is None and zoneout_c is None and not seeded:
         return {}
     args = dict(recurrent_mask_ptr=_ptr(recurrent_mask), zoneout_h_ptr=_ptr(zoneout_h), zoneout_c_ptr=_ptr(zoneout_c),
                 pre_h_ptr=pre[0], pre_c_ptr=pre[1])
@@ -457,15 +511,92 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
 
 
 def _forward_fake(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training,
-                  recurrent_mask=None, grad_clip=0.0, zoneout_h=None, zoneout_c=None):
+                  recurrent_mask=None, grad_clip=0.0, zoneout_h=None, zoneout_c=None, seed=None, stream=0,
+                  zoneout=0.0, zoneout_cell=0.0, recurrent_dropout=0.0):
     _check(x, weights, cell, num_layers, bidirectional)
-    zoned = (zoneout_h is not None) + (zoneout_c is not None and carries_cell_state(split_cell(cell)[0]))
+    lstm = carries_cell_state(split_cell(cell)[0])
+    zoned = (zoneout_h is not None or (seed is not None and zoneout > 0)) + \
+        (lstm and (zoneout_c is not None or (seed is not None and zoneout_cell > 0)))
     return _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned)
 
 
-for _name in ("rnn_forward", "rnn_forward_modified"):
+for _name in _FORWARD_OPS:
     torch.library.impl(f"fastrnn::{_name}", _KERNEL_KEY, _rnn_forward_kernel, lib=_LIB)
     torch.library.register_fake(f"fastrnn::{_name}", _forward_fake, lib=_LIB)
+
+
+# ---- forward on the packed layout -----------------------------------------------------------------
+# rnn_forward_packed(x, weights, h0, c0, batch_sizes, cell, hidden_size, num_layers, bidirectional,
+# training, batch_size) -> (y, hn, cn, reserve): x [N, I] is a PackedSequence's data (time-major, the
+# batch sorted by decreasing length: step t's batch_sizes[t] rows follow step t-1's) and y [N, D*H] is
+# packed the same way, as torch.nn's packed path returns it; batch_sizes int64 [T] on the CPU (the
+# PackedSequence's), batch_size = batch_sizes[0] = B. h0, c0, hn, cn [L*D, B, H] are in the sorted
+# order (row b: the b-th longest sequence); reserve [T, B, R] as rnn_forward's with those lengths.
+# The kernels run step t on its batch_sizes[t] rows only, and no padded copy of the batch is made
+# outside them. CPU only, without the training modifiers (fastrnn.nn pads for those).
+def _checked_batch_sizes(x: Tensor, batch_sizes: Tensor, batch_size: int) -> Tensor:
+    """batch_sizes as the kernels read it (int64 [T], contiguous, on the CPU); its values (non-increasing,
+    >= 1, summing to N, the first equal to batch_size) are checked by the kernels."""
+    if not isinstance(batch_sizes, Tensor) or batch_sizes.dtype != torch.int64 or batch_sizes.dim() != 1:
+        raise TypeError(f"batch_sizes must be a 1-D int64 tensor (a PackedSequence's), got "
+                        f"{getattr(batch_sizes, 'dtype', type(batch_sizes).__name__)} of shape "
+                        f"{tuple(getattr(batch_sizes, 'shape', ()))}")
+    if batch_sizes.device.type != "cpu":
+        raise ValueError(f"batch_sizes must be on the CPU (as a PackedSequence's), got {batch_sizes.device}")
+    if batch_sizes.numel() < 1 or batch_size < 1 or x.shape[0] < 1:
+        raise ValueError(f"a packed batch must not be empty, got {batch_sizes.numel()} steps, batch size {batch_size} "
+                         f"and {x.shape[0]} rows")
+    return batch_sizes.contiguous()
+
+
+def _rnn_forward_packed_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
+                               batch_sizes: Tensor, cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
+                               training: bool, batch_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_no_transform(x, h0, c0, *weights)
+    per_entry = _check(x, weights, cell, num_layers, bidirectional, packed=True)
+    if x.device.type != "cpu":
+        raise NotImplementedError(f"fastrnn::rnn_forward_packed runs on the CPU, got a tensor on {x.device} "
+                                  "(fastrnn.nn pads a PackedSequence there)")
+    base, opts = split_cell(cell)
+    lstm = carries_cell_state(base)
+    c0 = c0 if lstm else None
+    batch_sizes = _checked_batch_sizes(x, batch_sizes, batch_size)
+    T, B = batch_sizes.numel(), batch_size
+    _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, packed=(T, B), h0=h0, c0=c0)
+    x, h0, c0 = x.contiguous(), _contiguous(h0), _contiguous(c0)
+    weights = [w.contiguous() for w in weights]
+    y, hn, cn, reserve = _forward_packed_outputs(x, T, B, cell, hidden_size, num_layers, bidirectional, training)
+    N, I = x.shape
+    _core.forward_ptrs(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional,
+                       x.data_ptr(), _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), 0, y.data_ptr(),
+                       hn.data_ptr(), cn.data_ptr() if lstm else 0, reserve.data_ptr() if training else 0,
+                       batch_sizes_ptr=batch_sizes.data_ptr(), packed_rows=N, **dict(opts))
+    return y, hn, cn, reserve
+
+
+def _forward_packed_outputs(x, T, B, cell, hidden_size, num_layers, bidirectional, training):
+    """rnn_forward_packed's four outputs, allocated: y [N, D*H], hn, cn [L*D, B, H], reserve [T, B, R]
+    (projected: y [N, D*P], hn [L*D, B, P])."""
+    D = 2 if bidirectional else 1
+    state = (num_layers * D, B, hidden_size)
+    HW = _h_size(cell, hidden_size)
+    y = x.new_empty((x.shape[0], D * HW))
+    hn = x.new_empty((num_layers * D, B, HW))
+    cn = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
+    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
+    reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
+    return y, hn, cn, reserve
+
+
+def _forward_packed_fake(x, weights, h0, c0, batch_sizes, cell, hidden_size, num_layers, bidirectional, training,
+                         batch_size):
+    _check(x, weights, cell, num_layers, bidirectional, packed=True)
+    return _forward_packed_outputs(x, batch_sizes.shape[0], batch_size, cell, hidden_size, num_layers, bidirectional,
+                                   training)
+
+
+torch.library.impl("fastrnn::rnn_forward_packed", _KERNEL_KEY, _rnn_forward_packed_kernel, lib=_LIB)
+torch.library.register_fake("fastrnn::rnn_forward_packed", _forward_packed_fake, lib=_LIB)
 
 
 # ---- backward -------------------------------------------------------------------------------------
@@ -473,35 +604,53 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
                          lengths: Optional[Tensor], reserve: Tensor, dy: Tensor, dhn: Optional[Tensor],
                          dcn: Optional[Tensor], cell: str, hidden_size: int, num_layers: int,
                          bidirectional: bool, recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0,
-                         zoneout_h: Optional[Tensor] = None,
-                         zoneout_c: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+                         zoneout_h: Optional[Tensor] = None, zoneout_c: Optional[Tensor] = None,
+                         batch_sizes: Optional[Tensor] = None, seed: Optional[Tensor] = None, stream: int = 0,
+                         zoneout: float = 0.0, zoneout_cell: float = 0.0,
+                         recurrent_dropout: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
     """Gradients (dx [T, B, I], dh0 [L*D, B, H], dc0 (LSTM; else empty), dweights like weights) of a
     training ``rnn_forward``: x, weights, h0, c0, lengths and reserve exactly as forward saw and
-    returned them; dy [T, B, D*H]; dhn, dcn [L*D, B, H] or None (zero)."""
-    per_entry = _check(x, weights, cell, num_layers, bidirectional)
+    returned them; dy [T, B, D*H]; dhn, dcn [L*D, B, H] or None (zero). With ``batch_sizes``, of a
+    training ``rnn_forward_packed`` (lengths None): x, dy and dx packed [N, .], B the reserve's."""
+    packed = batch_sizes is not None
+    per_entry = _check(x, weights, cell, num_layers, bidirectional, packed=packed)
     if reserve.numel() == 0:
         raise RuntimeError("fastrnn::rnn_backward needs the reserve of a forward run with training=True; "
                            "this forward ran with training=False and saved nothing")
     base, opts = split_cell(cell)
     lstm = carries_cell_state(base)
     c0, dcn = (c0, dcn) if lstm else (None, None)
-    _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, h0=h0, c0=c0, dy=dy, dhn=dhn,
+    if packed:
+        if lengths is not None or recurrent_mask is not None or grad_clip or zoneout_h is not None \
+                or zoneout_c is not None or seed is not None:
+            raise ValueError("a packed backward (batch_sizes given) takes no lengths and no training modifiers")
+        if x.device.type != "cpu":
+            raise NotImplementedError(f"a packed backward runs on the CPU, got a tensor on {x.device}")
+        if reserve.dim() != 3:
+            raise ValueError(f"reserve must be the training forward's [T, B, R], got shape {tuple(reserve.shape)}")
+        batch_sizes = _checked_batch_sizes(x, batch_sizes, reserve.shape[1])
+        T, B, I = batch_sizes.numel(), reserve.shape[1], x.shape[1]
+    else:
+        T, B, I = x.shape
+    _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell,
+                  packed=(T, B) if packed else None, h0=h0, c0=c0, dy=dy, dhn=dhn,
                   dcn=dcn, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c if lstm else None)
     zoneout_c = zoneout_c if lstm else None
     _check_grad_clip(grad_clip)
-    _check_modifiers_cell(x, cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c)
+    mask_seed = _mask_seed(x, seed, stream, zoneout, zoneout_cell, recurrent_dropout, lstm)
+    _check_modifiers_cell(x, cell, recurrent_mask, grad_clip, zoneout_h, zoneout_c, mask_seed)
     recurrent_mask, zoneout_h, zoneout_c = _contiguous(recurrent_mask), _contiguous(zoneout_h), _contiguous(zoneout_c)
-    zoned = (zoneout_h is not None) + (zoneout_c is not None)
-    T, B, I = x.shape
-    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, zoned)
+    zoned = _zoned(zoneout_h, zoneout_c, mask_seed)
+    R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, sum(zoned))
     if reserve.shape != (T, B, R) or reserve.dtype != x.dtype or reserve.device != x.device:
         raise ValueError(f"reserve must be the training forward's ({(T, B, R)}, {x.dtype}, on {x.device}), got "
                          f"{tuple(reserve.shape)}, {reserve.dtype}, on {reserve.device}")
     lengths = _checked_lengths(lengths, x)
     x, h0, c0, reserve, dy, dhn, dcn = (_contiguous(t) for t in (x, h0, c0, reserve, dy, dhn, dcn))
     weights = [w.contiguous() for w in weights]
-    dx, dh0, dc0, dweights = _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
+    dx, dh0, dc0, dweights = _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional, B)
     _, backward = _entry_points(x)
+    packed_args = dict(batch_sizes_ptr=batch_sizes.data_ptr(), packed_rows=x.shape[0]) if packed else {}
     backward(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional, x.data_ptr(),
              _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), _ptr(lengths), reserve.data_ptr(), dy.data_ptr(),
              _ptr(dhn), _ptr(dcn), dx.data_ptr(), dh0.data_ptr(), dc0.data_ptr() if lstm else 0,
@@ -509,13 +658,12 @@ def _rnn_backward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor],
              **_modifier_args(recurrent_mask, float(grad_clip), zoneout_h, zoneout_c,
                               _pre_state_ptrs(reserve, T, B, _reserve_per_row(cell, hidden_size, num_layers,
                                                                               bidirectional),
-                                              dh0.numel() * T, zoneout_h, zoneout_c)),
-             **dict(opts))
+                                              dh0.numel() * T, *zoned), mask_seed is not None),
+             **packed_args, **dict(opts), **({} if mask_seed is None else {"mask_seed": mask_seed}))
     return dx, dh0, dc0, dweights
 
 
-def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional):
-    B = x.shape[1]
+def _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional, B):
     state = (num_layers * (2 if bidirectional else 1), B, hidden_size)
     dc0 = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     dh0 = x.new_empty(state[:2] + (_h_size(cell, hidden_size),))
@@ -529,40 +677,50 @@ torch.library.impl("fastrnn::rnn_backward", _KERNEL_KEY, _rnn_backward_kernel, l
 
 @torch.library.register_fake("fastrnn::rnn_backward", lib=_LIB)
 def _(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn, cell, hidden_size, num_layers, bidirectional,
-      recurrent_mask=None, grad_clip=0.0, zoneout_h=None, zoneout_c=None):
-    _check(x, weights, cell, num_layers, bidirectional)
-    return _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional)
+      recurrent_mask=None, grad_clip=0.0, zoneout_h=None, zoneout_c=None, batch_sizes=None, seed=None, stream=0,
+      zoneout=0.0, zoneout_cell=0.0, recurrent_dropout=0.0):
+    packed = batch_sizes is not None
+    _check(x, weights, cell, num_layers, bidirectional, packed=packed)
+    return _backward_outputs(x, weights, cell, hidden_size, num_layers, bidirectional,
+                             reserve.shape[1] if packed else x.shape[1])
 
 
 # ---- autograd -------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
     x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, training, *mods = inputs
-    recurrent_mask, grad_clip, zoneout_h, zoneout_c = mods if mods else (None, 0.0, None, None)  # or rnn_forward's
+    # rnn_forward_modified's four modifiers, rnn_forward_seeded's five more (seed, stream, zoneout,
+    # zoneout_cell, recurrent_dropout), rnn_forward_packed's batch_size (then `lengths` holds
+    # batch_sizes), or rnn_forward's none
+    ctx.packed = len(mods) == 1
+    recurrent_mask, grad_clip, zoneout_h, zoneout_c, *seeded = mods if len(mods) >= 4 else (None, 0.0, None, None)
+    seed = seeded[0] if seeded else None
     ctx.mark_non_differentiable(output[3])  # the reserve
-    ctx.save_for_backward(x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, output[3], *weights)
-    ctx.config = (cell, hidden_size, num_layers, bidirectional, training, float(grad_clip))
-    ctx.num_inputs = len(inputs)  # 10 (rnn_forward) or 14 (rnn_forward_modified)
+    ctx.save_for_backward(x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, seed, output[3], *weights)
+    ctx.config = (cell, hidden_size, num_layers, bidirectional, training, float(grad_clip),
+                  tuple(seeded[1:]) if seeded else (0, 0.0, 0.0, 0.0))
+    ctx.num_inputs = len(inputs)  # 10 (rnn_forward), 11 (rnn_forward_packed), 14 (rnn_forward_modified) or 19 (rnn_forward_seeded)
 
 
 def _forward_backward(ctx, dy, dhn, dcn, _dreserve):
-    cell, hidden_size, num_layers, bidirectional, training, grad_clip = ctx.config
+    cell, hidden_size, num_layers, bidirectional, training, grad_clip, seeded = ctx.config
     if not training:
         raise RuntimeError("fastrnn::rnn_forward ran with training=False, so it saved nothing for backward; "
                            "call it with training=True when gradients are needed")
-    x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, reserve, *weights = ctx.saved_tensors
+    x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, seed, reserve, *weights = ctx.saved_tensors
     lstm = carries_cell_state(split_cell(cell)[0])
     # With create_graph (grad mode on) through the op, whose own backward raises a clear error.
     backward = torch.ops.fastrnn.rnn_backward
     if not torch.is_grad_enabled() and _plain_eager(x, h0, c0, dy, dhn, dcn, *weights):
         backward = _rnn_backward_kernel
+    lengths, batch_sizes = (None, lengths) if ctx.packed else (lengths, None)
     dx, dh0, dc0, dweights = backward(x, weights, h0, c0, lengths, reserve, dy, dhn, dcn if lstm else None, cell,
                                       hidden_size, num_layers, bidirectional, recurrent_mask, grad_clip, zoneout_h,
-                                      zoneout_c)
+                                      zoneout_c, batch_sizes, seed, *seeded)
     return (dx, list(dweights), dh0 if h0 is not None else None, dc0 if (lstm and c0 is not None) else None) + \
         (None,) * (ctx.num_inputs - 4)
 
 
-for _name in ("rnn_forward", "rnn_forward_modified"):
+for _name in _FORWARD_OPS:
     torch.library.register_autograd(f"fastrnn::{_name}", _forward_backward, setup_context=_setup_context, lib=_LIB)
 
 
@@ -585,7 +743,7 @@ def _refuse_transform(*args, **kwargs):
     raise NotImplementedError(_NO_TRANSFORMS)
 
 
-for _name in ("rnn_forward", "rnn_forward_modified", "rnn_backward"):
+for _name in _FORWARD_OPS + ("rnn_backward",):
     _LIB.impl(_name, _refuse_transform, "FuncTorchDynamicLayerFrontMode")
 
 
@@ -608,10 +766,11 @@ def _autocast_cpu(op):
     return kernel
 
 
-for _name in ("rnn_forward", "rnn_forward_modified"):
+for _name in _FORWARD_OPS:
     _LIB.impl(_name, _autocast_cpu(getattr(torch.ops.fastrnn, _name)), "AutocastCPU")
 
 rnn_forward = torch.ops.fastrnn.rnn_forward
+rnn_forward_packed = torch.ops.fastrnn.rnn_forward_packed
 rnn_backward = torch.ops.fastrnn.rnn_backward
 
 
@@ -641,16 +800,30 @@ def _plain_eager(*tensors) -> bool:
 class _EagerForward(torch.autograd.Function):
     # forward + setup_context (not forward(ctx, ...)): the form torch.func's transforms accept.
     @staticmethod
+    # mods: (recurrent_mask, zoneout_h, zoneout_c[, seed]); config: (cell, hidden_size, num_layers,
+    # bidirectional, training, grad_clip[, stream, zoneout, zoneout_cell, recurrent_dropout])
     def forward(x, h0, c0, lengths, mods, config, *weights):
-        return _rnn_forward_kernel(x, list(weights), h0, c0, lengths, *config[:5], mods[0], config[5], *mods[1:])
+        return _rnn_forward_kernel(*_EagerForward.op_args(x, h0, c0, lengths, mods, config, weights))
+
+    @staticmethod
+    def op_args(x, h0, c0, lengths, mods, config, weights) -> tuple:
+        """The forward op's arguments (rnn_forward_modified's, or rnn_forward_seeded's with a seed)."""
+        return (x, list(weights), h0, c0, lengths, *config[:5], mods[0], config[5], *mods[1:3], *mods[3:],
+                *config[6:])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, h0, c0, lengths, mods, config, *weights = inputs
-        _setup_context(ctx, (x, list(weights), h0, c0, lengths, *config[:5], mods[0], config[5], *mods[1:]), output)
+        _setup_context(ctx, _EagerForward.op_args(x, h0, c0, lengths, mods, config, weights), output)
+        # The outputs no loss reached get None, not zeros: autograd would fill a zero gradient of the
+        # reserve ([T, B, R], the largest output) on every backward, which nothing reads.
+        ctx.set_materialize_grads(False)
+        ctx.y_shape = output[0].shape
 
     @staticmethod
     def backward(ctx, dy, dhn, dcn, dreserve):
+        if dy is None:  # the loss reached h_n / c_n only (dhn, dcn: None is zero to the backward op)
+            dy = torch.zeros(ctx.y_shape, dtype=ctx.saved_tensors[0].dtype, device=ctx.saved_tensors[0].device)
         dx, dweights, dh0, dc0, *_ = _forward_backward(ctx, dy, dhn, dcn, dreserve)
         return (dx, dh0, dc0, None, None, None, *dweights)
 
@@ -664,23 +837,70 @@ class _EagerForward(torch.autograd.Function):
 def run_forward(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
                 lengths: Optional[Tensor], cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
                 training: bool, recurrent_mask: Optional[Tensor] = None, grad_clip: float = 0.0,
-                zoneout_h: Optional[Tensor] = None,
-                zoneout_c: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                zoneout_h: Optional[Tensor] = None, zoneout_c: Optional[Tensor] = None,
+                seeded: Optional[tuple] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``torch.ops.fastrnn.rnn_forward`` with the same arguments and results, the same gradients and
-    errors, without the op's call overhead in plain eager mode (what :mod:`fastrnn.nn` calls)."""
+    errors, without the op's call overhead in plain eager mode (what :mod:`fastrnn.nn` calls).
+    seeded: (seed [1] int64, stream, zoneout, zoneout_cell, recurrent_dropout) for the masks the CPU
+    kernels draw (rnn_forward_seeded), or None."""
     _check_no_transform(x, h0, c0, *weights)  # seen here, before the dispatcher unwraps the tensors
-    if not _EAGER_PATH or not _plain_eager(x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, *weights):
+    seed = seeded[0] if seeded is not None else None
+    if not _EAGER_PATH or not _plain_eager(x, h0, c0, lengths, recurrent_mask, zoneout_h, zoneout_c, seed, *weights):
+        if seeded is not None:
+            return torch.ops.fastrnn.rnn_forward_seeded(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
+                                                        bidirectional, training, recurrent_mask, float(grad_clip),
+                                                        zoneout_h, zoneout_c, seed, int(seeded[1]),
+                                                        *(float(p) for p in seeded[2:]))
         if recurrent_mask is None and not grad_clip and zoneout_h is None and zoneout_c is None:
             return torch.ops.fastrnn.rnn_forward(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
                                                  bidirectional, training)
         return torch.ops.fastrnn.rnn_forward_modified(x, weights, h0, c0, lengths, cell, hidden_size, num_layers,
                                                       bidirectional, training, recurrent_mask, float(grad_clip),
                                                       zoneout_h, zoneout_c)
+    seed_args = () if seeded is None else (seed,)
+    seed_config = () if seeded is None else (int(seeded[1]), *(float(p) for p in seeded[2:]))
     if not training:  # nothing to differentiate (the caller's _needs_grad said so)
         return _rnn_forward_kernel(x, weights, h0, c0, lengths, cell, hidden_size, num_layers, bidirectional, False,
-                                   recurrent_mask, grad_clip, zoneout_h, zoneout_c)
-    return _EagerForward.apply(x, h0, c0, lengths, (recurrent_mask, zoneout_h, zoneout_c),
-                               (cell, hidden_size, num_layers, bidirectional, training, grad_clip), *weights)
+                                   recurrent_mask, grad_clip, zoneout_h, zoneout_c, *seed_args, *seed_config)
+    return _EagerForward.apply(x, h0, c0, lengths, (recurrent_mask, zoneout_h, zoneout_c, *seed_args),
+                               (cell, hidden_size, num_layers, bidirectional, training, grad_clip, *seed_config),
+                               *weights)
+
+
+class _EagerForwardPacked(torch.autograd.Function):
+    """_EagerForward for rnn_forward_packed."""
+
+    @staticmethod
+    def forward(x, h0, c0, batch_sizes, config, *weights):
+        return _rnn_forward_packed_kernel(x, list(weights), h0, c0, batch_sizes, *config)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, h0, c0, batch_sizes, config, *weights = inputs
+        _setup_context(ctx, (x, list(weights), h0, c0, batch_sizes, *config), output)
+
+    @staticmethod
+    def backward(ctx, dy, dhn, dcn, dreserve):
+        dx, dweights, dh0, dc0, *_ = _forward_backward(ctx, dy, dhn, dcn, dreserve)
+        return (dx, dh0, dc0, None, None, *dweights)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(_NO_JVP)
+
+
+def run_forward_packed(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], c0: Optional[Tensor],
+                       batch_sizes: Tensor, cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
+                       training: bool, batch_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``torch.ops.fastrnn.rnn_forward_packed`` with the same arguments and results, without the op's call
+    overhead in plain eager mode (as run_forward)."""
+    _check_no_transform(x, h0, c0, *weights)
+    config = (cell, hidden_size, num_layers, bidirectional, training, batch_size)
+    if not _EAGER_PATH or not _plain_eager(x, h0, c0, batch_sizes, *weights):
+        return torch.ops.fastrnn.rnn_forward_packed(x, weights, h0, c0, batch_sizes, *config)
+    if not training:
+        return _rnn_forward_packed_kernel(x, weights, h0, c0, batch_sizes, *config)
+    return _EagerForwardPacked.apply(x, h0, c0, batch_sizes, config, *weights)
 
 
 _EAGER_PATH = True  # tests turn it off to compare the two paths

@@ -285,6 +285,23 @@ def test_variants_projection_only_in_cpu_time(tmp_path):
     assert "process CPU time" in next(tmp_path.glob("*-variants.md")).read_text()
 
 
+def test_variants_suite_runs_the_named_cases_on_the_cpu_clock(tmp_path):
+    """--variant-cases keeps the named cases only, --cpu-time times them in CPU time (recorded in the
+    result), and an unknown name is refused by the argument parser."""
+    pytest.importorskip("torch")
+    from fastrnn import bench
+    rc = bench.main(["--variants", "--variant-cases", "gru layer_norm,lstm layer_norm", "--cpu-time", "--sizes",
+                     "8x2x3", "--reps", "1", "--min-sample-ms", "1", "--threads", "1", "--save", str(tmp_path)])
+    assert rc == 0
+    result = json.loads(next(tmp_path.glob("*-variants.json")).read_text())
+    assert [(r["name"], r["mode"]) for r in result["variant_cases"]] == [
+        ("lstm layer_norm", "inference"), ("lstm layer_norm", "training"),
+        ("gru layer_norm", "inference"), ("gru layer_norm", "training")]
+    assert result["clock"] == "process CPU time"
+    with pytest.raises(SystemExit):
+        bench.main(["--variants", "--variant-cases", "lstm layernorm"])
+
+
 def test_modifiers_flag_runs_the_modifiers_suite(monkeypatch):
     """--modifiers runs fastrnn.bench.modifiers' suite; --variants stays the cell variants'."""
     pytest.importorskip("torch")
@@ -294,3 +311,26 @@ def test_modifiers_flag_runs_the_modifiers_suite(monkeypatch):
     monkeypatch.setattr(bench_modifiers, "main_variants", lambda args: calls.append(args) or 0)
     assert bench.main(["--modifiers", "--quick", "--no-progress"]) == 0
     assert len(calls) == 1 and calls[0].modifiers and not calls[0].variants
+
+
+def test_modifiers_suite_runs_and_saves(tmp_path):
+    """--modifiers with --sizes, --threads and --cpu-time: every modifier's row on both cells, with
+    positive times and ratios, saved as <date>-<machine>-modifiers-<threads>t.{json,md}."""
+    torch = pytest.importorskip("torch")
+    from fastrnn import bench
+    threads = fastrnn.get_num_threads(), torch.get_num_threads()
+    try:
+        assert bench.main(["--modifiers", "--sizes", "8x2x3", "--threads", "1", "--cpu-time", "--reps", "1",
+                           "--save", str(tmp_path)]) == 0
+    finally:  # --threads sets both for the process
+        fastrnn.set_num_threads(threads[0])
+        torch.set_num_threads(threads[1])
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert len(saved) == 2 and saved[0].endswith("-modifiers-1t.json") and saved[1].endswith("-modifiers-1t.md")
+    result = json.loads((tmp_path / saved[0]).read_text())
+    assert result["header"]["clock"] == "process CPU time" and result["header"]["threads"] == 1
+    from fastrnn.bench.modifiers import COMBINATIONS, VARIANTS
+    rows = result["rows"]
+    assert len(rows) == 2 * len(VARIANTS) + len(COMBINATIONS)
+    assert all((r["T"], r["B"], r["H"]) == (3, 2, 8) and r["ratio"] > 0 for r in rows)
+    assert all(r["speedup_vs_loop"] > 0 for r in rows if r["option"] in VARIANTS)

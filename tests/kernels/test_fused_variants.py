@@ -13,7 +13,7 @@ import pytest
 
 import fastrnn
 from fastrnn import reference
-from helpers import ragged_lengths
+from helpers import layer_norm_problem, ragged_lengths, run_layer_norm
 from tolerances import assert_close
 
 DTYPES = (np.float32, np.float64)
@@ -142,47 +142,6 @@ def test_gru_reset_before_refuses_what_it_does_not_run():
 
 
 # ---- layer_norm=True (LSTM and GRU) ----------------------------------------------------------------
-def layer_norm_problem(cell, dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False, seed=0):
-    """A seeded layer-normalised problem, weights in fastrnn.nn's order (w_ih, w_hh[, b_ih, b_hh],
-    ln_weight_ih, ln_weight_hh[, ln_weight_c, ln_bias_c]) with the norm's vectors drawn away from
-    their init (ones, zeros) so that their gradients are tested in general position."""
-    rng = np.random.default_rng(seed)
-    D = 2 if bidirectional else 1
-    G = 4 if cell == "lstm" else 3
-    weights = fastrnn.init_weights(cell, I, H, num_layers, bidirectional=bidirectional, bias=bias, dtype=np.float64,
-                                   seed=seed)
-    lns = [(1.0 + 0.3 * rng.standard_normal(G * H), 1.0 + 0.3 * rng.standard_normal(G * H))
-           + ((1.0 + 0.3 * rng.standard_normal(H), 0.3 * rng.standard_normal(H)) if cell == "lstm" else ())
-           for _ in weights]
-    weights = [tuple(a.astype(dtype) for a in tuple(2.0 * w for w in entry) + ln) for entry, ln in zip(weights, lns)]
-    state = (num_layers * D, B, H)
-    lengths = ragged_lengths(rng, T, B) if ragged else None
-    lstm = cell == "lstm"
-    return dict(cell=cell, x=rng.standard_normal((T, B, I)).astype(dtype), weights=weights,
-                h0=(0.5 * rng.standard_normal(state)).astype(dtype),
-                c0=rng.standard_normal(state).astype(dtype) if lstm else None, lengths=lengths,
-                dy=rng.standard_normal((T, B, D * H)).astype(dtype), dhn=rng.standard_normal(state).astype(dtype),
-                dcn=rng.standard_normal(state).astype(dtype) if lstm else None,
-                bidirectional=bidirectional, dtype=np.dtype(dtype), bias=bias)
-
-
-def run_layer_norm(module, p, with_state=True):
-    cast = (lambda a: None if a is None else np.asarray(a, np.float64)) if module is reference else (lambda a: a)
-    weights = [tuple(cast(w) for w in entry) for entry in p["weights"]]
-    res = module.forward(p["cell"], cast(p["x"]), weights, cast(p["h0"]) if with_state else None,
-                         cast(p["c0"]) if with_state else None, lengths=p["lengths"],
-                         bidirectional=p["bidirectional"], training=True, layer_norm=True)
-    grads = module.backward(res.saved, cast(p["dy"]), cast(p["dhn"]), cast(p["dcn"]))
-    out = {"output": res.output, "h_n": res.h_n, "c_n": res.c_n, "dx": grads.dx, "dh0": grads.dh0, "dc0": grads.dc0}
-    names = (["dw_ih", "dw_hh"] + (["db_ih", "db_hh"] if p["bias"] else []) + ["dln_weight_ih", "dln_weight_hh"]
-             + (["dln_weight_c", "dln_bias_c"] if p["cell"] == "lstm" else []))
-    for k, entry in enumerate(grads.dweights):
-        assert len(entry) == len(names)
-        for name, g in zip(names, entry):
-            out[f"dweights[{k}].{name}"] = g
-    return out
-
-
 def assert_layer_norm_matches_reference(p, with_state=True):
     fast, ref = run_layer_norm(fastrnn, p, with_state), run_layer_norm(reference, p, with_state)
     assert fast.keys() == ref.keys()
@@ -301,9 +260,112 @@ def test_prepared_cell_variant_errors():
         fastrnn.PreparedCell("lstm", *fastrnn.init_weights("lstm", 3, 4, coupled=True)[0], w_ch=w[4], peephole=True,
                              coupled=True)
     g = fastrnn.init_weights("gru", 3, 4)[0]
-    with pytest.raises(NotImplementedError, match="reset_after=False or layer_norm"):
-        fastrnn.PreparedCell("gru", *g, reset_after=False)
-    with pytest.raises(NotImplementedError, match="reset_after=False or layer_norm"):
-        fastrnn.PreparedCell("gru", *g, layer_norm=True)
+    with pytest.raises(ValueError, match="ln_weight_hh is missing"):
+        fastrnn.PreparedCell("gru", *g, layer_norm=True, ln_weight_ih=np.ones(12, np.float32))
+    with pytest.raises(ValueError, match="ln_weight_ih is a vector of the layer norm"):
+        fastrnn.PreparedCell("gru", *g, ln_weight_ih=np.ones(12, np.float32))
+    with pytest.raises(ValueError, match="ln_weight_c is a vector of the layer norm"):  # the GRU has no cell norm
+        fastrnn.PreparedCell("gru", *g, layer_norm=True, ln_weight_ih=np.ones(12, np.float32),
+                             ln_weight_hh=np.ones(12, np.float32), ln_weight_c=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"ln_weight_hh must have shape \(3\*H,\)"):
+        fastrnn.PreparedCell("gru", *g, layer_norm=True, ln_weight_ih=np.ones(12, np.float32),
+                             ln_weight_hh=np.ones(11, np.float32))
+    with pytest.raises(TypeError, match="ln_weight_ih must have dtype float32"):
+        fastrnn.PreparedCell("gru", *g, layer_norm=True, ln_weight_ih=np.ones(12), ln_weight_hh=np.ones(12, np.float32))
+    with pytest.raises(ValueError, match="does not combine"):
+        fastrnn.PreparedCell("gru", *g, layer_norm=True, reset_after=False, ln_weight_ih=np.ones(12, np.float32),
+                             ln_weight_hh=np.ones(12, np.float32))
+    with pytest.raises(ValueError, match="reset_after is a GRU option"):
+        fastrnn.PreparedCell("lstm", *w[:4], reset_after=False)
     with pytest.raises(ValueError, match="LSTM options"):
         fastrnn.PreparedCell("gru", *g, peephole=True, w_ch=np.zeros((3, 4), np.float32))
+
+
+# ---- fastrnn.PreparedCell / PreparedStack with the reset-before GRU and layer norm ------------------
+# These cells need every unit of a row before a block's cell (r*h_{t-1} for the second product, the
+# row statistics), so the prepared step runs them phase by phase over all blocks: tested against the
+# sequence kernels' T = 1 step at sizes below, at and above a block (16 float32 / 8 float64 units),
+# with and without biases, B = 1 and larger, and with the threads splitting the blocks.
+def prepared_of(cell, entry, bias, reset_after=True, layer_norm=False, **kw):
+    """A PreparedCell from one forward-style weights entry (w_ih, w_hh[, b_ih, b_hh][, ln vectors])."""
+    k = 4 if bias else 2
+    names = ("ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c")
+    norm = dict(zip(names, entry[k:])) if layer_norm else {}
+    return fastrnn.PreparedCell(cell, *entry[:k], reset_after=reset_after, layer_norm=layer_norm, **norm, **kw)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("B", [1, 6])
+@pytest.mark.parametrize("H", [1, 8, 21, 97])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_prepared_cell_reset_before_equals_the_sequence_step(dtype, H, B, bias, threads):
+    p = gru_problem(dtype, 1, False, 1, B, 5, H, bias=bias, seed=H + B, scale=2.0)
+    step = prepared_of("gru", p["weights"][0], bias, reset_after=False)
+    old = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        h1 = step(p["x"][0], p["h0"][0])
+    finally:
+        fastrnn.set_num_threads(old)
+    seq = fastrnn.forward("gru", p["x"], p["weights"], p["h0"], reset_after=False)
+    assert_close(h1, seq.output[0], dtype, "h")
+    ref = reference.forward("gru", p["x"].astype(np.float64), [tuple(w.astype(np.float64) for w in p["weights"][0])],
+                            p["h0"].astype(np.float64), reset_after=False)
+    assert_close(h1, ref.output[0], dtype, "h vs the reference")
+    base = prepared_of("gru", p["weights"][0], bias)(p["x"][0], p["h0"][0])  # the reset-after GRU differs
+    assert H == 1 or not np.allclose(h1, base, rtol=1e-3, atol=1e-4)
+    assert "reset_after=False" in repr(step)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("B", [1, 6])
+@pytest.mark.parametrize("H", [1, 8, 21, 97])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_prepared_cell_layer_norm_equals_the_sequence_step(cell, dtype, H, B, bias, threads):
+    p = layer_norm_problem(cell, dtype, 1, False, 1, B, 5, H, bias=bias, seed=H + B)
+    step = prepared_of(cell, p["weights"][0], bias, layer_norm=True)
+    old = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        out = step(p["x"][0], p["h0"][0], p["c0"][0]) if cell == "lstm" else (step(p["x"][0], p["h0"][0]),)
+    finally:
+        fastrnn.set_num_threads(old)
+    seq = fastrnn.forward(cell, p["x"], p["weights"], p["h0"], p["c0"], layer_norm=True)
+    assert_close(out[0], seq.output[0], dtype, "h")
+    if cell == "lstm":
+        assert_close(out[1], seq.c_n[0], dtype, "c")
+    ref = reference.forward(cell, p["x"].astype(np.float64), [tuple(w.astype(np.float64) for w in p["weights"][0])],
+                            p["h0"].astype(np.float64), None if p["c0"] is None else p["c0"].astype(np.float64),
+                            layer_norm=True)
+    assert_close(out[0], ref.output[0], dtype, "h vs the reference")
+    assert "layer_norm=True" in repr(step)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_prepared_stack_variants_equal_the_sequence(dtype):
+    """PreparedStack with each cell option: a 2-layer step == forward on a one-step sequence."""
+    cases = [("gru", dict(reset_after=False), gru_problem(dtype, 2, False, 1, 3, 5, 19, seed=1, scale=2.0))]
+    for cell in ("lstm", "gru"):
+        cases.append((cell, dict(layer_norm=True), layer_norm_problem(cell, dtype, 2, False, 1, 3, 5, 19, seed=2)))
+    w = fastrnn.init_weights("lstm", 5, 19, 2, dtype=dtype, seed=3, peephole=True, coupled=True)
+    rng = np.random.default_rng(3)
+    cases.append(("lstm", dict(peephole=True, coupled=True, cell_clip=0.5),
+                  dict(x=rng.standard_normal((1, 3, 5)).astype(dtype), weights=[tuple(2 * a for a in e) for e in w],
+                       h0=rng.standard_normal((2, 3, 19)).astype(dtype), c0=rng.standard_normal((2, 3, 19)).astype(dtype))))
+    for cell, options, p in cases:
+        c0 = p.get("c0") if cell == "lstm" else None
+        stack = fastrnn.PreparedStack(cell, p["weights"], **options)
+        y, h, c = stack(p["x"][0], p["h0"], c0)
+        seq = fastrnn.forward(cell, p["x"], p["weights"], p["h0"], c0, **options)
+        assert_close(h, seq.h_n, dtype, f"{cell} {options} h")
+        assert_close(y, seq.output[0], dtype, f"{cell} {options} y")
+        if cell == "lstm":
+            assert_close(c, seq.c_n, dtype, f"{cell} {options} c")
+        assert all(f"{k}={v!r}" in repr(stack) for k, v in options.items())
+    with pytest.raises(ValueError, match="layer_norm=True"):  # the norm's vectors are missing
+        fastrnn.PreparedStack("lstm", fastrnn.init_weights("lstm", 5, 4, dtype=dtype), layer_norm=True)
+    with pytest.raises(ValueError, match="reset_after is a GRU option"):
+        fastrnn.PreparedStack("lstm", fastrnn.init_weights("lstm", 5, 4, dtype=dtype), reset_after=False)

@@ -23,7 +23,7 @@ from fastrnn import reference
 from fastrnn.types import CELLS, GATES
 from tolerances import assert_close
 
-from helpers import reference_problem as make_problem, numeric_grad, FD_ATOL, FD_RTOL
+from helpers import reference_problem as make_problem, nn_drawn_masks, numeric_grad, torch_modified_loop, FD_ATOL, FD_RTOL
 
 T, B, I, H = 5, 3, 3, 2
 RAGGED = np.array([5, 2, 4])
@@ -106,73 +106,20 @@ def test_reference_dilation_reads_step_t_minus_d():
 
 
 # ---- grad_clip: the reference's clamped BPTT against plain torch with hooks -----------------------------
-def _torch_loop(torch, cell, x, weights, h0, c0, lengths, bidirectional, recurrent_mask=None, zoneout=None,
-                zoneout_cell=None, grad_clip=None, dilation=1):
-    """A plain-torch loop of the same equations (float64, autograd), hooks for grad_clip:
-    x [T, B, I]; weights L*D tuples of tensors; masks as fastrnn.reference takes them (tensors)."""
-    F = torch.nn.functional
-    T_, B_ = x.shape[0], x.shape[1]
-    D = 2 if bidirectional else 1
-    L = len(weights) // D
-    dil = [dilation] * L if isinstance(dilation, int) else dilation
-    lens = torch.full((B_,), T_) if lengths is None else torch.as_tensor(lengths)
-    hns, cns, layer_in = [], [], x
-    for l in range(L):
-        outs = []
-        for dr in range(D):
-            k = l * D + dr
-            w_ih, w_hh, b_ih, b_hh = weights[k]
-            d = dil[l]
-            hs, cs = {}, {}
-            y = [None] * T_
-            for t in (range(T_ - 1, -1, -1) if dr else range(T_)):
-                src = t + d if dr else t - d
-                has = (src < lens) if dr else torch.full((B_,), src >= 0)
-                hp = torch.where(has[:, None], hs[src], h0[k]) if src in hs else h0[k].expand(B_, -1)
-                cp = None
-                if cell == "lstm":
-                    cp = torch.where(has[:, None], cs[src], c0[k]) if src in cs else c0[k].expand(B_, -1)
-                h_in = hp if recurrent_mask is None else recurrent_mask[k] * hp
-                gi, gh = F.linear(layer_in[t], w_ih, b_ih), F.linear(h_in, w_hh, b_hh)
-                c_new = None
-                if cell == "lstm":
-                    i, f, g, o = (gi + gh).chunk(4, 1)
-                    c_new = torch.sigmoid(f) * cp + torch.sigmoid(i) * torch.tanh(g)
-                    h_new = torch.sigmoid(o) * torch.tanh(c_new)
-                elif cell == "gru":
-                    ri, zi, ni = gi.chunk(3, 1)
-                    rh, zh, nh = gh.chunk(3, 1)
-                    r, z = torch.sigmoid(ri + rh), torch.sigmoid(zi + zh)
-                    n = torch.tanh(ni + r * nh)
-                    h_new = (1 - z) * n + z * hp
-                else:
-                    h_new = torch.tanh(gi + gh) if cell == "rnn_tanh" else torch.relu(gi + gh)
-                if zoneout is not None:
-                    h_new = zoneout[k, t] * hp + (1 - zoneout[k, t]) * h_new
-                if zoneout_cell is not None:
-                    c_new = zoneout_cell[k, t] * cp + (1 - zoneout_cell[k, t]) * c_new
-                if grad_clip is not None:
-                    h_new.register_hook(lambda g: g.clamp(-grad_clip, grad_clip))
-                    if c_new is not None:
-                        c_new.register_hook(lambda g: g.clamp(-grad_clip, grad_clip))
-                hs[t], cs[t] = h_new, c_new
-                y[t] = h_new * (t < lens)[:, None].to(h_new.dtype)
-            outs.append(torch.stack(y))
-            last = torch.zeros(B_, dtype=torch.long) if dr else lens - 1
-            hns.append(torch.stack([hs[int(last[b])][b] for b in range(B_)]))
-            if cell == "lstm":
-                cns.append(torch.stack([cs[int(last[b])][b] for b in range(B_)]))
-        layer_in = torch.cat(outs, 2)
-    return layer_in, torch.stack(hns), (torch.stack(cns) if cell == "lstm" else None)
+def _entries(weights):
+    """Weight tuples (w_ih, w_hh[, b_ih, b_hh]) as helpers.torch_modified_loop's dicts."""
+    return [dict(w_ih=w[0], w_hh=w[1], b_ih=w[2] if len(w) > 2 else None, b_hh=w[3] if len(w) > 2 else None)
+            for w in weights]
 
 
 def _torch_grads(torch, cell, x, weights, h0, c0, r, **kw):
-    """Run _torch_loop on float64 tensors and return (outputs, grads) as NumPy arrays."""
+    """Run helpers.torch_modified_loop on float64 tensors and return (outputs, grads) as NumPy arrays."""
     leaves = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in [x, h0] + ([c0] if c0 is not None else [])]
     tw = [tuple(torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in w) for w in weights]
     masks = ("recurrent_mask", "zoneout", "zoneout_cell")
     conv = {k: (torch.as_tensor(v, dtype=torch.float64) if k in masks and v is not None else v) for k, v in kw.items()}
-    y, hn, cn = _torch_loop(torch, cell, leaves[0], tw, leaves[1], leaves[2] if c0 is not None else None, **conv)
+    y, hn, cn = torch_modified_loop(torch, cell, leaves[0], _entries(tw), leaves[1], leaves[2] if c0 is not None else None,
+                                    **conv)
     loss = (y * torch.tensor(r[0])).sum() + (hn * torch.tensor(r[1])).sum()
     if cn is not None:
         loss = loss + (cn * torch.tensor(r[2])).sum()
@@ -340,26 +287,6 @@ def fastrnn_nn():
     return fastrnn.nn
 
 
-def _redraw_masks(torch, m, T_, B_):
-    """The masks fastrnn.nn draws, in its documented order (weights, recurrent, zoneout h, zoneout c)."""
-    L, D, Hh = m.num_layers, 2 if m.bidirectional else 1, m.hidden_size
-    G = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
-    out = {}
-    if m.weight_dropout:
-        keep = 1 - m.weight_dropout
-        # F.dropout's mask: bernoulli(keep) / keep of W_hh's shape
-        out["weight_mask"] = [torch.empty(G * Hh, Hh, dtype=torch.float64).bernoulli_(keep) / keep
-                              for _ in range(L * D)]
-    if m.recurrent_dropout:
-        keep = 1 - m.recurrent_dropout
-        out["recurrent_mask"] = torch.empty(L * D, B_, Hh, dtype=torch.float64).bernoulli_(keep).div_(keep)
-    if m.zoneout:
-        out["zoneout"] = torch.empty(L * D, T_, B_, Hh, dtype=torch.float64).bernoulli_(m.zoneout)
-    if getattr(m, "zoneout_cell", 0):
-        out["zoneout_cell"] = torch.empty(L * D, T_, B_, Hh, dtype=torch.float64).bernoulli_(m.zoneout_cell)
-    return out
-
-
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("kw", [dict(grad_clip=0.05), dict(recurrent_dropout=0.4), dict(weight_dropout=0.4),
                                 dict(zoneout=0.3), dict(dilation=[2, 3]),
@@ -382,18 +309,18 @@ def test_nn_matches_plain_torch_given_the_same_masks(cls, kw, ragged):
     torch.manual_seed(99)
     # packed input: fastrnn.nn draws its masks for the sorted batch
     perm = None if lengths is None else torch.sort(lengths, descending=True)[1]
-    masks = _redraw_masks(torch, m, T_, B_)
+    masks = nn_drawn_masks(torch, m, T_, B_)
     D = 2
     w = [tuple(getattr(m, n) for n in names) for names in m._all_weights]
-    weight_masks = masks.pop("weight_mask", None)
+    weight_masks = masks.pop("weight_masks", None)
     if weight_masks is not None:
         w = [(e[0], e[1] * wm) + tuple(e[2:]) for e, wm in zip(w, weight_masks)]
     xs = x if perm is None else x[:, perm]
     ls = None if lengths is None else lengths[perm]
     cell = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn_tanh"}[cls]
     zeros = torch.zeros(2 * D, B_, m.hidden_size, dtype=torch.float64)
-    y_ref, hn_ref, cn_ref = _torch_loop(torch, cell, xs, w, zeros, zeros if cls == "LSTM" else None, ls, True,
-                                        grad_clip=m.grad_clip, dilation=m.dilation, **masks)
+    y_ref, hn_ref, cn_ref = torch_modified_loop(torch, cell, xs, _entries(w), zeros, zeros if cls == "LSTM" else None,
+                                                ls, True, grad_clip=m.grad_clip, dilation=m.dilation, **masks)
     if perm is not None:
         inv = torch.argsort(perm)
         y_ref, hn_ref = y_ref[:, inv], hn_ref[:, inv]

@@ -11,7 +11,7 @@ import torch
 import fastrnn
 import fastrnn.nn
 from fastrnn import reference
-from fastrnn.generate import beam_search, greedy
+from fastrnn.generate import beam_search, greedy, sample
 from fastrnn.types import CELLS
 from tolerances import assert_close
 
@@ -259,11 +259,16 @@ def test_stepper_bad_input():
 
 
 class LanguageModel(torch.nn.Module):
-    def __init__(self, cell="lstm", V=13, E=8, H=16, L=2):
+    def __init__(self, cell="lstm", V=13, E=8, H=16, L=2, **options):
         super().__init__()
         torch.manual_seed(3)
         self.emb = torch.nn.Embedding(V, E)
-        self.rnn = make_module(cell, E, H, L)
+        cls, kw = MODULES[cell]
+        self.rnn = cls(E, H, num_layers=L, **kw, **options)
+        with torch.no_grad():  # the layer norm's gains and biases away from their init (ones, zeros)
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("ln_"):
+                    p.add_(0.3 * torch.randn_like(p))
         self.head = torch.nn.Linear(H, V)
 
     def step_module(self, tokens, state):  # the plain way: the module with T = 1
@@ -288,3 +293,40 @@ def test_generation_through_a_stepper_equals_through_the_module(cell):
     b = beam_search(lm.step_module, None, bos, 8, 12, beam_size=4, nbest=2)
     assert torch.equal(a.tokens, b.tokens)
     torch.testing.assert_close(a.scores, b.scores)
+
+
+VARIANTS = [("gru", dict(reset_after=False)), ("lstm", dict(layer_norm=True)), ("gru", dict(layer_norm=True)),
+            ("lstm", dict(peephole=True, coupled=True, cell_clip=0.5))]
+
+
+@pytest.mark.parametrize("cell,options", VARIANTS, ids=["gru-reset-before", "lstm-ln", "gru-ln", "lstm-peep-cifg-clip"])
+def test_stepper_and_generation_with_the_cell_options(cell, options):
+    """A variant module's stepper steps that variant (== the module with T = 1), and greedy search,
+    sampling and beam search through it equal the same decoding through the module."""
+    lm = LanguageModel(cell, **options)
+    stepper = lm.rnn.stepper()
+    x, state = torch.randn(5, 8), random_state(cell, 2, 5, 16, torch.float32)
+    y, new = stepper(x, state)
+    with torch.no_grad():
+        y_ref, new_ref = lm.rnn(x[None], state)
+    torch.testing.assert_close(y, y_ref[0])
+    for a, b in zip(new if cell == "lstm" else (new,), new_ref if cell == "lstm" else (new_ref,)):
+        torch.testing.assert_close(a, b)
+
+    def step(tokens, state):
+        y, state = stepper(lm.emb(tokens), state)
+        return lm.head(y), state
+
+    bos = torch.arange(4)
+    with torch.no_grad():
+        a, b = greedy(step, None, bos, 10, eos=12), greedy(lm.step_module, None, bos, 10, eos=12)
+        assert torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(a.scores, b.scores)
+        a = sample(step, None, bos, 10, 12, top_p=0.9, generator=torch.Generator().manual_seed(5))
+        b = sample(lm.step_module, None, bos, 10, 12, top_p=0.9, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(a.scores, b.scores)
+        a = beam_search(step, None, bos, 8, 12, beam_size=4, nbest=2)
+        b = beam_search(lm.step_module, None, bos, 8, 12, beam_size=4, nbest=2)
+        assert torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(a.scores, b.scores)

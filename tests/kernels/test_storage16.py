@@ -11,7 +11,9 @@ dot-product kernel (avx512_bf16) included.
 STYLE.md's rule for 16-bit types: against float64, the kernels may be at most ~2x as far as the
 reference run in the same low precision (``reference.forward(..., storage=dtype)``, which rounds
 where the kernels store); tolerances.LOW_PRECISION_RATIO. Where values are small (activations of
-1e-3 and, bfloat16, 1e-7), the elementwise relative error is held to the same rule.
+1e-3 and, bfloat16, 1e-7), the elementwise relative error is held to the same rule. The
+layer-normalised LSTM and GRU (layer_norm=True) are held to that rule too, every result including
+the norm's gains' and biases' gradients.
 """
 import itertools
 import os
@@ -23,6 +25,7 @@ import pytest
 
 import fastrnn
 from fastrnn import _core, reference
+from helpers import layer_norm_problem, run_layer_norm
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -134,6 +137,36 @@ def test_small_values_relative_accuracy_16bit(cell, dtype_name, scale):
         err, ref_err = _median_elementwise_relative(a, e), _median_elementwise_relative(r, e)
         bound = LOW_PRECISION_RATIO * max(ref_err, LOW_PRECISION_FLOOR[dtype_name])
         assert err <= bound, f"{name} at {scale:g}: median relative error {err:.3g}, low-precision reference {ref_err:.3g}"
+
+
+# (T, B, I, H, layers, bidirectional, ragged) of the layer-normalised cells: packed and few-rows
+# products, a unit count that is not a multiple of the reduction block (16) nor of the vector width
+LAYER_NORM_SHAPES = [(6, 4, 5, 7, 2, True, True), (5, 7, 11, 37, 1, False, False), (1, 3, 4, 5, 1, True, False)]
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("shape", LAYER_NORM_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"-L{s[4]}" +
+                         ("-bi" if s[5] else "") + ("-ragged" if s[6] else ""))
+def test_layer_norm_16bit_within_twice_the_low_precision_reference(dtype_name, cell, shape):
+    """layer_norm=True on 16-bit arrays: every result (outputs, states, dx, dh0, dc0 and every
+    weight's gradient, the norm's vectors' included) in the input dtype, and its relative error
+    against float64 at most LOW_PRECISION_RATIO x the low-precision reference's."""
+    dtype = DTYPES[dtype_name]
+    T, B, I, H, L, bi, ragged = shape
+    p = layer_norm_problem(cell, dtype, L, bi, T, B, I, H, ragged=ragged, seed=sum(shape))
+    fast = run_layer_norm(fastrnn, p)
+    exact, lowp = run_layer_norm(reference, p), run_layer_norm(reference, p, storage=dtype_name)
+    assert fast.keys() == exact.keys()
+    for name, a in fast.items():
+        e = exact[name]
+        if e is None:
+            assert a is None, name
+            continue
+        assert a.dtype == dtype and a.shape == e.shape, f"{name}: {a.dtype} {a.shape}"
+        err, ref_err = relative_error(a, e), relative_error(lowp[name], e)
+        bound = LOW_PRECISION_RATIO * max(ref_err, LOW_PRECISION_FLOOR[dtype_name])
+        assert err <= bound, f"{dtype_name} {cell} {name}: {err:.3g} vs the low-precision reference's {ref_err:.3g}"
 
 
 ISA_CHECK = r"""

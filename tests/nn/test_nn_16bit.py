@@ -122,28 +122,73 @@ def test_other_dtypes_name_the_input():
                                       None, "gru", 4, 1, False, False)
 
 
-@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
-def test_layer_norm_in_16_bits_runs_the_composed_path(cls):
-    """The 16-bit kernels have no layer norm: a bfloat16 module, and a float32 one under CPU autocast,
-    run the composed torch ops and stay close to the float32 module."""
+LAYER_NORM_CASES = [(cls, dtype_name, how) for cls in ("LSTM", "GRU") for dtype_name in DTYPES
+                    for how in ("module", "autocast")]
+
+
+@pytest.mark.parametrize("cls, dtype_name, how", LAYER_NORM_CASES)
+def test_layer_norm_in_16_bits_takes_the_fused_op(cls, dtype_name, how, monkeypatch):
+    """layer_norm=True in 16 bits, a converted module (.bfloat16() / .half()) and a float32 one under
+    CPU autocast, runs the fused op (the composed torch ops are not called), close to the same module
+    in float64 on the same 16-bit-valued weights and inputs (NN16)."""
+    from fastrnn.nn import _recurrence
+
+    def composed(*args, **kwargs):
+        raise AssertionError("the composed torch ops ran")
+
+    dtype = DTYPES[dtype_name]
     torch.manual_seed(0)
-    m = getattr(fnn, cls)(8, 16, layer_norm=True)
-    x = torch.randn(5, 3, 8)
-    y32, _ = m(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_auto, _ = m(x)
-    y16, _ = copy.deepcopy(m).bfloat16()(x.bfloat16())
-    y16.float().sum().backward()
-    for y in (y_auto, y16):
-        torch.testing.assert_close(y.float(), y32, atol=5e-2, rtol=5e-2)
+    fast = getattr(fnn, cls)(12, 20, num_layers=2, bidirectional=True, layer_norm=True)
+    with torch.no_grad():
+        for p in fast.parameters():  # away from the norm's init, in values every dtype holds exactly
+            p.mul_(1.0 + 0.3 * torch.randn_like(p)).copy_(p.to(dtype).float())
+    ref = copy.deepcopy(fast).double()
+    x, dy = inputs(dtype)
+    monkeypatch.setattr(_recurrence, "_composed_recurrence", composed)
+    if how == "module":
+        got = run(fast.to(dtype), x, dy)
+    else:
+        with torch.autocast("cpu", dtype=dtype):
+            got = run(fast, x.float(), dy)
+    want = run(ref, x.double(), dy.double())
+    for (name, a), (_, e) in zip(got, want):
+        in_dtype = how == "module" or name in ("output", "h_n")  # autocast: float32 parameters' gradients
+        assert a.dtype == (dtype if in_dtype else torch.float32), f"{name}: {a.dtype}"
+        kind = "grad" if name.startswith("d") else "output"
+        err = relative_error(a.detach().float().numpy(), e.detach().numpy())
+        assert err <= NN16[dtype_name][kind], f"{cls} {dtype_name} {how} {name}: {err:.3g}"
 
 
-def test_layer_norm_in_16_bits_is_refused_by_the_kernels():
-    import numpy as np
+@pytest.mark.parametrize("autocast", [False, True], ids=["module", "autocast"])
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("cell", ("lstm", "gru"))
+def test_packed_sequence_in_16bit(cell, dtype_name, autocast):
+    """A PackedSequence through the packed op in 16-bit (a converted module, or a float32 one under CPU
+    autocast, whose kernel casts the packed data): outputs, h_n and gradients within NN16 of torch.nn
+    in float64 on the same packed batch."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+    dtype = DTYPES[dtype_name]
+    fast, ref, _ = modules(cell, dtype)
+    if not autocast:
+        fast = fast.to(dtype)
+    x, _ = inputs(dtype)
+    lengths = torch.tensor([3, 9, 1, 6, 6])
 
-    import fastrnn
+    def run_packed(module, x, cast):
+        module.zero_grad()
+        x = x.clone().requires_grad_(True)
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        with torch.autocast("cpu", dtype=dtype, enabled=cast):
+            y, h = module(packed)
+        h = h[0] if isinstance(h, tuple) else h
+        g = torch.Generator().manual_seed(2)
+        (y.data.to(torch.float64) * torch.randn(y.data.shape, generator=g, dtype=torch.float64)).sum().backward()
+        return [("output", y.data), ("h_n", h), ("dx", x.grad)] + \
+            [("d" + n, p.grad) for n, p in module.named_parameters()]
 
-    w = fastrnn.init_weights("gru", 4, 6, dtype=np.float16)
-    w = [tuple(e) + (np.ones(18, np.float16), np.ones(18, np.float16)) for e in w]
-    with pytest.raises(ValueError, match="layer_norm is not implemented for 16-bit"):
-        fastrnn.forward("gru", np.zeros((3, 2, 4), np.float16), w, layer_norm=True)
+    got = run_packed(fast, x if not autocast else x.float(), autocast)
+    want = run_packed(ref, x.double(), False)
+    for (name, a), (_, e) in zip(got, want):
+        kind = "grad" if name.startswith("d") else "output"
+        err = relative_error(a.detach().float().numpy(), e.detach().numpy())
+        assert err <= NN16[row(dtype_name, cell)][kind], f"{cell} {dtype_name} {name}: {err:.3g}"

@@ -121,3 +121,30 @@ def test_compile_inductor():
     torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-6)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("enforce_sorted", [False, True], ids=["unsorted", "sorted"])
+@pytest.mark.parametrize("name", ("LSTM", "GRU"))
+def test_compile_fullgraph_packed_sequence(name, enforce_sorted):
+    """A PackedSequence input compiles without a graph break (the module runs the packed op on its
+    data, no pad_packed_sequence), with the eager outputs and gradients, the op in the graph."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+    torch.manual_seed(0)
+    rnn = fnn.LSTM(4, 5, 2, bidirectional=True) if name == "LSTM" else fnn.GRU(4, 5, bidirectional=True)
+    lengths = torch.tensor([6, 4, 2] if enforce_sorted else [2, 6, 4])
+
+    def loss_and_grads(f, x):
+        rnn.zero_grad()
+        x = x.detach().requires_grad_()
+        y, h = f(pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted))
+        loss = (y.data * torch.arange(y.data.numel()).view_as(y.data)).sum() + \
+            (h[0] if isinstance(h, tuple) else h).pow(2).sum()
+        loss.backward()
+        return loss.detach(), x.grad, [p.grad.clone() for p in rnn.parameters()]
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(rnn, fullgraph=True, backend=counter)
+    x = torch.randn(6, 3, 4)
+    _assert_same(loss_and_grads(compiled, x), loss_and_grads(rnn, x))
+    assert counter.frame_count == 1
+    assert any("fastrnn.rnn_forward_packed" in g.code for g in counter.graphs)

@@ -4,8 +4,8 @@ and LSTM(proj_size) (composed torch ops), each with zoneout, zoneout_cell, recur
 weight_dropout, grad_clip and dilation.
 
 Against a plain-torch loop of the same equations (``helpers.torch_modified_loop``) given the same
-masks, re-drawn from the same seed in fastrnn.nn's documented order (weight masks, recurrent mask,
-zoneout of h, zoneout of c); outputs, final states and every gradient. Also: eval mode draws
+masks, re-drawn from the same seed in fastrnn.nn's documented order (weight masks, then the seed
+of the kernels' masks, or the recurrent mask, zoneout of h, zoneout of c: helpers.nn_drawn_masks); outputs, final states and every gradient. Also: eval mode draws
 nothing and applies the eval formula, a fixed seed reproduces a run and the masks differ between
 calls, p = 0 is bit-identical to the variant alone, torch.compile(fullgraph=True).
 """
@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import fastrnn.nn as fnn  # noqa: E402
-from helpers import torch_modified_loop  # noqa: E402
+from helpers import nn_drawn_masks, torch_modified_loop  # noqa: E402
 
 I, H = 3, 4
 # (class, options): the fused LSTM variants, then the composed paths
@@ -66,26 +66,6 @@ def entries(m, weight_masks=None):
     return out
 
 
-def redraw_masks(m, T_, B_):
-    """The masks fastrnn.nn draws, in its documented order: weight masks (F.dropout's: bernoulli(keep)
-    / keep of W_hh's shape), recurrent [L*D, B, P], zoneout of h [L*D, T, B, P], of c [L*D, T, B, H]."""
-    L, D, Hh = m.num_layers, 2 if m.bidirectional else 1, m.hidden_size
-    P = m.proj_size or Hh
-    out = {}
-    if m.weight_dropout:
-        keep = 1 - m.weight_dropout
-        out["weight_masks"] = [torch.empty(getattr(m, names[1]).shape, dtype=torch.float64).bernoulli_(keep) / keep
-                               for names in m._all_weights]
-    if m.recurrent_dropout:
-        keep = 1 - m.recurrent_dropout
-        out["recurrent_mask"] = torch.empty(L * D, B_, P, dtype=torch.float64).bernoulli_(keep).div_(keep)
-    if m.zoneout:
-        out["zoneout"] = torch.empty(L * D, T_, B_, P, dtype=torch.float64).bernoulli_(m.zoneout)
-    if getattr(m, "zoneout_cell", 0):
-        out["zoneout_cell"] = torch.empty(L * D, T_, B_, Hh, dtype=torch.float64).bernoulli_(m.zoneout_cell)
-    return out
-
-
 def loop_options(m):
     return dict(peephole=getattr(m, "peephole", False), coupled=getattr(m, "coupled", False),
                 cell_clip=getattr(m, "cell_clip", None), reset_after=m.reset_after, layer_norm=m.layer_norm)
@@ -119,7 +99,7 @@ def check_against_plain_torch(cls, opts, mods, packed):
     out, state = m(inp)
     y = out if lengths is None else pad_packed_sequence(out, total_length=T_)[0]
     torch.manual_seed(99)
-    masks = redraw_masks(m, T_, B_)
+    masks = nn_drawn_masks(torch, m, T_, B_)
     # packed input: fastrnn.nn draws its masks for the length-sorted batch
     perm = None if lengths is None else torch.sort(lengths, descending=True)[1]
     xs = x if perm is None else x[:, perm]

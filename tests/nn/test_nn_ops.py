@@ -231,3 +231,32 @@ def test_eager_path_equals_the_op(module, monkeypatch):
     assert len(eager) == len(op)
     for a, b in zip(eager, op):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("module, reached", [("LSTM", "output"), ("LSTM", "h_n"), ("LSTM", "c_n"), ("GRU", "h_n"),
+                                             ("GRU", "output")])
+def test_eager_path_when_the_loss_reaches_some_outputs(module, reached, monkeypatch):
+    """The eager path's backward gets None, not zeros, for the outputs the loss did not reach (no
+    zero gradient of the reserve is filled): x's, the states' and every parameter's gradients equal
+    the op's (which gets zeros), bit for bit, with layer norm too."""
+    import fastrnn.nn as fnn
+    torch.manual_seed(0)
+    for layer_norm in (False, True):
+        m = getattr(fnn, module)(3, 4, num_layers=2, bidirectional=True, layer_norm=layer_norm).double()
+        x = torch.randn(5, 2, 3, dtype=torch.float64)
+        states = [torch.randn(4, 2, 4, dtype=torch.float64) for _ in range(2 if module == "LSTM" else 1)]
+
+        def run(eager):
+            monkeypatch.setattr(fastrnn.ops, "_EAGER_PATH", eager)
+            m.zero_grad()
+            xg = x.clone().requires_grad_()
+            sg = [s.clone().requires_grad_() for s in states]
+            y, hn = m(xg, tuple(sg) if len(sg) == 2 else sg[0])
+            out = {"output": y, "h_n": hn[0] if module == "LSTM" else hn, "c_n": hn[1] if module == "LSTM" else None}
+            out[reached].sin().sum().backward()
+            return [xg.grad] + [s.grad for s in sg] + [p.grad.clone() for p in m.parameters()]
+
+        eager, op = run(True), run(False)
+        assert len(eager) == len(op)
+        for a, b in zip(eager, op):
+            assert torch.equal(a, b)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 import sys
 from typing import List, Optional, Sequence
 
@@ -12,8 +13,8 @@ from .report import (format_header, format_markdown, format_summary, results_bas
                      write_plot)
 from .suite import run
 from .timing import GEMM_N
-from .variants import (PROJECTION_TABLE_HEAD, format_projection_row, format_variant_row, run_variants, VARIANT_SIZES,
-                       VARIANT_TABLE_HEAD)
+from .variants import (PROJECTION_TABLE_HEAD, format_projection_row, format_variant_row, run_variants, VARIANT_CASES,
+                       VARIANT_SIZES, VARIANT_TABLE_HEAD)
 
 
 def _csv(name: str, allowed: Sequence[str]):
@@ -72,6 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "plain-PyTorch loop, and LSTM(proj_size) vs torch.nn, fastrnn's base LSTM and its old pure-torch "
                              "path (H=512 P=128, H=1024 P=256, B=32, T=100); --sizes HxBxT sets the sizes (the "
                              "projection's P = H/4), --save writes <name>-variants.*")
+    parser.add_argument("--variant-cases", type=_csv("--variant-cases", [c[0] for c in VARIANT_CASES]), default=None,
+                        help="--variants: only these cases (comma-separated names, e.g. 'lstm layer_norm,gru layer_norm')")
     parser.add_argument("--min-sample-ms", type=float, default=None,
                         help="shortest timed sample; short calls are repeated to fill it (default 50, --quick 20)")
     parser.add_argument("--suite", choices=("default", "decode", "cells"), default="default",
@@ -148,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             result = run_variants(sizes, threads=args.threads, reps=args.reps or 5,
                                   min_sample_s=0.05 if args.min_sample_ms is None else args.min_sample_ms / 1e3,
-                                  emit=lambda text: print(text, flush=True), cpu_time=args.cpu_time,
+                                  emit=lambda text: print(text, flush=True), cases=args.variant_cases,
+                                  clock=time.process_time if args.cpu_time else time.perf_counter,
                                   projection_only=args.projection_only)
         except VerificationError as e:
             print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)

@@ -11,12 +11,14 @@ the variants' plain-PyTorch loops are --variants' rows).
 """
 from __future__ import annotations
 
-import platform
+import os
 import time
 from typing import Callable, Dict, List
 
 from fastrnn.cell_table import GRU, LSTM, cell_info
 
+from .machine import make_header
+from .report import results_basename, save_results, write_json
 from .timing import time_interleaved
 
 VARIANTS = {  # option name -> the keyword fastrnn.nn takes
@@ -90,9 +92,16 @@ def _torch_loop_step(torch, mode: str, option: str, kw: dict, cell, layer, x):
     torch.stack(ys).sum().backward()
 
 
-def run_variants(cells=(LSTM, GRU), sizes=((50, 8, 256, 256), (50, 32, 256, 256)), reps: int = 5,
-                 min_sample_s: float = 0.05, emit: Callable[[str], None] = print) -> dict:
-    """Times every modifier on every cell and size; returns {"header", "rows"} (ms, ratios)."""
+# (T, B, I, H): small and mid batches (the speed targets are for B <= 32) and one above
+DEFAULT_SIZES = tuple((50, B, 256, 256) for B in (1, 8, 32, 64))
+
+
+def run_variants(cells=(LSTM, GRU), sizes=DEFAULT_SIZES, reps: int = 5, min_sample_s: float = 0.05,
+                 emit: Callable[[str], None] = print, cpu_time: bool = False) -> dict:
+    """Times every modifier on every cell and size; returns {"header", "rows"} (ms, ratios).
+    cpu_time: samples in the process's CPU time instead of wall time (for one thread on a loaded
+    machine). fastrnn draws zoneout's and recurrent dropout's masks in its CPU kernels (one seed per
+    call); the loops draw theirs with torch, as a user's loop does."""
     import torch
 
     import fastrnn.nn as fnn
@@ -131,7 +140,7 @@ def run_variants(cells=(LSTM, GRU), sizes=((50, 8, 256, 256), (50, 32, 256, 256)
                 both = cls(I, H, **variant, **kw)
                 both.load_state_dict(alone.state_dict())
                 fns["variant:" + name], fns[name] = step(alone), step(both)
-            t = time_interleaved(fns, reps, min_sample_s)
+            t = time_interleaved(fns, reps, min_sample_s, clock=time.process_time if cpu_time else time.perf_counter)
             base = t["plain"]["median_ms"]
             for option in VARIANTS:
                 ms, loop_ms = t[option]["median_ms"], t["loop:" + option]["median_ms"]
@@ -146,29 +155,41 @@ def run_variants(cells=(LSTM, GRU), sizes=((50, 8, 256, 256), (50, 32, 256, 256)
                                  ratio=ms / alone_ms, loop_ms=None, speedup_vs_loop=None))
                 emit(f"| {mode} | {T}, {B}, {I}, {H} | {name} (vs {name.split('+')[0]} alone) | {alone_ms:.2f} | "
                      f"{ms:.2f} | {ms / alone_ms:.2f}x | — | — |")
-    header = dict(date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.processor() or platform.machine(),
-                  torch=torch.__version__, threads=torch.get_num_threads(), reps=reps,
-                  fastrnn_threads=__import__("fastrnn").get_num_threads())
+    header = make_header(__import__("fastrnn").get_num_threads(), torch, "torch.nn cells stepped in Python")
+    header.update(torch_threads=torch.get_num_threads(), reps=reps,
+                  clock="process CPU time" if cpu_time else "wall", load_average=os.getloadavg())
     return {"header": header, "rows": rows}
 
 
 def main_variants(args) -> int:
-    """`python -m fastrnn.bench --modifiers`: print the table; --save DIR writes <date>-modifiers.{json,md}."""
-    import json
-    import os
+    """`python -m fastrnn.bench --modifiers`: print the table. --sizes HxBxT[xI] sets the sizes,
+    --threads the threads of fastrnn and torch alike, --cpu-time the clock; --save DIR writes
+    DIR/<date>-<machine>-modifiers-<threads>t.{json,md}, --json PATH the full result."""
     lines: List[str] = []
 
     def emit(text):
         lines.append(text)
         print(text, flush=True)
-    sizes = ((20, 8, 128, 128),) if args.quick else ((50, 8, 256, 256), (50, 32, 256, 256))
-    result = run_variants(sizes=sizes, reps=args.reps or (3 if args.quick else 5), emit=emit)
+    if args.threads:
+        import torch
+
+        import fastrnn
+        fastrnn.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    if args.sizes is not None:
+        sizes = tuple((t, b, i, h) for h, b, t, i in args.sizes)
+    else:
+        sizes = ((20, 8, 128, 128),) if args.quick else DEFAULT_SIZES
+    result = run_variants(sizes=sizes, reps=args.reps or (3 if args.quick else 5), emit=emit,
+                          cpu_time=getattr(args, "cpu_time", False))
+    h = result["header"]
+    emit(f"\n{h['date_utc']}, {h['cpu']} ({h['fastrnn_cpu_isa']} kernels), fastrnn {h['threads']} / torch "
+         f"{h['torch_threads']} threads, {h['clock']}, load average {', '.join(f'{v:.1f}' for v in h['load_average'])}, "
+         f"median of {h['reps']} interleaved samples.")
+    markdown = "\n".join(lines) + "\n"
     if args.save:
-        os.makedirs(args.save, exist_ok=True)
-        base = os.path.join(args.save, time.strftime("%Y-%m-%d") + "-modifiers")
-        with open(base + ".json", "w") as f:
-            json.dump(result, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write("\n".join(lines) + "\n")
+        save_results(result, markdown, args.save, f"{results_basename(result)}-modifiers-{h['threads']}t")
+    if args.json:
+        write_json(result, args.json)
     return 0
 

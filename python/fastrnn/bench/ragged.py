@@ -7,8 +7,8 @@ real batches of SST-2 sentences and UD English-EWT sentences from ../shared/data
 - fastrnn packed: ``fastrnn.nn`` on the batch as a PackedSequence;
 - ideal: (sum of lengths / (T*B)) x fastrnn dense, the time if only live rows cost anything;
 - torch.nn packed: ``torch.nn.LSTM`` / ``GRU`` on the same PackedSequence;
-- pad/unpack: what fastrnn.nn's packed path spends outside the kernels padding the PackedSequence
-  and packing the output (pad_packed_sequence + pack_padded_sequence on the same sizes);
+- pad/unpack: pad_packed_sequence + pack_padded_sequence on the same sizes, the round trip that
+  fastrnn.nn paid around the kernels before they took the packed data (what a padded path costs);
 
 interleaved (bench.time_interleaved, medians), and reports packed / ideal (target <= 1.15) and
 torch.nn packed / fastrnn packed (target > 1). Real batches are consecutive sentences of the

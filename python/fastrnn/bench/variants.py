@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import fastrnn
 from fastrnn.cell_table import BY_TORCH_MODE, GRU, LSTM, cell_info
@@ -103,17 +103,31 @@ def _composed(m, x):
                                 m.bidirectional, None, not m.reset_after, m.layer_norm)
 
 
+def _timed(torch, fn: Callable, training: bool) -> Callable[[], None]:
+    """What a sample runs: fn() under no_grad (inference), or fn() and the backward of its output's
+    sum (training; a module's output is (y, state))."""
+    if not training:
+        def infer():
+            with torch.no_grad():
+                fn()
+        return infer
+
+    def train():
+        out = fn()
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+    return train
+
+
 def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int = 5, min_sample_s: float = 0.05,
-                 emit: Optional[Callable[[str], None]] = None, cpu_time: bool = False,
-                 projection_only: bool = False) -> dict:
+                 emit: Optional[Callable[[str], None]] = None, cases: Optional[Sequence[str]] = None,
+                 clock: Callable[[], float] = time.perf_counter, projection_only: bool = False) -> dict:
     """Times each variant (fastrnn.nn, float32, one layer) against fastrnn's base cell of the same
     size and against ``_torch_loop``, interleaved in one process, in inference and training
     (forward + backward of y.sum()); the variants that also have a composed-torch-ops path
     (``_has_composed_path``) against that too; then the projected LSTM (``run_projection``).
-    cpu_time: samples in the process's CPU time (readable at one thread on a loaded machine);
-    projection_only: the projected LSTM's rows only. Returns the JSON-able result with per-case
-    ratios."""
-    clock = time.process_time if cpu_time else time.perf_counter
+    ``cases``: the VARIANT_CASES names to run (default all); ``clock``: the samples' clock
+    (time.process_time: CPU time, readable at one thread on a loaded machine); projection_only: the
+    projected LSTM's rows only. Returns the JSON-able result with per-case ratios."""
     torch, torch_note = _import_torch(False)
     if torch is None:
         raise RuntimeError(f"--variants needs torch ({torch_note})")
@@ -122,12 +136,14 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
     fastrnn.set_num_threads(threads)
     torch.set_num_threads(threads)
     result = {"header": make_header(threads, torch, torch_note), "reps": reps, "min_sample_s": min_sample_s,
-              "clock": "process CPU time" if cpu_time else "wall", "load_average": os.getloadavg(),
+              "clock": "process CPU time" if clock is time.process_time else "wall", "load_average": os.getloadavg(),
               "variant_cases": []}
     if emit:
         emit(format_header(result) + "\n\n" + VARIANT_TABLE_HEAD)
     for (H, B, T) in sizes:
         for name, module, opts in () if projection_only else VARIANT_CASES:
+            if cases is not None and name not in cases:
+                continue
             torch.manual_seed(0)
             variant = getattr(fnn, module)(H, H, **opts)
             base = getattr(fnn, module)(H, H)
@@ -138,16 +154,7 @@ def run_variants(sizes=VARIANT_SIZES, threads: Optional[int] = None, reps: int =
                 raise VerificationError(f"{name} H={H} B={B} T={T}: |fastrnn - torch loop| = {err:.3g}")
             for mode in ("inference", "training"):
                 def call(fn, train=mode == "training"):
-                    if not train:
-                        def go():
-                            with torch.no_grad():
-                                fn()
-                        return go
-
-                    def go_train():
-                        out = fn()
-                        (out[0] if isinstance(out, tuple) else out).sum().backward()
-                    return go_train
+                    return _timed(torch, fn, train)
                 fns = {"variant": call(lambda: variant(x)), "base": call(lambda: base(x)),
                        "torch_loop": call(lambda: _torch_loop(torch, variant, x))}
                 if _has_composed_path(variant):
@@ -202,15 +209,7 @@ def run_projection(torch, sizes, reps: int, min_sample_s: float, emit: Optional[
             raise VerificationError(f"lstm proj_size={P} H={H} B={B} T={T}: |fastrnn - torch.nn| = {err:.3g}")
         for mode in ("inference", "training"):
             def call(fn, train=mode == "training"):
-                if not train:
-                    def go():
-                        with torch.no_grad():
-                            fn()
-                    return go
-
-                def go_train():
-                    fn()[0].sum().backward()
-                return go_train
+                return _timed(torch, fn, train)
             fns = {"fastrnn": call(lambda: fast(x)), "torch": call(lambda: ref(x)), "base": call(lambda: base(x)),
                    "old": call(composed)}
             t = time_interleaved(fns, reps, min_sample_s, clock=clock)

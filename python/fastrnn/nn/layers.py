@@ -17,10 +17,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import ops
 from ..cell_table import BY_NONLINEARITY, BY_TORCH_MODE, GRU as _GRU, LSTM as _LSTM, cell_info, param_shapes
 from ..functional import _check_options
-from ._composed import _permute
+from ._composed import _kernels_cannot_serve, _permute
 from ._options import (_check_layer_norm, _check_reset_and_layer_norm, _identity_init, _layer_norm_init,
                        _variant_repr)
-from ._recurrence import _run_op
+from ._recurrence import _run_op, _run_packed_op, packed_op_serves
 
 
 def _torch_param_names(info, bias: bool, peephole: bool) -> List[str]:
@@ -29,6 +29,12 @@ def _torch_param_names(info, bias: bool, peephole: bool) -> List[str]:
     names = [n for n, (_, is_bias) in zip(info.param_names, info.param_rules) if bias or not is_bias]
     names += ["w_ch"] if peephole else []
     return [("weight" if n.startswith("w_") else "bias") + n[1:] for n in names]
+
+
+def _draw_mask_seed() -> Tensor:
+    """One 64-bit seed [1] int64 from torch's default generator: the kernels draw a training call's
+    recurrent-dropout and zoneout masks from it (so torch.manual_seed reproduces a run)."""
+    return torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64)
 
 
 class _RNNBase(torch.nn.Module):
@@ -243,9 +249,9 @@ class _RNNBase(torch.nn.Module):
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data, True)
-            # Padded [T, B, I] in the packed (length-sorted) order, with the lengths.
-            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            batch = int(batch_sizes[0])
+            x, lengths = data, None  # [N, I], rows in the packed (length-sorted) order
+            # (sorted_indices' size, where it has one, is a shape that torch.compile need not read from data)
+            batch = sorted_indices.size(0) if sorted_indices is not None else int(batch_sizes[0])
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D "
@@ -294,13 +300,13 @@ class _RNNBase(torch.nn.Module):
                     raise RuntimeError(f"{name}: hx{f'[{i}]' if lstm else ''} dtype ({state.dtype}) does not match "
                                        f"input dtype ({x.dtype})")
 
-        y, hn, cn = self._recurrence(x, h0, c0, lengths)
-
         if packed:
-            out = PackedSequence(pack_padded_sequence(y, lengths).data, batch_sizes, sorted_indices, unsorted_indices)
+            y, hn, cn = self._packed_recurrence(data, batch_sizes, batch, h0, c0)
+            out = PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices)
             hn = _permute(hn, unsorted_indices)
             cn = _permute(cn, unsorted_indices) if lstm else None
             return out, ((hn, cn) if lstm else hn)
+        y, hn, cn = self._recurrence(x, h0, c0, lengths)
         if self.batch_first:
             y = y.transpose(0, 1)
         if not is_batched:
@@ -309,38 +315,76 @@ class _RNNBase(torch.nn.Module):
             cn = cn.squeeze(1) if lstm else None
         return y, ((hn, cn) if lstm else hn)
 
+    def _packed_recurrence(self, data: Tensor, batch_sizes: Tensor, batch: int, h0, c0):
+        """A PackedSequence's data [N, I] (batch_sizes [T], batch = batch_sizes[0]; h0, c0 in its sorted
+        order) -> (y [N, D*H] packed alike, hn, cn or None): the kernels on the packed rows where they
+        serve the call (packed_op_serves), else the padded recurrence between pad_packed_sequence and
+        pack_padded_sequence (the training modifiers, the composed torch ops' calls, other devices)."""
+        weights = self._weights()
+        if not self._has_modifiers() and packed_op_serves(data, h0, c0, weights, not self.reset_after,
+                                                          self.layer_norm, self._cell, self.proj_size):
+            def packed_op(x, layer_weights, h0_rows, c0_rows, num_layers):
+                return _run_packed_op(self.mode, x, batch_sizes, batch, layer_weights, h0_rows, c0_rows,
+                                      self.hidden_size, num_layers, self.bidirectional, self._cell,
+                                      not self.reset_after, self.layer_norm)
+            return self._layers(packed_op, data, weights, h0, c0)
+        x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))  # [T, B, I], the sorted order
+        y, hn, cn = self._recurrence(x, h0, c0, lengths)
+        return pack_padded_sequence(y, lengths).data, hn, cn
+
     def _recurrence(self, x: Tensor, h0, c0, lengths):
         """x [T, B, I] -> (y [T, B, D*H], hn, cn or None) by the fastrnn op: one call for the whole
         stack, or (dropout in training mode) one call per layer with dropout between them."""
         weights = self._weights()
-        L, H = self.num_layers, self.hidden_size
         if lengths is not None:
             lengths = lengths.to(device=x.device, dtype=torch.int64)
-        reset_before, layer_norm, proj = not self.reset_after, self.layer_norm, self.proj_size
         if self._has_modifiers():
             return self._modified_recurrence(x, weights, h0, c0, lengths)
+
+        def op(x, layer_weights, h0_rows, c0_rows, num_layers):
+            return _run_op(self.mode, x, layer_weights, h0_rows, c0_rows, lengths, self.hidden_size, num_layers,
+                           self.bidirectional, self._cell, not self.reset_after, self.layer_norm,
+                           proj_size=self.proj_size)
+        return self._layers(op, x, weights, h0, c0)
+
+    def _layers(self, op, x: Tensor, weights: List[Tensor], h0, c0):
+        """op(x, weights, h0, c0, num_layers) -> (y, hn, cn) for the whole stack in one call, or (dropout
+        in training mode) once per layer with dropout on the outputs between them."""
+        L = self.num_layers
         if not (self.dropout > 0 and self.training and L > 1):
-            return _run_op(self.mode, x, weights, h0, c0, lengths, H, L, self.bidirectional, self._cell, reset_before,
-                           layer_norm, proj_size=proj)
+            return op(x, weights, h0, c0, L)
         D = 2 if self.bidirectional else 1
         per_layer = len(weights) // L
         hns, cns = [], []
         for layer in range(L):
             rows = slice(layer * D, (layer + 1) * D)
-            x, hn, cn = _run_op(self.mode, x, weights[layer * per_layer:(layer + 1) * per_layer],
-                                None if h0 is None else h0[rows], None if c0 is None else c0[rows], lengths, H, 1,
-                                self.bidirectional, self._cell, reset_before, layer_norm, proj_size=proj)
+            x, hn, cn = op(x, weights[layer * per_layer:(layer + 1) * per_layer],
+                           None if h0 is None else h0[rows], None if c0 is None else c0[rows], 1)
             hns.append(hn)
             cns.append(cn)
             if layer < L - 1:
                 x = F.dropout(x, self.dropout, True)
         return x, torch.cat(hns), (torch.cat(cns) if BY_TORCH_MODE[self.mode].carries_cell_state else None)
 
+    def _kernels_draw_masks(self, x: Tensor, h0, c0, weights: List[Tensor]) -> bool:
+        """Whether the CPU kernels draw this training call's recurrent-dropout and zoneout masks from
+        a seed: there are such masks, the fused CPU kernels run every layer (not the composed ops of
+        the reset-before GRU, layer_norm, proj_size) and no layer is dilated (its folded rows are
+        not the caller's). Elsewhere (CUDA among them) the masks are drawn as tensors."""
+        lstm = BY_TORCH_MODE[self.mode].carries_cell_state
+        return (self.training and x.device.type == "cpu"
+                and bool(self.recurrent_dropout or self.zoneout or (lstm and self.zoneout_cell))
+                and self.reset_after and not self.layer_norm and self.proj_size == 0
+                and all(d == 1 for d in self._dilations) and not _kernels_cannot_serve(x, h0, c0, weights))
+
     def _modified_recurrence(self, x: Tensor, weights: List[Tensor], h0, c0, lengths):
         """The recurrence with the training modifiers, one op call per layer: x [T, B, I] ->
         (y [T, B, D*H], hn, cn or None). Masks come from torch's default generator, in this order:
-        the weight-dropout masks (layer by layer, direction by direction), the recurrent-dropout mask
-        [L*D, B, H], the zoneout masks [L*D, T, B, H] of h, then of c; in eval mode none is drawn.
+        the weight-dropout masks (layer by layer, direction by direction), then, where the CPU kernels
+        run the call (_kernels_draw_masks), one 64-bit seed from which they draw the recurrent-dropout
+        and zoneout masks themselves (Philox4x32-10, stream l*D + d; fastrnn.reference.philox), else
+        the recurrent-dropout mask [L*D, B, H] and the zoneout masks [L*D, T, B, H] of h, then of c,
+        as tensors; in eval mode none is drawn.
         (With proj_size = P, h is P wide: the recurrent and h's zoneout masks are [.., P], c's [.., H].)
         Every cell variant runs with them: the fused op where the kernels serve it (the LSTM's
         peephole / coupled / cell_clip), else the composed torch ops (_composed_recurrence: the
@@ -356,13 +400,17 @@ class _RNNBase(torch.nn.Module):
             for k in range(L * D):
                 weights[k * per_entry + 1] = F.dropout(weights[k * per_entry + 1], self.weight_dropout, True)
         recurrent_mask = None
-        if self.training and self.recurrent_dropout > 0:
+        seeded = None  # (seed, stream, zoneout, zoneout_cell, recurrent_dropout) of layer 0
+        if self._kernels_draw_masks(x, h0, c0, weights):
+            seeded = (_draw_mask_seed(), 0, self.zoneout, self.zoneout_cell if lstm else 0.0, self.recurrent_dropout)
+        elif self.training and self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout
             recurrent_mask = x.new_empty((L * D, B, P)).bernoulli_(keep).div_(keep)
         zone = []
         for p, width in ((self.zoneout, P), (self.zoneout_cell if lstm else 0.0, H)):
             # training: d ~ Bernoulli(p) per element and step; eval: d = p (h = p h_prev + (1 - p) h~)
-            zone.append(None if not p else x.new_empty((L * D, T, B, width)).bernoulli_(p) if self.training else p)
+            zone.append(None if not p or seeded is not None else
+                        x.new_empty((L * D, T, B, width)).bernoulli_(p) if self.training else p)
         grad_clip = 0.0 if self.grad_clip is None else self.grad_clip
         hns, cns = [], []
         for layer, d in enumerate(self._dilations):
@@ -378,7 +426,8 @@ class _RNNBase(torch.nn.Module):
             y, hn, cn = _run_op(self.mode, _fold(x, d), w, fold_rows(h0), fold_rows(c0), lengths_f, H, 1,
                                 self.bidirectional, self._cell, not self.reset_after, self.layer_norm,
                                 recurrent_mask=fold_rows(recurrent_mask), grad_clip=grad_clip, zoneout=zoneout,
-                                proj_size=self.proj_size)
+                                proj_size=self.proj_size,
+                                seeded=None if seeded is None else (seeded[0], layer * D) + seeded[2:])
             x = _unfold(y, d, T)
             if d > 1:
                 if lengths is not None:  # a folded sequence with no live step output its padding step
