@@ -8,24 +8,17 @@ Like tests/cuda/test_cuda.py (both use helpers.find_cuda_device) these run on a 
 of the kernels with FASTRNN_CUDA_EMU=<dir> (cuda/emu/build.sh), and skip with one reason otherwise.
 """
 import copy
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
 
 from fastrnn import reference
 from fastrnn.cell_table import CELL_ID, carries_cell_state
-from helpers import VARIANT_IDS, VARIANTS, find_cuda_device, make_problem, seed_of, variant_problem
+from helpers import (VARIANT_IDS, VARIANTS, find_cuda_device, layer_norm_problem, make_problem, seed_of,
+                     variant_problem)
 from tolerances import assert_close
 
 DEVICE, SKIP_REASON = find_cuda_device()
-
-# tests/kernels/test_fused_variants.py, for its layer-normalised problems (one home for them)
-_spec = importlib.util.spec_from_file_location(
-    "_fused_variants", pathlib.Path(__file__).resolve().parent.parent / "kernels" / "test_fused_variants.py")
-_fused_variants = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fused_variants)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
 
@@ -267,9 +260,9 @@ def test_gru_reset_before_refuses_recurrent_dropout():
 
 # ---- layer norm (layer_norm=True): a GEMM and one row-block kernel per step ----------------------
 def _layer_norm_problem(cell, dtype, L, bi, ragged, T=5, B=3, I=4, H=5, **kw):
-    """tests/kernels/test_fused_variants.py's layer-normalised problem (gains and the cell norm's bias
+    """helpers.layer_norm_problem (gains and the cell norm's bias
     away from their init), with the CUDA runner's keys."""
-    p = _fused_variants.layer_norm_problem(cell, dtype, L, bi, T, B, I, H, ragged=ragged, **kw)
+    p = layer_norm_problem(cell, dtype, L, bi, T, B, I, H, ragged=ragged, **kw)
     p["opts"] = {"layer_norm": True}
     return p
 
