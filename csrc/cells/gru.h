@@ -51,12 +51,19 @@ struct GruCell {
   }
   template <class T> FASTRNN_HD static void backward(const BackwardRow<T>& r, int64 j, int64 H) {
     using A = typename AccType<T>::type;
-    const A rg = A(slot(r.saved, Saved::r, H, j)), z = A(slot(r.saved, Saved::z, H, j));
-    const A n = A(slot(r.saved, Saved::n, H, j)), ghn = A(slot(r.saved, Saved::gh_n, H, j));
+    gru_reset_after_backward(r, j, H, A(slot(r.saved, Saved::r, H, j)), A(slot(r.saved, Saved::z, H, j)),
+                             A(slot(r.saved, Saved::n, H, j)), A(slot(r.saved, Saved::gh_n, H, j)));
+  }
+
+  // The reset-after GRU's pointwise backward of unit j from its saved r, z, n and the recurrent n
+  // term that r multiplied (gh_n here; the layer-normalised GRU's gained a_hh,n): dL/d(gates) into
+  // dG_i, the same into dG_h except n (scaled by r), and the z*dh bypass into dh_prev.
+  template <class T, class A>
+  FASTRNN_HD static void gru_reset_after_backward(const BackwardRow<T>& r, int64 j, int64 H, A rg, A z, A n, A hn) {
     const A dh = A(r.dh[j]);
     const A dn = dh * (A(1) - z) * (A(1) - n * n);
     const A dz = dh * (A(r.h_prev[j]) - n) * z * (A(1) - z);
-    const A dr = dn * ghn * rg * (A(1) - rg);
+    const A dr = dn * hn * rg * (A(1) - rg);
     gate(r.dgi, Gate::r, H, j) = T(dr);
     gate(r.dgi, Gate::z, H, j) = T(dz);
     gate(r.dgi, Gate::n, H, j) = T(dn);

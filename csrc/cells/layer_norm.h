@@ -21,6 +21,7 @@
 // thread keeps its own copy, so the reserve layout stays [T, B, S*H]).
 #pragma once
 
+#include "cells/gru.h"
 #include "cells/spec.h"
 
 namespace fastrnn {
@@ -330,17 +331,7 @@ struct GruLayerNorm : LayerNormParams<3, false> {
     using A = typename AccType<T>::type;
     const A rg = A(slot(r.saved, Saved::r, H, j)), z = A(slot(r.saved, Saved::z, H, j));
     const A n = A(slot(r.saved, Saved::n, H, j)), a_hn = A(slot(r.saved, Saved::a_hn, H, j));
-    const A dh = A(r.dh[j]);
-    const A dn = dh * (A(1) - z) * (A(1) - n * n);
-    const A dz = dh * (A(r.h_prev[j]) - n) * z * (A(1) - z);
-    const A dr = dn * a_hn * rg * (A(1) - rg);
-    gate(r.dgi, Gate::r, H, j) = T(dr);
-    gate(r.dgi, Gate::z, H, j) = T(dz);
-    gate(r.dgi, Gate::n, H, j) = T(dn);
-    gate(r.dgh, Gate::r, H, j) = T(dr);
-    gate(r.dgh, Gate::z, H, j) = T(dz);
-    gate(r.dgh, Gate::n, H, j) = T(dn * rg);
-    r.dh_prev[j] = T(dh * z);
+    GruCell::gru_reset_after_backward(r, j, H, rg, z, n, a_hn);
   }
   template <class T>
   FASTRNN_HD static void row_sums(const BackwardRow<T>& r, int64 j_begin, int64 j_end, int64 H, RowReduction<0>,
