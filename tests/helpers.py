@@ -735,3 +735,43 @@ def head_tail_means(losses, n: int):
 def max_relative_difference(a, b) -> float:
     assert len(a) == len(b), (len(a), len(b))
     return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+
+
+def loss_weights(res, seed):
+    """Random weights (r_out, r_h, r_c) of the loss sum(r_out*y) + sum(r_h*h_n) + sum(r_c*c_n) of a
+    forward result (r_c None without a cell state)."""
+    rng = np.random.default_rng(seed)
+    r_out = rng.standard_normal(res.output.shape)
+    r_h = rng.standard_normal(res.h_n.shape)
+    r_c = None if res.c_n is None else rng.standard_normal(res.c_n.shape)
+    return r_out, r_h, r_c
+
+
+def check_modified_kernels(cell, x, weights, h0, c0, mods, dtype, *, lengths, bidirectional, opts=None):
+    """The kernels in ``dtype`` with the training modifiers ``mods`` (fastrnn.forward's keywords; mask
+    arrays cast alike) against the reference on float64 casts of the same data: outputs, final
+    states, dx, dh0, dc0 and every weight gradient (dW_ch too with peepholes)."""
+    opts = opts or {}
+    cast = lambda a: None if a is None else np.asarray(a, dtype)
+    fmods = {k: ([cast(a) for a in v] if k == "weight_mask" else cast(v) if k.endswith("mask") else v)
+             for k, v in mods.items()}
+    wts = [tuple(cast(a) for a in w) for w in weights]
+    res = fastrnn.forward(cell, cast(x), wts, cast(h0), cast(c0), lengths=lengths, bidirectional=bidirectional,
+                          training=True, **opts, **fmods)
+    up = lambda a: None if a is None else np.asarray(a, np.float64)
+    rmods = {k: ([up(a) for a in v] if k == "weight_mask" else up(v) if k.endswith("mask") else v)
+             for k, v in fmods.items()}
+    ref = reference.forward(cell, up(cast(x)), [tuple(up(a) for a in w) for w in wts], up(cast(h0)), up(cast(c0)),
+                            lengths=lengths, bidirectional=bidirectional, **opts, **rmods)
+    for name in ("output", "h_n", "c_n"):
+        assert_close(getattr(res, name), getattr(ref, name), dtype, name)
+    r = loss_weights(ref, 9)
+    got = fastrnn.backward(res.saved, cast(r[0]), cast(r[1]), cast(r[2]))
+    want = reference.backward(ref.saved, *r)
+    for name in ("dx", "dh0", "dc0"):
+        assert_close(getattr(got, name), getattr(want, name), dtype, name)
+    names = ["dW_ih", "dW_hh", "db_ih", "db_hh"] + (["dW_ch"] if opts.get("peephole") else [])
+    for k, (g, w) in enumerate(zip(got.dweights, want.dweights)):
+        assert len(g) == len(names)
+        for j, nm in enumerate(names):
+            assert_close(g[j], w[j], dtype, f"{nm}[{k}]")

@@ -25,7 +25,7 @@ import pytest
 
 import fastrnn
 from fastrnn import reference
-from helpers import FD_ATOL, FD_RTOL, numeric_grad, torch_modified_loop
+from helpers import FD_ATOL, FD_RTOL, check_modified_kernels, loss_weights, numeric_grad, torch_modified_loop
 from tolerances import assert_close
 
 T, B, I, H = 4, 3, 3, 2
@@ -100,12 +100,6 @@ def modifier_cases(cell, opts, L, D, seed=3, t=T, b=B, h=H, p=0.4):
     }
 
 
-def _loss_weights(res, seed):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(res.output.shape), rng.standard_normal(res.h_n.shape),
-            None if res.c_n is None else rng.standard_normal(res.c_n.shape))
-
-
 # ---- the reference against finite differences --------------------------------------------------------
 @pytest.mark.parametrize("which", ["all", "zoneout_eval"])
 @pytest.mark.parametrize("cell,opts", ALL_VARIANTS, ids=_ids(ALL_VARIANTS))
@@ -117,7 +111,7 @@ def test_reference_matches_finite_differences(cell, opts, which):
         mods = dict(mods, recurrent_mask=modifier_cases(cell, opts, L, D)["recurrent"]["recurrent_mask"])
     kw = dict(lengths=RAGGED, bidirectional=True, **opts, **mods)
     res = reference.forward(cell, x, weights, h0, c0, **kw)
-    r_out, r_h, r_c = _loss_weights(res, 5)
+    r_out, r_h, r_c = loss_weights(res, 5)
 
     def loss():
         o = reference.forward(cell, x, weights, h0, c0, training=False, **kw)
@@ -199,7 +193,7 @@ def test_reference_clamped_bptt_matches_torch_hooks(cell, opts, extra):
     cases = modifier_cases(cell, opts, L, D, seed=5)
     mods = cases["all"] if extra == "masks" else cases["dilation"]
     res = reference.forward(cell, x, weights, h0, c0, lengths=RAGGED, bidirectional=True, grad_clip=C, **opts, **mods)
-    r = tuple(None if a is None else 3 * a for a in _loss_weights(res, 11))  # large enough that the clamp acts
+    r = tuple(None if a is None else 3 * a for a in loss_weights(res, 11))  # large enough that the clamp acts
     g = reference.backward(res.saved, *r)
 
     leaves, entries = numpy_entries(torch, cell, opts, weights, mods.get("weight_mask"))
@@ -251,30 +245,7 @@ def test_kernels_match_reference(cell, opts, which, dtype, layout):
                 all=dict(grad_clip=0.08, **cases["all"]))[which]
     if which == "all":  # dilations of 2 and 4 (T = 7: the last folded step is padding)
         mods = dict(mods, dilation=[2, 4][:L])
-    cast = lambda a: None if a is None else np.asarray(a, dtype)
-    fmods = {k: ([cast(a) for a in v] if k == "weight_mask" else cast(v) if k.endswith("mask") else v)
-             for k, v in mods.items()}
-    wts = [tuple(cast(a) for a in w) for w in weights]
-    res = fastrnn.forward(cell, cast(x), wts, cast(h0), cast(c0), lengths=lengths, bidirectional=bi, training=True,
-                          **opts, **fmods)
-    # the reference runs on float64 casts of the same (float32) data
-    up = lambda a: None if a is None else np.asarray(a, np.float64)
-    rmods = {k: ([up(a) for a in v] if k == "weight_mask" else up(v) if k.endswith("mask") else v)
-             for k, v in fmods.items()}
-    ref = reference.forward(cell, up(cast(x)), [tuple(up(a) for a in w) for w in wts], up(cast(h0)), up(cast(c0)),
-                            lengths=lengths, bidirectional=bi, **opts, **rmods)
-    for name in ("output", "h_n", "c_n"):
-        assert_close(getattr(res, name), getattr(ref, name), dtype, name)
-    r = _loss_weights(ref, 9)
-    got = fastrnn.backward(res.saved, cast(r[0]), cast(r[1]), cast(r[2]))
-    want = reference.backward(ref.saved, *r)
-    for name in ("dx", "dh0", "dc0"):
-        assert_close(getattr(got, name), getattr(want, name), dtype, name)
-    names = ["dW_ih", "dW_hh", "db_ih", "db_hh"] + (["dW_ch"] if opts.get("peephole") else [])
-    for k in range(L * D):
-        assert len(got.dweights[k]) == len(names)
-        for j, nm in enumerate(names):
-            assert_close(got.dweights[k][j], want.dweights[k][j], dtype, f"{nm}[{k}]")
+    check_modified_kernels(cell, x, weights, h0, c0, mods, dtype, lengths=lengths, bidirectional=bi, opts=opts)
 
 
 @pytest.mark.parametrize("opts", LSTM_VARIANTS, ids=_ids([("lstm", o) for o in LSTM_VARIANTS]))
@@ -350,7 +321,7 @@ def test_numpy_api_dilation_with_a_variant_and_batch_first():
     ref = reference.forward("lstm", xb, weights, h0, c0, **kw)
     for name in ("output", "h_n", "c_n"):
         assert_close(getattr(res, name), getattr(ref, name), np.float64, name)
-    r = _loss_weights(ref, 1)
+    r = loss_weights(ref, 1)
     got, want = fastrnn.backward(res.saved, *r), reference.backward(ref.saved, *r)
     for name in ("dx", "dh0", "dc0"):
         assert_close(getattr(got, name), getattr(want, name), np.float64, name)

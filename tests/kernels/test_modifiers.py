@@ -23,18 +23,10 @@ from fastrnn import reference
 from fastrnn.types import CELLS, GATES
 from tolerances import assert_close
 
-from helpers import reference_problem as make_problem, nn_drawn_masks, numeric_grad, torch_modified_loop, FD_ATOL, FD_RTOL
+from helpers import reference_problem as make_problem, check_modified_kernels, loss_weights, nn_drawn_masks, numeric_grad, torch_modified_loop, FD_ATOL, FD_RTOL
 
 T, B, I, H = 5, 3, 3, 2
 RAGGED = np.array([5, 2, 4])
-
-
-def _loss_weights(res, seed):
-    rng = np.random.default_rng(seed)
-    r_out = rng.standard_normal(res.output.shape)
-    r_h = rng.standard_normal(res.h_n.shape)
-    r_c = None if res.c_n is None else rng.standard_normal(res.c_n.shape)
-    return r_out, r_h, r_c
 
 
 def _masks(cell, L, D, seed, t=T, b=B, h=H, p=0.4):
@@ -55,7 +47,7 @@ def _check_fd(cell, num_layers, bidirectional, lengths, **mods):
     weights = [tuple(np.array(a) for a in w) for w in weights]
     kw = dict(lengths=lengths, bidirectional=bidirectional, **mods)
     res = reference.forward(cell, x, weights, h0, c0, **kw)
-    r_out, r_h, r_c = _loss_weights(res, 7)
+    r_out, r_h, r_c = loss_weights(res, 7)
 
     def loss():
         o = reference.forward(cell, x, weights, h0, c0, training=False, **kw)
@@ -143,7 +135,7 @@ def test_clamped_bptt_matches_torch_hooks(cell, extra):
     ref_kw = {("zoneout_mask" if k == "zoneout" else "zoneout_cell_mask" if k == "zoneout_cell" else k): v
               for k, v in kw.items()}
     res = reference.forward(cell, x, weights, h0, c0, **ref_kw)
-    r = _loss_weights(res, 11)
+    r = loss_weights(res, 11)
     r = (3 * r[0], 3 * r[1], None if r[2] is None else 3 * r[2])  # large enough that the clamp acts
     g = reference.backward(res.saved, *r)
     (y, hn), leaf_grads, wgrads = _torch_grads(torch, cell, x, weights, h0, c0, r, **kw)
@@ -183,28 +175,7 @@ def test_kernels_match_reference(cell, which, dtype, layout):
             "zoneout": zone, "zoneout_eval": zone_eval, "zoneout_clip": dict(grad_clip=0.05, **zone),
             "all": dict(grad_clip=0.08, recurrent_mask=m["recurrent_mask"], weight_mask=m["weight_mask"],
                         dilation=[2, 4][:L], **zone)}[which]
-    cast = lambda a: None if a is None else np.asarray(a, dtype)
-    fmods = {k: ([cast(a) for a in v] if k == "weight_mask" else cast(v) if k.endswith("mask") else v)
-             for k, v in mods.items()}
-    wts = [tuple(cast(a) for a in w) for w in weights]
-    res = fastrnn.forward(cell, cast(x), wts, cast(h0), cast(c0), lengths=lengths, bidirectional=bi, training=True,
-                          **fmods)
-    # the reference runs on float64 casts of the same (float32) data
-    up = lambda a: None if a is None else np.asarray(a, np.float64)
-    rmods = {k: ([up(a) for a in v] if k == "weight_mask" else up(v) if k.endswith("mask") else v)
-             for k, v in fmods.items()}
-    ref = reference.forward(cell, up(cast(x)), [tuple(up(a) for a in w) for w in wts], up(cast(h0)), up(cast(c0)),
-                            lengths=lengths, bidirectional=bi, **rmods)
-    for name in ("output", "h_n", "c_n"):
-        assert_close(getattr(res, name), getattr(ref, name), dtype, name)
-    r = _loss_weights(ref, 9)
-    got = fastrnn.backward(res.saved, cast(r[0]), cast(r[1]), cast(r[2]))
-    want = reference.backward(ref.saved, *r)
-    for name in ("dx", "dh0", "dc0"):
-        assert_close(getattr(got, name), getattr(want, name), dtype, name)
-    for k in range(L * D):
-        for j, nm in enumerate(("dW_ih", "dW_hh", "db_ih", "db_hh")):
-            assert_close(got.dweights[k][j], want.dweights[k][j], dtype, f"{nm}[{k}]")
+    check_modified_kernels(cell, x, weights, h0, c0, mods, dtype, lengths=lengths, bidirectional=bi)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -219,7 +190,7 @@ def test_kernels_dilation_short_sequences_and_batch_first(cell):
                             dilation=[4, 3])
     for name in ("output", "h_n", "c_n"):
         assert_close(getattr(res, name), getattr(ref, name), np.float64, name)
-    r = _loss_weights(ref, 1)
+    r = loss_weights(ref, 1)
     got, want = fastrnn.backward(res.saved, *r), reference.backward(ref.saved, *r)
     for name in ("dx", "dh0", "dc0"):
         assert_close(getattr(got, name), getattr(want, name), np.float64, name)
