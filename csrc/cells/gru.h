@@ -8,7 +8,9 @@
 
 namespace fastrnn {
 
-struct GruCell {
+// What both GRU specs declare alike: PyTorch's gate blocks (r, z, n), one state (h), the four
+// gate parameters.
+struct GruDeclarations {
   static constexpr CellKind kKind = CellKind::Gru;
   static constexpr const char* kName = "gru";
 
@@ -23,6 +25,9 @@ struct GruCell {
 
   static constexpr const ParamDecl* kParams = kGateParams;
   static constexpr int kNumParams = 4;
+};
+
+struct GruCell : GruDeclarations {
   static constexpr int kUnitRows = 0;  // no per-unit parameters
   static constexpr bool kIsVariant = false;
 
@@ -91,22 +96,9 @@ namespace fastrnn {
 // Pointwise<1> (dn, dz, the z*dh bypass), part 2's backward (dL/d(r*h) = dG_n W_hn), Pointwise<0>
 // (dr = dL/d(r*h) * h * r(1-r), dh_prev += dL/d(r*h) * r), part 1's backward (dh_prev += dG_rz W_hrz).
 // Saved per unit: r, z, n. Between the phases of a step: r and z (ForwardRow::between).
-struct GruResetBefore {
-  static constexpr CellKind kKind = CellKind::Gru;
-  static constexpr const char* kName = "gru";
+struct GruResetBefore : GruDeclarations {
   static constexpr bool kIsVariant = true;
 
-  struct Gate {
-    enum : int { r, z, n, count };
-  };
-  static constexpr int kGates = Gate::count;
-  static constexpr const char* kGateNames[kGates] = {"r", "z", "n"};
-
-  static constexpr int kStates = 1;
-  static constexpr StateDecl kStateDecls[kStates] = {{"h", Width::Hidden}};
-
-  static constexpr const ParamDecl* kParams = kGateParams;
-  static constexpr int kNumParams = 4;
   static constexpr int kUnitRows = 0;
 
   struct Saved {
