@@ -304,6 +304,11 @@ int get_num_threads();
 // fastrnn.empty_cache(): frees every thread's kept scratch blocks; and the bytes they keep now.
 void empty_cache();
 size_t scratch_cache_bytes();
+// Memory for a training call's reserve from the calling thread's scratch cache (the kept blocks of
+// 1 MB or more that fastrnn.empty_cache frees), 64-byte aligned, not zero-filled; `bytes` becomes
+// the block's size, which give_reserve_block takes back (on any thread) into that thread's cache.
+void* take_reserve_block(size_t& bytes);
+void give_reserve_block(void* p, size_t bytes);
 // The least recurrent work per step and thread worth a parallel region (FASTRNN_MIN_STEP_FLOPS).
 int64 min_step_flops();
 }  // namespace cpu

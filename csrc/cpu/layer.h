@@ -183,6 +183,17 @@ class ScratchAllocError : public std::bad_alloc {
   std::string message_;
 };
 
+// A block of `bytes` rounded up to a multiple of 64 (`bytes` becomes the block's size), 64-byte
+// aligned, not zero-filled: one this thread's ScratchCache kept, or a new one. Give it back with
+// ScratchCache::local().give(p, bytes), on any thread.
+inline void* take_scratch_block(size_t& bytes, const char* what) {
+  bytes = (bytes + 63) / 64 * 64;
+  void* p = ScratchCache::local().take(bytes);
+  if (!p) p = std::aligned_alloc(64, bytes);
+  if (!p) throw ScratchAllocError(bytes, what);
+  return p;
+}
+
 // Scratch memory of n elements of T, 64-byte aligned (packed panels and rows start on cache lines)
 // and NOT zero-filled: every element the kernels read is written first, and clearing would be a
 // whole extra pass over buffers of T*B*G*H elements (std::vector<T>(n) spent 5-9 % of a forward
@@ -192,11 +203,8 @@ template <class T> class Scratch {
  public:
   explicit Scratch(int64 n, const char* what = "a scratch buffer") {
     if (n <= 0) return;
-    bytes_ = (size_t(checked_mul(n, int64(sizeof(T)), what)) + 63) / 64 * 64;
-    void* p = ScratchCache::local().take(bytes_);
-    if (!p) p = std::aligned_alloc(64, bytes_);
-    if (!p) throw ScratchAllocError(bytes_, what);
-    p_ = static_cast<T*>(p);
+    bytes_ = size_t(checked_mul(n, int64(sizeof(T)), what));
+    p_ = static_cast<T*>(take_scratch_block(bytes_, what));
   }
   ~Scratch() {
     if (p_) ScratchCache::local().give(p_, bytes_);

@@ -73,6 +73,8 @@ void empty_cache() {
 #endif
 }
 size_t scratch_cache_bytes() { return ScratchCache::cached_bytes(); }
+void* take_reserve_block(size_t& bytes) { return take_scratch_block(bytes, "the training reserve"); }
+void give_reserve_block(void* p, size_t bytes) { ScratchCache::local().give(p, bytes); }
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
 int get_num_threads() { return num_threads(); }

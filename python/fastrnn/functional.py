@@ -498,7 +498,9 @@ def _plain_forward(cell, xt, weights, h0, c0, lengths, H, L, bidirectional, trai
     cn = np.empty(state_shape, xt.dtype) if carries_cell_state(cell) else None
     reserve = None
     if training:
-        reserve = np.empty(_core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional, **options), xt.dtype)
+        size = _core.reserve_size(_CELL_ID[cell], T, B, I, H, L, bidirectional, **options)
+        # memory the kernels' scratch cache keeps once the reserve is freed (ops.py's _new_reserve)
+        reserve = _core.reserve_buffer(size * xt.dtype.itemsize).view(xt.dtype)
     # a training forward keeps h~ / c~ of every zoned-out step for the cell's backward
     seeded_p = (0.0, 0.0) if mask_seed is None else (mask_seed[2], mask_seed[3] if cn is not None else 0.0)
     pre = [np.empty((L * D, T, B, H), xt.dtype) if (training and (z is not None or p > 0)) else None

@@ -435,7 +435,8 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
     zoneout_h, zoneout_c = _contiguous(zoneout_h), _contiguous(zoneout_c)
     weights = [w.contiguous() for w in weights]
     zoned = _zoned(zoneout_h, zoneout_c, mask_seed)
-    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, sum(zoned))
+    y, hn, cn, reserve = _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, sum(zoned),
+                                          kept=True)
     forward, _ = _entry_points(x)
     T, B, I = x.shape
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
@@ -495,9 +496,23 @@ def _modifier_args(recurrent_mask: Optional[Tensor], grad_clip: Optional[float],
     return args
 
 
-def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned=0):
-    """The four outputs, allocated (also the fake implementation's shapes). The kernels write every
-    element of each, dead (past-the-end) rows of the reserve included."""
+def _new_reserve(x: Tensor, shape: tuple, kept: bool) -> Tensor:
+    """An uninitialised reserve of `shape` and x's dtype. kept (the kernels' own calls on CPU
+    tensors): in memory the kernels' scratch cache takes back when the tensor is freed and hands
+    to a later call (fastrnn.empty_cache frees it), since a reserve above glibc's mmap threshold
+    (32 MB at most) was mapped afresh on every call and its page faults took ~40 % of a
+    layer-normalised LSTM's training forward. Else (fake tensors, other devices): x.new_empty."""
+    if not kept or x.device.type != "cpu":
+        return x.new_empty(shape)
+    count = 1
+    for n in shape:
+        count *= n
+    return torch.from_numpy(_core.reserve_buffer(count * x.element_size())).view(x.dtype).view(shape)
+
+
+def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, zoned=0, kept=False):
+    """The four outputs, allocated (also the fake implementation's shapes; kept: _new_reserve's).
+    The kernels write every element of each, dead (past-the-end) rows of the reserve included."""
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     state = (num_layers * D, B, hidden_size)
@@ -506,7 +521,7 @@ def _forward_outputs(x, cell, hidden_size, num_layers, bidirectional, training, 
     hn = x.new_empty((num_layers * D, B, HW))
     cn = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional, zoned)
-    reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
+    reserve = _new_reserve(x, (T, B, R), kept) if training else x.new_empty((0,))
     return y, hn, cn, reserve
 
 
@@ -565,7 +580,8 @@ def _rnn_forward_packed_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Te
     _check_shapes(x, weights, per_entry, hidden_size, num_layers, bidirectional, cell, packed=(T, B), h0=h0, c0=c0)
     x, h0, c0 = x.contiguous(), _contiguous(h0), _contiguous(c0)
     weights = [w.contiguous() for w in weights]
-    y, hn, cn, reserve = _forward_packed_outputs(x, T, B, cell, hidden_size, num_layers, bidirectional, training)
+    y, hn, cn, reserve = _forward_packed_outputs(x, T, B, cell, hidden_size, num_layers, bidirectional, training,
+                                                 kept=True)
     N, I = x.shape
     _core.forward_ptrs(_CELL_ID[base], _PTR_DTYPES[x.dtype], T, B, I, hidden_size, num_layers, bidirectional,
                        x.data_ptr(), _grouped_ptrs(weights, per_entry), _ptr(h0), _ptr(c0), 0, y.data_ptr(),
@@ -574,9 +590,9 @@ def _rnn_forward_packed_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Te
     return y, hn, cn, reserve
 
 
-def _forward_packed_outputs(x, T, B, cell, hidden_size, num_layers, bidirectional, training):
+def _forward_packed_outputs(x, T, B, cell, hidden_size, num_layers, bidirectional, training, kept=False):
     """rnn_forward_packed's four outputs, allocated: y [N, D*H], hn, cn [L*D, B, H], reserve [T, B, R]
-    (projected: y [N, D*P], hn [L*D, B, P])."""
+    (projected: y [N, D*P], hn [L*D, B, P]; kept: _new_reserve's)."""
     D = 2 if bidirectional else 1
     state = (num_layers * D, B, hidden_size)
     HW = _h_size(cell, hidden_size)
@@ -584,7 +600,7 @@ def _forward_packed_outputs(x, T, B, cell, hidden_size, num_layers, bidirectiona
     hn = x.new_empty((num_layers * D, B, HW))
     cn = x.new_empty(state) if carries_cell_state(split_cell(cell)[0]) else x.new_empty((0,))
     R = _reserve_per_row(cell, hidden_size, num_layers, bidirectional)
-    reserve = x.new_empty((T, B, R)) if training else x.new_empty((0,))
+    reserve = _new_reserve(x, (T, B, R), kept) if training else x.new_empty((0,))
     return y, hn, cn, reserve
 
 

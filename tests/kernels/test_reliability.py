@@ -388,6 +388,43 @@ def test_thread_cache_freed_at_thread_end_and_pool_caches_emptied():
         fastrnn.set_num_threads(before)
 
 
+def test_training_reserve_memory_is_kept_for_the_next_call():
+    # A training call's reserve (NumPy API and the torch op alike) lies in memory the scratch cache
+    # takes back when the reserve is freed, so the next call of that size runs on the same block
+    # instead of freshly mapped pages; what the block held before changes no result.
+    torch = pytest.importorskip("torch")
+    import fastrnn.ops  # noqa: F401  (registers torch.ops.fastrnn)
+    T, B, I, H = 50, 16, 8, 64  # an LSTM reserve of 6 values per unit and row: 1.2 MB, above the cache's 1 MB
+    p = make_problem("lstm", np.float32, 1, False, T, B, I, H, seed=3)
+    x, w = p["x"], p["weights"]
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        fastrnn.empty_cache()
+        first = fastrnn.forward("lstm", x, w, training=True)
+        block, nbytes = first.saved.reserve.ctypes.data, first.saved.reserve.nbytes
+        assert nbytes >= 2**20, "the reserve is below the cache's smallest block: the test tests nothing"
+        expected = digest(named(first, fastrnn.backward(first.saved, p["dy"])))
+        del first
+        assert fastrnn._core.scratch_cache_bytes() >= nbytes
+        again = fastrnn.forward("lstm", x, w, training=True)
+        assert again.saved.reserve.ctypes.data == block, "the freed reserve's block was not reused"
+        assert digest(named(again, fastrnn.backward(again.saved, p["dy"]))) == expected
+        del again
+        tx, tw = torch.from_numpy(x), [torch.from_numpy(a) for a in w[0]]
+        y, hn, cn, reserve = torch.ops.fastrnn.rnn_forward(tx, tw, None, None, None, "lstm", H, 1, False, True)
+        assert reserve.data_ptr() == block and reserve.shape[:2] == (T, B) and reserve.dtype == torch.float32
+        plain = fastrnn.forward("lstm", x, w)
+        for got, want in ((y, plain.output), (hn, plain.h_n), (cn, plain.c_n)):
+            np.testing.assert_array_equal(got.numpy(), want)
+        del reserve
+        assert fastrnn._core.scratch_cache_bytes() >= nbytes
+        fastrnn.empty_cache()
+        assert fastrnn._core.scratch_cache_bytes() == 0
+    finally:
+        fastrnn.set_num_threads(before)
+
+
 # ---- 11. determinism ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("threads", [1, 2])
 def test_same_thread_count_is_bitwise_deterministic(threads):
