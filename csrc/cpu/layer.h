@@ -274,12 +274,22 @@ inline bool few_rows_kernels(int64 GH, int64 in_size, int64 H, size_t elem) {
   return checked_mul(checked_mul(GH, in_size + H, "weights"), int64(elem), "weights") >= kRowsKernelMinBytes;
 }
 
-// How a call's products run, chosen ONCE per call (forward and backward alike) from its rows and
-// the size of its weights: packed panels from kPackMinRows rows in all; below, straight from the
-// weights' rows with rows_gemm.h's kernels for large weights, the BLAS for small ones.
+// A one-step call (T = 1: a cell stepped from Python, one decoder step) reads each weight once, so
+// packing them is a second pass over W that nothing amortises: such calls with 32/64-bit weights
+// keep the few-rows path below this many rows (16-bit storage keeps kPackMinRows: its packed path
+// has the 16-bit dot-product kernels). Measured one step, 1 thread (a loaded 2-core Zen 4, CPU time): LSTMCell
+// H = 512 B = 16 forward 1547 -> 1083 us float32, training 13.2 -> 8.0 ms float64; GRUCell
+// H = 512 B = 16 training 4.1 -> 2.4 ms float32; at B = 32 training 10-30 % faster for both (H =
+// 128 float32 about even, float64 faster); at B = 64 mixed, float64 slower, so packed from 32 on.
+constexpr int64 kOneStepPackMinRows = 32;
+
+// How a call's products run, chosen ONCE per call (forward and backward alike) from its steps,
+// rows and the size of its weights: packed panels from kPackMinRows rows in all (`one_step`, a T = 1
+// call with native weights: kOneStepPackMinRows); below, straight from the weights' rows with rows_gemm.h's kernels for large
+// weights, the BLAS for small ones.
 enum class ProductPath { Packed, FewRowsOwn, FewRowsBlas };
-inline ProductPath product_path(int64 TB, int64 GH, int64 in_size, int64 H, size_t elem) {
-  if (TB >= kPackMinRows) return ProductPath::Packed;
+inline ProductPath product_path(bool one_step, int64 TB, int64 GH, int64 in_size, int64 H, size_t elem) {
+  if (TB >= (one_step ? kOneStepPackMinRows : kPackMinRows)) return ProductPath::Packed;
   return few_rows_kernels(GH, in_size, H, elem) ? ProductPath::FewRowsOwn : ProductPath::FewRowsBlas;
 }
 

@@ -949,18 +949,19 @@ def cell_step(cell: str, x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_
     gradients bit for bit; or None where this path
     does not serve the call (torch.compile, tracing, dispatch modes, transforms, forward-mode AD,
     subclasses, non-CPU or non-float32/64 tensors, mixed dtypes, non-contiguous weights, empty
-    batches, shapes that do not fit) and the caller must take the op (which raises for bad input).
-    The caller has checked x's and the states' shapes against the module's sizes."""
+    batches, shapes that do not fit) and the caller must take the op (which raises for bad input)."""
+    # Every check is a tensor attribute read (~30-60 ns); their order puts the ones that decide
+    # most often first, and nothing is computed twice (the Function gets B, I, H and the cell).
     if not _EAGER_PATH or _forward_ad._current_level >= 0 or not _plain_eager(x, h, c, w_ih, w_hh, b_ih, b_hh):
         return None
     dtype = x.dtype
     f64 = _CELL_STEP_DTYPES.get(dtype)
-    if f64 is None or x.dim() != 2 or w_hh.dim() != 2 or not x.is_cpu:
+    info = TABLE.get(cell)
+    if f64 is None or info is None or x.dim() != 2 or w_hh.dim() != 2 or not x.is_cpu:
         return None
     B, I = x.shape
     GH, H = w_hh.shape
-    info = TABLE.get(cell)
-    if info is None or B < 1 or GH != info.gates * H or w_ih.shape != (GH, I):
+    if B < 1 or GH != info.gates * H or w_ih.shape != (GH, I):
         return None
     bias = b_ih is not None
     if bias != (b_hh is not None) or (bias and (b_ih.shape != (GH,) or b_hh.shape != (GH,))):
@@ -969,87 +970,81 @@ def cell_step(cell: str, x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_
         if t is not None and (t.dtype != dtype or not t.is_cpu or not t.is_contiguous()):
             return None
     lstm = info.carries_cell_state
-    if (c is not None and not lstm) or _bad_state(h, B, H, dtype) or _bad_state(c, B, H, dtype):
+    for t in (h, c):
+        if t is not None and (t.dtype != dtype or not t.is_cpu or t.shape != (B, H)):
+            return None
+    if c is not None and not lstm:
         return None
-    cell_id = info.id
-    if torch.is_grad_enabled():
-        for t in (x, h, c, w_ih, w_hh, b_ih, b_hh):
-            if t is not None and t.requires_grad:
-                return _cell_step_apply(cell_id, f64, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    config = (info.id, f64, B, I, H, lstm, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or w_ih.requires_grad or w_hh.requires_grad
+                                    or (h is not None and h.requires_grad) or (c is not None and c.requires_grad)
+                                    or (bias and (b_ih.requires_grad or b_hh.requires_grad))):
+        return _cell_step_apply(config, x, h, c, w_ih, w_hh, b_ih, b_hh)
     # inference: nothing to save
-    x = x.contiguous()  # held in names: their memory must outlive the call
-    h = None if h is None else h.contiguous()
-    c = None if c is None else c.contiguous()
-    h_out = torch.empty(B, H, dtype=dtype)
-    c_out = torch.empty(B, H, dtype=dtype) if lstm else None
+    out = _cell_forward(config, x.contiguous(), None if h is None else h.contiguous(),
+                        None if c is None else c.contiguous(), w_ih, w_hh, b_ih, b_hh, None)
+    return out if lstm else out[0]
+
+
+def _cell_forward(config, x, h, c, w_ih, w_hh, b_ih, b_hh, reserve):
+    """_core.cell_forward on contiguous x, h, c: returns (h', c') (c' None without a cell state). The
+    callers hold x, h, c and reserve in names, so their memory outlives the call."""
+    cell_id, f64, B, I, H, lstm, bias = config
+    h_out = torch.empty(B, H, dtype=x.dtype)
+    c_out = torch.empty(B, H, dtype=x.dtype) if lstm else None
     _core.cell_forward(cell_id, f64, B, I, H, x.data_ptr(), 0 if h is None else h.data_ptr(),
                        0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
                        b_ih.data_ptr() if bias else 0, b_hh.data_ptr() if bias else 0, h_out.data_ptr(),
-                       c_out.data_ptr() if lstm else 0, 0)
-    return (h_out, c_out) if lstm else h_out
+                       c_out.data_ptr() if lstm else 0, 0 if reserve is None else reserve.data_ptr())
+    return h_out, c_out
 
 
 _forward_ad = torch.autograd.forward_ad
 
 
-def _bad_state(t: Optional[Tensor], B: int, H: int, dtype) -> bool:
-    return t is not None and (t.dtype != dtype or not t.is_cpu or t.shape != (B, H))
-
-
 class _CellStep(torch.autograd.Function):
     """cell_step with autograd. The classic forward(ctx, ...) form: Function.apply binds the
     arguments to forward's signature with inspect on every call once setup_context is defined
-    (~20 us); torch.func's transforms, which need that form, never reach this Function."""
+    (~20 us); torch.func's transforms, which need that form, never reach this Function.
+    ``config`` = (cell id, f64, B, I, H, carries c, bias), from cell_step's checks."""
 
     @staticmethod
-    def forward(ctx, cell_id, f64, x, h, c, w_ih, w_hh, b_ih, b_hh):
-        B, I = x.shape
-        H = w_hh.shape[1]
-        dtype = x.dtype
-        lstm = _CELL_BY_ID[cell_id].carries_cell_state
-        xc = x.contiguous()  # held in names: their memory must outlive the call
-        hc = None if h is None else h.contiguous()
-        cc = None if c is None else c.contiguous()
-        h_out = torch.empty(B, H, dtype=dtype)
-        c_out = torch.empty(B, H, dtype=dtype) if lstm else None
-        reserve = torch.empty(B * _cell_reserve_per_row(cell_id, H), dtype=dtype)
-        bias = b_ih is not None
-        _core.cell_forward(cell_id, f64, B, I, H, xc.data_ptr(), 0 if hc is None else hc.data_ptr(),
-                           0 if cc is None else cc.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
-                           b_ih.data_ptr() if bias else 0, b_hh.data_ptr() if bias else 0, h_out.data_ptr(),
-                           c_out.data_ptr() if lstm else 0, reserve.data_ptr())
-        # the tensors as given (their version counters guard against in-place changes before backward)
+    def forward(ctx, config, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        # x, h, c contiguous: made so once here and saved so, backward reads them as they are. A
+        # copy (a non-contiguous x, such as the client's column of a [B, T] batch) holds the
+        # forward's values; a contiguous tensor is itself, so its version counter still guards it.
+        x = x.contiguous()
+        h = None if h is None else h.contiguous()
+        c = None if c is None else c.contiguous()
+        reserve = torch.empty(config[2] * _cell_reserve_per_row(config[0], config[4]), dtype=x.dtype)
+        h_out, c_out = _cell_forward(config, x, h, c, w_ih, w_hh, b_ih, b_hh, reserve)
         ctx.save_for_backward(x, h, c, w_ih, w_hh, b_ih, b_hh, reserve)
-        ctx.config = (cell_id, f64, B, I, H)
+        ctx.config = config
         ctx.set_materialize_grads(False)
-        return (h_out, c_out) if lstm else h_out
+        return (h_out, c_out) if config[5] else h_out
 
     @staticmethod
     def backward(ctx, dh, dc=None):
         x, h, c, w_ih, w_hh, b_ih, b_hh, reserve = ctx.saved_tensors
-        cell_id, f64, B, I, H = ctx.config
-        dtype = x.dtype
+        config = ctx.config
+        cell_id, f64, B, I, H, lstm, bias = config
         if dh is None:
-            dh = torch.zeros((B, H), dtype=dtype)
+            dh = torch.zeros((B, H), dtype=x.dtype)
         if torch.is_grad_enabled() or not (w_ih.is_contiguous() and w_hh.is_contiguous()):
             # create_graph: through the op, whose own backward refuses double backward (and which
             # copies weights whose .data became non-contiguous since the forward)
-            return (None, None) + _cell_backward_through_op(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh, reserve, dh, dc)
-        _, _, need_x, need_h, need_c, need_wi, need_wh, need_bi, need_bh = ctx.needs_input_grad
-        x = x.contiguous()  # held in names: their memory must outlive the call
-        h = None if h is None else h.contiguous()
-        c = None if c is None else c.contiguous()
-        dh = dh.contiguous()
+            return (None,) + _cell_backward_through_op(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh, reserve, dh, dc)
+        _, need_x, need_h, need_c, need_wi, need_wh, need_bi, need_bh = ctx.needs_input_grad
+        dh = dh.contiguous()  # held in names: their memory must outlive the call
         dc = None if dc is None else dc.contiguous()
-        dx = torch.empty(B, I, dtype=dtype) if need_x else None
-        dh0 = torch.empty(B, H, dtype=dtype) if need_h else None
-        dc0 = torch.empty(B, H, dtype=dtype) if need_c else None
-        GH = w_hh.shape[0]
-        dw_ih = torch.empty(GH, I, dtype=dtype) if need_wi else None
-        dw_hh = torch.empty(GH, H, dtype=dtype) if need_wh else None
-        db_ih = torch.empty(GH, dtype=dtype) if need_bi else None
-        db_hh = torch.empty(GH, dtype=dtype) if need_bh else None
-        bias = b_ih is not None
+        # empty_like: the parameters' own layout (contiguous), so that AccumulateGrad takes them as .grad
+        dx = torch.empty_like(x) if need_x else None
+        dh0 = torch.empty_like(dh) if need_h else None
+        dc0 = torch.empty_like(dh) if need_c else None
+        dw_ih = torch.empty_like(w_ih) if need_wi else None
+        dw_hh = torch.empty_like(w_hh) if need_wh else None
+        db_ih = torch.empty_like(b_ih) if need_bi else None
+        db_hh = torch.empty_like(b_hh) if need_bh else None
         _core.cell_backward(cell_id, f64, B, I, H, x.data_ptr(), 0 if h is None else h.data_ptr(),
                             0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
                             b_ih.data_ptr() if bias else 0, b_hh.data_ptr() if bias else 0, reserve.data_ptr(),
@@ -1057,7 +1052,7 @@ class _CellStep(torch.autograd.Function):
                             0 if dh0 is None else dh0.data_ptr(), 0 if dc0 is None else dc0.data_ptr(),
                             0 if dw_ih is None else dw_ih.data_ptr(), 0 if dw_hh is None else dw_hh.data_ptr(),
                             0 if db_ih is None else db_ih.data_ptr(), 0 if db_hh is None else db_hh.data_ptr())
-        return None, None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
 # _CellStep.apply without Function.apply's Python wrapper (its functorch checks and dead-wrapper
@@ -1070,7 +1065,7 @@ _cell_step_apply = _raw_apply.__get__(_CellStep, _CellStep) if _raw_apply is not
 def _cell_backward_through_op(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh, reserve, dh, dc) -> tuple:
     """_CellStep's backward under create_graph: rnn_backward on the same saved values (the reserve
     of T = 1 has the op's layout), so that differentiating the gradients raises the op's clear error."""
-    cell_id, _, B, _, H = ctx.config
+    cell_id, _, B, _, H = ctx.config[:5]
     cell = _CELL_BY_ID[cell_id].name
     weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
     dx, dh0, dc0, dweights = torch.ops.fastrnn.rnn_backward(

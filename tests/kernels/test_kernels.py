@@ -76,13 +76,14 @@ def test_wide_input(cell, dtype):
     check_against_reference(p)
 
 
-@pytest.mark.parametrize("rows", [(2, 3), (1, 7), (1, 2)], ids=["T2-B3", "T1-B7", "T1-B2"])
+@pytest.mark.parametrize("rows", [(2, 3), (1, 7), (1, 2), (1, 23)], ids=["T2-B3", "T1-B7", "T1-B2", "T1-B23"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_few_rows_large_weights(cell, dtype, rows):
-    """T*B < 16 rows with weights of at least 2 MB per layer and direction: forward and backward take
-    rows_gemm.h's kernels there (csrc/cpu/layer.h, kRowsKernelMinBytes), the BLAS below (the
-    awkward sizes above). Odd sizes, so that every tile leaves a remainder (4-row tiles and a
+    """T*B < 16 rows (one-step calls: < 32, csrc/cpu/layer.h kOneStepPackMinRows) with weights of at
+    least 2 MB per layer and direction: forward and backward take rows_gemm.h's kernels there
+    (kRowsKernelMinBytes), the BLAS below (the awkward sizes above); T = 1, B = 23 also runs the
+    streamed dh/dx product in two passes of its 16-row blocks. Odd sizes, so that every tile leaves a remainder (4-row tiles and a
     3-row rest, the 2-row tile, K % 8 != 0, single rows of W); x scaled as in test_wide_input
     (sums of ~800 terms)."""
     T, B = rows

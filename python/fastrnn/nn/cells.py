@@ -87,6 +87,25 @@ class _CellBase(torch.nn.Module):
         """Checks (torch.nn's types) and one step of ``cell`` (a cell table name): input [B, I] or [I];
         states None or a tuple of [B, H] or [H] tensors (h, or (h, c) for the LSTM). Returns the new
         state tuple."""
+        if input.dim() == 2 and not (self.peephole or self.coupled or self.cell_clip is not None or self.layer_norm
+                                     or not self.reset_after) and input.shape[1] == self.input_size:
+            # The common call first: batched tensors, a base cell. ops.cell_step's own checks (the
+            # states' [B, H] and every dtype against the weights) cover torch.nn's remaining ones
+            # here; where it does not serve the call (or must raise), the checks below run.
+            has_c = TABLE[cell].carries_cell_state
+            h = c = None
+            if states is not None:
+                h = states[0]
+                c = states[1] if has_c else None
+            params = self._parameters  # a dict read; a parametrization or a hook: the attribute
+            w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
+            b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
+            if w_ih is None or w_hh is None or (self.bias and (b_ih is None or b_hh is None)):
+                w_ih, w_hh = self._param("weight_ih"), self._param("weight_hh")
+                b_ih, b_hh = (self._param("bias_ih"), self._param("bias_hh")) if self.bias else (None, None)
+            out = ops.cell_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh)
+            if out is not None:
+                return out if has_c else (out,)
         info = TABLE[cell]
         has_c = info.carries_cell_state
         if input.dim() not in (1, 2):
