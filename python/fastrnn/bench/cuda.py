@@ -428,6 +428,17 @@ def _with_switch(fn: Callable[[], object], value: str) -> Callable[[], object]:
     return call
 
 
+def persistent_plan(cell: str, H: int, B: int, T: int) -> dict:
+    """The CUDA kernels' plan for one float32 layer with FASTRNN_CUDA_PERSISTENT as set now (runs,
+    reason, blocks, units, k_slices, smem_bytes, ...), or why there is none (no CUDA build or device)."""
+    if not fastrnn.cuda_available():
+        return {"runs": False, "reason": "no CUDA kernels in this build"}
+    try:
+        return fastrnn._core.cuda.persistent_plan(cell_info(cell).id, "float32", T, B, H, H, 1, False)
+    except RuntimeError as e:  # no device
+        return {"runs": False, "reason": str(e)}
+
+
 def run_persistent_row(torch, H: int, B: int, mode: str, device, reps: int, min_sample_s: float,
                        cell: str = LSTM, T: int = PERSISTENT_T, seed: int = 0) -> dict:
     """One PERSISTENT_SIZES row: per-step, persistent and cuDNN timed interleaved (each fastrnn path
@@ -440,8 +451,7 @@ def run_persistent_row(torch, H: int, B: int, mode: str, device, reps: int, min_
     saved = os.environ.get(PERSISTENT_SWITCH)
     try:
         os.environ[PERSISTENT_SWITCH] = "1"
-        plan = fastrnn._core.cuda.persistent_plan(cell_info(cell).id, "float32", T, B, H, H, 1, False)
-        record["plan"] = plan
+        record["plan"] = persistent_plan(cell, H, B, T)
         inp = make_inputs(case, seed)
         ref, fast = make_modules(torch, case, inp, device)
         fast_run, fast_values = timed_calls(torch, case, inp, fast, device)
