@@ -12,7 +12,9 @@
 //   1. stage h_{t-1} [B, H] (the state type A) from global memory into shared memory (every block
 //      needs every unit of it; loads through L2, __ldcg, since other blocks wrote it);
 //   2. the product: output (b, r) = sum_k w_s[k][r] * h[b][k], its K range split into k_slices
-//      contiguous slices, one thread per (slice, b, r), each slice's sum in k order into shared memory;
+//      contiguous slices, one thread per (slice, group of kPersistentRows rows b, r) with a register
+//      accumulator per row (one load of w for several FMAs), each slice's sum in k order into shared
+//      memory;
 //   3. the cell: one thread per (b, unit) adds the slices' sums in slice order (+ b_hh), gathers gi
 //      and applies the cell spec exactly as forward_step_kernel does (same ForwardRow, same stores:
 //      y, the reserve's saved gates and c, hn/cn at the last step); h_t goes to the other half of a
@@ -51,6 +53,7 @@ namespace fastrnn::cuda {
 constexpr int kPersistentThreads = 256;
 constexpr int64 kPersistentMaxBatch = 32;  // FASTRNN_CUDA_PERSISTENT=auto: persistent up to this batch
 constexpr int64 kPersistentMinSlice = 16;  // the shortest K slice of the product worth a thread
+constexpr int kPersistentRows = 4;         // batch rows a thread of the product computes at once
 
 // The cells the persistent kernel runs: the base cells' fused step, without per-unit parameters.
 template <class Cell> constexpr bool kPersistentCell =
@@ -146,7 +149,8 @@ __global__ void __launch_bounds__(kPersistentThreads) persistent_forward_kernel(
     const int64 r = i / H, k = i % H, g = r / units, j = j0 + r % units;
     w_s[k * R + r] = j < H ? p.w_hh[(g * H + j) * H + k] : T(0);
   }
-  const int64 slice = (H + KS - 1) / KS, items = KS * B * R, pairs = B * units;
+  const int64 row_groups = (B + kPersistentRows - 1) / kPersistentRows;
+  const int64 slice = (H + KS - 1) / KS, items = KS * row_groups * R, pairs = B * units;
   for (int64 s = 0; s < p.T_; ++s) {
     const int64 t = p.reverse ? p.T_ - 1 - s : s;
     const A* h_cur = p.h_state + (s % 2) * B * H;
@@ -154,12 +158,22 @@ __global__ void __launch_bounds__(kPersistentThreads) persistent_forward_kernel(
     for (int64 i = tid; i < B * H; i += NT) h_s[i] = __ldcg(h_cur + i);
     __syncthreads();
     for (int64 i = tid; i < items; i += NT) {
-      const int64 r = i % R, b = (i / R) % B, ks = i / (R * B);
+      // kPersistentRows rows b0.. of gate row r over one K slice: one load of W for each row's FMA,
+      // independent accumulators; each row's sum still runs in k order
+      const int64 r = i % R, b0 = (i / R) % row_groups * kPersistentRows, ks = i / (R * row_groups);
       const int64 k_end = ks * slice + slice < H ? ks * slice + slice : H;
-      const A* hb = h_s + b * H;
-      A acc = A(0);
-      for (int64 k = ks * slice; k < k_end; ++k) acc += hb[k] * A(w_s[k * R + r]);
-      part[(ks * B + b) * R + r] = acc;
+      const int64 nrows = B - b0 < kPersistentRows ? B - b0 : kPersistentRows;
+      const A* hb = h_s + b0 * H;
+      A acc[kPersistentRows] = {};
+      for (int64 k = ks * slice; k < k_end; ++k) {
+        const A w = A(w_s[k * R + r]);
+#pragma unroll
+        for (int q = 0; q < kPersistentRows; ++q)
+          if (q < nrows) acc[q] += hb[q * H + k] * w;
+      }
+#pragma unroll
+      for (int q = 0; q < kPersistentRows; ++q)
+        if (q < nrows) part[(ks * B + b0 + q) * R + r] = acc[q];
     }
     __syncthreads();
     for (int64 i = tid; i < pairs; i += NT) {
@@ -247,7 +261,9 @@ template <class Cell, class T> PersistentPlan layer_persistent_plan(const RnnCon
     const int64 H = cfg.H, B = cfg.B;
     const int64 units = units_override ? std::min<int64>(units_override, H) : ceil_div(H, int64(std::max(sms, 1)));
     const int64 blocks = ceil_div(H, units), R = G * units;
-    const int64 k_slices = std::max<int64>(1, std::min(kPersistentThreads / (R * B), ceil_div(H, kPersistentMinSlice)));
+    const int64 row_groups = ceil_div(B, kPersistentRows);
+    const int64 k_slices =
+        std::max<int64>(1, std::min(kPersistentThreads / (R * row_groups), ceil_div(H, kPersistentMinSlice)));
     plan.units = int(units);
     plan.blocks = int(blocks);
     plan.k_slices = int(k_slices);
