@@ -20,6 +20,10 @@
 //            dy_ptr, dhn_ptr, dcn_ptr, dx_ptr, dh0_ptr, dc0_ptr, grad_ptrs, stream, allow_tf32=False,
 //            recurrent_mask_ptr=0, grad_clip=0.0, zoneout_h_ptr=0, zoneout_c_ptr=0, pre_h_ptr=0, pre_c_ptr=0,
 //            peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False, proj_size=0) -> None
+//   persistent_plan(cell, dtype, T, B, I, H, L, bidirectional, peephole=False, coupled=False, cell_clip=0.0,
+//                   reset_after=True, layer_norm=False) -> dict
+//                              whether forward's layers run on the persistent kernel now (persistent.cuh,
+//                              FASTRNN_CUDA_PERSISTENT) and why not; needs a device (RuntimeError without)
 //   device_count() -> int;  runtime_version() -> int;  driver_version() -> int   (e.g. 13000 = 13.0)
 //   cublas_status() -> str      ("cuBLAS <version> (<library>)", or why the own GEMM runs instead)
 //
@@ -152,6 +156,34 @@ void register_bindings(py::module_& m) {
 #endif
         },
         "Whether the large products run on cuBLAS (its version and library) or why they run on the own GEMM.");
+
+  m.def("persistent_plan",
+        [](int cell, const std::string& dtype, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional,
+           bool peephole, bool coupled, double cell_clip, bool reset_after, bool layer_norm) {
+          const auto c = make_config(cell, T, B, I, H, L, bidirectional, peephole, coupled, cell_clip, reset_after,
+                                     layer_norm, 0);
+          PersistentPlan plan;
+          dispatch_dtype(dtype, [&](auto tag) {
+            require_device();
+            plan = persistent_plan<decltype(tag)>(c);
+          });
+          py::dict d;
+          d["runs"] = plan.runs;
+          d["reason"] = plan.reason;
+          d["units"] = plan.units;
+          d["blocks"] = plan.blocks;
+          d["k_slices"] = plan.k_slices;
+          d["threads"] = plan.threads;
+          d["smem_bytes"] = plan.smem_bytes;
+          d["smem_limit"] = plan.smem_limit;
+          d["sms"] = plan.sms;
+          d["blocks_per_sm"] = plan.blocks_per_sm;
+          return d;
+        },
+        py::arg("cell"), py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("L"),
+        py::arg("bidirectional"), py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
+        py::arg("reset_after") = true, py::arg("layer_norm") = false,
+        "Whether forward runs its layers on the persistent small-batch kernel now, with its shape or why not.");
 
   m.def("reserve_size",
         [](int cell, int64 T, int64 B, int64 I, int64 H, int64 L, bool bidirectional, bool peephole, bool coupled,

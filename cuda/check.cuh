@@ -42,6 +42,23 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t strea
 #endif
   FASTRNN_LAUNCH_CHECK();
 }
+
+// A cooperative launch (every block co-resident, so that the kernel may use a grid-wide barrier,
+// cooperative_groups::this_grid().sync()) of a kernel taking one parameter struct, with `smem` bytes
+// of dynamic shared memory; checked. The caller has made sure the grid fits (persistent.cuh's plan):
+// otherwise the launch fails with cudaErrorCooperativeLaunchTooLarge. Under the emulator every block
+// runs at once on host threads.
+template <class P>
+void launch_cooperative(void (*kernel)(P), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const P& p) {
+#if defined(FASTRNN_CUDA_EMULATION)
+  (void)stream;
+  emu::run_cooperative(grid, block, smem, [&] { kernel(p); });
+#else
+  void* args[] = {const_cast<P*>(&p)};
+  FASTRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, args, smem, stream));
+#endif
+  FASTRNN_LAUNCH_CHECK();
+}
 #endif
 
 // n elements of T on the device, allocated and freed in the order of `stream`.

@@ -196,6 +196,8 @@ phase test_cuda_features 120 "$TESTS" "${PYTEST[@]}" tests/cuda/test_cuda_featur
 # layer norm's row kernels (cuda/layer_norm.cuh) and fastrnn.nn's layer_norm=True on CUDA tensors
 phase test_cuda_layer_norm 90 "$TESTS" "${PYTEST[@]}" tests/cuda/test_cuda_features.py -k "layer_norm" || FAIL=1
 phase test_nn_cuda 150 "$TESTS" "${PYTEST[@]}" tests/cuda/test_nn_cuda.py || FAIL=1
+# the persistent small-batch forward (cuda/persistent.cuh: cooperative launch, grid barrier per step)
+phase test_cuda_persistent 60 "$TESTS" "${PYTEST[@]}" tests/cuda/test_cuda_persistent.py || FAIL=1
 if [ $HAVE_GPU = 1 ]; then
   # (test_cuda.py's no-device test skips wherever a GPU is present, by design)
   grep "^SKIPPED" "$TESTS" | grep -v "a GPU is present" | sed "s|^|tests.log: SKIPPED ON A GPU MACHINE: |"
@@ -225,6 +227,10 @@ if [ $HAVE_GPU = 1 ] && command -v compute-sanitizer >/dev/null && [ "$(remainin
   phase memcheck_features 60 "$EXTRA" compute-sanitizer --tool memcheck --error-exitcode 9 "${PYTEST[@]}" -x \
     tests/cuda/test_cuda_features.py -k "variants_tile_edges or 16bit_variant or reset_before_tile_edges or layer_norm_tile_edges"
   optional $?
+  # the persistent kernel: its dynamic shared memory and the h exchange between blocks
+  phase memcheck_persistent 40 "$EXTRA" compute-sanitizer --tool memcheck --error-exitcode 9 "${PYTEST[@]}" -x \
+    tests/cuda/test_cuda_persistent.py -k "matches_reference and lstm and L2-bi-ragged-nostate"
+  optional $?
   # the row kernels' shared-memory reductions (partials, then thread 0's merge) between barriers
   phase racecheck_layer_norm 40 "$EXTRA" compute-sanitizer --tool racecheck --error-exitcode 9 "${PYTEST[@]}" -x \
     tests/cuda/test_cuda_features.py -k "layer_norm_tile_edges"
@@ -244,7 +250,7 @@ else
 fi
 if [ "$(remaining)" -gt 60 ]; then
   phase rest_of_suite 600 "$EXTRA" "${PYTEST[@]}" tests --ignore=tests/cuda/test_cuda.py --ignore=tests/cuda/test_nn_cuda.py \
-    --ignore=tests/cuda/test_cuda_features.py
+    --ignore=tests/cuda/test_cuda_features.py --ignore=tests/cuda/test_cuda_persistent.py
   optional $?
 else
   record rest_of_suite skipped "" 0 "too little time"

@@ -44,7 +44,8 @@
 // dtypes x forward/backward), and with them nvcc's time in CI.
 //
 // Every launch goes on the caller's stream; no step synchronises the device. One kernel launch per
-// step is the "large batch" path; the persistent small-batch kernel is planned (cuda/README.md).
+// step is the default path; the persistent small-batch forward (one cooperative launch for all
+// steps, persistent.cuh) runs instead where FASTRNN_CUDA_PERSISTENT selects it.
 #pragma once
 
 #include <utility>
@@ -481,9 +482,15 @@ inline dim3 step_grid(int64 B, int64 H) {
   return dim3(static_cast<unsigned>(ceil_div(H, kUnits)), static_cast<unsigned>(ceil_div(B, kRows)));
 }
 
+// The persistent small-batch forward (persistent.cuh): runs the whole layer and returns true where
+// FASTRNN_CUDA_PERSISTENT selects it and it fits the device, else returns false.
+template <class Cell, class T>
+bool persistent_layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a);
+
 template <class Cell, class T>
 void step_layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a) {
   static_assert(cuda_runs_step<Cell>(), "the CUDA step kernels run the fused or the split step (fused_step_phases)");
+  if (persistent_layer_forward<Cell>(stream, cfg, a)) return;
   constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplitStep = SpecTraits<Cell>::kResetH;
   if (kSplitStep && a.h_mask) throw ArgumentError("recurrent dropout is not implemented for the reset-before GRU");
   const int64 in_size = a.in_size, ldy = a.ldy;
@@ -610,3 +617,4 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwa
 }  // namespace fastrnn::cuda
 
 #include "layer_norm.cuh"
+#include "persistent.cuh"

@@ -40,7 +40,9 @@ using LstmPeepholeCoupled = LstmVariant<true, true>;
 // An explicit instantiation declaration (stack.cu) and definition (the generated units) of one pair.
 #define FASTRNN_CUDA_LAYER_EXTERN(Cell, T)                                                              \
   extern template void layer_forward<Cell, T>(cudaStream_t, const RnnConfig&, const LayerForwardArgs<T>&); \
-  extern template void layer_backward<Cell, T>(cudaStream_t, const RnnConfig&, const LayerBackwardArgs<T>&);
+  extern template void layer_backward<Cell, T>(cudaStream_t, const RnnConfig&, const LayerBackwardArgs<T>&); \
+  extern template PersistentPlan layer_persistent_plan<Cell, T>(const RnnConfig&, bool);
 #define FASTRNN_CUDA_LAYER_INSTANCE(Cell, T)                                                     \
   template void layer_forward<Cell, T>(cudaStream_t, const RnnConfig&, const LayerForwardArgs<T>&); \
-  template void layer_backward<Cell, T>(cudaStream_t, const RnnConfig&, const LayerBackwardArgs<T>&);
+  template void layer_backward<Cell, T>(cudaStream_t, const RnnConfig&, const LayerBackwardArgs<T>&); \
+  template PersistentPlan layer_persistent_plan<Cell, T>(const RnnConfig&, bool);

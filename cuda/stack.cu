@@ -43,6 +43,8 @@ void check_sizes(const RnnConfig& c) {
   check_grid(ceil_div(std::max(TB, GH), GemmShape::BM), ceil_div(std::max({GH, widest_in, c.H}), GemmShape::BN),
              "GEMM (T*B or G*H, G*H or input size)");
   check_grid(ceil_div(GH, kColSumCols), 1, "bias gradient (G*H)");
+  (void)persistent_mode();  // the switches' values (FASTRNN_CUDA_PERSISTENT, persistent.cuh), before any work
+  (void)persistent_units_override();
 }
 
 // The stack's CUDA back end (the interface is described in csrc/stack.h): everything on `stream`.
@@ -93,6 +95,27 @@ template <class T> void backward(const RnnConfig& c, const BackwardArgs<T>& a, c
   check_sizes(c);
   stack_backward(CudaBackend{stream}, c, a);
 }
+
+template <class T> PersistentPlan persistent_plan(const RnnConfig& c) {
+  check_sizes(c);
+  return dispatch_cell(c.cell, c.options, [&](auto cell) {
+    using Cell = decltype(cell);
+    if constexpr (!cuda::cuda_runs_step<Cell>()) {
+      PersistentPlan plan;
+      plan.reason = "this cell does not run on the CUDA kernels";
+      return plan;
+    } else {
+      return layer_persistent_plan<Cell, T>(c, false);
+    }
+  });
+}
+
+template PersistentPlan persistent_plan<float>(const RnnConfig&);
+template PersistentPlan persistent_plan<double>(const RnnConfig&);
+#if defined(FASTRNN_CUDA_HALF)
+template PersistentPlan persistent_plan<__half>(const RnnConfig&);
+template PersistentPlan persistent_plan<__nv_bfloat16>(const RnnConfig&);
+#endif
 
 template void forward<float>(const RnnConfig&, const ForwardArgs<float>&, cudaStream_t);
 template void forward<double>(const RnnConfig&, const ForwardArgs<double>&, cudaStream_t);

@@ -5,6 +5,7 @@ very code that builds the two modules, checks fastrnn against torch.nn, times an
 so that the first run on a GPU cannot fail on a slip in it. On a GPU, a tiny end-to-end run.
 """
 import json
+import os
 import time
 
 import numpy as np
@@ -178,3 +179,33 @@ def test_extras_cover_the_cuda_features():
             "grad_clip"} <= options
     assert {c for _, c, kw, _, _ in bench_cuda.EXTRAS if kw.get("layer_norm")} == {"lstm", "gru"}
     assert {d for _, _, _, d, b in bench_cuda.EXTRAS if b == "cudnn"} == {"bfloat16", "float16"}
+
+
+@pytest.mark.parametrize("mode", bench_cuda.GPU_MODES)
+def test_persistent_row_on_cpu_checks_times_and_formats(mode, host_events):
+    """The quick run's persistent table (per-step, persistent and cuDNN) runs on the CPU too (both
+    fastrnn paths are then the CPU kernels): checked against torch.nn, timed, formatted; the switch
+    is restored afterwards."""
+    before = os.environ.get(bench_cuda.PERSISTENT_SWITCH)
+    row = bench_cuda.run_persistent_row(torch, 6, 3, mode, torch.device("cpu"), reps=2, min_sample_s=0.001, T=4)
+    assert os.environ.get(bench_cuda.PERSISTENT_SWITCH) == before
+    assert "error" not in row, row.get("error")
+    assert row["max_abs_diff"] < 1e-5 and set(row["impls"]) == {"per-step", "persistent", "torch"}
+    assert row["persistent_vs_per_step"] == pytest.approx(
+        row["impls"]["per-step"]["median_ms"] / row["impls"]["persistent"]["median_ms"])
+    assert row["plan"]["runs"] is False and row["plan"]["reason"]
+    line = bench_cuda.format_persistent_row(row)
+    assert line.count("|") == bench_cuda.PERSISTENT_HEAD.splitlines()[0].count("|") and "per-step: " in line
+    planned = {**row, "plan": {"runs": True, "blocks": 128, "units": 8, "k_slices": 8, "smem_bytes": 160 * 1024}}
+    assert "128 blocks x 8 units, 8 K slices, 160 KiB" in bench_cuda.format_persistent_row(planned)
+    text = bench_cuda.format_persistent({"persistent": [row, {**row, "impls": {}, "error": "VERIFICATION FAILED: x"}],
+                                         "persistent_not_run": 3})
+    assert "Persistent small-batch forward" in text and "VERIFICATION FAILED" in text
+    assert "3 persistent case(s) not run" in text
+
+
+def test_persistent_sizes_cover_the_crossover():
+    """B in {1, 4, 8} x H in {256, 512, 1024} at T = 100 in inference, and a few training rows."""
+    inference = {(H, B) for H, B, mode in bench_cuda.PERSISTENT_SIZES if mode == "inference"}
+    assert inference == {(H, B) for H in (256, 512, 1024) for B in (1, 4, 8)} and bench_cuda.PERSISTENT_T == 100
+    assert 0 < sum(mode == "training" for _, _, mode in bench_cuda.PERSISTENT_SIZES) <= 3

@@ -292,6 +292,19 @@ def test_bad_arguments(overrides, error, message):
 
 
 @with_cuda_build
+def test_persistent_plan_argument_errors():
+    """persistent_plan (cuda/persistent.cuh's plan, tests/cuda/test_cuda_persistent.py) checks its
+    arguments like forward, before it needs a device; without one it is a RuntimeError."""
+    with pytest.raises(ValueError, match="dtype must be 'float32', 'float64'.*got 'int8'"):
+        _core.cuda.persistent_plan(2, "int8", 5, 3, 4, 6, 1, False)
+    with pytest.raises(ValueError, match="sizes must be >= 1"):
+        _core.cuda.persistent_plan(2, "float32", 5, 0, 4, 6, 1, False)
+    if _core.cuda.device_count() == 0:
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            _core.cuda.persistent_plan(2, "float32", 5, 3, 4, 6, 1, False)
+
+
+@with_cuda_build
 def test_backward_requires_reserve_and_matching_grads():
     args = {k: v for k, v in _ARGS.items() if k not in ("y_ptr", "hn_ptr", "cn_ptr", "stream")}
     grads = dict(dy_ptr=8, dhn_ptr=0, dcn_ptr=0, dx_ptr=8, dh0_ptr=8, dc0_ptr=8, stream=0)

@@ -405,6 +405,140 @@ def run_extras(torch, device, reps: int, min_sample_s: float, result: dict, t_st
 
 
 # ------------------------------------------------------------------------------------------------
+# The quick run's third table: the persistent small-batch forward against the per-step kernels
+# ------------------------------------------------------------------------------------------------
+# fastrnn's two CUDA forward paths (FASTRNN_CUDA_PERSISTENT=0: one fused kernel per step; 1: one
+# cooperative launch per layer x direction, cuda/persistent.cuh) and cuDNN, on the same LSTM layer in
+# one process: where the persistent kernel starts to lose (the crossover in B and H) decides the
+# `auto` heuristic. Forward (inference) at every size; training (the persistent forward, then the
+# per-step backward on its reserve) at H = 512.
+PERSISTENT_SWITCH = "FASTRNN_CUDA_PERSISTENT"
+PERSISTENT_T = 100
+PERSISTENT_SIZES = tuple((H, B, "inference") for H in (256, 512, 1024) for B in (1, 4, 8)) + tuple(
+    (512, B, "training") for B in (1, 4, 8))  # (H, B, mode)
+
+
+def _with_switch(fn: Callable[[], object], value: str) -> Callable[[], object]:
+    """fn with FASTRNN_CUDA_PERSISTENT set to ``value`` for the call (the kernels read it per call)."""
+    import os
+
+    def call():
+        os.environ[PERSISTENT_SWITCH] = value
+        return fn()
+    return call
+
+
+def persistent_plan(cell: str, H: int, B: int, T: int) -> dict:
+    """The CUDA kernels' plan for one float32 layer with FASTRNN_CUDA_PERSISTENT as set now (runs,
+    reason, blocks, units, k_slices, smem_bytes, ...), or why there is none (no CUDA build or device)."""
+    if not fastrnn.cuda_available():
+        return {"runs": False, "reason": "no CUDA kernels in this build"}
+    try:
+        return fastrnn._core.cuda.persistent_plan(cell_info(cell).id, "float32", T, B, H, H, 1, False)
+    except RuntimeError as e:  # no device
+        return {"runs": False, "reason": str(e)}
+
+
+def run_persistent_row(torch, H: int, B: int, mode: str, device, reps: int, min_sample_s: float,
+                       cell: str = LSTM, T: int = PERSISTENT_T, seed: int = 0) -> dict:
+    """One PERSISTENT_SIZES row: per-step, persistent and cuDNN timed interleaved (each fastrnn path
+    checked against cuDNN first, TF32 off), with the persistent plan (blocks x units, K slices) or
+    the reason it fell back to the per-step kernels."""
+    import os
+
+    case = Case(cell, H, B, T, H, mode)
+    record = {"name": case.name, "cell": cell, "H": H, "B": B, "T": T, "mode": mode, "flops": case_flops(case)}
+    saved = os.environ.get(PERSISTENT_SWITCH)
+    try:
+        os.environ[PERSISTENT_SWITCH] = "1"
+        record["plan"] = persistent_plan(cell, H, B, T)
+        inp = make_inputs(case, seed)
+        ref, fast = make_modules(torch, case, inp, device)
+        fast_run, fast_values = timed_calls(torch, case, inp, fast, device)
+        torch_run, torch_values = timed_calls(torch, case, inp, ref, device)
+        fns = {"per-step": _with_switch(fast_run, "0"), "persistent": _with_switch(fast_run, "1"), "torch": torch_run}
+        with _tf32_off(torch):
+            expected = torch_values()
+            diffs = {}
+            try:
+                for name, value in (("per-step", "0"), ("persistent", "1")):
+                    os.environ[PERSISTENT_SWITCH] = value
+                    diffs[name] = compare(fast_values(), expected, case, "torch.nn (cuDNN, TF32 off)")
+            except VerificationError as e:
+                return {**record, "impls": {}, "error": f"VERIFICATION FAILED ({name}): {e}"}
+        record["max_abs_diff"] = max(diffs.values())
+        timed = time_cuda_interleaved(torch, fns, reps, min_sample_s)
+    finally:
+        if saved is None:
+            os.environ.pop(PERSISTENT_SWITCH, None)
+        else:
+            os.environ[PERSISTENT_SWITCH] = saved
+    for t in timed.values():
+        t["us_per_step"] = t["median_ms"] * 1e3 / T
+    return {**record, "impls": timed,
+            "persistent_vs_per_step": timed["per-step"]["median_ms"] / timed["persistent"]["median_ms"],
+            "persistent_vs_torch": timed["torch"]["median_ms"] / timed["persistent"]["median_ms"]}
+
+
+PERSISTENT_HEAD = ("| case | mode | per-step µs (min–max) | persistent µs (min–max) | persistent µs/step | "
+                   "cuDNN µs (min–max) | speed-up over per-step | speed-up over cuDNN | plan | max abs diff |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def format_persistent_row(r: dict) -> str:
+    shape = r["name"].rsplit(" ", 1)[0]
+    plan = r.get("plan") or {}
+    plan_text = (f"{plan['blocks']} blocks x {plan['units']} units, {plan['k_slices']} K slices, "
+                 f"{plan['smem_bytes'] // 1024} KiB" if plan.get("runs") else f"per-step: {plan.get('reason', '?')}")
+    if "error" in r:
+        return f"| {shape} | {r['mode']} | {r['error'][:200]} | | | | | | {plan_text} | |"
+    i = r["impls"]
+    return (f"| {shape} | {r['mode']} | {_us(i['per-step'])} | {_us(i['persistent'])} | "
+            f"{_num(i['persistent']['us_per_step'])} | {_us(i['torch'])} | {r['persistent_vs_per_step']:.2f}x | "
+            f"{r['persistent_vs_torch']:.2f}x | {plan_text} | {r['max_abs_diff']:.1e} |")
+
+
+def persistent_title() -> str:
+    return (f"## Persistent small-batch forward vs the per-step kernels and cuDNN (LSTM, T={PERSISTENT_T}, "
+            "one layer; speed-up > 1 is faster)")
+
+
+def format_persistent(result: dict) -> str:
+    if "persistent" not in result:
+        return ""
+    rows = "\n".join(format_persistent_row(r) for r in result["persistent"])
+    note = (f"\n\n{result['persistent_not_run']} persistent case(s) not run (the --max-seconds cap)."
+            if result.get("persistent_not_run") else "")
+    return f"\n{persistent_title()}\n\n{PERSISTENT_HEAD}\n{rows}{note}\n"
+
+
+def run_persistent_table(torch, device, reps: int, min_sample_s: float, result: dict, t_start: float,
+                         max_seconds: Optional[float], emit: Optional[Callable[[str], None]], bar) -> None:
+    """The PERSISTENT_SIZES rows into result["persistent"] (and the markdown through ``emit``),
+    stopping at ``max_seconds`` after ``t_start`` (result["persistent_not_run"] counts the rest)."""
+    result["persistent"], result["persistent_not_run"] = [], 0
+    if emit:
+        bar.clear()
+        emit(f"\n{persistent_title()}\n\n{PERSISTENT_HEAD}")
+    for k, (H, B, mode) in enumerate(PERSISTENT_SIZES):
+        if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+            result["persistent_not_run"] = len(PERSISTENT_SIZES) - k
+            break
+        try:
+            row = run_persistent_row(torch, H, B, mode, device, reps, min_sample_s)
+        except Exception as e:  # reported in its row, like the suite's cases
+            row = {"name": Case(LSTM, H, B, PERSISTENT_T, H, mode).name, "H": H, "B": B, "mode": mode, "impls": {},
+                   "error": f"{type(e).__name__}: {e}"}
+        result["persistent"].append(row)
+        if emit:
+            bar.clear()
+            emit(format_persistent_row(row))
+        if "error" in row and not _context_alive(torch):
+            result["persistent_not_run"] = len(PERSISTENT_SIZES) - k - 1
+            break
+
+
+# ------------------------------------------------------------------------------------------------
 # Header, the run, output
 # ------------------------------------------------------------------------------------------------
 
@@ -487,6 +621,7 @@ def run(cells: Sequence[str] = DEFAULT_CELLS, modes: Sequence[str] = GPU_MODES, 
                 result["aborted"] = "the CUDA context failed (a sticky error): no further case can run"
                 break
         if (quick and sizes is None if extras is None else extras) and "aborted" not in result:
+            run_persistent_table(torch, device, reps, min_sample_s, result, t_start, max_seconds, emit, bar)
             run_extras(torch, device, reps, min_sample_s, result, t_start, max_seconds, emit, bar)
     finally:
         bar.clear()
@@ -563,7 +698,8 @@ def format_summary(result: dict) -> str:
 
 def format_markdown(result: dict) -> str:
     rows = "\n".join(format_row(r) for r in result["cases"])
-    return f"{format_header(result)}\n\n{TABLE_HEAD}\n{rows}\n\n{format_summary(result)}\n{format_extras(result)}"
+    return (f"{format_header(result)}\n\n{TABLE_HEAD}\n{rows}\n\n{format_summary(result)}\n{format_persistent(result)}"
+            f"{format_extras(result)}")
 
 
 def results_basename(result: dict, quick: bool) -> str:
@@ -599,4 +735,4 @@ def main(args, parser) -> int:
         write_json(result, args.json)
     if args.save:
         save_results(result, text, args.save, results_basename(result, args.quick and args.sizes is None))
-    return 1 if any("error" in r for r in result["cases"] + result.get("extras", [])) else 0
+    return 1 if any("error" in r for r in result["cases"] + result.get("extras", []) + result.get("persistent", [])) else 0
