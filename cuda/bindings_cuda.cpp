@@ -43,8 +43,10 @@
 // weight tuple ends with w_ch [U, H]; coupled: G = 3; cell_clip C > 0 or 0 = none), and the GRU's
 // reset_after=False (the reset-before GRU; without recurrent_mask), and layer_norm=True (each weight
 // tuple ends with ln_weight_ih, ln_weight_hh [G*H][, ln_weight_c, ln_bias_c [H]]; float32/float64,
-// without the modifiers: ValueError otherwise). proj_size (the CPU entry points' keyword, which
-// fastrnn.ops passes to both back ends) must be 0: the projected LSTM is not in these kernels (ValueError).
+// without the modifiers: ValueError otherwise), and the LSTM's proj_size = P > 0 (torch.nn.LSTM's
+// projection; each weight tuple ends with w_hr [P, H], w_hh is [G*H, P], and h is P wide wherever it
+// appears: h0/hn/dhn/dh0 [L*D, B, P], y/dy [T, B, D*P], the layers above the first read D*P; c stays
+// H wide; without the training modifiers: ValueError).
 // forward: reserve_ptr 0 = inference (nothing saved). backward: reserve_ptr from a training forward
 // with the same arguments; dhn/dcn 0 = zero; dx is overwritten.
 #include <pybind11/pybind11.h>

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The first thing to run on a lent GPU machine: on a bare machine with its own python3
 # (torch with CUDA), nvcc and no network, it builds the extension for sm_90 only, runs the CUDA
-# kernel tests (tests/cuda/test_cuda.py; the LSTM variants, training modifiers, float16/bfloat16 and,
-# as a phase of its own, layer norm in tests/cuda/test_cuda_features.py), the torch layers on CUDA tensors (tests/cuda/test_nn_cuda.py) and
+# kernel tests (tests/cuda/test_cuda.py; the LSTM variants, training modifiers, float16/bfloat16, the
+# projected LSTM and, as a phase of its own, layer norm in tests/cuda/test_cuda_features.py), the torch layers on CUDA tensors (tests/cuda/test_nn_cuda.py) and
 # the GPU benchmark (python -m fastrnn.bench --device cuda --quick), then, while time is left,
 # compute-sanitizer's memcheck on the kernel tests, the full GPU suite and the rest of the tests. Everything goes
 # into OUTDIR, at most 8 files (what the device tool brings back), and a summary table is printed
@@ -225,7 +225,7 @@ if [ $HAVE_GPU = 1 ] && command -v compute-sanitizer >/dev/null && [ "$(remainin
     tests/cuda/test_cuda.py -k "tile_edges and f32 and (lstm or gru)"
   optional $?
   phase memcheck_features 60 "$EXTRA" compute-sanitizer --tool memcheck --error-exitcode 9 "${PYTEST[@]}" -x \
-    tests/cuda/test_cuda_features.py -k "variants_tile_edges or 16bit_variant or reset_before_tile_edges or layer_norm_tile_edges"
+    tests/cuda/test_cuda_features.py -k "variants_tile_edges or 16bit_variant or reset_before_tile_edges or layer_norm_tile_edges or projection_tile_edges or 16bit_projection"
   optional $?
   # the persistent kernel: its dynamic shared memory and the h exchange between blocks
   phase memcheck_persistent 40 "$EXTRA" compute-sanitizer --tool memcheck --error-exitcode 9 "${PYTEST[@]}" -x \

@@ -5,9 +5,9 @@
 // the block that computes a tile of gh applies the pointwise cell to it); a step with one Barrier
 // between two products (the reset-before GRU) as two kernels, the launch boundary being the
 // barrier; a layer-normalised step (RowReduction phases) as a GEMM and one kernel whose blocks own
-// whole batch rows (layer_norm.cuh). fused_step_phases / split_step_phases / layer_norm_step_phases
-// say which phase lists the kernels implement, and the stack refuses the others (the projected
-// LSTM's) before anything is queued.
+// whole batch rows (layer_norm.cuh); the projected LSTM's step (a product on m after a Barrier) as
+// two kernels (projection.cuh). fused_step_phases / split_step_phases / layer_norm_step_phases /
+// projected_step_phases say which phase lists the kernels implement (cuda_runs_step).
 //
 // Forward: one GEMM for the input projection of all steps (bias b_ih fused), then one fused kernel
 // per step. A block owns a tile of hidden units (all G gates of them) for a tile of batch rows: it
@@ -149,15 +149,27 @@ constexpr bool layer_norm_step_phases(Phases<RecurrentProduct<In, Weight::Hh, Se
                                              RowReduction<1>, Pointwise<1>>) {
   return In == Operand::H && B0 == 0 && E0 == -1;
 }
+// The projected LSTM (cuda/projection.cuh): the product of h_{t-1} over all gates, Pointwise<0> (m),
+// the Barrier, the product of m with W_hr: two kernels per step.
+template <class Other> constexpr bool projected_step_phases(Other) { return false; }
+template <Operand In, bool Sep, int B0, int E0, bool SepM, int BM, int EM>
+constexpr bool projected_step_phases(Phases<RecurrentProduct<In, Weight::Hh, Sep, B0, E0>, Pointwise<0>, Barrier,
+                                            RecurrentProduct<Operand::M, Weight::Hr, SepM, BM, EM>>) {
+  return In == Operand::H && !Sep && B0 == 0 && E0 == -1;
+}
 // Whether the CUDA kernels run a spec's step (the stack refuses the others before anything is queued).
 template <class Cell> constexpr bool cuda_runs_step() {
   return fused_step_phases(typename Cell::Step{}) || split_step_phases(typename Cell::Step{}) ||
-         layer_norm_step_phases(typename Cell::Step{});
+         layer_norm_step_phases(typename Cell::Step{}) || projected_step_phases(typename Cell::Step{});
 }
 template <class Cell, class T>
 void layer_norm_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a);
 template <class Cell, class T>
 void layer_norm_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a);
+template <class Cell, class T>
+void projected_layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a);
+template <class Cell, class T>
+void projected_layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a);
 
 // The fused step (all G gate blocks on h_{t-1}), or the split step's second kernel (gate blocks
 // [S, G) on the first kernel's r*h_{t-1}, then the last Pointwise phase): the cell's new states.
@@ -478,6 +490,24 @@ __global__ void zero_dead_rows_kernel(int64 T_, int64 B, int64 n, const int64* l
   dst[i] = tb / B < lengths[tb % B] ? src[i] : T(0);
 }
 
+// After a layer's backward loop: dW_ih = dG^T X and dX += dG W_ih, one GEMM each over all T*B rows
+// (dG [T, B, G*H] is zero in dead rows; x's dead rows are zeroed in a copy, since 0 * NaN is NaN and
+// padding may hold anything).
+template <class T>
+void layer_input_grads(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a, int64 GH, const T* dgi) {
+  const int64 TB = cfg.T * cfg.B, in_size = a.in_size;
+  Scratch<T> x_live(a.lengths ? checked_mul(TB, in_size, "x") : 0, stream);  // [T, B, in_size]
+  const T* x_gemm = a.x;
+  if (a.lengths) {
+    constexpr int kThreads = 256;
+    launch(zero_dead_rows_kernel<T>, static_cast<unsigned>(ceil_div(TB * in_size, kThreads)), kThreads, stream, cfg.T,
+           cfg.B, in_size, a.lengths, a.x, x_live.get());
+    x_gemm = x_live.get();
+  }
+  gemm<T>(stream, true, false, GH, in_size, TB, Acc<T>(1), dgi, GH, x_gemm, in_size, Acc<T>(0), a.g.dw_ih, in_size);
+  gemm<T>(stream, false, false, TB, in_size, GH, Acc<T>(1), dgi, GH, a.w.w_ih, in_size, Acc<T>(1), a.dx, in_size);
+}
+
 inline dim3 step_grid(int64 B, int64 H) {
   return dim3(static_cast<unsigned>(ceil_div(H, kUnits)), static_cast<unsigned>(ceil_div(B, kRows)));
 }
@@ -541,14 +571,14 @@ void step_layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerB
   constexpr bool kCarry = SpecTraits<Cell>::kCarriesState, kSplit = SpecTraits<Cell>::kSeparateHiddenGrad;
   constexpr bool kSplitStep = SpecTraits<Cell>::kResetH;
   if (kSplitStep && a.h_mask) throw ArgumentError("recurrent dropout is not implemented for the reset-before GRU");
-  const int64 in_size = a.in_size, ldy = a.ldy;
+  const int64 ldy = a.ldy;
   const auto& w = a.w;
   const auto& g = a.g;
-  const T *x = a.x, *h0 = a.h0, *c0 = a.c0, *y = a.y, *saved = a.saved, *cells = a.cells, *dy = a.dy;
+  const T *h0 = a.h0, *c0 = a.c0, *y = a.y, *saved = a.saved, *cells = a.cells, *dy = a.dy;
   const T *dhn = a.dhn, *dcn = a.dcn;
   const int64* lengths = a.lengths;
   const bool reverse = a.reverse;
-  T *dx = a.dx, *dh0 = a.dh0, *dc0 = a.dc0;
+  T *dh0 = a.dh0, *dc0 = a.dc0;
   using A = Acc<T>;
   constexpr int64 G = Cell::kGates;
   const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B, BH = B * H;
@@ -579,16 +609,8 @@ void step_layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerB
     p.t_prev = p.t;
   }
 
-  // One GEMM each over all T*B rows; dead rows of dG and h_prev are zero, those of x are zeroed in a copy.
-  Scratch<T> x_live(lengths ? checked_mul(TB, in_size, "x") : 0, stream);  // [T, B, in_size]
-  const T* x_gemm = x;
-  if (lengths) {
-    constexpr int kThreads = 256;
-    launch(zero_dead_rows_kernel<T>, static_cast<unsigned>(ceil_div(TB * in_size, kThreads)), kThreads, stream, T_, B,
-           in_size, lengths, x, x_live.get());
-    x_gemm = x_live.get();
-  }
-  gemm<T>(stream, true, false, GH, in_size, TB, A(1), dgi.get(), GH, x_gemm, in_size, A(0), g.dw_ih, in_size);
+  // One GEMM each over all T*B rows; dead rows of dG and h_prev are zero.
+  layer_input_grads(stream, cfg, a, GH, dgi.get());  // dW_ih, dX
   if constexpr (kSplitStep) {  // W_hh's first gate blocks saw h_{t-1}, the others r*h_{t-1}
     const int64 G1H = SpecTraits<Cell>::kResetHSplit * H;
     gemm<T>(stream, true, false, G1H, H, TB, A(1), dgh, GH, h_prev.get(), H, A(0), g.dw_hh, H);
@@ -599,18 +621,20 @@ void step_layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerB
   if (g.db_ih) column_sums<T>(stream, dgi.get(), TB, GH, GH, g.db_ih);
   if (g.db_hh) column_sums<T>(stream, dgh, TB, GH, GH, g.db_hh);
   if (U > 0) column_sums<T>(stream, dunit.get(), TB, U * H, U * H, g.dw_ch);
-  gemm<T>(stream, false, false, TB, in_size, GH, A(1), dgi.get(), GH, w.w_ih, in_size, A(1), dx, in_size);
 }
 
-// One layer and direction: the step kernels above, or layer norm's row kernels (cuda/layer_norm.cuh).
+// One layer and direction: the step kernels above, layer norm's row kernels (cuda/layer_norm.cuh), or
+// the projected LSTM's two kernels per step (cuda/projection.cuh).
 template <class Cell, class T>
 void layer_forward(cudaStream_t stream, const RnnConfig& cfg, const LayerForwardArgs<T>& a) {
   if constexpr (SpecTraits<Cell>::kLayerNorm) layer_norm_forward<Cell>(stream, cfg, a);
+  else if constexpr (SpecTraits<Cell>::kProjected) projected_layer_forward<Cell>(stream, cfg, a);
   else step_layer_forward<Cell>(stream, cfg, a);
 }
 template <class Cell, class T>
 void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwardArgs<T>& a) {
   if constexpr (SpecTraits<Cell>::kLayerNorm) layer_norm_backward<Cell>(stream, cfg, a);
+  else if constexpr (SpecTraits<Cell>::kProjected) projected_layer_backward<Cell>(stream, cfg, a);
   else step_layer_backward<Cell>(stream, cfg, a);
 }
 
@@ -618,3 +642,4 @@ void layer_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerBackwa
 
 #include "layer_norm.cuh"
 #include "persistent.cuh"
+#include "projection.cuh"

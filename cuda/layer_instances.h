@@ -1,6 +1,6 @@
 // Which (cell spec, storage type) pairs the CUDA back end instantiates its layer forward and backward
-// for (cuda/layer.cuh), as X-macro lists (base cells, LSTM variants, GRU variants for every storage type; layer norm for
-// float32/float64), so that the kernels compile in several translation units
+// for (cuda/layer.cuh), as X-macro lists (base cells, LSTM variants, GRU variants, the projected LSTMs for every
+// storage type; layer norm for float32/float64), so that the kernels compile in several translation units
 // in parallel (nvcc took ~100 s for all of them in one unit): cuda/CMakeLists.txt generates one unit
 // per storage type and group from layer_instances.cu; cuda/stack.cu declares every pair extern, so
 // it instantiates none itself. A cell the kernels run (cuda_runs_step) must be in a group here, or
@@ -18,6 +18,12 @@ using LstmPlainVariant = LstmVariant<false, false>;  // cell_clip alone
 using LstmPeephole = LstmVariant<true, false>;
 using LstmCoupled = LstmVariant<false, true>;
 using LstmPeepholeCoupled = LstmVariant<true, true>;
+// the projected LSTM (proj_size) around the LSTM and each variant (dispatch_cell's five)
+using LstmProjected = LstmProjection<LstmCell>;
+using LstmProjectedClip = LstmProjection<LstmPlainVariant>;
+using LstmProjectedPeephole = LstmProjection<LstmPeephole>;
+using LstmProjectedCoupled = LstmProjection<LstmCoupled>;
+using LstmProjectedPeepholeCoupled = LstmProjection<LstmPeepholeCoupled>;
 }  // namespace fastrnn::cuda::instances
 
 // The groups: X(Cell, T) for each cell of the group.
@@ -27,11 +33,15 @@ using LstmPeepholeCoupled = LstmVariant<true, true>;
   X(instances::LstmPlainVariant, T) X(instances::LstmPeephole, T) X(instances::LstmCoupled, T) \
   X(instances::LstmPeepholeCoupled, T)
 #define FASTRNN_CUDA_CELLS_GRU_VARIANTS(X, T) X(GruResetBefore, T)
+#define FASTRNN_CUDA_CELLS_PROJECTION(X, T) \
+  X(instances::LstmProjected, T) X(instances::LstmProjectedClip, T) X(instances::LstmProjectedPeephole, T) \
+  X(instances::LstmProjectedCoupled, T) X(instances::LstmProjectedPeepholeCoupled, T)
 // layer norm: float32/float64 storage only (the stack refuses 16-bit storage with it)
 #define FASTRNN_CUDA_CELLS_LAYER_NORM(X, T) X(LstmLayerNorm, T) X(GruLayerNorm, T)
 
-#define FASTRNN_CUDA_ALL_CELLS(X, T) \
-  FASTRNN_CUDA_CELLS_BASE(X, T) FASTRNN_CUDA_CELLS_LSTM_VARIANTS(X, T) FASTRNN_CUDA_CELLS_GRU_VARIANTS(X, T)
+#define FASTRNN_CUDA_ALL_CELLS(X, T)                                                              \
+  FASTRNN_CUDA_CELLS_BASE(X, T) FASTRNN_CUDA_CELLS_LSTM_VARIANTS(X, T) FASTRNN_CUDA_CELLS_GRU_VARIANTS(X, T) \
+  FASTRNN_CUDA_CELLS_PROJECTION(X, T)
 #define FASTRNN_CUDA_ALL_INSTANCES(X) \
   FASTRNN_CUDA_ALL_CELLS(X, float) FASTRNN_CUDA_ALL_CELLS(X, double) FASTRNN_CUDA_ALL_CELLS(X, __half) \
   FASTRNN_CUDA_ALL_CELLS(X, __nv_bfloat16) FASTRNN_CUDA_CELLS_LAYER_NORM(X, float) \

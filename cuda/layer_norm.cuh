@@ -258,7 +258,7 @@ void layer_norm_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerB
   constexpr bool kCarry = SpecTraits<Cell>::kCarriesState;
   constexpr int64 G = Cell::kGates, NB = SpecTraits<Cell>::kBetweenGrad, R = SpecTraits<Cell>::kNormRows;
   using Row = typename Cell::NormRow;
-  const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B, BH = B * H, in_size = a.in_size;
+  const int64 T_ = cfg.T, B = cfg.B, H = cfg.H, GH = G * H, TB = T_ * B, BH = B * H;
   const auto& w = a.w;
   const auto& g = a.g;
   Scratch<T> dgi(TB * GH, stream), dgh(TB * GH, stream);  // [T, B, G*H]
@@ -291,16 +291,8 @@ void layer_norm_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerB
   convert(stream, BH, static_cast<const T*>(dh_cur), a.dh0);
   if (kCarry) convert(stream, BH, static_cast<const T*>(dc_cur), a.dc0);
 
-  // One GEMM each over all T*B rows; dead rows of dG and h_prev are zero, those of x are zeroed in a copy.
-  Scratch<T> x_live(a.lengths ? checked_mul(TB, in_size, "x") : 0, stream);  // [T, B, in_size]
-  const T* x_gemm = a.x;
-  if (a.lengths) {
-    constexpr int kThreads = 256;
-    launch(zero_dead_rows_kernel<T>, static_cast<unsigned>(ceil_div(TB * in_size, kThreads)), kThreads, stream, T_, B,
-           in_size, a.lengths, a.x, x_live.get());
-    x_gemm = x_live.get();
-  }
-  gemm<T>(stream, true, false, GH, in_size, TB, T(1), dgi.get(), GH, x_gemm, in_size, T(0), g.dw_ih, in_size);
+  // One GEMM each over all T*B rows; dead rows of dG and h_prev are zero.
+  layer_input_grads(stream, cfg, a, GH, dgi.get());  // dW_ih, dX
   gemm<T>(stream, true, false, GH, H, TB, T(1), dgh.get(), GH, h_prev.get(), H, T(0), g.dw_hh, H);
   // the gains and the biases (they come after the norm): column sums of the rows' shares, in row order
   const struct {
@@ -310,7 +302,6 @@ void layer_norm_backward(cudaStream_t stream, const RnnConfig& cfg, const LayerB
                {Row::b_hh, GH, g.db_hh},  {Row::g_c, H, g.dln_c_w},  {Row::b_c, H, g.dln_c_b}};
   for (const auto& part : parts)
     if (part.dst && part.row < R) column_sums<T>(stream, dunit.get() + part.row * H, TB, part.n, R * H, part.dst);
-  gemm<T>(stream, false, false, TB, in_size, GH, T(1), dgi.get(), GH, w.w_ih, in_size, T(1), a.dx, in_size);
 }
 
 }  // namespace fastrnn::cuda

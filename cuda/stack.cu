@@ -28,20 +28,24 @@ void check_grid(int64 x, int64 y, const char* what) {
 }  // namespace
 
 void check_sizes(const RnnConfig& c) {
-  if (c.projected()) throw ArgumentError("proj_size is not in the CUDA kernels (fastrnn.nn runs composed torch ops)");
   if (c.T < 1 || c.B < 1 || c.I < 1 || c.H < 1 || c.L < 1 || (c.D != 1 && c.D != 2))
     throw ArgumentError("sizes must be >= 1 (and directions 1 or 2), got T=" + std::to_string(c.T) + " B=" +
                         std::to_string(c.B) + " I=" + std::to_string(c.I) + " H=" + std::to_string(c.H) + " L=" +
                         std::to_string(c.L) + " D=" + std::to_string(c.D));
   (void)ReserveLayout(c);  // every reserve product fits 64 bits
   const int64 TB = checked_mul(c.T, c.B, "T*B"), GH = checked_mul(c.gates(), c.H, "G*H");
-  const int64 widest_in = std::max(c.I, checked_mul(c.D, c.H, "D*H"));
+  const int64 HW = c.h_size();  // h's width: H, or P (projected)
+  const int64 widest_in = std::max(c.I, checked_mul(c.D, HW, "D*H"));
   checked_mul(TB, GH, "T*B*G*H");
   checked_mul(TB, widest_in, "T*B*input size");
   check_grid(ceil_div(c.H, kUnits), ceil_div(c.B, kRows), "step kernel (H, B)");
   if (c.options.layer_norm) check_grid(c.B, 1, "layer norm's row kernel (one block per batch row: B)");
-  check_grid(ceil_div(std::max(TB, GH), GemmShape::BM), ceil_div(std::max({GH, widest_in, c.H}), GemmShape::BN),
-             "GEMM (T*B or G*H, G*H or input size)");
+  if (c.projected()) {
+    checked_mul(TB, HW, "T*B*P");
+    check_grid(ceil_div(HW, kUnits), ceil_div(c.B, kRows), "projected state kernel (P, B)");
+  }
+  check_grid(ceil_div(std::max({TB, GH, HW}), GemmShape::BM), ceil_div(std::max({GH, widest_in, c.H}), GemmShape::BN),
+             "GEMM (T*B, G*H or P; G*H, input size or H)");
   check_grid(ceil_div(GH, kColSumCols), 1, "bias gradient (G*H)");
   (void)persistent_mode();  // the switches' values (FASTRNN_CUDA_PERSISTENT, persistent.cuh), before any work
   (void)persistent_units_override();
@@ -70,16 +74,15 @@ struct CudaBackend {
   template <class Cell, class T> static constexpr bool kRuns = !SpecTraits<Cell>::kLayerNorm || std::is_same_v<Acc<T>, T>;
   template <class Cell, class T>
   void layer_forward(const RnnConfig& c, const LayerForwardArgs<T>& a, cudaStream_t s) const {
-    // The projected LSTM's step (the product on m after a barrier) runs on the CPU only (check_sizes
-    // refuses proj_size first); layer norm runs float32/float64 storage.
-    if constexpr (!cuda::cuda_runs_step<Cell>()) throw ArgumentError("proj_size is not implemented on CUDA");
+    // every spec's step has kernels (cuda_runs_step); layer norm runs float32/float64 storage
+    if constexpr (!cuda::cuda_runs_step<Cell>()) throw ArgumentError("this cell's step is not implemented on CUDA");
     else if constexpr (!kRuns<Cell, T>)
       throw ArgumentError("layer norm on CUDA runs float32/float64 storage, not float16/bfloat16");
     else cuda::layer_forward<Cell>(s, c, a);
   }
   template <class Cell, class T>
   void layer_backward(const RnnConfig& c, const LayerBackwardArgs<T>& a, cudaStream_t s) const {
-    if constexpr (!cuda::cuda_runs_step<Cell>()) throw ArgumentError("proj_size is not implemented on CUDA");
+    if constexpr (!cuda::cuda_runs_step<Cell>()) throw ArgumentError("this cell's step is not implemented on CUDA");
     else if constexpr (!kRuns<Cell, T>)
       throw ArgumentError("layer norm on CUDA runs float32/float64 storage, not float16/bfloat16");
     else cuda::layer_backward<Cell>(s, c, a);

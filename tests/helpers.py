@@ -143,22 +143,26 @@ def variant_options(variant):
 
 
 def variant_problem(variant, dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False, seed=0,
-                 scale=1.0):
+                 scale=1.0, proj_size=0):
     """A seeded problem for the LSTM variant: weights drawn as init_weights does (scale widens the
-    weights, so that a clip of 0.4 is active), h0/c0, lengths (ragged: contains T and 1), dy, dhn, dcn."""
+    weights, so that a clip of 0.4 is active), h0/c0, lengths (ragged: contains T and 1), dy, dhn, dcn.
+    proj_size = P > 0: the projected LSTM (each weight tuple ends with w_hr [P, H]; h0, dhn
+    [L*D, B, P] and dy [T, B, D*P]; opts gains proj_size)."""
     peephole, coupled, _ = variant
     rng = np.random.default_rng(seed)
     D = 2 if bidirectional else 1
     weights = fastrnn.init_weights("lstm", I, H, num_layers, bidirectional=bidirectional, bias=bias, dtype=np.float64,
-                                   seed=seed, peephole=peephole, coupled=coupled)
+                                   seed=seed, peephole=peephole, coupled=coupled, proj_size=proj_size)
     weights = [tuple((scale * w).astype(dtype) for w in entry) for entry in weights]
-    state = (num_layers * D, B, H)
+    state, h_state = (num_layers * D, B, H), (num_layers * D, B, proj_size or H)
     lengths = ragged_lengths(rng, T, B) if ragged else None
+    opts = {**variant_options(variant), **({"proj_size": proj_size} if proj_size else {})}
     return dict(x=rng.standard_normal((T, B, I)).astype(dtype), weights=weights,
-                h0=(0.5 * rng.standard_normal(state)).astype(dtype), c0=(0.5 * rng.standard_normal(state)).astype(dtype),
-                lengths=lengths, dy=rng.standard_normal((T, B, D * H)).astype(dtype),
-                dhn=rng.standard_normal(state).astype(dtype), dcn=rng.standard_normal(state).astype(dtype),
-                bidirectional=bidirectional, opts=variant_options(variant), dtype=np.dtype(dtype))
+                h0=(0.5 * rng.standard_normal(h_state)).astype(dtype),
+                c0=(0.5 * rng.standard_normal(state)).astype(dtype),
+                lengths=lengths, dy=rng.standard_normal((T, B, D * (proj_size or H))).astype(dtype),
+                dhn=rng.standard_normal(h_state).astype(dtype), dcn=rng.standard_normal(state).astype(dtype),
+                bidirectional=bidirectional, opts=opts, dtype=np.dtype(dtype))
 
 
 def layer_norm_problem(cell, dtype, num_layers, bidirectional, T, B, I, H, *, bias=True, ragged=False, seed=0):

@@ -76,6 +76,9 @@ TOLERANCES = {
     # grad: no rounding reference for backward yet (dG, the reserve and the weight gradients are
     #   stored rounded, and dW sums T*B rounded terms): ~3x the worst seen, 4.3e-3 (float16, dW_ih)
     #   and 3.7e-2 (bfloat16, dW_ih); rnn_relu was no worse in these cases.
+    # The projected LSTM (proj_size, emulator, 2026-12-01, L2-bi-ragged H=7 P=3, plain, peephole +
+    #   clip and coupled): the outputs exactly as far from float64 as the rounding reference, the
+    #   gradients at most 1.1e-3 (float16, dW_hr) and 1.2e-2 (bfloat16, dx): inside these rows.
     "cuda-float16": {"output": 6.5e-4, "grad": 1.5e-2},
     "cuda-bfloat16": {"output": 6.5e-3, "grad": 1.1e-1},
 }

@@ -23,11 +23,11 @@ modules never pay outside ``torch.compile``.
 has G = 3 gate blocks; with ``layer_norm`` they end with ln_weight_ih, ln_weight_hh [G*H] and, for
 the LSTM, ln_weight_c, ln_bias_c [H]; ``proj_size=P`` (torch.nn.LSTM's projection) ends each with
 w_hr [P, H], w_hh is [G*H, P], h (h0, hn, y's D*P columns, layer inputs above the first) P wide, c
-H wide. The LSTM variants, the reset-before GRU and layer norm run on the CPU and on CUDA
-(layer norm on CUDA in float32/float64: 16-bit storage is a ValueError there); proj_size on the CPU
-only (CUDA: NotImplementedError), in float32/float64 and without the
-training modifiers (NotImplementedError otherwise; fastrnn.nn runs composed torch ops for those
-calls).
+H wide. The LSTM variants, the reset-before GRU, layer norm and proj_size run on the CPU and on
+CUDA (layer norm on CUDA in float32/float64: 16-bit storage is a ValueError there; proj_size on the
+CPU in float32/float64, a ValueError for 16-bit types, on CUDA in every storage type), proj_size
+without the training modifiers (NotImplementedError otherwise; fastrnn.nn runs composed torch ops
+for those calls).
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -452,25 +452,17 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
 
 def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c,
                           mask_seed=None) -> None:
-    """What runs where: the projected LSTM (proj_size) runs on the CPU only; the reset-before GRU,
-    layer norm and proj_size run without the kernels' modifiers (fastrnn.nn runs those combinations
-    as composed torch ops), proj_size in float32/float64 only; the base cells and
-    the LSTM variants run with every modifier on both back ends (seeded masks: the CPU's only,
-    _mask_seed)."""
+    """What runs where: the reset-before GRU, layer norm and proj_size run without the kernels'
+    modifiers (fastrnn.nn runs those combinations as composed torch ops); the base cells and the
+    LSTM variants run with every modifier on both back ends (seeded masks: the CPU's only,
+    _mask_seed). Which storage types a back end runs a cell in, it checks itself (ValueError)."""
     opts = dict(split_cell(cell)[1])
     modified = (recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
                 or mask_seed is not None)
-    if opts["proj_size"]:
-        if x.device.type != "cpu":
-            raise NotImplementedError(f"proj_size (cell {cell!r}) runs in the CPU kernels only, got a tensor on "
-                                      f"{x.device}; fastrnn.nn.LSTM(proj_size=P) runs composed torch ops there")
-        if modified:
-            raise NotImplementedError(f"the kernels do not run the training modifiers (recurrent_dropout, grad_clip, "
-                                      f"zoneout) with proj_size (cell {cell!r}); fastrnn.nn.LSTM(proj_size=P) runs "
-                                      f"them as composed torch ops")
-        if x.dtype not in (torch.float32, torch.float64):
-            raise NotImplementedError(f"proj_size (cell {cell!r}) runs in float32 and float64 only, got {x.dtype}; "
-                                      f"fastrnn.nn.LSTM(proj_size=P) runs composed torch ops for 16-bit types")
+    if opts["proj_size"] and modified:
+        raise NotImplementedError(f"the kernels do not run the training modifiers (recurrent_dropout, grad_clip, "
+                                  f"zoneout) with proj_size (cell {cell!r}); fastrnn.nn.LSTM(proj_size=P) runs "
+                                  f"them as composed torch ops")
     if modified and (not opts["reset_after"] or opts["layer_norm"]):
         raise NotImplementedError(f"the kernels run the training modifiers (recurrent_dropout, grad_clip, zoneout) "
                                   f"with the base cells and the LSTM variants, not with {cell!r} (fastrnn.nn runs "

@@ -171,14 +171,24 @@ def test_extra_case_on_cpu_checks_times_and_formats(name, host_events):
     assert "2 extra case(s) not run" in text
 
 
+def test_extra_projection_case_on_cpu(host_events):
+    """The quick run's ``lstm proj`` row (fastrnn.nn.LSTM(proj_size) against torch.nn.LSTM(proj_size)):
+    checked against the CPU kernels in float64, both timed (at H = 160 > its P = 128, on the CPU)."""
+    spec = next(e for e in bench_cuda.EXTRAS if e[0] == "lstm proj")
+    row = bench_cuda.run_extra(torch, *spec, torch.device("cpu"), reps=2, min_sample_s=0.001, size=(160, 2, 3))
+    assert "error" not in row, row.get("error")
+    assert row["max_abs_diff"] < 1e-5 and set(row["impls"]) == {"fastrnn", "cudnn"} and row["ratio_vs_baseline"] > 0
+    assert "cuDNN float32" in bench_cuda.format_extra_row(row)
+
+
 def test_extras_cover_the_cuda_features():
-    """Every LSTM variant option, layer norm (both cells), every in-kernel modifier and both 16-bit
-    dtypes have a row."""
+    """Every LSTM variant option, layer norm (both cells), every in-kernel modifier, the projection
+    and both 16-bit dtypes have a row."""
     options = {k for _, _, kw, _, _ in bench_cuda.EXTRAS for k in kw}
     assert {"peephole", "coupled", "cell_clip", "reset_after", "layer_norm", "recurrent_dropout", "zoneout",
-            "grad_clip"} <= options
+            "grad_clip", "proj_size"} <= options
     assert {c for _, c, kw, _, _ in bench_cuda.EXTRAS if kw.get("layer_norm")} == {"lstm", "gru"}
-    assert {d for _, _, _, d, b in bench_cuda.EXTRAS if b == "cudnn"} == {"bfloat16", "float16"}
+    assert {d for _, _, kw, d, b in bench_cuda.EXTRAS if b == "cudnn" and not kw} == {"bfloat16", "float16"}
 
 
 @pytest.mark.parametrize("mode", bench_cuda.GPU_MODES)

@@ -58,9 +58,10 @@ def round_to(a, name):
 
 def run_cuda(dev, p, training=True):
     """forward then backward through the CUDA entry points with p's cell options (p["opts"]:
-    peephole, coupled, cell_clip or None) and modifiers (p["mods"]: recurrent_mask [L*D, B, H],
+    peephole, coupled, cell_clip, proj_size or None) and modifiers (p["mods"]: recurrent_mask [L*D, B, H],
     zoneout_mask / zoneout_cell_mask [L*D, T, B, H], grad_clip); {name: host array} with the names
-    tests/kernels/test_variants.py names them (a weight tuple's grads dw_ih, dw_hh[, db_ih, db_hh][, dw_ch]).
+    tests/kernels/test_variants.py names them (a weight tuple's grads dw_ih, dw_hh[, db_ih, db_hh][, dw_ch]
+    [, dw_hr]). With proj_size = P, h is P wide (h0, hn, y's D*P columns), c H wide.
     p["dtype"] float16 / bfloat16: p's arrays hold values of that type; the results come back as float64."""
     cell, bi = p.get("cell", "lstm"), p["bidirectional"]
     storage = np.dtype(p["dtype"]).name if p["dtype"] not in STORAGE16 else p["dtype"]
@@ -69,10 +70,12 @@ def run_cuda(dev, p, training=True):
     mods = p.get("mods") or {}
     D = 2 if bi else 1
     T, B, I = p["x"].shape
-    H = p["weights"][0][1].shape[1]
+    HW = p["weights"][0][1].shape[1]  # h's width: w_hh's columns (H, or P when projected)
+    H = p["weights"][0][-1].shape[1] if opts.get("proj_size") else HW  # w_hr [P, H] ends each tuple
     L = len(p["weights"]) // D
     lstm = carries_cell_state(cell)
     state, steps = (L * D, B, H), (L * D, T, B, H)
+    h_state = (L * D, B, HW)
     m, ptr = dev.module, dev.ptr
     put = lambda a: None if a is None else dev.put(to_storage(a, storage))
     empty = lambda shape: put(np.full(shape, np.nan))  # NaN: an element the kernels forget fails
@@ -84,7 +87,7 @@ def run_cuda(dev, p, training=True):
     # h~ and c~, what a training forward with zoneout keeps for backward (fastrnn.ops: after the reserve)
     pre_h = empty(steps) if training and zone_h is not None else None
     pre_c = empty(steps) if training and zone_c is not None else None
-    y, hn = empty((T, B, D * H)), empty(state)
+    y, hn = empty((T, B, D * HW)), empty(h_state)
     cn = empty(state) if lstm else None
     size = m.reserve_size(CELL_ID[cell], T, B, I, H, L, bi, **opts)
     reserve = empty((size,)) if training else None
@@ -96,7 +99,7 @@ def run_cuda(dev, p, training=True):
     out = {"output": y, "h_n": hn, "c_n": cn}
     if training:
         dy, dhn, dcn = put(p["dy"]), put(p["dhn"]), put(p["dcn"])
-        dx, dh0 = empty((T, B, I)), empty(state)
+        dx, dh0 = empty((T, B, I)), empty(h_state)
         dc0 = empty(state) if lstm else None
         grads = [tuple(empty(w.shape) for w in entry) for entry in p["weights"]]
         m.backward(*head, ptr(x), wptrs, ptr(h0), ptr(c0), ptr(lengths), ptr(reserve), ptr(dy), ptr(dhn), ptr(dcn),
@@ -118,8 +121,9 @@ def grad_names(p):
     if opts.get("layer_norm"):  # w_ih, w_hh[, b_ih, b_hh], ln_weight_ih, ln_weight_hh[, ln_weight_c, ln_bias_c]
         norm = ["dln_weight_ih", "dln_weight_hh"] + (["dln_weight_c", "dln_bias_c"] if p.get("cell") == "lstm" else [])
         return list(GRAD_NAMES[:len(p["weights"][0]) - len(norm)]) + norm
-    peephole = bool(opts.get("peephole"))
-    return list(GRAD_NAMES[:len(p["weights"][0]) - peephole]) + (["dw_ch"] if peephole else [])
+    peephole, projected = bool(opts.get("peephole")), bool(opts.get("proj_size"))
+    return (list(GRAD_NAMES[:len(p["weights"][0]) - peephole - projected]) + (["dw_ch"] if peephole else [])
+            + (["dw_hr"] if projected else []))
 
 
 def run_reference(p):
@@ -445,7 +449,7 @@ def _op_gradients(torch, p, to_device):
     cell, mods, opts = p.get("cell", "lstm"), p.get("mods") or {}, p.get("opts") or {}
     tensor = lambda a: None if a is None else to_device(torch.tensor(np.asarray(a, p["dtype"])))
     D = 2 if p["bidirectional"] else 1
-    H = p["weights"][0][1].shape[1]
+    H = p["weights"][0][-1 if opts.get("proj_size") else 1].shape[1]  # w_hr [P, H] ends a projected tuple
     L = len(p["weights"]) // D
     x, h0, c0 = tensor(p["x"]), tensor(p["h0"]), tensor(p["c0"])
     weights = [tensor(w) for entry in p["weights"] for w in entry]
@@ -580,18 +584,18 @@ def rounding_reference_forward(p):
     of both directions is the input of a reference call whose W_ih selects each direction's part."""
     name, cell, bi = p["dtype"], p.get("cell", "lstm"), p["bidirectional"]
     opts = dict(p.get("opts") or {})
-    peephole = bool(opts.get("peephole"))
+    extra = bool(opts.get("peephole")) + bool(opts.get("proj_size"))  # w_ch, w_hr after the gate parameters
     D = 2 if bi else 1
     L = len(p["weights"]) // D
     x, h_n, c_n = _f64(p["x"]), [], []
     for layer in range(L):
         entries = [tuple(_f64(w) for w in e) for e in p["weights"][layer * D:(layer + 1) * D]]
         GH = entries[0][1].shape[0]
-        bias = len(entries[0]) - peephole == 4
+        bias = len(entries[0]) - extra == 4
         gi = [round_to(x @ e[0].T + (e[2] if bias else 0.0), name) for e in entries]  # D x [T, B, G*H]
         select = np.eye(D * GH)
         weights = [(select[d * GH:(d + 1) * GH], e[1], np.zeros(GH), e[3] if bias else np.zeros(GH))
-                   + ((e[-1],) if peephole else ()) for d, e in enumerate(entries)]
+                   + tuple(e[len(e) - extra:]) for d, e in enumerate(entries)]
         k = slice(layer * D, (layer + 1) * D)
         res = reference.forward(cell, np.concatenate(gi, axis=-1), weights, None if p["h0"] is None else _f64(p["h0"][k]),
                                 None if p["c0"] is None else _f64(p["c0"][k]), lengths=p["lengths"],
@@ -602,14 +606,16 @@ def rounding_reference_forward(p):
     return {"output": x, "h_n": np.concatenate(h_n), "c_n": np.concatenate(c_n) if carries_cell_state(cell) else None}
 
 
-def problem16(name, cell, layout, T=6, B=3, I=4, H=5, variant=None, seed=0):
+def problem16(name, cell, layout, T=6, B=3, I=4, H=5, variant=None, seed=0, proj_size=0):
     """A problem whose inputs, weights and incoming gradients are values of the 16-bit dtype `name`,
-    so that the reference (float64 of the same values) measures the kernels' own rounding."""
+    so that the reference (float64 of the same values) measures the kernels' own rounding. With
+    proj_size, the LSTM `variant` (peephole, coupled, cell_clip) projected."""
     L, bi, ragged = (1, False, False) if layout == "L1-uni" else (2, True, True)
     if variant is None:
         p = make_problem(cell, np.float64, L, bi, T, B, I, H, ragged=ragged, seed=seed)
     else:
-        p = variant_problem(variant, np.float64, L, bi, T=T, B=B, I=I, H=H, ragged=ragged, scale=2.0, seed=seed)
+        p = variant_problem(variant, np.float64, L, bi, T=T, B=B, I=I, H=H, ragged=ragged, scale=2.0, seed=seed,
+                            proj_size=proj_size)
     for key in ("x", "h0", "c0", "dy", "dhn", "dcn"):
         p[key] = round_to(p[key], name)
     p["weights"] = [tuple(round_to(w, name) for w in e) for e in p["weights"]]
@@ -684,3 +690,148 @@ def test_16bit_op_cuda_branch(cuda_ops):
         for key, v in direct.items():
             if v is not None:
                 np.testing.assert_array_equal(got[key], v, err_msg=f"{name} {key}")
+
+
+# ---- the projected LSTM (proj_size = P): a cell kernel and a projection kernel per step ------------
+PROJ_VARIANTS = [(False, False, None)] + VARIANTS  # the plain LSTM, then every (peephole, coupled, cell_clip)
+PROJ_VARIANT_IDS = ["plain"] + VARIANT_IDS
+
+
+def _projection_problem(variant, dtype, L, bi, ragged, T=5, B=3, I=4, H=7, P=3, **kw):
+    """helpers.variant_problem with proj_size = P; the weights scaled by 2 so that a clip of 0.4 acts
+    at some units and not at others."""
+    return variant_problem(variant, dtype, L, bi, T=T, B=B, I=I, H=H, ragged=ragged, scale=2.0, proj_size=P, **kw)
+
+
+PROJ_LAYOUTS = {"L1-uni": (1, False, False), "L2-bi-ragged": (2, True, True)}
+
+
+@pytest.mark.parametrize("layout", list(PROJ_LAYOUTS))
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", PROJ_VARIANTS, ids=PROJ_VARIANT_IDS)
+def test_projection_matches_reference(variant, dtype, layout):
+    """Outputs, final states (h P wide, c H wide) and every gradient, dW_hr included, against the
+    float64 reference, for the projected LSTM and each variant combined with the projection."""
+    L, bi, ragged = PROJ_LAYOUTS[layout]
+    p = _projection_problem(variant, dtype, L, bi, ragged,
+                            seed=seed_of("projection", variant, np.dtype(dtype).name, layout))
+    got = check_against_reference(p)
+    D = 2 if bi else 1
+    assert got["output"].shape == (5, 3, D * 3) and got["h_n"].shape == (L * D, 3, 3)
+    assert got["c_n"].shape == (L * D, 3, 7) and got["dweights[0].dw_hr"].shape == (3, 7)
+    if variant[2] is not None:  # the clip holds c inside [-C, C]
+        assert np.abs(got["c_n"]).max() <= variant[2]
+
+
+@pytest.mark.parametrize("case", ["L3-uni-ragged", "L2-bi-equal"])
+def test_projection_layouts(case):
+    """Three stacked layers (each above the first reads the D*P outputs below) with ragged lengths,
+    and two bidirectional layers without lengths."""
+    L, bi, ragged = {"L3-uni-ragged": (3, False, True), "L2-bi-equal": (2, True, False)}[case]
+    check_against_reference(_projection_problem((True, True, 0.4), np.float64, L, bi, ragged, T=4, B=4, I=3, H=6,
+                                                P=4, seed=seed_of("projection-layouts", case)))
+
+
+# B > 16 rows, H > 16 units not a multiple of 16, P across the state kernel's 16 units and the
+# projection kernel's 64 (and K = P past the 32 staged at a time), I > 64, P = 1 and B = 1.
+@pytest.mark.parametrize("case", [dict(T=3, B=17, I=70, H=33, P=20), dict(T=2, B=3, I=5, H=70, P=65),
+                                  dict(T=3, B=1, I=3, H=5, P=1)], ids=["B17-H33-P20", "H70-P65", "B1-P1"])
+def test_projection_tile_edges(case):
+    p = _projection_problem((True, False, 0.4), np.float32, 2, True, True, **case,
+                            seed=seed_of("projection-edges", tuple(case.values())))
+    check_against_reference(p)
+
+
+def test_projection_no_bias_no_state_deterministic():
+    """Without biases or initial states; two runs bitwise equal (dW_hr one GEMM, the peepholes'
+    gradient summed in a fixed order, no atomics); inference == the training forward."""
+    p = _projection_problem((True, True, 0.4), np.float32, 2, True, True, T=4, B=5, I=3, H=6, P=4, bias=False,
+                            seed=13)
+    p["h0"], p["c0"] = None, None
+    first = check_against_reference(p)
+    assert "dweights[0].db_ih" not in first and "dweights[0].dw_hr" in first and "dweights[0].dw_ch" in first
+    second = run_cuda(DEVICE, p)
+    for name, v in first.items():
+        assert (v is None and second[name] is None) or np.array_equal(v, second[name]), f"{name} differs between runs"
+    inference = run_cuda(DEVICE, p, training=False)
+    for name in ("output", "h_n", "c_n"):
+        assert np.array_equal(inference[name], first[name]), f"{name}: inference differs from the training forward"
+
+
+def test_projection_identity_is_the_plain_lstm():
+    """W_hr = I (P = H) gives the unprojected LSTM's values: the projection adds nothing else."""
+    p = _projection_problem((False, False, None), np.float64, 2, True, True, T=4, B=3, I=4, H=5, P=5, seed=17)
+    p["weights"] = [e[:-1] + (np.eye(5),) for e in p["weights"]]
+    got = run_cuda(DEVICE, p)
+    plain = run_cuda(DEVICE, {**p, "opts": None, "weights": [e[:-1] for e in p["weights"]]})
+    for name, v in plain.items():
+        assert_close(got[name], v, np.float64, name)
+
+
+@pytest.mark.parametrize("mods", [{"grad_clip": 0.5}, {"recurrent_mask": np.ones((2, 3, 7))}],
+                         ids=["grad_clip", "recurrent"])
+def test_projection_refuses_modifiers(mods):
+    """The kernels' training modifiers do not run with proj_size: ValueError before anything runs."""
+    p = _projection_problem((False, False, None), np.float32, 1, True, False, seed=1)
+    with pytest.raises(ValueError, match="do not run with proj_size"):
+        run_cuda(DEVICE, {**p, "mods": mods})
+
+
+@pytest.mark.parametrize("name", STORAGE16)
+def test_16bit_projection(name):
+    """The projected peephole + clip LSTM in 16-bit storage (h, c, m and the carried gradients in
+    float between steps): the outputs by the 2x rule against the rounding reference, everything
+    within tests/tolerances.py's cuda-<dtype> row."""
+    check16(problem16(name, "lstm", "L2-bi-ragged", H=7, variant=(True, False, 0.4), proj_size=3,
+                      seed=seed_of("16proj", name)))
+
+
+@pytest.mark.parametrize("case", ["f64-peep-clip", "bfloat16"])
+def test_op_cuda_branch_projection(case, cuda_ops):
+    """torch.ops.fastrnn's CUDA branch with proj_size (fastrnn.ops routes it to the kernels, forward
+    and the autograd backward): the reference's values in float64; in bfloat16, the entry points'."""
+    torch = pytest.importorskip("torch")
+    cuda_ops.route(cpu_tensors_as_cuda_dtypes=True)
+    if case == "bfloat16":
+        p = problem16("bfloat16", "lstm", "L2-bi-ragged", H=7, variant=(False, True, None), proj_size=3,
+                      seed=seed_of("op-proj", case))
+        direct = run_cuda(DEVICE, p)
+        got = _op_gradients(torch, {**p, "dtype": np.float64},
+                            lambda t: cuda_ops(t.to(torch.bfloat16) if t.is_floating_point() else t))
+        for key, v in direct.items():
+            if v is not None:
+                np.testing.assert_array_equal(got[key], v, err_msg=key)
+        return
+    p = _projection_problem((True, False, 0.4), np.float64, 2, True, True, T=4, B=3, I=4, H=6, P=2,
+                            seed=seed_of("op-proj", case))
+    got, expected = _op_gradients(torch, p, cuda_ops), run_reference(p)
+    assert got.keys() == expected.keys()
+    for name, v in got.items():
+        assert_close(v, expected[name], np.float64, name)
+
+
+def test_nn_projection_module_on_cuda_matches_cpu(cuda_ops):
+    """fastrnn.nn.LSTM(proj_size=P, peephole, cell_clip) on the CUDA back end == the same module on
+    the CPU kernels in float64: outputs, final states, the input's and every parameter's gradient
+    (weight_hr_l{k}{suffix} included)."""
+    torch = pytest.importorskip("torch")
+    import fastrnn.nn as fnn
+    torch.manual_seed(0)
+    cpu = fnn.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3, peephole=True, cell_clip=0.5).double()
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+
+    def run(module, x):
+        x = x.clone().requires_grad_(True)
+        y, (h, c) = module(x)
+        (y.sum() + (h * h).sum() + c.sum()).backward()
+        return [y, h, c, x.grad] + [q.grad for q in module.parameters()]
+
+    expected = run(cpu, x)
+    module = copy.deepcopy(cpu)
+    module = module if DEVICE.emulated else module.cuda()
+    module.zero_grad(set_to_none=True)
+    cuda_ops.route()
+    got = run(module, cuda_ops(x))
+    assert len(got) == len(expected) == 4 + 2 * 2 * 6
+    for i, (a, e) in enumerate(zip(got, expected)):
+        assert_close(a.detach().cpu().numpy(), e.detach().numpy(), np.float64, "output" if i < 3 else "d")

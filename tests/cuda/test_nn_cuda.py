@@ -2,8 +2,9 @@
 the same helpers and tolerances): outputs, final states and the gradients of the input, the
 initial states and every parameter, over every cell x layers {1, 2} x uni/bidirectional x input
 form (batched, no hx, batch_first, unbatched, PackedSequence with ragged lengths) x float32/float64,
-no bias, the LSTM's proj_size fallback and the cells; then sizes that cross the CUDA kernels' tile
-edges, determinism, a non-default stream, and the device errors torch.nn raises. Every test is
+no bias, the LSTM's proj_size (fused in the CUDA kernels; float32/float64 and bfloat16) and the
+cells; then sizes that cross the CUDA kernels' tile edges, determinism, a non-default stream, and
+the device errors torch.nn raises. Every test is
 marked ``cuda`` and skips with one reason without a GPU (or without a CUDA build of fastrnn or
 torch); on a GPU, cuda/gpu_check.sh runs this file.
 """
@@ -100,6 +101,76 @@ def test_larger_sizes_ragged_two_layers_bidirectional(cell, dtype):
     assert_close(got[2].cpu().numpy(), expected[2].numpy(), dtype, "dx")
     for name, grad in got[3].items():
         assert_close(grad.cpu().numpy(), expected[3][name].numpy(), dtype, "d" + name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_lstm_proj_runs_the_cuda_kernels(dtype, monkeypatch):
+    """fastrnn.nn.LSTM(proj_size) on CUDA tensors runs the fused op on the CUDA kernels, not composed
+    torch ops (which are made to fail here), and matches torch.nn.LSTM(proj_size) in float64 at the
+    tile-crossing sizes (P = 20 across the 16-unit tiles), packed with ragged lengths, two layers,
+    bidirectional; two runs bitwise equal."""
+    from fastrnn.nn import _recurrence
+
+    def composed(*args, **kwargs):
+        raise AssertionError("LSTM(proj_size) on CUDA ran composed torch ops")
+
+    monkeypatch.setattr(_recurrence, "_composed_recurrence", composed)
+    T, B, I, H, P_ = LARGER["T"], LARGER["B"], LARGER["I"], LARGER["H"], 20
+    torch.manual_seed(10)
+    ref = torch.nn.LSTM(I, H, 2, bidirectional=True, proj_size=P_, dtype=dtype)
+    fast = fnn.LSTM(I, H, 2, bidirectional=True, proj_size=P_, dtype=dtype)
+    fast.load_state_dict(ref.state_dict())
+    ref, fast = ref.double(), fast.cuda()
+    lengths = torch.tensor([T, 1] + list(np.random.default_rng(11).integers(1, T + 1, B - 2)))
+    x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(12), dtype=torch.float64).to(dtype)
+    x_ref, x_gpu = x.clone().double().requires_grad_(), x.clone().cuda().requires_grad_()
+    expected, got = _train(ref, x_ref, lengths, 13), _train(fast, x_gpu, lengths, 13)
+    assert_close(got[0].detach().cpu().numpy(), expected[0].detach().numpy(), dtype, "output")
+    for k, (a, e) in enumerate(zip(got[1], expected[1])):
+        assert a.shape[-1] == (P_, H)[k]
+        assert_close(a.detach().cpu().numpy(), e.detach().numpy(), dtype, ("h_n", "c_n")[k])
+    assert_close(got[2].cpu().numpy(), expected[2].numpy(), dtype, "dx")
+    assert "weight_hr_l1_reverse" in got[3]
+    for name, grad in got[3].items():
+        assert_close(grad.cpu().numpy(), expected[3][name].numpy(), dtype, "d" + name)
+    first = [got[2].clone()] + [g.clone() for g in got[3].values()]
+    x_gpu.grad = None
+    fast.zero_grad(set_to_none=True)
+    again = _train(fast, x_gpu, lengths, 13)
+    for a, b in zip(first, [again[2]] + list(again[3].values())):
+        assert torch.equal(a, b), "two runs differ"
+
+
+def test_lstm_proj_bfloat16_on_cuda(monkeypatch):
+    """A bfloat16 LSTM(proj_size) on CUDA runs the fused 16-bit kernels (float32 state between steps)
+    and stays within tests/tolerances.py's cuda-bfloat16 row of the same module on the CPU in float64."""
+    from fastrnn.nn import _recurrence
+    from tolerances import assert_close as assert_close_np
+
+    def composed(*args, **kwargs):
+        raise AssertionError("LSTM(proj_size) in bfloat16 on CUDA ran composed torch ops")
+
+    monkeypatch.setattr(_recurrence, "_composed_recurrence", composed)
+    torch.manual_seed(14)
+    cpu = fnn.LSTM(8, 12, 2, bidirectional=True, proj_size=5, dtype=torch.float64)
+    with torch.no_grad():
+        for q in cpu.parameters():
+            q.copy_(q.to(torch.bfloat16).double())
+    gpu = fnn.LSTM(8, 12, 2, bidirectional=True, proj_size=5).to(device="cuda", dtype=torch.bfloat16)
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(6, 4, 8, dtype=torch.float64).to(torch.bfloat16)
+
+    def run(module, x):
+        x = x.clone().requires_grad_(True)
+        y, (h, c) = module(x)
+        (y.sum() + (h * h).sum() + c.sum()).backward()
+        return [y, h, c, x.grad] + [q.grad for q in module.parameters()]
+
+    expected, got = run(cpu, x.double()), run(gpu, x.cuda())
+    for i, (a, e) in enumerate(zip(got, expected)):
+        assert a.dtype == torch.bfloat16
+        assert_close_np(a.detach().float().cpu().double().numpy(), e.detach().numpy(), "cuda-bfloat16",
+                        "output" if i < 3 else "d")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

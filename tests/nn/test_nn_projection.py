@@ -3,7 +3,8 @@ input form is tests/nn/test_nn.py's check_parity; torch.compile is in test_nn_co
 test_nn_ddp.py): here, that the CPU path really is the op and never the composed torch ops, with
 the cell variants too, and PackedSequence inputs (sorted and unsorted); that the composed path the op
 cannot serve (forward-mode AD, 16-bit types) agrees with the op or with torch.nn; gradcheck in
-float64; dropout between projected layers; convert() of a torch.nn.LSTM(proj_size).
+float64; dropout between projected layers; convert() of a torch.nn.LSTM(proj_size); which calls
+run fused on which device (CUDA's fused path itself: tests/cuda/test_nn_cuda.py).
 """
 import pytest
 
@@ -189,3 +190,22 @@ def test_bfloat16_runs_the_composed_path(monkeypatch):
     with torch.no_grad():
         y_ref = ref(x.double())[0]
     assert tolerances.relative_error(y.detach().double().numpy(), y_ref.numpy()) <= tolerances.NN16_COMPOSED_BF16_OUTPUT
+
+
+def test_which_projected_calls_run_fused():
+    """The routing of LSTM(proj_size) calls, checked without a GPU on stand-ins that say only their
+    device and dtype (tests/cuda/test_nn_cuda.py runs the CUDA case for real): fused on the CPU in
+    float32/float64 and on CUDA in every dtype; composed torch ops for 16-bit types on the CPU, with
+    a training modifier, and on other devices."""
+    import types
+
+    def composed(device, dtype, modified=False):
+        x = types.SimpleNamespace(device=torch.device(device), dtype=dtype, size=lambda dim: (T, B, I)[dim])
+        return recurrence._composed_needed(x, None, None, [], False, False, modified, f"lstm+proj_size={P}", P)
+
+    assert not composed("cpu", torch.float32) and not composed("cpu", torch.float64)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        assert not composed("cuda", dtype), dtype
+        assert composed("cuda", dtype, modified=True) and composed("cpu", dtype, modified=True)
+    assert composed("cpu", torch.bfloat16) and composed("cpu", torch.float16)
+    assert composed("mps", torch.float32)

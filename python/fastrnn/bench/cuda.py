@@ -20,7 +20,8 @@ The suite: DeepBench-style training and inference sizes for LSTM, GRU and RNN (H
 is a few of each, and ``--max-seconds`` stops starting new cases after that long (the JSON then
 says how many were left), so a fixed device-time window is never overrun. A quick run adds a second
 table (``EXTRAS``, one training size): the LSTM variants, the reset-before GRU, layer norm and the training
-modifiers (alone, and on an LSTM variant) against fastrnn's fp32 base cell (what the option costs), and bfloat16/float16 layers against cuDNN in the
+modifiers (alone, and on an LSTM variant) against fastrnn's fp32 base cell (what the option costs), the projected
+LSTM (proj_size) against torch.nn.LSTM(proj_size) on cuDNN, and bfloat16/float16 layers against cuDNN in the
 same dtype, each checked first in eval mode against fastrnn's CPU kernels in float64.
 """
 from __future__ import annotations
@@ -271,7 +272,8 @@ def run_case(torch, case: Case, device, reps: int, min_sample_s: float, peak_tfl
 # ------------------------------------------------------------------------------------------------
 # One training size (H, B, T); each case a fastrnn.nn layer with an option, timed against its
 # baseline in the same run: the fp32 base cell of fastrnn (the variants and the modifiers: what the
-# option costs) or cuDNN in the same 16-bit dtype (torch.nn.LSTM/GRU in .to(dtype)).
+# option costs) or cuDNN in the same dtype (torch.nn.LSTM/GRU in .to(dtype); the projected LSTM:
+# torch.nn.LSTM(proj_size=P), which cuDNN runs fused too).
 EXTRAS_SIZE = (512, 16, 50)
 EXTRAS = (  # (name, cell, fastrnn.nn keywords, dtype, baseline: "base" or "cudnn")
     ("lstm bfloat16", "lstm", {}, "bfloat16", "cudnn"),
@@ -289,6 +291,7 @@ EXTRAS = (  # (name, cell, fastrnn.nn keywords, dtype, baseline: "base" or "cudn
     ("gru layer_norm", "gru", dict(layer_norm=True), "float32", "base"),
     ("lstm peephole + zoneout + grad_clip", "lstm", dict(peephole=True, zoneout=0.1, zoneout_cell=0.05, grad_clip=1.0),
      "float32", "base"),
+    ("lstm proj", "lstm", dict(proj_size=128), "float32", "cudnn"),
 )
 
 
@@ -308,8 +311,9 @@ def run_extra(torch, name: str, cell: str, options: dict, dtype: str, baseline: 
     ref_cls = getattr(torch.nn, cell_info(cell).torch_module)
     tdtype = getattr(torch, dtype)
     fast = copy.deepcopy(fast_cpu).to(device=device, dtype=tdtype)
+    P = options.get("proj_size", 0)  # the projected LSTM: h (the output) is P wide
     if baseline == "cudnn":
-        base = ref_cls(H, H).to(device=device, dtype=tdtype)
+        base = ref_cls(H, H, **({"proj_size": P} if P else {})).to(device=device, dtype=tdtype)
         base.load_state_dict(fast.state_dict())
     else:
         base = cls(H, H).to(device)
@@ -317,7 +321,7 @@ def run_extra(torch, name: str, cell: str, options: dict, dtype: str, baseline: 
         base.load_state_dict({k: v for k, v in fast_cpu.state_dict().items() if not k.startswith(("weight_ch", "ln_"))})
     g = torch.Generator().manual_seed(seed)
     x64 = torch.randn(T, B, H, generator=g, dtype=torch.float64)
-    dy64 = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    dy64 = torch.randn(T, B, P or H, generator=g, dtype=torch.float64)
     # the check: eval mode on the device against fastrnn's CPU kernels in float64
     fast.eval()
     fast_cpu.eval()

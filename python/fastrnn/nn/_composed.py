@@ -1,8 +1,8 @@
 """The recurrence in composed torch ops (a Python loop over time; autograd does the backward):
 for the calls the fused kernels do not serve (meta tensors, an empty batch, forward-mode AD,
 torch.func's transforms), GRU(reset_after=False) and layer_norm=True on devices other than the CPU
-and CUDA (whose kernels run them fused; layer norm in 16-bit too) or with the training modifiers, and LSTM(proj_size > 0), each with the
-training modifiers (the same masks, applied where the kernels and the reference apply them). Correct
+and CUDA (whose kernels run them fused; layer norm in 16-bit too) or with the training modifiers, and LSTM(proj_size > 0)
+on those devices, in 16-bit types on the CPU or with the training modifiers, each with the training modifiers (the same masks, applied where the kernels and the reference apply them). Correct
 rather than fast."""
 from __future__ import annotations
 
