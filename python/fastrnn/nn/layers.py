@@ -180,8 +180,8 @@ class _RNNBase(torch.nn.Module):
     def stepper(self, weight_dtype: Optional[str] = None, auto_refresh: bool = False):
         """A :class:`fastrnn._stepper.Stepper` for step-by-step generation: ``y, state =
         stepper(x [B, I], state)`` advances every layer one time step in one fused call, on weights
-        packed now (``weight_dtype="float16"``: stored as float16). Unidirectional, no projections;
-        no autograd. After changing the weights call ``stepper.refresh()`` (in-place changes are
+        packed now (``weight_dtype="float16"``: stored as float16). Unidirectional (with proj_size = P, h
+        is P wide); no autograd. After changing the weights call ``stepper.refresh()`` (in-place changes are
         detected, writes through ``param.data`` are not: see the Stepper's docstring)."""
         from .._stepper import Stepper
         return Stepper(self, weight_dtype=weight_dtype, auto_refresh=auto_refresh)
