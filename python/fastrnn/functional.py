@@ -12,7 +12,7 @@ h0, c0 [L*D, B, H]; lengths [B] integers in [1, T]. One dtype throughout: float3
 or bfloat16 (``ml_dtypes.bfloat16``, when ml_dtypes is installed). 16-bit arrays run the 16-bit
 kernels: float32 accumulation and state inside, results rounded to the 16-bit type (README, "16-bit
 types").
-The projected LSTM (``proj_size=P``, torch.nn.LSTM's; float32/float64): each entry is (w_ih, w_hh
+The projected LSTM (``proj_size=P``, torch.nn.LSTM's): each entry is (w_ih, w_hh
 [4*H, P][, b_ih, b_hh], w_hr [P, H]) in torch's order, I_l = D*P, h0/h_n [L*D, B, P], c0/c_n
 [L*D, B, H], output [T, B, D*P].
 """
@@ -276,7 +276,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         h_t = W_hr (o * tanh(c_t)), h is P wide, c is H wide. Each weights entry is then
         (w_ih [4*H, I_l], w_hh [4*H, P][, b_ih, b_hh][, w_ch], w_hr [P, H]) (torch's order; layers
         above the first read I_l = D*P), h0 and h_n are [L*D, B, P], c0 and c_n [L*D, B, H], the
-        output [T, B, D*P]. Combines with peephole, coupled and cell_clip; float32/float64 only; not
+        output [T, B, D*P]. Combines with peephole, coupled and cell_clip, in every dtype; not
         with layer_norm (ValueError) nor with the training modifiers (NotImplementedError;
         fastrnn.reference and fastrnn.nn.LSTM compute them).
     reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014):

@@ -25,7 +25,7 @@ the LSTM, ln_weight_c, ln_bias_c [H]; ``proj_size=P`` (torch.nn.LSTM's projectio
 w_hr [P, H], w_hh is [G*H, P], h (h0, hn, y's D*P columns, layer inputs above the first) P wide, c
 H wide. The LSTM variants, the reset-before GRU and layer norm run on the CPU and on CUDA
 (layer norm on CUDA in float32/float64: 16-bit storage is a ValueError there); proj_size on the CPU
-only (CUDA: NotImplementedError), in float32/float64 and without the
+only (CUDA: NotImplementedError), in every dtype and without the
 training modifiers (NotImplementedError otherwise; fastrnn.nn runs composed torch ops for those
 calls).
 
@@ -453,7 +453,7 @@ def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneo
                           mask_seed=None) -> None:
     """What runs where: the projected LSTM (proj_size) runs on the CPU only; the reset-before GRU,
     layer norm and proj_size run without the kernels' modifiers (fastrnn.nn runs those combinations
-    as composed torch ops), proj_size in float32/float64 only; the base cells and
+    as composed torch ops); the base cells and
     the LSTM variants run with every modifier on both back ends (seeded masks: the CPU's only,
     _mask_seed)."""
     opts = dict(split_cell(cell)[1])
@@ -467,9 +467,6 @@ def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneo
             raise NotImplementedError(f"the kernels do not run the training modifiers (recurrent_dropout, grad_clip, "
                                       f"zoneout) with proj_size (cell {cell!r}); fastrnn.nn.LSTM(proj_size=P) runs "
                                       f"them as composed torch ops")
-        if x.dtype not in (torch.float32, torch.float64):
-            raise NotImplementedError(f"proj_size (cell {cell!r}) runs in float32 and float64 only, got {x.dtype}; "
-                                      f"fastrnn.nn.LSTM(proj_size=P) runs composed torch ops for 16-bit types")
     if modified and (not opts["reset_after"] or opts["layer_norm"]):
         raise NotImplementedError(f"the kernels run the training modifiers (recurrent_dropout, grad_clip, zoneout) "
                                   f"with the base cells and the LSTM variants, not with {cell!r} (fastrnn.nn runs "

@@ -351,19 +351,6 @@ def test_init_weights_layout():
     assert all(np.abs(a).max() <= k for e in w for a in e)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_16_bit_types_refused(dtype):
-    """The 16-bit kernels have no projection: a clear error naming proj_size, not wrong numbers."""
-    if dtype == "bfloat16":
-        ml_dtypes = pytest.importorskip("ml_dtypes")
-        np_dtype = ml_dtypes.bfloat16
-    else:
-        np_dtype = np.float16
-    p = small()
-    x = p["x"].astype(np_dtype)
-    weights = [tuple(a.astype(np_dtype) for a in entry) for entry in p["weights"]]
-    with pytest.raises(ValueError, match="proj_size is not implemented for 16-bit types"):
-        fastrnn.forward("lstm", x, weights, bidirectional=True, proj_size=3)
 
 
 def test_layer_norm_refused():

@@ -1,8 +1,8 @@
 """fastrnn.nn.LSTM(proj_size=P) on the fused CPU op (the layer's parity with torch.nn in every
 input form is tests/nn/test_nn.py's check_parity; torch.compile is in test_nn_compile.py, DDP in
 test_nn_ddp.py): here, that the CPU path really is the op and never the composed torch ops, with
-the cell variants too, and PackedSequence inputs (sorted and unsorted); that the composed path the op
-cannot serve (forward-mode AD, 16-bit types) agrees with the op or with torch.nn; gradcheck in
+the cell variants too, and PackedSequence inputs (sorted and unsorted); that bfloat16 runs the op
+too; that the composed path the op cannot serve (forward-mode AD) agrees with the op or with torch.nn; gradcheck in
 float64; dropout between projected layers; convert() of a torch.nn.LSTM(proj_size).
 """
 import pytest
@@ -170,22 +170,22 @@ def test_packed_sequence_runs_the_fused_op(no_composed, enforce_sorted):
         assert_torch_close(to_numpy(p.grad), to_numpy(ref_params[name].grad), torch.float64, "d" + name)
 
 
-def test_bfloat16_runs_the_composed_path(monkeypatch):
-    """The 16-bit kernels have no projection: a bfloat16 LSTM(proj_size) runs the composed torch ops
-    (the fused op is refused here), close to torch.nn.LSTM(proj_size) in float64 on the same
-    bfloat16-valued weights and input (tests/tolerances.py's NN16_COMPOSED_BF16_OUTPUT)."""
-    import fastrnn.ops as ops
+def test_bfloat16_runs_the_fused_op(monkeypatch):
+    """A bfloat16 LSTM(proj_size) runs the 16-bit kernels (the composed torch ops are refused here),
+    close to torch.nn.LSTM(proj_size) in float64 on the same bfloat16-valued weights and input
+    (tests/tolerances.py's NN16; tests/nn/test_nn_16bit.py checks every gradient too)."""
+    from fastrnn.nn import _recurrence
     torch.manual_seed(8)
     fast = fnn.LSTM(I, H, 1, proj_size=P).to(torch.bfloat16)
     ref = torch.nn.LSTM(I, H, 1, proj_size=P, dtype=torch.float64)
     ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
 
     def refuse(*args, **kwargs):
-        raise AssertionError("the fused op ran a 16-bit projected LSTM")
-    monkeypatch.setattr(ops, "run_forward", refuse)
+        raise AssertionError("the composed torch ops ran a 16-bit projected LSTM")
+    monkeypatch.setattr(_recurrence, "_composed_recurrence", refuse)
     x = _inputs(L=1, D=1)[0].detach().to(torch.bfloat16)
     y, (hn, cn) = fast(x)
     assert y.dtype == torch.bfloat16 and y.shape == (T, B, P) and hn.shape == (1, B, P) and cn.shape == (1, B, H)
     with torch.no_grad():
         y_ref = ref(x.double())[0]
-    assert tolerances.relative_error(y.detach().double().numpy(), y_ref.numpy()) <= tolerances.NN16_COMPOSED_BF16_OUTPUT
+    assert tolerances.relative_error(y.detach().double().numpy(), y_ref.numpy()) <= tolerances.NN16["bfloat16"]["output"]

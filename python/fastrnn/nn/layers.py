@@ -501,8 +501,8 @@ class RNN(_RNNBase):
 class LSTM(_RNNBase):
     """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size = P > 0: torch's
     projection h_t = W_hr (o * tanh(c_t)) (``weight_hr_l{k}{suffix}`` [P, H]), fused in the CPU
-    kernels (CUDA tensors, 16-bit types, and with zoneout / recurrent_dropout / grad_clip: composed
-    torch ops), also with the options below. Keyword-only cell options (README "Cell variants"):
+    kernels, 16-bit types included (CUDA tensors, and with zoneout / recurrent_dropout / grad_clip:
+    composed torch ops), also with the options below. Keyword-only cell options (README "Cell variants"):
     ``peephole`` (parameters ``weight_ch_l{k}{suffix}`` [3, H], rows i, f, o), ``coupled`` (CIFG: gate
     blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
     [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` (a = LN(W_ih x) γ_ih + LN(W_hh h) γ_hh
