@@ -276,8 +276,9 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         h_t = W_hr (o * tanh(c_t)), h is P wide, c is H wide. Each weights entry is then
         (w_ih [4*H, I_l], w_hh [4*H, P][, b_ih, b_hh][, w_ch], w_hr [P, H]) (torch's order; layers
         above the first read I_l = D*P), h0 and h_n are [L*D, B, P], c0 and c_n [L*D, B, H], the
-        output [T, B, D*P]. Combines with peephole, coupled and cell_clip, in every dtype; not
-        with layer_norm (ValueError) nor with the training modifiers (NotImplementedError;
+        output [T, B, D*P]. Combines with peephole, coupled and cell_clip, in every dtype, and with
+        weight_dropout / weight_mask and grad_clip (the total reaching h_t, P wide, and c_t); not
+        with layer_norm (ValueError) nor with the other training modifiers (NotImplementedError;
         fastrnn.reference and fastrnn.nn.LSTM compute them).
     reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014):
         n = tanh(W_in x + b_in + W_hn (r*h_{t-1}) + b_hn), same weights (README "Cell variants").
@@ -297,7 +298,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     recurrent_dropout: p; one mask m = Bernoulli(1-p)/(1-p) [L*D, B, H] (or ``recurrent_mask``)
         multiplies h_{t-1} where it enters W_hh, the same at every step.
     weight_dropout: p; one mask M = Bernoulli(1-p)/(1-p) per W_hh (or ``weight_mask``, L*D arrays
-        [G*H, H]) for the call; backward gives dL/dW_hh through the mask.
+        [G*H, H]; [G*H, P] with proj_size) for the call; backward gives dL/dW_hh through the mask.
     grad_clip: C > 0; backward clamps the total gradient reaching each h_t (and the LSTM's c_t) to
         [-C, C] (a training heuristic, not the forward's gradient).
     dilation: an int or one per layer; layer l's step t reads the state of step t - d_l.
@@ -355,13 +356,13 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     _check_probability("weight_dropout", weight_dropout)
     grad_clip = _check_grad_clip(grad_clip)
     dilations = _check_dilation(dilation, L)
-    if options.get("proj_size") and (recurrent_dropout or weight_dropout or grad_clip or any(d != 1 for d in dilations)
-                                     or zoneout or zoneout_cell or recurrent_mask is not None
-                                     or weight_mask is not None or zoneout_mask is not None
+    if options.get("proj_size") and (recurrent_dropout or any(d != 1 for d in dilations) or zoneout or zoneout_cell
+                                     or recurrent_mask is not None or zoneout_mask is not None
                                      or zoneout_cell_mask is not None):
-        raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
-                                  "zoneout, zoneout_cell) are not fused with proj_size yet: fastrnn.reference.forward"
-                                  "(..., proj_size=P) and fastrnn.nn.LSTM(proj_size=P) (composed torch ops) run them")
+        raise NotImplementedError("the training modifiers recurrent_dropout, dilation, zoneout and zoneout_cell are "
+                                  "not fused with proj_size yet (weight_dropout and grad_clip are): "
+                                  "fastrnn.reference.forward(..., proj_size=P) and fastrnn.nn.LSTM(proj_size=P) "
+                                  "(composed torch ops) run them")
     given_masks = [n for n, m in (("recurrent_mask", recurrent_mask), ("weight_mask", weight_mask),
                                   ("zoneout_mask", zoneout_mask), ("zoneout_cell_mask", zoneout_cell_mask))
                    if m is not None]
@@ -385,10 +386,11 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         recurrent_mask = _check_state("recurrent_mask", recurrent_mask, state_shape, x.dtype)
     elif training and recurrent_dropout > 0 and mask_seed is None:
         recurrent_mask = _bernoulli_mask(generator, state_shape, recurrent_dropout, x.dtype)
+    HW, width = _h_width(options, H)  # W_hh's columns: h's width (P projected)
     if weight_mask is not None:
-        weight_mask = _check_weight_mask(weight_mask, L * D, (G * H, H), x.dtype)
+        weight_mask = _check_weight_mask(weight_mask, L * D, (G * H, HW), x.dtype, width)
     elif training and weight_dropout > 0:
-        weight_mask = [_bernoulli_mask(generator, (G * H, H), weight_dropout, x.dtype) for _ in range(L * D)]
+        weight_mask = [_bernoulli_mask(generator, (G * H, HW), weight_dropout, x.dtype) for _ in range(L * D)]
     steps_shape = (L * D, T, B, H)
     zone = []  # [d_h, d_c], each [L*D, T, B, H] or None
     for name, p, given in (("zoneout_mask", zoneout, zoneout_mask), ("zoneout_cell_mask", zoneout_cell,
@@ -464,7 +466,7 @@ def _check_dilation(dilation, L: int) -> list:
     return [int(d) for d in values]
 
 
-def _check_weight_mask(masks, count: int, shape: tuple, dtype) -> list:
+def _check_weight_mask(masks, count: int, shape: tuple, dtype, width: str = "H") -> list:
     if not isinstance(masks, (list, tuple)) or len(masks) != count:
         raise ValueError(f"weight_mask must be a list of num_layers*num_directions = {count} arrays {shape}, got "
                          f"{type(masks).__name__}" + (f" of {len(masks)}" if isinstance(masks, (list, tuple)) else ""))
@@ -472,7 +474,7 @@ def _check_weight_mask(masks, count: int, shape: tuple, dtype) -> list:
     for k, m in enumerate(masks):
         m = _array(f"weight_mask[{k}]", m)
         _check_dtype(f"weight_mask[{k}]", m, dtype)
-        _check_shape(f"weight_mask[{k}]", m, shape, "(G*H, H) = ")
+        _check_shape(f"weight_mask[{k}]", m, shape, f"(G*H, {width}) = ")
         out.append(np.ascontiguousarray(m))
     return out
 

@@ -453,20 +453,20 @@ def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneo
                           mask_seed=None) -> None:
     """What runs where: the projected LSTM (proj_size) runs on the CPU only; the reset-before GRU,
     layer norm and proj_size run without the kernels' modifiers (fastrnn.nn runs those combinations
-    as composed torch ops); the base cells and
+    as composed torch ops; proj_size runs grad_clip); the base cells and
     the LSTM variants run with every modifier on both back ends (seeded masks: the CPU's only,
     _mask_seed)."""
     opts = dict(split_cell(cell)[1])
-    modified = (recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
-                or mask_seed is not None)
+    masked = recurrent_mask is not None or zoneout_h is not None or zoneout_c is not None or mask_seed is not None
+    modified = masked or bool(grad_clip)
     if opts["proj_size"]:
         if x.device.type != "cpu":
             raise NotImplementedError(f"proj_size (cell {cell!r}) runs in the CPU kernels only, got a tensor on "
                                       f"{x.device}; fastrnn.nn.LSTM(proj_size=P) runs composed torch ops there")
-        if modified:
-            raise NotImplementedError(f"the kernels do not run the training modifiers (recurrent_dropout, grad_clip, "
-                                      f"zoneout) with proj_size (cell {cell!r}); fastrnn.nn.LSTM(proj_size=P) runs "
-                                      f"them as composed torch ops")
+        if masked:
+            raise NotImplementedError(f"the kernels do not run recurrent_dropout or zoneout with proj_size (cell "
+                                      f"{cell!r}; grad_clip they do); fastrnn.nn.LSTM(proj_size=P) runs them as "
+                                      f"composed torch ops")
     if modified and (not opts["reset_after"] or opts["layer_norm"]):
         raise NotImplementedError(f"the kernels run the training modifiers (recurrent_dropout, grad_clip, zoneout) "
                                   f"with the base cells and the LSTM variants, not with {cell!r} (fastrnn.nn runs "

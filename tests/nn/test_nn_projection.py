@@ -55,11 +55,16 @@ def test_cpu_runs_the_fused_op(no_composed, dtype):
 
 
 @pytest.mark.parametrize("options", [dict(peephole=True), dict(coupled=True), dict(cell_clip=0.5),
-                                     dict(peephole=True, coupled=True, cell_clip=0.5)],
-                         ids=["peephole", "coupled", "clip", "all"])
+                                     dict(peephole=True, coupled=True, cell_clip=0.5), dict(grad_clip=0.05),
+                                     dict(peephole=True, cell_clip=0.5, grad_clip=0.05),
+                                     dict(grad_clip=0.05, weight_dropout=0.3)],
+                         ids=["peephole", "coupled", "clip", "all", "grad_clip", "peep-clip-grad_clip",
+                              "grad_clip-weight_dropout"])
 def test_variants_with_projection_run_the_op_and_match_the_composed_path(no_composed, monkeypatch, options):
     """The fused op (composed path refused) against the composed torch ops (the op refused) on the
-    same module and inputs: outputs, states and every gradient, float64."""
+    same module and inputs: outputs, states and every gradient, float64; with grad_clip (the
+    training modifier the projected kernels run; the composed path clamps with tensor hooks) and
+    weight dropout (the same masks: the same torch seed before each run)."""
     torch.manual_seed(1)
     m = fnn.LSTM(I, H, 2, bidirectional=True, proj_size=P, dtype=torch.float64, **options)
     with torch.no_grad():  # wider weights so that a clip of 0.5 is active
@@ -69,11 +74,16 @@ def test_variants_with_projection_run_the_op_and_match_the_composed_path(no_comp
     def run():
         m.zero_grad()
         x, h0, c0 = _inputs()
+        torch.manual_seed(7)  # weight dropout's masks
         y, (hn, cn) = m(x, (h0, c0))
         (y.sum() + hn.pow(2).sum() + cn.pow(3).sum()).backward()
         return [y, hn, cn, x.grad, h0.grad, c0.grad] + [p.grad.clone() for p in m.parameters()]
 
     fused = run()
+    if "grad_clip" in options:  # the clip is active: without it the gradients differ
+        m.grad_clip = None
+        assert not torch.allclose(run()[3], fused[3])
+        m.grad_clip = options["grad_clip"]
     monkeypatch.undo()
     composed_calls = []
     real = recurrence._composed_recurrence
