@@ -300,32 +300,46 @@ fastrnn::NormParams<T> norm_params(fastrnn::CellKind kind, const fastrnn::CellOp
   return np;
 }
 
+// The hidden size H of a cell whose w_hh is [G*H, HW]: HW itself, or w_hh's rows / G for the
+// projected LSTM (HW = P).
+int64 prepared_hidden_size(fastrnn::CellKind kind, const fastrnn::CellOptions& o, py::array w_hh) {
+  if (o.proj_size <= 0) return w_hh.shape(1);
+  const int64 G = fastrnn::dispatch_cell(kind, o, [](auto c) { return int64(decltype(c)::kGates); });
+  if (w_hh.shape(0) % G || w_hh.shape(1) != o.proj_size)
+    throw py::value_error("w_hh must have shape (" + std::to_string(G) + "*H, P=" + std::to_string(o.proj_size) +
+                          "), got (" + std::to_string(w_hh.shape(0)) + ", " + std::to_string(w_hh.shape(1)) + ")");
+  return w_hh.shape(0) / G;
+}
+
 // _core.PreparedCell: one cell's weights packed once (see csrc/cpu/prepared.h) and a step() that
 // checks its arrays and runs with the GIL released. One Python class for every dtype/storage.
+// With proj_size = P: w_hr [P, H], h and h_out [B, P].
 class PreparedCellBinding {
  public:
   PreparedCellBinding(int cell, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, bool half,
                       bool peephole, bool coupled, double cell_clip, py::object w_ch, bool reset_after,
-                      bool layer_norm, py::tuple norm)
-      : options_(cell_options(peephole, coupled, cell_clip, reset_after, layer_norm)) {
+                      bool layer_norm, py::tuple norm, int64 proj_size, py::object w_hr)
+      : options_(cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size)) {
     if (!fastrnn::valid_cell_id(cell))
       throw py::value_error("cell must be 0.." + std::to_string(fastrnn::kNumCells - 1) + ", got " + std::to_string(cell));
     const auto kind = static_cast<fastrnn::CellKind>(cell);
     if (!(cell_clip >= 0)) throw py::value_error("cell_clip must be > 0 (0: no clipping)");
     (void)fastrnn::param_counts(kind, options_);  // options the cell does not have: ArgumentError
+    if (proj_size < 0) throw py::value_error("proj_size must be >= 0, got " + std::to_string(proj_size));
     if (w_hh.ndim() != 2 || w_ih.ndim() != 2)
       throw py::value_error("w_ih and w_hh must be 2-D, got " + std::to_string(w_ih.ndim()) + "-D and " +
                             std::to_string(w_hh.ndim()) + "-D");
-    H_ = w_hh.shape(1);
+    H_ = prepared_hidden_size(kind, options_, w_hh);
+    HW_ = proj_size > 0 ? proj_size : H_;
     I_ = w_ih.shape(1);
     if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
     if (is_float64(w_ih)) {
       if (half) throw py::value_error("float16 weight storage is for float32 weights only");
-      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, f64_);
+      make<double, double>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, w_hr, f64_);
     } else if (half) {
-      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, f16_);
+      make<float, _Float16>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, w_hr, f16_);
     } else {
-      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, f32_);
+      make<float, float>(kind, w_ih, w_hh, b_ih, b_hh, w_ch, norm, w_hr, f32_);
     }
     lstm_ = fastrnn::dispatch_cell(kind, [](auto c) { return fastrnn::SpecTraits<decltype(c)>::kCarriesState; });
   }
@@ -341,7 +355,7 @@ class PreparedCellBinding {
  private:
   template <class T, class W>
   void make(fastrnn::CellKind kind, py::array w_ih, py::array w_hh, py::object b_ih, py::object b_hh, py::object w_ch,
-            py::tuple norm, std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
+            py::tuple norm, py::object w_hr, std::unique_ptr<fastrnn::cpu::PreparedCell<T, W>>& out) {
     using fastrnn::param_shape;
     const auto& o = options_;
     const T* wi = checked<T>(w_ih, "w_ih", param_shape(kind, I_, H_, 0, o), false, false);
@@ -349,28 +363,30 @@ class PreparedCellBinding {
     const T* bi = checked<T>(b_ih, "b_ih", param_shape(kind, I_, H_, 2, o), true, false);
     const T* bh = checked<T>(b_hh, "b_hh", param_shape(kind, I_, H_, 3, o), true, false);
     const T* ch = o.peephole ? checked<T>(w_ch, "w_ch", param_shape(kind, I_, H_, 4, o), false, false) : nullptr;
+    if (o.proj_size <= 0 && !w_hr.is_none()) throw py::value_error("w_hr is for proj_size > 0 only");
+    const T* hr = o.proj_size > 0 ? checked<T>(w_hr, "w_hr", {o.proj_size, H_}, false, false) : nullptr;
     if ((bi == nullptr) != (bh == nullptr)) throw py::value_error("give both b_ih and b_hh, or neither");
     const fastrnn::NormParams<T> np = norm_params<T>(kind, o, I_, H_, norm, "");
     py::gil_scoped_release release;
-    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh, o, ch, &np);
+    out = std::make_unique<fastrnn::cpu::PreparedCell<T, W>>(kind, I_, H_, wi, wh, bi, bh, o, ch, &np, hr);
   }
 
   template <class T, class P>
   void run(const P& cell, int64 B, py::array x, py::array h, py::object c, py::array h_out, py::object c_out) {
     const T* xp = checked<T>(x, "x", {B, I_}, false, false);
-    const T* hp = checked<T>(h, "h", {B, H_}, false, false);
+    const T* hp = checked<T>(h, "h", {B, HW_}, false, false);
     const T* cp = lstm_ ? checked<T>(c, "c", {B, H_}, false, false) : nullptr;
-    T* hop = checked<T>(h_out, "h_out", {B, H_}, false, true);
+    T* hop = checked<T>(h_out, "h_out", {B, HW_}, false, true);
     T* cop = lstm_ ? checked<T>(c_out, "c_out", {B, H_}, false, true) : nullptr;
-    const int64 bh = B * H_ * int64(sizeof(T));
-    refuse_overlaps({{"x", xp, B * I_ * int64(sizeof(T))}, {"h", hp, bh}, {"c", cp, lstm_ ? bh : 0}},
-                    {"h_out", hop, bh}, {"c_out", cop, lstm_ ? bh : 0});
+    const int64 bh = B * H_ * int64(sizeof(T)), bhw = B * HW_ * int64(sizeof(T));
+    refuse_overlaps({{"x", xp, B * I_ * int64(sizeof(T))}, {"h", hp, bhw}, {"c", cp, lstm_ ? bh : 0}},
+                    {"h_out", hop, bhw}, {"c_out", cop, lstm_ ? bh : 0});
     py::gil_scoped_release release;
     cell.step(B, xp, hp, cp, hop, cop);
   }
 
   fastrnn::CellOptions options_;
-  int64 I_ = 0, H_ = 0;
+  int64 I_ = 0, H_ = 0, HW_ = 0;  // HW_: h's width (P projected, else H)
   bool lstm_ = false;
   std::unique_ptr<fastrnn::cpu::PreparedCell<float, float>> f32_;
   std::unique_ptr<fastrnn::cpu::PreparedCell<float, _Float16>> f16_;
@@ -386,8 +402,8 @@ class PreparedStackBinding {
 
  public:
   PreparedStackBinding(int cell, py::list weights, bool half, bool peephole, bool coupled, double cell_clip,
-                       bool reset_after, bool layer_norm)
-      : options_(cell_options(peephole, coupled, cell_clip, reset_after, layer_norm)) {
+                       bool reset_after, bool layer_norm, int64 proj_size)
+      : options_(cell_options(peephole, coupled, cell_clip, reset_after, layer_norm, proj_size)) {
     if (cell < 0 || cell > 3) throw py::value_error("cell must be 0..3, got " + std::to_string(cell));
     const auto kind = static_cast<fastrnn::CellKind>(cell);
     if (!(cell_clip >= 0)) throw py::value_error("cell_clip must be > 0 (0: no clipping)");
@@ -395,8 +411,9 @@ class PreparedStackBinding {
     lstm_ = kind == fastrnn::CellKind::Lstm;
     L_ = static_cast<int64>(weights.size());
     if (L_ < 1) throw py::value_error("weights must hold at least one layer");
-    // arrays after (w_ih, w_hh[, b_ih, b_hh]): w_ch, then the layer norm's vectors
-    extra_ = (options_.peephole ? 1 : 0) + (options_.layer_norm ? (lstm_ ? 4 : 2) : 0);
+    if (proj_size < 0) throw py::value_error("proj_size must be >= 0, got " + std::to_string(proj_size));
+    // arrays after (w_ih, w_hh[, b_ih, b_hh]): w_ch, then the layer norm's vectors, then w_hr
+    extra_ = (options_.peephole ? 1 : 0) + (options_.layer_norm ? (lstm_ ? 4 : 2) : 0) + (proj_size > 0 ? 1 : 0);
     auto first = py::cast<py::sequence>(weights[0]);
     if (first.size() != size_t(2 + extra_) && first.size() != size_t(4 + extra_))
       throw py::value_error("weights[0] must hold " + std::to_string(2 + extra_) + " or " + std::to_string(4 + extra_) +
@@ -404,7 +421,8 @@ class PreparedStackBinding {
     auto w_ih = py::cast<py::array>(first[0]), w_hh = py::cast<py::array>(first[1]);
     if (w_ih.ndim() != 2 || w_hh.ndim() != 2) throw py::value_error("weights[0]'s w_ih and w_hh must be 2-D");
     I_ = w_ih.shape(1);
-    H_ = w_hh.shape(1);
+    H_ = prepared_hidden_size(kind, options_, w_hh);
+    HW_ = proj_size > 0 ? proj_size : H_;
     if (H_ < 1 || I_ < 1) throw py::value_error("input and hidden sizes must be >= 1");
     const int64 G = fastrnn::dispatch_cell(kind, options_, [](auto c) { return int64(decltype(c)::kGates); });
     if (is_float64(w_ih)) {
@@ -417,7 +435,8 @@ class PreparedStackBinding {
     }
   }
 
-  // x [B, I], h, c [L, B, H] -> h_out, c_out [L, B, H] (c, c_out: LSTM only, else None).
+  // x [B, I], h [L, B, HW], c [L, B, H] -> h_out [L, B, HW], c_out [L, B, H] (c, c_out: LSTM only, else
+  // None; HW = P for the projected LSTM, else H).
   void step(py::array x, py::array h, py::object c, py::array h_out, py::object c_out) {
     if (x.ndim() != 2) throw py::value_error("x must be 2-D [B, I], got " + std::to_string(x.ndim()) + "-D");
     const int64 B = x.shape(0);
@@ -455,9 +474,9 @@ class PreparedStackBinding {
         throw py::value_error("weights[" + std::to_string(l) + "] must hold " + std::to_string(2 + extra_) + " or " +
                               std::to_string(4 + extra_) + " arrays");
       const std::string p = "weights[" + std::to_string(l) + "]";
-      const int64 in = l ? H_ : I_;
+      const int64 in = l ? HW_ : I_;
       Layer w{checked<T>(t[0], (p + ".w_ih").c_str(), {GH, in}, false, false),
-              checked<T>(t[1], (p + ".w_hh").c_str(), {GH, H_}, false, false), nullptr, nullptr};
+              checked<T>(t[1], (p + ".w_hh").c_str(), {GH, HW_}, false, false), nullptr, nullptr};
       size_t next = 2;
       if (n == size_t(4 + extra_)) {
         w.b_ih = checked<T>(t[2], (p + ".b_ih").c_str(), {GH}, false, false);
@@ -467,9 +486,12 @@ class PreparedStackBinding {
       if (options_.peephole)
         w.w_ch = checked<T>(t[next++], (p + ".w_ch").c_str(), fastrnn::param_shape(kind, in, H_, 4, options_), false,
                             false);
-      py::tuple norm(n - next);
-      for (size_t i = next; i < n; ++i) norm[i - next] = t[i];
+      const size_t norm_end = options_.proj_size > 0 ? n - 1 : n;  // w_hr last
+      py::tuple norm(norm_end - next);
+      for (size_t i = next; i < norm_end; ++i) norm[i - next] = t[i];
       w.norm = norm_params<T>(kind, options_, in, H_, norm, p + ".");
+      if (options_.proj_size > 0)
+        w.w_hr = checked<T>(t[n - 1], (p + ".w_hr").c_str(), {options_.proj_size, H_}, false, false);
       layers.push_back(w);
     }
     py::gil_scoped_release release;
@@ -478,22 +500,22 @@ class PreparedStackBinding {
 
   template <class T, class P>
   void run(const P& stack, int64 B, py::array x, py::array h, py::object c, py::array h_out, py::object c_out) {
-    const std::vector<int64> state{L_, B, H_};
+    const std::vector<int64> state{L_, B, H_}, h_state{L_, B, HW_};
     const T* xp = checked<T>(x, "x", {B, I_}, false, false);
-    const T* hp = checked<T>(h, "h", state, false, false);
+    const T* hp = checked<T>(h, "h", h_state, false, false);
     const T* cp = lstm_ ? checked<T>(c, "c", state, false, false) : nullptr;
-    T* hop = checked<T>(h_out, "h_out", state, false, true);
+    T* hop = checked<T>(h_out, "h_out", h_state, false, true);
     T* cop = lstm_ ? checked<T>(c_out, "c_out", state, false, true) : nullptr;
     // Each layer's threads read all of its h (and layer l+1 reads h_out[l]) while writing h_out.
-    const int64 states = L_ * B * H_ * int64(sizeof(T));
-    refuse_overlaps({{"x", xp, B * I_ * int64(sizeof(T))}, {"h", hp, states}, {"c", cp, lstm_ ? states : 0}},
-                    {"h_out", hop, states}, {"c_out", cop, lstm_ ? states : 0});
+    const int64 states = L_ * B * H_ * int64(sizeof(T)), h_states = L_ * B * HW_ * int64(sizeof(T));
+    refuse_overlaps({{"x", xp, B * I_ * int64(sizeof(T))}, {"h", hp, h_states}, {"c", cp, lstm_ ? states : 0}},
+                    {"h_out", hop, h_states}, {"c_out", cop, lstm_ ? states : 0});
     py::gil_scoped_release release;
     stack.step(B, xp, hp, cp, hop, cop);
   }
 
   fastrnn::CellOptions options_;
-  int64 I_ = 0, H_ = 0, L_ = 0, extra_ = 0;
+  int64 I_ = 0, H_ = 0, HW_ = 0, L_ = 0, extra_ = 0;  // HW_: h's width (P projected, else H)
   bool lstm_ = false;
   std::unique_ptr<fastrnn::cpu::PreparedStack<float, float>> f32_;
   std::unique_ptr<fastrnn::cpu::PreparedStack<float, _Float16>> f16_;
@@ -711,19 +733,19 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<PreparedCellBinding>(m, "PreparedCell", "One cell's weights packed once for repeated single steps.")
       .def(py::init<int, py::array, py::array, py::object, py::object, bool, bool, bool, double, py::object, bool, bool,
-                    py::tuple>(),
+                    py::tuple, int64, py::object>(),
            py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("half"),
            py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
            py::arg("w_ch") = py::none(), py::arg("reset_after") = true, py::arg("layer_norm") = false,
-           py::arg("norm") = py::tuple())
+           py::arg("norm") = py::tuple(), py::arg("proj_size") = 0, py::arg("w_hr") = py::none())
       .def("step", &PreparedCellBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"));
 
   py::class_<PreparedStackBinding>(m, "PreparedStack",
                                    "L unidirectional layers' weights packed once, stepped together in one call.")
-      .def(py::init<int, py::list, bool, bool, bool, double, bool, bool>(), py::arg("cell"), py::arg("weights"),
+      .def(py::init<int, py::list, bool, bool, bool, double, bool, bool, int64>(), py::arg("cell"), py::arg("weights"),
            py::arg("half"), py::arg("peephole") = false, py::arg("coupled") = false, py::arg("cell_clip") = 0.0,
-           py::arg("reset_after") = true, py::arg("layer_norm") = false)
+           py::arg("reset_after") = true, py::arg("layer_norm") = false, py::arg("proj_size") = 0)
       .def("step", &PreparedStackBinding::step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("h_out"),
            py::arg("c_out"))
       .def("step_ptrs", &PreparedStackBinding::step_ptrs, py::arg("B"), py::arg("x_ptr"), py::arg("h_ptr"),

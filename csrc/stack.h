@@ -28,11 +28,11 @@ template <class T> const T* slice(const T* base, int64 index, int64 size) { retu
 template <class T> T* slice(T* base, int64 index, int64 size) { return base ? base + index * size : nullptr; }
 }  // namespace stack_detail
 
-// The training modifiers run with the unprojected cells only.
+// The masked training modifiers run with the unprojected cells only (grad_clip runs with both).
 template <class T> void refuse_projected_modifiers(const RnnConfig& c, const Modifiers<T>& m) {
-  if (c.projected() && (m.recurrent_mask || m.zoneout_h || m.zoneout_c || m.grad_clip > 0 || m.seeded.draws_recurrent() ||
+  if (c.projected() && (m.recurrent_mask || m.zoneout_h || m.zoneout_c || m.seeded.draws_recurrent() ||
                         m.seeded.draws_zoneout()))
-    throw ArgumentError("the training modifiers (recurrent dropout, zoneout, grad_clip) do not run with proj_size");
+    throw ArgumentError("the training modifiers recurrent dropout and zoneout do not run with proj_size");
 }
 
 template <class Backend, class T> void stack_forward(const Backend& be, const RnnConfig& c, const ForwardArgs<T>& a) {

@@ -203,9 +203,3 @@ NN16 = {
     "float16-relu": {"output": 2e-3, "grad": 2e-2},
     "bfloat16-relu": {"output": 1.5e-2, "grad": 1e-1},
 }
-# fastrnn.nn's composed torch ops in bfloat16 (LSTM(proj_size) in 16-bit types, which the kernels do
-# not run; tests/nn/test_nn_projection.py): every op rounds to bfloat16, the recurrent state too,
-# so it drifts further from float64 than the kernels. relative_error of the output against torch.nn
-# in float64 on the same bfloat16 values, T=6, B=3, I=4, H=7, P=3: worst 8.6e-3 over seeds 0-4
-# (2026-12-01); ~3.5x that.
-NN16_COMPOSED_BF16_OUTPUT = 3e-2

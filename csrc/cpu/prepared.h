@@ -127,17 +127,22 @@ template <class V, class W> inline V load_weights(const W* p) {
 // block's cell) run step_phases: each phase over all blocks, a barrier where the spec has one.
 // norm: the layer norm's vectors (g_ih, g_hh [G*H], g_c, b_c [H]; its bias fields unused: b_ih and
 // b_hh are the biases), required with layer_norm.
+// The projected LSTM (options.proj_size = P > 0): h is P wide (w_hh [G*H, P]) and w_hr [P, H] is
+// required; the one-pass step writes m = o*tanh(c_t) [B, H] for its unit blocks, a barrier, then each
+// thread computes its blocks of P units of h_t = m W_hr^T (W_hr packed like a gate block of P units).
 template <class T, class W> class PreparedCell {
  public:
   PreparedCell(CellKind cell, int64 I, int64 H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
-               const CellOptions& options = {}, const T* w_ch = nullptr, const NormParams<T>* norm = nullptr)
-      : cell_(cell), options_(options), I_(I), H_(H) {
+               const CellOptions& options = {}, const T* w_ch = nullptr, const NormParams<T>* norm = nullptr,
+               const T* w_hr = nullptr)
+      : cell_(cell), options_(options), I_(I), H_(H), P_(options.proj_size), HW_(P_ > 0 ? P_ : H) {
     G_ = dispatch_cell(cell, options, [](auto c) { return int64(decltype(c)::kGates); });
     U_ = dispatch_cell(cell, options, [](auto c) { return int64(SpecTraits<decltype(c)>::kUnitRows); });
     split_ = dispatch_cell(cell, options, [](auto c) { return int64(SpecTraits<decltype(c)>::kResetHSplit); });
     const bool layer_norm = dispatch_cell(cell, options, [](auto c) { return SpecTraits<decltype(c)>::kLayerNorm; });
     const bool carries = dispatch_cell(cell, options, [](auto c) { return SpecTraits<decltype(c)>::kCarriesState; });
     if (U_ > 0 && !w_ch) throw ArgumentError("w_ch is required (peephole)");
+    if (P_ > 0 && !w_hr) throw ArgumentError("w_hr is required (proj_size)");
     if (layer_norm && (!norm || !norm->g_ih || !norm->g_hh || (carries && (!norm->g_c || !norm->b_c))))
       throw ArgumentError("the layer norm's vectors are required (layer_norm)");
     const int64 PW = prepared_detail::kWidth<T>;
@@ -146,13 +151,13 @@ template <class T, class W> class PreparedCell {
     const int64 per_gate = checked_mul(blocks_, PW, "prepared weights");
     const int64 per_k = checked_mul(per_gate, G_, "prepared weights");
     px_.assign(checked_mul(per_k, I, "prepared weights"), W(0));
-    ph_.assign(checked_mul(checked_mul(per_gate, split_, "prepared weights"), H, "prepared weights"), W(0));
-    ph2_.assign(checked_mul(checked_mul(per_gate, G_ - split_, "prepared weights"), H, "prepared weights"), W(0));
+    ph_.assign(checked_mul(checked_mul(per_gate, split_, "prepared weights"), HW_, "prepared weights"), W(0));
+    ph2_.assign(checked_mul(checked_mul(per_gate, G_ - split_, "prepared weights"), HW_, "prepared weights"), W(0));
     bx_.assign(per_k, T(0));
     bh_.assign(per_k, T(0));
     pack(w_ih, I, px_, 0, G_);
-    pack(w_hh, H, ph_, 0, split_);
-    pack(w_hh, H, ph2_, split_, G_);
+    pack(w_hh, HW_, ph_, 0, split_);
+    pack(w_hh, HW_, ph2_, split_, G_);
     pack_bias(b_ih, bx_);
     pack_bias(b_hh, bh_);
     if (layer_norm) {
@@ -172,13 +177,23 @@ template <class T, class W> class PreparedCell {
     for (int64 blk = 0; blk < blocks_; ++blk)  // w_ch [U, H] -> [block][U][PW], zero past H
       for (int64 u = 0; u < U_; ++u)
         for (int64 i = 0, j = blk * PW; i < PW && j < H_; ++i, ++j) pch_[(blk * U_ + u) * PW + i] = w_ch[u * H_ + j];
+    if (P_ > 0) {  // w_hr [P, H] -> [P block][H][PW], zero past P
+      pblocks_ = (P_ + PW - 1) / PW;
+      pr_.assign(checked_mul(checked_mul(pblocks_, H_, "prepared weights"), PW, "prepared weights"), W(0));
+      pzeros_.assign(PW, T(0));
+      for (int64 blk = 0; blk < pblocks_; ++blk)
+        for (int64 k = 0; k < H_; ++k)
+          for (int64 i = 0, j = blk * PW; i < PW && j < P_; ++i, ++j) pr_[(blk * H_ + k) * PW + i] = W(w_hr[j * H_ + k]);
+    }
   }
 
   int64 input_size() const { return I_; }
   int64 hidden_size() const { return H_; }
+  int64 h_size() const { return HW_; }  // the width of h: P for the projected LSTM, else H
   CellKind cell() const { return cell_; }
 
-  // h_out[B, H] (and c_out for the LSTM) from x[B, I], h[B, H], c[B, H]. Outputs must not alias inputs.
+  // h_out[B, HW] (and c_out[B, H] for the LSTM) from x[B, I], h[B, HW], c[B, H] (HW = h_size()).
+  // Outputs must not alias inputs.
   void step(int64 B, const T* x, const T* h, const T* c, T* h_out, T* c_out) const {
     dispatch_cell(cell_, options_, [&](auto cell) { step_as<decltype(cell)>(B, x, h, c, h_out, c_out); });
   }
@@ -189,7 +204,12 @@ template <class T, class W> class PreparedCell {
     // a cell of one pointwise phase and no row reduction: every gate of a block in registers, one pass
     constexpr bool kOnePass = Traits::kLastPointwise == 0 && !Traits::kLayerNorm;
     const prepared_detail::Extras<T> extras{pch_.data(), U_, options_.cell_clip};
-    std::vector<T> gi, gh, between, reset_h;
+    std::vector<T> gi, gh, between, reset_h, m, projected;
+    if constexpr (Traits::kProjected) {  // m = o*tanh(c_t) [B, H], the P blocks' panels [pblocks][B][PW]
+      m.resize(B * H_);
+      projected.resize(pblocks_ * B * prepared_detail::kWidth<T>);
+    }
+    T* cell_h = Traits::kProjected ? m.data() : h_out;  // where the cell writes its h (m when projected)
     std::vector<Moments> part;
     prepared_detail::StepArgs<T, W> args{};
     if constexpr (!kOnePass) {
@@ -213,21 +233,39 @@ template <class T, class W> class PreparedCell {
         const Isa isa = cpu_isa();
         if constexpr (kOnePass) {
           if (isa == Isa::Avx512)
-            avx512::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
+            avx512::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, HW_, px, ph, bx, bh, x, h, c, cell_h, c_out, extras);
           else if (isa == Isa::Avx2)
-            avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
-          else baseline::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, px, ph, bx, bh, x, h, c, h_out, c_out, extras);
+            avx2::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, HW_, px, ph, bx, bh, x, h, c, cell_h, c_out, extras);
+          else baseline::step_blocks<Cell, T, W>(b0, b1, B, I_, H_, HW_, px, ph, bx, bh, x, h, c, cell_h, c_out, extras);
         } else {
           if (isa == Isa::Avx512) avx512::step_phases<Cell, T, W>(b0, b1, args);
           else if (isa == Isa::Avx2) avx2::step_phases<Cell, T, W>(b0, b1, args);
           else baseline::step_phases<Cell, T, W>(b0, b1, args);
         }
       };
-      const double flops = 2.0 * double(G_) * double(H_) * double(I_ + H_) * double(B);
+      // the P-unit blocks [p0, p1) of the projection h_out = m W_hr^T
+      auto project = [&](int64 p0, int64 p1) {
+        using namespace prepared_detail;
+        const Isa isa = cpu_isa();
+        if (isa == Isa::Avx512)
+          avx512::project_blocks<T, W>(p0, p1, B, H_, P_, pr_.data(), pzeros_.data(), m.data(), projected.data(), h_out);
+        else if (isa == Isa::Avx2)
+          avx2::project_blocks<T, W>(p0, p1, B, H_, P_, pr_.data(), pzeros_.data(), m.data(), projected.data(), h_out);
+        else baseline::project_blocks<T, W>(p0, p1, B, H_, P_, pr_.data(), pzeros_.data(), m.data(), projected.data(), h_out);
+      };
+      // thread tid of nt: its share of the unit blocks, and with a projection its share of the P blocks
+      auto run_thread = [&](int64 tid, int64 nt) {
+        run(blocks_ * tid / nt, blocks_ * (tid + 1) / nt);
+        if constexpr (Traits::kProjected) {
+#pragma omp barrier  // each of h_t's P units reads all H units of m
+          project(pblocks_ * tid / nt, pblocks_ * (tid + 1) / nt);
+        }
+      };
+      const double flops = 2.0 * double(B) * (double(G_) * double(H_) * double(I_ + HW_) + double(P_) * double(H_));
       const int64 by_work = min_step_flops() ? int64(std::max(1.0, std::min(1e9, flops / double(min_step_flops()))))
                                              : blocks_;
       const int threads = static_cast<int>(std::min<int64>({get_num_threads(), blocks_, by_work}));
-      if (threads <= 1) return run(0, blocks_);
+      if (threads <= 1) return run_thread(0, 1);
 #pragma omp parallel num_threads(threads)
       {
 #ifdef _OPENMP
@@ -235,7 +273,7 @@ template <class T, class W> class PreparedCell {
 #else
         const int64 tid = 0, nt = 1;
 #endif
-        run(blocks_ * tid / nt, blocks_ * (tid + 1) / nt);
+        run_thread(tid, nt);
       }
     }
   }
@@ -265,47 +303,50 @@ template <class T, class W> class PreparedCell {
 
   CellKind cell_;
   CellOptions options_;
-  int64 I_, H_, G_, U_, split_, blocks_;
+  int64 I_, H_, P_, HW_, G_, U_, split_, blocks_, pblocks_ = 0;  // P_: proj_size (0: none); HW_: h's width
   bool has_bias_ = false;
   std::vector<W> px_, ph_, ph2_;  // packed W_ih, W_hh's gate blocks [0, split_) and [split_, G) (empty for most)
   std::vector<T> bx_, bh_;        // packed b_ih, b_hh (zeros without bias)
   std::vector<T> pch_;            // packed w_ch [block][U][PW] (peepholes; empty without)
   std::vector<T> zeros_, g_ih_, g_hh_, g_c_, b_c_;  // layer norm: zeros and its packed vectors (empty without)
+  std::vector<W> pr_;                               // packed w_hr [P block][H][PW] (the projection; empty without)
+  std::vector<T> pzeros_;                           // [PW] zeros: the projection's (absent) bias
 };
 
 // L cells of one kind stacked (unidirectional): one step of the whole stack in one call, layer l
 // reading the new h of layer l-1 (layer 0 reads x) and stepping like PreparedCell. States are in
-// torch.nn's layout [L, B, H].
+// torch.nn's layout [L, B, H] (the projected LSTM: h [L, B, P], layers above the first read P inputs).
 template <class T, class W> class PreparedStack {
  public:
   struct Layer {
-    const T *w_ih, *w_hh, *b_ih, *b_hh;  // [G*H, I_l], [G*H, H], [G*H] or null; I_0 = I, I_l = H
+    const T *w_ih, *w_hh, *b_ih, *b_hh;  // [G*H, I_l], [G*H, HW], [G*H] or null; I_0 = I, I_l = HW (H, or P)
     const T* w_ch = nullptr;             // [U, H] peepholes (options.peephole)
     NormParams<T> norm{};                // the layer norm's vectors (options.layer_norm), as PreparedCell's
+    const T* w_hr = nullptr;             // [P, H] the projection (options.proj_size)
   };
 
   PreparedStack(CellKind cell, int64 I, int64 H, const std::vector<Layer>& weights, const CellOptions& options = {})
-      : H_(H) {
+      : H_(H), HW_(options.proj_size > 0 ? options.proj_size : H) {
     layers_.reserve(weights.size());
     for (size_t l = 0; l < weights.size(); ++l) {
       const Layer& w = weights[l];
-      layers_.emplace_back(cell, l ? H : I, H, w.w_ih, w.w_hh, w.b_ih, w.b_hh, options, w.w_ch, &w.norm);
+      layers_.emplace_back(cell, l ? HW_ : I, H, w.w_ih, w.w_hh, w.b_ih, w.b_hh, options, w.w_ch, &w.norm, w.w_hr);
     }
   }
 
   int64 num_layers() const { return static_cast<int64>(layers_.size()); }
 
-  // h_out, c_out [L, B, H] from x [B, I], h, c [L, B, H]; the output y is h_out[L-1]. Outputs
-  // must not alias the inputs.
+  // h_out [L, B, HW], c_out [L, B, H] from x [B, I], h [L, B, HW], c [L, B, H] (HW: h's width, P
+  // projected, else H); the output y is h_out[L-1]. Outputs must not alias the inputs.
   void step(int64 B, const T* x, const T* h, const T* c, T* h_out, T* c_out) const {
-    const int64 BH = B * H_;
+    const int64 BH = B * H_, BHW = B * HW_;
     for (int64 l = 0; l < num_layers(); ++l)
-      layers_[l].step(B, l ? h_out + (l - 1) * BH : x, h + l * BH, c ? c + l * BH : nullptr, h_out + l * BH,
+      layers_[l].step(B, l ? h_out + (l - 1) * BHW : x, h + l * BHW, c ? c + l * BH : nullptr, h_out + l * BHW,
                       c_out ? c_out + l * BH : nullptr);
   }
 
  private:
-  int64 H_;
+  int64 H_, HW_;
   std::vector<PreparedCell<T, W>> layers_;
 };
 

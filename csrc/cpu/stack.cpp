@@ -235,7 +235,7 @@ template <class T> const ParamField<T>& param_field(const char* name) {
       {"b_ih", &W::b_ih, &G::db_ih},           {"b_hh", &W::b_hh, &G::db_hh},
       {"w_ch", &W::w_ch, &G::dw_ch},           {"ln_weight_ih", &W::ln_ih, &G::dln_ih},
       {"ln_weight_hh", &W::ln_hh, &G::dln_hh}, {"ln_weight_c", &W::ln_c_w, &G::dln_c_w},
-      {"ln_bias_c", &W::ln_c_b, &G::dln_c_b}};
+      {"ln_bias_c", &W::ln_c_b, &G::dln_c_b},    {"w_hr", &W::w_hr, &G::dw_hr}};
   for (const auto& f : fields)
     if (std::strcmp(f.name, name) == 0) return f;
   throw ArgumentError(std::string("the 16-bit entry points have no field for parameter ") + name);
@@ -336,16 +336,18 @@ template <class T> void packed_copy(const LiveRows& live, int64 T_, int64 B, int
 
 // The float32 call of a 16-bit forward / backward: every array argument, one row each (x, y, dy, dx
 // packed [N, .] when `packed` is given).
+// h0, hn, y's columns (dhn, dh0, dy) are h_size() wide (P for the projected LSTM), c0, cn H wide.
 template <class S>
 ForwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const ForwardArgs<S>& a, const PackedRows* packed) {
   const int64 TB = packed ? packed->rows : c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
+  const int64 hstate = c.L * c.D * c.B * c.h_size();
   ForwardArgs<float> f{};
   f.lengths = a.lengths;
   w.take(a.x, f.x, TB * c.I, Access::Read, "the float32 copy of x");
-  w.take(a.h0, f.h0, state, Access::Read, "the float32 copy of h0");
+  w.take(a.h0, f.h0, hstate, Access::Read, "the float32 copy of h0");
   w.take(a.c0, f.c0, carried, Access::Read, "the float32 copy of c0");
-  w.take(a.y, f.y, TB * c.D * c.H, Access::Write, "the float32 output");
-  w.take(a.hn, f.hn, state, Access::Write, "the float32 h_n");
+  w.take(a.y, f.y, TB * c.D * c.h_size(), Access::Write, "the float32 output");
+  w.take(a.hn, f.hn, hstate, Access::Write, "the float32 h_n");
   w.take(a.cn, f.cn, carried, Access::Write, "the float32 c_n");
   w.take(a.reserve, f.reserve, ReserveLayout(c).total, Access::Write, "the float32 reserve");
   w.modifiers(c, a.mods, f.mods, Access::Write);
@@ -357,17 +359,18 @@ ForwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const Forward
 template <class S>
 BackwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const BackwardArgs<S>& a, const PackedRows* packed) {
   const int64 TB = packed ? packed->rows : c.T * c.B, state = c.L * c.D * c.B * c.H, carried = c.has_cell_state() ? state : 0;
+  const int64 hstate = c.L * c.D * c.B * c.h_size();
   BackwardArgs<float> f{};
   f.lengths = a.lengths;
   w.take(a.x, f.x, TB * c.I, Access::Read, "the float32 copy of x");
-  w.take(a.h0, f.h0, state, Access::Read, "the float32 copy of h0");
+  w.take(a.h0, f.h0, hstate, Access::Read, "the float32 copy of h0");
   w.take(a.c0, f.c0, carried, Access::Read, "the float32 copy of c0");
   w.take(a.reserve, f.reserve, ReserveLayout(c).total, Access::Read, "the float32 reserve");
-  w.take(a.dy, f.dy, TB * c.D * c.H, Access::Read, "the float32 copy of dy");
-  w.take(a.dhn, f.dhn, state, Access::Read, "the float32 copy of dhn");
+  w.take(a.dy, f.dy, TB * c.D * c.h_size(), Access::Read, "the float32 copy of dy");
+  w.take(a.dhn, f.dhn, hstate, Access::Read, "the float32 copy of dhn");
   w.take(a.dcn, f.dcn, carried, Access::Read, "the float32 copy of dcn");
   w.take(a.dx, f.dx, TB * c.I, Access::Write, "the float32 dx");
-  w.take(a.dh0, f.dh0, state, Access::Write, "the float32 dh0");
+  w.take(a.dh0, f.dh0, hstate, Access::Write, "the float32 dh0");
   w.take(a.dc0, f.dc0, carried, Access::Write, "the float32 dc0");
   w.modifiers(c, a.mods, f.mods, Access::Read);
   f.mods.seeded = a.mods.seeded;
@@ -382,8 +385,6 @@ BackwardArgs<float> widened_call(Widened<S>& w, const RnnConfig& c, const Backwa
 template <class T> void forward_in(const RnnConfig& c, const ForwardArgs<T>& a, const PackedRows* packed) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
-    // Widened copies every parameter the spec names except the projection's w_hr.
-    if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
     forward_in<float>(c, widened_call(w, c, a, packed), packed);  // the float32 path, the batch sorted there
     w.finish();
@@ -424,8 +425,6 @@ template <class T> void forward_in(const RnnConfig& c, const ForwardArgs<T>& a, 
 template <class T> void backward_in(const RnnConfig& c, const BackwardArgs<T>& a, const PackedRows* packed) {
   check_blas_dims(c);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, fp16>::value) {
-    // Widened copies every parameter the spec names except the projection's w_hr.
-    if (c.projected()) throw ArgumentError("proj_size is not implemented for 16-bit types (use float32)");
     Widened<T> w;
     backward_in<float>(c, widened_call(w, c, a, packed), packed);  // the float32 path, the batch sorted there
     w.finish();

@@ -24,8 +24,9 @@ class Stepper:
     RNN / LSTM / GRU, on weights packed when the stepper is made (and again on :meth:`refresh`).
 
     x: ``[B, I]``; state: torch.nn's layout, ``h [L, B, H]`` (GRU, RNN) or ``(h, c)`` (LSTM), None
-    for zeros. Returns ``y [B, H]`` (the top layer's new h: ``y`` is ``h[-1]``, the same memory)
-    and the new state, in new tensors; equals the module called on ``x[None]`` (T = 1), without
+    for zeros (``LSTM(proj_size=P)``: h ``[L, B, P]``, c ``[L, B, H]``). Returns ``y [B, H]`` (``[B,
+    P]`` projected; the top layer's new h: ``y`` is ``h[-1]``, the same memory) and the new state, in
+    new tensors; equals the module called on ``x[None]`` (T = 1), without
     dropout. No autograd: the results never require grad (use the module itself to train).
     float32 and float64; ``weight_dtype="float16"`` stores float32 weights as float16 (as
     :class:`fastrnn.PreparedCell`: half the bytes to read per step, float16's rounding of each
@@ -49,9 +50,6 @@ class Stepper:
         if module.bidirectional:
             raise ValueError("stepper() steps unidirectional stacks only: a bidirectional layer needs the whole "
                              "sequence (its reverse direction starts at the end); got bidirectional=True")
-        if module.proj_size > 0:
-            raise ValueError(f"stepper() does not support LSTM projections (proj_size > 0), got "
-                             f"proj_size={module.proj_size}")
         if not isinstance(auto_refresh, bool):
             raise TypeError(f"auto_refresh must be a bool, got {type(auto_refresh).__name__}")
         self.module, self.weight_dtype, self.auto_refresh = module, weight_dtype, auto_refresh
@@ -61,7 +59,8 @@ class Stepper:
         # the module's cell options (README "Cell variants"), as PreparedStack takes them
         self._options = {name: getattr(module, name, default) for name, default in
                          (("peephole", False), ("coupled", False), ("cell_clip", None), ("reset_after", True),
-                          ("layer_norm", False))}
+                          ("layer_norm", False), ("proj_size", 0))}
+        self.proj_size = self._options["proj_size"]
         self.refresh()
 
     def __repr__(self) -> str:
@@ -105,12 +104,14 @@ class Stepper:
                                    "(in place, replaced or moved): call stepper.refresh() to use the new weights, "
                                    "or make the stepper with auto_refresh=True")
 
-    def _state_tensor(self, name: str, s, B: int) -> Tensor:
-        shape = (self.num_layers, B, self.hidden_size)
+    def _state_tensor(self, name: str, s, B: int, projected: bool = False) -> Tensor:
+        """A state tensor checked: [L, B, H], or [L, B, P] for the projected LSTM's h (projected=True)."""
+        shape = (self.num_layers, B, self.proj_size if projected else self.hidden_size)
+        letter = "P" if projected else "H"
         if not isinstance(s, Tensor):
-            raise TypeError(f"{name} must be a tensor [L, B, H] = {list(shape)}, got {type(s).__name__}")
+            raise TypeError(f"{name} must be a tensor [L, B, {letter}] = {list(shape)}, got {type(s).__name__}")
         if s.shape != shape:
-            raise ValueError(f"{name} must have shape [L, B, H] = {list(shape)}, got {list(s.shape)}")
+            raise ValueError(f"{name} must have shape [L, B, {letter}] = {list(shape)}, got {list(s.shape)}")
         if s.dtype is not self.dtype or not (s.is_cpu if self._on_cpu else s.device == self.device):
             raise TypeError(f"{name} must be {self.dtype} on {self.device} (the module's), got {s.dtype} on {s.device}")
         return s.contiguous()
@@ -128,9 +129,10 @@ class Stepper:
             h = c = None
         elif self._has_c:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError(f"an LSTM's state must be a tuple (h, c) of [L, B, H] tensors, "
-                                f"got {type(state).__name__}")
-            h, c = self._state_tensor("state[0] (h)", state[0], B), self._state_tensor("state[1] (c)", state[1], B)
+                raise TypeError(f"an LSTM's state must be a tuple (h, c) of [L, B, H] tensors ([L, B, P], [L, B, H] "
+                                f"with proj_size), got {type(state).__name__}")
+            h = self._state_tensor("state[0] (h)", state[0], B, projected=self.proj_size > 0)
+            c = self._state_tensor("state[1] (c)", state[1], B)
         else:
             h, c = self._state_tensor("state (h)", state, B), None
         if self._step_ptrs is None:  # CUDA: the module's fused op on a one-step sequence
@@ -140,10 +142,11 @@ class Stepper:
                                                      self.num_layers, False, False)
         else:
             shape = (self.num_layers, B, self.hidden_size)
+            h_shape = (self.num_layers, B, self.proj_size or self.hidden_size)  # h's width: P when projected
             if h is None:
-                h = torch.zeros(shape, dtype=self.dtype)
+                h = torch.zeros(h_shape, dtype=self.dtype)
                 c = torch.zeros(shape, dtype=self.dtype) if self._has_c else None
-            h_out = torch.empty(shape, dtype=self.dtype)
+            h_out = torch.empty(h_shape, dtype=self.dtype)
             c_out = torch.empty(shape, dtype=self.dtype) if self._has_c else None
             x = x.contiguous()  # held in a name: its memory must outlive the call
             self._step_ptrs(B, x.data_ptr(), h.data_ptr(), c.data_ptr() if self._has_c else 0,

@@ -12,7 +12,7 @@ h0, c0 [L*D, B, H]; lengths [B] integers in [1, T]. One dtype throughout: float3
 or bfloat16 (``ml_dtypes.bfloat16``, when ml_dtypes is installed). 16-bit arrays run the 16-bit
 kernels: float32 accumulation and state inside, results rounded to the 16-bit type (README, "16-bit
 types").
-The projected LSTM (``proj_size=P``, torch.nn.LSTM's; float32/float64): each entry is (w_ih, w_hh
+The projected LSTM (``proj_size=P``, torch.nn.LSTM's): each entry is (w_ih, w_hh
 [4*H, P][, b_ih, b_hh], w_hr [P, H]) in torch's order, I_l = D*P, h0/h_n [L*D, B, P], c0/c_n
 [L*D, B, H], output [T, B, D*P].
 """
@@ -276,8 +276,9 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         h_t = W_hr (o * tanh(c_t)), h is P wide, c is H wide. Each weights entry is then
         (w_ih [4*H, I_l], w_hh [4*H, P][, b_ih, b_hh][, w_ch], w_hr [P, H]) (torch's order; layers
         above the first read I_l = D*P), h0 and h_n are [L*D, B, P], c0 and c_n [L*D, B, H], the
-        output [T, B, D*P]. Combines with peephole, coupled and cell_clip; float32/float64 only; not
-        with layer_norm (ValueError) nor with the training modifiers (NotImplementedError;
+        output [T, B, D*P]. Combines with peephole, coupled and cell_clip, in every dtype, and with
+        weight_dropout / weight_mask and grad_clip (the total reaching h_t, P wide, and c_t); not
+        with layer_norm (ValueError) nor with the other training modifiers (NotImplementedError;
         fastrnn.reference and fastrnn.nn.LSTM compute them).
     reset_after: the GRU's reset gate after the hidden product (PyTorch's); False (Cho et al. 2014):
         n = tanh(W_in x + b_in + W_hn (r*h_{t-1}) + b_hn), same weights (README "Cell variants").
@@ -297,7 +298,7 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     recurrent_dropout: p; one mask m = Bernoulli(1-p)/(1-p) [L*D, B, H] (or ``recurrent_mask``)
         multiplies h_{t-1} where it enters W_hh, the same at every step.
     weight_dropout: p; one mask M = Bernoulli(1-p)/(1-p) per W_hh (or ``weight_mask``, L*D arrays
-        [G*H, H]) for the call; backward gives dL/dW_hh through the mask.
+        [G*H, H]; [G*H, P] with proj_size) for the call; backward gives dL/dW_hh through the mask.
     grad_clip: C > 0; backward clamps the total gradient reaching each h_t (and the LSTM's c_t) to
         [-C, C] (a training heuristic, not the forward's gradient).
     dilation: an int or one per layer; layer l's step t reads the state of step t - d_l.
@@ -355,13 +356,13 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
     _check_probability("weight_dropout", weight_dropout)
     grad_clip = _check_grad_clip(grad_clip)
     dilations = _check_dilation(dilation, L)
-    if options.get("proj_size") and (recurrent_dropout or weight_dropout or grad_clip or any(d != 1 for d in dilations)
-                                     or zoneout or zoneout_cell or recurrent_mask is not None
-                                     or weight_mask is not None or zoneout_mask is not None
+    if options.get("proj_size") and (recurrent_dropout or any(d != 1 for d in dilations) or zoneout or zoneout_cell
+                                     or recurrent_mask is not None or zoneout_mask is not None
                                      or zoneout_cell_mask is not None):
-        raise NotImplementedError("the training modifiers (recurrent_dropout, weight_dropout, grad_clip, dilation, "
-                                  "zoneout, zoneout_cell) are not fused with proj_size yet: fastrnn.reference.forward"
-                                  "(..., proj_size=P) and fastrnn.nn.LSTM(proj_size=P) (composed torch ops) run them")
+        raise NotImplementedError("the training modifiers recurrent_dropout, dilation, zoneout and zoneout_cell are "
+                                  "not fused with proj_size yet (weight_dropout and grad_clip are): "
+                                  "fastrnn.reference.forward(..., proj_size=P) and fastrnn.nn.LSTM(proj_size=P) "
+                                  "(composed torch ops) run them")
     given_masks = [n for n, m in (("recurrent_mask", recurrent_mask), ("weight_mask", weight_mask),
                                   ("zoneout_mask", zoneout_mask), ("zoneout_cell_mask", zoneout_cell_mask))
                    if m is not None]
@@ -385,10 +386,11 @@ def forward(cell: str, x, weights: Sequence, h0=None, c0=None, *, lengths=None, 
         recurrent_mask = _check_state("recurrent_mask", recurrent_mask, state_shape, x.dtype)
     elif training and recurrent_dropout > 0 and mask_seed is None:
         recurrent_mask = _bernoulli_mask(generator, state_shape, recurrent_dropout, x.dtype)
+    HW, width = _h_width(options, H)  # W_hh's columns: h's width (P projected)
     if weight_mask is not None:
-        weight_mask = _check_weight_mask(weight_mask, L * D, (G * H, H), x.dtype)
+        weight_mask = _check_weight_mask(weight_mask, L * D, (G * H, HW), x.dtype, width)
     elif training and weight_dropout > 0:
-        weight_mask = [_bernoulli_mask(generator, (G * H, H), weight_dropout, x.dtype) for _ in range(L * D)]
+        weight_mask = [_bernoulli_mask(generator, (G * H, HW), weight_dropout, x.dtype) for _ in range(L * D)]
     steps_shape = (L * D, T, B, H)
     zone = []  # [d_h, d_c], each [L*D, T, B, H] or None
     for name, p, given in (("zoneout_mask", zoneout, zoneout_mask), ("zoneout_cell_mask", zoneout_cell,
@@ -464,7 +466,7 @@ def _check_dilation(dilation, L: int) -> list:
     return [int(d) for d in values]
 
 
-def _check_weight_mask(masks, count: int, shape: tuple, dtype) -> list:
+def _check_weight_mask(masks, count: int, shape: tuple, dtype, width: str = "H") -> list:
     if not isinstance(masks, (list, tuple)) or len(masks) != count:
         raise ValueError(f"weight_mask must be a list of num_layers*num_directions = {count} arrays {shape}, got "
                          f"{type(masks).__name__}" + (f" of {len(masks)}" if isinstance(masks, (list, tuple)) else ""))
@@ -472,7 +474,7 @@ def _check_weight_mask(masks, count: int, shape: tuple, dtype) -> list:
     for k, m in enumerate(masks):
         m = _array(f"weight_mask[{k}]", m)
         _check_dtype(f"weight_mask[{k}]", m, dtype)
-        _check_shape(f"weight_mask[{k}]", m, shape, "(G*H, H) = ")
+        _check_shape(f"weight_mask[{k}]", m, shape, f"(G*H, {width}) = ")
         out.append(np.ascontiguousarray(m))
     return out
 
@@ -780,25 +782,35 @@ def _half_weights(weight_dtype, dtype, matrices) -> bool:
 
 class _PreparedStep:
     """What PreparedCell and PreparedStack share: the checks of one step's arrays. A subclass sets
-    cell, dtype, input_size and hidden_size, ``_state_shape(B)`` and ``_STATE_FORMULA`` (that shape
-    in letters, for messages)."""
+    cell, dtype, input_size, hidden_size and proj_size (0: none), ``_state_shape(B, width)`` and
+    ``_state_formula(letter)`` (that shape in letters, for messages)."""
 
-    _STATE_FORMULA: str
+    proj_size: int = 0
 
     def _check_dtype(self, name: str, a: np.ndarray) -> None:
         if a.dtype != self.dtype:
             raise TypeError(f"{name} must have dtype {self.dtype} (the dtype of the prepared weights), got {a.dtype}")
 
-    def _state_shape(self, B: int) -> tuple:
+    def _state_shape(self, B: int, width: int) -> tuple:
         raise NotImplementedError
 
+    def _state_formula(self, letter: str) -> str:
+        raise NotImplementedError
+
+    def _widths(self, name: str) -> tuple:
+        """The width of state ``name`` (h, h_out: P for the projected LSTM; c, c_out: H) and its letter."""
+        if self.proj_size and name.startswith("h"):
+            return self.proj_size, "P"
+        return self.hidden_size, "H"
+
     def _state(self, name: str, s, B: int) -> np.ndarray:
-        shape = self._state_shape(B)
+        width, letter = self._widths(name)
+        shape = self._state_shape(B, width)
         if s is None:
             return np.zeros(shape, self.dtype)
         s = _array(name, s)
         self._check_dtype(name, s)
-        _check_shape(name, s, shape, self._STATE_FORMULA)
+        _check_shape(name, s, shape, self._state_formula(letter))
         return np.ascontiguousarray(s)
 
     def _step_arrays(self, x, h, c, out) -> tuple:
@@ -814,9 +826,9 @@ class _PreparedStep:
             raise ValueError(f"c is only for the LSTM, got one for cell {self.cell!r}")
         h = self._state("h", h, B)
         c = self._state("c", c, B) if lstm else None
-        shape = self._state_shape(B)
+        names = ("h_out", "c_out") if lstm else ("h_out",)
         if out is None:
-            out = tuple(np.empty(shape, self.dtype) for _ in range(2 if lstm else 1))
+            out = tuple(np.empty(self._state_shape(B, self._widths(name)[0]), self.dtype) for name in names)
         else:
             out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
             if len(out) != (2 if lstm else 1):
@@ -825,13 +837,14 @@ class _PreparedStep:
                 if not isinstance(o, np.ndarray):
                     raise TypeError(f"{name} must be a numpy array, got {type(o).__name__}")
                 self._check_dtype(name, o)
-                _check_shape(name, o, shape, self._STATE_FORMULA)
+                width, letter = self._widths(name)
+                _check_shape(name, o, self._state_shape(B, width), self._state_formula(letter))
         return np.ascontiguousarray(x), h, c, out
 
 
 def _options_repr(options: dict) -> str:
     """The cell options that differ from the base cell's, as ``, name=value`` for a repr."""
-    defaults = dict(peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False)
+    defaults = dict(peephole=False, coupled=False, cell_clip=0.0, reset_after=True, layer_norm=False, proj_size=0)
     return "".join(f", {k}={v!r}" for k, v in options.items() if v != defaults[k])
 
 
@@ -858,13 +871,28 @@ class PreparedCell(_PreparedStep):
     the step makes a second pass over the units for it) and ``layer_norm=True`` with the norm's
     vectors ``ln_weight_ih``, ``ln_weight_hh`` [G*H] and, for the LSTM, ``ln_weight_c``,
     ``ln_bias_c`` [H] (the row statistics over all units come between the passes).
+
+    The projected LSTM (torch.nn.LSTM's ``proj_size``): ``proj_size=P`` with ``w_hr`` [P, H] (given
+    ``w_hr`` alone, P is its row count); w_hh is [G*H, P], h and h_out are [B, P], c stays [B, H],
+    and the step is ``h_t = (o*tanh(c_t)) W_hr^T`` after the cell (a second pass, over P units).
     """
 
     def __init__(self, cell: str, w_ih, w_hh, b_ih=None, b_hh=None, *, weight_dtype=None, peephole: bool = False,
                  coupled: bool = False, cell_clip=None, w_ch=None, reset_after: bool = True, layer_norm: bool = False,
-                 ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None):
+                 ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None, proj_size: int = 0,
+                 w_hr=None):
         self.cell = _check_cell(cell)
-        options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm)
+        if w_hr is not None:
+            w_hr = _array("w_hr", w_hr)
+            if w_hr.ndim != 2:
+                raise ValueError(f"w_hr must be 2-D (P, H), got shape {w_hr.shape}")
+            if isinstance(proj_size, (int, np.integer)) and not isinstance(proj_size, (bool, np.bool_)) \
+                    and proj_size == 0:
+                proj_size = int(w_hr.shape[0])  # P from w_hr [P, H]
+        options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm, proj_size)
+        P = options.get("proj_size", 0)
+        if P and w_hr is None:
+            raise ValueError(f"proj_size={P} needs w_hr (the projection [P, H]), got None")
         norm_names = ("ln_weight_ih", "ln_weight_hh") + (("ln_weight_c", "ln_bias_c") if carries_cell_state(self.cell)
                                                          else ())
         given = dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c, ln_bias_c=ln_bias_c)
@@ -883,15 +911,21 @@ class PreparedCell(_PreparedStep):
         self.dtype = w_ih.dtype
         _check_dtype("w_hh", w_hh, self.dtype)
         G = _gates(self.cell, options)
-        if w_hh.ndim != 2 or w_hh.shape[1] < 1:
-            raise ValueError(f"w_hh must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh.shape}")
-        H = int(w_hh.shape[1])
+        if P:  # w_hh [G*H, P]: H from its rows
+            if w_hh.ndim != 2 or w_hh.shape[0] < G or w_hh.shape[0] % G:
+                raise ValueError(f"w_hh must be 2-D ({G}*H, P={P}) with H >= 1 (proj_size={P}), got shape "
+                                 f"{w_hh.shape}")
+            H = int(w_hh.shape[0]) // G
+        else:
+            if w_hh.ndim != 2 or w_hh.shape[1] < 1:
+                raise ValueError(f"w_hh must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh.shape}")
+            H = int(w_hh.shape[1])
         if w_ih.ndim != 2 or w_ih.shape[1] < 1:
             raise ValueError(f"w_ih must be 2-D ({G}*H, I) with I >= 1, got shape {w_ih.shape}")
-        # (w_ih, w_hh, b_ih, b_hh[, w_ch]) by the one rule, with the options (coupled: 3 gate blocks)
+        # (w_ih, w_hh, b_ih, b_hh[, w_ch][, w_hr]) by the one rule, with the options (coupled: 3 gate blocks)
         peephole, coupled = options["peephole"], options["coupled"]
-        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True, peephole, coupled)[0]
-        formulas = param_formulas(self.cell, 0, 1, True, peephole, coupled)
+        shapes = param_shapes(self.cell, int(w_ih.shape[1]), H, 1, False, True, peephole, coupled, P)[0]
+        formulas = param_formulas(self.cell, 0, 1, True, peephole, coupled, P)
         _check_shape("w_hh", w_hh, shapes[1], formulas[1])
         _check_shape("w_ih", w_ih, shapes[0], formulas[0])
         if (b_ih is None) != (b_hh is None):
@@ -909,6 +943,10 @@ class PreparedCell(_PreparedStep):
             _check_dtype("w_ch", w_ch, self.dtype)
             _check_shape("w_ch", w_ch, shapes[4], formulas[4])
             w_ch = np.ascontiguousarray(w_ch)
+        if w_hr is not None:
+            _check_dtype("w_hr", w_hr, self.dtype)
+            _check_shape("w_hr", w_hr, (P, H), formulas[-1])
+            w_hr = np.ascontiguousarray(w_hr)
         norm = []
         if options["layer_norm"]:
             for name, shape, formula in zip(norm_names, ((G * H,), (G * H,), (H,), (H,)),
@@ -917,12 +955,14 @@ class PreparedCell(_PreparedStep):
                 _check_dtype(name, v, self.dtype)
                 _check_shape(name, v, shape, formula)
                 norm.append(np.ascontiguousarray(v))
-        half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh)))
+        half = _half_weights(weight_dtype, self.dtype, (("w_ih", w_ih), ("w_hh", w_hh))
+                             + ((("w_hr", w_hr),) if P else ()))
         _check_sizes(1, 1, int(w_ih.shape[1]), H, G, 1)
         self.input_size, self.hidden_size, self.weight_dtype = int(w_ih.shape[1]), H, "float16" if half else None
+        self.proj_size = P
         self.options = options
         self._step = _core.PreparedCell(_CELL_ID[self.cell], np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
-                                        biases[0], biases[1], half, w_ch=w_ch, norm=tuple(norm), **options)
+                                        biases[0], biases[1], half, w_ch=w_ch, norm=tuple(norm), w_hr=w_hr, **options)
 
     def __repr__(self) -> str:
         wd = f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype else ""
@@ -930,10 +970,11 @@ class PreparedCell(_PreparedStep):
         return f"PreparedCell({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
                f"dtype={self.dtype}{wd}{opts})"
 
-    _STATE_FORMULA = "(B, H) = "
+    def _state_formula(self, letter: str) -> str:
+        return f"(B, {letter}) = "
 
-    def _state_shape(self, B: int) -> tuple:
-        return (B, self.hidden_size)
+    def _state_shape(self, B: int, width: int) -> tuple:
+        return (B, width)
 
     def __call__(self, x, h=None, c=None, *, out=None):
         x, h, c, out = self._step_arrays(x, h, c, out)
@@ -960,13 +1001,16 @@ class PreparedStack(_PreparedStep):
     ``forward`` on a one-step sequence. Later changes to the weight arrays are not seen: prepare
     again. The cell options are ``forward``'s (``peephole``, ``coupled``, ``cell_clip``,
     ``reset_after``, ``layer_norm``), with each entry holding the arrays ``forward`` takes for them
-    (w_ch, the layer norm's vectors), stepped as by :class:`PreparedCell`.
+    (w_ch, the layer norm's vectors), stepped as by :class:`PreparedCell`. ``proj_size=P`` (the
+    projected LSTM): entries ``(w_ih, w_hh [G*H, P][, b_ih, b_hh][, w_ch], w_hr [P, H])`` as
+    ``forward(..., proj_size=P)`` takes them, layers above the first read P inputs, ``h`` is
+    [L, B, P] (so is ``y``'s h_n; ``y`` [B, P]) and ``c`` [L, B, H].
     """
 
     def __init__(self, cell: str, weights, weight_dtype=None, *, peephole: bool = False, coupled: bool = False,
-                 cell_clip=None, reset_after: bool = True, layer_norm: bool = False):
+                 cell_clip=None, reset_after: bool = True, layer_norm: bool = False, proj_size: int = 0):
         self.cell = _check_cell(cell)
-        options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm)
+        options = _check_options(self.cell, peephole, coupled, cell_clip, reset_after, layer_norm, proj_size)
         if isinstance(weights, (list, tuple)) and weights and isinstance(weights[0], (list, tuple)) and weights[0]:
             w_ih0 = _array("weights[0][0] (w_ih)", weights[0][0])
         else:
@@ -978,10 +1022,13 @@ class PreparedStack(_PreparedStep):
             raise ValueError(f"weights[0][0] (w_ih) must be 2-D (G*H, I) with I >= 1, got shape {w_ih0.shape}")
         self.dtype, self.input_size = w_ih0.dtype, int(w_ih0.shape[1])
         checked, H, L, _ = _check_weights(self.cell, weights, self.input_size, 1, self.dtype, options)
+        P = options.get("proj_size", 0)
         half = _half_weights(weight_dtype, self.dtype,
-                             [(f"weights[{k}][{i}]", entry[i]) for k, entry in enumerate(checked) for i in (0, 1)])
+                             [(f"weights[{k}][{i}]", entry[i]) for k, entry in enumerate(checked)
+                              for i in ((0, 1, len(entry) - 1) if P else (0, 1))])
         _check_sizes(1, 1, self.input_size, H, _gates(self.cell, options), 1)
         self.hidden_size, self.num_layers, self.weight_dtype = H, L, "float16" if half else None
+        self.proj_size = P
         self.options = options
         self._stack = _core.PreparedStack(_CELL_ID[self.cell],
                                           [tuple(np.ascontiguousarray(a) for a in entry) for entry in checked], half,
@@ -992,10 +1039,11 @@ class PreparedStack(_PreparedStep):
         return f"PreparedStack({self.cell!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, " \
                f"num_layers={self.num_layers}, dtype={self.dtype}{wd}{_options_repr(self.options)})"
 
-    _STATE_FORMULA = "(L, B, H) = "
+    def _state_formula(self, letter: str) -> str:
+        return f"(L, B, {letter}) = "
 
-    def _state_shape(self, B: int) -> tuple:
-        return (self.num_layers, B, self.hidden_size)
+    def _state_shape(self, B: int, width: int) -> tuple:
+        return (self.num_layers, B, width)
 
     def __call__(self, x, h=None, c=None, *, out=None):
         x, h, c, out = self._step_arrays(x, h, c, out)

@@ -24,10 +24,9 @@ has G = 3 gate blocks; with ``layer_norm`` they end with ln_weight_ih, ln_weight
 the LSTM, ln_weight_c, ln_bias_c [H]; ``proj_size=P`` (torch.nn.LSTM's projection) ends each with
 w_hr [P, H], w_hh is [G*H, P], h (h0, hn, y's D*P columns, layer inputs above the first) P wide, c
 H wide. The LSTM variants, the reset-before GRU, layer norm and proj_size run on the CPU and on
-CUDA (layer norm on CUDA in float32/float64: 16-bit storage is a ValueError there; proj_size on the
-CPU in float32/float64, a ValueError for 16-bit types, on CUDA in every storage type), proj_size
-without the training modifiers (NotImplementedError otherwise; fastrnn.nn runs composed torch ops
-for those calls).
+CUDA (layer norm on CUDA in float32/float64: 16-bit storage is a ValueError there; proj_size in
+every storage type on both), proj_size without the training modifiers except grad_clip on the CPU
+(NotImplementedError otherwise; fastrnn.nn runs composed torch ops for those calls).
 
 x [T, B, I] time-major; weights a flat list of num_layers * D entries' tensors in PyTorch's
 ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh] per layer and direction, D = 2 if bidirectional;
@@ -453,16 +452,21 @@ def _rnn_forward_kernel(x: Tensor, weights: List[Tensor], h0: Optional[Tensor], 
 def _check_modifiers_cell(x: Tensor, cell: str, recurrent_mask, grad_clip, zoneout_h, zoneout_c,
                           mask_seed=None) -> None:
     """What runs where: the reset-before GRU, layer norm and proj_size run without the kernels'
-    modifiers (fastrnn.nn runs those combinations as composed torch ops); the base cells and the
-    LSTM variants run with every modifier on both back ends (seeded masks: the CPU's only,
-    _mask_seed). Which storage types a back end runs a cell in, it checks itself (ValueError)."""
+    modifiers (fastrnn.nn runs those combinations as composed torch ops; proj_size runs grad_clip on
+    the CPU); the base cells and the LSTM variants run with every modifier on both back ends (seeded
+    masks: the CPU's only, _mask_seed). Which storage types a back end runs a cell in, it checks
+    itself (ValueError)."""
     opts = dict(split_cell(cell)[1])
-    modified = (recurrent_mask is not None or grad_clip or zoneout_h is not None or zoneout_c is not None
-                or mask_seed is not None)
-    if opts["proj_size"] and modified:
-        raise NotImplementedError(f"the kernels do not run the training modifiers (recurrent_dropout, grad_clip, "
-                                  f"zoneout) with proj_size (cell {cell!r}); fastrnn.nn.LSTM(proj_size=P) runs "
-                                  f"them as composed torch ops")
+    masked = recurrent_mask is not None or zoneout_h is not None or zoneout_c is not None or mask_seed is not None
+    modified = masked or bool(grad_clip)
+    if opts["proj_size"]:
+        if masked:
+            raise NotImplementedError(f"the kernels do not run recurrent_dropout or zoneout with proj_size (cell "
+                                      f"{cell!r}; grad_clip the CPU kernels do); fastrnn.nn.LSTM(proj_size=P) runs "
+                                      f"them as composed torch ops")
+        if grad_clip and x.device.type != "cpu":
+            raise NotImplementedError(f"the CUDA kernels do not run grad_clip with proj_size (cell {cell!r}); "
+                                      f"fastrnn.nn.LSTM(proj_size=P) runs it as composed torch ops there")
     if modified and (not opts["reset_after"] or opts["layer_norm"]):
         raise NotImplementedError(f"the kernels run the training modifiers (recurrent_dropout, grad_clip, zoneout) "
                                   f"with the base cells and the LSTM variants, not with {cell!r} (fastrnn.nn runs "

@@ -178,3 +178,125 @@ def test_errors():
     gru = fastrnn.PreparedCell("gru", *fastrnn.init_weights("gru", 3, 4)[0])
     with pytest.raises(ValueError, match="c is only for the LSTM"):
         gru(x, h, c)
+
+
+# ---- the projected LSTM (proj_size = P): h [B, P], c [B, H], h_t = (o*tanh(c_t)) W_hr^T ----------------
+PROJ_SIZES = [(4, 5, 2, 1), (7, 33, 17, 3), (33, 100, 40, 5), (16, 20, 19, 2)]  # (I, H, P, B); partial blocks
+PROJ_OPTIONS = [{}, dict(peephole=True), dict(coupled=True, cell_clip=0.5), dict(peephole=True, coupled=True)]
+
+
+def projected_problem(dtype, I, H, P, B, bias=True, seed=0, **options):
+    rng = np.random.default_rng(seed)
+    w = fastrnn.init_weights("lstm", I, H, bias=bias, dtype=dtype, seed=seed, proj_size=P,
+                             peephole=options.get("peephole", False), coupled=options.get("coupled", False))[0]
+    x = rng.standard_normal((B, I)).astype(dtype)
+    h = rng.standard_normal((B, P)).astype(dtype)
+    c = rng.standard_normal((B, H)).astype(dtype)
+    return w, x, h, c
+
+
+def prepared_projected(w, options, **kw):
+    """A PreparedCell of a weights entry (w_ih, w_hh[, b_ih, b_hh][, w_ch], w_hr) of init_weights."""
+    *rest, w_hr = w
+    w_ch = rest.pop() if options.get("peephole") else None
+    return fastrnn.PreparedCell("lstm", *rest, proj_size=w_hr.shape[0], w_hr=w_hr, w_ch=w_ch, **options, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("I,H,P,B", PROJ_SIZES)
+@pytest.mark.parametrize("options", PROJ_OPTIONS, ids=["plain", "peep", "cifg-clip", "peep-cifg"])
+def test_projected_step_matches_reference(dtype, bias, I, H, P, B, options):
+    w, x, h, c = projected_problem(dtype, I, H, P, B, bias, **options)
+    h1, c1 = prepared_projected(w, options)(x, h, c)
+    w64 = [tuple(a.astype(np.float64) for a in w)]
+    r = reference.forward("lstm", x[None].astype(np.float64), w64, h[None].astype(np.float64),
+                          c[None].astype(np.float64), training=False, proj_size=P, **options)
+    assert h1.dtype == dtype and h1.shape == (B, P) and c1.shape == (B, H)
+    assert_close(h1, r.h_n[0], dtype, "h")
+    assert_close(c1, r.c_n[0], dtype, "c")
+
+
+@pytest.mark.parametrize("options", [{}, dict(peephole=True, cell_clip=0.5)], ids=["plain", "peep-clip"])
+def test_projected_steps_equal_forward_over_the_sequence(options):
+    T, I, H, P, B = 7, 9, 37, 11, 3
+    w, _, h0, c0 = projected_problem(np.float64, I, H, P, B, **options)
+    xs = np.random.default_rng(1).standard_normal((T, B, I))
+    full = fastrnn.forward("lstm", xs, [w], h0[None], c0[None], proj_size=P, training=False, **options)
+    one = fastrnn.forward("lstm", xs[:1], [w], h0[None], c0[None], proj_size=P, training=False, **options)
+    step = prepared_projected(w, options)
+    h, c = step(xs[0], h0, c0)  # == the T = 1 sequence call
+    assert_close(h, one.h_n[0], np.float64, "h (T = 1)")
+    assert_close(c, one.c_n[0], np.float64, "c (T = 1)")
+    h, c = h0, c0
+    for t in range(T):
+        h, c = step(xs[t], h, c)
+        assert_close(h, full.output[t], np.float64, f"h[{t}]")
+    assert_close(h, full.h_n[0], np.float64, "h_n")
+    assert_close(c, full.c_n[0], np.float64, "c_n")
+
+
+def test_projected_float16_weights_and_threads():
+    """float16 storage rounds W_hr too (within float16-weights' tolerance, and not equal to the
+    float32 step); 1, 2 and 3 threads (splitting H's and P's unit blocks) give the same bits."""
+    I, H, P, B = 96, 300, 100, 3
+    w, x, h, c = projected_problem(np.float32, I, H, P, B)
+    w64 = [tuple(a.astype(np.float64) for a in w)]
+    r = reference.forward("lstm", x[None].astype(np.float64), w64, h[None].astype(np.float64),
+                          c[None].astype(np.float64), training=False, proj_size=P)
+    half = prepared_projected(w, {}, weight_dtype="float16")
+    h16, c16 = half(x, h, c)
+    assert_close(h16, r.h_n[0], "float16-weights", "h")
+    assert_close(c16, r.c_n[0], "float16-weights", "c")
+    step = prepared_projected(w, {})
+    assert not np.array_equal(h16, step(x, h, c)[0])
+    before = fastrnn.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            fastrnn.set_num_threads(n)
+            results.append(step(x, h, c))
+    finally:
+        fastrnn.set_num_threads(before)
+    for res in results[1:]:
+        np.testing.assert_array_equal(res[0], results[0][0])
+        np.testing.assert_array_equal(res[1], results[0][1])
+
+
+def test_projected_defaults_out_and_repr():
+    w, x, h, c = projected_problem(np.float64, 6, 8, 3, 2)
+    step = fastrnn.PreparedCell("lstm", *w[:4], w_hr=w[4])  # P from w_hr
+    assert step.proj_size == 3 and step.hidden_size == 8
+    h1, c1 = step(x)
+    h2, c2 = step(x, np.zeros((2, 3)), np.zeros((2, 8)))
+    np.testing.assert_array_equal(h1, h2)
+    np.testing.assert_array_equal(c1, c2)
+    ho, co = np.empty((2, 3)), np.empty((2, 8))
+    res = step(x, h, c, out=(ho, co))
+    assert res[0] is ho and res[1] is co
+    np.testing.assert_array_equal(ho, step(x, h, c)[0])
+    assert repr(step) == "PreparedCell('lstm', input_size=6, hidden_size=8, dtype=float64, proj_size=3)"
+
+
+def test_projected_errors():
+    w, x, h, c = projected_problem(np.float32, 3, 4, 2, 2)
+    w_ih, w_hh, b_ih, b_hh, w_hr = w
+    with pytest.raises(ValueError, match=r"proj_size=2 needs w_hr"):
+        fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh, proj_size=2)
+    with pytest.raises(ValueError, match=r"w_hr must have shape \(P, H\) = \(2, 4\), got \(2, 3\)"):
+        fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh, proj_size=2, w_hr=w_hr[:, :3])
+    with pytest.raises(ValueError, match=r"w_hh must have shape \(4\*H, P\) = \(16, 2\), got \(16, 3\)"):
+        fastrnn.PreparedCell("lstm", w_ih, np.zeros((16, 3), np.float32), b_ih, b_hh, proj_size=2, w_hr=w_hr)
+    with pytest.raises(TypeError, match="w_hr must have dtype float32"):
+        fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh, proj_size=2, w_hr=w_hr.astype(np.float64))
+    with pytest.raises(ValueError, match="proj_size is an LSTM option"):
+        fastrnn.PreparedCell("gru", *fastrnn.init_weights("gru", 3, 4)[0], proj_size=2, w_hr=w_hr)
+    with pytest.raises(ValueError, match="w_hr has values outside float16's range"):
+        fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh, w_hr=w_hr * 1e6, weight_dtype="float16")
+    step = fastrnn.PreparedCell("lstm", w_ih, w_hh, b_ih, b_hh, proj_size=2, w_hr=w_hr)
+    with pytest.raises(ValueError, match=r"h must have shape \(B, P\) = \(2, 2\), got \(2, 4\)"):
+        step(x, np.zeros((2, 4), np.float32), c)
+    with pytest.raises(ValueError, match=r"c must have shape \(B, H\) = \(2, 4\), got \(2, 2\)"):
+        step(x, h, np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"h_out must have shape \(B, P\) = \(2, 2\)"):
+        step(x, h, c, out=(np.empty((2, 4), np.float32), np.empty((2, 4), np.float32)))

@@ -255,6 +255,44 @@ def test_clip_is_active_in_variant_test():
     assert np.isclose(np.abs(out.c_n).max(), 0.3)
 
 
+# ---- with the training modifiers the kernels run for it: grad_clip, weight dropout ---------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", [{}, dict(peephole=True, cell_clip=0.5)], ids=["plain", "peep-clip"])
+@pytest.mark.parametrize("L,bidirectional,ragged", [(1, False, False), (2, True, True)], ids=["L1", "L2-bi-ragged"])
+def test_grad_clip_and_weight_mask_match_reference(dtype, variant, L, bidirectional, ragged):
+    """grad_clip (the total reaching h_t, P wide, and c_t, clamped) and a weight mask [G*H, P] on W_hh:
+    the kernels against the reference with the same mask; the clip is active (the gradients differ
+    from the unclipped ones) and weight_dropout draws a [G*H, P] mask from the seed."""
+    p = make_problem(dtype, L, bidirectional, T=6, B=4, I=3, H=9, P=4, ragged=ragged, seed=5 + L, variant=variant)
+    p["weights"] = [tuple((3 * w).astype(dtype) for w in e) for e in p["weights"]]
+    D, G = (2 if bidirectional else 1), 4
+    rng = np.random.default_rng(1)
+    masks = [((rng.random((G * 9, 4)) > 0.3) / 0.7).astype(dtype) for _ in range(L * D)]
+    f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+    kw = dict(lengths=p["lengths"], bidirectional=bidirectional, proj_size=p["P"], training=True, **variant)
+    out = fastrnn.forward("lstm", p["x"], p["weights"], p["h0"], p["c0"], grad_clip=0.05, weight_mask=masks, **kw)
+    g = fastrnn.backward(out.saved, p["dy"], p["dhn"], p["dcn"])
+    ref = reference.forward("lstm", f64(p["x"]), [tuple(f64(w) for w in e) for e in p["weights"]], f64(p["h0"]),
+                            f64(p["c0"]), grad_clip=0.05, weight_mask=[f64(m) for m in masks], **kw)
+    rg = reference.backward(ref.saved, f64(p["dy"]), f64(p["dhn"]), f64(p["dcn"]))
+    assert_close(out.output, ref.output, dtype, "output")
+    assert_close(out.h_n, ref.h_n, dtype, "h_n")
+    assert_close(out.c_n, ref.c_n, dtype, "c_n")
+    for name in ("dx", "dh0", "dc0"):
+        assert_close(getattr(g, name), getattr(rg, name), dtype, name)
+    for k, (ours, theirs) in enumerate(zip(g.dweights, rg.dweights)):
+        assert len(ours) == len(theirs)
+        for i, (a, e) in enumerate(zip(ours, theirs)):
+            assert_close(a, e, dtype, f"dweights[{k}][{i}]")
+    unclipped = fastrnn.backward(fastrnn.forward("lstm", p["x"], p["weights"], p["h0"], p["c0"], weight_mask=masks,
+                                                 **kw).saved, p["dy"], p["dhn"], p["dcn"])
+    assert not np.allclose(unclipped.dx, g.dx, rtol=1e-2, atol=1e-3)
+    seeded = fastrnn.forward("lstm", p["x"], p["weights"], p["h0"], p["c0"], weight_dropout=0.3, seed=3, **kw)
+    assert seeded.saved.weight_mask[0].shape == (G * 9, 4)
+    with pytest.raises(ValueError, match=r"weight_mask\[0\] must have shape \(G\*H, P\) = \(36, 4\)"):
+        fastrnn.forward("lstm", p["x"], p["weights"], weight_mask=[np.ones((36, 9), dtype)] * (L * D), **kw)
+
+
 # ---- the API's checks --------------------------------------------------------------------------
 
 def small(P=3, **kw):
@@ -330,9 +368,9 @@ def test_proj_size_is_lstm_only():
         fastrnn.init_weights("gru", 3, 4, proj_size=2)
 
 
-@pytest.mark.parametrize("modifier", [dict(recurrent_dropout=0.5), dict(grad_clip=1.0), dict(dilation=2),
-                                      dict(zoneout=0.1), dict(weight_dropout=0.2)])
-def test_modifiers_refused(modifier):
+@pytest.mark.parametrize("modifier", [dict(recurrent_dropout=0.5), dict(dilation=2), dict(zoneout=0.1),
+                                      dict(zoneout_cell=0.1)])
+def test_masked_modifiers_refused(modifier):
     p = small()
     with pytest.raises(NotImplementedError, match="proj_size"):
         fastrnn.forward("lstm", p["x"], p["weights"], bidirectional=True, proj_size=3, training=True, **modifier)
@@ -351,19 +389,6 @@ def test_init_weights_layout():
     assert all(np.abs(a).max() <= k for e in w for a in e)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_16_bit_types_refused(dtype):
-    """The 16-bit kernels have no projection: a clear error naming proj_size, not wrong numbers."""
-    if dtype == "bfloat16":
-        ml_dtypes = pytest.importorskip("ml_dtypes")
-        np_dtype = ml_dtypes.bfloat16
-    else:
-        np_dtype = np.float16
-    p = small()
-    x = p["x"].astype(np_dtype)
-    weights = [tuple(a.astype(np_dtype) for a in entry) for entry in p["weights"]]
-    with pytest.raises(ValueError, match="proj_size is not implemented for 16-bit types"):
-        fastrnn.forward("lstm", x, weights, bidirectional=True, proj_size=3)
 
 
 def test_layer_norm_refused():

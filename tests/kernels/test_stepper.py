@@ -239,8 +239,11 @@ def test_writes_through_data_are_not_detected_until_refresh():
 def test_stepper_bad_input():
     with pytest.raises(ValueError, match="unidirectional stacks only"):
         fastrnn.nn.LSTM(4, 5, bidirectional=True).stepper()
-    with pytest.raises(ValueError, match="proj_size"):
-        fastrnn.nn.LSTM(4, 5, proj_size=3).stepper()
+    projected = fastrnn.nn.LSTM(4, 5, num_layers=2, proj_size=3).stepper()
+    with pytest.raises(ValueError, match=r"state\[0\] \(h\) must have shape \[L, B, P\] = \[2, 2, 3\], got \[2, 2, 5\]"):
+        projected(torch.zeros(2, 4), (torch.zeros(2, 2, 5), torch.zeros(2, 2, 5)))
+    with pytest.raises(ValueError, match=r"state\[1\] \(c\) must have shape \[L, B, H\] = \[2, 2, 5\], got \[2, 2, 3\]"):
+        projected(torch.zeros(2, 4), (torch.zeros(2, 2, 3), torch.zeros(2, 2, 3)))
     stepper = make_module("lstm", 4, 5, 2).stepper()
     with pytest.raises(ValueError, match=r"x must have shape \[B, I=4\]"):
         stepper(torch.zeros(2, 3))
@@ -269,7 +272,7 @@ class LanguageModel(torch.nn.Module):
             for name, p in self.rnn.named_parameters():
                 if name.startswith("ln_"):
                     p.add_(0.3 * torch.randn_like(p))
-        self.head = torch.nn.Linear(H, V)
+        self.head = torch.nn.Linear(options.get("proj_size") or H, V)  # reads h: P wide when projected
 
     def step_module(self, tokens, state):  # the plain way: the module with T = 1
         y, state = self.rnn(self.emb(tokens).unsqueeze(0), state)
@@ -296,16 +299,20 @@ def test_generation_through_a_stepper_equals_through_the_module(cell):
 
 
 VARIANTS = [("gru", dict(reset_after=False)), ("lstm", dict(layer_norm=True)), ("gru", dict(layer_norm=True)),
-            ("lstm", dict(peephole=True, coupled=True, cell_clip=0.5))]
+            ("lstm", dict(peephole=True, coupled=True, cell_clip=0.5)), ("lstm", dict(proj_size=5)),
+            ("lstm", dict(proj_size=7, peephole=True, cell_clip=0.5))]
 
 
-@pytest.mark.parametrize("cell,options", VARIANTS, ids=["gru-reset-before", "lstm-ln", "gru-ln", "lstm-peep-cifg-clip"])
+@pytest.mark.parametrize("cell,options", VARIANTS, ids=["gru-reset-before", "lstm-ln", "gru-ln", "lstm-peep-cifg-clip",
+                                                        "lstm-proj", "lstm-proj-peep-clip"])
 def test_stepper_and_generation_with_the_cell_options(cell, options):
     """A variant module's stepper steps that variant (== the module with T = 1), and greedy search,
     sampling and beam search through it equal the same decoding through the module."""
     lm = LanguageModel(cell, **options)
     stepper = lm.rnn.stepper()
     x, state = torch.randn(5, 8), random_state(cell, 2, 5, 16, torch.float32)
+    if options.get("proj_size"):  # h [L, B, P]
+        state = (state[0][..., :options["proj_size"]].contiguous(), state[1])
     y, new = stepper(x, state)
     with torch.no_grad():
         y_ref, new_ref = lm.rnn(x[None], state)
@@ -330,3 +337,68 @@ def test_stepper_and_generation_with_the_cell_options(cell, options):
         b = beam_search(lm.step_module, None, bos, 8, 12, beam_size=4, nbest=2)
         assert torch.equal(a.tokens, b.tokens)
         torch.testing.assert_close(a.scores, b.scores)
+
+
+# ---- the projected LSTM (proj_size = P): h [L, B, P], c [L, B, H] ----------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("L,I,H,P,B,bias", [(1, 4, 5, 2, 1, True), (2, 7, 33, 17, 3, True), (3, 33, 20, 19, 2, False)])
+@pytest.mark.parametrize("peephole", [False, True])
+def test_prepared_stack_projected_matches_reference(dtype, L, I, H, P, B, bias, peephole):
+    rng = np.random.default_rng(0)
+    w = fastrnn.init_weights("lstm", I, H, num_layers=L, bias=bias, dtype=dtype, seed=0, proj_size=P, peephole=peephole)
+    x = rng.standard_normal((B, I)).astype(dtype)
+    h = rng.standard_normal((L, B, P)).astype(dtype)
+    c = rng.standard_normal((L, B, H)).astype(dtype)
+    stack = fastrnn.PreparedStack("lstm", w, proj_size=P, peephole=peephole)
+    y, hn, cn = stack(x, h, c)
+    w64 = [tuple(a.astype(np.float64) for a in e) for e in w]
+    r = reference.forward("lstm", x[None].astype(np.float64), w64, h.astype(np.float64), c.astype(np.float64),
+                          proj_size=P, peephole=peephole)
+    assert y.shape == (B, P) and hn.shape == (L, B, P) and cn.shape == (L, B, H)
+    assert np.shares_memory(y, hn) and np.array_equal(y, hn[-1])
+    assert_close(y, r.output[0], dtype, "y")
+    assert_close(hn, r.h_n, dtype, "h_n")
+    assert_close(cn, r.c_n, dtype, "c_n")
+    if dtype == np.float32:
+        half = fastrnn.PreparedStack("lstm", w, "float16", proj_size=P, peephole=peephole)
+        assert_close(half(x, h, c)[1], r.h_n, "float16-weights", "h_n")
+    assert "proj_size=%d" % P in repr(stack)
+    with pytest.raises(ValueError, match=r"h must have shape \(L, B, P\)"):
+        stack(x, c, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("L,I,H,P,B,bias", [(1, 3, 4, 2, 1, True), (2, 16, 33, 10, 5, True), (3, 9, 20, 19, 2, False)])
+def test_projected_stepper_equals_module_with_one_step(dtype, L, I, H, P, B, bias):
+    torch.manual_seed(0)
+    m = fastrnn.nn.LSTM(I, H, num_layers=L, bias=bias, proj_size=P, dtype=DTYPES[dtype])
+    stepper = m.stepper()
+    x = torch.randn(B, I, dtype=DTYPES[dtype])
+    g = torch.Generator().manual_seed(1)
+    state = (torch.randn(L, B, P, generator=g, dtype=DTYPES[dtype]), torch.randn(L, B, H, generator=g, dtype=DTYPES[dtype]))
+    for s0 in (state, None):
+        y, (hn, cn) = stepper(x, s0)
+        with torch.no_grad():
+            ey, (ehn, ecn) = m(x.unsqueeze(0), s0)
+        assert not y.requires_grad and y.shape == (B, P) and hn.shape == (L, B, P) and cn.shape == (L, B, H)
+        assert_close(as_np(y), as_np(ey[0]).astype(np.float64), dtype, "y")
+        assert_close(as_np(hn), as_np(ehn).astype(np.float64), dtype, "h_n")
+        assert_close(as_np(cn), as_np(ecn).astype(np.float64), dtype, "c_n")
+
+
+def test_projected_stepper_loop_equals_module_over_the_sequence():
+    T, B, I, H, P, L = 6, 3, 8, 12, 5, 2
+    torch.manual_seed(0)
+    m = fastrnn.nn.LSTM(I, H, num_layers=L, proj_size=P, dtype=torch.float64)
+    stepper = m.stepper()
+    xs = torch.randn(T, B, I, dtype=torch.float64)
+    state = (torch.randn(L, B, P, dtype=torch.float64), torch.randn(L, B, H, dtype=torch.float64))
+    with torch.no_grad():
+        ey, (ehn, ecn) = m(xs, state)
+    ys = []
+    for t in range(T):
+        y, state = stepper(xs[t], state)
+        ys.append(y)
+    assert_close(as_np(torch.stack(ys)), as_np(ey), np.float64, "y")
+    assert_close(as_np(state[0]), as_np(ehn), np.float64, "h_n")
+    assert_close(as_np(state[1]), as_np(ecn), np.float64, "c_n")

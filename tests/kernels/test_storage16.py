@@ -209,6 +209,12 @@ for cell in ("rnn_tanh", "lstm", "gru"):
                     kind = "grad" if what.startswith("d") else "output"
                     err = t.relative_error(a, e)
                     assert a.dtype == dtype and err <= t.STORAGE16[t.row(name, cell)][kind], (cell, name, what, err)
+for name, dtype in t.DTYPES.items():  # the projection's products on this ISA's 16-bit panels
+    _, fast, ref = t.run_projected(dtype, *t.PROJ_SHAPES[1])
+    for what, a, e in t.projected_quantities(fast, ref):
+        err = t.relative_error(a, e)
+        assert a.dtype == dtype and err <= t.STORAGE16[name]["grad" if what.startswith("d") else "output"], \
+            ("proj", name, what, err)
 print("ok")
 """
 ORDER = ("baseline", "avx2", "avx512", "avx512_bf16")
@@ -255,3 +261,61 @@ def test_mixed_dtypes_raise_type_errors_naming_the_argument():
     out = fastrnn.forward("gru", x16, w16, training=True)
     with pytest.raises(TypeError, match=r"dy must have dtype bfloat16 \(the dtype of x\), got float32"):
         fastrnn.backward(out.saved, np.zeros((2, 1, 4), np.float32))
+
+
+# ---- the projected LSTM (proj_size = P) in 16 bits: W_hr's products on 16-bit panels ----------------
+# (T, B, I, H, P, layers, bidirectional, ragged, peephole): packed products (T*B >= 16) with partial
+# panels, a few-rows one-step call, a wide one with the LSTM variants' peepholes
+PROJ_SHAPES = [(6, 4, 5, 7, 3, 2, True, True, False), (5, 7, 11, 37, 17, 2, False, False, False),
+               (1, 3, 4, 5, 2, 1, True, False, False), (9, 16, 20, 40, 19, 1, False, True, True)]
+
+
+def run_projected(dtype, T, B, I, H, P, L, bi, ragged, peephole, storage=None, seed=0):
+    """run_both's pair for LSTM(proj_size=P): the kernels on 16-bit inputs ((out, grads)) and the float64
+    reference on the same values (low-precision mode with ``storage``)."""
+    rng = np.random.default_rng(seed)
+    D = 2 if bi else 1
+    w = [tuple(a.astype(dtype) for a in e) for e in fastrnn.init_weights(
+        "lstm", I, H, num_layers=L, bidirectional=bi, seed=seed + 1, proj_size=P, peephole=peephole)]
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((L * D, B, P))).astype(dtype)
+    c0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype)
+    lengths = rng.integers(1, T + 1, B) if ragged else None
+    kw = dict(lengths=lengths, bidirectional=bi, training=True, proj_size=P, peephole=peephole)
+    out = fastrnn.forward("lstm", x, w, h0, c0, **kw)
+    dy = rng.standard_normal(out.output.shape).astype(dtype)
+    g = fastrnn.backward(out.saved, dy)
+    f64 = (lambda a: a.astype(np.float64))
+    ref = reference.forward("lstm", f64(x), [tuple(map(f64, e)) for e in w], f64(h0), f64(c0), storage=storage, **kw)
+    return w, (out, g), (ref, reference.backward(ref.saved, f64(dy)))
+
+
+def projected_quantities(fast, ref):
+    """(name, actual, expected) of every result, dW_hr (and the peepholes' gradient) included."""
+    (out, g), (r, rg) = fast, ref
+    yield from (("output", out.output, r.output), ("h_n", out.h_n, r.h_n), ("c_n", out.c_n, r.c_n),
+                ("dx", g.dx, rg.dx), ("dh0", g.dh0, rg.dh0), ("dc0", g.dc0, rg.dc0))
+    for k, (a, e) in enumerate(zip(g.dweights, rg.dweights)):
+        names = ("dw_ih", "dw_hh", "db_ih", "db_hh") + (("dw_ch",) if len(a) == 6 else ()) + ("dw_hr",)
+        for name, ga, ge in zip(names, a, e):
+            yield f"{name}[{k}]", ga, ge
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("shape", PROJ_SHAPES, ids=lambda s: "x".join(map(str, s[:5])) + f"-L{s[5]}" +
+                         ("-bi" if s[6] else "") + ("-ragged" if s[7] else "") + ("-peep" if s[8] else ""))
+def test_projected_16bit_within_twice_the_low_precision_reference(dtype_name, shape):
+    """LSTM(proj_size=P) on 16-bit arrays: every result in the input dtype (outputs, h_n [.., P], c_n,
+    dx, dh0, dc0, every weight's gradient, dW_hr's included), within STORAGE16 of the float64
+    reference and at most LOW_PRECISION_RATIO x as far from it as the low-precision reference."""
+    dtype = DTYPES[dtype_name]
+    w, fast, exact = run_projected(dtype, *shape)
+    _, _, lowp = run_projected(dtype, *shape, storage=dtype_name)
+    for (name, a, e), (_, r, _) in zip(projected_quantities(fast, exact), projected_quantities(lowp, exact)):
+        assert a.dtype == dtype and a.shape == e.shape, f"{name}: {a.dtype} {a.shape}"
+        err, ref_err = relative_error(a, e), relative_error(r, e)
+        assert err <= STORAGE16[dtype_name]["grad" if name.startswith("d") else "output"], f"{name}: {err:.3g}"
+        bound = LOW_PRECISION_RATIO * max(ref_err, LOW_PRECISION_FLOOR[dtype_name])
+        assert err <= bound, f"{dtype_name} {name}: {err:.3g} vs the low-precision reference's {ref_err:.3g}"
+    for entry, grads in zip(w, fast[1].dweights):
+        assert [g.shape for g in grads] == [a.shape for a in entry]

@@ -192,3 +192,45 @@ def test_packed_sequence_in_16bit(cell, dtype_name, autocast):
         kind = "grad" if name.startswith("d") else "output"
         err = relative_error(a.detach().float().numpy(), e.detach().numpy())
         assert err <= NN16[row(dtype_name, cell)][kind], f"{cell} {dtype_name} {name}: {err:.3g}"
+
+
+PROJECTION_CASES = [(dtype_name, how) for dtype_name in DTYPES for how in ("module", "autocast")]
+
+
+@pytest.mark.parametrize("dtype_name, how", PROJECTION_CASES)
+def test_projection_in_16_bits_takes_the_fused_op(dtype_name, how, monkeypatch):
+    """LSTM(proj_size=P) in 16 bits, converted (.bfloat16() / .half()) or float32 under CPU autocast,
+    runs the fused op (the composed torch ops are not called): outputs, h_n [.., P] and every
+    gradient (weight_hr's included) within NN16 of torch.nn.LSTM(proj_size=P) in float64 on the same
+    16-bit-valued weights and inputs."""
+    from fastrnn.nn import _recurrence
+
+    def composed(*args, **kwargs):
+        raise AssertionError("the composed torch ops ran")
+
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)
+    fast = fnn.LSTM(12, 20, num_layers=2, bidirectional=True, proj_size=7)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.copy_(p.to(dtype).float())  # values every dtype holds exactly
+    ref = torch.nn.LSTM(12, 20, num_layers=2, bidirectional=True, proj_size=7).double()
+    ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 5, 12, generator=g).to(dtype)
+    dy = torch.randn(9, 5, 2 * 7, generator=g).to(dtype)
+    monkeypatch.setattr(_recurrence, "_composed_recurrence", composed)
+    if how == "module":
+        got = run(fast.to(dtype), x, dy)
+    else:
+        with torch.autocast("cpu", dtype=dtype):
+            got = run(fast, x.float(), dy)
+    want = run(ref, x.double(), dy.double())
+    assert len(got) == len(want) and any(name.startswith("dweight_hr") for name, _ in got)
+    for (name, a), (_, e) in zip(got, want):
+        in_dtype = how == "module" or name in ("output", "h_n")  # autocast: float32 parameters' gradients
+        assert a.dtype == (dtype if in_dtype else torch.float32), f"{name}: {a.dtype}"
+        assert a.shape == e.shape, f"{name}: {a.shape}"
+        kind = "grad" if name.startswith("d") else "output"
+        err = relative_error(a.detach().float().numpy(), e.detach().numpy())
+        assert err <= NN16[dtype_name][kind], f"proj {dtype_name} {how} {name}: {err:.3g}"

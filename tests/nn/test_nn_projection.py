@@ -1,10 +1,10 @@
 """fastrnn.nn.LSTM(proj_size=P) on the fused CPU op (the layer's parity with torch.nn in every
 input form is tests/nn/test_nn.py's check_parity; torch.compile is in test_nn_compile.py, DDP in
 test_nn_ddp.py): here, that the CPU path really is the op and never the composed torch ops, with
-the cell variants too, and PackedSequence inputs (sorted and unsorted); that the composed path the op
-cannot serve (forward-mode AD, 16-bit types) agrees with the op or with torch.nn; gradcheck in
-float64; dropout between projected layers; convert() of a torch.nn.LSTM(proj_size); which calls
-run fused on which device (CUDA's fused path itself: tests/cuda/test_nn_cuda.py).
+the cell variants too, and PackedSequence inputs (sorted and unsorted); that bfloat16 runs the op
+too; that the composed path the op cannot serve (forward-mode AD) agrees with the op or with torch.nn;
+gradcheck in float64; dropout between projected layers; convert() of a torch.nn.LSTM(proj_size); which
+calls run fused on which device (CUDA's fused path itself: tests/cuda/test_nn_cuda.py).
 """
 import pytest
 
@@ -56,11 +56,16 @@ def test_cpu_runs_the_fused_op(no_composed, dtype):
 
 
 @pytest.mark.parametrize("options", [dict(peephole=True), dict(coupled=True), dict(cell_clip=0.5),
-                                     dict(peephole=True, coupled=True, cell_clip=0.5)],
-                         ids=["peephole", "coupled", "clip", "all"])
+                                     dict(peephole=True, coupled=True, cell_clip=0.5), dict(grad_clip=0.05),
+                                     dict(peephole=True, cell_clip=0.5, grad_clip=0.05),
+                                     dict(grad_clip=0.05, weight_dropout=0.3)],
+                         ids=["peephole", "coupled", "clip", "all", "grad_clip", "peep-clip-grad_clip",
+                              "grad_clip-weight_dropout"])
 def test_variants_with_projection_run_the_op_and_match_the_composed_path(no_composed, monkeypatch, options):
     """The fused op (composed path refused) against the composed torch ops (the op refused) on the
-    same module and inputs: outputs, states and every gradient, float64."""
+    same module and inputs: outputs, states and every gradient, float64; with grad_clip (the
+    training modifier the projected kernels run; the composed path clamps with tensor hooks) and
+    weight dropout (the same masks: the same torch seed before each run)."""
     torch.manual_seed(1)
     m = fnn.LSTM(I, H, 2, bidirectional=True, proj_size=P, dtype=torch.float64, **options)
     with torch.no_grad():  # wider weights so that a clip of 0.5 is active
@@ -70,11 +75,16 @@ def test_variants_with_projection_run_the_op_and_match_the_composed_path(no_comp
     def run():
         m.zero_grad()
         x, h0, c0 = _inputs()
+        torch.manual_seed(7)  # weight dropout's masks
         y, (hn, cn) = m(x, (h0, c0))
         (y.sum() + hn.pow(2).sum() + cn.pow(3).sum()).backward()
         return [y, hn, cn, x.grad, h0.grad, c0.grad] + [p.grad.clone() for p in m.parameters()]
 
     fused = run()
+    if "grad_clip" in options:  # the clip is active: without it the gradients differ
+        m.grad_clip = None
+        assert not torch.allclose(run()[3], fused[3])
+        m.grad_clip = options["grad_clip"]
     monkeypatch.undo()
     composed_calls = []
     real = recurrence._composed_recurrence
@@ -171,41 +181,42 @@ def test_packed_sequence_runs_the_fused_op(no_composed, enforce_sorted):
         assert_torch_close(to_numpy(p.grad), to_numpy(ref_params[name].grad), torch.float64, "d" + name)
 
 
-def test_bfloat16_runs_the_composed_path(monkeypatch):
-    """The 16-bit kernels have no projection: a bfloat16 LSTM(proj_size) runs the composed torch ops
-    (the fused op is refused here), close to torch.nn.LSTM(proj_size) in float64 on the same
-    bfloat16-valued weights and input (tests/tolerances.py's NN16_COMPOSED_BF16_OUTPUT)."""
-    import fastrnn.ops as ops
+def test_bfloat16_runs_the_fused_op(monkeypatch):
+    """A bfloat16 LSTM(proj_size) runs the 16-bit kernels (the composed torch ops are refused here),
+    close to torch.nn.LSTM(proj_size) in float64 on the same bfloat16-valued weights and input
+    (tests/tolerances.py's NN16; tests/nn/test_nn_16bit.py checks every gradient too)."""
+    from fastrnn.nn import _recurrence
     torch.manual_seed(8)
     fast = fnn.LSTM(I, H, 1, proj_size=P).to(torch.bfloat16)
     ref = torch.nn.LSTM(I, H, 1, proj_size=P, dtype=torch.float64)
     ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
 
     def refuse(*args, **kwargs):
-        raise AssertionError("the fused op ran a 16-bit projected LSTM")
-    monkeypatch.setattr(ops, "run_forward", refuse)
+        raise AssertionError("the composed torch ops ran a 16-bit projected LSTM")
+    monkeypatch.setattr(_recurrence, "_composed_recurrence", refuse)
     x = _inputs(L=1, D=1)[0].detach().to(torch.bfloat16)
     y, (hn, cn) = fast(x)
     assert y.dtype == torch.bfloat16 and y.shape == (T, B, P) and hn.shape == (1, B, P) and cn.shape == (1, B, H)
     with torch.no_grad():
         y_ref = ref(x.double())[0]
-    assert tolerances.relative_error(y.detach().double().numpy(), y_ref.numpy()) <= tolerances.NN16_COMPOSED_BF16_OUTPUT
+    assert tolerances.relative_error(y.detach().double().numpy(), y_ref.numpy()) <= tolerances.NN16["bfloat16"]["output"]
 
 
 def test_which_projected_calls_run_fused():
     """The routing of LSTM(proj_size) calls, checked without a GPU on stand-ins that say only their
-    device and dtype (tests/cuda/test_nn_cuda.py runs the CUDA case for real): fused on the CPU in
-    float32/float64 and on CUDA in every dtype; composed torch ops for 16-bit types on the CPU, with
-    a training modifier, and on other devices."""
+    device and dtype (tests/cuda/test_nn_cuda.py runs the CUDA case for real): fused on the CPU and
+    on CUDA in every dtype, on the CPU with grad_clip too; composed torch ops with a masking modifier
+    (recurrent dropout, zoneout), with grad_clip on CUDA, and on other devices."""
     import types
 
-    def composed(device, dtype, modified=False):
+    def composed(device, dtype, modified=False, masked=None):
         x = types.SimpleNamespace(device=torch.device(device), dtype=dtype, size=lambda dim: (T, B, I)[dim])
-        return recurrence._composed_needed(x, None, None, [], False, False, modified, f"lstm+proj_size={P}", P)
+        return recurrence._composed_needed(x, None, None, [], False, False, modified, f"lstm+proj_size={P}", P,
+                                           masked=masked)
 
-    assert not composed("cpu", torch.float32) and not composed("cpu", torch.float64)
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        assert not composed("cuda", dtype), dtype
+        assert not composed("cpu", dtype) and not composed("cuda", dtype), dtype
         assert composed("cuda", dtype, modified=True) and composed("cpu", dtype, modified=True)
-    assert composed("cpu", torch.bfloat16) and composed("cpu", torch.float16)
+        assert not composed("cpu", dtype, modified=True, masked=False), dtype  # grad_clip alone
+        assert composed("cuda", dtype, modified=True, masked=False), dtype
     assert composed("mps", torch.float32)

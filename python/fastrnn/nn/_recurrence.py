@@ -39,16 +39,18 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
     on the CPU and on CUDA, float32/float64): op cell strings "gru+reset_before", "lstm+layer_norm", ...; on devices without such
     kernels, with the training modifiers, and for the calls the kernels do not serve, composed torch
     ops (correct, not fast). ``proj_size`` (the LSTM's projection, weight_hr [P, H] ending each entry;
-    ``cell`` carries it too) runs fused in the CPU kernels in float32/float64 and in the CUDA kernels
-    (16-bit types too), as composed torch ops on other devices, in 16-bit types on the CPU and with
-    recurrent_mask, grad_clip or zoneout, which the kernels refuse with a projection (weight dropout
-    and dilation act on the op's inputs, so they keep the fused op).
+    ``cell`` carries it too) runs fused in the CPU kernels (float32/float64 and the 16-bit types, grad_clip
+    included) and in the CUDA kernels (every storage type, without the training modifiers), as composed
+    torch ops on other devices and with recurrent_mask or zoneout (and grad_clip on CUDA), which the
+    kernels refuse with a projection (weight dropout and dilation act on the op's inputs, so they keep
+    the fused op).
     recurrent_mask [L*D, B, H], grad_clip (0: off) and zoneout ((d_h, d_c), see _composed_recurrence)
     are the training modifiers (_RNNBase._modified_recurrence), for every cell and variant. seeded:
     (seed [1] int64, stream, zoneout, zoneout_cell, recurrent_dropout), the masks the CPU kernels draw
     (ops.run_forward); the caller passes it only where the fused CPU kernels run the call."""
-    modified = recurrent_mask is not None or bool(grad_clip) or zoneout is not None or seeded is not None
-    if _composed_needed(x, h0, c0, weights, reset_before, layer_norm, modified, cell, proj_size):
+    masked = recurrent_mask is not None or zoneout is not None or seeded is not None
+    modified = masked or bool(grad_clip)
+    if _composed_needed(x, h0, c0, weights, reset_before, layer_norm, modified, cell, proj_size, masked):
         return _composed_recurrence(mode, x, weights, h0, c0, lengths, hidden_size, num_layers, bidirectional, cell,
                                     reset_before, layer_norm, recurrent_mask, grad_clip, zoneout, proj_size)
     cell = _op_cell(mode, cell, reset_before, layer_norm)
@@ -66,16 +68,18 @@ def _run_op(mode: str, x: Tensor, weights: List[Tensor], h0, c0, lengths, hidden
 
 
 def _composed_needed(x: Tensor, h0, c0, weights: List[Tensor], reset_before: bool, layer_norm: bool, modified: bool,
-                     cell: Optional[str], proj_size: int) -> bool:
-    """Whether _run_op runs the call as composed torch ops (its docstring says which calls)."""
-    # the 16-bit CPU kernels have no projection yet, the 16-bit CUDA kernels no layer norm (CPU autocast
-    # would hand the CPU kernels 16-bit tensors)
-    half = x.dtype in (torch.bfloat16, torch.float16) or (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
+                     cell: Optional[str], proj_size: int, masked: Optional[bool] = None) -> bool:
+    """Whether _run_op runs the call as composed torch ops (its docstring says which calls). masked:
+    whether the modifiers include a mask (recurrent dropout, zoneout; default: ``modified``), which
+    the projected LSTM's kernels do not run (grad_clip they do)."""
+    masked = modified if masked is None else masked
+    # the 16-bit CUDA kernels have no layer norm
+    half = x.dtype in (torch.bfloat16, torch.float16)
     fused_devices = ("cpu", "cuda")
     projected = proj_size > 0 or _projected(cell)
     return (((reset_before or layer_norm) and (x.device.type not in fused_devices or modified))
             or (layer_norm and half and x.device.type != "cpu")
-            or (projected and (x.device.type not in fused_devices or modified or (half and x.device.type == "cpu")))
+            or (projected and (x.device.type not in fused_devices or masked or (modified and x.device.type != "cpu")))
             or _kernels_cannot_serve(x, h0, c0, weights))
 
 

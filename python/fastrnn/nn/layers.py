@@ -180,8 +180,8 @@ class _RNNBase(torch.nn.Module):
     def stepper(self, weight_dtype: Optional[str] = None, auto_refresh: bool = False):
         """A :class:`fastrnn._stepper.Stepper` for step-by-step generation: ``y, state =
         stepper(x [B, I], state)`` advances every layer one time step in one fused call, on weights
-        packed now (``weight_dtype="float16"``: stored as float16). Unidirectional, no projections;
-        no autograd. After changing the weights call ``stepper.refresh()`` (in-place changes are
+        packed now (``weight_dtype="float16"``: stored as float16). Unidirectional (with proj_size = P, h
+        is P wide); no autograd. After changing the weights call ``stepper.refresh()`` (in-place changes are
         detected, writes through ``param.data`` are not: see the Stepper's docstring)."""
         from .._stepper import Stepper
         return Stepper(self, weight_dtype=weight_dtype, auto_refresh=auto_refresh)
@@ -387,9 +387,9 @@ class _RNNBase(torch.nn.Module):
         as tensors; in eval mode none is drawn.
         (With proj_size = P, h is P wide: the recurrent and h's zoneout masks are [.., P], c's [.., H].)
         Every cell variant runs with them: the fused op where the kernels serve it (the LSTM's
-        peephole / coupled / cell_clip), else the composed torch ops (_composed_recurrence: the
-        reset-before GRU, layer_norm, proj_size with recurrent dropout, zoneout or grad_clip), which
-        apply the same masks in the same places."""
+        peephole / coupled / cell_clip; proj_size with grad_clip and weight dropout only), else the
+        composed torch ops (_composed_recurrence: the reset-before GRU, layer_norm, proj_size with
+        recurrent dropout or zoneout), which apply the same masks in the same places."""
         T, B, H, L = x.size(0), x.size(1), self.hidden_size, self.num_layers
         P = self.proj_size if self.proj_size > 0 else H  # the width of h
         D = 2 if self.bidirectional else 1
@@ -500,9 +500,10 @@ class RNN(_RNNBase):
 
 class LSTM(_RNNBase):
     """LSTM (gates i, f, g, o); torch.nn.LSTM's API, ``hx = (h_0, c_0)``. proj_size = P > 0: torch's
-    projection h_t = W_hr (o * tanh(c_t)) (``weight_hr_l{k}{suffix}`` [P, H]), fused in the CPU and
-    CUDA kernels (16-bit types on the CPU, other devices, and with zoneout / recurrent_dropout /
-    grad_clip: composed torch ops), also with the options below. Keyword-only cell options (README "Cell variants"):
+    projection h_t = W_hr (o * tanh(c_t)) (``weight_hr_l{k}{suffix}`` [P, H]), fused in the CPU kernels
+    (16-bit types and grad_clip / weight_dropout included) and the CUDA kernels (every storage type;
+    with zoneout / recurrent_dropout, grad_clip on CUDA, and other devices: composed torch ops), also with
+    the options below. Keyword-only cell options (README "Cell variants"):
     ``peephole`` (parameters ``weight_ch_l{k}{suffix}`` [3, H], rows i, f, o), ``coupled`` (CIFG: gate
     blocks f, g, o; i = 1 - f; peepholes [2, H], rows f, o), ``cell_clip`` (c_t clamped to
     [-C, C]), ``init="identity"`` (W_hh blocks = I); ``layer_norm`` (a = LN(W_ih x) γ_ih + LN(W_hh h) γ_hh

@@ -63,7 +63,8 @@ assert set(_CELL_FNS) == set(CELLS)
 #     values (every array of its cache: the gates, c);
 #   - bfloat16 only, the products' left operands, as the AVX512_BF16 dot-product kernels round them:
 #     h_{t-1} before W_hh in forward; dG_i and dG_h before dX, dW_ih, dW_hh and dL/dh_{t-1} in
-#     backward (x and the layer inputs are 16-bit already). float16 (and bfloat16 without that
+#     backward (x and the layer inputs are 16-bit already); the projected LSTM's m = o*tanh(c_t)
+#     before W_hr in forward and dL/dh_t before W_hr (dL/dm) in backward. float16 (and bfloat16 without that
 #     instruction) keep these float32 in the kernels: the reference then rounds more than they do;
 #   - backward's results dx, dh0, dc0 and every weight gradient, once, at the end.
 # Everything else stays float64: the recurrent h and c inside a layer (float32 in the kernels),
@@ -196,7 +197,7 @@ def _direction_forward(cell, x, lengths, w, h0, c0, reverse, options, mods=None,
         h_new, c_new, cache = cell_forward(gi, gh, h, c)
         if w_hr is not None:  # the projection: h_t = m W_hrᵀ, m = the cell's o*tanh(c_t)
             cache = (cache, h_new)
-            h_new = h_new @ w_hr.T  # [B, P]
+            h_new = qp(h_new) @ w_hr.T  # [B, P]
         if mods.zoneout is not None:
             h_new = mods.zoneout[t] * h + (1.0 - mods.zoneout[t]) * h_new
         if c is not None and mods.zoneout_cell is not None:
@@ -251,7 +252,7 @@ def _direction_backward(cell, x, lengths, w, steps, dout, dh_n, dc_n, reverse, o
         if w_hr is not None:  # through h~_t = m W_hrᵀ to m (dead rows: dh_new is 0)
             cache, m = cache
             dw_hr += dh_new.T @ m
-            dh_new = dh_new @ w_hr  # [B, H]: dL/dm
+            dh_new = qp(dh_new) @ w_hr  # [B, H]: dL/dm
         cell_clip = mods.grad_clip
         if lstm and mods.zoneout_cell is not None:
             # c_t = d_c c_{t-1} + (1 - d_c) c~_t: what reaches c_t comes from the later steps only (h~_t
@@ -357,7 +358,7 @@ def forward(
               layer), c stays H wide; every weights entry ends with w_hr [P, H] (after w_ch). With
               peephole, coupled, cell_clip and every training modifier (recurrent_mask [L*D, B, P],
               weight_mask [G*H, P], zoneout_mask [L*D, T, B, P], zoneout_cell_mask [.., H]: h's are
-              P wide); not with layer_norm, nor with ``storage`` (the 16-bit kernels do not run it).
+              P wide); not with layer_norm.
     storage:  None (float64 throughout), or "bfloat16" / "float16": the low-precision mode, float64
               maths rounded to that type where the 16-bit kernels store or round (listed above
               ``_rounding``); results are float64 arrays holding 16-bit values. backward follows.
@@ -371,7 +372,6 @@ def forward(
     assert info.lstm_variants or not _is_variant(options), "peephole, coupled and cell_clip are LSTM options"
     assert info.reset_after_option or reset_after, "reset_after is a GRU option"
     assert proj_size == 0 or (info.lstm_variants and not layer_norm), "proj_size is an LSTM option, not with layer_norm"
-    assert proj_size == 0 or storage is None, "the low-precision mode models the 16-bit kernels, which do not run proj_size"
     has_c = info.carries_cell_state
     q = _rounding(storage)
     qp = q if storage == "bfloat16" else None
