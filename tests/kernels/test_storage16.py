@@ -95,6 +95,30 @@ def test_16bit_kernels_match_the_reference(dtype_name, cell, shape):
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
+def test_16bit_large_products_match_the_reference_and_agree_across_threads(dtype_name):
+    """Sizes that reach every piece of the packed 16-bit products: full row tiles and a 5-row rest
+    (B = 21), whole and partial panels (H = 40), odd K (I = 19), and T*B = 1302 rows, more than one
+    chunk of the weight gradients (1024 rows). One and two threads give the same bits (each
+    result's sums run in the same order whatever a thread's share), and both match the reference."""
+    dtype = DTYPES[dtype_name]
+    before = fastrnn.get_num_threads()
+    runs = {}
+    try:
+        for n in (1, 2):
+            fastrnn.set_num_threads(n)
+            runs[n] = run_both("lstm", dtype, 62, 21, 19, 40, 1, False, False, seed=11)
+    finally:
+        fastrnn.set_num_threads(before)
+    (_, fast1, ref), (_, fast2, _) = runs[1], runs[2]
+    for (name, a1, e), (_, a2, _) in zip(quantities(fast1, ref), quantities(fast2, ref)):
+        if e is None:
+            continue
+        assert np.array_equal(a1.view(np.uint16), a2.view(np.uint16)), f"{name}: 2 threads differ from 1"
+        err = relative_error(a1, e)
+        assert err <= STORAGE16[dtype_name]["grad" if name.startswith("d") else "output"], (name, err)
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
 @pytest.mark.parametrize("cell", fastrnn.CELLS)
 @pytest.mark.parametrize("shape", SHAPES[:2] + [(12, 5, 20, 40, 3, True, True)],
                          ids=lambda s: "x".join(map(str, s[:4])) + f"-L{s[4]}")

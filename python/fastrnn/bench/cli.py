@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "against its dense time, the ideal (live fraction x dense) and torch.nn's packed path, "
                              "LSTM and GRU, inference and training; fastrnn/bench/ragged.py")
     parser.add_argument("--cpu-time", action="store_true",
-                        help="--ragged, --variants: time samples in the process's CPU time (readable at --threads 1 "
+                        help="--ragged, --variants, --dtype: time samples in the process's CPU time (readable at --threads 1 "
                              "on a loaded machine)")
     parser.add_argument("--projection-only", action="store_true",
                         help="--variants: the projected LSTM's rows only (LSTM(proj_size) vs torch.nn, the base LSTM "
@@ -137,7 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             result = run_dtype(args.dtype, args.cells, args.modes, args.sizes, args.threads, reps, args.quick,
                                args.no_torch, None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
-                               emit=lambda text: print(text, flush=True))
+                               emit=lambda text: print(text, flush=True), cpu_time=args.cpu_time)
         except VerificationError as e:
             print(f"fastrnn.bench: VERIFICATION FAILED: {e}", file=sys.stderr)
             return 1

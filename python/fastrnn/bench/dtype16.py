@@ -19,6 +19,8 @@ scaled for the 16-bit rounding (GROSS_MISMATCH_16).
 from __future__ import annotations
 
 import math
+import os
+import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -91,7 +93,8 @@ def _check(actual: Dict[str, np.ndarray], expected: Dict[str, np.ndarray], case)
     return worst
 
 
-def run_case16(case, torch, dtype_name: str, reps: int, min_sample_s: float, seed: int = 0) -> dict:
+def run_case16(case, torch, dtype_name: str, reps: int, min_sample_s: float, seed: int = 0,
+               clock: Callable[[], float] = time.perf_counter) -> dict:
     np_dtype = _np_dtype(dtype_name)
     torch_dtype = getattr(torch, dtype_name) if torch is not None else None
     inp = _rounded(B.make_inputs(case, seed), np_dtype)
@@ -108,7 +111,7 @@ def run_case16(case, torch, dtype_name: str, reps: int, min_sample_s: float, see
             autocast_runs = f"unavailable: {str(e).splitlines()[0][:80]}"
     expected = (impls["torch32"] if torch is not None else impls["fastrnn32"])[1]()
     rel = _check(impls["fastrnn16"][1](), expected, case)
-    timed = B.time_interleaved({k: fn for k, (fn, _) in impls.items()}, reps, min_sample_s)
+    timed = B.time_interleaved({k: fn for k, (fn, _) in impls.items()}, reps, min_sample_s, clock=clock)
     fl = B.case_flops(case)
     for t in timed.values():
         t["gflops"] = fl / (t["median_ms"] * 1e-3) / 1e9
@@ -121,7 +124,9 @@ def run_case16(case, torch, dtype_name: str, reps: int, min_sample_s: float, see
 
 def run_dtype(dtype_name: str, cells: Sequence[str], modes: Sequence[str], sizes, threads: Optional[int], reps: int,
               quick: bool, no_torch: bool, min_sample_s: Optional[float] = None,
-              emit: Optional[Callable[[str], None]] = None) -> dict:
+              emit: Optional[Callable[[str], None]] = None, cpu_time: bool = False) -> dict:
+    """The 16-bit suite (module docstring). cpu_time: samples in the process's CPU time instead of
+    wall time (for one thread on a loaded machine)."""
     torch, torch_note = B._import_torch(no_torch)
     threads = threads or fastrnn.get_num_threads()
     fastrnn.set_num_threads(threads)
@@ -130,12 +135,14 @@ def run_dtype(dtype_name: str, cells: Sequence[str], modes: Sequence[str], sizes
         B.limit_numpy_blas(1)
     min_sample_s = min_sample_s or (0.02 if quick else 0.05)
     header = B.make_header(threads, torch, torch_note)
-    result = {"header": header, "reps": reps, "min_sample_s": min_sample_s, "dtype": dtype_name, "cases": []}
+    result = {"header": header, "reps": reps, "min_sample_s": min_sample_s, "dtype": dtype_name, "cases": [],
+              "clock": "process CPU time" if cpu_time else "wall", "load_average": os.getloadavg()}
     if emit:
         emit(format_header16(result) + "\n\n" + TABLE_HEAD16)
     cases = [c for c in B.build_cases(cells, [m for m in modes if m != "decode"], sizes, quick) if c.mode != "decode"]
     for case in cases:
-        result["cases"].append(run_case16(case, torch, dtype_name, reps, min_sample_s))
+        result["cases"].append(run_case16(case, torch, dtype_name, reps, min_sample_s,
+                                          clock=time.process_time if cpu_time else time.perf_counter))
         if emit:
             emit(format_row16(result["cases"][-1]))
     result["summary"] = summarize16(result["cases"])
@@ -156,7 +163,10 @@ def format_header16(result: dict) -> str:
             + f"\n- 16-bit: fastrnn's {result['dtype']} kernels vs fastrnn float32 and torch.nn under "
               f"torch.autocast('cpu', dtype=torch.{result['dtype']}) (nn.LSTM runs oneDNN's {result['dtype']} "
               "layer there; nn.GRU / nn.RNN stay float32 under CPU autocast) and torch.nn float32; inputs and "
-              "weights rounded to the 16-bit type for all four")
+              "weights rounded to the 16-bit type for all four"
+            + (f"\n- samples timed in {result['clock']}; load average at the start "
+               f"{' / '.join(f'{v:.1f}' for v in result['load_average'])} (1 / 5 / 15 min)"
+               if "clock" in result else ""))
 
 
 TABLE_HEAD16 = ("| case | mode | fastrnn 16-bit ms | fastrnn fp32 ms | torch autocast ms (runs in) | torch fp32 ms | "
