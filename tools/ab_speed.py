@@ -25,6 +25,7 @@ CASES = [(f"{cell} H256 B32 T100 {'train' if train else 'infer'}", cell, 100, 32
          for cell in ("lstm", "gru", "rnn_tanh") for train in (False, True)]
 CASES += [(f"{cell} H1024 B4 T1 infer", cell, 1, 4, 1024, 1024, False) for cell in ("lstm", "gru", "rnn_tanh")]
 CASES += [(f"{cell} H256 B1 T100 train", cell, 100, 1, 256, 256, True) for cell in ("lstm", "gru", "rnn_tanh")]
+CASES += [(f"lstm H256 B{B} T100 train", "lstm", 100, B, 256, 256, True) for B in (4, 8)]
 
 
 # The default suite of `python -m fastrnn.bench` (bench/README.md), through the NumPy API: (H, B, T) per
@@ -89,8 +90,17 @@ def _module_call(name):
     return seq
 
 
-def measure(reps, threads, pattern, suite):
-    """In the build under test: {case: median seconds of one call (forward, + backward in training)}."""
+def _array_dtype(name):
+    """The NumPy dtype of --dtype: bfloat16 through ml_dtypes."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
+def measure(reps, threads, pattern, suite, dtype="float32"):
+    """In the build under test: {case: median seconds of one call (forward, + backward in training)},
+    the NumPy API's arrays (x, weights, dy) in `dtype`."""
     import fastrnn
 
     if threads:
@@ -106,6 +116,10 @@ def measure(reps, threads, pattern, suite):
         w = fastrnn.init_weights(cell, I, H, layers, bidirectional=bidir, dtype=np.float32, seed=1)
         x = rng.standard_normal((T, B, I)).astype(np.float32)
         dy = rng.standard_normal((T, B, H * (2 if bidir else 1))).astype(np.float32)
+        if dtype != "float32":
+            typ = _array_dtype(dtype)
+            x, dy = x.astype(typ), dy.astype(typ)
+            w = [tuple(a.astype(typ) for a in entry) for entry in w]
 
         def call():
             r = fastrnn.forward(cell, x, w, bidirectional=bidir, training=train)
@@ -128,12 +142,14 @@ def main():
                     help="the default suite of python -m fastrnn.bench (NumPy API) plus fastrnn.nn and decode cases")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: the process's CPU time (with --threads 1, robust to other processes' load)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                    help="the NumPy API cases' arrays (bfloat16 needs ml_dtypes); the module cases stay as they are")
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # a child's job
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.measure:
-        print(json.dumps(measure(args.reps, args.threads, args.cases, args.suite)))
+        print(json.dumps(measure(args.reps, args.threads, args.cases, args.suite, args.dtype)))
         return 0
     if not (args.base and args.new):
         ap.error("--base and --new are required")
@@ -141,7 +157,7 @@ def main():
     for _ in range(args.rounds):
         for tag, python in (("base", args.base), ("new", args.new)):
             r = subprocess.run([python, os.path.abspath(__file__), "--measure", "--reps", str(args.reps),
-                                "--threads", str(args.threads), "--cases", args.cases, "--clock", args.clock]
+                                "--threads", str(args.threads), "--cases", args.cases, "--clock", args.clock, "--dtype", args.dtype]
                                + ["--suite"] * args.suite,
                                capture_output=True, text=True, check=True, cwd="/")
             runs[tag].append(json.loads(r.stdout))

@@ -43,6 +43,75 @@ inline int64 packed16_size(Panels16 kind, int64 K, int64 N) {
   return checked_mul(checked_mul(panels, rows, "packed weights"), kPanel16, "packed weights");
 }
 
+// pack_panels16 for the two layouts its callers have, a row (of k or of n) of src at a time: the
+// contiguous source values are rounded to 16 bits by the vectorised narrow16 (storage16.h) into a
+// buffer of kPackChunk values, which is then laid out in the panels. Element by element, with the
+// rounding, the index arithmetic and the padding tests in the inner loop, packing cost more than
+// the products at small batch (a training call packs W_ih and W_hh twice).
+namespace pack16_detail {
+constexpr int64 kPackChunk = 256;
+inline void round_row(Panels16 kind, const float* src, int64 n, std::uint16_t* bits) {
+  if (kind == Panels16::Fp16) narrow16(src, reinterpret_cast<fp16*>(bits), n, 1);
+  else narrow16(src, reinterpret_cast<bf16*>(bits), n, 1);
+}
+}  // namespace pack16_detail
+
+// src's columns contiguous (stride_n = 1): P[k, n] = src[k * stride_k + n], row k (a pair of rows
+// with Bf16Dot) at a time.
+inline void pack_panels16_rows(Panels16 kind, int64 K, int64 N, const float* src, int64 stride_k, std::uint16_t* P) {
+  using pack16_detail::kPackChunk;
+  const int64 PW = kPanel16;
+  const bool pairs = kind == Panels16::Bf16Dot;
+  const int64 rows = pairs ? (K + 1) / 2 * 2 : K, step = pairs ? 2 : 1;
+  alignas(64) std::uint16_t bits[2][kPackChunk];  // rows k, k + 1 of a chunk of columns
+  for (int64 k = 0; k < rows; k += step)
+    for (int64 c0 = 0; c0 < N; c0 += kPackChunk) {
+      const int64 cn = std::min(kPackChunk, N - c0), padded = (cn + PW - 1) / PW * PW;
+      for (int64 r = 0; r < step; ++r) {
+        if (k + r < K) pack16_detail::round_row(kind, src + (k + r) * stride_k + c0, cn, bits[r]);
+        else std::memset(bits[r], 0, sizeof bits[r]);  // the zero row after an odd K
+        std::memset(bits[r] + cn, 0, sizeof(std::uint16_t) * (padded - cn));
+      }
+      for (int64 n0 = 0; n0 < cn; n0 += PW) {
+        std::uint16_t* dst = P + ((c0 + n0) / PW) * rows * PW + k * PW;  // pairs: [k / 2][n][2]
+        if (!pairs) {
+          std::memcpy(dst, bits[0] + n0, sizeof(std::uint16_t) * PW);
+          continue;
+        }
+        std::uint32_t pair[kPanel16];
+        for (int64 i = 0; i < PW; ++i) pair[i] = std::uint32_t(bits[0][n0 + i]) | std::uint32_t(bits[1][n0 + i]) << 16;
+        std::memcpy(dst, pair, sizeof pair);
+      }
+    }
+}
+
+// src's rows contiguous (stride_k = 1, W^T of a row-major W): P[k, n] = src[k + n * stride_n],
+// the panel's 16 rows of src rounded a chunk of k at a time, then transposed into the panel.
+inline void pack_panels16_cols(Panels16 kind, int64 K, int64 N, const float* src, int64 stride_n, std::uint16_t* P) {
+  using pack16_detail::kPackChunk;
+  const int64 PW = kPanel16;
+  const bool pairs = kind == Panels16::Bf16Dot;
+  const int64 rows = pairs ? (K + 1) / 2 * 2 : K;
+  alignas(64) std::uint16_t bits[kPanel16][kPackChunk];  // [n][k] of a chunk of k
+  for (int64 n0 = 0; n0 < N; n0 += PW) {
+    const int64 width = std::min(PW, N - n0);
+    std::uint16_t* panel = P + (n0 / PW) * rows * PW;
+    for (int64 k0 = 0; k0 < rows; k0 += kPackChunk) {
+      const int64 kn = std::min(kPackChunk, rows - k0), live = std::max<int64>(0, std::min(kn, K - k0));
+      for (int64 i = 0; i < PW; ++i) {
+        if (i < width) pack16_detail::round_row(kind, src + (n0 + i) * stride_n + k0, live, bits[i]);
+        std::memset(bits[i] + (i < width ? live : 0), 0, sizeof(std::uint16_t) * (kn - (i < width ? live : 0)));
+      }
+      for (int64 k = 0; k < kn; ++k) {
+        const int64 kk = k0 + k;
+        std::uint16_t* dst = pairs ? panel + (kk / 2) * 2 * PW + (kk % 2) : panel + kk * PW;
+        const int64 step = pairs ? 2 : 1;
+        for (int64 i = 0; i < PW; ++i) dst[i * step] = bits[i][k];
+      }
+    }
+  }
+}
+
 // pack_panels16 element by element, for any layout and strides.
 inline void pack_panels16_scalar(Panels16 kind, int64 K, int64 N, const float* src, int64 stride_k, int64 stride_n,
                           std::uint16_t* P) {
@@ -167,6 +236,8 @@ inline void pack_panels16(Panels16 kind, int64 K, int64 N, const float* src, int
                           std::uint16_t* P) {
   if (kind == Panels16::Bf16Dot && stride_k == 1) return pack_detail::pairs_along_k(K, N, src, stride_n, P);
   if (kind == Panels16::Bf16Dot && stride_n == 1) return pack_detail::pairs_along_n(K, N, src, stride_k, P);
+  if (stride_n == 1) return pack_panels16_rows(kind, K, N, src, stride_k, P);  // bf16 without the dot, fp16
+  if (stride_k == 1) return pack_panels16_cols(kind, K, N, src, stride_n, P);
   pack_panels16_scalar(kind, K, N, src, stride_k, stride_n, P);
 }
 
