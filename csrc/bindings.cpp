@@ -763,7 +763,7 @@ PYBIND11_MODULE(_core, m) {
         "Bytes of scratch blocks all threads keep for their next calls.");
   // A training call's reserve whose memory comes from, and goes back to, the kernels' scratch cache:
   // a reserve above glibc's mmap threshold (32 MB at most) was otherwise mapped afresh on every call,
-  // and its page faults and page clearing took ~40 % of a layer-normalised LSTM's training forward.
+  // and its page faults and page clearing were a large share of a big training forward.
   m.def(
       "reserve_buffer",
       [](int64 nbytes) {

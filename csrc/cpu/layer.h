@@ -277,16 +277,14 @@ inline bool few_rows_kernels(int64 GH, int64 in_size, int64 H, size_t elem) {
 // A one-step call (T = 1: a cell stepped from Python, one decoder step) reads each weight once, so
 // packing them is a second pass over W that nothing amortises: such calls with 32/64-bit weights
 // keep the few-rows path below this many rows (16-bit storage keeps kPackMinRows: its packed path
-// has the 16-bit dot-product kernels). Measured one step, 1 thread (a loaded 2-core Zen 4, CPU time): LSTMCell
-// H = 512 B = 16 forward 1547 -> 1083 us float32, training 13.2 -> 8.0 ms float64; GRUCell
-// H = 512 B = 16 training 4.1 -> 2.4 ms float32; at B = 32 training 10-30 % faster for both (H =
-// 128 float32 about even, float64 faster); at B = 64 mixed, float64 slower, so packed from 32 on.
+// has the 16-bit dot-product kernels). From about 32 rows on, the packed kernels' speed wins the
+// packing back even for one step (measurements: bench/results/*-cells-1t-round3.md).
 constexpr int64 kOneStepPackMinRows = 32;
 
 // How a call's products run, chosen ONCE per call (forward and backward alike) from its steps,
 // rows and the size of its weights: packed panels from kPackMinRows rows in all (`one_step`, a T = 1
-// call with native weights: kOneStepPackMinRows); below, straight from the weights' rows with rows_gemm.h's kernels for large
-// weights, the BLAS for small ones.
+// call with native weights: kOneStepPackMinRows); below, straight from the weights' rows with
+// rows_gemm.h's kernels for large weights, the BLAS for small ones.
 enum class ProductPath { Packed, FewRowsOwn, FewRowsBlas };
 inline ProductPath product_path(bool one_step, int64 TB, int64 GH, int64 in_size, int64 H, size_t elem) {
   if (TB >= (one_step ? kOneStepPackMinRows : kPackMinRows)) return ProductPath::Packed;

@@ -496,8 +496,8 @@ def _new_reserve(x: Tensor, shape: tuple, kept: bool) -> Tensor:
     """An uninitialised reserve of `shape` and x's dtype. kept (the kernels' own calls on CPU
     tensors): in memory the kernels' scratch cache takes back when the tensor is freed and hands
     to a later call (fastrnn.empty_cache frees it), since a reserve above glibc's mmap threshold
-    (32 MB at most) was mapped afresh on every call and its page faults took ~40 % of a
-    layer-normalised LSTM's training forward. Else (fake tensors, other devices): x.new_empty."""
+    (32 MB at most) would be mapped afresh on every call, its page faults paid each time. Else
+    (fake tensors, other devices): x.new_empty."""
     if not kept or x.device.type != "cpu":
         return x.new_empty(shape)
     count = 1
