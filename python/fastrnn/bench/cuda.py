@@ -373,39 +373,61 @@ def extras_title() -> str:
             "fastrnn / baseline is the time ratio, < 1 is faster)")
 
 
-def format_extras(result: dict) -> str:
-    if "extras" not in result:
+def _format_table(result: dict, key: str, title: str, head: str, format_row: Callable[[dict], str],
+                  what: str) -> str:
+    """One of the quick run's extra tables (result[key]'s rows under title and head), with the count
+    of ``what`` cases the --max-seconds cap left out (result[key + "_not_run"]); "" if it did not run."""
+    if key not in result:
         return ""
-    rows = "\n".join(format_extra_row(r) for r in result["extras"])
-    note = (f"\n\n{result['extras_not_run']} extra case(s) not run (the --max-seconds cap)."
-            if result.get("extras_not_run") else "")
-    return f"\n{extras_title()}\n\n{EXTRAS_HEAD}\n{rows}{note}\n"
+    rows = "\n".join(format_row(r) for r in result[key])
+    note = (f"\n\n{result[key + '_not_run']} {what} case(s) not run (the --max-seconds cap)."
+            if result.get(key + "_not_run") else "")
+    return f"\n{title}\n\n{head}\n{rows}{note}\n"
+
+
+def _run_table(result: dict, key: str, cases: list, run_case: Callable, error_row: Callable, title: str, head: str,
+               format_row: Callable[[dict], str], t_start: float, max_seconds: Optional[float],
+               emit: Optional[Callable[[str], None]], bar, torch) -> None:
+    """Runs ``cases`` (each ``run_case(*case)``, a failure ``error_row(*case, message)`` in its row)
+    into result[key] (and the markdown through ``emit``), stopping at ``max_seconds`` after
+    ``t_start`` or when a failure left the CUDA context unusable (result[key + "_not_run"] counts
+    what was left)."""
+    result[key], result[key + "_not_run"] = [], 0
+    if emit:
+        bar.clear()
+        emit(f"\n{title}\n\n{head}")
+    for k, case in enumerate(cases):
+        if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+            result[key + "_not_run"] = len(cases) - k
+            break
+        try:
+            row = run_case(*case)
+        except Exception as e:  # reported in its row, like the suite's cases
+            row = error_row(*case, f"{type(e).__name__}: {e}")
+        result[key].append(row)
+        if emit:
+            bar.clear()
+            emit(format_row(row))
+        if "error" in row and not _context_alive(torch):
+            result[key + "_not_run"] = len(cases) - k - 1
+            break
+
+
+def format_extras(result: dict) -> str:
+    return _format_table(result, "extras", extras_title(), EXTRAS_HEAD, format_extra_row, "extra")
 
 
 def run_extras(torch, device, reps: int, min_sample_s: float, result: dict, t_start: float,
                max_seconds: Optional[float], emit: Optional[Callable[[str], None]], bar) -> None:
     """The EXTRAS cases into result["extras"] (and the markdown through ``emit``), stopping at
     ``max_seconds`` after ``t_start`` (result["extras_not_run"] counts what was left)."""
-    result["extras"], result["extras_not_run"] = [], 0
-    if emit:
-        bar.clear()
-        emit(f"\n{extras_title()}\n\n{EXTRAS_HEAD}")
-    for k, (name, cell, options, dtype, baseline) in enumerate(EXTRAS):
-        if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
-            result["extras_not_run"] = len(EXTRAS) - k
-            break
-        try:
-            row = run_extra(torch, name, cell, options, dtype, baseline, device, reps, min_sample_s)
-        except Exception as e:  # reported in its row, like the suite's cases
-            row = {"name": name, "cell": cell, "options": options, "dtype": dtype, "baseline": baseline,
-                   "impls": {}, "error": f"{type(e).__name__}: {e}"}
-        result["extras"].append(row)
-        if emit:
-            bar.clear()
-            emit(format_extra_row(row))
-        if "error" in row and not _context_alive(torch):
-            result["extras_not_run"] = len(EXTRAS) - k - 1
-            break
+    def error_row(name, cell, options, dtype, baseline, message):
+        return {"name": name, "cell": cell, "options": options, "dtype": dtype, "baseline": baseline,
+                "impls": {}, "error": message}
+
+    _run_table(result, "extras", EXTRAS,
+               lambda *case: run_extra(torch, *case, device, reps, min_sample_s), error_row,
+               extras_title(), EXTRAS_HEAD, format_extra_row, t_start, max_seconds, emit, bar, torch)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -508,38 +530,21 @@ def persistent_title() -> str:
 
 
 def format_persistent(result: dict) -> str:
-    if "persistent" not in result:
-        return ""
-    rows = "\n".join(format_persistent_row(r) for r in result["persistent"])
-    note = (f"\n\n{result['persistent_not_run']} persistent case(s) not run (the --max-seconds cap)."
-            if result.get("persistent_not_run") else "")
-    return f"\n{persistent_title()}\n\n{PERSISTENT_HEAD}\n{rows}{note}\n"
+    return _format_table(result, "persistent", persistent_title(), PERSISTENT_HEAD, format_persistent_row,
+                         "persistent")
 
 
 def run_persistent_table(torch, device, reps: int, min_sample_s: float, result: dict, t_start: float,
                          max_seconds: Optional[float], emit: Optional[Callable[[str], None]], bar) -> None:
     """The PERSISTENT_SIZES rows into result["persistent"] (and the markdown through ``emit``),
     stopping at ``max_seconds`` after ``t_start`` (result["persistent_not_run"] counts the rest)."""
-    result["persistent"], result["persistent_not_run"] = [], 0
-    if emit:
-        bar.clear()
-        emit(f"\n{persistent_title()}\n\n{PERSISTENT_HEAD}")
-    for k, (H, B, mode) in enumerate(PERSISTENT_SIZES):
-        if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
-            result["persistent_not_run"] = len(PERSISTENT_SIZES) - k
-            break
-        try:
-            row = run_persistent_row(torch, H, B, mode, device, reps, min_sample_s)
-        except Exception as e:  # reported in its row, like the suite's cases
-            row = {"name": Case(LSTM, H, B, PERSISTENT_T, H, mode).name, "H": H, "B": B, "mode": mode, "impls": {},
-                   "error": f"{type(e).__name__}: {e}"}
-        result["persistent"].append(row)
-        if emit:
-            bar.clear()
-            emit(format_persistent_row(row))
-        if "error" in row and not _context_alive(torch):
-            result["persistent_not_run"] = len(PERSISTENT_SIZES) - k - 1
-            break
+    def error_row(H, B, mode, message):
+        return {"name": Case(LSTM, H, B, PERSISTENT_T, H, mode).name, "H": H, "B": B, "mode": mode, "impls": {},
+                "error": message}
+
+    _run_table(result, "persistent", PERSISTENT_SIZES,
+               lambda H, B, mode: run_persistent_row(torch, H, B, mode, device, reps, min_sample_s), error_row,
+               persistent_title(), PERSISTENT_HEAD, format_persistent_row, t_start, max_seconds, emit, bar, torch)
 
 
 # ------------------------------------------------------------------------------------------------
