@@ -145,6 +145,18 @@ def _gates(cell: str, options: dict) -> int:
     return cell_info(cell).gates_with(bool(options.get("coupled")))
 
 
+def _hidden_size_of(name: str, w_hh: np.ndarray, G: int, P: int) -> int:
+    """H from the recurrent weights ``name`` of a G-gate cell: w_hh [G*H, H], or [G*H, P] for the
+    projected LSTM (proj_size = P > 0: H from its rows). ValueError for any other shape."""
+    if P:
+        if w_hh.ndim != 2 or w_hh.shape[0] < G or w_hh.shape[0] % G:
+            raise ValueError(f"{name} must be 2-D ({G}*H, P={P}) with H >= 1 (proj_size={P}), got shape {w_hh.shape}")
+        return int(w_hh.shape[0]) // G
+    if w_hh.ndim != 2 or w_hh.shape[1] < 1:
+        raise ValueError(f"{name} must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh.shape}")
+    return int(w_hh.shape[1])
+
+
 def _check_weights(cell: str, weights, input_size: int, num_directions: int, dtype, options=None) -> tuple:
     """Returns (weights as tuples of arrays, hidden_size, num_layers, bias). Nothing is copied here:
     the caller checks the sizes first (a broadcast view may be far too large to copy). With
@@ -175,15 +187,7 @@ def _check_weights(cell: str, weights, input_size: int, num_directions: int, dty
                              f"{f'proj_size={P}' if P else ''})")
         raise ValueError("weights[0] must be a tuple (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh)")
     w_hh0 = _array("weights[0][1] (w_hh)", first[1])
-    if P:  # w_hh [G*H, P]: H from its rows
-        if w_hh0.ndim != 2 or w_hh0.shape[0] < G or w_hh0.shape[0] % G:
-            raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, P={P}) with H >= 1 (proj_size={P}), got "
-                             f"shape {w_hh0.shape}")
-        H = int(w_hh0.shape[0]) // G
-    else:
-        if w_hh0.ndim != 2 or w_hh0.shape[1] < 1:
-            raise ValueError(f"weights[0][1] (w_hh) must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh0.shape}")
-        H = int(w_hh0.shape[1])
+    H = _hidden_size_of("weights[0][1] (w_hh)", w_hh0, G, P)
     bias = len(first) == 4 + extra
     peephole, coupled = bool(peep), bool(options.get("coupled"))
     # every entry's shapes by the cell table's rule (one copy: C++ rnn.h param_shape); w_hr [P, H] last
@@ -911,15 +915,7 @@ class PreparedCell(_PreparedStep):
         self.dtype = w_ih.dtype
         _check_dtype("w_hh", w_hh, self.dtype)
         G = _gates(self.cell, options)
-        if P:  # w_hh [G*H, P]: H from its rows
-            if w_hh.ndim != 2 or w_hh.shape[0] < G or w_hh.shape[0] % G:
-                raise ValueError(f"w_hh must be 2-D ({G}*H, P={P}) with H >= 1 (proj_size={P}), got shape "
-                                 f"{w_hh.shape}")
-            H = int(w_hh.shape[0]) // G
-        else:
-            if w_hh.ndim != 2 or w_hh.shape[1] < 1:
-                raise ValueError(f"w_hh must be 2-D ({G}*H, H) with H >= 1, got shape {w_hh.shape}")
-            H = int(w_hh.shape[1])
+        H = _hidden_size_of("w_hh", w_hh, G, P)
         if w_ih.ndim != 2 or w_ih.shape[1] < 1:
             raise ValueError(f"w_ih must be 2-D ({G}*H, I) with I >= 1, got shape {w_ih.shape}")
         # (w_ih, w_hh, b_ih, b_hh[, w_ch][, w_hr]) by the one rule, with the options (coupled: 3 gate blocks)
