@@ -223,6 +223,19 @@ def test_with_variants(dtype, variant):
         assert_close(a, e, dtype, f"dweights[0][{i}]")
 
 
+def assert_matches_reference(out, g, ref, rg, dtype):
+    """The kernels' outputs, states and every gradient (dW_hr included) against the reference's."""
+    assert_close(out.output, ref.output, dtype, "output")
+    assert_close(out.h_n, ref.h_n, dtype, "h_n")
+    assert_close(out.c_n, ref.c_n, dtype, "c_n")
+    for name in ("dx", "dh0", "dc0"):
+        assert_close(getattr(g, name), getattr(rg, name), dtype, name)
+    for k, (ours, theirs) in enumerate(zip(g.dweights, rg.dweights)):
+        assert len(ours) == len(theirs)
+        for i, (a, e) in enumerate(zip(ours, theirs)):
+            assert_close(a, e, dtype, f"dweights[{k}][{i}]")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("variant", [{}] + VARIANTS, ids=lambda v: "-".join(k for k, val in v.items() if val) or "plain")
 @pytest.mark.parametrize("L,bidirectional,ragged", [(1, False, False), (2, True, True), (3, False, True)],
@@ -237,15 +250,7 @@ def test_kernels_match_reference(dtype, variant, L, bidirectional, ragged):
                             f64(p["c0"]), lengths=p["lengths"], bidirectional=bidirectional, proj_size=p["P"],
                             **variant)
     rg = reference.backward(ref.saved, f64(p["dy"]), f64(p["dhn"]), f64(p["dcn"]))
-    assert_close(out.output, ref.output, dtype, "output")
-    assert_close(out.h_n, ref.h_n, dtype, "h_n")
-    assert_close(out.c_n, ref.c_n, dtype, "c_n")
-    for name in ("dx", "dh0", "dc0"):
-        assert_close(getattr(g, name), getattr(rg, name), dtype, name)
-    for k, (ours, theirs) in enumerate(zip(g.dweights, rg.dweights)):
-        assert len(ours) == len(theirs)
-        for i, (a, e) in enumerate(zip(ours, theirs)):
-            assert_close(a, e, dtype, f"dweights[{k}][{i}]")
+    assert_matches_reference(out, g, ref, rg, dtype)
 
 
 def test_clip_is_active_in_variant_test():
@@ -275,15 +280,7 @@ def test_grad_clip_and_weight_mask_match_reference(dtype, variant, L, bidirectio
     ref = reference.forward("lstm", f64(p["x"]), [tuple(f64(w) for w in e) for e in p["weights"]], f64(p["h0"]),
                             f64(p["c0"]), grad_clip=0.05, weight_mask=[f64(m) for m in masks], **kw)
     rg = reference.backward(ref.saved, f64(p["dy"]), f64(p["dhn"]), f64(p["dcn"]))
-    assert_close(out.output, ref.output, dtype, "output")
-    assert_close(out.h_n, ref.h_n, dtype, "h_n")
-    assert_close(out.c_n, ref.c_n, dtype, "c_n")
-    for name in ("dx", "dh0", "dc0"):
-        assert_close(getattr(g, name), getattr(rg, name), dtype, name)
-    for k, (ours, theirs) in enumerate(zip(g.dweights, rg.dweights)):
-        assert len(ours) == len(theirs)
-        for i, (a, e) in enumerate(zip(ours, theirs)):
-            assert_close(a, e, dtype, f"dweights[{k}][{i}]")
+    assert_matches_reference(out, g, ref, rg, dtype)
     unclipped = fastrnn.backward(fastrnn.forward("lstm", p["x"], p["weights"], p["h0"], p["c0"], weight_mask=masks,
                                                  **kw).saved, p["dy"], p["dhn"], p["dcn"])
     assert not np.allclose(unclipped.dx, g.dx, rtol=1e-2, atol=1e-3)
